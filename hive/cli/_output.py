@@ -1,0 +1,152 @@
+"""How the CLI prints: rich on a terminal, plain text when piped, JSON on request.
+
+rich is imported only when stdout is a terminal, so scripted calls start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+__all__ = ["Output", "format_age", "format_duration"]
+
+_json = msgspec.json.Encoder()
+
+# Colours by state, for rich.
+STATE_STYLES = {
+    "running": "green",
+    "starting": "cyan",
+    "stopping": "cyan",
+    "backoff": "yellow",
+    "unhealthy": "yellow",
+    "crashed": "red",
+    "port_conflict": "red",
+    "exited": "dim",
+    "stopped": "dim",
+    "error": "red",
+    "loaded": "cyan",
+}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def format_age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return format_duration((datetime.now(UTC) - moment).total_seconds())
+
+
+class Output:
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, soft_wrap=True)
+        return self._console
+
+    # --- JSON ---------------------------------------------------------------------------
+
+    def json(self, value: Any) -> None:
+        sys.stdout.buffer.write(_json.encode(value) + b"\n")
+        sys.stdout.flush()
+
+    # --- text ---------------------------------------------------------------------------
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        if self.tty and style:
+            self.console.print(text, style=style, markup=False)
+        else:
+            sys.stdout.write(text + "\n")
+
+    def markup(self, rich_text: str, plain: str) -> None:
+        """Print rich markup on a terminal, ``plain`` elsewhere."""
+        if self.tty:
+            self.console.print(rich_text)
+        else:
+            sys.stdout.write(plain + "\n")
+
+    def fields(self, title: str, rows: Sequence[tuple[str, str]], title_style: str = "bold") -> None:
+        """A titled block of ``key  value`` lines."""
+        width = max((len(key) for key, _ in rows), default=0)
+        if self.tty:
+            from rich.table import Table
+
+            table = Table.grid(padding=(0, 2))
+            table.add_column(style="dim")
+            table.add_column()
+            for key, value in rows:
+                table.add_row(key, value)
+            self.console.print(title, style=title_style, markup=False)
+            self.console.print(table)
+        else:
+            lines = [title] + [f"  {key.ljust(width)}  {value}" for key, value in rows]
+            sys.stdout.write("\n".join(lines) + "\n")
+
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        *,
+        styles: Sequence[str | None] | None = None,
+        state_column: int | None = None,
+        empty: str = "nothing to show",
+    ) -> None:
+        """Rows of cells; ``state_column`` is coloured by state on a terminal."""
+        if not rows:
+            self.line(empty, style="dim")
+            return
+        if self.tty:
+            from rich.table import Table
+
+            table = Table(box=None, header_style="bold", pad_edge=False)
+            for column in columns:
+                table.add_column(column)
+            for row in rows:
+                cells = list(row)
+                if state_column is not None:
+                    state = cells[state_column]
+                    style = STATE_STYLES.get(state, "")
+                    cells[state_column] = f"[{style}]{state}[/]" if style else state
+                table.add_row(*cells)
+            self.console.print(table)
+            return
+        widths = [len(c) for c in columns]
+        for row in rows:
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        sys.stdout.write("\n".join(out) + "\n")
+
+    def error(self, message: str, hint: str = "") -> None:
+        text = f"hive: error: {message}"
+        if hint:
+            text += f"\n  {hint}"
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            Console(stderr=True, highlight=False).print(text, style="red", markup=False)
+        else:
+            sys.stderr.write(text + "\n")

@@ -1,0 +1,1 @@
+"""The Hive daemon: lifecycle, socket server, dispatch, state, events."""

@@ -1,0 +1,91 @@
+"""The one dispatch point: each request type maps to exactly one handler.
+
+A handler is ``async (ctx, request) -> Response`` (unary) or ``async (ctx, request,
+sink) -> None`` (stream). ``inline`` handlers answer from memory without waiting on
+anything, so the connection runs them without spawning a task (the round trip of
+``status`` is the latency users feel); the others run concurrently, bounded per
+connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hive_client.protocol import Request, Response
+
+if TYPE_CHECKING:
+    from .app import App
+    from .server import Connection
+
+__all__ = ["ROUTES", "RequestContext", "Route", "StreamSink"]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    app: App
+    connection: Connection
+    request_id: int
+
+
+class StreamSink(Protocol):
+    stream_id: str
+
+    async def start(self) -> bool:
+        """Answer ``stream_started``: call it once the request is known to be valid."""
+        ...
+
+    async def send(self, item: Response) -> bool:
+        """Push one item; False once the client is gone."""
+        ...
+
+
+UnaryHandler = Callable[[RequestContext, Any], Awaitable[Response]]
+StreamHandler = Callable[[RequestContext, Any, StreamSink], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    unary: UnaryHandler | None = None
+    stream: StreamHandler | None = None
+    inline: bool = False
+
+
+def _build_routes() -> dict[type[Request], Route]:
+    from hive_client import protocol as p
+
+    from .handlers import daemon, events, services, sources, streams
+
+    return {
+        p.Ping: Route(daemon.ping, inline=True),
+        p.Status: Route(daemon.status, inline=True),
+        p.Shutdown: Route(daemon.shutdown, inline=True),
+        p.Reload: Route(daemon.reload),
+        p.ListSources: Route(sources.list_sources, inline=True),
+        p.AddSource: Route(sources.add_source),
+        p.RemoveSource: Route(sources.remove_source),
+        p.ReloadSource: Route(sources.reload_source),
+        p.EnableSource: Route(sources.enable_source),
+        p.DisableSource: Route(sources.disable_source),
+        p.StartSource: Route(sources.start_source),
+        p.StopSource: Route(sources.stop_source),
+        p.ListServices: Route(services.list_services, inline=True),
+        p.GetServiceStatus: Route(services.get_service_status, inline=True),
+        p.StartService: Route(services.start_service),
+        p.StopService: Route(services.stop_service),
+        p.RestartService: Route(services.restart_service),
+        p.CreateService: Route(services.create_service),
+        p.UpdateService: Route(services.update_service),
+        p.DeleteService: Route(services.delete_service),
+        p.ListExposed: Route(services.list_exposed, inline=True),
+        p.GetLogs: Route(streams.get_logs),
+        p.StreamLogs: Route(stream=streams.stream_logs),
+        p.SubscribeServices: Route(stream=streams.subscribe_services),
+        p.SubscribeEvents: Route(stream=events.subscribe_events),
+        p.StopStream: Route(streams.stop_stream, inline=True),
+        p.StopLogStream: Route(streams.stop_stream, inline=True),
+    }
+
+
+ROUTES: dict[type[Request], Route] = _build_routes()

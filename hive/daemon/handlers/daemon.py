@@ -1,0 +1,54 @@
+"""The daemon family: ping, status, shutdown, reload."""
+
+from __future__ import annotations
+
+from hive_client import ServiceState
+from hive_client.protocol import DaemonStatus, Ok, Ping, Pong, Reload, Shutdown, Status
+
+from ..app import ShutdownRequest
+from ..dispatch import RequestContext
+
+_PONG = Pong()
+
+
+async def ping(ctx: RequestContext, request: Ping) -> Pong:
+    return _PONG
+
+
+async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
+    app = ctx.app
+    services = app.services.all_records() if app.services is not None else []
+    running = sum(
+        1 for record in services if record.state in (ServiceState.RUNNING, ServiceState.UNHEALTHY)
+    )
+    return DaemonStatus(
+        running=True,
+        pid=app.pid,
+        version=app.version,
+        source_count=len(app.sources.names()) if app.sources is not None else 0,
+        running_services=running,
+        total_services=len(services),
+        proxy_addresses=[],
+        uptime_secs=int(app.uptime),
+        socket=str(app.socket_path),
+        home=str(app.home.root),
+        started_at=app.started_at,
+        clients=len(app.server.connections) if app.server is not None else 0,
+        event_seq=app.bus.last_seq,
+    )
+
+
+async def shutdown(ctx: RequestContext, request: Shutdown) -> Ok:
+    # Answer first; the lifecycle task carries the shutdown out.
+    ctx.app.request_shutdown(
+        ShutdownRequest(
+            graceful=request.graceful,
+            keep_services=request.keep_services,
+            reason=f"requested by uid {ctx.connection.peer.uid} (pid {ctx.connection.peer.pid})",
+        )
+    )
+    return Ok(message="shutting down")
+
+
+async def reload(ctx: RequestContext, request: Reload) -> Ok:
+    return Ok(message=await ctx.app.reload())

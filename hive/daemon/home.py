@@ -1,0 +1,63 @@
+"""The layout of ``HIVE_HOME``: one place decides where each file lives."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from hive_client import hive_home
+from hive_client._paths import SOCKET_NAME
+
+__all__ = ["HiveHome"]
+
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class HiveHome:
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | os.PathLike[str] | None = None) -> HiveHome:
+        return cls(hive_home(explicit).absolute())
+
+    @property
+    def socket(self) -> Path:
+        return self.root / SOCKET_NAME
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "hive.pid"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Runtime files the services write to (their captured output)."""
+        return self.root / "run"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.logs_dir / "daemon.log"
+
+    def prepare(self, mode: int = 0o700) -> None:
+        """Create the directories; the root is private to the daemon's user."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        current = stat.S_IMODE(self.root.stat().st_mode)
+        if current != mode:
+            os.chmod(self.root, mode)
+        for sub in (self.logs_dir, self.run_dir):
+            sub.mkdir(mode=0o700, exist_ok=True)

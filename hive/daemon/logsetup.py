@@ -1,0 +1,85 @@
+"""The daemon's own log: text or JSON lines, to stderr (foreground) or a rotated file."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = ["TRACE", "configure_logging"]
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+_LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+# Attributes every LogRecord has; anything else was passed with ``extra=``.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_json = msgspec.json.Encoder()
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{key}={value}" for key, value in record.__dict__.items() if key not in _STANDARD
+        )
+        line = f"{_timestamp(record)} {record.levelname:<5} {record.name}: {record.getMessage()}"
+        if extras:
+            line += f" {extras}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD:
+                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return _json.encode(entry).decode()
+
+
+def configure_logging(level: str, fmt: str, file: Path | None) -> None:
+    """Route the ``hive`` loggers; ``file`` None means stderr."""
+    handler: logging.Handler
+    if file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            file, maxBytes=10 * 1024 * 1024, backupCount=3, encoding="utf-8"
+        )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    logger = logging.getLogger("hive")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    logger.addHandler(handler)
+    logger.setLevel(_LEVELS.get(level, logging.INFO))
+    logger.propagate = False
+
+
+def set_level(level: str) -> None:
+    logging.getLogger("hive").setLevel(_LEVELS.get(level, logging.INFO))

@@ -1,0 +1,550 @@
+"""The socket server: accept, check the peer, pick the transport, serve requests.
+
+A connection whose first byte is ``{`` speaks JSON lines; any other speaks length-
+prefixed MessagePack frames. Each connection is its own task; its requests and
+streams are tasks of the connection's task group, so a client that hangs up cancels
+its streams and nothing it started outlives it. Bad input is answered with an error
+and never reaches the rest of the daemon.
+"""
+
+from __future__ import annotations
+
+import grp
+import itertools
+import logging
+import os
+import socket
+import struct
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import msgspec
+
+from hive_client import ErrorCode, FrameTooLarge, __version__
+from hive_client.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    FrameReader,
+    Hello,
+    Request,
+    Response,
+    StreamEnded,
+    StreamStarted,
+    Welcome,
+    decode_envelope,
+    decode_request,
+    encode_frame,
+    encode_json_line,
+    json_request_decoder,
+)
+
+from .dispatch import ROUTES, RequestContext
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["Connection", "Peer", "SocketServer", "bind_unix_socket"]
+
+log = logging.getLogger("hive.server")
+
+FEATURES = ["multiplex", "streams", "json-lines", "events"]
+_RECEIVE_SIZE = 256 * 1024
+_PEERCRED = struct.Struct("3i")
+_REFUSAL_READ_TIMEOUT = 1.0
+_LINGER_SECONDS = 2.0
+
+
+class Peer(msgspec.Struct, frozen=True):
+    pid: int
+    uid: int
+    gid: int
+
+
+def bind_unix_socket(path: Path, group: str = "") -> socket.socket:
+    """Bind and listen on ``path``, created 0600 (0660 for an allowed group)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    mode = 0o660 if group else 0o600
+    # Set the mode through the umask so the socket is never briefly open to others.
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(os.fspath(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    sock.listen(1024)
+    return sock
+
+
+class RawStream:
+    """A connected socket driven with ``wait_readable``/``wait_writable``.
+
+    Thinner than anyio's SocketStream: a read or write that the kernel can satisfy at
+    once never yields to the event loop, which is most of a request's round trip.
+    """
+
+    __slots__ = ("_drained", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        # After a short read the kernel buffer is empty: wait before the next recv
+        # rather than pay for a recv that can only say EAGAIN.
+        self._drained = False
+
+    @property
+    def raw(self) -> socket.socket:
+        return self._sock
+
+    async def receive(self, max_bytes: int = _RECEIVE_SIZE) -> bytes:
+        while True:
+            if self._drained:
+                await anyio.wait_readable(self._sock)
+            try:
+                data = self._sock.recv(max_bytes)
+            except BlockingIOError:
+                self._drained = True
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if not data:
+                raise anyio.EndOfStream
+            self._drained = len(data) < max_bytes
+            return data
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            view = view[sent:]
+
+    async def send_eof(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+
+
+class Connection:
+    """One client. Sends are serialised by a lock; everything else runs concurrently."""
+
+    def __init__(self, server: SocketServer, stream: RawStream, peer: Peer) -> None:
+        self.server = server
+        self.id = next(server._connection_ids)
+        self.peer = peer
+        self.json = False
+        self.closed = False
+        self._stream = stream
+        # fast_acquire: no trip through the event loop when nobody else is sending.
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._streams: dict[str, anyio.CancelScope] = {}
+
+    async def send(self, msg_id: int, message: Response) -> bool:
+        """Send one message; False (and the connection marked closed) if the peer is gone."""
+        if self.closed:
+            return False
+        data = encode_json_line(message) if self.json else encode_frame(msg_id, message)
+        try:
+            async with self._send_lock:
+                await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self.closed = True
+            return False
+        return True
+
+    async def send_error(self, msg_id: int, code: ErrorCode, message: str) -> bool:
+        return await self.send(msg_id, Error(code=code, message=message))
+
+    def cancel_stream(self, stream_id: str) -> bool:
+        scope = self._streams.get(stream_id)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    def cancel_all_streams(self) -> None:
+        for scope in self._streams.values():
+            scope.cancel()
+
+
+class _Sink:
+    """The stream side a handler writes to.
+
+    ``stream_started`` goes out on :meth:`start` (or with the first item), so a handler
+    that refuses the request before starting answers with a plain error instead.
+    """
+
+    __slots__ = ("_connection", "_msg_id", "started", "stream_id")
+
+    def __init__(self, connection: Connection, msg_id: int, stream_id: str) -> None:
+        self._connection = connection
+        self._msg_id = msg_id
+        self.stream_id = stream_id
+        self.started = False
+
+    async def start(self) -> bool:
+        if self.started:
+            return not self._connection.closed
+        self.started = True
+        return await self._connection.send(self._msg_id, StreamStarted(stream_id=self.stream_id))
+
+    async def send(self, item: Response) -> bool:
+        if not self.started and not await self.start():
+            return False
+        return await self._connection.send(self._msg_id, item)
+
+
+class SocketServer:
+    def __init__(self, app: App, sock: socket.socket, *, max_frame: int, max_inflight: int) -> None:
+        self.app = app
+        self._sock = sock
+        self.max_frame = max_frame
+        self.max_inflight = max_inflight
+        self._connection_ids = itertools.count(1)
+        self.connections: set[Connection] = set()
+        self._allowed_gid: int | None = None
+        group = app.settings.daemon.allowed_group
+        if group:
+            self._allowed_gid = grp.getgrnam(group).gr_gid
+        self._uid = os.geteuid()
+        # Requests being answered and streams open, daemon-wide (for a clean drain).
+        self._activity = 0
+        self._idle = anyio.Event()
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        listener = self._sock
+        listener.setblocking(False)
+        async with anyio.create_task_group() as connections:
+            task_status.started()
+            while True:
+                await anyio.wait_readable(listener)
+                try:
+                    client, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    # EMFILE and the like: log, back off a little, keep serving.
+                    log.error("accept failed: %s", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                connections.start_soon(self._serve_connection, client)
+
+    async def drain(self) -> None:
+        """Wait until every answer in flight is sent and every stream has ended.
+
+        At shutdown the bus is closed first, so streams end once they delivered the
+        last events; a client's ``shutdown`` request gets its answer this way too.
+        """
+        while self._activity:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _begin(self) -> None:
+        self._activity += 1
+
+    def _end(self) -> None:
+        self._activity -= 1
+        if not self._activity:
+            self._idle.set()
+
+    # --- per connection -----------------------------------------------------------------
+
+    def _peer_of(self, sock: socket.socket) -> Peer:
+        pid, uid, gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        return Peer(pid=pid, uid=uid, gid=gid)
+
+    def _allowed(self, peer: Peer) -> bool:
+        if peer.uid in (self._uid, 0):
+            return True
+        if self._allowed_gid is None:
+            return False
+        return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.pid)
+
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        stream = RawStream(sock)
+        try:
+            await self._serve_stream(stream)
+        finally:
+            stream.close()
+
+    async def _serve_stream(self, stream: RawStream) -> None:
+        try:
+            peer = self._peer_of(stream.raw)
+        except OSError:
+            return
+        connection = Connection(self, stream, peer)
+        if not self._allowed(peer):
+            await self._refuse(connection, stream)
+            return
+        self.connections.add(connection)
+        try:
+            try:
+                first = await stream.receive(_RECEIVE_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            if first[:1] == b"{":
+                connection.json = True
+                await self._serve_json(connection, stream, first)
+            else:
+                await self._serve_binary(connection, stream, first)
+        finally:
+            connection.closed = True
+            self.connections.discard(connection)
+
+    async def _refuse(self, connection: Connection, stream: RawStream) -> None:
+        log.warning(
+            "refused a connection from uid %d (pid %d): not the daemon's user",
+            connection.peer.uid,
+            connection.peer.pid,
+        )
+        # Answer in the client's own transport if it says something quickly.
+        with anyio.move_on_after(_REFUSAL_READ_TIMEOUT):
+            try:
+                connection.json = (await stream.receive(1)) == b"{"
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                return
+        await connection.send_error(
+            0,
+            ErrorCode.PERMISSION_DENIED,
+            f"uid {connection.peer.uid} may not use this daemon (it belongs to uid {self._uid})",
+        )
+        await _linger(stream)
+
+    async def _serve_binary(
+        self, connection: Connection, stream: RawStream, first: bytes
+    ) -> None:
+        reader = FrameReader(self.max_frame)
+        reader.feed(first)
+        slots = anyio.Semaphore(self.max_inflight)
+        async with anyio.create_task_group() as requests:
+            try:
+                while not connection.closed:
+                    try:
+                        payload = reader.next_payload()
+                    except FrameTooLarge as exc:
+                        # The stream cannot be resynchronised past an unread frame: close.
+                        await connection.send_error(0, ErrorCode.FRAME_TOO_LARGE, str(exc))
+                        await _linger(stream)
+                        break
+                    if payload is None:
+                        try:
+                            reader.feed(await stream.receive(_RECEIVE_SIZE))
+                        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            break
+                        continue
+                    try:
+                        msg_id, raw = decode_envelope(payload)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        await connection.send_error(
+                            0, ErrorCode.INVALID_REQUEST, f"undecodable frame: {exc}"
+                        )
+                        continue
+                    try:
+                        request = decode_request(raw)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        await connection.send_error(msg_id, ErrorCode.INVALID_REQUEST, _describe(exc))
+                        continue
+                    await self._dispatch(connection, msg_id, request, requests, slots)
+            finally:
+                # The client is done sending: let answers in flight finish, end streams.
+                connection.cancel_all_streams()
+
+    async def _serve_json(
+        self, connection: Connection, stream: RawStream, first: bytes
+    ) -> None:
+        buffer = bytearray(first)
+        async with anyio.create_task_group() as streams:
+            try:
+                while not connection.closed:
+                    newline = buffer.find(b"\n")
+                    if newline < 0:
+                        if len(buffer) > self.max_frame:
+                            await connection.send_error(
+                                0,
+                                ErrorCode.FRAME_TOO_LARGE,
+                                f"line longer than the limit of {self.max_frame} bytes",
+                            )
+                            await _linger(stream)
+                            break
+                        try:
+                            buffer += await stream.receive(_RECEIVE_SIZE)
+                        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            break
+                        continue
+                    line = bytes(buffer[:newline]).strip()
+                    del buffer[: newline + 1]
+                    if not line:
+                        continue
+                    try:
+                        request = json_request_decoder().decode(line)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        await connection.send_error(0, ErrorCode.INVALID_REQUEST, _describe(exc))
+                        continue
+                    # One answer per line, in order: unary requests run one at a time.
+                    await self._dispatch(connection, 0, request, streams, None)
+            finally:
+                connection.cancel_all_streams()
+
+    async def _dispatch(
+        self,
+        connection: Connection,
+        msg_id: int,
+        request: Request,
+        task_group: anyio.abc.TaskGroup,
+        slots: anyio.Semaphore | None,
+    ) -> None:
+        if isinstance(request, Hello):
+            await self._hello(connection, msg_id, request)
+            return
+        route = ROUTES.get(type(request))
+        if route is None:
+            await connection.send_error(
+                msg_id, ErrorCode.UNKNOWN_REQUEST, f"no handler for {type(request).__name__}"
+            )
+            return
+        ctx = RequestContext(self.app, connection, msg_id)
+        if route.stream is not None:
+            self._begin()
+            task_group.start_soon(self._run_stream, ctx, request, route.stream)
+        elif route.inline or slots is None:
+            self._begin()
+            try:
+                await connection.send(msg_id, await _answer(ctx, request, route.unary))
+            finally:
+                self._end()
+        else:
+            await slots.acquire()
+            self._begin()
+            task_group.start_soon(self._run_unary, ctx, request, route.unary, slots)
+
+    async def _hello(self, connection: Connection, msg_id: int, hello: Hello) -> None:
+        if hello.protocol != PROTOCOL_VERSION:
+            await connection.send_error(
+                msg_id,
+                ErrorCode.PROTOCOL_MISMATCH,
+                f"this daemon speaks protocol {PROTOCOL_VERSION}, the client {hello.protocol}",
+            )
+            return
+        await connection.send(
+            msg_id,
+            Welcome(protocol=PROTOCOL_VERSION, version=__version__, pid=os.getpid(), features=FEATURES),
+        )
+
+    async def _run_unary(
+        self,
+        ctx: RequestContext,
+        request: Request,
+        handler: Callable[..., object] | None,
+        slots: anyio.Semaphore,
+    ) -> None:
+        try:
+            await ctx.connection.send(ctx.request_id, await _answer(ctx, request, handler))
+        finally:
+            slots.release()
+            self._end()
+
+    async def _run_stream(self, ctx: RequestContext, request: Request, handler: Callable[..., object]) -> None:
+        connection = ctx.connection
+        stream_id = uuid.uuid4().hex
+        sink = _Sink(connection, ctx.request_id, stream_id)
+        try:
+            await self._stream_body(ctx, request, handler, sink)
+        finally:
+            self._end()
+
+    async def _stream_body(
+        self, ctx: RequestContext, request: Request, handler: Callable[..., object], sink: _Sink
+    ) -> None:
+        connection = ctx.connection
+        stream_id = sink.stream_id
+        with anyio.CancelScope() as scope:
+            connection._streams[stream_id] = scope
+            try:
+                await handler(ctx, request, sink)  # type: ignore[misc]
+                reason = "complete"
+            except RequestError as exc:
+                await connection.send_error(ctx.request_id, exc.code, exc.message)
+                return
+            except Exception:
+                log.exception("stream %s (%s) failed", stream_id, type(request).__name__)
+                reason = "internal error; see the daemon log"
+            finally:
+                connection._streams.pop(stream_id, None)
+        if scope.cancelled_caught:
+            reason = "stopped"
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await sink.send(StreamEnded(stream_id=stream_id, reason=reason))
+
+
+async def _answer(ctx: RequestContext, request: Request, handler: Callable[..., object] | None) -> Response:
+    """Run a unary handler and turn every outcome into a response."""
+    assert handler is not None
+    try:
+        return await handler(ctx, request)  # type: ignore[misc,no-any-return]
+    except RequestError as exc:
+        return Error(code=exc.code, message=exc.message)
+    except Exception as exc:
+        log.exception("handler for %s failed", type(request).__name__)
+        return Error(
+            code=ErrorCode.INTERNAL,
+            message=f"internal error ({type(exc).__name__}); the daemon log has the details",
+        )
+
+
+async def _linger(stream: RawStream) -> None:
+    """Before closing on a client: stop writing, discard what it still sends (briefly).
+
+    Closing a Unix socket with unread input resets the connection, and the client would
+    lose the error we just sent it.
+    """
+    with anyio.move_on_after(_LINGER_SECONDS):
+        try:
+            await stream.send_eof()
+            while await stream.receive(_RECEIVE_SIZE):
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+
+def _describe(exc: msgspec.MsgspecError) -> str:
+    text = str(exc)
+    if text.endswith("- at `$.type`") or ("Invalid value" in text and "`$.type`" in text):
+        return f"unknown request type: {text}"
+    if isinstance(exc, msgspec.ValidationError):
+        return f"invalid request: {text}"
+    return f"malformed message: {text}"
+
+
+def _groups_of(pid: int) -> set[int]:
+    """Supplementary groups of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()

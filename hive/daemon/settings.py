@@ -1,0 +1,78 @@
+"""The daemon's own configuration: ``$HIVE_HOME/config.toml``.
+
+Every key is optional. A typo is an error that names the key (``$.daemon.log_levle``),
+because a silently ignored setting is worse than a refused start; ``[plugins.*]``
+tables are free-form, each plugin validates its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = ["DaemonSettings", "SettingsError", "load_settings"]
+
+
+class SettingsError(Exception):
+    """The configuration file is unreadable or invalid; the message says where."""
+
+
+class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    log_level: Literal["trace", "debug", "info", "warn", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    # Largest frame a client may send; larger ones are refused and the connection closed.
+    max_frame: int = 8 * 1024 * 1024
+    # Another socket path than $HIVE_HOME/hive.sock (must be short: 107 bytes at most).
+    socket: str = ""
+    # With an allowed group the socket is 0660 and owned by that group.
+    allowed_group: str = ""
+    # Concurrent requests one connection may have in flight before reading pauses.
+    max_inflight: int = 64
+    # How long a graceful shutdown may take before the rest is cut short.
+    shutdown_timeout: float = 30.0
+
+
+class RestartSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Backoff defaults for every service (a service's ``restart`` mapping overrides)."""
+
+    delay: float = 1.0
+    max_delay: float = 60.0
+    reset_after: float = 60.0
+    jitter: bool = True
+
+
+class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    buffer_lines: int = 10_000
+    max_file_bytes: int = 10 * 1024 * 1024
+    keep_files: int = 5
+    max_line_bytes: int = 64 * 1024
+
+
+class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
+    restart: RestartSection = msgspec.field(default_factory=RestartSection)
+    logs: LogsSection = msgspec.field(default_factory=LogsSection)
+    plugins: dict[str, dict[str, Any]] = {}
+
+
+def load_settings(path: Path) -> DaemonSettings:
+    """Read ``path``; a missing file means all defaults."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return DaemonSettings()
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        settings = msgspec.toml.decode(data, type=DaemonSettings)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    if settings.daemon.max_frame < 1024:
+        raise SettingsError(f"{path}: daemon.max_frame must be at least 1024 bytes")
+    if settings.daemon.max_inflight < 1:
+        raise SettingsError(f"{path}: daemon.max_inflight must be at least 1")
+    return settings

@@ -1,0 +1,177 @@
+"""The state store: ``$HIVE_HOME/state.db`` (SQLite in WAL mode, through aiosqlite).
+
+What is saved here is what must survive the daemon: the sources registry, the
+desired state of every service, restart counters, and the processes the daemon
+started (so a new daemon can adopt them). Everything else is runtime-only and lives in
+memory.
+
+The schema is versioned with ``PRAGMA user_version``. Migrations only go forward, each
+in one transaction; a database written by a newer Hive is refused rather than guessed
+at, and a damaged one is refused with the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "StateStore", "StoreError"]
+
+
+class StoreError(Exception):
+    """The state database cannot be used; the message says why and what to do."""
+
+
+# Each entry takes the schema from version N-1 to N (N = its position, from 1).
+MIGRATIONS: list[str] = [
+    # 1: sources, desired service state, adopted processes.
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE sources (
+        name        TEXT PRIMARY KEY,
+        path        TEXT NOT NULL UNIQUE,
+        source_type TEXT NOT NULL CHECK (source_type IN ('yaml', 'sqlite')),
+        enabled     INTEGER NOT NULL DEFAULT 1,
+        added_at    REAL NOT NULL
+    );
+    CREATE TABLE services (
+        fqn           TEXT PRIMARY KEY,
+        desired       TEXT NOT NULL DEFAULT 'stopped'
+                      CHECK (desired IN ('running', 'stopped')),
+        instances     INTEGER NOT NULL DEFAULT 1 CHECK (instances >= 0),
+        restart_count INTEGER NOT NULL DEFAULT 0,
+        updated_at    REAL NOT NULL
+    );
+    CREATE TABLE processes (
+        fqn        TEXT NOT NULL,
+        instance   INTEGER NOT NULL DEFAULT 0,
+        runner     TEXT NOT NULL,
+        pid        INTEGER,
+        start_time REAL,
+        handle     TEXT NOT NULL DEFAULT '',
+        started_at REAL NOT NULL,
+        PRIMARY KEY (fqn, instance)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StateStore:
+    def __init__(self, path: Path, db: aiosqlite.Connection) -> None:
+        self.path = path
+        self._db = db
+        # One transaction at a time on the shared connection.
+        self._tx_lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> StateStore:
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        store = cls(path, db)
+        try:
+            await store._prepare()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _prepare(self) -> None:
+        db = self._db
+        try:
+            await db.execute("PRAGMA busy_timeout = 5000")
+            check = await (await db.execute("PRAGMA quick_check")).fetchone()
+            if check is None or check[0] != "ok":
+                raise StoreError(self._damaged(str(check[0] if check else "no answer")))
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self._damaged(str(exc))) from exc
+
+    def _damaged(self, detail: str) -> str:
+        return (
+            f"the state database {self.path} is damaged ({detail}). Hive will not start on it. "
+            "Restore a backup copy of it, or move it away to start empty; see docs/recovery.md"
+        )
+
+    async def _migrate(self) -> None:
+        row = await (await self._db.execute("PRAGMA user_version")).fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this Hive knows "
+                f"({SCHEMA_VERSION}); run the newer Hive, or restore a copy from before the upgrade"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            script = MIGRATIONS[number - 1]
+            # executescript commits on its own; wrap it so a failure leaves version N-1.
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @property
+    async def schema_version(self) -> int:
+        row = await (await self._db.execute("PRAGMA user_version")).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- generic helpers ----------------------------------------------------------------
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        cursor = await self._db.execute(sql, params)
+        rows = await cursor.fetchall()
+        return list(rows)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self.execute_many([(sql, params)])
+
+    async def execute_many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Run several writes in one transaction: all or none.
+
+        A failed write (a full disk, say) raises StoreError and leaves the database as
+        it was; the daemon carries on with its state in memory.
+        """
+        db = self._db
+        async with self._tx_lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        await db.execute(sql, params)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self._rollback()
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write {self.path.name}: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            await self._db.execute("ROLLBACK")
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self.fetch_all("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )

@@ -1,0 +1,375 @@
+"""Requests and responses: one Struct per message, tagged by ``type`` (snake_case).
+
+On the binary transport each frame carries ``[id, message]``; the id of a request
+comes back on its response and on every item of a stream it opened. On the JSON-lines
+transport the message travels bare, with no id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ._models import DaemonEvent, ExposedInfo, LogLine, ServiceInfo, SourceInfo
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AddSource",
+    "AddSourceResult",
+    "CreateService",
+    "DaemonStatus",
+    "DeleteService",
+    "DisableSource",
+    "EnableSource",
+    "Error",
+    "EventItem",
+    "ExposedList",
+    "GetLogs",
+    "GetServiceStatus",
+    "Hello",
+    "ListExposed",
+    "ListServices",
+    "ListSources",
+    "LogBatch",
+    "LogLineItem",
+    "Ok",
+    "Ping",
+    "Pong",
+    "Reload",
+    "ReloadPlan",
+    "ReloadSource",
+    "RemoveSource",
+    "Request",
+    "RequestMessage",
+    "Response",
+    "ResponseMessage",
+    "RestartService",
+    "ServiceDetail",
+    "ServiceList",
+    "ServiceUpdate",
+    "Shutdown",
+    "SourceList",
+    "StartService",
+    "StartSource",
+    "Status",
+    "StopLogStream",
+    "StopService",
+    "StopSource",
+    "StopStream",
+    "StreamEnded",
+    "StreamLagged",
+    "StreamLogs",
+    "StreamStarted",
+    "SubscribeEvents",
+    "SubscribeServices",
+    "UpdateService",
+    "Welcome",
+]
+
+# Bumped only by a breaking change; additions ride on defaults and ignored fields.
+PROTOCOL_VERSION = 1
+
+
+class Request(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every request."""
+
+
+class Response(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every response and stream item."""
+
+
+# --- Requests -------------------------------------------------------------------------
+
+
+class Hello(Request, tag="hello"):
+    protocol: int
+    client: str = ""
+
+
+class Ping(Request, tag="ping"):
+    pass
+
+
+class Status(Request, tag="status"):
+    pass
+
+
+class Shutdown(Request, tag="shutdown"):
+    graceful: bool = True
+    keep_services: bool = False
+
+
+class Reload(Request, tag="reload"):
+    """Re-read the daemon's configuration and reload every source (like SIGHUP)."""
+
+
+class ListSources(Request, tag="list_sources"):
+    pass
+
+
+class AddSource(Request, tag="add_source"):
+    path: str
+    name: str | None = None
+    start: bool = False
+
+
+class RemoveSource(Request, tag="remove_source"):
+    name: str
+
+
+class ReloadSource(Request, tag="reload_source"):
+    name: str
+    dry_run: bool = False
+
+
+class EnableSource(Request, tag="enable_source"):
+    name: str
+
+
+class DisableSource(Request, tag="disable_source"):
+    name: str
+
+
+class StartSource(Request, tag="start_source"):
+    name: str
+    services: list[str] = []
+
+
+class StopSource(Request, tag="stop_source"):
+    name: str
+
+
+class ListServices(Request, tag="list_services"):
+    source: str | None = None
+
+
+class GetServiceStatus(Request, tag="get_service_status"):
+    fqn: str
+
+
+class StartService(Request, tag="start_service"):
+    fqn: str
+
+
+class StopService(Request, tag="stop_service"):
+    fqn: str
+
+
+class RestartService(Request, tag="restart_service"):
+    fqn: str
+
+
+class CreateService(Request, tag="create_service"):
+    source_id: str
+    name: str
+    config: dict[str, Any]
+    start: bool = True
+
+
+class UpdateService(Request, tag="update_service"):
+    fqn: str
+    patch: dict[str, Any]
+
+
+class DeleteService(Request, tag="delete_service"):
+    fqn: str
+
+
+class ListExposed(Request, tag="list_exposed"):
+    pass
+
+
+class GetLogs(Request, tag="get_logs"):
+    fqn: str | None = None
+    lines: int | None = None
+    since: datetime | None = None
+    level: str | None = None
+
+
+class StreamLogs(Request, tag="stream_logs"):
+    fqn: str | None = None
+    level: str | None = None
+    tail: int = 0
+
+
+class SubscribeServices(Request, tag="subscribe_services"):
+    source: str | None = None
+
+
+class SubscribeEvents(Request, tag="subscribe_events"):
+    kinds: list[str] = []
+    fqn: str | None = None
+    since_seq: int | None = None
+
+
+class StopStream(Request, tag="stop_stream"):
+    stream_id: str
+
+
+class StopLogStream(Request, tag="stop_log_stream"):
+    """Hive's name for :class:`StopStream`, kept for its clients."""
+
+    stream_id: str
+
+
+RequestMessage = (
+    Hello
+    | Ping
+    | Status
+    | Shutdown
+    | Reload
+    | ListSources
+    | AddSource
+    | RemoveSource
+    | ReloadSource
+    | EnableSource
+    | DisableSource
+    | StartSource
+    | StopSource
+    | ListServices
+    | GetServiceStatus
+    | StartService
+    | StopService
+    | RestartService
+    | CreateService
+    | UpdateService
+    | DeleteService
+    | ListExposed
+    | GetLogs
+    | StreamLogs
+    | SubscribeServices
+    | SubscribeEvents
+    | StopStream
+    | StopLogStream
+)
+
+
+# --- Responses ------------------------------------------------------------------------
+
+
+class Welcome(Response, tag="welcome"):
+    protocol: int
+    version: str
+    pid: int
+    features: list[str] = []
+
+
+class Ok(Response, tag="ok"):
+    message: str | None = None
+
+
+class Error(Response, tag="error"):
+    code: str
+    message: str
+
+
+class Pong(Response, tag="pong"):
+    pass
+
+
+class DaemonStatus(Response, tag="status"):
+    """Flat, as Hive's clients read it; the fields after ``uptime_secs`` are ours."""
+
+    running: bool
+    pid: int | None
+    version: str
+    source_count: int
+    running_services: int
+    total_services: int
+    proxy_addresses: list[str] = []
+    uptime_secs: int = 0
+    socket: str = ""
+    home: str = ""
+    protocol: int = PROTOCOL_VERSION
+    started_at: datetime | None = None
+    clients: int = 0
+    event_seq: int = 0
+
+
+class SourceList(Response, tag="sources"):
+    sources: list[SourceInfo]
+
+
+class AddSourceResult(Response, tag="source_added"):
+    name: str
+    services: int = 0
+
+
+class ReloadPlan(Response, tag="reload_plan"):
+    name: str
+    start: list[str] = []
+    stop: list[str] = []
+    restart: list[str] = []
+    unchanged: list[str] = []
+    applied: bool = False
+
+
+class ServiceList(Response, tag="services"):
+    services: list[ServiceInfo]
+
+
+class ServiceDetail(Response, tag="service"):
+    service: ServiceInfo
+
+
+class ExposedList(Response, tag="exposed"):
+    exposed: list[ExposedInfo]
+
+
+class LogBatch(Response, tag="logs"):
+    logs: list[LogLine]
+
+
+class StreamStarted(Response, tag="stream_started"):
+    stream_id: str
+
+
+class LogLineItem(Response, tag="log_line"):
+    stream_id: str
+    line: LogLine
+
+
+class EventItem(Response, tag="event"):
+    stream_id: str
+    event: DaemonEvent
+
+
+class ServiceUpdate(Response, tag="service_update"):
+    stream_id: str
+    service: ServiceInfo
+
+
+class StreamLagged(Response, tag="stream_lagged"):
+    """The reader fell behind: ``dropped`` items were discarded (oldest first)."""
+
+    stream_id: str
+    dropped: int
+
+
+class StreamEnded(Response, tag="stream_ended"):
+    stream_id: str
+    reason: str = ""
+
+
+ResponseMessage = (
+    Welcome
+    | Ok
+    | Error
+    | Pong
+    | DaemonStatus
+    | SourceList
+    | AddSourceResult
+    | ReloadPlan
+    | ServiceList
+    | ServiceDetail
+    | ExposedList
+    | LogBatch
+    | StreamStarted
+    | LogLineItem
+    | EventItem
+    | ServiceUpdate
+    | StreamLagged
+    | StreamEnded
+)

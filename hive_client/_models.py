@@ -1,0 +1,269 @@
+"""The data model shared by the daemon, its clients and its plugins.
+
+Every type here crosses the socket, so it follows the protocol's evolution rules:
+a new field gets a default, unknown fields are ignored when decoding.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "DaemonEvent",
+    "DaemonReloaded",
+    "DaemonShutdown",
+    "DaemonStarted",
+    "Event",
+    "ExposedInfo",
+    "HealthCheckResult",
+    "LogLevel",
+    "LogLine",
+    "PluginFailed",
+    "ServiceCrashed",
+    "ServiceExited",
+    "ServiceHealthChanged",
+    "ServiceInfo",
+    "ServiceRestarting",
+    "ServiceStarted",
+    "ServiceState",
+    "ServiceStateChanged",
+    "ServiceStopped",
+    "SourceAdded",
+    "SourceChanged",
+    "SourceInfo",
+    "SourceRemoved",
+    "event_kinds",
+]
+
+
+class ServiceState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    CRASHED = "crashed"
+    EXITED = "exited"
+    PORT_CONFLICT = "port_conflict"
+    BACKOFF = "backoff"
+
+
+class LogLevel(StrEnum):
+    """Log levels, ordered: ``trace < debug < info < notice < warn < error < fatal``."""
+
+    TRACE = "trace"
+    DEBUG = "debug"
+    INFO = "info"
+    NOTICE = "notice"
+    WARN = "warn"
+    ERROR = "error"
+    FATAL = "fatal"
+
+    @property
+    def rank(self) -> int:
+        return _LEVEL_RANK[self]
+
+    @classmethod
+    def parse(cls, text: str) -> LogLevel:
+        """Accepts the canonical names and the usual aliases (``warning``, ``err``, …)."""
+        key = text.strip().lower()
+        level = _LEVEL_ALIASES.get(key)
+        if level is None:
+            names = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown log level {text!r}; expected one of {names}")
+        return level
+
+
+_LEVEL_RANK = {level: rank for rank, level in enumerate(LogLevel)}
+_LEVEL_ALIASES: dict[str, LogLevel] = {m.value: m for m in LogLevel} | {
+    "warning": LogLevel.WARN,
+    "err": LogLevel.ERROR,
+    "critical": LogLevel.FATAL,
+    "crit": LogLevel.FATAL,
+    "panic": LogLevel.FATAL,
+    "trc": LogLevel.TRACE,
+    "dbg": LogLevel.DEBUG,
+    "inf": LogLevel.INFO,
+    "wrn": LogLevel.WARN,
+}
+
+
+class HealthCheckResult(msgspec.Struct, kw_only=True):
+    """The last outcome of one health check of a service."""
+
+    kind: str
+    target: str = ""
+    healthy: bool | None = None
+    message: str = ""
+    checked_at: datetime | None = None
+    consecutive_failures: int = 0
+
+
+class ServiceInfo(msgspec.Struct, kw_only=True):
+    """A service (or one instance of it) as the daemon sees it now."""
+
+    fqn: str
+    source: str
+    name: str
+    state: str
+    healthy: bool | None = None
+    pid: int | None = None
+    container_id: str | None = None
+    started_at: datetime | None = None
+    ports: dict[str, int] = {}
+    restart_count: int = 0
+    # Beyond Hive's shape:
+    instance: int | None = None
+    runner: str = ""
+    desired: str = "stopped"
+    exit_code: int | None = None
+    last_error: str | None = None
+    health_checks: list[HealthCheckResult] = []
+    instances: int = 1
+
+
+class SourceInfo(msgspec.Struct, kw_only=True):
+    name: str
+    path: str
+    source_type: str  # "yaml" | "sqlite"
+    enabled: bool
+    service_count: int
+    status: str  # "loaded" | "running" | "stopped" | "error"
+    error: str | None = None
+
+
+class LogLine(msgspec.Struct, kw_only=True):
+    timestamp: datetime
+    level: str
+    service_fqn: str
+    message: str
+    fields: dict[str, Any] | None = None
+    stream: str = "stdout"  # "stdout" | "stderr" | "hive" (the daemon's own notes)
+
+
+class ExposedInfo(msgspec.Struct, kw_only=True):
+    name: str
+    source: str
+    service: str
+    has_secret: bool
+    vars: list[str]
+    consumers: list[str] = []
+    healthy: bool | None = None
+
+
+# --- Events -------------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of every bus event. ``seq`` increases by one per event, daemon-wide."""
+
+    seq: int = 0
+    timestamp: datetime | None = None
+
+
+class DaemonStarted(Event, tag="daemon_started"):
+    version: str
+    pid: int
+
+
+class DaemonShutdown(Event, tag="daemon_shutdown"):
+    graceful: bool = True
+
+
+class DaemonReloaded(Event, tag="daemon_reloaded"):
+    ok: bool = True
+    message: str = ""
+
+
+class SourceAdded(Event, tag="source_added"):
+    name: str
+    path: str = ""
+    source_type: str = ""
+
+
+class SourceRemoved(Event, tag="source_removed"):
+    name: str
+
+
+class SourceChanged(Event, tag="source_changed"):
+    """A source was reloaded, enabled or disabled."""
+
+    name: str
+    change: str  # "reloaded" | "enabled" | "disabled" | "reload_failed"
+    message: str = ""
+
+
+class ServiceStarted(Event, tag="service_started"):
+    fqn: str
+    pid: int | None = None
+    container_id: str | None = None
+
+
+class ServiceStopped(Event, tag="service_stopped"):
+    fqn: str
+    exit_code: int | None = None
+
+
+class ServiceExited(Event, tag="service_exited"):
+    """The service ended by itself with status 0."""
+
+    fqn: str
+    exit_code: int | None = 0
+
+
+class ServiceCrashed(Event, tag="service_crashed"):
+    fqn: str
+    exit_code: int | None
+    signal: int | None = None
+    message: str = ""
+
+
+class ServiceRestarting(Event, tag="service_restarting"):
+    fqn: str
+    attempt: int
+    delay: float
+
+
+class ServiceHealthChanged(Event, tag="service_health_changed"):
+    fqn: str
+    healthy: bool
+    message: str = ""
+
+
+class ServiceStateChanged(Event, tag="service_state_changed"):
+    fqn: str
+    state: str
+    previous: str
+
+
+class PluginFailed(Event, tag="plugin_failed"):
+    plugin: str
+    message: str
+    disabled: bool = False
+
+
+DaemonEvent = (
+    DaemonStarted
+    | DaemonShutdown
+    | DaemonReloaded
+    | SourceAdded
+    | SourceRemoved
+    | SourceChanged
+    | ServiceStarted
+    | ServiceStopped
+    | ServiceExited
+    | ServiceCrashed
+    | ServiceRestarting
+    | ServiceHealthChanged
+    | ServiceStateChanged
+    | PluginFailed
+)
+
+
+def event_kinds() -> list[str]:
+    """The tag of every event type, for filters and completion."""
+    return [cls.__struct_config__.tag for cls in DaemonEvent.__args__]

@@ -1,0 +1,150 @@
+"""Helpers the tests share: start a real daemon, run the real CLI, wait with deadlines."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StartFailed(Exception):
+    pass
+
+
+@dataclass
+class DaemonProcess:
+    home: Path
+    process: subprocess.Popen[bytes]
+    socket: Path
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit; SIGKILL if it hangs (and say so)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"daemon did not stop within {timeout} s") from None
+        return self.process.returncode
+
+    def kill9(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def read_ready_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def start_daemon(
+    home: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+    preexec: Callable[[], None] | None = None,
+    pass_fds: tuple[int, ...] = (),
+    argv_prefix: list[str] | None = None,
+) -> DaemonProcess:
+    """Run ``python -m hive.daemon --foreground`` and wait until it says it is ready."""
+    read_end, pipe_write = os.pipe()
+    # Keep the ready pipe off the low fds that socket activation hands out from 3.
+    write_end = fcntl.fcntl(pipe_write, fcntl.F_DUPFD_CLOEXEC, 20)
+    os.close(pipe_write)
+    stderr_path = home / f"daemon-{time.monotonic_ns()}.stderr"
+    full_env = dict(os.environ)
+    full_env["HIVE_HOME"] = str(home)
+    full_env.update(env or {})
+    argv = [*(argv_prefix or []), sys.executable, "-m", "hive.daemon", "--home", str(home),
+            "--foreground", "--ready-fd", str(write_end)]
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            pass_fds=(write_end, *pass_fds),
+            env=full_env,
+            preexec_fn=preexec,
+        )
+    os.close(write_end)
+    try:
+        line = read_ready_line(read_end, timeout)
+    finally:
+        os.close(read_end)
+    if not line.startswith("ready "):
+        process.kill()
+        process.wait()
+        raise StartFailed(line or stderr_path.read_text(errors="replace"))
+    return DaemonProcess(home, process, Path(line.removeprefix("ready ")), stderr_path)
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real ``hive`` command, as a user runs it."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hive", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input.decode() if input is not None else None,
+    )
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """Re-check ``condition`` until it is truthy or the deadline passes.
+
+    For things no event announces (a file appearing, a process gone); tests that
+    can subscribe to an event do that instead.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)  # wait-ok: re-check interval under a deadline
+        delay = min(delay * 2, 0.1)
