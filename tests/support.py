@@ -148,3 +148,28 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)  # wait-ok: re-check interval under a deadline
         delay = min(delay * 2, 0.1)
+
+
+def write_project(directory: Path, yaml_text: str, name: str = "hive.yaml") -> Path:
+    """A project directory with a hive.yaml (dedented), ready for `hive up`."""
+    import textwrap
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).parent.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(textwrap.dedent(yaml_text).lstrip())
+    return directory
+
+
+def pids_of_service(fqn: str) -> list[int]:
+    """Processes whose environment says they belong to ``fqn`` (what a user would grep)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if env.get("HIVE_SERVICE_FQN") == fqn and process.status() != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
+    return found

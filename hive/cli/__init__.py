@@ -28,6 +28,13 @@ _COMMANDS: dict[str, str] = {
     "ping": "daemon_cmds:ping",
     "reload": "daemon_cmds:reload",
     "events": "daemon_cmds:events",
+    "up": "service_cmds:up",
+    "down": "service_cmds:down",
+    "services": "service_cmds:services",
+    "service": "service_cmds:service",
+    "logs": "service_cmds:logs",
+    "source": "source_cmds:source",
+    "config": "config_cmds:config",
 }
 
 
@@ -57,7 +64,9 @@ def cli(ctx: click.Context, socket: str | None, home: str | None, json_mode: boo
 
     \b
     hive start                  start the daemon
-    hive status                 is it running?
+    hive up [PATH]              add a project (hive.yaml) and start its services
+    hive services               what runs, its health, pids, ports
+    hive logs -f [SERVICE]      follow the output
     hive events                 follow what happens
     """
     if home:

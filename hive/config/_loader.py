@@ -3,7 +3,6 @@ cross-service validation and fingerprints."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -372,11 +371,16 @@ def validate_services(services: Mapping[str, ServiceConfig], *, file: str) -> li
 _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="deterministic")
 
 
-def service_fingerprint(svc: ServiceConfig, *, project: HiveConfig | None = None) -> str:
-    """sha256 of the effective service config (defaults merged, ``${}`` interpolated, paths
-    resolved). With ``project``, the global environment and hooks are covered too, since they
-    reach every service. Dotenv file contents are not (they are read at each start)."""
+def service_fingerprint(svc: ServiceConfig, *, project: HiveConfig | None = None) -> bytes:
+    """The canonical encoding of the effective service config (defaults merged, ``${}``
+    interpolated, paths resolved): equal bytes, equal config. With ``project``, the global
+    environment and hooks are covered too, since they reach every service. Dotenv file
+    contents are not (they are read at each start).
+
+    The bytes themselves, not a digest of them: comparing a few kilobytes is exact and
+    keeps the daemon from loading a hashing library just for this.
+    """
     payload: list[Any] = [svc]
     if project is not None:
         payload += [project.environment, project.hooks]
-    return hashlib.sha256(_FINGERPRINT_ENCODER.encode(payload)).hexdigest()
+    return _FINGERPRINT_ENCODER.encode(payload)

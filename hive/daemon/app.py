@@ -48,6 +48,7 @@ class App:
     sources: Any = None
     services: Any = None
     logs: Any = None
+    state_writer: Any = None
     reloader: Callable[[], Awaitable[str]] | None = None
     _shutdown: anyio.Event = field(default_factory=anyio.Event)
     shutdown_request: ShutdownRequest | None = None

@@ -28,11 +28,15 @@ from .app import App, ShutdownRequest
 from .errors import RequestError
 from .events import EventBus
 from .home import MAX_SOCKET_PATH, HiveHome
+from .logs import LogHub
 from .logsetup import configure_logging, set_level
 from .pidlock import AlreadyRunning, PidLock
+from .runner_registry import RunnerRegistry
 from .server import SocketServer, bind_unix_socket
 from .settings import DaemonSettings, SettingsError, load_settings
-from .store import StateStore, StoreError
+from .sources import SourceRegistry
+from .store import StateStore, StateWriter, StoreError
+from .supervisor import Supervisor
 from .systemd import Notifier, listen_fds
 
 __all__ = ["StartupError", "run_daemon"]
@@ -41,6 +45,7 @@ log = logging.getLogger("hive.daemon")
 
 # How long answers in flight and live streams get to finish before they are cut.
 _DRAIN_SECONDS = 1.0
+_OFFSET_SAVE_SECONDS = 5.0
 
 
 class StartupError(Exception):
@@ -198,15 +203,27 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe) -> 
             home=home, settings=settings, socket_path=socket_path, bus=EventBus(), store=store
         )
         app.reloader = _make_reloader(app, notifier)
+        app.state_writer = StateWriter(store)
+        app.logs = LogHub(home.logs_dir, home.run_dir, settings.logs)
         server = SocketServer(
             app, sock, max_frame=settings.daemon.max_frame, max_inflight=settings.daemon.max_inflight
         )
         app.server = server
         async with anyio.create_task_group() as daemon_tasks:
-            await daemon_tasks.start(server.serve)
             # Handlers in place before READY: a SIGHUP right after must not kill us.
             await daemon_tasks.start(_handle_signals, app)
+            await daemon_tasks.start(app.state_writer.run)
+            await daemon_tasks.start(app.logs.run)
+            supervisor = Supervisor(app, daemon_tasks, RunnerRegistry())
+            app.services = supervisor
+            await supervisor.load_persisted()
+            app.sources = SourceRegistry(app, supervisor)
+            await app.sources.load_all()
+            # Adopt what a previous daemon left running before we say we are ready.
+            await supervisor.resume()
+            await daemon_tasks.start(server.serve)
             daemon_tasks.start_soon(notifier.run_watchdog)
+            daemon_tasks.start_soon(_save_offsets, supervisor)
             log.info("listening on %s (pid %d, version %s)", socket_path, app.pid, __version__)
             pipe.ready(socket_path)
             notifier.ready(f"listening on {socket_path}")
@@ -239,6 +256,18 @@ async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     """Stop what the daemon runs (services, plugins), in reverse order of start."""
     if app.services is not None:
         await app.services.shutdown(keep_services=request.keep_services)
+    if app.sources is not None:
+        await app.sources.close()
+    if app.state_writer is not None:
+        await app.state_writer.flush()
+
+
+async def _save_offsets(supervisor: Supervisor) -> None:
+    """Record how far service output was read, so a daemon killed with SIGKILL does not
+    log the same lines twice when the next one adopts the services."""
+    while True:
+        await anyio.sleep(_OFFSET_SAVE_SECONDS)
+        supervisor.save_log_offsets()
 
 
 def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]:
@@ -253,6 +282,7 @@ def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]
             raise RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
         set_level(settings.daemon.log_level)
         app.settings = settings
+        app.logs.reconfigure(settings.logs)
         messages = ["configuration reloaded"]
         if app.sources is not None:
             messages.append(await app.sources.reload_all())

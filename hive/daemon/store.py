@@ -13,6 +13,7 @@ at, and a damaged one is refused with the way out.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,8 +21,11 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import anyio.abc
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "StateStore", "StoreError"]
+log = logging.getLogger("hive.store")
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "StateStore", "StateWriter", "StoreError"]
 
 
 class StoreError(Exception):
@@ -175,3 +179,54 @@ class StateStore:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+class StateWriter:
+    """Write-behind for frequent, small updates (process records, counters).
+
+    Writes queue up and one task commits everything queued so far in one transaction:
+    starting 500 services costs a handful of commits, not 500. What a daemon killed
+    in between did not commit, the next one recovers (it finds running services by
+    their environment marker, see the supervisor).
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def queue(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._pending.append((sql, params))
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._wakeup.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._store.execute_many(batch)
+                self.last_error = None
+            except StoreError as exc:
+                # Keep serving from memory; the next write retries with what is current.
+                self.failures += 1
+                if self.last_error is None:
+                    log.error("state not saved: %s", exc)
+                self.last_error = str(exc)
+        self._idle.set()
+
+    async def flush(self) -> None:
+        """Commit everything queued so far (shutdown, or before an answer that needs it)."""
+        if self._pending:
+            await self._flush_pending()
+        await self._idle.wait()

@@ -1,9 +1,129 @@
-"""The services family (filled in by the supervision work)."""
+"""The services family: list, status, start, stop, restart, create, update, delete."""
 
 from __future__ import annotations
 
-from .sources import _unsupported
+from hive_client import ErrorCode, ExposedInfo, parse_fqn
+from hive_client.protocol import (
+    CreateService,
+    DeleteService,
+    ExposedList,
+    GetServiceStatus,
+    ListExposed,
+    ListServices,
+    Ok,
+    RestartService,
+    ServiceDetail,
+    ServiceList,
+    StartService,
+    StopService,
+    UpdateService,
+)
 
-list_services = get_service_status = start_service = stop_service = _unsupported
-restart_service = create_service = update_service = delete_service = _unsupported
-list_exposed = _unsupported
+from ..dispatch import RequestContext
+from ..errors import RequestError
+from ..sources import SourceRegistry
+from ..supervisor import InstanceRuntime, Supervisor
+from .sources import started_message
+
+
+def _supervisor(ctx: RequestContext) -> Supervisor:
+    supervisor: Supervisor = ctx.app.services
+    return supervisor
+
+
+def _registry(ctx: RequestContext) -> SourceRegistry:
+    registry: SourceRegistry = ctx.app.sources
+    return registry
+
+
+def _instance(ctx: RequestContext, fqn: str) -> InstanceRuntime:
+    try:
+        parsed = parse_fqn(fqn)
+    except ValueError as exc:
+        raise RequestError(ErrorCode.INVALID_FQN, str(exc)) from None
+    service = _supervisor(ctx).get(f"{parsed.source}:{parsed.service}")
+    index = parsed.instance or 0
+    if index >= len(service.instances):
+        raise RequestError.not_found(f"{service.fqn} has no instance #{index} (it runs {service.scale})")
+    return service.instances[index]
+
+
+def _base_fqn(ctx: RequestContext, fqn: str) -> str:
+    return _instance(ctx, fqn).service.fqn
+
+
+async def list_services(ctx: RequestContext, request: ListServices) -> ServiceList:
+    supervisor = _supervisor(ctx)
+    if request.source is not None:
+        _registry(ctx).get(request.source)
+    infos = [
+        supervisor.info(instance)
+        for fqn in sorted(supervisor.services)
+        for instance in supervisor.services[fqn].instances
+        if request.source is None or supervisor.services[fqn].source == request.source
+    ]
+    return ServiceList(services=infos)
+
+
+async def get_service_status(ctx: RequestContext, request: GetServiceStatus) -> ServiceDetail:
+    return ServiceDetail(service=_supervisor(ctx).info(_instance(ctx, request.fqn)))
+
+
+async def start_service(ctx: RequestContext, request: StartService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    _registry(ctx).require_startable(fqn)
+    problems = await _supervisor(ctx).start([fqn])
+    if problems:
+        raise RequestError(ErrorCode.CONFLICT, started_message(1, problems))
+    return Ok(message=f"{fqn} started")
+
+
+async def stop_service(ctx: RequestContext, request: StopService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    await _supervisor(ctx).stop([fqn])
+    return Ok(message=f"{fqn} stopped")
+
+
+async def restart_service(ctx: RequestContext, request: RestartService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    _registry(ctx).require_startable(fqn)
+    await _supervisor(ctx).restart(fqn)
+    return Ok(message=f"{fqn} restarted")
+
+
+async def create_service(ctx: RequestContext, request: CreateService) -> Ok:
+    fqn = await _registry(ctx).create_service(request.source_id, request.name, request.config, request.start)
+    return Ok(message=f"{fqn} created" + (" and starting" if request.start else ""))
+
+
+async def update_service(ctx: RequestContext, request: UpdateService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    await _registry(ctx).update_service(fqn, request.patch)
+    return Ok(message=f"{fqn} updated")
+
+
+async def delete_service(ctx: RequestContext, request: DeleteService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    await _registry(ctx).delete_service(fqn)
+    return Ok(message=f"{fqn} deleted")
+
+
+async def list_exposed(ctx: RequestContext, request: ListExposed) -> ExposedList:
+    supervisor = _supervisor(ctx)
+    exposed: dict[str, ExposedInfo] = {}
+    for service in supervisor.services.values():
+        expose = service.config.expose
+        if expose is not None:
+            exposed[expose.name] = ExposedInfo(
+                name=expose.name,
+                source=service.source,
+                service=service.name,
+                has_secret=expose.secret is not None,
+                vars=sorted(expose.vars),
+                healthy=service.instances[0].healthy,
+            )
+    for service in supervisor.services.values():
+        for use in service.config.uses:
+            if use.name in exposed:
+                exposed[use.name].consumers.append(service.fqn)
+    return ExposedList(exposed=[exposed[name] for name in sorted(exposed)])

@@ -1,18 +1,76 @@
-"""The sources family (filled in by the sources work)."""
+"""The sources family: list, add, remove, reload, enable, disable, start, stop."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from hive_client import ErrorCode
+from hive_client.protocol import (
+    AddSource,
+    AddSourceResult,
+    DisableSource,
+    EnableSource,
+    ListSources,
+    Ok,
+    ReloadPlan,
+    ReloadSource,
+    RemoveSource,
+    SourceList,
+    StartSource,
+    StopSource,
+)
 
 from ..dispatch import RequestContext
-from ..errors import RequestError
+from ..sources import SourceRegistry
 
 
-async def _unsupported(ctx: RequestContext, request: Any) -> Any:
-    raise RequestError(ErrorCode.UNSUPPORTED, f"{type(request).__name__} is not available yet")
+def _registry(ctx: RequestContext) -> SourceRegistry:
+    registry: SourceRegistry = ctx.app.sources
+    return registry
 
 
-list_sources = add_source = remove_source = reload_source = _unsupported
-enable_source = disable_source = start_source = stop_source = _unsupported
+def started_message(count: int, problems: list[str]) -> str:
+    if problems:
+        return f"started {count - len(problems)} of {count}; not running: " + "; ".join(problems)
+    return f"started {count} service{'s' if count != 1 else ''}"
+
+
+async def list_sources(ctx: RequestContext, request: ListSources) -> SourceList:
+    registry = _registry(ctx)
+    return SourceList(sources=[registry.info(registry.sources[n]) for n in registry.names()])
+
+
+async def add_source(ctx: RequestContext, request: AddSource) -> AddSourceResult:
+    registry = _registry(ctx)
+    source, _created = await registry.add(request.path, request.name)
+    if request.start:
+        await registry.start(source.name, [])
+    return AddSourceResult(name=source.name, services=len(source.services))
+
+
+async def remove_source(ctx: RequestContext, request: RemoveSource) -> Ok:
+    await _registry(ctx).remove(request.name)
+    return Ok(message=f"source {request.name} removed")
+
+
+async def reload_source(ctx: RequestContext, request: ReloadSource) -> ReloadPlan:
+    return await _registry(ctx).reload(request.name, dry_run=request.dry_run)
+
+
+async def enable_source(ctx: RequestContext, request: EnableSource) -> Ok:
+    await _registry(ctx).set_enabled(request.name, True)
+    return Ok(message=f"source {request.name} enabled")
+
+
+async def disable_source(ctx: RequestContext, request: DisableSource) -> Ok:
+    await _registry(ctx).set_enabled(request.name, False)
+    return Ok(message=f"source {request.name} disabled")
+
+
+async def start_source(ctx: RequestContext, request: StartSource) -> Ok:
+    registry = _registry(ctx)
+    problems = await registry.start(request.name, request.services)
+    count = len(request.services) or len(registry.get(request.name).services)
+    return Ok(message=started_message(count, problems))
+
+
+async def stop_source(ctx: RequestContext, request: StopSource) -> Ok:
+    await _registry(ctx).stop(request.name)
+    return Ok(message=f"source {request.name} stopped")

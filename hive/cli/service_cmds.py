@@ -1,0 +1,392 @@
+"""``hive up | down | services | service … | logs``: services and their output."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hive_client import BlockingClient, LogLine, ServiceInfo
+
+from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
+from ._output import Output, format_age
+
+# Config file names, as hive.config knows them (kept here so the CLI stays light).
+CONFIG_FILES = ("hive.yaml", ".hive/hive.yaml", ".adi/hive.yaml")
+
+
+def find_project_root(start: Path) -> Path | None:
+    current = start.absolute()
+    for directory in (current, *current.parents):
+        if any((directory / name).is_file() for name in CONFIG_FILES):
+            return directory
+    return None
+
+
+def complete_fqn(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion from the running daemon (nothing when it is not running)."""
+    try:
+        with BlockingClient(timeout=2) as client:
+            services = client.list_services()
+    except Exception:
+        return []
+    names = {s.fqn for s in services} | {s.name for s in services}
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+def resolve_fqn(client: BlockingClient, text: str) -> str:
+    """``web`` → ``proj:web`` when unambiguous (the project in the CWD wins a tie)."""
+    if ":" in text:
+        return text
+    services = client.list_services()
+    matches = sorted({s.source for s in services if s.name == text.partition("#")[0]})
+    if len(matches) == 1:
+        return f"{matches[0]}:{text}"
+    if not matches:
+        fail(f"no service named {text!r}", hint="`hive services` lists them", code=4)
+    root = find_project_root(Path.cwd())
+    if root is not None:
+        for source in client.list_sources():
+            if Path(source.path) in (root, root / "hive.yaml") and source.name in matches:
+                return f"{source.name}:{text}"
+    fail(f"{text!r} is ambiguous: " + ", ".join(f"{m}:{text}" for m in matches),
+         hint="name the source: SOURCE:SERVICE")
+
+
+def _ports(info: ServiceInfo) -> str:
+    return ",".join(f"{name}={port}" for name, port in sorted(info.ports.items())) or "-"
+
+
+def _health(info: ServiceInfo) -> str:
+    if info.healthy is None:
+        return "-"
+    return "healthy" if info.healthy else "unhealthy"
+
+
+def print_services(out: Output, services: list[ServiceInfo]) -> None:
+    rows = [
+        [
+            s.fqn,
+            s.state,
+            _health(s),
+            str(s.pid) if s.pid else "-",
+            _ports(s),
+            str(s.restart_count),
+            format_age(s.started_at) if s.state in ("running", "unhealthy") else "-",
+        ]
+        for s in services
+    ]
+    out.table(
+        ["SERVICE", "STATE", "HEALTH", "PID", "PORTS", "RESTARTS", "UPTIME"],
+        rows,
+        state_column=1,
+        empty="no services (add a project with `hive up PATH`)",
+    )
+    failed = [s for s in services if s.last_error and s.state not in ("running", "stopped")]
+    for s in failed:
+        out.line(f"  {s.fqn}: {s.last_error}", style="red")
+
+
+@click.command()
+@click.argument("args", nargs=-1, metavar="[PATH] [SERVICE]...", shell_complete=complete_fqn)
+@click.option("--name", help="Source name (default: the directory name).")
+@json_option
+@pass_state
+def up(state: CliState, args: tuple[str, ...], name: str | None) -> None:
+    """Add a project as a source and start it (or only the SERVICEs named)."""
+    path: Path | None = None
+    services = list(args)
+    if services and (Path(services[0]).exists() or "/" in services[0]):
+        path = Path(services.pop(0))
+    if path is None:
+        path = find_project_root(Path.cwd())
+        if path is None:
+            fail("no hive.yaml here or in any parent directory", hint="pass the project's PATH")
+    client = state.client()
+    client.timeout = max(client.timeout or 0, 120)
+    added = client.add_source(path.absolute(), name=name)
+    client.start_source(added.name, services)
+    listed = client.list_services(added.name)
+    if services:
+        listed = [s for s in listed if s.name in services or s.state != "stopped"]
+    failed = [s.fqn for s in listed if s.desired == "running" and s.state not in _UP_STATES]
+    if state.json_mode:
+        state.out.json({"source": added.name, "services": listed, "failed": failed})
+    else:
+        print_services(state.out, listed)
+    if failed:
+        sys.exit(EXIT_FAILURE)
+
+
+# Where a service may be right after `hive up` without that being a failure.
+_UP_STATES = ("running", "unhealthy", "starting", "exited")
+
+
+@click.command()
+@click.argument("target", required=False)
+@json_option
+@pass_state
+def down(state: CliState, target: str | None) -> None:
+    """Stop a project's services (TARGET: a path or a source name; default: this project)."""
+    client = state.client()
+    source = _source_for(client, target)
+    client.timeout = max(client.timeout or 0, 300)
+    client.stop_source(source)
+    if state.json_mode:
+        state.out.json({"source": source, "stopped": True})
+    else:
+        state.out.line(f"stopped {source}")
+
+
+def _source_for(client: BlockingClient, target: str | None) -> str:
+    sources = client.list_sources()
+    if target and any(s.name == target for s in sources):
+        return target
+    root = Path(target).absolute() if target else find_project_root(Path.cwd())
+    if root is not None:
+        for source in sources:
+            path = Path(source.path)
+            if path == root or path.parent == root or path == root / "hive.db":
+                return source.name
+    fail(
+        f"no source for {target or 'this directory'}",
+        hint="`hive source list` shows the sources; `hive up` adds this project",
+        code=4,
+    )
+
+
+@click.command()
+@click.argument("source", required=False)
+@json_option
+@pass_state
+def services(state: CliState, source: str | None) -> None:
+    """List services: state, health, pid, ports, restarts, uptime."""
+    listed = state.client().list_services(source)
+    if state.json_mode:
+        state.out.json(listed)
+    else:
+        print_services(state.out, listed)
+
+
+@click.group()
+def service() -> None:
+    """Act on one service: start, stop, restart, status, create, update, delete."""
+
+
+def _act(state: CliState, fqns: tuple[str, ...], verb: str) -> None:
+    client = state.client()
+    client.timeout = max(client.timeout or 0, 300)
+    done = []
+    for text in fqns:
+        fqn = resolve_fqn(client, text)
+        getattr(client, f"{verb}_service")(fqn)
+        done.append(fqn)
+    if state.json_mode:
+        state.out.json({_PAST[verb]: done})
+    else:
+        for fqn in done:
+            state.out.line(f"{fqn} {_PAST[verb]}")
+
+
+_PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
+
+
+@service.command("start")
+@click.argument("fqns", nargs=-1, required=True, metavar="SERVICE...", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def service_start(state: CliState, fqns: tuple[str, ...]) -> None:
+    """Start services (and what they depend on)."""
+    _act(state, fqns, "start")
+
+
+@service.command("stop")
+@click.argument("fqns", nargs=-1, required=True, metavar="SERVICE...", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def service_stop(state: CliState, fqns: tuple[str, ...]) -> None:
+    """Stop services (signal, grace period, kill); they stay stopped."""
+    _act(state, fqns, "stop")
+
+
+@service.command("restart")
+@click.argument("fqns", nargs=-1, required=True, metavar="SERVICE...", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def service_restart(state: CliState, fqns: tuple[str, ...]) -> None:
+    """Stop, then start services."""
+    _act(state, fqns, "restart")
+
+
+@service.command("status")
+@click.argument("fqn", metavar="SERVICE", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def service_status(state: CliState, fqn: str) -> None:
+    """Everything about one service, with its health checks."""
+    client = state.client()
+    info = client.get_service_status(resolve_fqn(client, fqn))
+    if state.json_mode:
+        state.out.json(info)
+        return
+    rows = [
+        ("state", info.state + (f" (wanted: {info.desired})" if info.desired else "")),
+        ("health", _health(info)),
+        ("runner", info.runner),
+        ("pid", str(info.pid) if info.pid else "-"),
+        ("ports", _ports(info)),
+        ("restarts", str(info.restart_count)),
+        ("uptime", format_age(info.started_at) if info.pid else "-"),
+    ]
+    if info.exit_code is not None:
+        rows.append(("last exit", str(info.exit_code)))
+    if info.last_error:
+        rows.append(("error", info.last_error))
+    for check in info.health_checks:
+        verdict = "-" if check.healthy is None else ("pass" if check.healthy else "FAIL")
+        rows.append((f"check {check.kind}", f"{verdict} {check.target} {check.message}".rstrip()))
+    state.out.fields(info.fqn, rows)
+
+
+def _load_config_argument(config: str | None, file: Path | None) -> dict[str, Any]:
+    if (config is None) == (file is None):
+        fail("give the service's configuration with --config JSON or --file PATH (YAML or JSON)")
+    try:
+        if config is not None:
+            data = json.loads(config)
+        else:
+            import yaml
+
+            assert file is not None
+            data = yaml.safe_load(file.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the configuration: {exc}")
+    except Exception as exc:  # yaml.YAMLError and friends
+        fail(f"cannot parse the configuration: {exc}")
+    if not isinstance(data, dict):
+        fail("the configuration must be a mapping (a services.<name> entry of hive.yaml)")
+    return data
+
+
+@service.command("create")
+@click.argument("source")
+@click.argument("name")
+@click.option("--config", help="The service as JSON (the shape of a hive.yaml services entry).")
+@click.option("--file", "file", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Read it from a YAML or JSON file.")
+@click.option("--no-start", is_flag=True, help="Create it stopped.")
+@json_option
+@pass_state
+def service_create(state: CliState, source: str, name: str, config: str | None, file: Path | None, no_start: bool) -> None:
+    """Create a service in a SQLite source."""
+    entry = _load_config_argument(config, file)
+    state.client().create_service(source, name, entry, start=not no_start)
+    if state.json_mode:
+        state.out.json({"created": f"{source}:{name}"})
+    else:
+        state.out.line(f"{source}:{name} created" + ("" if no_start else " and starting"))
+
+
+@service.command("update")
+@click.argument("fqn", metavar="SERVICE", shell_complete=complete_fqn)
+@click.option("--patch", "patch", required=True, help="A JSON merge patch of its configuration.")
+@json_option
+@pass_state
+def service_update(state: CliState, fqn: str, patch: str) -> None:
+    """Change a SQLite-source service (restarted if it runs and changed)."""
+    try:
+        data = json.loads(patch)
+    except ValueError as exc:
+        fail(f"--patch is not JSON: {exc}")
+    client = state.client()
+    target = resolve_fqn(client, fqn)
+    client.update_service(target, data)
+    if state.json_mode:
+        state.out.json({"updated": target})
+    else:
+        state.out.line(f"{target} updated")
+
+
+@service.command("delete")
+@click.argument("fqn", metavar="SERVICE", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def service_delete(state: CliState, fqn: str) -> None:
+    """Stop and delete a SQLite-source service."""
+    client = state.client()
+    target = resolve_fqn(client, fqn)
+    client.delete_service(target)
+    if state.json_mode:
+        state.out.json({"deleted": target})
+    else:
+        state.out.line(f"{target} deleted")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_LEVEL_STYLES = {
+    "trace": "dim", "debug": "dim", "info": "", "notice": "cyan",
+    "warn": "yellow", "error": "red", "fatal": "bold red",
+}
+
+
+def parse_since(text: str) -> datetime:
+    """``10m`` (ago), or an ISO timestamp."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--since {text!r}: expected a duration like 10m or 2h, or an ISO timestamp")
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def _print_line(out: Output, line: LogLine, width: int) -> None:
+    when = line.timestamp.astimezone().strftime("%H:%M:%S.%f")[:-3]
+    name = line.service_fqn.ljust(width)
+    if out.tty:
+        from rich.markup import escape
+
+        style = _LEVEL_STYLES.get(line.level, "")
+        marker = "[dim]hive[/] " if line.stream == "hive" else ""
+        text = f"[{style}]{escape(line.message)}[/]" if style else escape(line.message)
+        out.console.print(f"[dim]{when}[/] [cyan]{escape(name)}[/] {marker}{text}")
+    else:
+        sys.stdout.write(f"{when} {name} {line.level:<5} {line.message}\n")
+
+
+@click.command()
+@click.argument("fqn", required=False, metavar="[SERVICE]", shell_complete=complete_fqn)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--tail", type=int, default=100, show_default=True, help="Lines of history first.")
+@click.option("--since", help="Only lines after: a duration (10m, 2h) or an ISO timestamp.")
+@click.option("--level", help="Minimum level: trace debug info notice warn error fatal.")
+@json_option
+@pass_state
+def logs(state: CliState, fqn: str | None, follow: bool, tail: int, since: str | None, level: str | None) -> None:
+    """Show service output (all services, a source `proj:*`, a service `web`)."""
+    client = state.client()
+    pattern = fqn
+    if fqn and ":" not in fqn and "*" not in fqn:
+        pattern = resolve_fqn(client, fqn)
+    out = state.out
+    since_time = parse_since(since) if since else None
+    history = client.get_logs(pattern, lines=tail, since=since_time, level=level)
+    width = max((len(line.service_fqn) for line in history), default=0)
+    for line in history:
+        out.json(line) if state.json_mode else _print_line(out, line, width)
+    if not follow:
+        return
+    sys.stdout.flush()
+    client.timeout = None
+    with client.stream_logs(pattern, level=level, tail=0) as stream:
+        for line in stream:
+            width = max(width, len(line.service_fqn))
+            out.json(line) if state.json_mode else _print_line(out, line, width)
+            sys.stdout.flush()
+

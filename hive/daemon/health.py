@@ -1,0 +1,494 @@
+"""Health checks of one running service instance (``hive.yaml`` §6, spec S).
+
+A :class:`HealthMonitor` runs a service's checks until it is cancelled and keeps one overall
+verdict:
+
+* **healthy** when the last result of *every* check is a pass. Before the first verdict a single
+  pass of every check is enough (no need to wait for ``retries`` passes); after an unhealthy
+  verdict, one pass of every check makes the service healthy again;
+* **unhealthy** when some check has failed ``retries`` times in a row (failures that count; see
+  ``start_period``);
+* otherwise unchanged — ``None`` (unknown) until the first verdict.
+
+Each check runs in its own task on its own schedule: the first probe at once, then one every
+``interval`` seconds (ticks are aligned on the start time, so intervals do not drift; a probe that
+overruns its tick skips the ticks it missed, it never bursts). A probe is bounded by the check's
+``timeout``. During the first ``start_period`` seconds failures do not count toward ``retries``
+(probes started in that window); a pass counts at once and also ends the start period of that check
+(Docker's semantics).
+
+Check types:
+
+* ``http``: ``GET``/``HEAD``/``POST http://127.0.0.1:<port><path>`` with a minimal HTTP/1.1 client;
+  any 2xx passes when ``status`` is unset, else exactly ``status``.
+* ``tcp``: a TCP connection to ``127.0.0.1:<port>`` within the timeout.
+* ``cmd``: ``[*exec_prefix, "sh", "-c", command]``; exit status 0 passes. The process runs in a new
+  session; when it times out, or when the monitor is cancelled, its whole process group is
+  SIGKILLed (after a normal exit too, so nothing it started in the background lingers).
+* any other type (``grpc``, ``postgres``, ``redis``, ``mysql``, plugin types): not available in
+  this daemon, so the check always fails with ``health check type 'grpc' is not available``.
+
+Problems never escape :meth:`HealthMonitor.run`: a port template that cannot be rendered, a
+non-numeric port or a missing type block make that check fail with the reason as its message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import anyio
+import anyio.abc
+
+from hive.config import HealthCheckSpec, RuntimeTemplateError, render_runtime
+from hive_client import HealthCheckResult
+
+__all__ = ["HOST", "HealthMonitor", "format_seconds"]
+
+log = logging.getLogger("hive.health")
+
+HOST = "127.0.0.1"
+
+# Defaults for non-positive timings, as in the config format (spec S).
+_DEFAULT_INTERVAL = 10.0
+_DEFAULT_TIMEOUT = 5.0
+
+# What an HTTP check reads at most (status line, plus the headers of any 1xx answers).
+_HTTP_READ_CAP = 16 * 1024
+# The tail of a cmd check's output that is kept (its last line goes into the message).
+_OUTPUT_TAIL = 4096
+_MESSAGE_LINE_CAP = 200
+# How long reaping a SIGKILLed check process may take before we give up on it.
+_REAP_SECONDS = 5.0
+
+_STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: [^\r\n]*)?")
+_PATH_SAFE = "/:@!$&'()*+,;=?%~-._"
+
+OnChange = Callable[[bool, str], None]
+OnResult = Callable[[HealthCheckResult], None]
+
+
+def format_seconds(seconds: float) -> str:
+    """``5.0`` → ``5s``, ``0.25`` → ``250ms``, ``1.5`` → ``1.5s``."""
+    if seconds >= 1 or seconds <= 0:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
+
+
+class _CheckFailed(Exception):
+    """A probe failed; the message says why."""
+
+
+@dataclass
+class _Check:
+    """One configured check and what the monitor knows about it."""
+
+    spec: HealthCheckSpec
+    kind: str
+    target: str
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float
+    port: int | None = None  # rendered (http/tcp)
+    problem: str | None = None  # a configuration problem: every probe fails with it
+    consecutive_failures: int = 0
+    started: bool = False  # a pass was seen (ends the start period)
+    last: HealthCheckResult | None = None
+    passing: bool | None = None  # the last probe's outcome
+
+
+class HealthMonitor:
+    """Runs the health checks of one service instance; see the module documentation.
+
+    ``ports`` are the instance's rollout ports (for ``{{runtime.port.NAME}}``); ``env`` is the
+    complete environment of a cmd check's process (with an ``exec_prefix``, the environment of the
+    prefix program, e.g. the ``docker`` CLI). ``on_change(healthy, message)`` is called when the
+    overall verdict changes, the first verdict included; ``on_result(result)`` (optional) after
+    every probe. Both are called synchronously from the monitor's tasks, must not block, and an
+    exception they raise is logged and swallowed.
+
+    ``exec_prefix`` runs cmd checks elsewhere, e.g. ``["docker", "exec", "ctr"]``; the command then
+    runs as ``[*exec_prefix, "sh", "-c", command]`` and the check's ``working_dir`` is not applied
+    (pass ``-w DIR`` in the prefix if the container needs one). Without a prefix: ``sh -c`` in
+    ``working_dir``.
+
+    A monitor runs once: create a new one for each instance start.
+    """
+
+    def __init__(
+        self,
+        fqn: str,
+        checks: Sequence[HealthCheckSpec],
+        *,
+        ports: Mapping[str, int],
+        env: Mapping[str, str],
+        on_change: OnChange,
+        exec_prefix: Sequence[str] = (),
+        on_result: OnResult | None = None,
+    ) -> None:
+        self.fqn = fqn
+        self._env = dict(env)
+        self._on_change = on_change
+        self._on_result = on_result
+        self._exec_prefix = list(exec_prefix)
+        self._checks = [self._prepare(spec, ports) for spec in checks]
+        self._healthy: bool | None = None
+        self._ran = False
+
+    # ---- public surface ----------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool | None:
+        """The overall verdict; None until the first one (and always None without checks)."""
+        return self._healthy
+
+    def results(self) -> list[HealthCheckResult]:
+        """The last result of each check, in config order. A check not run yet has
+        ``healthy=None`` and ``checked_at=None``."""
+        return [
+            check.last
+            if check.last is not None
+            else HealthCheckResult(kind=check.kind, target=check.target, message="not checked yet")
+            for check in self._checks
+        ]
+
+    async def run(self) -> None:
+        """Run every check on its schedule until cancelled. Without checks, just wait to be
+        cancelled (the verdict stays unknown)."""
+        if self._ran:
+            raise RuntimeError("a HealthMonitor runs once; create a new one for each start")
+        self._ran = True
+        if not self._checks:
+            await anyio.sleep_forever()
+        t0 = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for check in self._checks:
+                tg.start_soon(self._loop, check, t0, name=f"health {self.fqn} {check.target}")
+
+    # ---- scheduling and verdicts -------------------------------------------------------------
+
+    async def _loop(self, check: _Check, t0: float) -> None:
+        tick = 0
+        while True:
+            await anyio.sleep_until(t0 + tick * check.interval)
+            begun = anyio.current_time()
+            in_start_period = not check.started and begun - t0 < check.start_period
+            passed, message = await self._probe(check)
+            self._record(check, passed, message, counted=passed or not in_start_period)
+            # The next tick after now: a probe that overran skips the ticks it missed.
+            elapsed = anyio.current_time() - t0
+            tick = max(tick + 1, math.floor(elapsed / check.interval) + 1)
+
+    def _record(self, check: _Check, passed: bool, message: str, *, counted: bool) -> None:
+        if passed:
+            check.consecutive_failures = 0
+            check.started = True
+        elif counted:
+            check.consecutive_failures += 1
+        check.passing = passed
+        check.last = HealthCheckResult(
+            kind=check.kind,
+            target=check.target,
+            healthy=passed,
+            message=message,
+            checked_at=datetime.now(UTC),
+            consecutive_failures=check.consecutive_failures,
+        )
+        if self._on_result is not None:
+            self._call(self._on_result, check.last)
+        self._update_verdict()
+
+    def _update_verdict(self) -> None:
+        failing = [c for c in self._checks if c.consecutive_failures >= c.retries]
+        if failing:
+            verdict = False
+            message = "; ".join(
+                f"{c.target}: {c.last.message if c.last else ''} "
+                f"({c.consecutive_failures} consecutive failure"
+                f"{'s' if c.consecutive_failures != 1 else ''})"
+                for c in failing
+            )
+        elif all(c.passing for c in self._checks):
+            verdict = True
+            message = "; ".join(
+                f"{c.target}: {c.last.message if c.last else ''}" for c in self._checks
+            )
+        else:
+            return
+        if verdict == self._healthy:
+            return
+        self._healthy = verdict
+        log.info(
+            "%s is %s: %s", self.fqn, "healthy" if verdict else "unhealthy", message,
+            extra={"service_fqn": self.fqn},
+        )
+        self._call(self._on_change, verdict, message)
+
+    def _call(self, callback: Callable[..., None], *args: object) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("health callback of %s failed", self.fqn)
+
+    # ---- preparing checks --------------------------------------------------------------------
+
+    def _prepare(self, spec: HealthCheckSpec, ports: Mapping[str, int]) -> _Check:
+        check = _Check(
+            spec=spec,
+            kind=spec.type,
+            target=spec.type,
+            interval=spec.interval if spec.interval > 0 else _DEFAULT_INTERVAL,
+            timeout=spec.timeout if spec.timeout > 0 else _DEFAULT_TIMEOUT,
+            retries=max(1, spec.retries),
+            start_period=max(0.0, spec.start_period),
+        )
+        if spec.type == "http":
+            if spec.http is None:
+                check.problem = "missing 'http' configuration"
+                return check
+            path = _request_path(spec.http.path)
+            port_text = _port_text(spec.http.port)
+            check.target = f"{spec.http.method} {HOST}:{port_text}{path}"
+            check.port, check.problem = _render_port(port_text, ports)
+            if check.port is not None:
+                check.target = f"{spec.http.method} {HOST}:{check.port}{path}"
+        elif spec.type == "tcp":
+            if spec.tcp is None:
+                check.problem = "missing 'tcp' configuration"
+                return check
+            port_text = _port_text(spec.tcp.port)
+            check.port, check.problem = _render_port(port_text, ports)
+            check.target = f"tcp {HOST}:{check.port if check.port is not None else port_text}"
+        elif spec.type == "cmd":
+            if spec.cmd is None:
+                check.problem = "missing 'cmd' configuration"
+                return check
+            check.target = f"cmd: {spec.cmd.command}"
+        else:
+            check.problem = f"health check type '{spec.type}' is not available"
+        return check
+
+    # ---- probes ------------------------------------------------------------------------------
+
+    async def _probe(self, check: _Check) -> tuple[bool, str]:
+        """One probe: (passed, message). Never raises, except cancellation."""
+        if check.problem is not None:
+            return False, check.problem
+        spec = check.spec
+        try:
+            if spec.http is not None and spec.type == "http":
+                assert check.port is not None
+                with anyio.fail_after(check.timeout):
+                    return await _http_probe(
+                        check.port, spec.http.method, spec.http.path, spec.http.status
+                    )
+            if spec.type == "tcp":
+                assert check.port is not None
+                with anyio.fail_after(check.timeout):
+                    return await _tcp_probe(check.port)
+            if spec.cmd is not None and spec.type == "cmd":
+                return await self._cmd_probe(spec.cmd.command, spec.cmd.working_dir, check.timeout)
+            return False, f"health check type '{spec.type}' is not available"
+        except TimeoutError:
+            return False, f"timed out after {format_seconds(check.timeout)}"
+        except _CheckFailed as exc:
+            return False, str(exc)
+        except Exception as exc:  # a bug or an unexpected OS error: a failed check, not a crash
+            log.exception("health check %s of %s failed unexpectedly", check.target, self.fqn)
+            return False, f"check error: {exc!r}"
+
+    async def _cmd_probe(self, command: str, working_dir: str, timeout: float) -> tuple[bool, str]:
+        argv = [*self._exec_prefix, "sh", "-c", command]
+        cwd: str | None = None
+        if not self._exec_prefix:
+            cwd = working_dir
+            if not await anyio.Path(cwd).is_dir():
+                raise _CheckFailed(f"working directory {cwd} does not exist")
+        try:
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=self._env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise _CheckFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        tail = bytearray()
+        returncode: int | None = None
+        try:
+            with anyio.move_on_after(timeout):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_read_tail, process, tail)
+                    returncode = await process.wait()
+                    # Whatever it left behind in its group dies now; then the output hits EOF.
+                    _kill_group(process.pid)
+        finally:
+            with anyio.CancelScope(shield=True):
+                _kill_group(process.pid)
+                with anyio.move_on_after(_REAP_SECONDS):
+                    await process.aclose()
+        last = _last_line(tail)
+        if returncode is None:
+            suffix = f" (last output: {last})" if last else ""
+            return False, f"timed out after {format_seconds(timeout)}{suffix}"
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            status = f"killed by {name}"
+        else:
+            status = f"exit status {returncode}"
+        return returncode == 0, f"{status}: {last}" if last else status
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _port_text(port: object) -> str:
+    return port if isinstance(port, str) else str(port)
+
+
+def _render_port(text: str, ports: Mapping[str, int]) -> tuple[int | None, str | None]:
+    """(port, None) or (None, problem)."""
+    try:
+        rendered = render_runtime(text, ports=ports, uses=None).strip()
+    except RuntimeTemplateError as exc:
+        return None, str(exc)
+    if not (rendered.isascii() and rendered.isdigit()):
+        return None, f"invalid port {rendered!r}: expected a number"
+    port = int(rendered)
+    if not 1 <= port <= 65535:
+        return None, f"invalid port {port}: out of range 1-65535"
+    return port, None
+
+
+def _request_path(path: str) -> str:
+    if not path.startswith("/"):
+        path = "/" + path
+    return quote(path, safe=_PATH_SAFE)
+
+
+def _connect_error(exc: OSError, port: int) -> str:
+    """The most specific reason from anyio's "All connection attempts failed" wrapper."""
+    cause: BaseException | None = exc
+    while isinstance(cause, OSError) and cause.errno is None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    code = cause.errno if isinstance(cause, OSError) else None
+    if code == errno.ECONNREFUSED:
+        return f"connection refused on {HOST}:{port}"
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    return f"cannot connect to {HOST}:{port}: {reason}"
+
+
+async def _connect(port: int) -> anyio.abc.SocketStream:
+    try:
+        return await anyio.connect_tcp(HOST, port)
+    except OSError as exc:
+        raise _CheckFailed(_connect_error(exc, port)) from None
+
+
+async def _tcp_probe(port: int) -> tuple[bool, str]:
+    stream = await _connect(port)
+    await stream.aclose()
+    return True, f"connected to {HOST}:{port}"
+
+
+async def _http_probe(port: int, method: str, path: str, expected: int | None) -> tuple[bool, str]:
+    request_path = _request_path(path)
+    lines = [
+        f"{method} {request_path} HTTP/1.1",
+        f"Host: {HOST}:{port}",
+        "User-Agent: hive-health",
+        "Accept: */*",
+        "Connection: close",
+    ]
+    if method == "POST":
+        lines.append("Content-Length: 0")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    stream = await _connect(port)
+    async with stream:
+        try:
+            await stream.send(request)
+            status = await _read_status(stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise _CheckFailed(f"connection to {HOST}:{port} failed: {exc or 'reset'}") from None
+    got = f"HTTP {status} from {request_path}"
+    if expected is None:
+        return 200 <= status < 300, got
+    if status == expected:
+        return True, got
+    return False, f"{got} (expected {expected})"
+
+
+async def _read_status(stream: anyio.abc.SocketStream) -> int:
+    """The status of the final response (interim 1xx answers are skipped). Reads at most
+    ``_HTTP_READ_CAP`` bytes in all."""
+    buffer = b""
+    received = 0
+
+    async def fill_until(marker: bytes) -> None:
+        nonlocal buffer, received
+        while marker not in buffer:
+            if received >= _HTTP_READ_CAP:
+                raise _CheckFailed("invalid HTTP response: header too long")
+            try:
+                chunk = await stream.receive(_HTTP_READ_CAP - received)
+            except anyio.EndOfStream:
+                if not received:
+                    raise _CheckFailed("connection closed without an HTTP response") from None
+                raise _CheckFailed(f"invalid HTTP response: {buffer[:60]!r}") from None
+            received += len(chunk)
+            buffer += chunk
+
+    while True:
+        await fill_until(b"\r\n")
+        line = buffer.split(b"\r\n", 1)[0]
+        match = _STATUS_LINE.fullmatch(line)
+        if match is None:
+            raise _CheckFailed(f"invalid HTTP response: {line[:60]!r}")
+        status = int(match.group(1))
+        if not 100 <= status < 200 or status == 101:
+            return status
+        # An interim answer (100 Continue, 103 Early Hints): skip it and its headers.
+        await fill_until(b"\r\n\r\n")
+        buffer = buffer.split(b"\r\n\r\n", 1)[1]
+
+
+async def _read_tail(process: anyio.abc.Process, tail: bytearray) -> None:
+    if process.stdout is None:
+        return
+    try:
+        async for chunk in process.stdout:
+            tail.extend(chunk)
+            if len(tail) > _OUTPUT_TAIL:
+                del tail[: len(tail) - _OUTPUT_TAIL]
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+def _last_line(tail: bytes | bytearray) -> str:
+    for raw in reversed(tail.decode("utf-8", "replace").splitlines()):
+        line = raw.strip()
+        if line:
+            return line if len(line) <= _MESSAGE_LINE_CAP else line[: _MESSAGE_LINE_CAP - 1] + "…"
+    return ""
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

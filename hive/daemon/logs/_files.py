@@ -1,0 +1,207 @@
+"""Per-instance log files: buffered appends, size-based rotation, tail reading."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["LogFile", "WriteStats", "read_tail_lines"]
+
+logger = logging.getLogger("hive.logs")
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+
+class WriteStats:
+    """Counters shared by every LogFile of a hub."""
+
+    __slots__ = ("dropped_bytes", "errors")
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.dropped_bytes = 0
+
+
+class LogFile:
+    """``path`` plus ``path.1`` (newest) … ``path.<keep>``; lines are queued, then flushed.
+
+    A failed write (ENOSPC, EIO, a vanished directory) drops what was queued, is
+    counted, and is logged once per episode; the next flush reopens the file and
+    tries again, so writing resumes by itself when there is room.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, keep: int, stats: WriteStats) -> None:
+        self.path = path
+        self.max_bytes = max(1, max_bytes)
+        self.keep = max(0, keep)
+        self._stats = stats
+        self._fd = -1
+        self._size = 0
+        # Encoded lines waiting for flush(); the hub appends to it directly.
+        self.pending: list[bytes] = []
+        self._pruned = False
+        self.failing = False
+        # A write cut short left half a line at the end of the file.
+        self._torn = False
+
+    def reconfigure(self, max_bytes: int, keep: int) -> None:
+        """New limits: old files beyond ``keep`` go now; an oversized file rotates on
+        its next write."""
+        self.max_bytes = max(1, max_bytes)
+        self.keep = max(0, keep)
+        self._prune()
+
+    def add(self, data: bytes) -> None:
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        chunks = self.pending
+        try:
+            self._write(chunks)
+        except OSError as exc:
+            self._fail(exc, sum(map(len, chunks)))
+            return
+        finally:
+            # Cleared in place: the hub holds a bound ``pending.append``.
+            chunks.clear()
+        if self.failing:
+            self.failing = False
+            logger.warning("writing %s works again", self.path)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _open(self) -> int:
+        if self._fd < 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._pruned:
+                self._prune()
+            self._fd = os.open(self.path, _OPEN_FLAGS, 0o640)
+            self._size = os.fstat(self._fd).st_size
+        return self._fd
+
+    def _write(self, chunks: list[bytes]) -> None:
+        fd = self._open()
+        batch: list[bytes] = [b"\n"] if self._torn else []
+        batch_size = len(batch)
+        for chunk in chunks:
+            # Rotate before a line that would overflow the file, unless the file is
+            # empty (a single line longer than max_bytes gets a file of its own).
+            if self._size + batch_size + len(chunk) > self.max_bytes and self._size + batch_size:
+                fd = self._write_out(fd, batch)
+                batch, batch_size = [], 0
+                fd = self._rotate()
+            batch.append(chunk)
+            batch_size += len(chunk)
+        self._write_out(fd, batch)
+
+    def _write_out(self, fd: int, batch: list[bytes]) -> int:
+        if not batch:
+            return fd
+        view = memoryview(b"".join(batch))
+        total = len(view)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except OSError:
+                if len(view) != total:
+                    self._torn = True
+                raise
+            self._size += written
+            view = view[written:]
+        self._torn = False
+        return fd
+
+    def _rotate(self) -> int:
+        os.close(self._fd)
+        self._fd = -1
+        if self.keep == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self.keep - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self._numbered(index), self._numbered(index + 1))
+            # Someone may have removed it: then start afresh.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path, self._numbered(1))
+        return self._open()
+
+    def _numbered(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index}")
+
+    def _prune(self) -> None:
+        """Drop old files beyond ``keep`` (left from a larger setting)."""
+        self._pruned = True
+        prefix = self.path.name + "."
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return
+        for name in names:
+            suffix = name[len(prefix) :] if name.startswith(prefix) else ""
+            if suffix.isdigit() and int(suffix) > self.keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path.parent / name)
+
+    def _fail(self, exc: OSError, size: int) -> None:
+        self._stats.errors += 1
+        self._stats.dropped_bytes += size
+        if self._fd >= 0:
+            # Reopen next time: the path may be fixed or replaced meanwhile.
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if not self.failing:
+            self.failing = True
+            logger.error(
+                "cannot write %s: %s; logs stay in memory until writing works again",
+                self.path,
+                exc.strerror or exc,
+            )
+
+
+def read_tail_lines(path: Path, count: int, max_bytes: int) -> list[bytes]:
+    """The last ``count`` lines of a regular file, reading at most ``max_bytes``."""
+    if count <= 0:
+        return []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return []  # /dev/full and friends: nothing to read back
+        pos = info.st_size
+        blocks: list[bytes] = []
+        newlines = 0
+        read = 0
+        while pos > 0 and newlines <= count and read < max_bytes:
+            step = min(64 * 1024, pos)
+            pos -= step
+            block = os.pread(fd, step, pos)
+            blocks.append(block)
+            newlines += block.count(b"\n")
+            read += len(block)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    data = b"".join(reversed(blocks))
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if pos > 0 and lines:
+        lines.pop(0)  # starts mid-line
+    return lines[-count:]

@@ -1,0 +1,517 @@
+"""Sources: where services come from.
+
+A **yaml** source is a project directory (``hive.yaml``, ``.hive/hive.yaml`` or
+``.adi/hive.yaml``); a **sqlite** source is a database whose services are created,
+updated and deleted through the API; the **default** source is ``$HIVE_HOME/hive.yaml``
+when it exists. The registry of added sources lives in ``state.db``.
+
+A reload computes a plan from the effective configuration of each service (defaults
+merged, variables resolved): only the services whose configuration changed restart,
+new ones start, removed ones stop. An invalid file changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from hive.config import (
+    ConfigError,
+    HiveConfig,
+    LoadedProject,
+    ServiceConfig,
+    find_config_file,
+    load_project,
+    parse_service_entry,
+    service_fingerprint,
+    validate_services,
+)
+from hive_client import (
+    ErrorCode,
+    SourceAdded,
+    SourceChanged,
+    SourceInfo,
+    SourceRemoved,
+    validate_name,
+)
+from hive_client.protocol import ReloadPlan
+
+from .errors import RequestError
+from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
+from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["Source", "SourceRegistry"]
+
+log = logging.getLogger("hive.sources")
+
+DEFAULT_SOURCE = "default"
+SQLITE_SOURCE_FILE = "hive.db"
+
+
+class Source:
+    def __init__(self, name: str, path: Path, source_type: str, *, enabled: bool = True,
+                 builtin: bool = False) -> None:
+        self.name = name
+        self.path = path
+        self.source_type = source_type
+        self.enabled = enabled
+        self.builtin = builtin
+        self.error: str | None = None
+        self.project: LoadedProject | None = None
+        self.database: SqliteSourceFile | None = None
+        self.services: dict[str, ServiceConfig] = {}
+        self.warnings: list[str] = []
+
+    @property
+    def config(self) -> HiveConfig | None:
+        return self.project.config if self.project is not None else None
+
+
+def slugify(text: str) -> str:
+    """A valid source name from a directory or file name (``My App`` → ``my-app``)."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    slug = re.sub(r"^[^a-z]+", "", slug)
+    return slug
+
+
+def _default_name(source_type: str, canonical: Path) -> str:
+    """The directory (or database) a source is named after when no name is given."""
+    if source_type == "sqlite":
+        return canonical.parent.name if canonical.name == SQLITE_SOURCE_FILE else canonical.stem
+    if canonical.is_file():
+        parent = canonical.parent
+        return parent.parent.name if parent.name in (".hive", ".adi") else parent.name
+    return canonical.name
+
+
+def detect(path: Path) -> tuple[str, Path]:
+    """(source type, canonical path) for what the user pointed at."""
+    if path.suffix == ".db" and not path.is_dir():
+        return "sqlite", path
+    if path.is_dir():
+        if (path / SQLITE_SOURCE_FILE).is_file():
+            return "sqlite", path / SQLITE_SOURCE_FILE
+        if find_config_file(path) is not None:
+            return "yaml", path
+    elif path.is_file() and path.suffix in (".yaml", ".yml"):
+        return "yaml", path
+    raise RequestError(
+        ErrorCode.INVALID_REQUEST,
+        f"could not detect a source at {path}: expected a directory with hive.yaml "
+        f"(or .hive/hive.yaml, .adi/hive.yaml), a hive.db, or a .db file",
+    )
+
+
+class SourceRegistry:
+    def __init__(self, app: App, supervisor: Supervisor) -> None:
+        self.app = app
+        self.supervisor = supervisor
+        self.sources: dict[str, Source] = {}
+        self._lock = anyio.Lock()  # one structural change (add, remove, reload) at a time
+
+    # --- queries ----------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self.sources)
+
+    def get(self, name: str) -> Source:
+        source = self.sources.get(name)
+        if source is None:
+            known = ", ".join(self.names()) or "none"
+            raise RequestError.not_found(f"no source {name!r} (sources: {known})")
+        return source
+
+    def info(self, source: Source) -> SourceInfo:
+        runtimes = [self.supervisor.services[f"{source.name}:{n}"] for n in source.services
+                    if f"{source.name}:{n}" in self.supervisor.services]
+        running = any(i.running_task for s in runtimes for i in s.instances)
+        if source.error and not source.services:
+            status = "error"
+        elif not source.enabled:
+            status = "stopped"
+        else:
+            status = "running" if running else "loaded"
+        return SourceInfo(
+            name=source.name,
+            path=str(source.path),
+            source_type=source.source_type,
+            enabled=source.enabled,
+            service_count=len(source.services),
+            status=status,
+            error=source.error,
+        )
+
+    # --- loading ----------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """The default source and every registered one; a broken one is kept, with its error."""
+        home = self.app.home.root
+        if find_config_file(home) is not None:
+            source = Source(DEFAULT_SOURCE, home, "yaml", builtin=True)
+            await self._load_initial(source)
+        for row in await self.app.store.fetch_all(
+            "SELECT name, path, source_type, enabled FROM sources ORDER BY added_at"
+        ):
+            source = Source(row[0], Path(row[1]), row[2], enabled=bool(row[3]))
+            await self._load_initial(source)
+
+    async def _load_initial(self, source: Source) -> None:
+        self.sources[source.name] = source
+        try:
+            services = await self._read(source)
+        except RequestError as exc:
+            source.error = exc.message
+            log.error("source %s: %s", source.name, exc.message)
+            return
+        self._install(source, services)
+
+    async def _read(self, source: Source) -> dict[str, ServiceConfig]:
+        """Parse the source as it is on disk now, changing nothing."""
+        if source.source_type == "yaml":
+            try:
+                project = await anyio.to_thread.run_sync(
+                    lambda: load_project(source.path, source_name=source.name)
+                )
+            except ConfigError as exc:
+                raise RequestError(ErrorCode.INVALID_CONFIG, _config_message(exc)) from exc
+            source.project = project
+            source.warnings = [str(w) for w in project.warnings]
+            return dict(project.config.services)
+        if source.database is None:
+            try:
+                source.database = await SqliteSourceFile.open(source.path, create=True)
+            except SqliteSourceError as exc:
+                raise RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        try:
+            rows = await source.database.services()
+        except SqliteSourceError as exc:
+            raise RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
+        services: dict[str, ServiceConfig] = {}
+        source.warnings = []
+        for name, (enabled, entry) in rows.items():
+            if not enabled:
+                continue
+            try:
+                services[name] = self._parse_entry(source, name, entry)
+            except RequestError as exc:
+                source.warnings.append(f"{name}: {exc.message}")
+        return services
+
+    def _parse_entry(self, source: Source, name: str, entry: Any) -> ServiceConfig:
+        problem = validate_name(name, "service name")
+        if problem:
+            raise RequestError(ErrorCode.INVALID_REQUEST, problem)
+        try:
+            return parse_service_entry(
+                name, entry, root=source.path.parent, source_name=source.name,
+                file=f"{source.path.name}:{name}",
+            )
+        except ConfigError as exc:
+            raise RequestError(ErrorCode.INVALID_CONFIG, _config_message(exc)) from exc
+
+    def _fingerprint(self, source: Source, config: ServiceConfig) -> bytes:
+        return service_fingerprint(config, project=source.config)
+
+    def _install(self, source: Source, services: dict[str, ServiceConfig]) -> None:
+        source.services = services
+        source.error = None
+        for config in services.values():
+            self.supervisor.register(source.name, config, source.config, self._fingerprint(source, config))
+
+    # --- add / remove -----------------------------------------------------------------
+
+    async def add(self, path_text: str, name: str | None) -> tuple[Source, bool]:
+        """Register a source; adding a known path again returns it (reloaded)."""
+        path = Path(os.path.abspath(os.path.expanduser(path_text)))
+        if not path.exists() and path.suffix != ".db":
+            raise RequestError.not_found(f"{path} does not exist")
+        source_type, canonical = detect(path)
+        async with self._lock:
+            for existing in self.sources.values():
+                if existing.path == canonical:
+                    if name and name != existing.name:
+                        raise RequestError(
+                            ErrorCode.ALREADY_EXISTS,
+                            f"{canonical} is already registered as source {existing.name!r}",
+                        )
+                    await self._reload_locked(existing, dry_run=False)
+                    return existing, False
+            if name is None:
+                base = _default_name(source_type, canonical)
+                name = slugify(base)
+                if not name:
+                    raise RequestError(
+                        ErrorCode.INVALID_REQUEST,
+                        f"cannot make a source name from {base!r}; pass one with --name",
+                    )
+            problem = validate_name(name, "source name")
+            if problem:
+                raise RequestError(ErrorCode.INVALID_REQUEST, problem)
+            if name in self.sources:
+                raise RequestError(
+                    ErrorCode.ALREADY_EXISTS,
+                    f"source {name!r} already exists (at {self.sources[name].path}); pick another --name",
+                )
+            source = Source(name, canonical, source_type)
+            services = await self._read(source)
+            self._check_conflicts(source, services)
+            await self.app.store.execute(
+                "INSERT INTO sources (name, path, source_type, enabled, added_at) VALUES (?, ?, ?, 1, ?)",
+                (name, str(canonical), source_type, time.time()),
+            )
+            self.sources[name] = source
+            self._install(source, services)
+        self.app.bus.publish(SourceAdded(name=name, path=str(canonical), source_type=source_type))
+        log.info("added source %s (%s, %d services)", name, canonical, len(services))
+        return source, True
+
+    def _check_conflicts(self, source: Source, services: dict[str, ServiceConfig]) -> None:
+        """Ports already claimed by another source's service."""
+        claimed: dict[int, str] = {}
+        for other in self.sources.values():
+            if other.name == source.name:
+                continue
+            for config in other.services.values():
+                for port_name, port in config.ports().items():
+                    claimed[port] = f"{other.name}:{config.name}.{port_name}"
+        problems = []
+        for config in services.values():
+            for port_name, port in config.ports().items():
+                if port in claimed:
+                    problems.append(
+                        f"port {port} conflicts: {claimed[port]} vs {source.name}:{config.name}.{port_name}"
+                    )
+        if problems:
+            raise RequestError(ErrorCode.CONFLICT, "; ".join(problems))
+
+    async def remove(self, name: str) -> None:
+        async with self._lock:
+            source = self.get(name)
+            if source.builtin:
+                raise RequestError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"the default source lives in {source.path}; remove its hive.yaml instead",
+                )
+            for service_name in list(source.services):
+                await self.supervisor.unregister(f"{name}:{service_name}", forget=True)
+            await self.app.store.execute("DELETE FROM sources WHERE name = ?", (name,))
+            del self.sources[name]
+            if source.database is not None:
+                await source.database.close()
+        self.app.bus.publish(SourceRemoved(name=name))
+
+    # --- reload -----------------------------------------------------------------------
+
+    async def reload(self, name: str, *, dry_run: bool) -> ReloadPlan:
+        async with self._lock:
+            return await self._reload_locked(self.get(name), dry_run=dry_run)
+
+    async def reload_all(self) -> str:
+        """Every source (SIGHUP); a broken one keeps running as it was."""
+        changed, failed = 0, []
+        async with self._lock:
+            for source in list(self.sources.values()):
+                try:
+                    plan = await self._reload_locked(source, dry_run=False)
+                    changed += len(plan.start) + len(plan.stop) + len(plan.restart)
+                except RequestError as exc:
+                    failed.append(f"{source.name}: {exc.message}")
+        summary = f"sources reloaded ({changed} service changes)"
+        if failed:
+            summary += "; kept the running configuration of " + "; ".join(failed)
+        return summary
+
+    async def _reload_locked(self, source: Source, *, dry_run: bool) -> ReloadPlan:
+        old_project = source.project
+        try:
+            services = await self._read(source)
+        except RequestError as exc:
+            source.project = old_project
+            if not dry_run:
+                self.app.bus.publish(SourceChanged(name=source.name, change="reload_failed", message=exc.message))
+            raise
+        new_project = source.project
+        plan = ReloadPlan(name=source.name)
+        for name, config in services.items():
+            fqn = f"{source.name}:{name}"
+            current = self.supervisor.services.get(fqn)
+            if current is None:
+                plan.start.append(fqn)
+            elif current.fingerprint != service_fingerprint(config, project=new_project.config if new_project else None):
+                plan.restart.append(fqn)
+            else:
+                plan.unchanged.append(fqn)
+        plan.stop = [f"{source.name}:{name}" for name in source.services if name not in services]
+        if dry_run:
+            source.project = old_project
+            return plan
+        source_up = any(
+            self.supervisor.services[f"{source.name}:{n}"].desired == "running"
+            for n in source.services if f"{source.name}:{n}" in self.supervisor.services
+        )
+        for fqn in plan.stop:
+            await self.supervisor.unregister(fqn, forget=True)
+        to_restart = []
+        for fqn in plan.restart:
+            config = services[fqn.partition(":")[2]]
+            runtime = self.supervisor.services[fqn]
+            was_running = any(i.running_task for i in runtime.instances)
+            if was_running:
+                await self.supervisor.stop([fqn], persist=False)
+            self.supervisor.update_config(fqn, config, source.config, self._fingerprint(source, config))
+            if was_running or runtime.desired == "running":
+                to_restart.append(fqn)
+        for fqn in plan.unchanged:
+            config = services[fqn.partition(":")[2]]
+            self.supervisor.update_config(fqn, config, source.config, self._fingerprint(source, config))
+        source.services = services
+        source.error = None
+        for fqn in plan.start:
+            config = services[fqn.partition(":")[2]]
+            self.supervisor.register(source.name, config, source.config, self._fingerprint(source, config))
+        starts = to_restart + (plan.start if source_up and source.enabled else [])
+        if starts:
+            await self.supervisor.start(starts, wait=None)
+        plan.applied = True
+        self.app.bus.publish(SourceChanged(
+            name=source.name, change="reloaded",
+            message=f"{len(plan.start)} new, {len(plan.restart)} changed, {len(plan.stop)} removed",
+        ))
+        return plan
+
+    # --- enable / disable / start / stop -----------------------------------------------
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        source = self.get(name)
+        if source.builtin:
+            raise RequestError(ErrorCode.INVALID_REQUEST, "the default source cannot be disabled")
+        if not enabled:
+            await self.supervisor.stop(self._fqns(source))
+        source.enabled = enabled
+        await self.app.store.execute("UPDATE sources SET enabled = ? WHERE name = ?", (int(enabled), name))
+        self.app.bus.publish(SourceChanged(name=name, change="enabled" if enabled else "disabled"))
+
+    def _fqns(self, source: Source, names: list[str] | None = None) -> list[str]:
+        chosen = names or list(source.services)
+        unknown = [n for n in chosen if n not in source.services]
+        if unknown:
+            raise RequestError.not_found(
+                f"no service {', '.join(unknown)} in source {source.name!r} "
+                f"(services: {', '.join(sorted(source.services)) or 'none'})"
+            )
+        return [f"{source.name}:{n}" for n in chosen]
+
+    async def start(self, name: str, services: list[str]) -> list[str]:
+        source = self.get(name)
+        self._require_enabled(source)
+        return await self.supervisor.start(self._fqns(source, services))
+
+    async def stop(self, name: str) -> None:
+        await self.supervisor.stop(self._fqns(self.get(name)))
+
+    def _require_enabled(self, source: Source) -> None:
+        if not source.enabled:
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"source {source.name!r} is disabled; enable it first (hive source enable {source.name})",
+            )
+        if source.error and not source.services:
+            raise RequestError(ErrorCode.INVALID_CONFIG, f"source {source.name!r} failed to load: {source.error}")
+
+    def require_startable(self, fqn: str) -> None:
+        self._require_enabled(self.get(fqn.partition(":")[0]))
+
+    # --- SQLite source services ----------------------------------------------------------
+
+    def _sqlite(self, name: str) -> Source:
+        source = self.get(name)
+        if source.source_type != "sqlite" or source.database is None:
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"source {name!r} is a {source.source_type} source: services are created only in "
+                "SQLite sources (edit its hive.yaml instead)",
+            )
+        return source
+
+    def _validate_together(self, source: Source, services: dict[str, ServiceConfig]) -> None:
+        errors = [i for i in validate_services(services, file=source.path.name) if i.severity == "error"]
+        if errors:
+            raise RequestError(ErrorCode.INVALID_CONFIG, "; ".join(str(i) for i in errors))
+
+    async def create_service(self, source_name: str, name: str, entry: dict[str, Any], start: bool) -> str:
+        async with self._lock:
+            source = self._sqlite(source_name)
+            if name in source.services:
+                raise RequestError(ErrorCode.ALREADY_EXISTS, f"service {source_name}:{name} already exists")
+            config = self._parse_entry(source, name, entry)
+            self._validate_together(source, {**source.services, name: config})
+            assert source.database is not None
+            try:
+                await source.database.insert(name, entry)
+            except SqliteSourceError as exc:
+                raise RequestError(ErrorCode.STORAGE, str(exc)) from exc
+            source.services[name] = config
+            self.supervisor.register(source.name, config, None, self._fingerprint(source, config))
+        fqn = f"{source_name}:{name}"
+        if start:
+            await self.supervisor.start([fqn], wait=None)
+        return fqn
+
+    async def update_service(self, fqn: str, patch: dict[str, Any]) -> None:
+        source_name, _, name = fqn.partition(":")
+        async with self._lock:
+            source = self._sqlite(source_name)
+            if name not in source.services:
+                raise RequestError.not_found(f"no service {fqn!r}")
+            assert source.database is not None
+            stored = (await source.database.services()).get(name)
+            entry = merge_patch(stored[1] if stored else {}, patch)
+            config = self._parse_entry(source, name, entry)
+            self._validate_together(source, {**source.services, name: config})
+            try:
+                await source.database.update(name, entry)
+            except SqliteSourceError as exc:
+                raise RequestError(ErrorCode.STORAGE, str(exc)) from exc
+            source.services[name] = config
+            runtime = self.supervisor.services[fqn]
+            fingerprint = self._fingerprint(source, config)
+            changed = fingerprint != runtime.fingerprint
+            was_running = any(i.running_task for i in runtime.instances)
+            if changed and was_running:
+                await self.supervisor.stop([fqn], persist=False)
+            self.supervisor.update_config(fqn, config, None, fingerprint)
+        if changed and was_running:
+            await self.supervisor.start([fqn], wait=None)
+
+    async def delete_service(self, fqn: str) -> None:
+        source_name, _, name = fqn.partition(":")
+        async with self._lock:
+            source = self._sqlite(source_name)
+            if name not in source.services:
+                raise RequestError.not_found(f"no service {fqn!r}")
+            await self.supervisor.unregister(fqn, forget=True)
+            assert source.database is not None
+            try:
+                await source.database.delete(name)
+            except SqliteSourceError as exc:
+                raise RequestError(ErrorCode.STORAGE, str(exc)) from exc
+            del source.services[name]
+
+    async def close(self) -> None:
+        for source in self.sources.values():
+            if source.database is not None:
+                await source.database.close()
+                source.database = None
+
+
+def _config_message(error: ConfigError) -> str:
+    return "\n".join(str(issue) for issue in error.issues if issue.severity == "error") or str(error)

@@ -1,0 +1,757 @@
+"""Service supervision: the state machine, restarts with backoff, dependency order.
+
+Each instance of a service is driven by one task (:meth:`Supervisor._run_instance`):
+spawn through its runner, await the runner's exit notification (no polling), then
+decide by the restart policy. Commands (start, stop, restart) change the desired state,
+which is persisted, and act on the instance; a commanded stop is never counted as a
+crash and never restarted.
+
+Dependencies start first: an instance waits, event-driven, until each of its
+dependencies is ready (healthy when it has health checks, else running) before it
+spawns; stops go the other way, dependents first, each level in parallel.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from hive.config import (
+    HiveConfig,
+    RuntimeTemplateError,
+    ServiceConfig,
+    build_environment,
+    render_runtime,
+)
+from hive_client import (
+    ErrorCode,
+    LogLevel,
+    ServiceCrashed,
+    ServiceExited,
+    ServiceHealthChanged,
+    ServiceInfo,
+    ServiceRestarting,
+    ServiceStarted,
+    ServiceState,
+    ServiceStateChanged,
+    ServiceStopped,
+)
+from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle
+
+from .errors import RequestError
+from .health import HealthMonitor
+from .runner_registry import RunnerRegistry, UnknownRunner
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["Backoff", "InstanceRuntime", "ServiceRuntime", "Supervisor"]
+
+log = logging.getLogger("hive.supervisor")
+
+# How long a start waits for a dependency to become ready.
+DEPENDENCY_TIMEOUT = 60.0
+# The environment marker that lets a new daemon find services a killed one started
+# but had not yet recorded.
+MARKER_ENV = "HIVE_SUPERVISOR"
+_READY_STATES = (ServiceState.RUNNING, ServiceState.UNHEALTHY)
+_SETTLED_STATES = (
+    ServiceState.RUNNING,
+    ServiceState.CRASHED,
+    ServiceState.EXITED,
+    ServiceState.PORT_CONFLICT,
+    ServiceState.STOPPED,
+    ServiceState.BACKOFF,
+)
+
+
+class Backoff:
+    """Restart delays: ``delay`` doubling up to ``max_delay``, with jitter; a run of at
+    least ``reset_after`` seconds starts the sequence over."""
+
+    def __init__(self, delay: float, max_delay: float, reset_after: float, jitter: bool) -> None:
+        self.delay = delay
+        self.max_delay = max_delay
+        self.reset_after = reset_after
+        self.jitter = jitter
+        self.attempt = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        if ran_for >= self.reset_after:
+            self.attempt = 0
+        base = min(self.max_delay, self.delay * (2**self.attempt)) if self.delay > 0 else 0.0
+        self.attempt += 1
+        if self.jitter and base > 0:
+            base = min(self.max_delay, base * random.uniform(0.9, 1.1))
+        return base
+
+
+class InstanceRuntime:
+    """One running copy of a service, and everything runtime-only about it."""
+
+    def __init__(self, service: ServiceRuntime, index: int) -> None:
+        self.service = service
+        self.index = index
+        self.state = ServiceState.STOPPED
+        self.handle: ServiceHandle | None = None
+        self.started_at: datetime | None = None
+        self.started_monotonic = 0.0
+        self.exit_code: int | None = None
+        self.last_error: str | None = None
+        self.healthy: bool | None = None
+        self.health: HealthMonitor | None = None
+        self.ports: dict[str, int] = {}
+        self.env: dict[str, str] = {}
+        self.stop_requested = False
+        self.running_task = False
+        self.done = anyio.Event()
+        self.done.set()
+        self.wakeup = anyio.Event()
+        self.backoff: Backoff | None = None
+
+    @property
+    def fqn(self) -> str:
+        base = self.service.fqn
+        return base if self.index == 0 and self.service.scale == 1 else f"{base}#{self.index}"
+
+    @property
+    def ready(self) -> bool:
+        if self.state not in _READY_STATES:
+            return False
+        return self.healthy is True if self.service.config.healthchecks else True
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        source: str,
+        config: ServiceConfig,
+        project: HiveConfig | None,
+        fingerprint: bytes,
+    ) -> None:
+        self.source = source
+        self.name = config.name
+        self.fqn = f"{source}:{config.name}"
+        self.config = config
+        self.project = project
+        self.fingerprint = fingerprint
+        self.desired = "stopped"
+        self.scale = 1
+        self.restart_count = 0
+        self.instances: list[InstanceRuntime] = [InstanceRuntime(self, 0)]
+        self.changed = anyio.Event()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+def _state_row(service: ServiceRuntime) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "INSERT INTO services (fqn, desired, instances, restart_count, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(fqn) DO UPDATE SET desired = excluded.desired, "
+        "instances = excluded.instances, restart_count = excluded.restart_count, "
+        "updated_at = excluded.updated_at",
+        (service.fqn, service.desired, service.scale, service.restart_count, time.time()),
+    )
+
+
+class Supervisor:
+    def __init__(self, app: App, task_group: anyio.abc.TaskGroup, runners: RunnerRegistry) -> None:
+        self.app = app
+        self._tasks = task_group
+        self.runners = runners
+        self.services: dict[str, ServiceRuntime] = {}
+        self._base_env = dict(os.environ)
+        self._base_env[MARKER_ENV] = str(app.home.root)
+        self._persisted: dict[str, dict[str, Any]] = {}
+        self._process_records: dict[tuple[str, int], dict[str, Any]] = {}
+        self._saved_offsets: dict[str, tuple[int, int]] = {}
+        self.shutting_down = False
+
+    # --- registry --------------------------------------------------------------------
+
+    async def load_persisted(self) -> None:
+        """Read desired states and process records written by earlier daemons."""
+        store = self.app.store
+        for row in await store.fetch_all("SELECT fqn, desired, instances, restart_count FROM services"):
+            self._persisted[row[0]] = {"desired": row[1], "instances": row[2], "restart_count": row[3]}
+        for row in await store.fetch_all(
+            "SELECT fqn, instance, runner, pid, start_time, handle FROM processes"
+        ):
+            try:
+                handle = msgspec.json.decode(row[5]) if row[5] else {}
+            except msgspec.DecodeError:
+                handle = {}
+            self._process_records[(row[0], int(row[1]))] = {
+                "runner": row[2], "pid": row[3], "start_time": row[4], "handle": handle,
+            }
+
+    def get(self, fqn: str) -> ServiceRuntime:
+        service = self.services.get(fqn.partition("#")[0])
+        if service is None:
+            raise RequestError.not_found(f"no service {fqn!r}")
+        return service
+
+    def all_records(self) -> list[InstanceRuntime]:
+        return [instance for service in self.services.values() for instance in service.instances]
+
+    def register(
+        self, source: str, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
+    ) -> ServiceRuntime:
+        service = ServiceRuntime(source, config, project, fingerprint)
+        persisted = self._persisted.get(service.fqn)
+        if persisted is not None:
+            service.desired = persisted["desired"]
+            service.restart_count = persisted["restart_count"]
+        self.services[service.fqn] = service
+        return service
+
+    async def unregister(self, fqn: str, *, forget: bool) -> None:
+        service = self.services.get(fqn)
+        if service is None:
+            return
+        await self.stop([fqn], persist=not forget)
+        del self.services[fqn]
+        if forget:
+            self.app.state_writer.queue("DELETE FROM services WHERE fqn = ?", (fqn,))
+            self._persisted.pop(fqn, None)
+            for instance in service.instances:
+                self.app.logs.forget(instance.fqn)
+
+    def update_config(
+        self, fqn: str, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
+    ) -> None:
+        service = self.services[fqn]
+        service.config = config
+        service.project = project
+        service.fingerprint = fingerprint
+
+    # --- commands --------------------------------------------------------------------
+
+    def _closure(self, fqns: Iterable[str]) -> list[ServiceRuntime]:
+        """The services and, transitively, what they depend on (same source)."""
+        seen: dict[str, ServiceRuntime] = {}
+        pending = [self.get(fqn) for fqn in fqns]
+        while pending:
+            service = pending.pop()
+            if service.fqn in seen:
+                continue
+            seen[service.fqn] = service
+            for dependency in service.config.depends_on:
+                dep = self.services.get(f"{service.source}:{dependency}")
+                if dep is not None:
+                    pending.append(dep)
+        return list(seen.values())
+
+    async def start(self, fqns: Iterable[str], *, wait: float | None = 30.0) -> list[str]:
+        """Start services (and their dependencies); returns problems seen while waiting."""
+        if self.shutting_down:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        services = self._closure(fqns)
+        for service in services:
+            service.desired = "running"
+            self.app.state_writer.queue(*_state_row(service))
+            for instance in service.instances:
+                self._launch(instance, None)
+        if wait is None:
+            return []
+        return await self._wait_settled(services, wait)
+
+    def _launch(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
+        if instance.running_task:
+            return
+        instance.running_task = True
+        instance.stop_requested = False
+        instance.done = anyio.Event()
+        self._tasks.start_soon(self._run_instance, instance, adopted)
+
+    async def _wait_settled(self, services: Sequence[ServiceRuntime], timeout: float) -> list[str]:
+        problems: list[str] = []
+        with anyio.move_on_after(timeout):
+            for service in services:
+                while not all(
+                    i.state in _SETTLED_STATES and (i.state != ServiceState.STOPPED or not i.running_task)
+                    for i in service.instances
+                ):
+                    await service.changed.wait()
+        for service in services:
+            for instance in service.instances:
+                if instance.state not in _READY_STATES:
+                    problems.append(f"{instance.fqn}: {instance.state}" + (
+                        f" ({instance.last_error})" if instance.last_error else ""))
+        return problems
+
+    async def stop(self, fqns: Iterable[str], *, persist: bool = True) -> None:
+        """Stop services, dependents first (among those being stopped), each level in parallel."""
+        services = [self.get(fqn) for fqn in fqns]
+        for service in services:
+            if persist:
+                service.desired = "stopped"
+                self.app.state_writer.queue(*_state_row(service))
+        for level in _reverse_levels(services):
+            async with anyio.create_task_group() as stops:
+                for service in level:
+                    for instance in service.instances:
+                        stops.start_soon(self._stop_instance, instance)
+
+    async def restart(self, fqn: str) -> None:
+        service = self.get(fqn)
+        await self.stop([fqn], persist=False)
+        await self.start([service.fqn])
+
+    async def _stop_instance(self, instance: InstanceRuntime) -> None:
+        if not instance.running_task:
+            return
+        instance.stop_requested = True
+        instance.wakeup.set()
+        handle = instance.handle
+        if handle is not None:
+            self._set_state(instance, ServiceState.STOPPING)
+            config = instance.service.config
+            try:
+                await handle.stop(config.stop_signum(), config.stop_grace)
+            except RunnerError as exc:
+                instance.last_error = str(exc)
+                log.error("stopping %s: %s", instance.fqn, exc)
+        await instance.done.wait()
+
+    # --- the supervision loop -----------------------------------------------------------
+
+    async def _run_instance(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
+        service = instance.service
+        handle = adopted
+        try:
+            while not instance.stop_requested:
+                if handle is None:
+                    handle = await self._spawn(instance)
+                    if handle is None:
+                        if await self._after_failure(instance, ExitStatus(exit_code=None)):
+                            continue
+                        break
+                    if instance.stop_requested:
+                        await handle.stop(service.config.stop_signum(), service.config.stop_grace)
+                status = await self._supervise(instance, handle)
+                handle = None
+                if instance.stop_requested:
+                    break
+                if not await self._after_exit(instance, status):
+                    break
+            if instance.stop_requested:
+                instance.healthy = None
+                self._note(instance, "stopped")
+                self.app.bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code))
+                self._set_state(instance, ServiceState.STOPPED)
+        except Exception:
+            log.exception("supervision of %s failed", instance.fqn)
+            instance.last_error = "internal error in the supervisor; see the daemon log"
+            self._set_state(instance, ServiceState.CRASHED)
+        finally:
+            instance.running_task = False
+            instance.handle = None
+            instance.done.set()
+            service.notify()
+
+    async def _spawn(self, instance: InstanceRuntime) -> ServiceHandle | None:
+        """Start one instance; None (state and last_error set) if it could not."""
+        service = instance.service
+        config = service.config
+        instance.exit_code = None
+        if not await self._wait_dependencies(instance):
+            return None
+        if instance.stop_requested:
+            return None
+        self._set_state(instance, ServiceState.STARTING)
+        try:
+            runner = self.runners.get(config.runner.type)
+            spec = self._run_spec(instance)
+            conflict = _port_in_use(instance.ports)
+            if conflict is not None:
+                port, name = conflict
+                instance.last_error = (
+                    f"cannot start {instance.fqn}: port {port} ({name}) is already in use"
+                )
+                self._note(instance, instance.last_error, LogLevel.ERROR)
+                self._set_state(instance, ServiceState.PORT_CONFLICT)
+                return None
+            handle = await runner.start(spec)
+        except (RunnerError, UnknownRunner, RuntimeTemplateError) as exc:
+            instance.last_error = f"cannot start {instance.fqn}: {exc}"
+            self._note(instance, instance.last_error, LogLevel.ERROR)
+            self._set_state(instance, ServiceState.CRASHED)
+            return None
+        self.app.logs.follow(instance.fqn)
+        self._record_process(instance, handle)
+        return handle
+
+    def _run_spec(self, instance: InstanceRuntime) -> RunSpec:
+        service = instance.service
+        config = service.config
+        instance.ports = config.ports()
+        env = build_environment(service.project, config, self._base_env, ports=instance.ports)
+        env.update(
+            HIVE_SERVICE_FQN=service.fqn,
+            HIVE_SOURCE_NAME=service.source,
+            HIVE_SERVICE_NAME=service.name,
+            HIVE_INSTANCE=str(instance.index),
+        )
+        instance.env = env
+        script = config.runner.script
+        command = render_runtime(script.run, ports=instance.ports) if script else ""
+        stdout_path, stderr_path = self.app.logs.capture_paths(instance.fqn)
+        return RunSpec(
+            fqn=instance.fqn,
+            command=command,
+            working_dir=config.working_dir(),
+            env=env,
+            shell=script.shell if script else None,
+            stdout_path=str(stdout_path),
+            stderr_path=str(stderr_path),
+            stop_signal=config.stop_signum(),
+            stop_grace=config.stop_grace,
+            config=dict(config.runner.config),
+        )
+
+    async def _wait_dependencies(self, instance: InstanceRuntime) -> bool:
+        service = instance.service
+        for name in service.config.depends_on:
+            dependency = self.services.get(f"{service.source}:{name}")
+            if dependency is None:
+                continue
+            waiting = f"waiting for {dependency.fqn}"
+            try:
+                with anyio.fail_after(DEPENDENCY_TIMEOUT):
+                    while not any(i.ready for i in dependency.instances):
+                        if instance.stop_requested:
+                            return False
+                        failed = [
+                            i for i in dependency.instances
+                            if i.state in (ServiceState.CRASHED, ServiceState.EXITED,
+                                           ServiceState.PORT_CONFLICT)
+                            and not i.running_task
+                        ]
+                        if failed or dependency.desired != "running":
+                            state = failed[0].state if failed else dependency.instances[0].state
+                            instance.last_error = (
+                                f"dependency {dependency.fqn} failed (state: {state}), "
+                                f"cannot start {instance.fqn}"
+                            )
+                            self._note(instance, instance.last_error, LogLevel.ERROR)
+                            self._set_state(instance, ServiceState.CRASHED)
+                            return False
+                        if instance.last_error != waiting:
+                            instance.last_error = waiting
+                        # Either the dependency changes, or we are told to stop.
+                        async with anyio.create_task_group() as race:
+                            race.start_soon(_wait_then_cancel, dependency.changed, race.cancel_scope)
+                            race.start_soon(_wait_then_cancel, instance.wakeup, race.cancel_scope)
+                        if instance.wakeup.is_set():
+                            instance.wakeup = anyio.Event()
+            except TimeoutError:
+                instance.last_error = f"timeout waiting for dependency {dependency.fqn}"
+                self._note(instance, instance.last_error, LogLevel.ERROR)
+                self._set_state(instance, ServiceState.CRASHED)
+                return False
+        if instance.last_error and instance.last_error.startswith("waiting for "):
+            instance.last_error = None
+        return True
+
+    async def _supervise(self, instance: InstanceRuntime, handle: ServiceHandle) -> ExitStatus:
+        """From spawn (or adoption) to exit."""
+        service = instance.service
+        instance.handle = handle
+        instance.last_error = None
+        instance.started_at = datetime.now(UTC)
+        instance.started_monotonic = time.monotonic()
+        self._note(instance, f"started (pid {handle.pid})" if handle.pid else "started")
+        self.app.bus.publish(
+            ServiceStarted(fqn=instance.fqn, pid=handle.pid, container_id=handle.container_id)
+        )
+        self._set_state(instance, ServiceState.RUNNING)
+        async with anyio.create_task_group() as watchers:
+            if service.config.healthchecks:
+                instance.health = HealthMonitor(
+                    instance.fqn,
+                    service.config.healthchecks,
+                    ports=instance.ports,
+                    env=instance.env or self._base_env,
+                    on_change=lambda healthy, message: self._health_changed(instance, healthy, message),
+                )
+                watchers.start_soon(instance.health.run)
+            status = await handle.wait()
+            watchers.cancel_scope.cancel()
+        instance.health = None
+        instance.handle = None
+        instance.exit_code = status.exit_code
+        with anyio.CancelScope(shield=True):
+            await self.app.logs.drain(instance.fqn)
+        self.app.logs.unfollow(instance.fqn)
+        self._forget_process(instance)
+        return status
+
+    async def _after_exit(self, instance: InstanceRuntime, status: ExitStatus) -> bool:
+        """Publish the exit and apply the restart policy; True to run again."""
+        ran_for = time.monotonic() - instance.started_monotonic
+        instance.healthy = None
+        if status.success:
+            self._note(instance, f"{status.describe()}")
+            self.app.bus.publish(ServiceExited(fqn=instance.fqn, exit_code=status.exit_code))
+            self._set_state(instance, ServiceState.EXITED)
+        else:
+            instance.last_error = status.describe()
+            self._note(instance, status.describe(), LogLevel.ERROR)
+            self.app.bus.publish(
+                ServiceCrashed(
+                    fqn=instance.fqn,
+                    exit_code=status.exit_code,
+                    signal=status.signal,
+                    message=status.describe(),
+                )
+            )
+            self._set_state(instance, ServiceState.CRASHED)
+        return await self._maybe_restart(instance, status, ran_for)
+
+    async def _after_failure(self, instance: InstanceRuntime, status: ExitStatus) -> bool:
+        """A start that failed counts as a failure for the restart policy."""
+        if instance.stop_requested or instance.state == ServiceState.STOPPED:
+            return False
+        return await self._maybe_restart(instance, status, 0.0)
+
+    async def _maybe_restart(self, instance: InstanceRuntime, status: ExitStatus, ran_for: float) -> bool:
+        service = instance.service
+        policy = service.config.restart.policy
+        if instance.stop_requested or self.shutting_down:
+            return False
+        if policy == "never" or (policy == "on-failure" and status.success):
+            return False
+        if instance.backoff is None:
+            defaults = self.app.settings.restart
+            spec = service.config.restart
+            instance.backoff = Backoff(
+                delay=defaults.delay if spec.delay is None else spec.delay,
+                max_delay=defaults.max_delay if spec.max_delay is None else spec.max_delay,
+                reset_after=defaults.reset_after if spec.reset_after is None else spec.reset_after,
+                jitter=defaults.jitter if spec.jitter is None else spec.jitter,
+            )
+        delay = instance.backoff.next_delay(ran_for)
+        service.restart_count += 1
+        self.app.state_writer.queue(*_state_row(service))
+        self.app.bus.publish(
+            ServiceRestarting(fqn=instance.fqn, attempt=instance.backoff.attempt, delay=delay)
+        )
+        if delay > 0:
+            self._set_state(instance, ServiceState.BACKOFF)
+            self._note(instance, f"restarting in {delay:.2f} s (attempt {instance.backoff.attempt})")
+            with anyio.move_on_after(delay):
+                await instance.wakeup.wait()
+            instance.wakeup = anyio.Event()
+        return not instance.stop_requested
+
+    # --- adoption ---------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """At start-up: adopt what earlier daemons left running, start what should run."""
+        for service in list(self.services.values()):
+            for instance in service.instances:
+                adopted = await self._adopt(instance)
+                if adopted is not None:
+                    self._launch(instance, adopted)
+            if service.desired == "running":
+                for instance in service.instances:
+                    self._launch(instance, None)
+
+    async def _adopt(self, instance: InstanceRuntime) -> ServiceHandle | None:
+        service = instance.service
+        record = self._process_records.pop((service.fqn, instance.index), None)
+        try:
+            runner = self.runners.get(service.config.runner.type)
+        except UnknownRunner:
+            return None
+        try:
+            spec = self._run_spec(instance)
+        except RuntimeTemplateError:
+            return None
+        handle: ServiceHandle | None = None
+        offsets = (0, 0)
+        if record is not None and record["runner"] == runner.name:
+            stored = record["handle"]
+            offsets = tuple(stored.get("log_offsets", (0, 0)))  # type: ignore[assignment]
+            try:
+                handle = await runner.adopt(spec, stored)
+            except RunnerError as exc:
+                log.warning("cannot adopt %s: %s", instance.fqn, exc)
+        if handle is None:
+            for found in await runner.discover(spec, self._base_env[MARKER_ENV]):
+                handle = await runner.adopt(spec, found)
+                if handle is not None:
+                    break
+        if handle is None:
+            if record is not None:
+                self.app.state_writer.queue(
+                    "DELETE FROM processes WHERE fqn = ? AND instance = ?", (service.fqn, instance.index)
+                )
+            return None
+        log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
+        instance.ports = service.config.ports()
+        self.app.logs.follow(instance.fqn, offsets=offsets)
+        self._note(instance, f"adopted by the daemon (pid {handle.pid})")
+        self._record_process(instance, handle)
+        return handle
+
+    def _record_process(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
+        record = handle.record()
+        offsets = self.app.logs.offsets(instance.fqn)
+        self._saved_offsets[instance.fqn] = offsets
+        record["log_offsets"] = list(offsets)
+        self.app.state_writer.queue(
+            "INSERT OR REPLACE INTO processes (fqn, instance, runner, pid, start_time, handle, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                instance.service.fqn,
+                instance.index,
+                instance.service.config.runner.type,
+                handle.pid,
+                record.get("start_time"),
+                msgspec.json.encode(record).decode(),
+                time.time(),
+            ),
+        )
+
+    def _forget_process(self, instance: InstanceRuntime) -> None:
+        self.app.state_writer.queue(
+            "DELETE FROM processes WHERE fqn = ? AND instance = ?",
+            (instance.service.fqn, instance.index),
+        )
+
+    def save_log_offsets(self) -> None:
+        """Persist how far each running instance's output was read (for the next daemon)."""
+        for instance in self.all_records():
+            if instance.handle is None:
+                continue
+            offsets = self.app.logs.offsets(instance.fqn)
+            if self._saved_offsets.get(instance.fqn) != offsets:
+                self._record_process(instance, instance.handle)
+
+    async def shutdown(self, *, keep_services: bool) -> None:
+        """Stop every service (dependents first), or leave them running for the next daemon."""
+        self.shutting_down = True
+        if keep_services:
+            self.save_log_offsets()
+            await self.app.state_writer.flush()
+            return
+        running = [s for s in self.services.values() if any(i.running_task for i in s.instances)]
+        for level in _reverse_levels(running):
+            async with anyio.create_task_group() as stops:
+                for service in level:
+                    for instance in service.instances:
+                        stops.start_soon(self._stop_instance, instance)
+        await self.app.state_writer.flush()
+
+    # --- state, health, notes -----------------------------------------------------------
+
+    def _set_state(self, instance: InstanceRuntime, state: ServiceState) -> None:
+        previous = instance.state
+        if previous == state:
+            instance.service.notify()
+            return
+        instance.state = state
+        self.app.bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=previous))
+        instance.service.notify()
+
+    def _health_changed(self, instance: InstanceRuntime, healthy: bool, message: str) -> None:
+        if instance.healthy == healthy:
+            return
+        instance.healthy = healthy
+        self.app.bus.publish(ServiceHealthChanged(fqn=instance.fqn, healthy=healthy, message=message))
+        self._note(instance, f"health: {'healthy' if healthy else 'unhealthy'} ({message})",
+                   LogLevel.INFO if healthy else LogLevel.WARN)
+        if instance.state in _READY_STATES:
+            self._set_state(instance, ServiceState.RUNNING if healthy else ServiceState.UNHEALTHY)
+        else:
+            instance.service.notify()
+
+    def _note(self, instance: InstanceRuntime, message: str, level: LogLevel = LogLevel.INFO) -> None:
+        self.app.logs.note(instance.fqn, message, level=level)
+
+    def info(self, instance: InstanceRuntime) -> ServiceInfo:
+        service = instance.service
+        handle = instance.handle
+        return ServiceInfo(
+            fqn=instance.fqn,
+            source=service.source,
+            name=service.name,
+            state=str(instance.state),
+            healthy=instance.healthy,
+            pid=handle.pid if handle else None,
+            container_id=handle.container_id if handle else None,
+            started_at=instance.started_at if handle else None,
+            ports=dict(instance.ports or service.config.ports()),
+            restart_count=service.restart_count,
+            instance=instance.index if service.scale > 1 else None,
+            runner=service.config.runner.type,
+            desired=service.desired,
+            exit_code=instance.exit_code,
+            last_error=instance.last_error,
+            health_checks=instance.health.results() if instance.health else [],
+            instances=service.scale,
+        )
+
+
+async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _reverse_levels(services: Sequence[ServiceRuntime]) -> list[list[ServiceRuntime]]:
+    """Stop order: a service goes before (in an earlier level than) what it depends on."""
+    by_fqn = {s.fqn: s for s in services}
+    depth: dict[str, int] = {}
+
+    def dependents_depth(service: ServiceRuntime, trail: frozenset[str]) -> int:
+        # Depth 0: nothing in the set depends on it; a dependency sits one level later.
+        if service.fqn in depth:
+            return depth[service.fqn]
+        level = 0
+        for other in services:
+            if other.fqn in trail or other.source != service.source:
+                continue
+            if service.name in other.config.depends_on:
+                level = max(level, dependents_depth(other, trail | {service.fqn}) + 1)
+        depth[service.fqn] = level
+        return level
+
+    for service in services:
+        dependents_depth(service, frozenset())
+    levels: dict[int, list[ServiceRuntime]] = {}
+    for fqn, level in depth.items():
+        levels.setdefault(level, []).append(by_fqn[fqn])
+    return [levels[key] for key in sorted(levels)]
+
+
+def _port_in_use(ports: dict[str, int]) -> tuple[int, str] | None:
+    """The first configured port something else already listens on."""
+    for name, port in ports.items():
+        if port <= 0:
+            continue
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # SO_REUSEADDR: a TIME_WAIT left by our own previous run is not a conflict, a listener is.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return port, name
+        finally:
+            probe.close()
+    return None

@@ -1,0 +1,403 @@
+"""Process plumbing for the script runner: spawn, identity, the process table, signals.
+
+Identity. A pid alone is not a process: numbers are reused. A process is named here by
+``(pid, ticks)``, ``ticks`` being its start time in clock ticks since boot (field 22 of
+``/proc/<pid>/stat``: fixed for the life of the process, immune to clock changes), plus
+the boot id when it is stored for a later daemon. Every signal to a process other than
+our own unreaped child goes through a pidfd opened *then* checked against that identity,
+so it can never hit a newcomer that took over the number.
+
+Membership. Everything a service started carries ``HIVE_RUN_ID`` in its environment (the
+runner adds it, one value per start). With that, a scan of ``/proc`` finds the service's
+processes even when they left its process group and session and their parent died (a
+daemon that double-forked with setsid): the descendants of the main process, the members
+of its process group and session, and every process tree whose root carries the run id.
+Only a process that both escaped the session and scrubbed its environment is out of reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .base import RunnerError
+
+__all__ = [
+    "RUN_ID_VAR",
+    "ProcInfo",
+    "ProcessTable",
+    "boot_id",
+    "cached_table",
+    "classify_spawn_error",
+    "create_time",
+    "env_value",
+    "killpg",
+    "last_pid",
+    "new_processes",
+    "open_output",
+    "open_verified",
+    "pidfd_exited",
+    "process_table",
+    "read_environ",
+    "read_stat",
+    "send",
+    "spawn",
+    "wait_pidfds",
+]
+
+RUN_ID_VAR = "HIVE_RUN_ID"
+_RUN_ID_PREFIX = RUN_ID_VAR.encode() + b"="
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    ticks: int
+    state: str  # R, S, D, Z, T, ...
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X", "x")
+
+    @property
+    def stopped(self) -> bool:
+        return self.state in ("T", "t")
+
+
+def read_stat(pid: int) -> ProcInfo | None:
+    """The process's stat line, or None if there is no such process."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid pgrp session tty tpgid flags ... starttime(22) ..."; comm may
+    # hold spaces and parentheses, so split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]),
+                        fields[0].decode())
+    except (IndexError, ValueError):
+        return None
+
+
+def read_environ(pid: int) -> bytes | None:
+    """The environment block the process was started with, or None if it is not readable."""
+    try:
+        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def env_value(environ: bytes, name: bytes) -> bytes | None:
+    prefix = name + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :]
+    return None
+
+
+_boot_id: str | None = None
+
+
+def boot_id() -> str:
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as file:
+                _boot_id = file.read().strip()
+        except OSError:
+            _boot_id = ""
+    return _boot_id
+
+
+def _boot_time() -> float:
+    """The boot time as /proc/stat states it (psutil.boot_time() reads the same line)."""
+    with open("/proc/stat", "rb") as file:
+        for line in file:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    raise RuntimeError("no btime line in /proc/stat")
+
+
+def create_time(ticks: int) -> float:
+    """The process creation time exactly as ``psutil.Process.create_time()`` computes it."""
+    return float(ticks) / CLOCK_TICKS + _boot_time()
+
+
+# --- spawning ------------------------------------------------------------------------
+
+
+def open_output(path: str) -> int:
+    """An append-only fd on a capture file (created 0600, parent directory if needed)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+            return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise RunnerError(f"cannot open output file {path}: {exc.strerror}") from None
+
+
+def spawn(
+    executable: str, argv: list[str], *, cwd: str, env: dict[str, str], stdout: int, stderr: int
+) -> subprocess.Popen[bytes]:
+    """Start the process in its own session; OSError/ValueError as Popen raises them.
+
+    Popen forks with vfork when it can (no preexec_fn, no user/group change), and reports
+    an exec or chdir failure as an OSError carrying the file name.
+    """
+    return subprocess.Popen(
+        argv,
+        executable=executable,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+        start_new_session=True,
+    )
+
+
+# --- signals ----------------------------------------------------------------------------
+
+
+def open_verified(pid: int, ticks: int) -> int | None:
+    """A pidfd on exactly the process ``(pid, ticks)``, or None if it is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    info = read_stat(pid)
+    if info is None or info.ticks != ticks or info.zombie:
+        os.close(fd)
+        return None
+    return fd
+
+
+def send(pidfd: int, sig: int) -> bool:
+    """Signal the process behind ``pidfd``; False if it has already exited."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def pidfd_exited(pidfd: int) -> bool:
+    """True once the process behind ``pidfd`` has exited (never blocks)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def wait_pidfds(pidfds: Iterable[int], deadline: float) -> list[int]:
+    """Block until every process exits or ``deadline`` (monotonic) passes; the live ones."""
+    alive = [fd for fd in pidfds if not pidfd_exited(fd)]
+    poller = select.poll()
+    for fd in alive:
+        poller.register(fd, select.POLLIN)
+    while alive:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        for fd, _ in poller.poll(max(1, int(remaining * 1000))):
+            poller.unregister(fd)
+            alive.remove(fd)
+    return alive
+
+
+def killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# --- the process table ---------------------------------------------------------------
+
+
+class ProcessTable:
+    """One scan of /proc: every process, the run id of each tree root that has one, and
+    the indexes that membership queries need (built once, in the scanning thread)."""
+
+    __slots__ = ("by_group", "by_session", "last_pid", "procs", "run_ids", "tree")
+
+    def __init__(self, procs: dict[int, ProcInfo], run_ids: dict[int, bytes],
+                 newest: int | None = None) -> None:
+        self.procs = procs
+        self.run_ids = run_ids  # pid -> HIVE_RUN_ID, for the roots that carry one
+        self.last_pid = newest  # the last pid allocated before the scan began
+        self.tree: dict[int, list[int]] = {}
+        self.by_group: dict[int, list[int]] = {}
+        self.by_session: dict[int, list[int]] = {}
+        for info in procs.values():
+            self.tree.setdefault(info.ppid, []).append(info.pid)
+            self.by_group.setdefault(info.pgid, []).append(info.pid)
+            self.by_session.setdefault(info.sid, []).append(info.pid)
+
+    def members(self, *, pid: int, pgid: int, ticks: int, run_id: bytes | None,
+                main_alive: bool) -> list[ProcInfo]:
+        """The live processes of one service instance, the main process excluded.
+
+        ``ticks`` is the main process's start: nothing older belongs to it. The group and
+        session numbers are trusted only while they cannot have been reused: as long as
+        the main process is unreaped, or no other process now holds that number as pid.
+        """
+        procs = self.procs
+        seeds: list[int] = []
+        if main_alive and pid in procs:
+            seeds.append(pid)
+        if main_alive or pgid not in procs:
+            seeds += self.by_group.get(pgid, ())
+            seeds += self.by_session.get(pgid, ())
+        if run_id:
+            seeds += [p for p, value in self.run_ids.items() if value == run_id]
+        tree = self.tree
+        me = os.getpid()
+        found: set[int] = set()
+        while seeds:
+            current = seeds.pop()
+            if current in found or current == me:  # never through the daemon's own tree
+                continue
+            found.add(current)
+            seeds += tree.get(current, ())
+        return [
+            procs[p] for p in found
+            if p != pid and not procs[p].zombie and procs[p].ticks >= ticks
+        ]
+
+
+def last_pid() -> int | None:
+    """The pid the kernel allocated last in our pid namespace (threads included), from
+    /proc/loadavg; None if unknown. Pids are handed out in increasing order, wrapping
+    around at pid_max: what was created after a moment has a pid after this one's."""
+    try:
+        fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 256).split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _allocated_between(pid: int, since: int, until: int) -> bool:
+    return since < pid <= until if since <= until else (pid > since or pid <= until)
+
+
+def new_processes(since: int, until: int) -> list[ProcInfo]:
+    """The live processes whose pid was allocated after ``since``, up to ``until``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _allocated_between(int(name), since, until):
+            info = read_stat(int(name))
+            if info is not None and not info.zombie:
+                found.append(info)
+    return found
+
+
+def _scan() -> ProcessTable:
+    newest = last_pid()  # before the scan: whatever is created later has a later pid
+    procs: dict[int, ProcInfo] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_stat(int(name))
+            if info is not None:
+                procs[info.pid] = info
+    # Read the environment only of tree roots: processes whose parent is gone or in
+    # another session. Anything else inherited its parent's membership.
+    me = os.getpid()
+    run_ids: dict[int, bytes] = {}
+    for info in procs.values():
+        if info.zombie or info.ppid in (0, 2, me):  # kernel threads, our own children
+            continue
+        parent = procs.get(info.ppid)
+        if parent is not None and parent.sid == info.sid:
+            continue
+        environ = read_environ(info.pid)
+        if environ and _RUN_ID_PREFIX in environ:
+            value = env_value(environ, RUN_ID_VAR.encode())
+            if value:
+                run_ids[info.pid] = value
+    return ProcessTable(procs, run_ids, newest)
+
+
+_scan_lock = threading.Lock()
+_last_scan: tuple[float, ProcessTable] | None = None
+last_scan_seconds = 0.0  # how long the last scan took
+
+
+def cached_table(not_before: float) -> ProcessTable | None:
+    """The last table if it was scanned no earlier than ``not_before``, else None."""
+    last = _last_scan
+    return last[1] if last is not None and last[0] >= not_before else None
+
+
+def process_table(not_before: float) -> ProcessTable:
+    """A table scanned no earlier than ``not_before`` (monotonic). Blocking: call it from a
+    worker thread. Concurrent callers share one scan, so stopping 500 services at once
+    costs a few scans, not 500."""
+    global _last_scan, last_scan_seconds
+    with _scan_lock:
+        if _last_scan is not None and _last_scan[0] >= not_before:
+            return _last_scan[1]
+        started = time.monotonic()
+        table = _scan()
+        _last_scan = (started, table)
+        last_scan_seconds = time.monotonic() - started
+        return table
+
+
+def classify_spawn_error(exc: OSError, *, executable: str, cwd: str) -> RunnerError:
+    """The user's version of a failed spawn."""
+    if exc.filename == cwd and exc.filename != executable:
+        if isinstance(exc, FileNotFoundError):
+            return RunnerError(f"working directory {cwd} does not exist")
+        if isinstance(exc, NotADirectoryError):
+            return RunnerError(f"working directory {cwd} is not a directory")
+        if isinstance(exc, PermissionError):
+            return RunnerError(f"working directory {cwd} is not accessible (permission denied)")
+        return RunnerError(f"cannot enter working directory {cwd}: {exc.strerror}")
+    if isinstance(exc, FileNotFoundError):
+        return RunnerError(f"cannot run {executable}: no such file (or its #! interpreter is missing)")
+    if isinstance(exc, PermissionError):
+        return RunnerError(f"cannot run {executable}: permission denied")
+    if exc.errno == errno.E2BIG:
+        return RunnerError("cannot start: the command line and environment are too large")
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return RunnerError(f"cannot start a process: {exc.strerror} (process or memory limit)")
+    if exc.errno == errno.ETXTBSY:
+        return RunnerError(f"cannot run {executable}: the file is being written")
+    return RunnerError(f"cannot run {executable}: {exc.strerror or exc}")

@@ -1,0 +1,109 @@
+"""The runner contract: how the daemon starts, watches, stops and adopts a service.
+
+A runner turns a :class:`RunSpec` into a running thing (a process, a container) and
+hands back a :class:`ServiceHandle`. The daemon never looks inside: it awaits
+``wait()`` to learn of the exit (the runner reacts to the kernel or the engine, it does
+not poll), calls ``stop()`` to end it, and persists ``record()`` so that a daemon started
+later can ``adopt()`` what is still running.
+
+Runners are found through the ``hive.runners`` entry-point group; the built-in ones are
+registered the same way a third-party one is.
+"""
+
+from __future__ import annotations
+
+import signal
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import msgspec
+
+__all__ = ["ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle"]
+
+
+class RunnerError(Exception):
+    """A start or stop failed for a reason the user can act on; the message says it."""
+
+
+class RunSpec(msgspec.Struct, kw_only=True):
+    """Everything a runner needs to start one instance of a service."""
+
+    fqn: str  # "source:service" or "source:service#N"
+    command: str = ""  # script: the `run` text, runtime templates already resolved
+    working_dir: str = "."
+    # The complete environment of the child. The script runner adds HIVE_RUN_ID (one per
+    # start) to find every process of the instance, even ones that left its session.
+    env: dict[str, str] = {}
+    shell: str | None = None  # None: exec directly when the command needs no shell
+    stdout_path: str = ""  # capture files the child appends to (the daemon follows them)
+    stderr_path: str = ""
+    stop_signal: int = int(signal.SIGTERM)
+    stop_grace: float = 10.0
+    config: dict[str, Any] = {}  # the runner's own block from hive.yaml (docker, …)
+
+
+class ExitStatus(msgspec.Struct, frozen=True):
+    """How an instance ended. Both None: unknown (an adopted process is not our child)."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code == 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            return f"killed by {name}"
+        if self.exit_code is None:
+            return "exited (status unknown: adopted process)"
+        return f"exited with code {self.exit_code}"
+
+
+class ServiceHandle(ABC):
+    """One running instance."""
+
+    pid: int | None = None
+    container_id: str | None = None
+
+    @abstractmethod
+    def record(self) -> dict[str, Any]:
+        """What the daemon persists so a later daemon can adopt this instance."""
+
+    @abstractmethod
+    async def wait(self) -> ExitStatus:
+        """Return when the instance has ended (may be awaited by several tasks)."""
+
+    @abstractmethod
+    async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
+        """Signal, wait up to ``grace`` seconds, then kill; nothing it started survives."""
+
+    def leftovers(self) -> int:
+        """How many processes of the instance are still alive (0 when none)."""
+        return 0
+
+
+class Runner(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def start(self, spec: RunSpec) -> ServiceHandle:
+        """Start one instance; raise RunnerError with a clear message if it cannot."""
+
+    @abstractmethod
+    async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ServiceHandle | None:
+        """Take over an instance a previous daemon started; None if it is gone."""
+
+    async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
+        """Records of running instances of ``spec.fqn`` that no record names.
+
+        A daemon killed right after a start may not have saved the record; the next one
+        finds such an instance by its environment (``marker`` is the value of the
+        supervisor's marker variable) and adopts it instead of starting a second copy.
+        Runners that cannot tell return nothing.
+        """
+        return []

@@ -1,0 +1,178 @@
+"""cmd checks: real commands through a real shell."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.health.helpers import (
+    DEADLINE,
+    cmd_check,
+    kill_quietly,
+    live_members_of_group,
+    make_monitor,
+    pid_reports,
+    running,
+    wait_gone,
+)
+
+pytestmark = pytest.mark.anyio
+
+# Started by a check: starts a child in the same process group, reports
+# "<its pid> <its process group> <child pid>" to the test, then hangs.
+REPORTER = r"""
+import os, socket, subprocess, sys, threading
+child = subprocess.Popen(["sleep", "300"])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
+    s.sendall(f"{os.getpid()} {os.getpgid(0)} {child.pid}\n".encode())
+threading.Event().wait()
+"""
+
+
+async def test_exit_zero_passes(tmp_path: Path) -> None:
+    monitor, recorder = make_monitor([cmd_check("echo starting; echo ready", working_dir=tmp_path)])
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is True
+    result = change.results[0]
+    assert (result.kind, result.target, result.message) == (
+        "cmd", "cmd: echo starting; echo ready", "exit status 0: ready"
+    )
+
+
+async def test_failure_message_carries_the_last_line_of_output(tmp_path: Path) -> None:
+    command = 'echo checking; echo "db not ready" >&2; echo; exit 3'
+    monitor, recorder = make_monitor([cmd_check(command, working_dir=tmp_path, retries=2)])
+    async with running(monitor):
+        change, seen = await recorder.next_change()
+    assert change.healthy is False
+    assert [r.consecutive_failures for r in seen] == [1, 2]
+    assert change.results[0].message == "exit status 3: db not ready"
+    assert change.message == f"cmd: {command}: exit status 3: db not ready (2 consecutive failures)"
+
+
+async def test_silent_failure_and_recovery(tmp_path: Path) -> None:
+    flag = tmp_path / "ready"
+    monitor, recorder = make_monitor([cmd_check("test -f ready", working_dir=tmp_path, retries=1)])
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+        assert (change.healthy, change.results[0].message) == (False, "exit status 1")
+        flag.touch()
+        change, _ = await recorder.next_change()
+        assert (change.healthy, change.results[0].message) == (True, "exit status 0")
+
+
+async def test_runs_in_working_dir_with_env(tmp_path: Path) -> None:
+    (tmp_path / "marker").touch()
+    env = {**os.environ, "HEALTH_TOKEN": "s3cret"}
+    command = 'test -f marker && test "$HEALTH_TOKEN" = s3cret'
+    monitor, recorder = make_monitor([cmd_check(command, working_dir=tmp_path)], env=env)
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is True
+
+    # The env is the complete environment of the command: without the variable it fails.
+    env.pop("HEALTH_TOKEN")
+    monitor, recorder = make_monitor([cmd_check(command, working_dir=tmp_path, retries=1)], env=env)
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is False
+
+
+async def test_missing_working_dir_fails_clearly(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    monitor, recorder = make_monitor([cmd_check("true", working_dir=missing, retries=1)])
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is False
+    assert change.results[0].message == f"working directory {missing} does not exist"
+
+
+async def test_exec_prefix_wraps_the_shell(tmp_path: Path) -> None:
+    # As ["docker", "exec", "ctr"] will: the prefix program runs `sh -c command`.
+    monitor, recorder = make_monitor(
+        [cmd_check('test "$IN_PREFIX" = yes', working_dir=tmp_path / "not-used")],
+        exec_prefix=["env", "IN_PREFIX=yes"],
+    )
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is True
+
+
+async def test_missing_prefix_program_fails_clearly(tmp_path: Path) -> None:
+    monitor, recorder = make_monitor(
+        [cmd_check("true", retries=1)], exec_prefix=[str(tmp_path / "no-such-engine"), "exec"]
+    )
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is False
+    assert change.results[0].message == (
+        f"cannot run {tmp_path / 'no-such-engine'}: No such file or directory"
+    )
+
+
+async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    # The shell starts a background grandchild, records both pids and waits for it.
+    command = "sleep 300 & echo $$ $! > pids; echo waiting; wait"
+    monitor, recorder = make_monitor(
+        [cmd_check(command, working_dir=tmp_path, timeout=0.5, retries=1, interval=60)]
+    )
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is False
+    assert change.results[0].message == "timed out after 500ms (last output: waiting)"
+    shell_pid, sleep_pid = (int(pid) for pid in (tmp_path / "pids").read_text().split())
+    try:
+        await wait_gone(shell_pid)
+        await wait_gone(sleep_pid)
+        assert live_members_of_group(shell_pid) == []
+    except BaseException:
+        kill_quietly(sleep_pid)  # do not leave it behind when the test fails
+        raise
+
+
+async def test_background_leftovers_of_a_finished_check_are_killed(tmp_path: Path) -> None:
+    # Exits at once, leaving a grandchild that does not hold the output pipe.
+    command = "sleep 300 >/dev/null 2>&1 & echo $$ $! > pids; exit 0"
+    monitor, recorder = make_monitor(
+        [cmd_check(command, working_dir=tmp_path, timeout=DEADLINE, interval=60)]
+    )
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is True
+    shell_pid, sleep_pid = (int(pid) for pid in (tmp_path / "pids").read_text().split())
+    try:
+        await wait_gone(sleep_pid)
+        assert live_members_of_group(shell_pid) == []
+    except BaseException:
+        kill_quietly(sleep_pid)  # do not leave it behind when the test fails
+        raise
+
+
+async def test_cancelling_the_monitor_kills_a_running_check(tmp_path: Path) -> None:
+    script = tmp_path / "reporter.py"
+    script.write_text(REPORTER)
+    async with pid_reports() as (port, reports):
+        command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {port}"
+        monitor, recorder = make_monitor(
+            [cmd_check(command, working_dir=tmp_path, timeout=DEADLINE * 4, interval=60)]
+        )
+        async with running(monitor):
+            with anyio.fail_after(DEADLINE):
+                pid, pgid, child_pid = await reports.receive()
+        # The monitor is cancelled (as when the service stops) while the check still runs.
+    assert recorder.results == []
+    try:
+        assert pgid != os.getpgid(0)  # the check ran in a session of its own
+        await wait_gone(pid)
+        await wait_gone(child_pid)
+        assert live_members_of_group(pgid) == []
+    except BaseException:
+        kill_quietly(pid)  # do not leave them behind when the test fails
+        kill_quietly(child_pid)
+        raise

@@ -1,0 +1,97 @@
+"""Helpers for the runner tests: specs with a tag to find every process of a test, and
+deadline-bounded waits on conditions no event announces (a process appearing, a line in
+a capture file)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import psutil
+
+from runners.base import RunSpec
+
+T = TypeVar("T")
+TAG_VAR = "HIVE_TEST_TAG"
+
+
+def make_spec(home: Path, command: str, *, tag: str | None = None, env: dict[str, str] | None = None,
+              **fields: Any) -> RunSpec:
+    """A spec running in ``home/work`` with capture files in ``home/run``; every process it
+    starts carries ``HIVE_TEST_TAG=<tag>`` (pass ``env`` to replace the environment)."""
+    work = home / "work"
+    work.mkdir(exist_ok=True)
+    full_env = dict(os.environ) if env is None else dict(env)
+    full_env[TAG_VAR] = tag or uuid.uuid4().hex
+    fields.setdefault("working_dir", str(work))
+    fields.setdefault("stdout_path", str(home / "run" / "svc.out"))
+    fields.setdefault("stderr_path", str(home / "run" / "svc.err"))
+    return RunSpec(fqn=fields.pop("fqn", "proj:svc"), command=command, env=full_env, **fields)
+
+
+def tag_of(spec: RunSpec) -> str:
+    return spec.env[TAG_VAR]
+
+
+def tagged(tag: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose environment carries ``tag``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get(TAG_VAR) == tag:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def until(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """Re-check ``condition`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await anyio.sleep(delay)  # wait-ok: re-check interval under a deadline
+        delay = min(delay * 2, 0.1)
+
+
+async def output_contains(path: str, text: str, *, timeout: float = 10.0) -> str:
+    def check() -> str:
+        content = read(path)
+        return content if text in content else ""
+
+    return await until(check, timeout=timeout, what=f"{text!r} in {path}")
+
+
+def read(path: str | Path) -> str:
+    """A capture file's content ('' while it does not exist)."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def kill_tagged(tag: str) -> None:
+    """Last-resort cleanup so that a failing test leaves nothing running."""
+    for process in tagged(tag):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
