@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import stat
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,9 +118,29 @@ def _is_executable_file(path: str) -> bool | None:
     return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
 
 
+# PATH lookups of the last moments: starting a few hundred services that run the same
+# program walks PATH once, not once each. Short-lived, so a program installed earlier on
+# PATH is seen on the next start, as execvp would see it.
+_RESOLVED: dict[tuple[str, str, str], tuple[float, str]] = {}
+_RESOLVED_SECONDS = 2.0
+
+
 def resolve_program(name: str, env: dict[str, str], cwd: str, *, what: str = "command") -> str:
     """The absolute path ``execvp`` would run for ``name`` in the child (PATH from ``env``,
     relative entries against ``cwd``); RunnerError saying why there is none."""
+    key = (name, env.get("PATH", os.defpath), cwd)
+    now = time.monotonic()
+    cached = _RESOLVED.get(key)
+    if cached is not None and now - cached[0] < _RESOLVED_SECONDS and os.access(cached[1], os.X_OK):
+        return cached[1]
+    path = _resolve_program(name, env, cwd, what)
+    if len(_RESOLVED) > 1024:
+        _RESOLVED.clear()
+    _RESOLVED[key] = (now, path)
+    return path
+
+
+def _resolve_program(name: str, env: dict[str, str], cwd: str, what: str) -> str:
     if "/" in name:
         path = os.path.normpath(os.path.join(cwd, name))
         found = _is_executable_file(path)

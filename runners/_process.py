@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import select
 import signal
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import _spawn
 from .base import RunnerError
 
 __all__ = [
@@ -137,8 +139,12 @@ def boot_id() -> str:
     return _boot_id
 
 
+@functools.cache
 def _boot_time() -> float:
-    """The boot time as /proc/stat states it (psutil.boot_time() reads the same line)."""
+    """The boot time as /proc/stat states it (psutil.boot_time() reads the same line).
+
+    Read once: it only changes with a reboot, and a reboot ends this process too.
+    """
     with open("/proc/stat", "rb") as file:
         for line in file:
             if line.startswith(b"btime"):
@@ -167,15 +173,29 @@ def open_output(path: str) -> int:
         raise RunnerError(f"cannot open output file {path}: {exc.strerror}") from None
 
 
+_devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def spawn(
     executable: str, argv: list[str], *, cwd: str, env: dict[str, str], stdout: int, stderr: int
-) -> subprocess.Popen[bytes]:
-    """Start the process in its own session; OSError/ValueError as Popen raises them.
+) -> tuple[int, subprocess.Popen[bytes] | None]:
+    """Start the process in its own session: (pid, the Popen if one was used).
 
-    Popen forks with vfork when it can (no preexec_fn, no user/group change), and reports
-    an exec or chdir failure as an OSError carrying the file name.
+    OSError/ValueError as the exec or chdir failure. glibc's posix_spawn when it can
+    (see ``_spawn``), else Popen, which forks with vfork when it can (no preexec_fn, no
+    user/group change) and reports an exec or chdir failure with the file name.
     """
-    return subprocess.Popen(
+    if _spawn.AVAILABLE:
+        for text in (executable, cwd, *argv, *env, *env.values()):
+            if "\0" in text:
+                raise ValueError("embedded null byte")
+        for key in env:
+            if not key or "=" in key:
+                raise ValueError(f"illegal environment variable name {key!r}")
+        pid = _spawn.spawn(executable, argv, cwd=cwd, env=env, stdin=_devnull,
+                           stdout=stdout, stderr=stderr)
+        return pid, None
+    popen = subprocess.Popen(
         argv,
         executable=executable,
         stdin=subprocess.DEVNULL,
@@ -186,6 +206,7 @@ def spawn(
         close_fds=True,
         start_new_session=True,
     )
+    return popen.pid, popen
 
 
 # --- signals ----------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class ScriptRunner(Runner):
             return None
         return ScriptHandle(
             spec=spec, pid=pid, pgid=pgid, ticks=info.ticks, pidfd=pidfd,
-            run_id=run_id, popen=None,
+            run_id=run_id, popen=None, adopted=True,
         )
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
@@ -182,15 +182,15 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
             stderr = proc.open_output(spec.stderr_path)
         try:
             try:
-                popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
-                                   stdout=stdout, stderr=stderr)
+                pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
+                                        stdout=stdout, stderr=stderr)
             except OSError as exc:
                 if exc.errno != errno.ENOEXEC or plan.mode != "direct":
                     raise
                 # A script without a #! line: a shell runs it, as execvp(3) would.
                 plan = plan_command(spec.command, None, env, cwd, force_shell=True)
-                popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
-                                   stdout=stdout, stderr=stderr)
+                pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
+                                        stdout=stdout, stderr=stderr)
         except OSError as exc:
             raise proc.classify_spawn_error(exc, executable=plan.executable, cwd=cwd) from None
         except ValueError as exc:  # a NUL byte in an argument or the environment, a bad name
@@ -201,18 +201,18 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
     finally:
         if stdout != subprocess.DEVNULL:
             os.close(stdout)
-    pid = popen.pid
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as exc:
         # Nothing could watch it: do not leave it running unsupervised.
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        popen.wait()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
         raise RunnerError(f"cannot watch the new process: {exc.strerror}") from None
-    info = proc.read_stat(pid)
-    ticks = info.ticks if info is not None else 0
-    return ScriptHandle(spec=spec, pid=pid, pgid=pid, ticks=ticks, pidfd=pidfd, run_id=run_id,
+    # The start time (its identity for adoption) is read when first needed, not now:
+    # /proc/PID/stat of a process still in execve waits for the exec to finish.
+    return ScriptHandle(spec=spec, pid=pid, pgid=pid, ticks=None, pidfd=pidfd, run_id=run_id,
                         popen=popen, mode=plan.mode)
 
 
@@ -230,17 +230,18 @@ class ScriptHandle(ServiceHandle):
         spec: RunSpec,
         pid: int,
         pgid: int,
-        ticks: int,
+        ticks: int | None,
         pidfd: int,
         run_id: str | None,
         popen: subprocess.Popen[bytes] | None,
         mode: str | None = None,
+        adopted: bool = False,
     ) -> None:
         self.pid = pid
         self.pgid = pgid
-        self.ticks = ticks
+        self._ticks = ticks
         self.run_id = run_id
-        self.adopted = popen is None
+        self.adopted = adopted
         self.mode = mode  # "direct" or "shell" for a start; None when adopted
         self._spec = spec
         self._popen = popen  # kept so that Popen.__del__ never reaps our child
@@ -263,6 +264,14 @@ class ScriptHandle(ServiceHandle):
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
             self._pidfd = -1
+
+    @property
+    def ticks(self) -> int:
+        """The process's start time in clock ticks since boot (0 once it is reaped)."""
+        if self._ticks is None:
+            info = proc.read_stat(self.pid) if self._status is None else None
+            self._ticks = info.ticks if info is not None else 0
+        return self._ticks
 
     @property
     def status(self) -> ExitStatus | None:
@@ -304,6 +313,8 @@ class ScriptHandle(ServiceHandle):
         """The exit status, collected through the pidfd: exactly this process, never
         another child that may since hold the same number. None if not yet exited."""
         flags = os.WEXITED | (0 if block else os.WNOHANG)
+        if self._ticks is None:
+            self.ticks  # noqa: B018 - read while the zombie still holds its /proc entry
         try:
             result = os.waitid(os.P_PIDFD, self._pidfd, flags)
         except ChildProcessError:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,6 +228,10 @@ class SourceRegistry:
         for config in services.values():
             self.supervisor.register(source.name, config, source.config, self._fingerprint(source, config))
 
+    async def _prepare(self, source: Source, names: Iterable[str]) -> None:
+        """Runtime files of new services, made ahead of their first start."""
+        await self.app.logs.prepare(f"{source.name}:{name}" for name in names)
+
     # --- add / remove -----------------------------------------------------------------
 
     async def add(self, path_text: str, name: str | None) -> tuple[Source, bool]:
@@ -270,6 +275,7 @@ class SourceRegistry:
             )
             self.sources[name] = source
             self._install(source, services)
+            await self._prepare(source, services)
         self.app.bus.publish(SourceAdded(name=name, path=str(canonical), source_type=source_type))
         log.info("added source %s (%s, %d services)", name, canonical, len(services))
         return source, True
@@ -378,6 +384,7 @@ class SourceRegistry:
         for fqn in plan.start:
             config = services[fqn.partition(":")[2]]
             self.supervisor.register(source.name, config, source.config, self._fingerprint(source, config))
+        await self._prepare(source, (fqn.partition(":")[2] for fqn in plan.start))
         starts = to_restart + (plan.start if source_up and source.enabled else [])
         if starts:
             await self.supervisor.start(starts, wait=None)
@@ -461,6 +468,7 @@ class SourceRegistry:
                 raise RequestError(ErrorCode.STORAGE, str(exc)) from exc
             source.services[name] = config
             self.supervisor.register(source.name, config, None, self._fingerprint(source, config))
+            await self._prepare(source, [name])
         fqn = f"{source_name}:{name}"
         if start:
             await self.supervisor.start([fqn], wait=None)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 
 from hive.config import (
@@ -150,11 +151,19 @@ class ServiceRuntime:
         self.scale = 1
         self.restart_count = 0
         self.instances: list[InstanceRuntime] = [InstanceRuntime(self, 0)]
-        self.changed = anyio.Event()
+        self._changed: anyio.Event | None = None
+
+    @property
+    def changed(self) -> anyio.Event:
+        """Set at the next change of one of its instances (made only when someone waits)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
 
 def _state_row(service: ServiceRuntime) -> tuple[str, tuple[Any, ...]]:
@@ -392,7 +401,6 @@ class Supervisor:
             self._set_state(instance, ServiceState.CRASHED)
             return None
         self.app.logs.follow(instance.fqn)
-        self._record_process(instance, handle)
         return handle
 
     def _run_spec(self, instance: InstanceRuntime) -> RunSpec:
@@ -479,18 +487,25 @@ class Supervisor:
             ServiceStarted(fqn=instance.fqn, pid=handle.pid, container_id=handle.container_id)
         )
         self._set_state(instance, ServiceState.RUNNING)
-        async with anyio.create_task_group() as watchers:
-            if service.config.healthchecks:
-                instance.health = HealthMonitor(
-                    instance.fqn,
-                    service.config.healthchecks,
-                    ports=instance.ports,
-                    env=instance.env or self._base_env,
-                    on_change=lambda healthy, message: self._health_changed(instance, healthy, message),
-                )
+        # Record it for adoption after the other starts of this batch have spawned: the
+        # record needs the process's start time, which the kernel gives once its exec is
+        # done; by then it is.
+        await anyio.lowlevel.checkpoint()
+        self._record_process(instance, handle)
+        if service.config.healthchecks:
+            instance.health = HealthMonitor(
+                instance.fqn,
+                service.config.healthchecks,
+                ports=instance.ports,
+                env=instance.env or self._base_env,
+                on_change=lambda healthy, message: self._health_changed(instance, healthy, message),
+            )
+            async with anyio.create_task_group() as watchers:
                 watchers.start_soon(instance.health.run)
+                status = await handle.wait()
+                watchers.cancel_scope.cancel()
+        else:
             status = await handle.wait()
-            watchers.cancel_scope.cancel()
         instance.health = None
         instance.handle = None
         instance.exit_code = status.exit_code
@@ -606,7 +621,6 @@ class Supervisor:
         instance.ports = service.config.ports()
         self.app.logs.follow(instance.fqn, offsets=offsets)
         self._note(instance, f"adopted by the daemon (pid {handle.pid})")
-        self._record_process(instance, handle)
         return handle
 
     def _record_process(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
@@ -716,26 +730,26 @@ async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> Non
 def _reverse_levels(services: Sequence[ServiceRuntime]) -> list[list[ServiceRuntime]]:
     """Stop order: a service goes before (in an earlier level than) what it depends on."""
     by_fqn = {s.fqn: s for s in services}
+    dependents: dict[str, list[str]] = {fqn: [] for fqn in by_fqn}
+    for service in services:
+        for name in service.config.depends_on:
+            dependency = f"{service.source}:{name}"
+            if dependency in dependents:
+                dependents[dependency].append(service.fqn)
     depth: dict[str, int] = {}
 
-    def dependents_depth(service: ServiceRuntime, trail: frozenset[str]) -> int:
-        # Depth 0: nothing in the set depends on it; a dependency sits one level later.
-        if service.fqn in depth:
-            return depth[service.fqn]
-        level = 0
-        for other in services:
-            if other.fqn in trail or other.source != service.source:
-                continue
-            if service.name in other.config.depends_on:
-                level = max(level, dependents_depth(other, trail | {service.fqn}) + 1)
-        depth[service.fqn] = level
-        return level
+    def level_of(fqn: str, trail: frozenset[str]) -> int:
+        # Depth 0: nothing being stopped depends on it; a dependency sits one level later.
+        if fqn not in depth:
+            depth[fqn] = max(
+                (level_of(d, trail | {fqn}) + 1 for d in dependents[fqn] if d not in trail),
+                default=0,
+            )
+        return depth[fqn]
 
-    for service in services:
-        dependents_depth(service, frozenset())
     levels: dict[int, list[ServiceRuntime]] = {}
-    for fqn, level in depth.items():
-        levels.setdefault(level, []).append(by_fqn[fqn])
+    for fqn, service in by_fqn.items():
+        levels.setdefault(level_of(fqn, frozenset()), []).append(service)
     return [levels[key] for key in sorted(levels)]
 
 

@@ -141,18 +141,21 @@ class LogFile:
         return self.path.with_name(f"{self.path.name}.{index}")
 
     def _prune(self) -> None:
-        """Drop old files beyond ``keep`` (left from a larger setting)."""
+        """Drop old files beyond ``keep`` (left from a larger setting).
+
+        Files are numbered without gaps, so the first one missing ends the search: a
+        single failed unlink in the usual case, not a listing of the directory.
+        """
         self._pruned = True
-        prefix = self.path.name + "."
-        try:
-            names = os.listdir(self.path.parent)
-        except OSError:
-            return
-        for name in names:
-            suffix = name[len(prefix) :] if name.startswith(prefix) else ""
-            if suffix.isdigit() and int(suffix) > self.keep:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path.parent / name)
+        index = self.keep + 1
+        while True:
+            try:
+                os.unlink(self._numbered(index))
+            except FileNotFoundError:
+                return
+            except OSError:
+                return
+            index += 1
 
     def _fail(self, exc: OSError, size: int) -> None:
         self._stats.errors += 1

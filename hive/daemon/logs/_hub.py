@@ -9,12 +9,12 @@ per-instance ring buffer, to rotated log files, and to live subscriptions.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -30,7 +30,7 @@ from hive_client import LogLevel, LogLine, fqn_matches
 from ..settings import LogsSection
 from ._files import LogFile, WriteStats, read_tail_lines
 from ._parse import format_timestamp, parse_file_line, parse_line
-from ._sys import IN_MODIFY, IN_Q_OVERFLOW, Inotify, punch_hole
+from ._sys import IN_IGNORED, IN_MODIFY, IN_Q_OVERFLOW, Inotify, punch_hole
 
 __all__ = ["CHUNK_BYTES", "PRELOAD_LINES", "LogHub", "LogSubscription"]
 
@@ -68,6 +68,19 @@ def _safe_name(part: str) -> str:
         "".join(f"%{byte:02X}" for byte in ch.encode())
         for ch in part
     )  # fmt: skip
+
+
+def _create_files(paths: list[Path]) -> None:
+    made: set[Path] = set()
+    for path in paths:
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            made.add(path.parent)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            # The start will try again and say what is wrong; nothing to do here.
+            logger.debug("cannot prepare %s: %s", path, exc)
 
 
 def _split_fqn(fqn: str) -> tuple[str, str]:
@@ -309,11 +322,15 @@ class LogHub:
         self._subscriptions: set[LogSubscription] = set()
         self._subs_version = 0
         self._inotify: Inotify | None = None
-        self._by_wd: dict[int, _Capture] = {}
+        # One watch per capture directory (not per file): a start costs no syscall for it.
+        self._dir_watches: dict[Path, int] = {}
+        self._by_wd: dict[int, dict[bytes, _Capture]] = {}
         self._followed: dict[_Capture, None] = {}
         self._dirty: dict[_Capture, None] = {}  # insertion-ordered set: round robin
         self._wake: anyio.Event | None = None
         self._closed = False
+        self._made_dirs: set[Path] = set()
+        self._capture_paths: dict[str, tuple[Path, Path]] = {}
         self._write_stats = WriteStats()
         self._lines = 0
         self._bytes_read = 0
@@ -366,6 +383,7 @@ class LogHub:
             self._inotify.close()
             self._inotify = None
         self._by_wd.clear()
+        self._dir_watches.clear()
 
     def _get_inotify(self) -> Inotify:
         if self._inotify is None:
@@ -375,12 +393,17 @@ class LogHub:
     async def _watch(self, inotify: Inotify) -> None:
         while True:
             await anyio.wait_readable(inotify.fd)
-            for wd, mask in inotify.events():
+            for wd, mask, name in inotify.events():
                 if mask & IN_Q_OVERFLOW:
                     logger.warning("inotify queue overflowed: re-reading every followed file")
                     self._dirty.update(self._followed)
                     continue
-                cap = self._by_wd.get(wd)
+                if mask & IN_IGNORED:
+                    # Its directory went away: watch the new one when a capture reopens.
+                    self._dir_watches = {d: w for d, w in self._dir_watches.items() if w != wd}
+                    continue
+                files = self._by_wd.get(wd)
+                cap = files.get(name) if files is not None else None
                 if cap is not None:
                     self._dirty[cap] = None
             if self._dirty and self._wake is not None:
@@ -408,10 +431,31 @@ class LogHub:
 
     def capture_paths(self, fqn: str) -> tuple[Path, Path]:
         """Where the instance's stdout and stderr go (the directory exists)."""
-        source, name = _split_fqn(fqn)
-        directory = self.run_dir / source
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory / f"{name}.stdout", directory / f"{name}.stderr"
+        paths = self._capture_paths.get(fqn)
+        if paths is None:
+            source, name = _split_fqn(fqn)
+            directory = self.run_dir / source
+            if directory not in self._made_dirs:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(directory)
+            paths = self._capture_paths[fqn] = (
+                directory / f"{name}.stdout",
+                directory / f"{name}.stderr",
+            )
+        return paths
+
+    async def prepare(self, fqns: Iterable[str]) -> None:
+        """Create the capture and log files of these instances before they start.
+
+        Creating a file costs a new inode, which on some file systems takes longer than
+        starting the process; done here, in a worker thread and for a whole source at
+        once, it is off the path of `start`. (A start without it creates them itself.)
+        """
+        paths: list[Path] = []
+        for fqn in fqns:
+            paths.extend(self.capture_paths(fqn))
+            paths.append(self.log_path(fqn))
+        await anyio.to_thread.run_sync(_create_files, paths)
 
     def log_path(self, fqn: str) -> Path:
         source, name = _split_fqn(fqn)
@@ -728,12 +772,12 @@ class LogHub:
             cap.pos = pos
             cap.punched = 0
             try:
-                cap.wd = self._get_inotify().add_watch(path, IN_MODIFY)
+                cap.wd = self._watch_directory(path.parent)
             except OSError as exc:
                 # No live updates (watch limit reached?); drain() still reads it all.
-                logger.error("cannot watch %s: %s", path, exc.strerror or exc)
+                logger.error("cannot watch %s: %s", path.parent, exc.strerror or exc)
             else:
-                self._by_wd[cap.wd] = cap
+                self._by_wd[cap.wd][os.fsencode(path.name)] = cap
         except BaseException:
             os.close(fd)
             raise
@@ -752,14 +796,22 @@ class LogHub:
             self._note_skipped(cap, force=True)
             self._close_capture(cap)
 
+    def _watch_directory(self, directory: Path) -> int:
+        wd = self._dir_watches.get(directory)
+        if wd is None:
+            wd = self._get_inotify().add_watch(directory, IN_MODIFY)
+            self._dir_watches[directory] = wd
+            self._by_wd.setdefault(wd, {})
+        return wd
+
     def _close_capture(self, cap: _Capture) -> None:
         self._dirty.pop(cap, None)
         self._followed.pop(cap, None)
         if cap.wd >= 0:
-            self._by_wd.pop(cap.wd, None)
-            if self._inotify is not None:
-                with contextlib.suppress(OSError):
-                    self._inotify.rm_watch(cap.wd)
+            # The directory's watch stays: its other services, and this one's next run.
+            files = self._by_wd.get(cap.wd)
+            if files is not None and files.get(os.fsencode(cap.path.name)) is cap:
+                del files[os.fsencode(cap.path.name)]
             cap.wd = -1
         if cap.fd >= 0:
             fd, cap.fd = cap.fd, -1

@@ -73,8 +73,10 @@ class Inotify:
         if _inotify_rm_watch(self.fd, wd) < 0 and ctypes.get_errno() != errno.EINVAL:
             _raise_errno("inotify_rm_watch")
 
-    def events(self) -> Iterator[tuple[int, int]]:
-        """(wd, mask) of every queued event; returns when the queue is empty."""
+    def events(self) -> Iterator[tuple[int, int, bytes]]:
+        """(wd, mask, name) of every queued event; returns when the queue is empty.
+
+        ``name`` is the file's name for a watch on a directory, else empty."""
         while True:
             try:
                 data = os.read(self.fd, 64 * 1024)
@@ -83,8 +85,9 @@ class Inotify:
             offset = 0
             while offset + _EVENT.size <= len(data):
                 wd, mask, _cookie, name_len = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size + name_len
-                yield wd, mask
+                start = offset + _EVENT.size
+                offset = start + name_len
+                yield wd, mask, data[start:offset].rstrip(b"\0")
 
     def close(self) -> None:
         if self.fd >= 0:
