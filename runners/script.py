@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import signal
 import stat
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import msgspec
 from anyio.lowlevel import RunVar
 
 from . import _process as proc
@@ -168,7 +168,8 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
         raise RunnerError(f"working directory {cwd} is not accessible (permission denied)") from None
     except ValueError:
         raise RunnerError("the working directory contains a NUL character") from None
-    run_id = f"{spec.fqn}/{secrets.token_hex(8)}"
+    # os.urandom rather than secrets: the same bytes, without loading hmac and hashlib.
+    run_id = f"{spec.fqn}/{os.urandom(8).hex()}"
     env = dict(spec.env)
     env[RUN_ID_VAR] = run_id
     plan = plan_command(spec.command, spec.shell, env, cwd)
@@ -243,7 +244,9 @@ class ScriptHandle(ServiceHandle):
         self.run_id = run_id
         self.adopted = adopted
         self.mode = mode  # "direct" or "shell" for a start; None when adopted
-        self._spec = spec
+        # The spec without its environment: a handle lives as long as its service, and
+        # the environment (often a hundred variables) is only needed to start it.
+        self._spec = msgspec.structs.replace(spec, env={}) if spec.env else spec
         self._popen = popen  # kept so that Popen.__del__ never reaps our child
         self._pidfd = pidfd
         self._status: ExitStatus | None = None

@@ -28,10 +28,11 @@ def validate(state: CliState, path: Path | None) -> None:
     try:
         project = load_project(target)
     except ConfigError as exc:
+        issues = sorted([*exc.issues, *exc.warnings], key=lambda i: (i.file, i.line or 0))
         if state.json_mode:
-            out.json({"valid": False, "issues": exc.issues})
+            out.json({"valid": False, "issues": issues})
         else:
-            for issue in exc.issues:
+            for issue in issues:
                 out.line(str(issue), style="red" if issue.severity == "error" else "yellow")
             errors = sum(1 for i in exc.issues if i.severity == "error")
             out.line(f"{errors} error{'s' if errors != 1 else ''}: the configuration is invalid", style="bold red")

@@ -9,7 +9,6 @@ path and line of the file.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Collection, Mapping
@@ -118,6 +117,8 @@ _KIND_PARSERS = {"duration": parse_duration, "port": parse_port, "size": parse_s
 
 def did_you_mean(word: str, choices: Collection[str]) -> str:
     lowered = {choice.lower(): choice for choice in choices}
+    import difflib  # only for a did-you-mean: not worth loading for every daemon
+
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Collection, Mapping
 
@@ -107,6 +106,8 @@ def check_runtime_templates(
 def _port_hint(name: str, port_names: Collection[str]) -> str:
     if not port_names:
         return " (the service has no rollout ports)"
+    import difflib  # only for a did-you-mean: not worth loading for every daemon
+
     close = difflib.get_close_matches(name, list(port_names), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return f" (ports: {', '.join(port_names)}{hint})"

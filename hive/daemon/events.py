@@ -77,7 +77,7 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, history: int = 4096) -> None:
+    def __init__(self, history: int = 1024) -> None:
         self._seq = 0
         self._history: deque[DaemonEvent] = deque(maxlen=history)
         self._subscriptions: set[Subscription] = set()

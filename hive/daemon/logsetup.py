@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +61,37 @@ class JsonFormatter(logging.Formatter):
         return _json.encode(entry).decode()
 
 
+class RotatingFile(logging.FileHandler):
+    """A log file rotated by size (``daemon.log``, ``.1`` … ``.keep``).
+
+    logging.handlers.RotatingFileHandler does the same, but its module brings pickle and
+    the socket handlers along; the daemon keeps its memory for services.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int, keep: int) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.max_bytes = max_bytes
+        self.keep = keep
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.stream is not None and self.stream.tell() >= self.max_bytes:
+                self._rotate()
+        except OSError:
+            pass  # a full disk: keep trying to write, the line may still fit
+        super().emit(record)
+
+    def _rotate(self) -> None:
+        self.close()
+        base = self.baseFilename
+        for index in range(self.keep - 1, 0, -1):
+            if os.path.exists(f"{base}.{index}"):
+                os.replace(f"{base}.{index}", f"{base}.{index + 1}")
+        if self.keep > 0:
+            os.replace(base, f"{base}.1")
+        self.stream = self._open()
+
+
 def configure_logging(level: str, fmt: str, file: Path | None) -> None:
     """Route the ``hive`` loggers; ``file`` None means stderr."""
     handler: logging.Handler
@@ -68,9 +99,7 @@ def configure_logging(level: str, fmt: str, file: Path | None) -> None:
         handler = logging.StreamHandler(sys.stderr)
     else:
         file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            file, maxBytes=10 * 1024 * 1024, backupCount=3, encoding="utf-8"
-        )
+        handler = RotatingFile(file, max_bytes=10 * 1024 * 1024, keep=3)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger = logging.getLogger("hive")
     for old in list(logger.handlers):

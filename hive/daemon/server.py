@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import struct
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -468,7 +467,7 @@ class SocketServer:
 
     async def _run_stream(self, ctx: RequestContext, request: Request, handler: Callable[..., object]) -> None:
         connection = ctx.connection
-        stream_id = uuid.uuid4().hex
+        stream_id = os.urandom(16).hex()
         sink = _Sink(connection, ctx.request_id, stream_id)
         try:
             await self._stream_body(ctx, request, handler, sink)

@@ -13,6 +13,7 @@ spawns; stops go the other way, dependents first, each level in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -113,13 +114,24 @@ class InstanceRuntime:
         self.healthy: bool | None = None
         self.health: HealthMonitor | None = None
         self.ports: dict[str, int] = {}
-        self.env: dict[str, str] = {}
         self.stop_requested = False
         self.running_task = False
-        self.done = anyio.Event()
-        self.done.set()
+        self._done: anyio.Event | None = None
         self.wakeup = anyio.Event()
         self.backoff: Backoff | None = None
+
+    async def wait_finished(self) -> None:
+        """Until its supervision task has ended (made only when someone waits)."""
+        if not self.running_task:
+            return
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
+
+    def finished(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done.set()
 
     @property
     def fqn(self) -> str:
@@ -219,6 +231,9 @@ class Supervisor:
     def register(
         self, source: str, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
     ) -> ServiceRuntime:
+        # Load its runner now (an import, the first time), not on the path of its start.
+        with contextlib.suppress(UnknownRunner):
+            self.runners.get(config.runner.type)
         service = ServiceRuntime(source, config, project, fingerprint)
         persisted = self._persisted.get(service.fqn)
         if persisted is not None:
@@ -283,7 +298,6 @@ class Supervisor:
             return
         instance.running_task = True
         instance.stop_requested = False
-        instance.done = anyio.Event()
         self._tasks.start_soon(self._run_instance, instance, adopted)
 
     async def _wait_settled(self, services: Sequence[ServiceRuntime], timeout: float) -> list[str]:
@@ -334,7 +348,7 @@ class Supervisor:
             except RunnerError as exc:
                 instance.last_error = str(exc)
                 log.error("stopping %s: %s", instance.fqn, exc)
-        await instance.done.wait()
+        await instance.wait_finished()
 
     # --- the supervision loop -----------------------------------------------------------
 
@@ -369,7 +383,7 @@ class Supervisor:
         finally:
             instance.running_task = False
             instance.handle = None
-            instance.done.set()
+            instance.finished()
             service.notify()
 
     async def _spawn(self, instance: InstanceRuntime) -> ServiceHandle | None:
@@ -414,7 +428,6 @@ class Supervisor:
             HIVE_SERVICE_NAME=service.name,
             HIVE_INSTANCE=str(instance.index),
         )
-        instance.env = env
         script = config.runner.script
         command = render_runtime(script.run, ports=instance.ports) if script else ""
         stdout_path, stderr_path = self.app.logs.capture_paths(instance.fqn)
@@ -497,7 +510,7 @@ class Supervisor:
                 instance.fqn,
                 service.config.healthchecks,
                 ports=instance.ports,
-                env=instance.env or self._base_env,
+                env=self._health_env(instance),
                 on_change=lambda healthy, message: self._health_changed(instance, healthy, message),
             )
             async with anyio.create_task_group() as watchers:
@@ -682,6 +695,14 @@ class Supervisor:
         instance.state = state
         self.app.bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=previous))
         instance.service.notify()
+
+    def _health_env(self, instance: InstanceRuntime) -> dict[str, str]:
+        """The environment of cmd health checks: the service's own (built again rather
+        than kept per instance for the instance's whole life)."""
+        try:
+            return self._run_spec(instance).env
+        except RuntimeTemplateError:
+            return self._base_env
 
     def _health_changed(self, instance: InstanceRuntime, healthy: bool, message: str) -> None:
         if instance.healthy == healthy:
