@@ -271,7 +271,7 @@ class ProcessTable:
     """One scan of /proc: every process, the run id of each tree root that has one, and
     the indexes that membership queries need (built once, in the scanning thread)."""
 
-    __slots__ = ("by_group", "by_session", "last_pid", "procs", "run_ids", "tree")
+    __slots__ = ("_by_run_id", "by_group", "by_session", "last_pid", "procs", "run_ids", "tree")
 
     def __init__(self, procs: dict[int, ProcInfo], run_ids: dict[int, bytes],
                  newest: int | None = None) -> None:
@@ -281,10 +281,20 @@ class ProcessTable:
         self.tree: dict[int, list[int]] = {}
         self.by_group: dict[int, list[int]] = {}
         self.by_session: dict[int, list[int]] = {}
+        self._by_run_id: dict[bytes, list[int]] | None = None
         for info in procs.values():
             self.tree.setdefault(info.ppid, []).append(info.pid)
             self.by_group.setdefault(info.pgid, []).append(info.pid)
             self.by_session.setdefault(info.sid, []).append(info.pid)
+
+    def roots_of(self, run_id: bytes) -> list[int]:
+        """The tree roots carrying ``run_id`` (indexed on first use)."""
+        if self._by_run_id is None:
+            index: dict[bytes, list[int]] = {}
+            for root, value in self.run_ids.items():
+                index.setdefault(value, []).append(root)
+            self._by_run_id = index
+        return self._by_run_id.get(run_id, [])
 
     def members(self, *, pid: int, pgid: int, ticks: int, run_id: bytes | None,
                 main_alive: bool) -> list[ProcInfo]:
@@ -302,7 +312,7 @@ class ProcessTable:
             seeds += self.by_group.get(pgid, ())
             seeds += self.by_session.get(pgid, ())
         if run_id:
-            seeds += [p for p, value in self.run_ids.items() if value == run_id]
+            seeds += self.roots_of(run_id)
         tree = self.tree
         me = os.getpid()
         found: set[int] = set()
@@ -338,8 +348,31 @@ def _allocated_between(pid: int, since: int, until: int) -> bool:
     return since < pid <= until if since <= until else (pid > since or pid <= until)
 
 
+# The last answer of new_processes: the stops of one batch ask the same question one
+# after the other (same ``since``, and usually the same ``until``), and a listing of
+# /proc for each would cost more than everything else they do.
+_new_processes_memo: tuple[int, int, float, list[ProcInfo]] | None = None
+_NEW_PROCESSES_TTL = 0.05
+
+
 def new_processes(since: int, until: int) -> list[ProcInfo]:
     """The live processes whose pid was allocated after ``since``, up to ``until``."""
+    global _new_processes_memo
+    now = time.monotonic()
+    memo = _new_processes_memo
+    if memo is not None and memo[:2] == (since, until) and now - memo[2] < _NEW_PROCESSES_TTL:
+        return [info for info in memo[3] if not _gone(info)]
+    found = _list_new_processes(since, until)
+    _new_processes_memo = (since, until, now, found)
+    return found
+
+
+def _gone(info: ProcInfo) -> bool:
+    stat = read_stat(info.pid)
+    return stat is None or stat.zombie or stat.ticks != info.ticks
+
+
+def _list_new_processes(since: int, until: int) -> list[ProcInfo]:
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit() and _allocated_between(int(name), since, until):
