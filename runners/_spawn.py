@@ -11,7 +11,9 @@ these, :data:`AVAILABLE` is False and the caller uses Popen.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import signal
 
 __all__ = ["AVAILABLE", "spawn"]
 
@@ -42,7 +44,7 @@ def _load() -> ctypes.CDLL | None:
         "posix_spawnattr_setsigmask",
         "posix_spawnattr_setsigdefault",
         "sigemptyset",
-        "sigfillset",
+        "sigaddset",
     )
     if not all(hasattr(libc, name) for name in needed):
         return None
@@ -54,6 +56,23 @@ AVAILABLE = _libc is not None
 # closefrom in the child (glibc 2.34+): nothing but 0, 1, 2 reaches the service even if
 # some library opened a descriptor without O_CLOEXEC.
 _CLOSEFROM = _libc is not None and hasattr(_libc, "posix_spawn_file_actions_addclosefrom_np")
+
+
+@functools.cache
+def _ignored_signals() -> list[int]:
+    """Signals the daemon ignores (Python ignores SIGPIPE and SIGXFSZ, a parent may have
+    ignored more): an ignored signal stays ignored across exec, unlike a handled one,
+    so these are the ones to reset. Resetting all 64 would cost the child a syscall
+    each, while the parent waits for its exec. Read once: the daemon ignores no
+    signal later."""
+    ignored = []
+    for number in range(1, signal.NSIG):
+        try:
+            if signal.getsignal(number) is signal.SIG_IGN:
+                ignored.append(number)
+        except (ValueError, OSError):
+            continue
+    return ignored
 
 
 def _strings(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
@@ -98,7 +117,8 @@ def spawn(
             check(libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)))
             libc.sigemptyset(signals)
             check(libc.posix_spawnattr_setsigmask(attributes, signals))
-            libc.sigfillset(signals)
+            for number in _ignored_signals():
+                libc.sigaddset(signals, number)
             check(libc.posix_spawnattr_setsigdefault(attributes, signals))
             check(libc.posix_spawnattr_setflags(
                 attributes,

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import anyio
 import msgspec
 
 __all__ = ["ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle"]
@@ -97,6 +99,15 @@ class Runner(ABC):
     @abstractmethod
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ServiceHandle | None:
         """Take over an instance a previous daemon started; None if it is gone."""
+
+    async def stop_many(
+        self, handles: Sequence[ServiceHandle], stop_signal: int, grace: float
+    ) -> None:
+        """Stop several instances (``hive down``, a daemon shutdown): what ``stop()`` does
+        to each. Runners that can do it in one sweep override this."""
+        async with anyio.create_task_group() as stops:
+            for handle in handles:
+                stops.start_soon(handle.stop, stop_signal, grace)
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
         """Records of running instances of ``spec.fqn`` that no record names.

@@ -27,6 +27,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -58,6 +59,58 @@ class ScriptRunner(Runner):
     async def start(self, spec: RunSpec) -> ScriptHandle:
         await anyio.lowlevel.checkpoint_if_cancelled()
         return _spawn(spec)
+
+    async def stop_many(
+        self, handles: Sequence[ServiceHandle], stop_signal: int, grace: float
+    ) -> None:
+        """Stop many instances in one sweep: one look at the process table, every signal
+        sent at once, one wait for them all, then the stragglers killed together.
+
+        Each instance gets what ``stop()`` gives it; what this saves is the work per
+        instance (its own task, scan, timers), which dominates stopping a large project.
+        """
+        stop_signal = _valid_signal(stop_signal)
+        grace = max(0.0, grace)
+        batch: list[ScriptHandle] = []
+        others: list[ServiceHandle] = []
+        for handle in handles:
+            if isinstance(handle, ScriptHandle) and handle._stop_done is None and handle._status is None:
+                handle._stop_done = anyio.Event()
+                handle._stopping = True
+                batch.append(handle)
+            else:
+                others.append(handle)
+        failed: list[str] = []
+        try:
+            if batch:
+                started = time.monotonic()
+                table = await _fresh_table(started)
+                members = [handle._signal(table, stop_signal) for handle in batch]
+                with anyio.move_on_after(max(0.0, started + grace - time.monotonic())):
+                    for handle in batch:
+                        await handle._wait_all()
+                stragglers = [h for h in batch if h._status is None or h._tracked_alive()]
+                for handle in stragglers:
+                    handle._kill_now()
+                with anyio.move_on_after(KILL_TIMEOUT):
+                    for handle in stragglers:
+                        await handle._wait_all()
+                failed = [str(h.pid) for h in batch if h._status is None]
+                for handle, found in zip(batch, members, strict=True):
+                    await handle._sweep(found, table.last_pid)
+        except BaseException:
+            for handle in batch:
+                handle._kill_now()  # cancelled or failed half-way: leave nothing running
+            raise
+        finally:
+            for handle in batch:
+                handle._untrack_all(in_loop=True)
+                assert handle._stop_done is not None
+                handle._stop_done.set()
+        if others:
+            await super().stop_many(others, stop_signal, grace)
+        if failed:
+            raise RunnerError(f"process(es) {', '.join(failed)} did not exit after SIGKILL")
 
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ScriptHandle | None:
         """Take over the process in ``record`` if it still runs and is the same process.
@@ -445,65 +498,75 @@ class ScriptHandle(ServiceHandle):
     async def _terminate(self, stop_signal: int, grace: float) -> ExitStatus:
         started = time.monotonic()
         try:
-            # Who belongs to the service, before the signal makes some of them exit and
-            # their children lose their parent. (The checkpoint first lets the other stops
-            # requested at the same moment get here too, so that one scan serves them all.)
+            # The checkpoint first lets the other stops requested at the same moment get
+            # here too, so that one scan of the process table serves them all.
             await anyio.lowlevel.checkpoint()
             table = await _fresh_table(started)
-            members = self._members(table)
-            self._track(members)
-            main = table.procs.get(self.pid)
-            # Then SIGCONT to a stopped service, as systemd does, so that it acts on the
-            # signal now rather than when someone resumes it.
-            stopped = any(m.stopped for m in members) or (main is not None and main.stopped)
-            signals = (stop_signal, signal.SIGCONT) if stopped else (stop_signal,)
-            with self._tracked_lock:
-                outside = [self._tracked[m.pid] for m in members
-                           if m.pid in self._tracked
-                           and (m.pgid != self.pgid or self._status is not None)]
-            for sig in signals:
-                if self._status is None:
-                    proc.killpg(self.pgid, sig)  # the leader is unreaped: the pgid is ours
-                    if main is not None and main.pgid != self.pgid:
-                        proc.send(self._pidfd, sig)
-                for fd in outside:
-                    proc.send(fd, sig)
-
+            members = self._signal(table, stop_signal)
             with anyio.move_on_after(max(0.0, started + grace - time.monotonic())):
-                await self.wait()
-                await self._wait_tracked()
+                await self._wait_all()
             if self._status is None or self._tracked_alive():
                 self._kill_now()
                 with anyio.move_on_after(KILL_TIMEOUT):
-                    await self.wait()
-                    await self._wait_tracked()
+                    await self._wait_all()
                 if self._status is None:
                     raise RunnerError(f"process {self.pid} did not exit after SIGKILL")
-
-            # Processes forked after the first look (or that escaped it): no grace left.
-            known = {self.pid, *(m.pid for m in members)}
-            since = table.last_pid
-            for _ in range(_SWEEPS):
-                late = self._late_members(known, since)
-                if late is None:  # the kernel did not say which pids are new: look at all
-                    table = await _fresh_table(time.monotonic())
-                    found = self._members(table)
-                else:
-                    found, since = late
-                known.update(m.pid for m in found)
-                fresh = self._track(found)
-                if not fresh:
-                    break
-                for fd in fresh:
-                    proc.send(fd, signal.SIGKILL)
-                with anyio.move_on_after(KILL_TIMEOUT):
-                    await self._wait_tracked()
+            await self._sweep(members, table.last_pid)
             return self._status
         except BaseException:
             self._kill_now()  # cancelled or failed half-way: leave nothing running
             raise
         finally:
             self._untrack_all(in_loop=True)
+
+    def _signal(self, table: proc.ProcessTable, stop_signal: int) -> list[proc.ProcInfo]:
+        """Send the stop signal to every process of the instance; its members (tracked).
+
+        Who belongs to it is taken from ``table``, scanned before the signal, which
+        makes some of them exit and their children lose their parent. SIGCONT follows
+        for a stopped service, as systemd does, so that it acts on the signal now rather
+        than when someone resumes it.
+        """
+        members = self._members(table)
+        self._track(members)
+        main = table.procs.get(self.pid)
+        stopped = any(m.stopped for m in members) or (main is not None and main.stopped)
+        signals = (stop_signal, signal.SIGCONT) if stopped else (stop_signal,)
+        with self._tracked_lock:
+            outside = [self._tracked[m.pid] for m in members
+                       if m.pid in self._tracked
+                       and (m.pgid != self.pgid or self._status is not None)]
+        for sig in signals:
+            if self._status is None:
+                proc.killpg(self.pgid, sig)  # the leader is unreaped: the pgid is ours
+                if main is not None and main.pgid != self.pgid:
+                    proc.send(self._pidfd, sig)
+            for fd in outside:
+                proc.send(fd, sig)
+        return members
+
+    async def _wait_all(self) -> None:
+        await self.wait()
+        await self._wait_tracked()
+
+    async def _sweep(self, members: list[proc.ProcInfo], since: int | None) -> None:
+        """Processes forked after the first look (or that escaped it): no grace left."""
+        known = {self.pid, *(m.pid for m in members)}
+        for _ in range(_SWEEPS):
+            late = self._late_members(known, since)
+            if late is None:  # the kernel did not say which pids are new: look at all
+                table = await _fresh_table(time.monotonic())
+                found = self._members(table)
+            else:
+                found, since = late
+            known.update(m.pid for m in found)
+            fresh = self._track(found)
+            if not fresh:
+                break
+            for fd in fresh:
+                proc.send(fd, signal.SIGKILL)
+            with anyio.move_on_after(KILL_TIMEOUT):
+                await self._wait_tracked()
 
     def _kill_now(self) -> None:
         if self._status is None:

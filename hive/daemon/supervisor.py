@@ -298,6 +298,7 @@ class Supervisor:
             return
         instance.running_task = True
         instance.stop_requested = False
+        instance.wakeup = anyio.Event()
         self._tasks.start_soon(self._run_instance, instance, adopted)
 
     async def _wait_settled(self, services: Sequence[ServiceRuntime], timeout: float) -> list[str]:
@@ -324,31 +325,40 @@ class Supervisor:
                 service.desired = "stopped"
                 self.app.state_writer.queue(*_state_row(service))
         for level in _reverse_levels(services):
-            async with anyio.create_task_group() as stops:
-                for service in level:
-                    for instance in service.instances:
-                        stops.start_soon(self._stop_instance, instance)
+            await self._stop_level([i for service in level for i in service.instances])
 
     async def restart(self, fqn: str) -> None:
         service = self.get(fqn)
         await self.stop([fqn], persist=False)
         await self.start([service.fqn])
 
-    async def _stop_instance(self, instance: InstanceRuntime) -> None:
-        if not instance.running_task:
-            return
-        instance.stop_requested = True
-        instance.wakeup.set()
-        handle = instance.handle
-        if handle is not None:
-            self._set_state(instance, ServiceState.STOPPING)
-            config = instance.service.config
-            try:
-                await handle.stop(config.stop_signum(), config.stop_grace)
-            except RunnerError as exc:
-                instance.last_error = str(exc)
-                log.error("stopping %s: %s", instance.fqn, exc)
-        await instance.wait_finished()
+    async def _stop_level(self, instances: list[InstanceRuntime]) -> None:
+        """Stop instances together: their runners stop all of theirs in one sweep."""
+        groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
+        for instance in instances:
+            if not instance.running_task:
+                continue
+            instance.stop_requested = True
+            instance.wakeup.set()  # out of a backoff or a wait for its dependencies
+            handle = instance.handle
+            if handle is not None:
+                self._set_state(instance, ServiceState.STOPPING)
+                config = instance.service.config
+                key = (config.runner.type, config.stop_signum(), config.stop_grace)
+                groups.setdefault(key, []).append(handle)
+        async with anyio.create_task_group() as stops:
+            for (runner_name, stop_signal, grace), handles in groups.items():
+                stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace)
+        for instance in instances:
+            await instance.wait_finished()
+
+    async def _stop_handles(
+        self, runner_name: str, handles: list[ServiceHandle], stop_signal: int, grace: float
+    ) -> None:
+        try:
+            await self.runners.get(runner_name).stop_many(handles, stop_signal, grace)
+        except (RunnerError, UnknownRunner) as exc:
+            log.error("stopping %d %s instance(s): %s", len(handles), runner_name, exc)
 
     # --- the supervision loop -----------------------------------------------------------
 
@@ -421,13 +431,7 @@ class Supervisor:
         service = instance.service
         config = service.config
         instance.ports = config.ports()
-        env = build_environment(service.project, config, self._base_env, ports=instance.ports)
-        env.update(
-            HIVE_SERVICE_FQN=service.fqn,
-            HIVE_SOURCE_NAME=service.source,
-            HIVE_SERVICE_NAME=service.name,
-            HIVE_INSTANCE=str(instance.index),
-        )
+        env = self._environment(instance)
         script = config.runner.script
         command = render_runtime(script.run, ports=instance.ports) if script else ""
         stdout_path, stderr_path = self.app.logs.capture_paths(instance.fqn)
@@ -443,6 +447,17 @@ class Supervisor:
             stop_grace=config.stop_grace,
             config=dict(config.runner.config),
         )
+
+    def _environment(self, instance: InstanceRuntime) -> dict[str, str]:
+        service = instance.service
+        env = build_environment(service.project, service.config, self._base_env, ports=instance.ports)
+        env.update(
+            HIVE_SERVICE_FQN=service.fqn,
+            HIVE_SOURCE_NAME=service.source,
+            HIVE_SERVICE_NAME=service.name,
+            HIVE_INSTANCE=str(instance.index),
+        )
+        return env
 
     async def _wait_dependencies(self, instance: InstanceRuntime) -> bool:
         service = instance.service
@@ -679,10 +694,7 @@ class Supervisor:
             return
         running = [s for s in self.services.values() if any(i.running_task for i in s.instances)]
         for level in _reverse_levels(running):
-            async with anyio.create_task_group() as stops:
-                for service in level:
-                    for instance in service.instances:
-                        stops.start_soon(self._stop_instance, instance)
+            await self._stop_level([i for service in level for i in service.instances])
         await self.app.state_writer.flush()
 
     # --- state, health, notes -----------------------------------------------------------

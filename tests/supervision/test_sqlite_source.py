@@ -103,3 +103,25 @@ async def test_services_cannot_be_created_in_a_yaml_source(hive_env: Path) -> No
                 await client.create_service("proj", "x", {"runner": {"type": "script", "script": {"run": "x"}}})
     finally:
         daemon.stop()
+
+
+async def test_default_source_in_hive_home(hive_env: Path) -> None:
+    from tests.support import write_project
+
+    write_project(hive_env, """
+        version: "1"
+        services:
+          tick:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+    """)
+    daemon = start_daemon(hive_env)
+    try:
+        async with DaemonClient(daemon.socket) as client:
+            sources = {s.name: s for s in await client.list_sources()}
+            assert sources["default"].path == str(hive_env)
+            await client.start_source("default")
+            assert (await client.get_service_status("default:tick")).state == "running"
+            with pytest.raises(InvalidRequest, match="default source"):
+                await client.remove_source("default")
+    finally:
+        daemon.stop()

@@ -172,6 +172,7 @@ class _Capture:
         "inst",
         "partial",
         "path",
+        "pending",
         "pos",
         "punched",
         "resync",
@@ -186,6 +187,8 @@ class _Capture:
         self.stream = stream
         self.path = path
         self.fd = fd
+        self.pending = False  # followed, not opened yet (see LogHub._open_capture)
+        self.can_punch = True
         self.identity = (0, 0)  # (st_dev, st_ino): offsets only mean something for this file
         self.wd = -1
         self.pos = 0  # bytes read from the file
@@ -418,6 +421,8 @@ class LogHub:
             cap = next(iter(self._dirty))
             del self._dirty[cap]
             try:
+                if cap.pending and not self._activate(cap):
+                    continue
                 more = cap.fd >= 0 and self._read_chunk(cap)
             except Exception:
                 # A bug on one service's output must not end logging for all of them.
@@ -520,6 +525,13 @@ class LogHub:
         if inst is None or inst.captures is None:
             return
         for cap in inst.captures:
+            if cap.pending:
+                try:
+                    untouched = os.stat(cap.path).st_size <= cap.pos
+                except OSError:
+                    untouched = True
+                if untouched or not self._activate(cap):
+                    continue  # nothing was written since it was followed
             if cap.fd < 0:
                 continue
             # Skips so far are older than what is left: say so before it, so the
@@ -742,48 +754,71 @@ class LogHub:
         offset: int,
         known: tuple[tuple[int, int], int] | None,
     ) -> _Capture:
+        """A followed capture file, opened only once there is something to read.
+
+        Where to start is decided from the file's identity and size now; the file itself
+        is opened when output arrives (an inotify event on its directory) or at drain(): a
+        quiet service costs no descriptor and no open per start.
+        """
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            info = os.stat(path)
+        cap = _Capture(inst, stream, path, -1)
+        cap.pending = True
+        cap.block = info.st_blksize or 4096
+        cap.identity = (info.st_dev, info.st_ino)
+        pos = max(0, offset)
+        if known is not None and known[0] == cap.identity and pos < known[1] <= info.st_size:
+            pos = known[1]  # this hub already turned those bytes into lines
+        if pos > info.st_size:
+            pos = 0  # the file was replaced or truncated since the offset was saved
+        cap.pos = pos
+        cap.punched = 0
+        try:
+            cap.wd = self._watch_directory(path.parent)
+        except OSError as exc:
+            # No live updates (watch limit reached?); drain() still reads it all.
+            logger.error("cannot watch %s: %s", path.parent, exc.strerror or exc)
+        else:
+            self._by_wd[cap.wd][os.fsencode(path.name)] = cap
+        self._followed[cap] = None
+        if pos < info.st_size:
+            self._dirty[cap] = None  # what is already there
+        return cap
+
+    def _activate(self, cap: _Capture) -> bool:
+        """Open a pending capture file; False if it cannot be (it is then dropped)."""
+        cap.pending = False
         can_punch = True
         try:
-            # Read-write only for fallocate; the hub never writes to capture files.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            can_punch = False
-        cap = _Capture(inst, stream, path, fd)
-        cap.can_punch = can_punch
-        try:
-            info = os.fstat(fd)
-            cap.block = info.st_blksize or 4096
-            cap.identity = (info.st_dev, info.st_ino)
-            pos = max(0, offset)
-            if known is not None and known[0] == cap.identity and pos < known[1] <= info.st_size:
-                pos = known[1]  # this hub already turned those bytes into lines
-            if pos > info.st_size:
-                pos = 0  # the file was replaced or truncated since the offset was saved
-            if pos < info.st_size:
-                # Bytes a predecessor freed read back as zeros: start at real data.
-                try:
-                    data_at = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:
-                    data_at = info.st_size  # only holes after pos
-                if data_at > pos:
-                    pos = data_at
-                    cap.resync = data_at < info.st_size
-            cap.pos = pos
-            cap.punched = 0
             try:
-                cap.wd = self._watch_directory(path.parent)
-            except OSError as exc:
-                # No live updates (watch limit reached?); drain() still reads it all.
-                logger.error("cannot watch %s: %s", path.parent, exc.strerror or exc)
-            else:
-                self._by_wd[cap.wd][os.fsencode(path.name)] = cap
-        except BaseException:
-            os.close(fd)
-            raise
-        self._followed[cap] = None
-        self._dirty[cap] = None  # what is already there
-        return cap
+                # Read-write only for fallocate; the hub never writes to capture files.
+                fd = os.open(cap.path, os.O_RDWR | os.O_CLOEXEC)
+            except PermissionError:
+                fd = os.open(cap.path, os.O_RDONLY | os.O_CLOEXEC)
+                can_punch = False
+        except OSError as exc:
+            logger.error("cannot read %s: %s", cap.path, exc.strerror or exc)
+            return False
+        cap.can_punch = can_punch
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != cap.identity:
+            # Replaced since it was followed: the new file is read from its start.
+            cap.identity = (info.st_dev, info.st_ino)
+            cap.pos = 0
+        if cap.pos < info.st_size:
+            # Bytes a predecessor freed read back as zeros: start at real data.
+            try:
+                data_at = os.lseek(fd, cap.pos, os.SEEK_DATA)
+            except OSError:
+                data_at = info.st_size  # only holes after pos
+            if data_at > cap.pos:
+                cap.pos = data_at
+                cap.resync = data_at < info.st_size
+        cap.fd = fd
+        return True
 
     def _unfollow(self, inst: _Instance) -> None:
         if inst.captures is None:
