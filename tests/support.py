@@ -173,3 +173,20 @@ def pids_of_service(fqn: str) -> list[int]:
         if env.get("HIVE_SERVICE_FQN") == fqn and process.status() != psutil.STATUS_ZOMBIE:
             found.append(process.pid)
     return found
+
+
+async def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """``wait_for`` for async tests: re-checks without blocking the event loop."""
+    import anyio
+
+    delay = 0.005
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                value = condition()
+                if value:
+                    return value
+                await anyio.sleep(delay)  # wait-ok: re-check interval under a deadline
+                delay = min(delay * 2, 0.1)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None

@@ -11,6 +11,7 @@ import pytest
 
 from hive.daemon.logs import LogHub
 from tests.logs.helpers import messages, rss, running_hub, wait_for_message, write, writer
+from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -202,7 +203,10 @@ async def test_notes_and_forget(home: Path) -> None:
             ("hive", "info", "started proj:web#1"),
             ("hive", "error", "crashed (exit 3)"),
         ]
-        assert b" hive error crashed (exit 3)\n" in hub.log_path("proj:web#1").read_bytes()
+        # Notes reach the file on the hub's next turn.
+        path = hub.log_path("proj:web#1")
+        await wait_until(lambda: path.exists() and b" hive error crashed (exit 3)\n" in path.read_bytes(),
+                 what="the note in the log file")
         hub.forget("proj:web")
         assert hub.query("proj:web") == []
         assert messages(hub.query("proj:api")) == ["started proj:api"]

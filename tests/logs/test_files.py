@@ -15,6 +15,7 @@ from hive.daemon.logs import LogHub
 from hive.daemon.logs._sys import punch_hole
 from hive.daemon.settings import LogsSection
 from tests.logs.helpers import messages, running_hub, wait_for_message, write
+from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +37,10 @@ async def test_file_format(home: Path) -> None:
             await write(hub, fqn, "echo hello; echo 'ERROR: x' >&2")
             await wait_for_message(sub, lambda _: sub.pending == 0 and len(hub.query(fqn)) == 2)
             hub.note(fqn, "stopped", level="warn")
-        text = (home / "logs" / "proj" / "web#2.log").read_text()
+        # Notes reach the file on the hub's next turn.
+        path = home / "logs" / "proj" / "web#2.log"
+        await wait_until(lambda: "hive warn stopped" in path.read_text(), what="the note in the log file")
+        text = path.read_text()
     lines = text.splitlines()
     assert len(lines) == 3
     for line in lines:

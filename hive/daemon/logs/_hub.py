@@ -334,6 +334,7 @@ class LogHub:
         self._closed = False
         self._made_dirs: set[Path] = set()
         self._capture_paths: dict[str, tuple[Path, Path]] = {}
+        self._unflushed: dict[LogFile, None] = {}
         self._write_stats = WriteStats()
         self._lines = 0
         self._bytes_read = 0
@@ -414,6 +415,8 @@ class LogHub:
 
     async def _pump(self) -> None:
         while True:
+            if self._unflushed:
+                self._flush_notes()
             if not self._dirty:
                 self._wake = anyio.Event()
                 await self._wake.wait()
@@ -744,7 +747,18 @@ class LogHub:
         batch = _Batch(self, inst, "hive")
         for text in message.splitlines() or [""]:
             batch.emit(text.encode("utf-8", "replace"), level)
-        inst.file.flush()
+        # Written on the pump's next turn: the notes of a burst of starts or stops go out
+        # together, not as a write each. (Queries and streams have the line already.)
+        if self._wake is None or self._closed:
+            inst.file.flush()
+            return
+        self._unflushed[inst.file] = None
+        self._wake.set()
+
+    def _flush_notes(self) -> None:
+        files, self._unflushed = self._unflushed, {}
+        for file in files:
+            file.flush()
 
     def _open_capture(
         self,
