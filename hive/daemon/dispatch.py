@@ -11,15 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from hive_client.protocol import Request, Response
+import anyio
+
+from hive_client.protocol import Request, Response, StreamLagged
 
 if TYPE_CHECKING:
     from .app import App
     from .server import Connection
 
-__all__ = ["ROUTES", "RequestContext", "Route", "StreamSink"]
+__all__ = ["ROUTES", "RequestContext", "Route", "StreamSink", "relay"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(slots=True)
@@ -39,6 +44,32 @@ class StreamSink(Protocol):
     async def send(self, item: Response) -> bool:
         """Push one item; False once the client is gone."""
         ...
+
+
+class Subscription(Protocol[T_co]):
+    """A bounded, drop-oldest feed (events, log lines)."""
+
+    async def get(self) -> T_co: ...
+
+    def take_dropped(self) -> int: ...
+
+
+async def relay(sink: StreamSink, subscription: Subscription[T], item: Callable[[T], Response]) -> None:
+    """Start the stream, then forward each item; a reader that fell behind is told how
+    many it lost (``stream_lagged``) before the next item. Ends when the feed closes or
+    the client goes away."""
+    if not await sink.start():
+        return
+    while True:
+        try:
+            value = await subscription.get()
+        except anyio.EndOfStream:
+            return
+        dropped = subscription.take_dropped()
+        if dropped and not await sink.send(StreamLagged(stream_id=sink.stream_id, dropped=dropped)):
+            return
+        if not await sink.send(item(value)):
+            return
 
 
 UnaryHandler = Callable[[RequestContext, Any], Awaitable[Response]]

@@ -345,14 +345,13 @@ class SourceRegistry:
             if not dry_run:
                 self.app.bus.publish(SourceChanged(name=source.name, change="reload_failed", message=exc.message))
             raise
-        new_project = source.project
         plan = ReloadPlan(name=source.name)
         for name, config in services.items():
             fqn = f"{source.name}:{name}"
             current = self.supervisor.services.get(fqn)
             if current is None:
                 plan.start.append(fqn)
-            elif current.fingerprint != service_fingerprint(config, project=new_project.config if new_project else None):
+            elif current.fingerprint != self._fingerprint(source, config):
                 plan.restart.append(fqn)
             else:
                 plan.unchanged.append(fqn)

@@ -712,7 +712,7 @@ class Supervisor:
         """The environment of cmd health checks: the service's own (built again rather
         than kept per instance for the instance's whole life)."""
         try:
-            return self._run_spec(instance).env
+            return self._environment(instance)
         except RuntimeTemplateError:
             return self._base_env
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import psutil
 
 from runners.base import RunSpec
+from tests.support import wait_until
 
 T = TypeVar("T")
 TAG_VAR = "HIVE_TEST_TAG"
@@ -60,18 +58,8 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def until(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
-    """Re-check ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await anyio.sleep(delay)  # wait-ok: re-check interval under a deadline
-        delay = min(delay * 2, 0.1)
+# The same re-check under a deadline the rest of the suite uses.
+until = wait_until
 
 
 async def output_contains(path: str, text: str, *, timeout: float = 10.0) -> str:

@@ -14,12 +14,11 @@ from hive_client.protocol import (
     ServiceUpdate,
     StopLogStream,
     StopStream,
-    StreamLagged,
     StreamLogs,
     SubscribeServices,
 )
 
-from ..dispatch import RequestContext, StreamSink
+from ..dispatch import RequestContext, StreamSink, relay
 from ..errors import RequestError
 
 # Keep a batch well under the clients' frame limit, whatever the lines hold.
@@ -68,18 +67,7 @@ async def get_logs(ctx: RequestContext, request: GetLogs) -> LogBatch:
 async def stream_logs(ctx: RequestContext, request: StreamLogs, sink: StreamSink) -> None:
     level = _level(request.level)
     with ctx.app.logs.subscribe(request.fqn, level, max(request.tail, 0)) as subscription:
-        if not await sink.start():
-            return
-        while True:
-            try:
-                line = await subscription.get()
-            except anyio.EndOfStream:
-                return
-            dropped = subscription.take_dropped()
-            if dropped and not await sink.send(StreamLagged(stream_id=sink.stream_id, dropped=dropped)):
-                return
-            if not await sink.send(LogLineItem(stream_id=sink.stream_id, line=line)):
-                return
+        await relay(sink, subscription, lambda line: LogLineItem(stream_id=sink.stream_id, line=line))
 
 
 async def subscribe_services(ctx: RequestContext, request: SubscribeServices, sink: StreamSink) -> None:
