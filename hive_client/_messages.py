@@ -18,6 +18,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AddSource",
     "AddSourceResult",
+    "BuildService",
     "CreateService",
     "DaemonStatus",
     "DeleteService",
@@ -46,6 +47,7 @@ __all__ = [
     "Response",
     "ResponseMessage",
     "RestartService",
+    "ScaleService",
     "ServiceDetail",
     "ServiceList",
     "ServiceUpdate",
@@ -177,6 +179,19 @@ class DeleteService(Request, tag="delete_service"):
     fqn: str
 
 
+class ScaleService(Request, tag="scale_service"):
+    """Run ``instances`` copies of a service (0 stops them all, keeping it wanted)."""
+
+    fqn: str
+    instances: int
+
+
+class BuildService(Request, tag="build_service"):
+    """Run the service's build step now, whatever its ``when`` says."""
+
+    fqn: str
+
+
 class ListExposed(Request, tag="list_exposed"):
     pass
 
@@ -236,6 +251,8 @@ RequestMessage = (
     | CreateService
     | UpdateService
     | DeleteService
+    | ScaleService
+    | BuildService
     | ListExposed
     | GetLogs
     | StreamLogs

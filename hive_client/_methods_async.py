@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from ._messages import (
     AddSource,
     AddSourceResult,
+    BuildService,
     CreateService,
     DaemonStatus,
     DeleteService,
@@ -36,6 +37,7 @@ from ._messages import (
     Request,
     Response,
     RestartService,
+    ScaleService,
     ServiceDetail,
     ServiceList,
     Shutdown,
@@ -163,6 +165,16 @@ class AsyncRequestMethods:
 
     async def delete_service(self, fqn: str, *, timeout: float | None = None) -> None:
         await self._call(DeleteService(fqn=fqn), Ok, timeout)
+
+    async def scale_service(
+        self, fqn: str, instances: int, *, timeout: float | None = None
+    ) -> None:
+        """Run ``instances`` copies; scaling down stops the highest instances first."""
+        await self._call(ScaleService(fqn=fqn, instances=instances), Ok, timeout)
+
+    async def build_service(self, fqn: str, *, timeout: float | None = None) -> str | None:
+        """Run the service's build now; raises DaemonError (BUILD_FAILED) with its output."""
+        return (await self._call(BuildService(fqn=fqn), Ok, timeout)).message
 
     async def list_exposed(self, *, timeout: float | None = None) -> list[ExposedInfo]:
         return (await self._call(ListExposed(), ExposedList, timeout)).exposed

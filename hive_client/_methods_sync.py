@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from ._messages import (
     AddSource,
     AddSourceResult,
+    BuildService,
     CreateService,
     DaemonStatus,
     DeleteService,
@@ -38,6 +39,7 @@ from ._messages import (
     Request,
     Response,
     RestartService,
+    ScaleService,
     ServiceDetail,
     ServiceList,
     Shutdown,
@@ -165,6 +167,16 @@ class SyncRequestMethods:
 
     def delete_service(self, fqn: str, *, timeout: float | None = None) -> None:
         self._call(DeleteService(fqn=fqn), Ok, timeout)
+
+    def scale_service(
+        self, fqn: str, instances: int, *, timeout: float | None = None
+    ) -> None:
+        """Run ``instances`` copies; scaling down stops the highest instances first."""
+        self._call(ScaleService(fqn=fqn, instances=instances), Ok, timeout)
+
+    def build_service(self, fqn: str, *, timeout: float | None = None) -> str | None:
+        """Run the service's build now; raises DaemonError (BUILD_FAILED) with its output."""
+        return (self._call(BuildService(fqn=fqn), Ok, timeout)).message
 
     def list_exposed(self, *, timeout: float | None = None) -> list[ExposedInfo]:
         return (self._call(ListExposed(), ExposedList, timeout)).exposed

@@ -33,6 +33,9 @@ _COMMANDS: dict[str, str] = {
     "services": "service_cmds:services",
     "service": "service_cmds:service",
     "logs": "service_cmds:logs",
+    "scale": "service_cmds:scale",
+    "exposed": "service_cmds:exposed",
+    "secret": "service_cmds:secret",
     "source": "source_cmds:source",
     "config": "config_cmds:config",
 }

@@ -390,3 +390,71 @@ def logs(state: CliState, fqn: str | None, follow: bool, tail: int, since: str |
             out.json(line) if state.json_mode else _print_line(out, line, width)
             sys.stdout.flush()
 
+
+
+@click.command()
+@click.argument("fqn", metavar="SERVICE", shell_complete=complete_fqn)
+@click.argument("count", type=click.IntRange(0, 1000), metavar="N")
+@json_option
+@pass_state
+def scale(state: CliState, fqn: str, count: int) -> None:
+    """Run N copies of a service (instance 0 keeps its ports; the others get free ones)."""
+    client = state.client()
+    client.timeout = max(client.timeout or 0, 300)
+    target = resolve_fqn(client, fqn)
+    client.scale_service(target, count)
+    listed = [s for s in client.list_services(target.partition(":")[0]) if s.name == target.partition(":")[2]]
+    if state.json_mode:
+        state.out.json({"service": target, "instances": count, "running": listed})
+    else:
+        print_services(state.out, listed)
+
+
+@service.command("build")
+@click.argument("fqn", metavar="SERVICE", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def service_build(state: CliState, fqn: str) -> None:
+    """Run the service's build step now (its output goes to `hive logs`)."""
+    client = state.client()
+    client.timeout = None  # a build takes what it takes; Ctrl-C to give up waiting
+    target = resolve_fqn(client, fqn)
+    message = client.build_service(target)
+    if state.json_mode:
+        state.out.json({"built": target, "message": message})
+    else:
+        state.out.line(message or f"{target} built")
+
+
+@click.command()
+@json_option
+@pass_state
+def exposed(state: CliState) -> None:
+    """Who exposes what (`expose`), and who uses it (`uses`)."""
+    listed = state.client().list_exposed()
+    if state.json_mode:
+        state.out.json(listed)
+        return
+    rows = [
+        [e.name, f"{e.source}:{e.service}", "yes" if e.has_secret else "no",
+         ",".join(e.vars) or "-", "-" if e.healthy is None else ("yes" if e.healthy else "no"),
+         ",".join(e.consumers) or "-"]
+        for e in listed
+    ]
+    state.out.table(["NAME", "PROVIDER", "SECRET", "VARS", "HEALTHY", "USED BY"], rows,
+                    empty="nothing is exposed (see `expose` in docs/hive-yaml.md)")
+
+
+@click.group()
+def secret() -> None:
+    """Secrets for `expose`."""
+
+
+@secret.command("hash")
+@click.option("--secret", prompt=True, hide_input=True, confirmation_prompt=True,
+              help="The secret (asked for when not given).")
+def secret_hash(secret: str) -> None:
+    """Print a salted hash of a secret, to put in hive.yaml instead of the secret itself."""
+    from hive.daemon.exposure import random_hash
+
+    click.echo(random_hash(secret))

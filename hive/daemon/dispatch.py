@@ -109,6 +109,8 @@ def _build_routes() -> dict[type[Request], Route]:
         p.CreateService: Route(services.create_service),
         p.UpdateService: Route(services.update_service),
         p.DeleteService: Route(services.delete_service),
+        p.ScaleService: Route(services.scale_service),
+        p.BuildService: Route(services.build_service),
         p.ListExposed: Route(services.list_exposed, inline=True),
         p.GetLogs: Route(streams.get_logs),
         p.StreamLogs: Route(stream=streams.stream_logs),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
 from hive.config import (
     ConfigError,
@@ -44,6 +45,7 @@ from hive_client import (
 from hive_client.protocol import ReloadPlan
 
 from .errors import RequestError
+from .exposure import hash_secret, is_hashed
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
 from .supervisor import Supervisor
 
@@ -186,7 +188,7 @@ class SourceRegistry:
                 raise RequestError(ErrorCode.INVALID_CONFIG, _config_message(exc)) from exc
             source.project = project
             source.warnings = [str(w) for w in project.warnings]
-            return dict(project.config.services)
+            return await _protect_secrets(dict(project.config.services))
         if source.database is None:
             try:
                 source.database = await SqliteSourceFile.open(source.path, create=True)
@@ -205,7 +207,7 @@ class SourceRegistry:
                 services[name] = self._parse_entry(source, name, entry)
             except RequestError as exc:
                 source.warnings.append(f"{name}: {exc.message}")
-        return services
+        return await _protect_secrets(services)
 
     def _parse_entry(self, source: Source, name: str, entry: Any) -> ServiceConfig:
         problem = validate_name(name, "service name")
@@ -296,8 +298,23 @@ class SourceRegistry:
                     problems.append(
                         f"port {port} conflicts: {claimed[port]} vs {source.name}:{config.name}.{port_name}"
                     )
+            try:
+                self._check_expose_name(source, config)
+            except RequestError as exc:
+                problems.append(exc.message)
         if problems:
             raise RequestError(ErrorCode.CONFLICT, "; ".join(problems))
+
+    def _check_expose_name(self, source: Source, config: ServiceConfig) -> None:
+        """Expose names are unique across every source."""
+        if config.expose is None:
+            return
+        provider = self.supervisor.exposes.get(config.expose.name)
+        if provider is not None and (provider.source, provider.name) != (source.name, config.name):
+            raise RequestError(
+                ErrorCode.CONFLICT,
+                f"expose name {config.expose.name!r} conflicts: {provider.fqn} vs {source.name}:{config.name}",
+            )
 
     async def remove(self, name: str) -> None:
         async with self._lock:
@@ -460,6 +477,8 @@ class SourceRegistry:
                 raise RequestError(ErrorCode.ALREADY_EXISTS, f"service {source_name}:{name} already exists")
             config = self._parse_entry(source, name, entry)
             self._validate_together(source, {**source.services, name: config})
+            self._check_expose_name(source, config)
+            config, entry = await _protect_entry(config, entry)
             assert source.database is not None
             try:
                 await source.database.insert(name, entry)
@@ -484,6 +503,8 @@ class SourceRegistry:
             entry = merge_patch(stored[1] if stored else {}, patch)
             config = self._parse_entry(source, name, entry)
             self._validate_together(source, {**source.services, name: config})
+            self._check_expose_name(source, config)
+            config, entry = await _protect_entry(config, entry)
             try:
                 await source.database.update(name, entry)
             except SqliteSourceError as exc:
@@ -518,6 +539,31 @@ class SourceRegistry:
             if source.database is not None:
                 await source.database.close()
                 source.database = None
+
+
+async def _protect_secrets(services: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+    """Every expose secret replaced by its salted hash, before anything keeps it."""
+    for name, config in list(services.items()):
+        services[name] = await _protect_config(config)
+    return services
+
+
+async def _protect_config(config: ServiceConfig) -> ServiceConfig:
+    expose = config.expose
+    if expose is None or expose.secret is None or is_hashed(expose.secret):
+        return config
+    identity = f"{config.source}:{config.name}:{expose.name}"
+    hashed = await anyio.to_thread.run_sync(hash_secret, expose.secret, identity)
+    return msgspec.structs.replace(config, expose=msgspec.structs.replace(expose, secret=hashed))
+
+
+async def _protect_entry(config: ServiceConfig, entry: dict[str, Any]) -> tuple[ServiceConfig, dict[str, Any]]:
+    """The config and the row to store, with the expose secret hashed in both."""
+    protected = await _protect_config(config)
+    if protected is config:
+        return config, entry
+    assert protected.expose is not None
+    return protected, {**entry, "expose": {**entry["expose"], "secret": protected.expose.secret}}
 
 
 def _config_message(error: ConfigError) -> str:

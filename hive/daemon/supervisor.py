@@ -33,6 +33,7 @@ from hive.config import (
     HiveConfig,
     RuntimeTemplateError,
     ServiceConfig,
+    UsesSpec,
     build_environment,
     render_runtime,
 )
@@ -52,6 +53,7 @@ from hive_client import (
 from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle
 
 from .errors import RequestError
+from .exposure import alias_of, provided_vars, renamed_vars, verify_secret
 from .health import HealthMonitor
 from .runner_registry import RunnerRegistry, UnknownRunner
 
@@ -62,14 +64,16 @@ __all__ = ["Backoff", "InstanceRuntime", "ServiceRuntime", "Supervisor"]
 
 log = logging.getLogger("hive.supervisor")
 
-# How long a start waits for a dependency to become ready.
+# How long a start waits for a dependency (or a used service) to become ready.
 DEPENDENCY_TIMEOUT = 60.0
+MAX_INSTANCES = 1000
 # The environment marker that lets a new daemon find services a killed one started
 # but had not yet recorded.
 MARKER_ENV = "HIVE_SUPERVISOR"
 _READY_STATES = (ServiceState.RUNNING, ServiceState.UNHEALTHY)
 _SETTLED_STATES = (
     ServiceState.RUNNING,
+    ServiceState.UNHEALTHY,
     ServiceState.CRASHED,
     ServiceState.EXITED,
     ServiceState.PORT_CONFLICT,
@@ -107,6 +111,7 @@ class InstanceRuntime:
         self.index = index
         self.state = ServiceState.STOPPED
         self.handle: ServiceHandle | None = None
+        self.recorded = False  # its process record is queued for the state store
         self.started_at: datetime | None = None
         self.started_monotonic = 0.0
         self.exit_code: int | None = None
@@ -114,6 +119,9 @@ class InstanceRuntime:
         self.healthy: bool | None = None
         self.health: HealthMonitor | None = None
         self.ports: dict[str, int] = {}
+        # What its last start got from the services it uses (for health checks, status).
+        self.injected: dict[str, str] = {}
+        self.uses_ports: dict[str, dict[str, int]] = {}
         self.stop_requested = False
         self.running_task = False
         self._done: anyio.Event | None = None
@@ -135,8 +143,10 @@ class InstanceRuntime:
 
     @property
     def fqn(self) -> str:
+        """``source:service`` for the first instance (whatever the scale, so its name and
+        logs stay put), ``source:service#N`` for the others."""
         base = self.service.fqn
-        return base if self.index == 0 and self.service.scale == 1 else f"{base}#{self.index}"
+        return base if self.index == 0 else f"{base}#{self.index}"
 
     @property
     def ready(self) -> bool:
@@ -177,6 +187,14 @@ class ServiceRuntime:
         if changed is not None:
             changed.set()
 
+    def wanted(self) -> list[InstanceRuntime]:
+        """The instances the scale asks for."""
+        return self.instances[: self.scale]
+
+    def grow(self, count: int) -> None:
+        while len(self.instances) < count:
+            self.instances.append(InstanceRuntime(self, len(self.instances)))
+
 
 def _state_row(service: ServiceRuntime) -> tuple[str, tuple[Any, ...]]:
     return (
@@ -199,6 +217,9 @@ class Supervisor:
         self._persisted: dict[str, dict[str, Any]] = {}
         self._process_records: dict[tuple[str, int], dict[str, Any]] = {}
         self._saved_offsets: dict[str, tuple[int, int]] = {}
+        # expose name -> provider; a change wakes consumers waiting for one.
+        self.exposes: dict[str, ServiceRuntime] = {}
+        self._exposes_changed: anyio.Event | None = None
         self.shutting_down = False
 
     # --- registry --------------------------------------------------------------------
@@ -239,8 +260,19 @@ class Supervisor:
         if persisted is not None:
             service.desired = persisted["desired"]
             service.restart_count = persisted["restart_count"]
+            service.scale = persisted["instances"]
+            service.grow(service.scale)
         self.services[service.fqn] = service
+        self._index_exposes()
         return service
+
+    def _index_exposes(self) -> None:
+        exposes = {s.config.expose.name: s for s in self.services.values() if s.config.expose}
+        if exposes != self.exposes:
+            self.exposes = exposes
+            changed, self._exposes_changed = self._exposes_changed, None
+            if changed is not None:
+                changed.set()
 
     async def unregister(self, fqn: str, *, forget: bool) -> None:
         service = self.services.get(fqn)
@@ -248,6 +280,7 @@ class Supervisor:
             return
         await self.stop([fqn], persist=not forget)
         del self.services[fqn]
+        self._index_exposes()
         if forget:
             self.app.state_writer.queue("DELETE FROM services WHERE fqn = ?", (fqn,))
             self._persisted.pop(fqn, None)
@@ -261,6 +294,7 @@ class Supervisor:
         service.config = config
         service.project = project
         service.fingerprint = fingerprint
+        self._index_exposes()
 
     # --- commands --------------------------------------------------------------------
 
@@ -287,11 +321,39 @@ class Supervisor:
         for service in services:
             service.desired = "running"
             self.app.state_writer.queue(*_state_row(service))
-            for instance in service.instances:
+            for instance in service.wanted():
                 self._launch(instance, None)
+        # What the user asked for is on disk before the answer says it is done.
+        await self.app.state_writer.flush()
         if wait is None:
             return []
         return await self._wait_settled(services, wait)
+
+    async def scale(self, fqn: str, count: int) -> list[str]:
+        """Run ``count`` copies; down: the highest instances stop first. Persisted."""
+        service = self.get(fqn)
+        if not 0 <= count <= MAX_INSTANCES:
+            raise RequestError.invalid(f"instances must be between 0 and {MAX_INSTANCES}, not {count}")
+        previous, service.scale = service.scale, count
+        self.app.state_writer.queue(*_state_row(service))
+        await self.app.state_writer.flush()
+        service.grow(count)
+        if count < previous:
+            leaving = sorted(service.instances[count:], key=lambda i: i.index, reverse=True)
+            await self._stop_level(leaving)
+            del service.instances[max(count, 1) :]
+            service.notify()
+            return []
+        if service.desired != "running":
+            service.notify()
+            return []
+        for instance in service.wanted():
+            self._launch(instance, None)
+        return await self._wait_settled([service], 30.0)
+
+    async def build(self, fqn: str) -> str:
+        """Run a service's build now (``hive service build``)."""
+        raise RequestError(ErrorCode.UNSUPPORTED, f"{fqn}: builds are not available yet")
 
     def _launch(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
         if instance.running_task:
@@ -305,13 +367,13 @@ class Supervisor:
         problems: list[str] = []
         with anyio.move_on_after(timeout):
             for service in services:
-                while not all(
-                    i.state in _SETTLED_STATES and (i.state != ServiceState.STOPPED or not i.running_task)
-                    for i in service.instances
-                ):
+                while not all(_settled(i) for i in service.wanted()):
                     await service.changed.wait()
+        # Their process records on disk too: a daemon killed right after the answer
+        # adopts them with everything it knew (their ports, where their logs were).
+        await self.app.state_writer.flush()
         for service in services:
-            for instance in service.instances:
+            for instance in service.wanted():
                 if instance.state not in _READY_STATES:
                     problems.append(f"{instance.fqn}: {instance.state}" + (
                         f" ({instance.last_error})" if instance.last_error else ""))
@@ -324,6 +386,8 @@ class Supervisor:
             if persist:
                 service.desired = "stopped"
                 self.app.state_writer.queue(*_state_row(service))
+        if persist:
+            await self.app.state_writer.flush()
         for level in _reverse_levels(services):
             await self._stop_level([i for service in level for i in service.instances])
 
@@ -403,6 +467,8 @@ class Supervisor:
         instance.exit_code = None
         if not await self._wait_dependencies(instance):
             return None
+        if not await self._wait_uses(instance):
+            return None
         if instance.stop_requested:
             return None
         self._set_state(instance, ServiceState.STARTING)
@@ -410,6 +476,11 @@ class Supervisor:
             runner = self.runners.get(config.runner.type)
             spec = self._run_spec(instance)
             conflict = _port_in_use(instance.ports)
+            if conflict is not None and instance.index > 0:
+                # Ports the daemon picked earlier, taken since: pick others.
+                instance.ports = {}
+                spec = self._run_spec(instance)
+                conflict = _port_in_use(instance.ports)
             if conflict is not None:
                 port, name = conflict
                 instance.last_error = (
@@ -430,10 +501,12 @@ class Supervisor:
     def _run_spec(self, instance: InstanceRuntime) -> RunSpec:
         service = instance.service
         config = service.config
-        instance.ports = config.ports()
+        instance.ports = self._instance_ports(instance)
         env = self._environment(instance)
         script = config.runner.script
-        command = render_runtime(script.run, ports=instance.ports) if script else ""
+        command = (
+            render_runtime(script.run, ports=instance.ports, uses=instance.uses_ports) if script else ""
+        )
         stdout_path, stderr_path = self.app.logs.capture_paths(instance.fqn)
         return RunSpec(
             fqn=instance.fqn,
@@ -448,9 +521,24 @@ class Supervisor:
             config=dict(config.runner.config),
         )
 
+    def _instance_ports(self, instance: InstanceRuntime) -> dict[str, int]:
+        """The first instance takes the configured ports; the others get free ports the
+        daemon picks once and keeps while it can."""
+        configured = instance.service.config.ports()
+        if instance.index == 0:
+            return configured
+        if set(instance.ports) == set(configured):
+            return instance.ports
+        return {name: _free_port() for name in configured}
+
     def _environment(self, instance: InstanceRuntime) -> dict[str, str]:
+        """Layers, lowest first: the daemon's environment, what used services provide,
+        the service's own (global, then service), then Hive's variables."""
         service = instance.service
-        env = build_environment(service.project, service.config, self._base_env, ports=instance.ports)
+        base = {**self._base_env, **instance.injected} if instance.injected else self._base_env
+        env = build_environment(
+            service.project, service.config, base, ports=instance.ports, uses=instance.uses_ports
+        )
         env.update(
             HIVE_SERVICE_FQN=service.fqn,
             HIVE_SOURCE_NAME=service.source,
@@ -503,6 +591,77 @@ class Supervisor:
             instance.last_error = None
         return True
 
+    async def _wait_uses(self, instance: InstanceRuntime) -> bool:
+        """For each ``uses``: the provider (any source) exists, accepts our secret, and
+        is ready; then its variables and ports are ours. False (state set) if not."""
+        service = instance.service
+        injected: dict[str, str] = {}
+        uses_ports: dict[str, dict[str, int]] = {}
+        for use in service.config.uses:
+            try:
+                with anyio.fail_after(DEPENDENCY_TIMEOUT):
+                    provider = await self._wait_provider(instance, use)
+            except TimeoutError:
+                provider = self.exposes.get(use.name)
+                return self._start_failed(
+                    instance,
+                    f"Unknown exposed service: {use.name}" if provider is None
+                    else f"timeout waiting for exposed service {use.name!r} ({provider.fqn}) to be healthy",
+                )
+            except _Refused as refusal:
+                return self._start_failed(instance, str(refusal))
+            if provider is None:
+                return False  # told to stop while waiting
+            expose = provider.config.expose
+            assert expose is not None
+            ports = provider.instances[0].ports or provider.config.ports()
+            injected.update(renamed_vars(use, provided_vars(expose, ports)))
+            uses_ports[alias_of(use)] = ports
+        instance.injected = injected
+        instance.uses_ports = uses_ports
+        return True
+
+    async def _wait_provider(self, instance: InstanceRuntime, use: UsesSpec) -> ServiceRuntime | None:
+        checked: ServiceRuntime | None = None
+        while not instance.stop_requested:
+            provider = self.exposes.get(use.name)
+            if provider is not None and provider is not checked:
+                await self._check_secret(provider, use)
+                checked = provider
+            if provider is not None and any(i.ready for i in provider.instances):
+                return provider
+            instance.last_error = (
+                f"waiting for exposed service {use.name!r}"
+                + (f" ({provider.fqn})" if provider is not None else "")
+            )
+            if provider is None:
+                if self._exposes_changed is None:
+                    self._exposes_changed = anyio.Event()
+                event = self._exposes_changed
+            else:
+                event = provider.changed
+            async with anyio.create_task_group() as race:
+                race.start_soon(_wait_then_cancel, event, race.cancel_scope)
+                race.start_soon(_wait_then_cancel, instance.wakeup, race.cancel_scope)
+        return None
+
+    async def _check_secret(self, provider: ServiceRuntime, use: UsesSpec) -> None:
+        expose = provider.config.expose
+        assert expose is not None
+        if expose.secret is None:
+            return  # open to every source
+        if use.secret is None:
+            raise _Refused(f"Exposed service {use.name!r} requires a secret")
+        stored = expose.secret
+        if not await anyio.to_thread.run_sync(verify_secret, use.secret, stored):
+            raise _Refused(f"Invalid secret for exposed service {use.name!r}")
+
+    def _start_failed(self, instance: InstanceRuntime, message: str) -> bool:
+        instance.last_error = f"cannot start {instance.fqn}: {message}"
+        self._note(instance, instance.last_error, LogLevel.ERROR)
+        self._set_state(instance, ServiceState.CRASHED)
+        return False
+
     async def _supervise(self, instance: InstanceRuntime, handle: ServiceHandle) -> ExitStatus:
         """From spawn (or adoption) to exit."""
         service = instance.service
@@ -520,6 +679,8 @@ class Supervisor:
         # done; by then it is.
         await anyio.lowlevel.checkpoint()
         self._record_process(instance, handle)
+        instance.recorded = True
+        service.notify()
         if service.config.healthchecks:
             instance.health = HealthMonitor(
                 instance.fqn,
@@ -536,6 +697,7 @@ class Supervisor:
             status = await handle.wait()
         instance.health = None
         instance.handle = None
+        instance.recorded = False
         instance.exit_code = status.exit_code
         with anyio.CancelScope(shield=True):
             await self.app.logs.drain(instance.fqn)
@@ -604,14 +766,25 @@ class Supervisor:
     # --- adoption ---------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """At start-up: adopt what earlier daemons left running, start what should run."""
+        """At start-up: adopt what earlier daemons left running, start what should run.
+
+        Instances beyond the current scale (a daemon killed in the middle of scaling
+        down) are adopted and stopped, so no copy runs twice or unsupervised."""
+        recorded: dict[str, int] = {}
+        for fqn, index in self._process_records:
+            recorded[fqn] = max(recorded.get(fqn, 0), index + 1)
         for service in list(self.services.values()):
+            service.grow(recorded.get(service.fqn, 0))
             for instance in service.instances:
                 adopted = await self._adopt(instance)
                 if adopted is not None:
                     self._launch(instance, adopted)
+            surplus = service.instances[max(service.scale, 1) :]
+            if surplus:
+                await self._stop_level(surplus)
+                del service.instances[max(service.scale, 1) :]
             if service.desired == "running":
-                for instance in service.instances:
+                for instance in service.wanted():
                     self._launch(instance, None)
 
     async def _adopt(self, instance: InstanceRuntime) -> ServiceHandle | None:
@@ -621,6 +794,9 @@ class Supervisor:
             runner = self.runners.get(service.config.runner.type)
         except UnknownRunner:
             return None
+        if record is not None:
+            # The ports it was started with (the daemon picked them, for instances > 0).
+            instance.ports = dict(record["handle"].get("ports") or {})
         try:
             spec = self._run_spec(instance)
         except RuntimeTemplateError:
@@ -629,7 +805,8 @@ class Supervisor:
         offsets = (0, 0)
         if record is not None and record["runner"] == runner.name:
             stored = record["handle"]
-            offsets = tuple(stored.get("log_offsets", (0, 0)))  # type: ignore[assignment]
+            saved = stored.get("log_offsets") or (0, 0)
+            offsets = (int(saved[0]), int(saved[1]))
             try:
                 handle = await runner.adopt(spec, stored)
             except RunnerError as exc:
@@ -646,7 +823,6 @@ class Supervisor:
                 )
             return None
         log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
-        instance.ports = service.config.ports()
         self.app.logs.follow(instance.fqn, offsets=offsets)
         self._note(instance, f"adopted by the daemon (pid {handle.pid})")
         return handle
@@ -656,6 +832,7 @@ class Supervisor:
         offsets = self.app.logs.offsets(instance.fqn)
         self._saved_offsets[instance.fqn] = offsets
         record["log_offsets"] = list(offsets)
+        record["ports"] = instance.ports
         self.app.state_writer.queue(
             "INSERT OR REPLACE INTO processes (fqn, instance, runner, pid, start_time, handle, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -745,7 +922,7 @@ class Supervisor:
             started_at=instance.started_at if handle else None,
             ports=dict(instance.ports or service.config.ports()),
             restart_count=service.restart_count,
-            instance=instance.index if service.scale > 1 else None,
+            instance=instance.index if service.scale > 1 or instance.index > 0 else None,
             runner=service.config.runner.type,
             desired=service.desired,
             exit_code=instance.exit_code,
@@ -753,6 +930,29 @@ class Supervisor:
             health_checks=instance.health.results() if instance.health else [],
             instances=service.scale,
         )
+
+
+def _settled(instance: InstanceRuntime) -> bool:
+    """Done starting: running (and recorded), or failed, or waiting to retry."""
+    if instance.state not in _SETTLED_STATES:
+        return False
+    if instance.state == ServiceState.STOPPED:
+        return not instance.running_task
+    if instance.state in _READY_STATES:
+        return instance.recorded
+    return True
+
+
+class _Refused(Exception):
+    """A used service will not have us (a missing or wrong secret)."""
+
+
+def _free_port() -> int:
+    """A port nothing listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hive_client import ErrorCode, ExposedInfo, parse_fqn
 from hive_client.protocol import (
+    BuildService,
     CreateService,
     DeleteService,
     ExposedList,
@@ -12,6 +13,7 @@ from hive_client.protocol import (
     ListServices,
     Ok,
     RestartService,
+    ScaleService,
     ServiceDetail,
     ServiceList,
     StartService,
@@ -108,22 +110,40 @@ async def delete_service(ctx: RequestContext, request: DeleteService) -> Ok:
     return Ok(message=f"{fqn} deleted")
 
 
+async def scale_service(ctx: RequestContext, request: ScaleService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    if request.instances:
+        _registry(ctx).require_startable(fqn)
+    problems = await _supervisor(ctx).scale(fqn, request.instances)
+    message = f"{fqn} runs {request.instances} instance{'s' if request.instances != 1 else ''}"
+    if problems:
+        raise RequestError(ErrorCode.CONFLICT, f"{message}; not running: " + "; ".join(problems))
+    return Ok(message=message)
+
+
+async def build_service(ctx: RequestContext, request: BuildService) -> Ok:
+    fqn = _base_fqn(ctx, request.fqn)
+    return Ok(message=await _supervisor(ctx).build(fqn))
+
+
 async def list_exposed(ctx: RequestContext, request: ListExposed) -> ExposedList:
     supervisor = _supervisor(ctx)
-    exposed: dict[str, ExposedInfo] = {}
-    for service in supervisor.services.values():
-        expose = service.config.expose
-        if expose is not None:
-            exposed[expose.name] = ExposedInfo(
-                name=expose.name,
-                source=service.source,
-                service=service.name,
-                has_secret=expose.secret is not None,
-                vars=sorted(expose.vars),
-                healthy=service.instances[0].healthy,
-            )
+    consumers: dict[str, list[str]] = {}
     for service in supervisor.services.values():
         for use in service.config.uses:
-            if use.name in exposed:
-                exposed[use.name].consumers.append(service.fqn)
-    return ExposedList(exposed=[exposed[name] for name in sorted(exposed)])
+            consumers.setdefault(use.name, []).append(service.fqn)
+    exposed = []
+    for name in sorted(supervisor.exposes):
+        provider = supervisor.exposes[name]
+        expose = provider.config.expose
+        assert expose is not None
+        exposed.append(ExposedInfo(
+            name=name,
+            source=provider.source,
+            service=provider.name,
+            has_secret=expose.secret is not None,
+            vars=sorted(expose.vars),
+            consumers=sorted(consumers.get(name, [])),
+            healthy=any(i.ready for i in provider.instances),
+        ))
+    return ExposedList(exposed=exposed)
