@@ -112,6 +112,10 @@ class InstanceRuntime:
         self.state = ServiceState.STOPPED
         self.handle: ServiceHandle | None = None
         self.recorded = False  # its process record is queued for the state store
+        # Times it reached a settled state, and the last one: a start that waits for it to
+        # settle is answered even when it never stays settled (a restart loop, delay 0).
+        self.settles = 0
+        self.settled_as: ServiceState | None = None
         self.started_at: datetime | None = None
         self.started_monotonic = 0.0
         self.exit_code: int | None = None
@@ -196,8 +200,9 @@ class ServiceRuntime:
             self.instances.append(InstanceRuntime(self, len(self.instances)))
 
 
-def _state_row(service: ServiceRuntime) -> tuple[str, tuple[Any, ...]]:
+def _state_row(service: ServiceRuntime) -> tuple[tuple[str, str], str, tuple[Any, ...]]:
     return (
+        ("services", service.fqn),
         "INSERT INTO services (fqn, desired, instances, restart_count, updated_at) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT(fqn) DO UPDATE SET desired = excluded.desired, "
         "instances = excluded.instances, restart_count = excluded.restart_count, "
@@ -282,7 +287,7 @@ class Supervisor:
         del self.services[fqn]
         self._index_exposes()
         if forget:
-            self.app.state_writer.queue("DELETE FROM services WHERE fqn = ?", (fqn,))
+            self.app.state_writer.queue(("services", fqn), "DELETE FROM services WHERE fqn = ?", (fqn,))
             self._persisted.pop(fqn, None)
             for instance in service.instances:
                 self.app.logs.forget(instance.fqn)
@@ -365,17 +370,25 @@ class Supervisor:
 
     async def _wait_settled(self, services: Sequence[ServiceRuntime], timeout: float) -> list[str]:
         problems: list[str] = []
+        seen = {i: i.settles for service in services for i in service.wanted()}
+
+        def settled(instance: InstanceRuntime) -> bool:
+            return _settled(instance) or instance.settles > seen.get(instance, 0)
+
         with anyio.move_on_after(timeout):
             for service in services:
-                while not all(_settled(i) for i in service.wanted()):
+                while not all(settled(i) for i in service.wanted()):
                     await service.changed.wait()
         # Their process records on disk too: a daemon killed right after the answer
         # adopts them with everything it knew (their ports, where their logs were).
         await self.app.state_writer.flush()
         for service in services:
             for instance in service.wanted():
-                if instance.state not in _READY_STATES:
-                    problems.append(f"{instance.fqn}: {instance.state}" + (
+                state = instance.state
+                if not _settled(instance) and instance.settled_as is not None:
+                    state = instance.settled_as  # between two runs of a restart loop
+                if state not in _READY_STATES:
+                    problems.append(f"{instance.fqn}: {state}" + (
                         f" ({instance.last_error})" if instance.last_error else ""))
         return problems
 
@@ -680,6 +693,8 @@ class Supervisor:
         await anyio.lowlevel.checkpoint()
         self._record_process(instance, handle)
         instance.recorded = True
+        instance.settles += 1
+        instance.settled_as = instance.state
         service.notify()
         if service.config.healthchecks:
             instance.health = HealthMonitor(
@@ -818,9 +833,7 @@ class Supervisor:
                     break
         if handle is None:
             if record is not None:
-                self.app.state_writer.queue(
-                    "DELETE FROM processes WHERE fqn = ? AND instance = ?", (service.fqn, instance.index)
-                )
+                self._forget_process(instance)
             return None
         log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
         self.app.logs.follow(instance.fqn, offsets=offsets)
@@ -834,6 +847,7 @@ class Supervisor:
         record["log_offsets"] = list(offsets)
         record["ports"] = instance.ports
         self.app.state_writer.queue(
+            ("processes", instance.fqn),
             "INSERT OR REPLACE INTO processes (fqn, instance, runner, pid, start_time, handle, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -849,6 +863,7 @@ class Supervisor:
 
     def _forget_process(self, instance: InstanceRuntime) -> None:
         self.app.state_writer.queue(
+            ("processes", instance.fqn),
             "DELETE FROM processes WHERE fqn = ? AND instance = ?",
             (instance.service.fqn, instance.index),
         )
@@ -882,6 +897,9 @@ class Supervisor:
             instance.service.notify()
             return
         instance.state = state
+        if state in _SETTLED_STATES and state not in _READY_STATES and state != ServiceState.STOPPED:
+            instance.settles += 1
+            instance.settled_as = state
         self.app.bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=previous))
         instance.service.notify()
 

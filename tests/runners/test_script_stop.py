@@ -98,7 +98,8 @@ async def test_descendants_that_left_the_group_are_stopped(runner: ScriptRunner,
 
 
 async def test_double_forked_daemon_is_stopped(runner: ScriptRunner, spec: SpecFactory) -> None:
-    made = spec(f"{sys.executable} -c \"{DAEMONIZE}\"")
+    # `exec`: a script of several lines is not exec'd into by every shell (dash keeps itself).
+    made = spec(f"exec {sys.executable} -c \"{DAEMONIZE}\"")
     handle = await runner.start(made)
     await output_contains(made.stdout_path, "daemonized")
     tag = tag_of(made)
