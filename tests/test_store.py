@@ -5,9 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 
-from hive.daemon.store import SCHEMA_VERSION, StateStore, StoreError
+from hive.daemon.store import SCHEMA_VERSION, StateStore, StateWriter, StoreError
 from tests.support import StartFailed, start_daemon
 
 pytestmark = pytest.mark.anyio
@@ -71,3 +72,46 @@ def test_corrupt_database_refuses_start_with_recovery_hint(home: Path) -> None:
     assert "state.db" in message
     assert "damaged" in message or "not a database" in message
     assert "restore" in message.lower()
+
+
+_UPSERT = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+
+
+async def test_state_writer_keeps_the_last_write_of_each_row(home: Path) -> None:
+    store = await StateStore.open(home / "state.db")
+    try:
+        writer = StateWriter(store)
+        for n in range(1000):
+            writer.queue(("meta", "counter"), _UPSERT, ("counter", str(n)))
+            writer.queue(("meta", f"row{n % 3}"), _UPSERT, (f"row{n % 3}", str(n)))
+        await writer.flush()
+        assert await store.get_meta("counter") == "999"
+        assert [await store.get_meta(f"row{i}") for i in range(3)] == ["999", "997", "998"]
+    finally:
+        await store.close()
+
+
+async def test_state_writer_flush_returns_while_writes_keep_coming(home: Path) -> None:
+    """A flush waits for what was queued before it, not for a queue that never empties
+    (a service restarting in a loop writes its row all the time)."""
+    store = await StateStore.open(home / "state.db")
+    try:
+        writer = StateWriter(store)
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(writer.run)
+
+            async def keep_writing() -> None:
+                n = 0
+                while True:
+                    n += 1
+                    writer.queue(("meta", "loop"), _UPSERT, ("loop", str(n)))
+                    await anyio.lowlevel.checkpoint()
+
+            tasks.start_soon(keep_writing)
+            writer.queue(("meta", "asked"), _UPSERT, ("asked", "yes"))
+            with anyio.fail_after(10):
+                await writer.flush()
+            assert await store.get_meta("asked") == "yes"
+            tasks.cancel_scope.cancel()
+    finally:
+        await store.close()

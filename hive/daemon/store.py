@@ -239,12 +239,15 @@ class StateWriter:
             self._wakeup = anyio.Event()
             await self._write_pending()
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self, until: int | None = None) -> None:
+        """Commit batches while writes are queued (or, with ``until``, until that many
+        have been written: a flush must not become the writer of an endless stream)."""
         if self._writing:
             return  # the writer under way takes these too
         self._writing = True
+        failed = False
         try:
-            while self._pending:
+            while self._pending and (until is None or self._written < until):
                 batch, self._pending = self._pending, {}
                 count, self._pending_count = self._pending_count, 0
                 # One row per key: rows of one shape can go together in any order.
@@ -265,6 +268,7 @@ class StateWriter:
                     self.last_error = str(exc)
                     self._pending = batch | self._pending
                     self._written += count
+                    failed = True
                     return
                 self._written += count
                 self._progress.set()
@@ -273,6 +277,8 @@ class StateWriter:
             self._writing = False
             self._progress.set()
             self._progress = anyio.Event()
+            if self._pending and not failed:
+                self._wakeup.set()  # what is left is the writer task's
 
     async def flush(self) -> None:
         """Commit everything queued so far (shutdown, or before an answer that needs it)."""
@@ -281,4 +287,4 @@ class StateWriter:
             if self._writing:
                 await self._progress.wait()
             else:
-                await self._write_pending()
+                await self._write_pending(until=target)
