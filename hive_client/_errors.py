@@ -68,6 +68,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     STORAGE = "STORAGE"
     BUILD_FAILED = "BUILD_FAILED"
+    HOOK_FAILED = "HOOK_FAILED"
     INTERNAL = "INTERNAL"
 
 

@@ -48,6 +48,14 @@ def _scope_values(spec: EnvironmentSpec) -> dict[str, str]:
     return values
 
 
+def global_environment(config: HiveConfig, base_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of what belongs to no one service (global hooks): ``base_env``
+    under the project's global ``environment``."""
+    env = dict(base_env)
+    env.update(_scope_values(config.environment))
+    return env
+
+
 def build_environment(
     project: LoadedProject | HiveConfig | EnvironmentSpec | None,
     service: ServiceConfig,

@@ -254,10 +254,11 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe) -> 
 
 async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     """Stop what the daemon runs (services, plugins), in reverse order of start."""
-    if app.services is not None:
-        await app.services.shutdown(keep_services=request.keep_services)
     if app.sources is not None:
+        await app.sources.shutdown(keep_services=request.keep_services)
         await app.sources.close()
+    elif app.services is not None:
+        await app.services.shutdown(keep_services=request.keep_services)
     if app.state_writer is not None:
         await app.state_writer.flush()
 

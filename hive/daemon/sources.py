@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,11 @@ import msgspec
 from hive.config import (
     ConfigError,
     HiveConfig,
+    HookStep,
     LoadedProject,
     ServiceConfig,
     find_config_file,
+    global_environment,
     load_project,
     parse_service_entry,
     service_fingerprint,
@@ -36,6 +38,7 @@ from hive.config import (
 )
 from hive_client import (
     ErrorCode,
+    LogLevel,
     SourceAdded,
     SourceChanged,
     SourceInfo,
@@ -46,6 +49,7 @@ from hive_client.protocol import ReloadPlan
 
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
+from .hooks import HookOutcome, run_hooks
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
 from .supervisor import Supervisor
 
@@ -58,6 +62,8 @@ log = logging.getLogger("hive.sources")
 
 DEFAULT_SOURCE = "default"
 SQLITE_SOURCE_FILE = "hive.db"
+# The log of a source's global hooks: ``SOURCE:@hooks`` (no service name has an @).
+GLOBAL_HOOKS_LOG = "@hooks"
 
 
 class Source:
@@ -434,12 +440,88 @@ class SourceRegistry:
         return [f"{source.name}:{n}" for n in chosen]
 
     async def start(self, name: str, services: list[str]) -> list[str]:
+        """Start a source's services (all, or those named). Starting the whole source runs
+        its global hooks: pre-up before any service (a failure starts nothing), post-up
+        once all are up (a failure stops them again); either failure is the answer.
+        Services already running keep running; the hooks run only when none was."""
         source = self.get(name)
         self._require_enabled(source)
-        return await self.supervisor.start(self._fqns(source, services))
+        fqns = self._fqns(source, services)
+        # Only a stack coming up from nothing runs them: `hive up` on a running one does not.
+        whole = source.config is not None and not services and not self._running(source)
+        hooks = source.config.hooks if whole and source.config is not None else None
+        if hooks is not None and hooks.pre_up:
+            outcome = await self._global_hooks(source, "pre-up", hooks.pre_up)
+            if not outcome.ok:
+                raise RequestError(
+                    ErrorCode.HOOK_FAILED, f"source {name}: {outcome.message}; no service was started"
+                )
+        problems = await self.supervisor.start(fqns)
+        if hooks is not None and hooks.post_up and not problems:
+            outcome = await self._global_hooks(source, "post-up", hooks.post_up)
+            if not outcome.ok:
+                await self.stop(name)
+                raise RequestError(
+                    ErrorCode.HOOK_FAILED,
+                    f"source {name}: {outcome.message}; its services were stopped again",
+                )
+        return problems
 
     async def stop(self, name: str) -> None:
-        await self.supervisor.stop(self._fqns(self.get(name)))
+        """Stop a source's services; global pre-down and post-down hooks around the stop
+        when any of them runs (a failing down hook is reported, never blocks the stop)."""
+        source = self.get(name)
+        fqns = self._fqns(source)
+        running = self._running(source)
+        await self._down_hooks(source, "pre-down", running)
+        await self.supervisor.stop(fqns)
+        await self._down_hooks(source, "post-down", running)
+
+    async def shutdown(self, *, keep_services: bool) -> None:
+        """The daemon stops: its services stop too (unless kept), with the global down
+        hooks of each source that had some running."""
+        running = [] if keep_services else [s for s in self.sources.values() if self._running(s)]
+        with anyio.CancelScope(shield=True):
+            for source in running:
+                await self._down_hooks(source, "pre-down", True)
+            await self.supervisor.shutdown(keep_services=keep_services)
+            for source in running:
+                await self._down_hooks(source, "post-down", True)
+
+    def _running(self, source: Source) -> bool:
+        return any(
+            instance.running_task
+            for name in source.services
+            if (service := self.supervisor.services.get(f"{source.name}:{name}")) is not None
+            for instance in service.instances
+        )
+
+    async def _down_hooks(self, source: Source, event: str, running: bool) -> None:
+        config = source.config
+        if config is None or not running:
+            return
+        steps = config.hooks.pre_down if event == "pre-down" else config.hooks.post_down
+        if steps:
+            outcome = await self._global_hooks(source, event, steps)
+            if not outcome.ok:
+                log.warning("source %s: %s (the stop goes on)", source.name, outcome.message)
+
+    async def _global_hooks(self, source: Source, event: str, steps: Sequence[HookStep]) -> HookOutcome:
+        """Run a source's global hooks; their output goes to the ``SOURCE:@hooks`` log."""
+        assert source.config is not None
+        key = f"{source.name}:{GLOBAL_HOOKS_LOG}"
+        env = global_environment(source.config, self.supervisor.hook_base_env)
+        env["HIVE_SOURCE_NAME"] = source.name
+        env.setdefault("HIVE_ROLLOUT_TYPE", "none")
+
+        def output(stream: str, text: str) -> None:
+            line = text if stream == "hive" else f"[global {event} hook] {text}"
+            self.app.logs.captured(key, "hook", line)
+
+        outcome = await run_hooks(event, steps, env=env, output=output)
+        if not outcome.ok:
+            self.app.logs.note(key, outcome.message, LogLevel.ERROR)
+        return outcome
 
     def _require_enabled(self, source: Source) -> None:
         if not source.enabled:

@@ -31,6 +31,7 @@ import msgspec
 
 from hive.config import (
     HiveConfig,
+    HookStep,
     RuntimeTemplateError,
     ServiceConfig,
     UsesSpec,
@@ -52,9 +53,11 @@ from hive_client import (
 )
 from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle
 
+from .build import BuildResult, build_needed, run_build
 from .errors import RequestError
 from .exposure import alias_of, provided_vars, renamed_vars, verify_secret
 from .health import HealthMonitor
+from .hooks import HookOutcome, run_hooks
 from .runner_registry import RunnerRegistry, UnknownRunner
 
 if TYPE_CHECKING:
@@ -67,6 +70,8 @@ log = logging.getLogger("hive.supervisor")
 # How long a start waits for a dependency (or a used service) to become ready.
 DEPENDENCY_TIMEOUT = 60.0
 MAX_INSTANCES = 1000
+# A build that takes longer is cut off (and the start fails with its output).
+BUILD_TIMEOUT = 3600.0
 # The environment marker that lets a new daemon find services a killed one started
 # but had not yet recorded.
 MARKER_ENV = "HIVE_SUPERVISOR"
@@ -127,6 +132,12 @@ class InstanceRuntime:
         self.injected: dict[str, str] = {}
         self.uses_ports: dict[str, dict[str, int]] = {}
         self.stop_requested = False
+        # Why it must not run after all (a failed post-up hook): ends crashed, not stopped.
+        self.failure: str | None = None
+        # Started, its post-up hooks not yet run to success.
+        self.post_up_pending = False
+        # The pre-up hooks and build of a start under way (a stop cancels them).
+        self.preparing: anyio.CancelScope | None = None
         self.running_task = False
         self._done: anyio.Event | None = None
         self.wakeup = anyio.Event()
@@ -153,10 +164,16 @@ class InstanceRuntime:
         return base if self.index == 0 else f"{base}#{self.index}"
 
     @property
-    def ready(self) -> bool:
+    def up(self) -> bool:
+        """Running, and healthy if it has health checks."""
         if self.state not in _READY_STATES:
             return False
         return self.healthy is True if self.service.config.healthchecks else True
+
+    @property
+    def ready(self) -> bool:
+        """Up, and its post-up hooks done: what dependents and users wait for."""
+        return self.up and not self.post_up_pending
 
 
 class ServiceRuntime:
@@ -178,6 +195,10 @@ class ServiceRuntime:
         self.restart_count = 0
         self.instances: list[InstanceRuntime] = [InstanceRuntime(self, 0)]
         self._changed: anyio.Event | None = None
+        # One build for the instances that start together: the lock, and a counter of
+        # the builds that succeeded (a start that waited for one does not build again).
+        self.build_lock = anyio.Lock()
+        self.builds = 0
 
     @property
     def changed(self) -> anyio.Event:
@@ -217,8 +238,11 @@ class Supervisor:
         self._tasks = task_group
         self.runners = runners
         self.services: dict[str, ServiceRuntime] = {}
-        self._base_env = dict(os.environ)
-        self._base_env[MARKER_ENV] = str(app.home.root)
+        self.base_env = dict(os.environ)
+        self.base_env[MARKER_ENV] = str(app.home.root)
+        # Hooks and builds do not carry the marker: a new daemon must not take a hook
+        # left running by a killed one for the service.
+        self.hook_base_env = {k: v for k, v in self.base_env.items() if k != MARKER_ENV}
         self._persisted: dict[str, dict[str, Any]] = {}
         self._process_records: dict[tuple[str, int], dict[str, Any]] = {}
         self._saved_offsets: dict[str, tuple[int, int]] = {}
@@ -356,10 +380,6 @@ class Supervisor:
             self._launch(instance, None)
         return await self._wait_settled([service], 30.0)
 
-    async def build(self, fqn: str) -> str:
-        """Run a service's build now (``hive service build``)."""
-        raise RequestError(ErrorCode.UNSUPPORTED, f"{fqn}: builds are not available yet")
-
     def _launch(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
         if instance.running_task:
             return
@@ -387,7 +407,10 @@ class Supervisor:
                 state = instance.state
                 if not _settled(instance) and instance.settled_as is not None:
                     state = instance.settled_as  # between two runs of a restart loop
-                if state not in _READY_STATES:
+                if state in _READY_STATES and instance.post_up_pending:
+                    problems.append(f"{instance.fqn}: {state}, its post-up hooks not run yet "
+                                    "(they wait for it to be healthy)")
+                elif state not in _READY_STATES:
                     problems.append(f"{instance.fqn}: {state}" + (
                         f" ({instance.last_error})" if instance.last_error else ""))
         return problems
@@ -412,11 +435,19 @@ class Supervisor:
     async def _stop_level(self, instances: list[InstanceRuntime]) -> None:
         """Stop instances together: their runners stop all of theirs in one sweep."""
         groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
-        for instance in instances:
-            if not instance.running_task:
-                continue
+        stopping = [i for i in instances if i.running_task]
+        for instance in stopping:
             instance.stop_requested = True
             instance.wakeup.set()  # out of a backoff or a wait for its dependencies
+            if instance.preparing is not None:
+                instance.preparing.cancel()  # its pre-up hooks or build
+        # pre-down hooks, before the signal; a failing one never blocks the stop.
+        with_hooks = [i for i in stopping if i.handle is not None and i.service.config.hooks.pre_down]
+        if with_hooks:
+            async with anyio.create_task_group() as hooks:
+                for instance in with_hooks:
+                    hooks.start_soon(self._down_hooks, instance, "pre-down")
+        for instance in stopping:
             handle = instance.handle
             if handle is not None:
                 self._set_state(instance, ServiceState.STOPPING)
@@ -428,6 +459,16 @@ class Supervisor:
                 stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace)
         for instance in instances:
             await instance.wait_finished()
+
+    async def _down_hooks(self, instance: InstanceRuntime, event: str) -> None:
+        steps = (
+            instance.service.config.hooks.pre_down
+            if event == "pre-down"
+            else instance.service.config.hooks.post_down
+        )
+        outcome = await self._run_service_hooks(instance, event, steps)
+        if not outcome.ok:
+            self._note(instance, f"{outcome.message} (the stop goes on)", LogLevel.WARN)
 
     async def _stop_handles(
         self, runner_name: str, handles: list[ServiceHandle], stop_signal: int, grace: float
@@ -442,6 +483,9 @@ class Supervisor:
     async def _run_instance(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
         service = instance.service
         handle = adopted
+        ran = False  # a process ran in this round (post-down hooks then apply)
+        fresh = adopted is None  # an adopted process had its post-up hooks already
+        instance.failure = None
         try:
             while not instance.stop_requested:
                 if handle is None:
@@ -452,17 +496,27 @@ class Supervisor:
                         break
                     if instance.stop_requested:
                         await handle.stop(service.config.stop_signum(), service.config.stop_grace)
-                status = await self._supervise(instance, handle)
+                ran = True
+                status = await self._supervise(instance, handle, fresh=fresh)
                 handle = None
+                fresh = True
                 if instance.stop_requested:
                     break
                 if not await self._after_exit(instance, status):
                     break
             if instance.stop_requested:
                 instance.healthy = None
-                self._note(instance, "stopped")
-                self.app.bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code))
-                self._set_state(instance, ServiceState.STOPPED)
+                if ran and service.config.hooks.post_down:
+                    with anyio.CancelScope(shield=True):
+                        await self._down_hooks(instance, "post-down")
+                if instance.failure is not None:
+                    instance.last_error = instance.failure
+                    self._note(instance, instance.failure, LogLevel.ERROR)
+                    self._set_state(instance, ServiceState.CRASHED)
+                else:
+                    self._note(instance, "stopped")
+                    self.app.bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code))
+                    self._set_state(instance, ServiceState.STOPPED)
         except Exception:
             log.exception("supervision of %s failed", instance.fqn)
             instance.last_error = "internal error in the supervisor; see the daemon log"
@@ -488,6 +542,18 @@ class Supervisor:
         try:
             runner = self.runners.get(config.runner.type)
             spec = self._run_spec(instance)
+            if config.hooks.pre_up or config.build is not None:
+                # pre-up hooks, then the build, then the runner (hive-yaml §13, §9).
+                with anyio.CancelScope() as preparing:
+                    instance.preparing = preparing
+                    problem = await self._prepare_start(instance)
+                instance.preparing = None
+                if preparing.cancelled_caught or instance.stop_requested:
+                    return None
+                if problem is not None:
+                    self._start_failed(instance, problem)
+                    return None
+                spec = self._run_spec(instance)  # again: a build may have changed what it runs
             conflict = _port_in_use(instance.ports)
             if conflict is not None and instance.index > 0:
                 # Ports the daemon picked earlier, taken since: pick others.
@@ -510,6 +576,93 @@ class Supervisor:
             return None
         self.app.logs.follow(instance.fqn)
         return handle
+
+    async def _prepare_start(self, instance: InstanceRuntime) -> str | None:
+        """The service's pre-up hooks and its build; why the start must not go on, if so."""
+        config = instance.service.config
+        if config.hooks.pre_up:
+            outcome = await self._run_service_hooks(instance, "pre-up", config.hooks.pre_up)
+            if not outcome.ok:
+                return outcome.message
+        if config.build is not None:
+            result = await self._build(instance, force=False)
+            if result is not None and not result.ok:
+                return result.message
+        return None
+
+    async def _build(self, instance: InstanceRuntime, *, force: bool) -> BuildResult | None:
+        """Build once for the instances that start together; None when nothing was built."""
+        service = instance.service
+        build = service.config.build
+        if build is None:
+            return None
+        builds_before = service.builds
+        async with service.build_lock:
+            if not force and service.builds != builds_before:
+                return None  # another instance built it while this one waited
+            if not build_needed(build, force=force):
+                return None
+            script = service.config.runner.script
+            result = await run_build(
+                build,
+                fqn=service.fqn,
+                env=self._hook_env(instance),
+                output=lambda stream, text: self._captured(instance.fqn, "build", stream, text),
+                shell=script.shell if script else None,
+                timeout=BUILD_TIMEOUT,
+            )
+            if result.ok:
+                service.builds += 1
+            return result
+
+    async def build(self, fqn: str) -> str:
+        """Run a service's build now (``hive service build``); its output goes to the logs."""
+        service = self.get(fqn)
+        if service.config.build is None:
+            raise RequestError.invalid(f"{service.fqn} has no build step")
+        instance = service.instances[0]
+        instance.ports = self._instance_ports(instance)
+        result = await self._build(instance, force=True)
+        assert result is not None
+        if not result.ok:
+            raise RequestError(ErrorCode.BUILD_FAILED, result.message)
+        return f"{service.fqn} built"
+
+    def _hook_env(self, instance: InstanceRuntime) -> dict[str, str]:
+        """What hooks and builds run with: the service's environment, then Hive's
+        variables about the instance (its rollout, one HIVE_PORT_<NAME> per port)."""
+        config = instance.service.config
+        env = self._environment(instance)
+        env.pop(MARKER_ENV, None)
+        env["HIVE_ROLLOUT_TYPE"] = config.rollout.type if config.rollout else "none"
+        env["HIVE_ROLLOUT_COLOR"] = "blue" if config.rollout else ""
+        for name, port in instance.ports.items():
+            env[f"HIVE_PORT_{name.upper()}"] = str(port)
+        return env
+
+    async def _run_service_hooks(
+        self, instance: InstanceRuntime, event: str, steps: Sequence[HookStep]
+    ) -> HookOutcome:
+        script = instance.service.config.runner.script
+        try:
+            env = self._hook_env(instance)
+        except RuntimeTemplateError as exc:
+            return HookOutcome(ok=False, message=f"{event} hook: {exc}")
+        return await run_hooks(
+            event,
+            steps,
+            env=env,
+            output=lambda stream, text: self._captured(instance.fqn, "hook", stream, text, event),
+            shell=script.shell if script else None,
+        )
+
+    def _captured(self, fqn: str, origin: str, stream: str, text: str, event: str = "") -> None:
+        """Hook and build output into the service's logs, marked as such."""
+        if stream == "hive":
+            self.app.logs.captured(fqn, origin, text)  # already says what it is
+        else:
+            label = f"{event} hook" if origin == "hook" else "build"
+            self.app.logs.captured(fqn, origin, f"[{label}] {text}")
 
     def _run_spec(self, instance: InstanceRuntime) -> RunSpec:
         service = instance.service
@@ -548,7 +701,7 @@ class Supervisor:
         """Layers, lowest first: the daemon's environment, what used services provide,
         the service's own (global, then service), then Hive's variables."""
         service = instance.service
-        base = {**self._base_env, **instance.injected} if instance.injected else self._base_env
+        base = {**self.base_env, **instance.injected} if instance.injected else self.base_env
         env = build_environment(
             service.project, service.config, base, ports=instance.ports, uses=instance.uses_ports
         )
@@ -675,9 +828,11 @@ class Supervisor:
         self._set_state(instance, ServiceState.CRASHED)
         return False
 
-    async def _supervise(self, instance: InstanceRuntime, handle: ServiceHandle) -> ExitStatus:
+    async def _supervise(self, instance: InstanceRuntime, handle: ServiceHandle, *, fresh: bool) -> ExitStatus:
         """From spawn (or adoption) to exit."""
         service = instance.service
+        post_up = fresh and bool(service.config.hooks.post_up)
+        instance.post_up_pending = post_up
         instance.handle = handle
         instance.last_error = None
         instance.started_at = datetime.now(UTC)
@@ -693,8 +848,9 @@ class Supervisor:
         await anyio.lowlevel.checkpoint()
         self._record_process(instance, handle)
         instance.recorded = True
-        instance.settles += 1
-        instance.settled_as = instance.state
+        if not instance.post_up_pending:
+            instance.settles += 1
+            instance.settled_as = instance.state
         service.notify()
         if service.config.healthchecks:
             instance.health = HealthMonitor(
@@ -704,8 +860,12 @@ class Supervisor:
                 env=self._health_env(instance),
                 on_change=lambda healthy, message: self._health_changed(instance, healthy, message),
             )
+        if instance.health is not None or post_up:
             async with anyio.create_task_group() as watchers:
-                watchers.start_soon(instance.health.run)
+                if instance.health is not None:
+                    watchers.start_soon(instance.health.run)
+                if post_up:
+                    watchers.start_soon(self._post_up, instance, handle)
                 status = await handle.wait()
                 watchers.cancel_scope.cancel()
         else:
@@ -713,12 +873,33 @@ class Supervisor:
         instance.health = None
         instance.handle = None
         instance.recorded = False
+        instance.post_up_pending = False
         instance.exit_code = status.exit_code
         with anyio.CancelScope(shield=True):
             await self.app.logs.drain(instance.fqn)
         self.app.logs.unfollow(instance.fqn)
         self._forget_process(instance)
         return status
+
+    async def _post_up(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
+        """post-up hooks once the instance is ready (healthy, or running without checks);
+        if they fail, the instance is rolled back: stopped, and left crashed with why."""
+        service = instance.service
+        while not instance.up:
+            await service.changed.wait()
+        outcome = await self._run_service_hooks(instance, "post-up", service.config.hooks.post_up)
+        if outcome.ok:
+            instance.post_up_pending = False
+            instance.settles += 1
+            instance.settled_as = instance.state
+            service.notify()
+            return
+        if instance.stop_requested:
+            return
+        instance.failure = f"{outcome.message}; the instance was stopped"
+        instance.stop_requested = True
+        config = service.config
+        await handle.stop(config.stop_signum(), config.stop_grace)
 
     async def _after_exit(self, instance: InstanceRuntime, status: ExitStatus) -> bool:
         """Publish the exit and apply the restart policy; True to run again."""
@@ -827,7 +1008,7 @@ class Supervisor:
             except RunnerError as exc:
                 log.warning("cannot adopt %s: %s", instance.fqn, exc)
         if handle is None:
-            for found in await runner.discover(spec, self._base_env[MARKER_ENV]):
+            for found in await runner.discover(spec, self.base_env[MARKER_ENV]):
                 handle = await runner.adopt(spec, found)
                 if handle is not None:
                     break
@@ -909,7 +1090,7 @@ class Supervisor:
         try:
             return self._environment(instance)
         except RuntimeTemplateError:
-            return self._base_env
+            return self.base_env
 
     def _health_changed(self, instance: InstanceRuntime, healthy: bool, message: str) -> None:
         if instance.healthy == healthy:
@@ -957,7 +1138,7 @@ def _settled(instance: InstanceRuntime) -> bool:
     if instance.state == ServiceState.STOPPED:
         return not instance.running_task
     if instance.state in _READY_STATES:
-        return instance.recorded
+        return instance.recorded and not instance.post_up_pending
     return True
 
 

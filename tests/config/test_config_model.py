@@ -172,11 +172,10 @@ def test_full_file(load_text: LoadText) -> None:
     assert project.inactive == [
         "proxy: the reverse proxy is not active yet (settings are kept)",
         "observability: not active yet (settings are kept)",
-        "services.db.expose: exposing to other sources is not active yet",
         "services.web.proxy: routing is not active yet",
         "services.web.rollout: blue-green rollout is not active yet; the service runs on its "
         "blue ports",
-        "services.web.uses: using exposed services is not active yet",
+        "services.web.hooks.pre-up: runner hook type 'docker' is not available yet (the step fails)",
     ]
 
 

@@ -568,6 +568,21 @@ class LogHub:
             inst.file.close()
             self._forgotten.add(key)
 
+    def captured(self, fqn: str, stream: str, text: str) -> None:
+        """A line the daemon captured itself for an instance or a source (hook and build
+        output): ``stream`` names its origin (``hook``, ``build``), the level is guessed
+        from the text as for service output."""
+        if self._closed:
+            return
+        self._forgotten.discard(fqn)
+        inst = self._instance(fqn)
+        _Batch(self, inst, stream).emit(text.encode("utf-8", "replace"))
+        if self._wake is None:
+            inst.file.flush()
+            return
+        self._unflushed[inst.file] = None
+        self._wake.set()
+
     def note(self, fqn: str, message: str, level: LogLevel | str = LogLevel.INFO) -> None:
         """The daemon's own line about an instance (stream "hive")."""
         self._forgotten.discard(fqn)
