@@ -635,7 +635,9 @@ class Supervisor:
         env = self._environment(instance)
         env.pop(MARKER_ENV, None)
         env["HIVE_ROLLOUT_TYPE"] = config.rollout.type if config.rollout else "none"
-        env["HIVE_ROLLOUT_COLOR"] = "blue" if config.rollout else ""
+        # Blue-green runs on its blue ports until its switching is active; others have no colour.
+        blue_green = config.rollout is not None and config.rollout.type == "blue-green"
+        env["HIVE_ROLLOUT_COLOR"] = "blue" if blue_green else ""
         for name, port in instance.ports.items():
             env[f"HIVE_PORT_{name.upper()}"] = str(port)
         return env
