@@ -49,12 +49,12 @@ from hive_client.protocol import ReloadPlan
 
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
-from .hooks import HookOutcome, run_hooks
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .app import App
+    from .hooks import HookOutcome
 
 __all__ = ["Source", "SourceRegistry"]
 
@@ -517,6 +517,8 @@ class SourceRegistry:
         def output(stream: str, text: str) -> None:
             line = text if stream == "hive" else f"[global {event} hook] {text}"
             self.app.logs.captured(key, "hook", line)
+
+        from .hooks import run_hooks  # only projects with hooks pay for it
 
         outcome = await run_hooks(event, steps, env=env, output=output)
         if not outcome.ok:

@@ -53,15 +53,15 @@ from hive_client import (
 )
 from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle
 
-from .build import BuildResult, build_needed, run_build
 from .errors import RequestError
 from .exposure import alias_of, provided_vars, renamed_vars, verify_secret
 from .health import HealthMonitor
-from .hooks import HookOutcome, run_hooks
 from .runner_registry import RunnerRegistry, UnknownRunner
 
 if TYPE_CHECKING:
     from .app import App
+    from .build import BuildResult
+    from .hooks import HookOutcome
 
 __all__ = ["Backoff", "InstanceRuntime", "ServiceRuntime", "Supervisor"]
 
@@ -600,6 +600,8 @@ class Supervisor:
         async with service.build_lock:
             if not force and service.builds != builds_before:
                 return None  # another instance built it while this one waited
+            from .build import build_needed, run_build  # only projects with builds pay for it
+
             if not build_needed(build, force=force):
                 return None
             script = service.config.runner.script
@@ -645,6 +647,8 @@ class Supervisor:
     async def _run_service_hooks(
         self, instance: InstanceRuntime, event: str, steps: Sequence[HookStep]
     ) -> HookOutcome:
+        from .hooks import HookOutcome, run_hooks  # only projects with hooks pay for it
+
         script = instance.service.config.runner.script
         try:
             env = self._hook_env(instance)
