@@ -10,7 +10,6 @@ time.
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Mapping
 
@@ -65,6 +64,8 @@ def verify_secret(candidate: str, stored: str) -> bool:
         digest = _scrypt(candidate, bytes.fromhex(salt), int(n), int(r), int(p), len(expected) // 2)
     except (ValueError, OverflowError, MemoryError):
         return False
+    import hmac  # here, as hashlib: only daemons with secrets load it
+
     return hmac.compare_digest(digest.hex(), expected)
 
 
