@@ -84,6 +84,11 @@ class ServiceHandle(ABC):
     async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
         """Signal, wait up to ``grace`` seconds, then kill; nothing it started survives."""
 
+    def exec_prefix(self) -> list[str]:
+        """The argv that runs a command inside the instance, for ``cmd`` health checks
+        (``["docker", "exec", ID]``); empty when the instance is a host process."""
+        return []
+
     def leftovers(self) -> int:
         """How many processes of the instance are still alive (0 when none)."""
         return 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,23 @@ def test_the_daemon_lists_it_beside_the_built_in_runners() -> None:
     registry = RunnerRegistry()
     assert {"script", "echo"} <= set(registry.names)
     assert type(registry.get("echo")).__module__ == "hive_echo_runner"
+
+
+async def test_runtime_templates_in_its_block_are_resolved(client: DaemonClient, events: Events, home: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    project = home / "proj"
+    write_project(project, f"""
+        version: "1"
+        services:
+          greeter:
+            runner:
+              type: echo
+              echo: {{message: "listening on {{{{runtime.port.http}}}}", count: 1}}
+            rollout: {{type: recreate, recreate: {{ports: {{http: {port}}}}}}}
+    """)
+    await client.add_source(project, name="p", start=True)
+    await events.expect("service_exited", "p:greeter")
+    lines = [line.message for line in await client.get_logs("p:greeter") if line.stream == "stdout"]
+    assert lines == [f"listening on {port} 1"]

@@ -690,7 +690,7 @@ class Supervisor:
             stderr_path=str(stderr_path),
             stop_signal=config.stop_signum(),
             stop_grace=config.stop_grace,
-            config=dict(config.runner.config),
+            config=_render_config(config.runner.config, instance) if not script else {},
         )
 
     def _instance_ports(self, instance: InstanceRuntime) -> dict[str, int]:
@@ -859,12 +859,14 @@ class Supervisor:
             instance.settled_as = instance.state
         service.notify()
         if service.config.healthchecks:
+            inside = handle.exec_prefix()  # a container's checks run in it
             instance.health = HealthMonitor(
                 instance.fqn,
                 service.config.healthchecks,
                 ports=instance.ports,
-                env=self._health_env(instance),
+                env=self.hook_base_env if inside else self._health_env(instance),
                 on_change=lambda healthy, message: self._health_changed(instance, healthy, message),
+                exec_prefix=inside,
             )
         if instance.health is not None or post_up:
             async with anyio.create_task_group() as watchers:
@@ -1135,6 +1137,17 @@ class Supervisor:
             health_checks=instance.health.results() if instance.health else [],
             instances=service.scale,
         )
+
+
+def _render_config(value: Any, instance: InstanceRuntime) -> Any:
+    """A runner block with its runtime templates resolved (``"{{runtime.port.http}}:80"``)."""
+    if isinstance(value, str):
+        return render_runtime(value, ports=instance.ports, uses=instance.uses_ports) if "{{" in value else value
+    if isinstance(value, dict):
+        return {key: _render_config(item, instance) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_render_config(item, instance) for item in value]
+    return value
 
 
 def _settled(instance: InstanceRuntime) -> bool:
