@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -96,6 +96,14 @@ class ServiceHandle(ABC):
 
 class Runner(ABC):
     name: ClassVar[str]
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Take the daemon config's ``[runners.NAME]`` table (after construction, and
+        again on reload); raise RunnerError naming the key when it is wrong. A runner
+        with settings overrides this; the default takes none."""
+        if settings:
+            keys = ", ".join(sorted(settings))
+            raise RunnerError(f"runner {self.name!r} has no settings (got: {keys})")
 
     @abstractmethod
     async def start(self, spec: RunSpec) -> ServiceHandle:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from hive_client import DaemonClient, DaemonReloaded, InvalidRequest
-from tests.support import start_daemon
+from tests.support import StartFailed, start_daemon
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +53,15 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_old_settings(home: Path) 
     finally:
         daemon.stop()
     assert "reload refused, keeping the running configuration" in daemon.stderr()
+
+
+def test_wrong_runner_settings_stop_the_start(home: Path) -> None:
+    (home / "config.toml").write_text('[runners.script]\nshell = "/bin/zsh"\n')
+    with pytest.raises(StartFailed) as failed:
+        start_daemon(home)
+    assert "[runners.script] in config.toml: runner 'script' has no settings (got: shell)" in str(failed.value)
+
+    (home / "config.toml").write_text('[runners.nosuch]\nx = 1\n')
+    with pytest.raises(StartFailed) as failed:
+        start_daemon(home)
+    assert "no runner plugin available for 'nosuch'" in str(failed.value)

@@ -98,9 +98,14 @@ def run_daemon(home_arg: str | None, *, foreground: bool, ready_fd: int | None =
     except AlreadyRunning as exc:
         return _fail(pipe, str(exc), 1)
     _raise_fd_limit()
+    runners = RunnerRegistry(settings.runners)
+    problems = runners.check_configured()
+    if problems:
+        lock.release()
+        return _fail(pipe, "; ".join(problems), 2)
     try:
         return anyio.run(
-            _serve, home, settings, pipe, backend="asyncio", backend_options=_backend_options()
+            _serve, home, settings, pipe, runners, backend="asyncio", backend_options=_backend_options()
         )
     except StartupError as exc:
         return _fail(pipe, str(exc), 1)
@@ -189,7 +194,7 @@ def _remove_stale_socket(path: Path) -> None:
     raise StartupError(f"another daemon is already listening on {path}")
 
 
-async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe) -> int:
+async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, runners: RunnerRegistry) -> int:
     notifier = Notifier.from_environ()
     try:
         store = await StateStore.open(home.state_db)
@@ -214,7 +219,7 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe) -> 
             await daemon_tasks.start(_handle_signals, app)
             await daemon_tasks.start(app.state_writer.run)
             await daemon_tasks.start(app.logs.run)
-            supervisor = Supervisor(app, daemon_tasks, RunnerRegistry())
+            supervisor = Supervisor(app, daemon_tasks, runners)
             app.services = supervisor
             await supervisor.load_persisted()
             app.sources = SourceRegistry(app, supervisor)
@@ -285,6 +290,8 @@ def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]
         app.settings = settings
         app.logs.reconfigure(settings.logs)
         messages = ["configuration reloaded"]
+        if app.services is not None:
+            messages.extend(app.services.runners.reconfigure(settings.runners))
         if app.sources is not None:
             messages.append(await app.sources.reload_all())
         summary = "; ".join(messages)

@@ -7,8 +7,10 @@ runner plugs in exactly the way ours do.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
-from runners.base import Runner
+from runners.base import Runner, RunnerError
 
 from ..entry_points import entry_points
 
@@ -23,9 +25,33 @@ class UnknownRunner(Exception):
 
 
 class RunnerRegistry:
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self._available = {ep.name: ep for ep in entry_points(group=GROUP)}
         self._loaded: dict[str, Runner] = {}
+        self._settings: Mapping[str, Mapping[str, Any]] = settings or {}
+
+    def check_configured(self) -> list[str]:
+        """Load every runner that has settings, so a wrong ``[runners.NAME]`` stops the
+        daemon's start rather than a service's; the problems."""
+        problems = []
+        for name in self._settings:
+            try:
+                self.get(name)
+            except UnknownRunner as exc:
+                problems.append(str(exc))
+        return problems
+
+    def reconfigure(self, settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """New ``[runners.*]`` settings (a reload); the problems of runners that refuse them
+        (they keep their previous settings)."""
+        self._settings = settings
+        problems = []
+        for name, runner in self._loaded.items():
+            try:
+                runner.configure(settings.get(name, {}))
+            except RunnerError as exc:
+                problems.append(f"[runners.{name}] in config.toml: {exc}")
+        return problems
 
     @property
     def names(self) -> list[str]:
@@ -50,5 +76,9 @@ class RunnerRegistry:
             raise UnknownRunner(f"runner {name!r} failed to load: {exc}") from exc
         if not isinstance(runner, Runner):
             raise UnknownRunner(f"runner {name!r} ({entry.value}) is not a runners.base.Runner")
+        try:
+            runner.configure(self._settings.get(name, {}))
+        except RunnerError as exc:
+            raise UnknownRunner(f"[runners.{name}] in config.toml: {exc}") from None
         self._loaded[name] = runner
         return runner

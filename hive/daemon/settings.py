@@ -55,6 +55,7 @@ class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     restart: RestartSection = msgspec.field(default_factory=RestartSection)
     logs: LogsSection = msgspec.field(default_factory=LogsSection)
     plugins: dict[str, dict[str, Any]] = {}
+    runners: dict[str, dict[str, Any]] = {}  # [runners.NAME]: each runner checks its own
 
 
 def load_settings(path: Path) -> DaemonSettings:
