@@ -38,6 +38,7 @@ from anyio.lowlevel import RunVar
 
 from . import _process as proc
 from ._command import plan_command
+from ._watch import SharedWatch
 from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle
 
 __all__ = ["RUN_ID_VAR", "ScriptHandle", "ScriptRunner"]
@@ -303,8 +304,7 @@ class ScriptHandle(ServiceHandle):
         self._popen = popen  # kept so that Popen.__del__ never reaps our child
         self._pidfd = pidfd
         self._status: ExitStatus | None = None
-        self._watching = False
-        self._wake: anyio.Event | None = None
+        self._watch = SharedWatch()
         self._stopping = False
         self._stop_done: anyio.Event | None = None
         self._sweeper: _Sweeper | None = None
@@ -342,28 +342,17 @@ class ScriptHandle(ServiceHandle):
     # --- exit ------------------------------------------------------------------------
 
     async def wait(self) -> ExitStatus:
-        while self._status is None:
-            if self._watching:
-                if self._wake is None:
-                    self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            # This task watches the pidfd for everyone; if it is cancelled, another
-            # waiter takes over.
-            self._watching = True
-            try:
-                await anyio.wait_readable(self._pidfd)
-                status = self._reap()
-                if status is None:  # readable but not yet waitable: should not happen
-                    status = await anyio.to_thread.run_sync(self._reap, True)
-                    assert status is not None
-                self._finish(status)
-            finally:
-                self._watching = False
-                wake, self._wake = self._wake, None
-                if wake is not None:
-                    wake.set()
+        await self._watch.until(lambda: self._status is not None, self._watch_exit)
+        assert self._status is not None
         return self._status
+
+    async def _watch_exit(self) -> None:
+        await anyio.wait_readable(self._pidfd)
+        status = self._reap()
+        if status is None:  # readable but not yet waitable: should not happen
+            status = await anyio.to_thread.run_sync(self._reap, True)
+            assert status is not None
+        self._finish(status)
 
     def _reap(self, block: bool = False) -> ExitStatus | None:
         """The exit status, collected through the pidfd: exactly this process, never

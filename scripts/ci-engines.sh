@@ -55,6 +55,10 @@ if ! docker version >/dev/null 2>&1; then
     docker version >/dev/null 2>&1 || { log "dockerd did not come up:"; tail -20 /var/log/hive-ci-dockerd.log >&2; exit 1; }
 fi
 
+# dockerd runs without its default bridge; a user-defined bridge network still publishes
+# ports (through docker-proxy), which the port tests need.
+docker network inspect hive-test >/dev/null 2>&1 || docker network create hive-test >/dev/null
+
 # The test image: busybox and its applets, imported into both engines.
 if ! podman image exists "$IMAGE" || ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
     log "building $IMAGE"

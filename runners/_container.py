@@ -1,0 +1,764 @@
+"""The docker and podman runners: one implementation driving an engine's command line.
+
+A service is one container, started with ``<engine> run -d`` and supervised through the
+engine's own CLI (``wait``, ``logs -f``, ``stop``, ``rm``); :class:`ContainerRunner` is
+parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` name it.
+
+- **Start: one engine call when all is well.** ``run -d`` does everything: the image is
+  pulled by the engine only if it is missing (``--pull missing``; ``--pull never`` with
+  ``deny_pull``), and a stale container of the same name is replaced (podman:
+  ``--replace``; docker has no such flag, so on its name-conflict error the stale one is
+  removed with ``rm -f`` and ``run -d`` is tried once more). Only a failure costs more
+  calls: an image error is classified by an ``image inspect`` (missing and ``deny_pull``,
+  or the pull failed), and a container the engine created but could not start (a port
+  taken) is removed.
+- **Identity.** The container is named ``container_name`` or, by default,
+  ``hive-<source>.<service>[.<N>]`` (the ``.`` cannot occur in Hive names, so two sources
+  never collide; a name that needed sanitising gets a hash of the FQN appended). It
+  carries the labels ``hive.fqn``, ``hive.source``, ``hive.config-hash`` (the first 16 hex
+  of the sha256 of the canonical JSON of the block, the image and the environment passed)
+  and ``hive.stop-signal``.
+- **Environment.** ``RunSpec.env`` is the complete environment a script would get, mostly
+  the daemon's own (PATH, HOME, ...), which must not leak into a container. What is passed
+  is every entry of ``spec.env`` that is *not* in the daemon's ``os.environ`` with the same
+  value (the service's own variables, Hive's ``HIVE_*`` variables and whatever a used
+  service provides), then the block's ``environment`` on top. Values reach the engine
+  through the environment of the CLI process (``-e KEY``) rather than its argv, so they do
+  not show in ``ps``; only a key the daemon's environment also has (with another value) is
+  written ``-e KEY=VALUE``, as the CLI would otherwise read the wrong one.
+- **Output.** A detached ``<engine> logs -f <id>`` in its own session appends the
+  container's stdout and stderr to ``spec.stdout_path`` and ``spec.stderr_path`` (opened
+  ``O_APPEND``): the daemon follows those files, and may die without the output stopping.
+  Its pid is in :meth:`ContainerHandle.record`; a later daemon keeps it if it still runs,
+  or starts another with ``--since`` the adoption time.
+- **Exit.** ``<engine> wait <id>``, a child process awaited with anyio (no polling),
+  prints the exit code: ``ExitStatus(exit_code=...)``, as the engine reports it (a main
+  process killed by signal N is 128+N). Before ``wait()`` returns, the log follower is
+  given a moment to copy the last lines. A container that exited by itself is left for
+  post-mortem inspection; the next start (or ``stop()``) removes it.
+- **Stop.** The container is created with ``--stop-signal`` set to the spec's signal, so a
+  stop with that signal is ``<engine> stop -t <grace>`` (the engine sends it, then SIGKILL
+  after the grace). A stop with another signal sends it with ``<engine> kill --signal``,
+  waits the grace on the exit, then kills with SIGKILL. Then ``rm -f -v`` (anonymous
+  volumes go with it; named volumes stay).
+- **Errors.** Everything a user can act on is a :class:`RunnerError` with one line: the
+  engine not installed, its daemon unreachable, the image missing with ``deny_pull`` or a
+  failed pull (with the engine's message), a port already in use, an invalid option.
+
+Engine commands run through ``anyio.run_process`` / ``anyio.open_process``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import anyio
+import anyio.abc
+import msgspec
+import psutil
+
+from ._process import open_output
+from ._watch import SharedWatch
+from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle
+
+__all__ = ["ContainerHandle", "ContainerRunner", "container_name", "parse_port", "parse_volume"]
+
+# How long the log follower gets to copy the last lines after the container ended.
+DRAIN_TIMEOUT = 5.0
+# How long a container gets to vanish after SIGKILL before stop() gives up on it.
+KILL_TIMEOUT = 10.0
+# Deadline of one engine command (a pull is not bounded: the engine reports its failure).
+CALL_TIMEOUT = 60.0
+# Times `wait` is re-run when the engine lost track of a container that still runs.
+_WAIT_RETRIES = 3
+
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_.-]")
+_PORT = re.compile(r"^(\d{1,5}):(\d{1,5})(?:/(tcp|udp|sctp))?$")
+_IN_USE = re.compile(
+    r"(?:listen (?:tcp|udp|sctp)[46]? |Bind for )(\[[0-9a-fA-F:.]*\]|[0-9.]+|[0-9a-fA-F:]*):(\d+)"
+)
+_IMAGE_ERRORS = (
+    "No such image", "image not known", "Unable to find image", "Trying to pull",
+    "pull access denied", "manifest unknown", "repository does not exist", "failed to resolve",
+)
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+def container_name(fqn: str) -> str:
+    """The default container name of ``fqn``: ``hive-<source>.<service>[.<N>]``."""
+    source, _, rest = fqn.partition(":")
+    service, _, index = rest.partition("#")
+    raw = f"hive-{source}.{service}" + (f".{index}" if index else "")
+    clean = _NAME_OK.sub("-", raw)
+    if clean != raw or "." in source or "." in service:
+        # Sanitising may have made two FQNs equal: the FQN's hash keeps them apart.
+        clean += "-" + hashlib.sha256(fqn.encode()).hexdigest()[:8]
+    return clean
+
+
+def parse_port(entry: Any, bind_ip: str) -> str | None:
+    """``HOST:CONTAINER[/proto]`` as a ``--publish`` value bound to ``bind_ip``; None for
+    an entry without ``:``, which the format ignores (``hive config validate`` warns)."""
+    text = str(entry) if isinstance(entry, (str, int)) and not isinstance(entry, bool) else None
+    if text is not None and ":" not in text:
+        return None
+    match = _PORT.match(text.strip()) if text is not None else None
+    if match is None or not all(0 < int(port) < 65536 for port in match.group(1, 2)):
+        raise RunnerError(f"invalid port {entry!r}: expected HOST:CONTAINER[/tcp|udp|sctp]")
+    host, inner, proto = match.group(1), match.group(2), match.group(3) or "tcp"
+    address = f"[{bind_ip}]" if ":" in bind_ip else bind_ip
+    return f"{address}:{int(host)}:{int(inner)}/{proto}"
+
+
+def parse_volume(entry: Any, project_dir: str) -> str:
+    """``SRC:DST[:mode]`` as a ``--volume`` value; a ``./`` or ``../`` source is resolved
+    against ``project_dir`` and refused if it leads outside it."""
+    if not isinstance(entry, str) or not entry:
+        raise RunnerError(f"invalid volume {entry!r}: expected SRC:DST[:mode]")
+    parts = entry.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+        raise RunnerError(f"invalid volume {entry!r}: expected SRC:DST[:mode] with an absolute DST")
+    source = parts[0]
+    if source in (".", "..") or source.startswith(("./", "../")):
+        root = os.path.realpath(project_dir)
+        resolved = os.path.realpath(os.path.join(root, source))
+        if resolved != root and not resolved.startswith(root.rstrip("/") + "/"):
+            raise RunnerError(
+                f"invalid volume {entry!r}: {source} resolves to {resolved}, outside the project {root}"
+            )
+        parts[0] = resolved
+    elif not source.startswith("/") and "/" in source:
+        raise RunnerError(
+            f"invalid volume {entry!r}: a relative source must start with ./ or ../"
+        )
+    return ":".join(parts)
+
+
+def _str_list(config: Mapping[str, Any], key: str) -> list[str] | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, (str, int, float)) for item in value):
+        raise RunnerError(f"{key} must be a list of strings, not {value!r}")
+    return [str(item) for item in value]
+
+
+def _env_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise RunnerError(f"environment variable {key} must be a string, not {value!r}")
+
+
+def passed_environment(spec: RunSpec) -> dict[str, str]:
+    """The variables the container gets (see the module docstring)."""
+    host = os.environ
+    env = {key: value for key, value in spec.env.items() if host.get(key) != value}
+    extra = spec.config.get("environment") or {}
+    if not isinstance(extra, Mapping):
+        raise RunnerError(f"environment must be a mapping, not {extra!r}")
+    for key, value in extra.items():
+        env[str(key)] = _env_value(str(key), value)
+    for key in env:
+        if not key or "=" in key or "\0" in key:
+            raise RunnerError(f"invalid environment variable name {key!r}")
+    return env
+
+
+def config_hash(spec: RunSpec, image: str, env: Mapping[str, str]) -> str:
+    canonical = json.dumps(
+        {"config": spec.config, "image": image, "env": dict(env)},
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _image(config: Mapping[str, Any]) -> str:
+    image = config.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise RunnerError("image is required (the image to run, e.g. nginx:1.27)")
+    return image.strip()
+
+
+def _stop_signal(number: int) -> int:
+    if not isinstance(number, int) or not 0 < number < signal.NSIG:
+        raise RunnerError(f"invalid stop signal {number!r}")
+    return int(number)
+
+
+# --- engine output -------------------------------------------------------------------------
+
+
+def engine_message(stderr: bytes | str) -> str:
+    """The one line of an engine's error output that says what went wrong."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("Run '", "See '", "time="))] or lines
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    line = (errors or lines or ["no error message"])[-1]
+    for prefix in ("docker: ", "podman: ", "Error response from daemon: ", "Error: ", "error: "):
+        if line.startswith(prefix):
+            line = line[len(prefix):]
+    for prefix in ("Error response from daemon: ", "Error: "):
+        if line.startswith(prefix):
+            line = line[len(prefix):]
+    return line
+
+
+def _name_conflict(stderr: bytes) -> bool:
+    message = engine_message(stderr)
+    return "container name" in message and "already in use" in message
+
+
+def _is_missing(message: str) -> bool:
+    lowered = message.lower()
+    return "no such container" in lowered or "no such object" in lowered or "no container with" in lowered
+
+
+# --- the runner ----------------------------------------------------------------------------
+
+
+class ContainerRunner(Runner):
+    """Runs a service as a container through an engine's CLI (``docker``, ``podman``)."""
+
+    name: ClassVar[str] = "container"
+    engine: ClassVar[str] = "docker"  # the binary's default name
+    display: ClassVar[str] = "Docker"  # the engine's name in messages
+    replace_flag: ClassVar[bool] = False  # `run --replace` removes a same-name container
+    socket_flag: ClassVar[str] = "--host"  # the global option naming the engine's socket
+    # An engine's error saying it cannot be reached; group "at": the socket it tried.
+    unreachable_text: ClassVar[re.Pattern[str]] = re.compile(
+        r"Cannot connect to the Docker daemon at (?:unix://)?(?P<at>\S+?)\.?(?:\s|$)|Cannot connect to"
+    )
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or self.engine
+        self.socket: str | None = None  # [runners.NAME] socket; a block's `socket` wins
+        self._path: str | None = None
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """``[runners.docker]`` / ``[runners.podman]``: ``binary`` (the CLI, a name on PATH
+        or a path) and ``socket`` (the engine's socket path or URL)."""
+        unknown = sorted(set(settings) - {"binary", "socket"})
+        if unknown:
+            raise RunnerError(f"unknown setting {unknown[0]!r} (known: binary, socket)")
+        binary = settings.get("binary", self.engine)
+        if not isinstance(binary, str) or not binary.strip():
+            raise RunnerError(f"binary must be a program name or path, not {binary!r}")
+        socket = settings.get("socket")
+        if socket is not None and (not isinstance(socket, str) or not socket.strip()):
+            raise RunnerError(f"socket must be a path or URL, not {socket!r}")
+        self.binary, self.socket, self._path = binary.strip(), socket, None
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def executable(self) -> str:
+        """The engine binary's path; RunnerError if it is not installed."""
+        if self._path is None or not os.access(self._path, os.X_OK):
+            found = shutil.which(self.binary)
+            if found is None:
+                raise RunnerError(f"{self.binary} is not installed (no `{self.binary}` on PATH)")
+            self._path = found
+        return self._path
+
+    def socket_of(self, config: Mapping[str, Any]) -> Any:
+        """The engine socket a block uses: its own ``socket``, else the runner setting."""
+        return config.get("socket") or self.socket
+
+    def global_args(self, config: Mapping[str, Any]) -> list[str]:
+        """Options before the subcommand (the engine socket)."""
+        socket = self.socket_of(config)
+        if not socket:
+            return []
+        if not isinstance(socket, str):
+            raise RunnerError(f"socket must be a path or URL, not {socket!r}")
+        return [self.socket_flag, socket if "://" in socket else f"unix://{socket}"]
+
+    def unreachable(self, message: str, config: Mapping[str, Any]) -> RunnerError | None:
+        """The error for an engine daemon that cannot be reached, if that is what
+        ``message`` says."""
+        match = self.unreachable_text.search(message)
+        if match is None:
+            return None
+        where = match.groupdict().get("at") or str(self.socket_of(config) or "")
+        at = f" at {where}" if where else ""
+        return RunnerError(f"cannot reach the {self.display} engine{at}: {message}")
+
+    def error(self, action: str, stderr: bytes, config: Mapping[str, Any]) -> RunnerError:
+        """A RunnerError from an engine command's error output."""
+        message = engine_message(stderr)
+        unreachable = self.unreachable(message, config)
+        if unreachable is not None:
+            return unreachable
+        in_use = _IN_USE.search(message)
+        if in_use is not None and ("already in use" in message or "already allocated" in message):
+            return RunnerError(f"port {in_use.group(1)}:{in_use.group(2)} is already in use")
+        return RunnerError(f"{self.binary} {action} failed: {message}")
+
+    async def call(
+        self, args: Sequence[str], config: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
+        timeout: float | None = CALL_TIMEOUT,
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = [self.executable(), *self.global_args(config), *args]
+        try:
+            with anyio.fail_after(timeout):
+                return await anyio.run_process(argv, check=False, env=env, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            self._path = None
+            raise RunnerError(f"{self.binary} is not installed (no `{self.binary}` on PATH)") from None
+        except TimeoutError:
+            raise RunnerError(f"{self.binary} {args[0]} did not answer within {timeout:.0f} s") from None
+        except OSError as exc:
+            raise RunnerError(f"cannot run {self.binary}: {exc.strerror}") from None
+
+    async def remove(self, ref: str, config: Mapping[str, Any]) -> None:
+        """``rm -f -v``, shielded from cancellation: whatever happens, it is gone."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(RunnerError):
+            await self.call(["rm", "-f", "-v", ref], config, timeout=KILL_TIMEOUT + 20)
+
+    async def inspect(self, refs: Sequence[str], config: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The engine's JSON description of containers (those that exist)."""
+        result = await self.call(["inspect", "--type", "container", *refs], config)
+        try:
+            found = json.loads(result.stdout or b"[]")
+        except ValueError:
+            found = []
+        if result.returncode != 0 and not found:
+            message = engine_message(result.stderr)
+            if _is_missing(message):
+                return []
+            raise self.error("inspect", result.stderr, config)
+        return [item for item in found if isinstance(item, dict)]
+
+    # --- start ----------------------------------------------------------------------
+
+    def run_args(self, spec: RunSpec, image: str, env: Mapping[str, str], name: str,
+                 digest: str) -> tuple[list[str], dict[str, str]]:
+        """``run -d ...`` and the CLI's environment carrying the variables' values."""
+        config = spec.config
+        source = spec.fqn.partition(":")[0]
+        stop_signal = _stop_signal(spec.stop_signal)
+        args = ["run", "-d", "--name", name,
+                "--label", f"hive.fqn={spec.fqn}", "--label", f"hive.source={source}",
+                "--label", f"hive.config-hash={digest}", "--label", f"hive.stop-signal={stop_signal}",
+                "--stop-signal", str(stop_signal),
+                "--pull", "never" if config.get("deny_pull") else "missing"]
+        if self.replace_flag:
+            args.append("--replace")
+        bind_ip = config.get("bind_ip") or "127.0.0.1"
+        if not isinstance(bind_ip, str):
+            raise RunnerError(f"bind_ip must be an IP address, not {bind_ip!r}")
+        for entry in _str_list(config, "ports") or []:
+            published = parse_port(entry, bind_ip)
+            if published is not None:
+                args += ["--publish", published]
+        for entry in _str_list(config, "volumes") or []:
+            args += ["--volume", parse_volume(entry, spec.working_dir or ".")]
+        cli_env = dict(os.environ)
+        for key, value in env.items():
+            if key in os.environ:
+                args += ["--env", f"{key}={value}"]
+            else:
+                args += ["--env", key]
+                cli_env[key] = value
+        network = config.get("network_mode")
+        if network:
+            args += ["--network", str(network)]
+        args += self.security_args(config.get("security"))
+        entrypoint = _str_list(config, "entrypoint")
+        command = _str_list(config, "command") or []
+        if entrypoint is not None:
+            args += ["--entrypoint", entrypoint[0] if entrypoint else ""]
+            command = entrypoint[1:] + command
+        args += [image, *command]
+        return args, cli_env
+
+    @staticmethod
+    def security_args(security: Any) -> list[str]:
+        if security is None:
+            security = {}
+        if not isinstance(security, Mapping):
+            raise RunnerError(f"security must be a mapping, not {security!r}")
+        args: list[str] = []
+        if security.get("cap_drop_all", True):
+            args += ["--cap-drop", "ALL"]
+        for cap in _str_list(security, "cap_add") or []:
+            args += ["--cap-add", cap]
+        if security.get("no_new_privileges", True):
+            args += ["--security-opt", "no-new-privileges"]
+        for opt in _str_list(security, "security_opt") or []:
+            args += ["--security-opt", opt]
+        if security.get("read_only", False):
+            args.append("--read-only")
+        user = security.get("user")
+        if user is not None and user != "":
+            args += ["--user", str(user)]
+        return args
+
+    async def start(self, spec: RunSpec) -> ContainerHandle:
+        config = spec.config
+        image = _image(config)
+        env = passed_environment(spec)
+        digest = config_hash(spec, image, env)
+        name = config.get("container_name") or container_name(spec.fqn)
+        if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+            raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
+        args, cli_env = self.run_args(spec, image, env, name, digest)
+        self.executable()
+        handle: ContainerHandle | None = None
+        try:
+            result = await self.call(args, config, env=cli_env, timeout=None)
+            if result.returncode != 0 and not self.replace_flag and _name_conflict(result.stderr):
+                await self.call(["rm", "-f", "-v", name], config)  # a stale container
+                result = await self.call(args, config, env=cli_env, timeout=None)
+            if result.returncode != 0:
+                raise await self._start_error(result.stderr, image, name, config)
+            lines = result.stdout.decode(errors="replace").split()
+            if not lines:
+                raise RunnerError(f"{self.binary} run printed no container id")
+            container_id = lines[-1]
+            handle = ContainerHandle(
+                runner=self, spec=spec, container_id=container_id, name=name, config_hash=digest,
+                run_signal=_stop_signal(spec.stop_signal),
+            )
+            await handle.follow_logs(since=None)
+            return handle
+        except BaseException:
+            # Cancelled or failed half-way: no container left running unsupervised.
+            with anyio.CancelScope(shield=True):
+                if handle is not None:
+                    await handle.close_logs()
+                await self.remove(name, config)
+            raise
+
+    async def _start_error(self, stderr: bytes, image: str, name: str,
+                           config: Mapping[str, Any]) -> RunnerError:
+        message = engine_message(stderr)
+        text = stderr.decode(errors="replace")
+        unreachable = self.unreachable(message, config)
+        if unreachable is not None:
+            return unreachable
+        await self.remove(name, config)  # created but not started (a port taken, ...)
+        if any(marker in text for marker in _IMAGE_ERRORS):
+            present = await self.call(["image", "inspect", "--format", "{{.Id}}", image], config)
+            if present.returncode != 0:
+                if config.get("deny_pull"):
+                    return RunnerError(f"image {image} is not present and deny_pull is set")
+                return RunnerError(f"cannot pull image {image}: {message}")
+        return self.error("run", stderr, config)
+
+    # --- adopt, discover ----------------------------------------------------------------
+
+    async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ContainerHandle | None:
+        """The container of ``record`` if it still runs with the spec's FQN and config
+        hash; None otherwise (gone, stopped, or started from another configuration)."""
+        try:
+            container_id = str(record["container_id"])
+            engine = str(record.get("engine") or self.name)
+        except (KeyError, TypeError):
+            raise RunnerError(f"not a {self.name} container record: {record!r}") from None
+        if engine != self.name or not container_id:
+            raise RunnerError(f"not a {self.name} container record: {record!r}")
+        config = spec.config
+        image = _image(config)
+        digest = config_hash(spec, image, passed_environment(spec))
+        found = await self.inspect([container_id], config)
+        if not found:
+            return None
+        info = found[0]
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        state = info.get("State") or {}
+        if not state.get("Running") or labels.get("hive.fqn") != spec.fqn \
+                or labels.get("hive.config-hash") != digest:
+            return None
+        try:
+            run_signal = int(labels.get("hive.stop-signal") or spec.stop_signal)
+        except ValueError:
+            run_signal = 0  # unknown: stop() sends the signal itself
+        handle = ContainerHandle(
+            runner=self, spec=spec, container_id=str(info.get("Id") or container_id),
+            name=str(info.get("Name") or record.get("name") or "").lstrip("/"),
+            config_hash=digest, run_signal=run_signal, adopted=True,
+        )
+        if not handle.reuse_follower(record.get("logs_pid")):
+            await handle.follow_logs(since=time.time())
+        return handle
+
+    async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
+        """Records of running containers labelled ``hive.fqn=<fqn>`` whose environment
+        carries ``marker`` (as the value of the variable that holds it in ``spec.env``),
+        newest first."""
+        config = spec.config
+        listed = await self.call(
+            ["ps", "--no-trunc", "--filter", f"label=hive.fqn={spec.fqn}", "--format", "{{.ID}}"], config
+        )
+        if listed.returncode != 0:
+            raise self.error("ps", listed.stderr, config)
+        ids = listed.stdout.decode(errors="replace").split()
+        if not ids:
+            return []
+        keys = [key for key, value in spec.env.items() if value == marker]
+        wanted = {f"{key}={marker}" for key in keys}
+        records = []
+        for info in await self.inspect(ids, config):
+            environ = (info.get("Config") or {}).get("Env") or []
+            if wanted and not wanted & set(environ):
+                continue
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            records.append((str(info.get("Created") or ""), {
+                "engine": self.name,
+                "container_id": str(info.get("Id")),
+                "name": str(info.get("Name") or "").lstrip("/"),
+                "config_hash": labels.get("hive.config-hash"),
+                "logs_pid": None,
+            }))
+        records.sort(key=lambda item: item[0], reverse=True)
+        return [record for _, record in records]
+
+
+# --- the handle ----------------------------------------------------------------------------
+
+
+class ContainerHandle(ServiceHandle):
+    """One running container. ``container_id`` is its full id."""
+
+    container_id: str
+
+    def __init__(
+        self, *, runner: ContainerRunner, spec: RunSpec, container_id: str, name: str,
+        config_hash: str, run_signal: int, adopted: bool = False,
+    ) -> None:
+        self.runner = runner
+        self.container_id = container_id
+        self.name = name
+        self.config_hash = config_hash
+        self.run_signal = run_signal
+        self.adopted = adopted
+        self._spec = msgspec.structs.replace(spec, env={}) if spec.env else spec
+        self._config = spec.config
+        self._logs: anyio.abc.Process | None = None
+        self._logs_pid: int | None = None
+        self._status: ExitStatus | None = None
+        self._exit: ExitStatus | None = None  # known before the logs are drained
+        self._waiter: anyio.abc.Process | None = None
+        self._watch = SharedWatch()
+        self._stop_done: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = self._status.describe() if self._status is not None else "running"
+        return f"<ContainerHandle {self._spec.fqn} {self.runner.name} {self.container_id[:12]} {state}>"
+
+    @property
+    def status(self) -> ExitStatus | None:
+        return self._status
+
+    def record(self) -> dict[str, Any]:
+        """``engine``, ``container_id``, ``name``, ``config_hash``, ``stop_signal`` (the one
+        the container was created with) and ``logs_pid`` (the log follower)."""
+        return {
+            "engine": self.runner.name,
+            "container_id": self.container_id,
+            "name": self.name,
+            "config_hash": self.config_hash,
+            "stop_signal": self.run_signal,
+            "logs_pid": self._logs_pid,
+        }
+
+    def exec_prefix(self) -> list[str]:
+        """``<engine> exec <id>``: what runs a command inside the container (cmd checks)."""
+        return [self.runner.executable(), *self.runner.global_args(self._config),
+                "exec", self.container_id]
+
+    # --- output ---------------------------------------------------------------------
+
+    async def follow_logs(self, since: float | None) -> None:
+        """Start ``logs -f`` appending to the capture files, in its own session."""
+        spec = self._spec
+        if not spec.stdout_path and not spec.stderr_path:
+            return
+        args = [self.runner.executable(), *self.runner.global_args(self._config), "logs", "--follow"]
+        if since is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+            args += ["--since", f"{stamp}.{int(since % 1 * 1e9):09d}Z"]
+        args.append(self.container_id)
+        out = open_output(spec.stdout_path) if spec.stdout_path else None
+        try:
+            if not spec.stderr_path:
+                err = None
+            elif spec.stderr_path == spec.stdout_path:
+                err = out
+            else:
+                err = open_output(spec.stderr_path)
+            try:
+                self._logs = await anyio.open_process(
+                    args, stdin=subprocess.DEVNULL,
+                    stdout=out if out is not None else subprocess.DEVNULL,
+                    stderr=err if err is not None else subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise RunnerError(f"cannot follow the container's output: {exc.strerror}") from None
+            finally:
+                if err is not None and err != out:
+                    os.close(err)
+        finally:
+            if out is not None:
+                os.close(out)
+        self._logs_pid = self._logs.pid
+
+    def reuse_follower(self, pid: Any) -> bool:
+        """Keep the log follower a previous daemon started, if it still follows us."""
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        try:
+            process = psutil.Process(pid)
+            cmdline = process.cmdline()
+            zombie = process.status() == psutil.STATUS_ZOMBIE
+        except (psutil.Error, OSError):
+            return False
+        if zombie or "logs" not in cmdline or self.container_id not in cmdline:
+            return False
+        self._logs_pid = pid
+        return True
+
+    async def _drain_logs(self) -> None:
+        """Give the log follower a moment to copy the last lines (it ends by itself when
+        the container has ended)."""
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            if self._logs is not None:
+                await self._logs.wait()
+            elif self._logs_pid is not None:  # a previous daemon's follower: not our child
+                try:
+                    fd = os.pidfd_open(self._logs_pid)
+                except OSError:
+                    return
+                try:
+                    await anyio.wait_readable(fd)
+                finally:
+                    anyio.notify_closing(fd)
+                    os.close(fd)
+
+    async def close_logs(self) -> None:
+        if self._logs is not None and self._logs.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._logs.kill()
+            with anyio.CancelScope(shield=True):
+                await self._logs.wait()
+
+    # --- exit -----------------------------------------------------------------------
+
+    async def wait(self) -> ExitStatus:
+        await self._watch.until(lambda: self._status is not None, self._watch_exit)
+        assert self._status is not None
+        return self._status
+
+    async def _watch_exit(self) -> None:
+        if self._exit is None:
+            self._exit = await self._wait_engine()
+        await self._drain_logs()
+        self._status = self._exit
+
+    async def _wait_engine(self) -> ExitStatus:
+        runner = self.runner
+        for _ in range(_WAIT_RETRIES):
+            if self._waiter is None:
+                argv = [runner.executable(), *runner.global_args(self._config), "wait", self.container_id]
+                try:
+                    self._waiter = await anyio.open_process(
+                        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                    )
+                except OSError as exc:
+                    raise RunnerError(f"cannot run {runner.binary} wait: {exc.strerror}") from None
+            waiter = self._waiter
+            code = await waiter.wait()
+            output = await _read_all(waiter.stdout)
+            await _read_all(waiter.stderr)
+            self._waiter = None
+            await waiter.aclose()
+            if code == 0:
+                words = output.decode(errors="replace").split()
+                with contextlib.suppress(ValueError, IndexError):
+                    return ExitStatus(exit_code=int(words[-1]))
+            # The engine lost track of it (removed, engine restarted): ask what is there.
+            found = await runner.inspect([self.container_id], self._config)
+            if not found:
+                return ExitStatus()
+            state = found[0].get("State") or {}
+            if not state.get("Running"):
+                exit_code = state.get("ExitCode")
+                return ExitStatus(exit_code=int(exit_code)) if isinstance(exit_code, int) else ExitStatus()
+            await anyio.sleep(1.0)  # wait-ok: back off before reconnecting to the engine
+        return ExitStatus()
+
+    # --- stop -----------------------------------------------------------------------
+
+    async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
+        stop_signal = _stop_signal(stop_signal)
+        grace = max(0.0, grace)
+        if self._stop_done is not None:  # a stop is under way: share its outcome
+            await self._stop_done.wait()
+            return await self.wait()
+        self._stop_done = anyio.Event()
+        runner, config, ref = self.runner, self._config, self.container_id
+        try:
+            if self._status is None and self._exit is None:
+                try:
+                    await self._terminate(stop_signal, grace)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await runner.remove(ref, config)
+                        await self.close_logs()
+                    raise
+            with anyio.fail_after(KILL_TIMEOUT + DRAIN_TIMEOUT):
+                status = await self.wait()
+            await runner.remove(ref, config)
+            return status
+        finally:
+            self._stop_done.set()
+
+    async def _terminate(self, stop_signal: int, grace: float) -> None:
+        runner, config, ref = self.runner, self._config, self.container_id
+        if stop_signal == self.run_signal:
+            seconds = math.ceil(grace)
+            result = await runner.call(["stop", "-t", str(seconds), ref], config,
+                                       timeout=seconds + KILL_TIMEOUT + 20)
+            if result.returncode != 0 and not _is_missing(engine_message(result.stderr)):
+                raise runner.error("stop", result.stderr, config)
+            return
+        result = await runner.call(["kill", "--signal", str(stop_signal), ref], config)
+        if result.returncode == 0:
+            with anyio.move_on_after(grace):
+                await self.wait()
+                return
+        killed = await runner.call(["kill", "--signal", "KILL", ref], config)
+        if killed.returncode != 0:
+            message = engine_message(killed.stderr)
+            if runner.unreachable(message, config) is not None:
+                raise runner.error("kill", killed.stderr, config)
+            # "is not running", "no such container": it has ended already.
+
+
+async def _read_all(stream: anyio.abc.ByteReceiveStream | None) -> bytes:
+    if stream is None:
+        return b""
+    chunks = []
+    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        while True:
+            chunks.append(await stream.receive())
+    return b"".join(chunks)

@@ -1,0 +1,285 @@
+"""The compose runner: a service is one service of a compose file.
+
+``{file, service}``: the file (relative to the project) and the compose service Hive runs.
+Compose creates the container; from then on it is supervised like a docker or podman one
+(:class:`runners._container.ContainerHandle`: output followed by the engine's ``logs -f``,
+exit learnt from ``wait``, stop with the grace then ``rm``, ``cmd`` checks through ``exec``).
+
+- **Implementation.** The first of ``docker compose``, ``docker-compose``,
+  ``podman compose``, ``podman-compose`` that answers ``version`` is used, found when a
+  service first starts; ``[runners.compose] command = ["podman-compose"]`` in the daemon
+  config names one instead. The engine that holds the containers follows from it (podman
+  for the podman ones, docker otherwise).
+- **Start.** ``<compose> -f FILE -p PROJECT up -d --no-deps --force-recreate SERVICE``
+  with the service's environment (the compose file may interpolate ``${HIVE_INSTANCE}``,
+  a port, a used service's variables). Dependencies are Hive's business (``depends_on``),
+  so compose starts only this service. The project is ``hive-<source>`` (instance N > 0:
+  ``hive-<source>-<N>``), so the compose services of one source share a network, and
+  instances do not recreate each other. The container is then found by compose's own
+  labels (``com.docker.compose.project``, ``com.docker.compose.service``).
+- **Adoption.** The record keeps the container id, the project, the service, and a hash of
+  the compose file's content, the block and the environment; a later daemon adopts the
+  container if it runs with those labels and the hash is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import anyio
+
+from ._container import CALL_TIMEOUT, ContainerHandle, ContainerRunner, engine_message
+from .base import Runner, RunnerError, RunSpec
+from .docker import DockerRunner
+from .podman import PodmanRunner
+
+__all__ = ["IMPLEMENTATIONS", "ComposeHandle", "ComposeRunner"]
+
+# Tried in this order when the daemon config names none.
+IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
+    ("docker", "compose"),
+    ("docker-compose",),
+    ("podman", "compose"),
+    ("podman-compose",),
+)
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+_PROJECT_OK = re.compile(r"[^a-z0-9_-]")
+
+
+def project_name(fqn: str) -> str:
+    """``hive-<source>``, ``hive-<source>-<N>`` for instance N > 0 (compose's alphabet)."""
+    source, _, rest = fqn.partition(":")
+    index = rest.partition("#")[2]
+    name = _PROJECT_OK.sub("-", f"hive-{source}".lower())
+    return f"{name}-{index}" if index and index != "0" else name
+
+
+class ComposeHandle(ContainerHandle):
+    """A container compose created; supervised through its engine."""
+
+    def __init__(self, *, project: str, service: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.project = project
+        self.service = service
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "runner": "compose", "project": self.project, "service": self.service}
+
+
+class ComposeRunner(Runner):
+    """``compose`` block: ``{file, service}``."""
+
+    name: ClassVar[str] = "compose"
+
+    def __init__(self) -> None:
+        self._configured: list[str] | None = None  # [runners.compose] command
+        self._command: list[str] | None = None  # the implementation in use
+        self._lock = anyio.Lock()
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """``[runners.compose]``: ``command``, the implementation's argv prefix
+        (``["docker", "compose"]``, ``["podman-compose"]``, a string is one word)."""
+        unknown = sorted(set(settings) - {"command"})
+        if unknown:
+            raise RunnerError(f"unknown setting {unknown[0]!r} (known: command)")
+        command = settings.get("command")
+        if isinstance(command, str):
+            command = [command]
+        if command is not None and (
+            not isinstance(command, list) or not command
+            or not all(isinstance(word, str) and word for word in command)
+        ):
+            raise RunnerError(f"command must be a list of words like [\"docker\", \"compose\"], not {command!r}")
+        self._configured = list(command) if command else None
+        self._command = None
+
+    # --- the implementation -------------------------------------------------------------
+
+    async def implementation(self) -> list[str]:
+        """The compose command in use; RunnerError naming what to install if none works."""
+        async with self._lock:
+            if self._command is None:
+                candidates = [self._configured] if self._configured else [list(c) for c in IMPLEMENTATIONS]
+                problems = []
+                for candidate in candidates:
+                    problem = await _probe(candidate)
+                    if problem is None:
+                        self._command = candidate
+                        break
+                    problems.append(problem)
+                else:
+                    if self._configured:
+                        raise RunnerError(f"[runners.compose] command does not work: {problems[0]}")
+                    raise RunnerError(
+                        "no compose implementation found (tried docker compose, docker-compose, "
+                        "podman compose, podman-compose): install one, or name it with "
+                        "[runners.compose] command in config.toml"
+                    )
+            return self._command
+
+    @staticmethod
+    def engine_of(command: Sequence[str]) -> ContainerRunner:
+        """The engine runner for containers the implementation creates."""
+        program = os.path.basename(command[0])
+        return PodmanRunner() if program.startswith("podman") else DockerRunner()
+
+    # --- start ----------------------------------------------------------------------------
+
+    def _block(self, spec: RunSpec) -> tuple[str, str]:
+        config = spec.config
+        file, service = config.get("file"), config.get("service")
+        if not isinstance(file, str) or not file.strip():
+            raise RunnerError("file is required (the compose file, relative to the project)")
+        if not isinstance(service, str) or not service.strip():
+            raise RunnerError("service is required (the compose service to run)")
+        path = os.path.join(spec.working_dir or ".", file)
+        if not os.path.isfile(path):
+            raise RunnerError(f"compose file {path} does not exist")
+        return os.path.realpath(path), service.strip()
+
+    def _hash(self, spec: RunSpec, path: str) -> str:
+        try:
+            with open(path, "rb") as handle:
+                content = hashlib.sha256(handle.read()).hexdigest()
+        except OSError as exc:
+            raise RunnerError(f"cannot read compose file {path}: {exc.strerror}") from None
+        canonical = json.dumps(
+            {"config": spec.config, "file": content, "env": spec.env},
+            sort_keys=True, separators=(",", ":"), default=str,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def _argv(self, command: Sequence[str], path: str, project: str) -> list[str]:
+        argv = [*command, "-f", path, "-p", project]
+        if os.path.basename(command[0]) == "podman-compose":
+            argv[1:1] = ["--in-pod", "false"]  # one container per service, as docker compose
+        return argv
+
+    async def _compose(self, argv: Sequence[str], spec: RunSpec, action: str) -> None:
+        try:
+            with anyio.fail_after(None if action == "up" else CALL_TIMEOUT):
+                result = await anyio.run_process(
+                    list(argv), check=False, env=spec.env or None, stdin=subprocess.DEVNULL,
+                    cwd=spec.working_dir or None,
+                )
+        except OSError as exc:
+            self._command = None
+            raise RunnerError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        if result.returncode != 0:
+            message = _compose_message(result.stderr + result.stdout)
+            engine = self.engine_of(argv).unreachable(message, {})
+            raise engine or RunnerError(f"compose {action} failed: {message}")
+
+    async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
+        listed = await engine.call(
+            ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}",
+             "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"], {},
+        )
+        if listed.returncode != 0:
+            raise engine.error("ps", listed.stderr, {})
+        ids = listed.stdout.decode(errors="replace").split()
+        return await engine.inspect(ids, {}) if ids else []
+
+    async def start(self, spec: RunSpec) -> ComposeHandle:
+        path, service = self._block(spec)
+        digest = self._hash(spec, path)
+        command = await self.implementation()
+        engine = self.engine_of(command)
+        project = project_name(spec.fqn)
+        argv = [*self._argv(command, path, project), "up", "-d", "--no-deps", "--force-recreate", service]
+        await self._compose(argv, spec, "up")
+        found = [info for info in await self._find(engine, project, service)
+                 if (info.get("State") or {}).get("Running") or (info.get("State") or {}).get("Status")]
+        if not found:
+            raise RunnerError(f"compose up created no container for service {service!r} in {path}")
+        found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
+        info = found[0]
+        handle = ComposeHandle(
+            project=project, service=service, runner=engine, spec=spec,
+            container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
+            config_hash=digest, run_signal=0,
+        )
+        try:
+            await handle.follow_logs(since=None)  # a new container: all it printed is this run's
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await engine.remove(handle.container_id, {})
+            raise
+        return handle
+
+    # --- adopt ----------------------------------------------------------------------------
+
+    async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ComposeHandle | None:
+        try:
+            container_id = str(record["container_id"])
+            project, service = str(record["project"]), str(record["service"])
+            engine_name = str(record["engine"])
+        except (KeyError, TypeError):
+            raise RunnerError(f"not a compose container record: {record!r}") from None
+        path, wanted_service = self._block(spec)
+        if service != wanted_service or project != project_name(spec.fqn):
+            return None
+        if record.get("config_hash") != self._hash(spec, path):
+            return None
+        engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
+        found = await engine.inspect([container_id], {})
+        if not found:
+            return None
+        info = found[0]
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if not (info.get("State") or {}).get("Running") or labels.get(PROJECT_LABEL) != project \
+                or labels.get(SERVICE_LABEL) != service:
+            return None
+        handle = ComposeHandle(
+            project=project, service=service, runner=engine, spec=spec,
+            container_id=str(info.get("Id") or container_id),
+            name=str(info.get("Name") or "").lstrip("/"), config_hash=str(record["config_hash"]),
+            run_signal=0, adopted=True,
+        )
+        if not handle.reuse_follower(record.get("logs_pid")):
+            await handle.follow_logs(since=time.time())
+        return handle
+
+
+async def _probe(command: Sequence[str]) -> str | None:
+    """None if ``command version`` works; else why not."""
+    if shutil.which(command[0]) is None:
+        return f"{command[0]} is not installed"
+    try:
+        with anyio.fail_after(CALL_TIMEOUT):
+            result = await anyio.run_process([*command, "version"], check=False, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        return f"cannot run {command[0]}: {exc.strerror}"
+    except TimeoutError:
+        return f"{' '.join(command)} version did not answer"
+    if result.returncode != 0:
+        return f"{' '.join(command)} version failed: {_compose_message(result.stderr + result.stdout)}"
+    return None
+
+
+_PULLING = re.compile(r"Pulling \S+ \((\S+)\)")
+_FAILURE = re.compile(r"error|denied|not found|not known|No such|refused|failed|cannot|unable", re.IGNORECASE)
+
+
+def _compose_message(output: bytes) -> str:
+    """The line of compose's output that says what went wrong: the first failure (later
+    ones are its consequences), with the image named if it came while pulling one."""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+    pulling = None
+    for line in lines:
+        match = _PULLING.search(line)
+        if match is not None:
+            pulling = match.group(1)
+        elif _FAILURE.search(line):
+            message = engine_message(line)
+            return f"cannot pull image {pulling}: {message}" if pulling else message
+    return engine_message(lines[-1] if lines else "no error message")

@@ -1,0 +1,152 @@
+"""The compose runner against real implementations (docker-compose with the Docker engine,
+podman-compose with podman): output, exit, stop, adoption, the implementation's choice,
+and its errors. Supervision through the daemon is in tests/supervision/test_runner_parity.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runners.base import ExitStatus, RunnerError, RunSpec
+from runners.compose import ComposeHandle, ComposeRunner, project_name
+from tests.engines import IMAGE, require_engine
+from tests.runners.conftest import SpecFactory
+from tests.runners.helpers import output_contains, read
+
+pytestmark = pytest.mark.anyio
+
+IMPLEMENTATIONS = {
+    "docker-compose": (["docker-compose"], "docker"),
+    "podman-compose": ([str(Path(sys.executable).with_name("podman-compose"))], "podman"),
+}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def implementation(request: pytest.FixtureRequest) -> tuple[list[str], str]:
+    command, engine = IMPLEMENTATIONS[request.param]
+    require_engine(engine, command[0])
+    return command, engine
+
+
+@pytest.fixture
+def runner(implementation: tuple[list[str], str]) -> ComposeRunner:
+    runner = ComposeRunner()
+    runner.configure({"command": implementation[0]})
+    return runner
+
+
+ComposeSpec = Callable[..., RunSpec]
+
+
+@pytest.fixture
+def cspec(implementation: tuple[list[str], str], spec: SpecFactory, home: Path) -> Iterator[ComposeSpec]:
+    """``cspec(shell_command)``: a compose file with one service running it; every
+    container of the test's source is removed at its end."""
+    source = f"t{uuid.uuid4().hex[:10]}"
+    written = 0
+
+    def factory(command: str, **fields: Any) -> RunSpec:
+        nonlocal written
+        written += 1
+        name = f"compose-{written}.yaml"
+        (home / name).write_text(json.dumps({"services": {"app": {
+            "image": IMAGE, "command": ["sh", "-c", command], "network_mode": "host",
+            "environment": {"GREETING": "${GREETING:-unset}"},
+        }}}))
+        config = {"file": name, "service": "app"}
+        return spec("", fqn=f"{source}:app", working_dir=str(home), config=config, **fields)
+
+    yield factory
+    engine = implementation[1]
+    listed = subprocess.run(
+        [engine, "ps", "-aq", "--filter", f"label=com.docker.compose.project={project_name(source + ':app')}"],
+        capture_output=True, text=True, check=False,
+    )
+    if listed.stdout.split():
+        subprocess.run([engine, "rm", "-f", *listed.stdout.split()], capture_output=True, check=False)
+
+
+TRAPPING = "trap 'exit 0' TERM; sleep 1000 & wait"
+
+
+async def test_output_environment_and_exit(runner: ComposeRunner, cspec: ComposeSpec) -> None:
+    spec = cspec('echo "hello $GREETING"; exit 7', env={**os.environ, "GREETING": "from-hive"})
+    handle = await runner.start(spec)
+    with anyio.fail_after(60):
+        status = await handle.wait()
+    assert status == ExitStatus(exit_code=7)
+    assert "hello from-hive" in read(spec.stdout_path)  # the file interpolated Hive's env
+    await handle.stop(signal.SIGTERM, 5)  # removes the exited container
+
+
+async def test_stop_and_adopt(runner: ComposeRunner, cspec: ComposeSpec,
+                              implementation: tuple[list[str], str]) -> None:
+    spec = cspec(f"echo up; {TRAPPING}")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=30)
+    record = handle.record()
+    assert (record["runner"], record["engine"]) == ("compose", implementation[1])
+    assert record["project"] == project_name(spec.fqn) and record["service"] == "app"
+
+    adopted = await ComposeRunner().adopt(spec, record)  # a later daemon
+    assert isinstance(adopted, ComposeHandle) and adopted.container_id == handle.container_id
+
+    # The compose file changed: not the same service any more.
+    compose_file = Path(spec.working_dir) / spec.config["file"]
+    compose_file.write_text(compose_file.read_text().replace("echo up", "echo changed"))
+    assert await ComposeRunner().adopt(spec, record) is None
+
+    with anyio.fail_after(60):
+        assert await adopted.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
+    result = await anyio.run_process([implementation[1], "ps", "-aq", "--filter", f"id={handle.container_id}"])
+    assert result.stdout.strip() == b""  # stopped and removed
+
+
+async def test_instances_get_their_own_project(runner: ComposeRunner, cspec: ComposeSpec) -> None:
+    first = cspec(TRAPPING)
+    second = RunSpec(**{**{f: getattr(first, f) for f in first.__struct_fields__}, "fqn": first.fqn + "#1"})
+    one = await runner.start(first)
+    two = await runner.start(second)
+    try:
+        assert one.container_id != two.container_id
+        assert (one.project, two.project) == (project_name(first.fqn), project_name(first.fqn) + "-1")
+    finally:
+        with anyio.fail_after(60):
+            await one.stop(signal.SIGTERM, 5)
+            await two.stop(signal.SIGTERM, 5)
+
+
+async def test_compose_error_is_one_line(runner: ComposeRunner, cspec: ComposeSpec, home: Path) -> None:
+    spec = cspec("true")
+    (home / spec.config["file"]).write_text('{"services": {"app": {"image": "localhost/hive-test-missing:nope", '
+                                            '"pull_policy": "never"}}}')
+    with anyio.fail_after(120), pytest.raises(RunnerError) as caught:
+        await runner.start(spec)
+    message = str(caught.value)
+    assert message.startswith("compose up failed: ") and "\n" not in message
+    assert "localhost/hive-test-missing:nope" in message  # the cause, not a consequence
+
+
+def test_settings_are_checked() -> None:
+    runner = ComposeRunner()
+    with pytest.raises(RunnerError, match="unknown setting 'binary' \\(known: command\\)"):
+        runner.configure({"binary": "x"})
+    with pytest.raises(RunnerError, match="command must be a list of words"):
+        runner.configure({"command": []})
+    runner.configure({"command": "podman-compose"})  # one word
+
+
+async def test_nothing_installed_says_what_to_do(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("PATH", str(home))
+    with pytest.raises(RunnerError, match=r"no compose implementation found .* install one, or name it"):
+        await ComposeRunner().implementation()

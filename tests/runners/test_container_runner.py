@@ -1,0 +1,384 @@
+"""The docker and podman runners drive real engines: output, exit codes, stop, adoption,
+names, and the errors a user can act on.
+
+Every test runs against both engines. An engine that is not usable here (not installed,
+daemon down, the test image missing) skips its tests, unless CI=true: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runners._container import ContainerHandle, ContainerRunner, container_name, parse_port
+from runners.base import ExitStatus, RunnerError, RunSpec
+from runners.docker import DockerRunner
+from runners.podman import PodmanRunner
+from tests.engines import IMAGE, require_engine
+from tests.runners.conftest import SpecFactory
+from tests.runners.helpers import output_contains, read, until
+
+pytestmark = pytest.mark.anyio
+
+MISSING_IMAGE = "localhost/hive-test-missing:nope"
+ENGINES = ["docker", "podman"]
+RUNNERS: dict[str, type[ContainerRunner]] = {"docker": DockerRunner, "podman": PodmanRunner}
+# The shell as PID 1 ignores SIGTERM unless it traps it; this one exits 0 on it.
+TRAPPING = "trap 'exit 0' TERM; sleep 1000 & wait"
+
+ContainerSpec = Callable[..., RunSpec]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    require_engine(name)
+    return name
+
+
+@pytest.fixture
+def runner(engine: str) -> ContainerRunner:
+    return RUNNERS[engine]()
+
+
+@pytest.fixture
+def source() -> str:
+    """A source name of this test alone: its containers are labelled with it."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def cspec(engine: str, spec: SpecFactory, source: str) -> Iterator[ContainerSpec]:
+    """``cspec(shell_command, service="svc", **config)``: a RunSpec for a busybox container
+    on the host network; every container of the test is removed at its end."""
+
+    def factory(command: str | None, *, service: str = "svc", spec_fields: dict[str, Any] | None = None,
+                **config: Any) -> RunSpec:
+        config.setdefault("image", IMAGE)
+        config.setdefault("network_mode", "host")
+        if command is not None:
+            config.setdefault("command", ["sh", "-c", command])
+        return spec("", fqn=f"{source}:{service}", config=config, **(spec_fields or {}))
+
+    yield factory
+    listed = subprocess.run(
+        [engine, "ps", "-aq", "--filter", f"label=hive.source={source}"],
+        capture_output=True, text=True, check=False,
+    )
+    ids = listed.stdout.split()
+    if ids:
+        subprocess.run([engine, "rm", "-f", "-v", *ids], capture_output=True, check=False)
+
+
+def listed(engine: str, container_id: str) -> bool:
+    """Whether ``<engine> ps -a`` still lists the container."""
+    result = subprocess.run(
+        [engine, "ps", "-a", "--no-trunc", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True,
+    )
+    return any(container_id.startswith(line) or line.startswith(container_id)
+               for line in result.stdout.split())
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+async def test_output_reaches_the_capture_files(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("echo hello; echo oops >&2; sleep 1000")
+    handle = await runner.start(spec)
+    assert isinstance(handle, ContainerHandle)
+    assert handle.container_id
+    await output_contains(spec.stdout_path, "hello\n", timeout=20)
+    await output_contains(spec.stderr_path, "oops\n", timeout=20)
+    assert "oops" not in read(spec.stdout_path)
+    assert "hello" not in read(spec.stderr_path)
+    with anyio.fail_after(30):
+        await handle.stop(signal.SIGKILL, 0)
+
+
+async def test_wait_returns_the_exit_code(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("echo last words; exit 3")
+    handle = await runner.start(spec)
+    with anyio.fail_after(30):
+        status = await handle.wait()
+    assert status == ExitStatus(exit_code=3)
+    # The output is complete when wait() returns.
+    assert read(spec.stdout_path) == "last words\n"
+    # Several waiters get the same answer.
+    with anyio.fail_after(5):
+        assert await handle.wait() == status
+
+
+async def test_only_the_services_own_environment_is_passed(
+    runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    spec = cspec('echo "foo=$FOO bar=$BAR path=$PATH home=$HOME"',
+                 environment={"BAR": "from block", "FOO": "overridden"})
+    spec.env["FOO"] = "from service"
+    spec.env["BAR"] = "from service"
+    handle = await runner.start(spec)
+    with anyio.fail_after(30):
+        assert await handle.wait() == ExitStatus(exit_code=0)
+    line = read(spec.stdout_path)
+    assert "foo=overridden bar=from block" in line
+    assert os.environ["PATH"] not in line  # the daemon's PATH stays out
+
+
+async def test_exec_prefix_runs_a_command_inside(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    handle = await runner.start(cspec(TRAPPING))
+    assert isinstance(handle, ContainerHandle)
+    argv = [*handle.exec_prefix(), "sh", "-c", "echo $((6 * 7)); exit 4"]
+    assert argv[1:] == ["exec", handle.container_id, "sh", "-c", "echo $((6 * 7)); exit 4"]
+    with anyio.fail_after(30):
+        result = await anyio.run_process(argv, check=False)
+        assert (result.returncode, result.stdout) == (4, b"42\n")
+        await handle.stop(signal.SIGTERM, 10)
+
+
+# --- stop ------------------------------------------------------------------------------------
+
+
+async def test_stop_ends_and_removes_the_container(
+    engine: str, runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    spec = cspec(f"echo up; {TRAPPING}")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=20)
+    started = time.monotonic()
+    with anyio.fail_after(30):
+        status = await handle.stop(signal.SIGTERM, 10)
+    assert time.monotonic() - started < 10  # it obeyed the signal: no need for the grace
+    assert status == ExitStatus(exit_code=0)
+    assert not listed(engine, handle.container_id)
+    # A second stop gives the same outcome.
+    with anyio.fail_after(10):
+        assert await handle.stop(signal.SIGTERM, 10) == status
+
+
+async def test_stop_kills_after_the_grace(engine: str, runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("echo up; sleep 1000")  # PID 1 without a trap ignores SIGTERM
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=20)
+    started = time.monotonic()
+    with anyio.fail_after(30):
+        status = await handle.stop(signal.SIGTERM, 1)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 10
+    assert status == ExitStatus(exit_code=128 + signal.SIGKILL)
+    assert not listed(engine, handle.container_id)
+
+
+async def test_stop_with_another_signal(engine: str, runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("trap 'exit 5' INT; echo up; sleep 1000 & wait")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=20)
+    with anyio.fail_after(30):
+        status = await handle.stop(signal.SIGINT, 10)
+    assert status == ExitStatus(exit_code=5)
+    assert not listed(engine, handle.container_id)
+
+
+# --- adopt, discover -------------------------------------------------------------------------
+
+
+async def test_adopt_a_running_container(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec(f"echo first; {TRAPPING}")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "first", timeout=20)
+    record = handle.record()
+    assert record["engine"] == runner.name
+    assert record["container_id"] == handle.container_id
+    assert len(record["config_hash"]) == 16
+
+    adopted = await runner.adopt(spec, record)
+    assert isinstance(adopted, ContainerHandle)
+    assert adopted.container_id == handle.container_id
+    assert adopted.record()["config_hash"] == record["config_hash"]
+    # The same running container, as the previous daemon's discover would also find it.
+    found = await runner.discover(spec, "unused-marker")
+    assert [r["container_id"] for r in found] == [handle.container_id]
+
+    # Another configuration (here: the image's command) is not the same service.
+    changed = cspec(f"echo second; {TRAPPING}")
+    assert await runner.adopt(changed, record) is None
+
+    with anyio.fail_after(30):
+        status = await adopted.stop(signal.SIGTERM, 10)
+        assert status == ExitStatus(exit_code=0)
+    assert await runner.adopt(spec, record) is None  # gone
+
+
+async def test_adopt_restarts_a_dead_log_follower(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("echo before; trap 'echo after; exit 0' TERM; sleep 1000 & wait")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "before", timeout=20)
+    record = handle.record()
+    await handle.close_logs()  # as if the follower had died with the daemon
+    adopted = await runner.adopt(spec, record)
+    assert adopted is not None
+    assert adopted.record()["logs_pid"] not in (None, record["logs_pid"])
+    with anyio.fail_after(30):
+        await adopted.stop(signal.SIGTERM, 10)
+    content = read(spec.stdout_path)
+    assert content.count("before") == 1  # followed again since the adoption only
+    assert "after" in content
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+async def test_two_sources_never_share_a_container(
+    engine: str, runner: ContainerRunner, spec: SpecFactory
+) -> None:
+    first, second = f"t{uuid.uuid4().hex[:10]}", f"t{uuid.uuid4().hex[:10]}"
+    config = {"image": IMAGE, "network_mode": "host", "command": ["sh", "-c", TRAPPING]}
+    handles = []
+    try:
+        for source in (first, second):
+            made = spec("", fqn=f"{source}:web", config=config)
+            handles.append(await runner.start(made))
+        names = [h.record()["name"] for h in handles]
+        assert names == [f"hive-{first}.web", f"hive-{second}.web"]
+        for handle in handles:  # both still run: the second did not replace the first
+            assert listed(engine, handle.container_id)
+    finally:
+        with anyio.fail_after(30):
+            for handle in handles:
+                await handle.stop(signal.SIGTERM, 5)
+
+
+def test_default_names() -> None:
+    assert container_name("proj:web") == "hive-proj.web"
+    assert container_name("proj:web#2") == "hive-proj.web.2"
+    # Dashes cannot make two FQNs meet: the separator is a dot.
+    assert container_name("a-b:c") != container_name("a:b-c")
+    odd = container_name("my proj:web")
+    assert odd.startswith("hive-my-proj.web-") and odd != container_name("my-proj:web")
+
+
+async def test_a_stale_container_of_the_same_name_is_replaced(
+    engine: str, runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    spec = cspec(TRAPPING)
+    old = await runner.start(spec)
+    new = await runner.start(spec)
+    assert new.container_id != old.container_id
+    assert not listed(engine, old.container_id)
+    with anyio.fail_after(30):
+        await new.stop(signal.SIGTERM, 5)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+async def test_volume_leaving_the_project_is_refused(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("true", volumes=["../../etc:/data"])
+    with pytest.raises(RunnerError, match=r"invalid volume '\.\./\.\./etc:/data': .* outside the project"):
+        await runner.start(spec)
+
+
+async def test_volume_inside_the_project(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("cat /data/note", volumes=["./sub/../sub:/data:ro"])
+    project = Path(spec.working_dir)
+    (project / "sub").mkdir()
+    (project / "sub" / "note").write_text("from the project\n")
+    handle = await runner.start(spec)
+    with anyio.fail_after(30):
+        assert await handle.wait() == ExitStatus(exit_code=0)
+    assert read(spec.stdout_path) == "from the project\n"
+
+
+async def test_invalid_port_is_refused(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    assert parse_port("80", "127.0.0.1") is None  # no ':': ignored, as the format says
+    assert parse_port("8080:80", "::1") == "[::1]:8080:80/tcp"
+    with pytest.raises(RunnerError, match=r"invalid port '8080:80/http'"):
+        await runner.start(cspec("true", ports=["8080:80/http"]))
+
+
+async def test_deny_pull_with_a_missing_image(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("true", image=MISSING_IMAGE, deny_pull=True)
+    with pytest.raises(RunnerError) as caught:
+        await runner.start(spec)
+    assert str(caught.value) == f"image {MISSING_IMAGE} is not present and deny_pull is set"
+
+
+async def test_failed_pull_says_why(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    spec = cspec("true", image=MISSING_IMAGE)
+    with anyio.fail_after(60), pytest.raises(RunnerError) as caught:
+        await runner.start(spec)
+    message = str(caught.value)
+    assert message.startswith(f"cannot pull image {MISSING_IMAGE}: ")
+    assert "\n" not in message
+
+
+def _published_network(engine: str) -> str | None:
+    """A network whose containers get their ports published: podman's default one; for a
+    dockerd without its default bridge (as in CI), the ``hive-test`` bridge network."""
+    if engine != "docker":
+        return None
+    for network in ("bridge", "hive-test"):
+        result = subprocess.run(["docker", "network", "inspect", network], capture_output=True, check=False)
+        if result.returncode == 0:
+            return network
+    if os.environ.get("CI") == "true":
+        pytest.fail("docker has no bridge network: run scripts/ci-engines.sh")
+    pytest.skip("this dockerd has no bridge network: scripts/ci-engines.sh creates hive-test")
+
+
+async def test_port_already_in_use(engine: str, runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    network = _published_network(engine)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = cspec("sleep 1000", ports=[f"{port}:80"], network_mode=network)
+        with pytest.raises(RunnerError) as caught:
+            await runner.start(spec)
+    assert str(caught.value) == f"port 127.0.0.1:{port} is already in use"
+    name = container_name(spec.fqn)
+    result = await anyio.run_process([engine, "ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.ID}}"])
+    assert result.stdout.strip() == b""  # the container created but not started is gone
+
+
+async def test_engine_not_installed(engine: str, cspec: ContainerSpec) -> None:
+    runner = RUNNERS[engine](binary=f"{engine}-not-here")
+    with pytest.raises(RunnerError) as caught:
+        await runner.start(cspec("true"))
+    assert str(caught.value) == f"{engine}-not-here is not installed (no `{engine}-not-here` on PATH)"
+
+
+async def test_engine_not_reachable(engine: str, runner: ContainerRunner, cspec: ContainerSpec,
+                                    home: Path) -> None:
+    nowhere = str(home / "no-engine.sock")
+    with anyio.fail_after(30), pytest.raises(RunnerError) as caught:
+        await runner.start(cspec("true", socket=nowhere))
+    message = str(caught.value)
+    display = {"docker": "Docker", "podman": "Podman"}[engine]
+    assert message.startswith(f"cannot reach the {display} engine at {nowhere}: ")
+    assert "\n" not in message
+
+
+async def test_image_is_required(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    with pytest.raises(RunnerError, match="image is required"):
+        await runner.start(cspec("true", image=""))
+
+
+async def test_the_wait_for_a_removed_container(
+    engine: str, runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    handle = await runner.start(cspec("sleep 1000"))
+    await anyio.run_process([engine, "rm", "-f", handle.container_id])
+    with anyio.fail_after(30):
+        status = await handle.wait()
+    assert status in (ExitStatus(exit_code=128 + signal.SIGKILL), ExitStatus())
+    await until(lambda: not listed(engine, handle.container_id), what="the container gone")
