@@ -56,11 +56,12 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -71,6 +72,7 @@ import psutil
 from ._process import open_output
 from ._watch import SharedWatch
 from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle
+from .output import run_streaming
 
 __all__ = ["ContainerHandle", "ContainerRunner", "container_name", "parse_port", "parse_volume"]
 
@@ -80,6 +82,10 @@ DRAIN_TIMEOUT = 5.0
 KILL_TIMEOUT = 10.0
 # Deadline of one engine command (a pull is not bounded: the engine reports its failure).
 CALL_TIMEOUT = 60.0
+# A line of a hook container's output is cut there.
+HOOK_LINE_CAP = 64 * 1024
+# The exit code of `docker run` / `podman run` when the engine, not the container, failed.
+ENGINE_FAILED = 125
 # Times `wait` is re-run when the engine lost track of a container that still runs.
 _WAIT_RETRIES = 3
 
@@ -349,13 +355,16 @@ class ContainerRunner(Runner):
     # --- start ----------------------------------------------------------------------
 
     def run_args(self, spec: RunSpec, image: str, env: Mapping[str, str], name: str,
-                 digest: str) -> tuple[list[str], dict[str, str]]:
-        """``run -d ...`` and the CLI's environment carrying the variables' values."""
+                 digest: str, *, hook: bool = False) -> tuple[list[str], dict[str, str]]:
+        """``run -d ...`` (a hook step: ``run --rm``, attached) and the CLI's environment
+        carrying the variables' values."""
         config = spec.config
         source = spec.fqn.partition(":")[0]
         stop_signal = _stop_signal(spec.stop_signal)
-        args = ["run", "-d", "--name", name,
-                "--label", f"hive.fqn={spec.fqn}", "--label", f"hive.source={source}",
+        # A hook's container is not an instance: `discover` must not find it.
+        owner = "hive.hook-of" if hook else "hive.fqn"
+        args = ["run", "--rm" if hook else "-d", "--name", name,
+                "--label", f"{owner}={spec.fqn}", "--label", f"hive.source={source}",
                 "--label", f"hive.config-hash={digest}", "--label", f"hive.stop-signal={stop_signal}",
                 "--stop-signal", str(stop_signal),
                 "--pull", "never" if config.get("deny_pull") else "missing"]
@@ -446,6 +455,33 @@ class ContainerRunner(Runner):
                     await handle.close_logs()
                 await self.remove(name, config)
             raise
+
+    async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
+        """A hook step: ``run --rm`` attached, named ``hive-hook-<8 hex>``; its output
+        goes to ``output``. The engine's own failure (exit 125: image missing, port taken,
+        ...) is a RunnerError; cancelled, the container is removed."""
+        config = spec.config
+        image = _image(config)
+        env = passed_environment(spec)
+        name = f"hive-hook-{secrets.token_hex(4)}"
+        args, cli_env = self.run_args(spec, image, env, name, config_hash(spec, image, env), hook=True)
+        argv = [self.executable(), *self.global_args(config), *args]
+        errors: list[str] = []
+
+        def emit(stream: str, line: str) -> None:
+            if stream == "stderr":
+                errors.append(line)
+                del errors[:-20]
+            output(stream, line)
+
+        try:
+            code = await run_streaming(argv, env=cli_env, output=emit, cap=HOOK_LINE_CAP)
+        except BaseException:
+            await self.remove(name, config)  # the CLI's end does not end the container
+            raise
+        if code == ENGINE_FAILED:
+            raise await self._start_error("\n".join(errors).encode(), image, name, config)
+        return code
 
     async def _start_error(self, stderr: bytes, image: str, name: str,
                            config: Mapping[str, Any]) -> RunnerError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -112,6 +112,12 @@ class Runner(ABC):
     @abstractmethod
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ServiceHandle | None:
         """Take over an instance a previous daemon started; None if it is gone."""
+
+    async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
+        """Run ``spec`` to its end (a hook step) and return its exit code; each line it
+        prints goes to ``output("stdout" | "stderr", line)``. Cancelled, it leaves nothing
+        running. Runners that cannot run one-shot raise RunnerError (the default)."""
+        raise RunnerError(f"the {self.name} runner cannot run hook steps")
 
     async def stop_many(
         self, handles: Sequence[ServiceHandle], stop_signal: int, grace: float

@@ -28,17 +28,25 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
 
-from ._container import CALL_TIMEOUT, ContainerHandle, ContainerRunner, engine_message
+from ._container import (
+    CALL_TIMEOUT,
+    HOOK_LINE_CAP,
+    ContainerHandle,
+    ContainerRunner,
+    engine_message,
+)
 from .base import Runner, RunnerError, RunSpec
 from .docker import DockerRunner
+from .output import run_streaming
 from .podman import PodmanRunner
 
 __all__ = ["IMPLEMENTATIONS", "ComposeHandle", "ComposeRunner"]
@@ -215,6 +223,37 @@ class ComposeRunner(Runner):
                 await engine.remove(handle.container_id, {})
             raise
         return handle
+
+    async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
+        """A hook step: ``<compose> run --rm --no-deps SERVICE [command]`` (the block may
+        give a ``command`` list), named ``hive-hook-<8 hex>``; removed if cancelled."""
+        path, service = self._block(spec)
+        extra = spec.config.get("command") or []
+        if not isinstance(extra, list) or not all(isinstance(word, str) for word in extra):
+            raise RunnerError(f"command must be a list of strings, not {extra!r}")
+        command = await self.implementation()
+        name = f"hive-hook-{secrets.token_hex(4)}"
+        argv = [*self._argv(command, path, project_name(spec.fqn)),
+                "run", "-T", "--rm", "--no-deps", "--name", name, service, *extra]
+        held: list[tuple[str, str]] = []  # docker-compose ends a failed run with its exit code
+
+        def emit(stream: str, line: str) -> None:
+            if held:
+                output(*held.pop())
+            if stream == "stderr" and line.strip().isdigit():
+                held.append((stream, line))
+            else:
+                output(stream, line)
+
+        try:
+            code = await run_streaming(argv, env=spec.env, cwd=spec.working_dir, output=emit,
+                                       cap=HOOK_LINE_CAP)
+        except BaseException:
+            await self.engine_of(command).remove(name, {})
+            raise
+        if held and held[0][1].strip() != str(code):
+            output(*held[0])
+        return code
 
     # --- adopt ----------------------------------------------------------------------------
 

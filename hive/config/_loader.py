@@ -14,7 +14,7 @@ from ._build import Builder
 from ._decode import Decoder, describe
 from ._environment import read_dotenv_file
 from ._issues import ConfigError, ConfigIssue, IssueSink, KeyPath, format_path, sort_issues
-from ._model import HiveConfig, HooksSpec, ProxySettings, ServiceConfig
+from ._model import HiveConfig, ProxySettings, ServiceConfig
 from ._templates import interpolate
 from ._validate import check_services
 from ._yaml import MAX_DEPTH, parse_yaml
@@ -263,7 +263,6 @@ def inactive_notes(config: HiveConfig) -> list[str]:
     if config.observability is not None:
         notes.append("observability: not active yet (settings are kept)")
     notes.extend(_provider_notes(config.environment.providers, "environment"))
-    notes.extend(_hook_notes(config.hooks, "hooks"))
     for name, service in config.services.items():
         prefix = f"services.{name}"
         if service.proxy:
@@ -281,26 +280,7 @@ def inactive_notes(config: HiveConfig) -> list[str]:
                 notes.append(
                     f"{prefix}.healthcheck: health check type '{check.type}' is not available yet"
                 )
-        notes.extend(_hook_notes(service.hooks, f"{prefix}.hooks"))
         notes.extend(_provider_notes(service.environment.providers, f"{prefix}.environment"))
-    return notes
-
-
-def _hook_notes(hooks: HooksSpec, prefix: str) -> list[str]:
-    """Container hook steps: their runners come with the container runners."""
-    notes: list[str] = []
-    for event in ("pre-up", "post-up", "pre-down", "post-down"):
-        kinds: set[str] = set()
-        pending = list(getattr(hooks, event.replace("-", "_")))
-        while pending:
-            step = pending.pop()
-            pending.extend(step.parallel)
-            if step.runner is not None and step.runner.type != "script":
-                kinds.add(step.runner.type)
-        notes.extend(
-            f"{prefix}.{event}: runner hook type '{kind}' is not available yet (the step fails)"
-            for kind in sorted(kinds)
-        )
     return notes
 
 

@@ -12,8 +12,9 @@ propagates.
   expires the step's whole process group gets SIGTERM, then SIGKILL after a short grace, and the
   step fails with ``Hook timed out after 60s``.
 * ``run`` steps and ``runner: {type: script}`` steps run ``<shell> -c <command>`` in their own
-  session. Other runner types go to the daemon's ``run_container`` callback; without one the step
-  fails with ``runner hook type 'docker' is not available``.
+  session. Other runner types go to the daemon's ``run_container`` callback (the runner's
+  ``run_once``: ``docker run --rm`` …); without one the step fails with ``runner hook type
+  'docker' is not available``.
 * ``parallel`` groups start their children together; the group's ``timeout`` bounds the whole
   group. Under ``abort`` the first child that fails fails the group and the others are cancelled
   (their process groups are killed); under ``warn`` every child runs to the end and failures are
@@ -51,6 +52,7 @@ import msgspec
 
 from hive.config import HookStep
 from hive.daemon.health import format_seconds
+from runners.output import pump_lines
 
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",
@@ -167,41 +169,6 @@ def deliver(output: OutputSink, stream: str, text: str) -> None:
 
 def cut_line(line: str, cap: int = _MESSAGE_LINE_CAP) -> str:
     return line if len(line) <= cap else line[: cap - 1] + "…"
-
-
-def _decode(raw: bytes | bytearray) -> str:
-    text = bytes(raw).decode("utf-8", "replace")
-    return text[:-1] if text.endswith("\r") else text
-
-
-async def _pump_lines(
-    stream: anyio.abc.ByteReceiveStream, name: str, emit: Callable[[str, str], None]
-) -> None:
-    """Emit ``stream``'s lines as they come; lines longer than ``LINE_CAP`` bytes are cut."""
-    buffer = bytearray()
-    skipping = False  # dropping the rest of an over-long line
-    try:
-        async for chunk in stream:
-            buffer += chunk
-            while True:
-                newline = buffer.find(b"\n")
-                if newline < 0:
-                    if len(buffer) >= LINE_CAP:
-                        if not skipping:
-                            emit(name, _decode(buffer[:LINE_CAP]))
-                            skipping = True
-                        buffer.clear()
-                    break
-                line = buffer[: min(newline, LINE_CAP)]
-                del buffer[: newline + 1]
-                if skipping:
-                    skipping = False
-                    continue
-                emit(name, _decode(line))
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
-    if buffer and not skipping:
-        emit(name, _decode(buffer[:LINE_CAP]))
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -322,7 +289,7 @@ async def run_shell_step(
         nonlocal open_readers
         try:
             if stream is not None:
-                await _pump_lines(stream, name, emit)
+                await pump_lines(stream, name, emit, LINE_CAP)
         finally:
             open_readers -= 1
             if open_readers == 0:
@@ -539,16 +506,24 @@ class _HookRun:
         if self.run_container is None:
             return _Failure(label, f"runner hook type '{runner.type}' is not available")
         code: int | None = None
+        last: list[str] = []  # the step's last line: the failure quotes it, as for a shell step
+
+        def output(stream: str, text: str) -> None:
+            if stream != "hive" and text.strip():
+                last[:] = [text.strip()]
+            self.output(stream, text)
+
         with anyio.move_on_after(timeout):
             try:
-                code = await self.run_container(step, env, self.output, timeout)
+                code = await self.run_container(step, env, output, timeout)
             except Exception as exc:
                 log.warning("%s hook %s failed", self.event, label, exc_info=True)
                 return _Failure(label, f"{runner.type} hook failed: {exc or type(exc).__name__}")
         if code is None:
             return _timed_out(label, timeout)
         if code != 0:
-            return _Failure(label, describe_exit(code), continues=True)
+            reason = describe_exit(code) + (f": {cut_line(last[0])}" if last else "")
+            return _Failure(label, reason, continues=True)
         return None
 
     async def _parallel(

@@ -520,7 +520,8 @@ class SourceRegistry:
 
         from .hooks import run_hooks  # only projects with hooks pay for it
 
-        outcome = await run_hooks(event, steps, env=env, output=output)
+        outcome = await run_hooks(event, steps, env=env, output=output,
+                                  run_container=self.supervisor.container_steps(key))
         if not outcome.ok:
             self.app.logs.note(key, outcome.message, LogLevel.ERROR)
         return outcome

@@ -20,7 +20,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +61,7 @@ from .runner_registry import RunnerRegistry, UnknownRunner
 if TYPE_CHECKING:
     from .app import App
     from .build import BuildResult
-    from .hooks import HookOutcome
+    from .hooks import ContainerStepRunner, HookOutcome, OutputSink
 
 __all__ = ["Backoff", "InstanceRuntime", "ServiceRuntime", "Supervisor"]
 
@@ -660,7 +660,21 @@ class Supervisor:
             env=env,
             output=lambda stream, text: self._captured(instance.fqn, "hook", stream, text, event),
             shell=script.shell if script else None,
+            run_container=self.container_steps(instance.fqn),
         )
+
+    def container_steps(self, fqn: str) -> ContainerStepRunner:
+        """Runs hook steps of another runner type than ``script`` (a docker image, a
+        compose service) through that runner's ``run_once``, on behalf of ``fqn``."""
+
+        async def run(step: HookStep, env: Mapping[str, str], output: OutputSink, timeout: float) -> int:
+            assert step.runner is not None
+            runner = self.runners.get(step.runner.type)
+            spec = RunSpec(fqn=fqn, env=dict(env), working_dir=step.working_dir,
+                           config=dict(step.runner.config), stop_grace=0.0)
+            return await runner.run_once(spec, output)
+
+        return run
 
     def _captured(self, fqn: str, origin: str, stream: str, text: str, event: str = "") -> None:
         """Hook and build output into the service's logs, marked as such."""

@@ -175,7 +175,6 @@ def test_full_file(load_text: LoadText) -> None:
         "services.web.proxy: routing is not active yet",
         "services.web.rollout: blue-green rollout is not active yet; the service runs on its "
         "blue ports",
-        "services.web.hooks.pre-up: runner hook type 'docker' is not available yet (the step fails)",
     ]
 
 

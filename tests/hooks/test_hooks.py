@@ -233,7 +233,7 @@ async def test_container_step_goes_to_run_container(tmp_path: Path) -> None:
     outcome = await run_hooks("post-down", steps, env=base_env(A="a"), output=sink,
                               run_container=run_container)
     assert not outcome.ok
-    assert outcome.message == "post-down hook failed: step 2 (podman runner busybox) exited with code 7"
+    assert outcome.message == "post-down hook failed: step 2 (podman runner busybox) exited with code 7: hello from podman"
     assert [(kind, timeout) for kind, _, timeout in calls] == [("docker", 7.0), ("podman", 60.0)]
     env = calls[0][1]
     assert (env["A"], env["S"], env["HIVE_HOOK_EVENT"]) == ("a", "1", "post-down")

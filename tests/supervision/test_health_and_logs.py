@@ -48,7 +48,8 @@ async def test_http_health_turns_unhealthy_and_back(client: DaemonClient, events
             rollout: {{type: recreate, recreate: {{ports: {{http: {port}}}}}}}
             healthcheck:
               type: http
-              http: {{port: "{{{{runtime.port.http}}}}", path: /health, interval: 0.1s, timeout: 1s, retries: 2}}
+              http: {{port: "{{{{runtime.port.http}}}}", path: /health, interval: 0.1s, timeout: 1s, retries: 2,
+                     start_period: 60s}}
     """)
     await client.add_source(project_dir, name="p", start=True)
     healthy = await events.expect("service_health_changed", "p:web")
