@@ -27,6 +27,7 @@ class EntryPoint:
     value: str  # "module.path:attribute.path"
     group: str
     distribution: str
+    metadata_dir: str = ""  # the distribution's .dist-info (or .egg-info) directory
 
     def load(self) -> Any:
         module_name, _, attribute = self.value.partition(":")
@@ -36,7 +37,7 @@ class EntryPoint:
         return target
 
 
-def _parse(text: str, distribution: str) -> Iterable[EntryPoint]:
+def _parse(text: str, distribution: str, metadata_dir: str = "") -> Iterable[EntryPoint]:
     group = None
     for raw in text.splitlines():
         line = raw.strip()
@@ -50,7 +51,7 @@ def _parse(text: str, distribution: str) -> Iterable[EntryPoint]:
             continue
         # "module:attr [extra1,extra2]": the extras say nothing about where it is.
         value = value.split("[", 1)[0].strip()
-        yield EntryPoint(name.strip(), value, group, distribution)
+        yield EntryPoint(name.strip(), value, group, distribution, metadata_dir)
 
 
 def _normalize(name: str) -> str:
@@ -79,7 +80,7 @@ def entry_points(group: str, path: Iterable[str] | None = None) -> list[EntryPoi
                     text = file.read()
             except OSError:
                 continue
-            for point in _parse(text, distribution):
+            for point in _parse(text, distribution, os.path.join(directory, entry)):
                 if point.group == group:
                     found.setdefault(point.name, point)
     return [found[name] for name in sorted(found)]

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import itertools
 import os
+import socket
 from collections import deque
 from pathlib import Path
 from types import TracebackType
@@ -118,8 +119,13 @@ class DaemonClient(AsyncRequestMethods):
         timeout: float | None = DEFAULT_TIMEOUT,
         client_name: str = "hive_client",
         max_frame: int = CLIENT_MAX_FRAME,
+        connected: socket.socket | None = None,
     ) -> None:
-        self.socket_path: Path = resolve_socket_path(socket_path)
+        # ``connected``: a socket already connected to the daemon (the daemon hands its
+        # core plugins one end of a socket pair); the path is then only for messages.
+        self._connected = connected
+        self.socket_path: Path = resolve_socket_path(socket_path) if connected is None else Path(
+            str(socket_path or "<connected socket>"))
         self.timeout = timeout
         self.client_name = client_name
         self._max_frame = max_frame
@@ -136,7 +142,10 @@ class DaemonClient(AsyncRequestMethods):
     async def __aenter__(self) -> DaemonClient:
         path = str(self.socket_path)
         try:
-            self._stream = await anyio.connect_unix(path)
+            if self._connected is not None:
+                self._stream = await anyio.abc.UNIXSocketStream.from_socket(self._connected)
+            else:
+                self._stream = await anyio.connect_unix(path)
         except FileNotFoundError as exc:
             raise DaemonNotRunning(path, "no socket") from exc
         except PermissionError as exc:

@@ -8,11 +8,11 @@ transport the message travels bare, with no id.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-from ._models import DaemonEvent, ExposedInfo, LogLine, ServiceInfo, SourceInfo
+from ._models import DaemonEvent, ExposedInfo, LogLine, PluginInfo, ServiceInfo, SourceInfo
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -31,12 +31,16 @@ __all__ = [
     "GetServiceStatus",
     "Hello",
     "ListExposed",
+    "ListPlugins",
     "ListServices",
     "ListSources",
     "LogBatch",
     "LogLineItem",
     "Ok",
     "Ping",
+    "PluginAction",
+    "PluginDetail",
+    "PluginList",
     "Pong",
     "Reload",
     "ReloadPlan",
@@ -196,6 +200,17 @@ class ListExposed(Request, tag="list_exposed"):
     pass
 
 
+class ListPlugins(Request, tag="list_plugins"):
+    pass
+
+
+class PluginAction(Request, tag="plugin_action"):
+    """``enable``, ``disable`` or ``restart`` a core plugin, without restarting the daemon."""
+
+    name: str
+    action: Literal["enable", "disable", "restart"]
+
+
 class GetLogs(Request, tag="get_logs"):
     fqn: str | None = None
     lines: int | None = None
@@ -254,6 +269,8 @@ RequestMessage = (
     | ScaleService
     | BuildService
     | ListExposed
+    | ListPlugins
+    | PluginAction
     | GetLogs
     | StreamLogs
     | SubscribeServices
@@ -335,6 +352,14 @@ class ExposedList(Response, tag="exposed"):
     exposed: list[ExposedInfo]
 
 
+class PluginList(Response, tag="plugins"):
+    plugins: list[PluginInfo]
+
+
+class PluginDetail(Response, tag="plugin"):
+    plugin: PluginInfo
+
+
 class LogBatch(Response, tag="logs"):
     logs: list[LogLine]
 
@@ -382,6 +407,8 @@ ResponseMessage = (
     | ServiceList
     | ServiceDetail
     | ExposedList
+    | PluginList
+    | PluginDetail
     | LogBatch
     | StreamStarted
     | LogLineItem

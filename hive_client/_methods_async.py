@@ -24,11 +24,15 @@ from ._messages import (
     GetLogs,
     GetServiceStatus,
     ListExposed,
+    ListPlugins,
     ListServices,
     ListSources,
     LogBatch,
     Ok,
     Ping,
+    PluginAction,
+    PluginDetail,
+    PluginList,
     Pong,
     Reload,
     ReloadPlan,
@@ -52,7 +56,7 @@ from ._messages import (
     SubscribeServices,
     UpdateService,
 )
-from ._models import DaemonEvent, ExposedInfo, LogLine, ServiceInfo, SourceInfo
+from ._models import DaemonEvent, ExposedInfo, LogLine, PluginInfo, ServiceInfo, SourceInfo
 from ._streams import EVENTS, LOG_LINES, SERVICE_UPDATES, AsyncStream, StreamKind
 
 __all__ = ["AsyncRequestMethods"]
@@ -178,6 +182,23 @@ class AsyncRequestMethods:
 
     async def list_exposed(self, *, timeout: float | None = None) -> list[ExposedInfo]:
         return (await self._call(ListExposed(), ExposedList, timeout)).exposed
+
+    # --- core plugins ---------------------------------------------------------------
+
+    async def list_plugins(self, *, timeout: float | None = None) -> list[PluginInfo]:
+        return (await self._call(ListPlugins(), PluginList, timeout)).plugins
+
+    async def enable_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
+        """Start a disabled or failed plugin (``init`` runs again)."""
+        return (await self._call(PluginAction(name=name, action="enable"), PluginDetail, timeout)).plugin
+
+    async def disable_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
+        """Shut a plugin down (``shutdown`` runs); it stays loaded, showing ``disabled``."""
+        return (await self._call(PluginAction(name=name, action="disable"), PluginDetail, timeout)).plugin
+
+    async def restart_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
+        """``shutdown`` then ``init`` again, with fresh counters and circuit breaker."""
+        return (await self._call(PluginAction(name=name, action="restart"), PluginDetail, timeout)).plugin
 
     # --- logs and streams -----------------------------------------------------------
 

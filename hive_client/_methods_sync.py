@@ -26,11 +26,15 @@ from ._messages import (
     GetLogs,
     GetServiceStatus,
     ListExposed,
+    ListPlugins,
     ListServices,
     ListSources,
     LogBatch,
     Ok,
     Ping,
+    PluginAction,
+    PluginDetail,
+    PluginList,
     Pong,
     Reload,
     ReloadPlan,
@@ -54,7 +58,7 @@ from ._messages import (
     SubscribeServices,
     UpdateService,
 )
-from ._models import DaemonEvent, ExposedInfo, LogLine, ServiceInfo, SourceInfo
+from ._models import DaemonEvent, ExposedInfo, LogLine, PluginInfo, ServiceInfo, SourceInfo
 from ._streams import EVENTS, LOG_LINES, SERVICE_UPDATES, SyncStream, StreamKind
 
 __all__ = ["SyncRequestMethods"]
@@ -180,6 +184,23 @@ class SyncRequestMethods:
 
     def list_exposed(self, *, timeout: float | None = None) -> list[ExposedInfo]:
         return (self._call(ListExposed(), ExposedList, timeout)).exposed
+
+    # --- core plugins ---------------------------------------------------------------
+
+    def list_plugins(self, *, timeout: float | None = None) -> list[PluginInfo]:
+        return (self._call(ListPlugins(), PluginList, timeout)).plugins
+
+    def enable_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
+        """Start a disabled or failed plugin (``init`` runs again)."""
+        return (self._call(PluginAction(name=name, action="enable"), PluginDetail, timeout)).plugin
+
+    def disable_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
+        """Shut a plugin down (``shutdown`` runs); it stays loaded, showing ``disabled``."""
+        return (self._call(PluginAction(name=name, action="disable"), PluginDetail, timeout)).plugin
+
+    def restart_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
+        """``shutdown`` then ``init`` again, with fresh counters and circuit breaker."""
+        return (self._call(PluginAction(name=name, action="restart"), PluginDetail, timeout)).plugin
 
     # --- logs and streams -----------------------------------------------------------
 

@@ -22,7 +22,11 @@ __all__ = [
     "HealthCheckResult",
     "LogLevel",
     "LogLine",
+    "PluginConfigured",
     "PluginFailed",
+    "PluginInfo",
+    "PluginState",
+    "PluginStateChanged",
     "ServiceCrashed",
     "ServiceExited",
     "ServiceHealthChanged",
@@ -241,9 +245,46 @@ class ServiceStateChanged(Event, tag="service_state_changed"):
 
 
 class PluginFailed(Event, tag="plugin_failed"):
+    """A plugin's ``init``, ``on_event`` or ``shutdown`` raised or timed out; ``disabled``:
+    the circuit breaker took it out of service."""
+
     plugin: str
     message: str
     disabled: bool = False
+
+
+class PluginStateChanged(Event, tag="plugin_state_changed"):
+    plugin: str
+    state: str  # PluginState
+    previous: str
+    message: str = ""
+
+
+class PluginConfigured(Event, tag="plugin_configured"):
+    """A reload gave the plugin new settings (delivered to that plugin too)."""
+
+    plugin: str
+
+
+class PluginState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DISABLED = "disabled"  # by the user (`hive plugins disable`, enabled = false)
+    FAILED = "failed"  # init failed, or the circuit breaker opened
+
+
+class PluginInfo(msgspec.Struct, kw_only=True):
+    """One core plugin as ``hive plugins`` shows it."""
+
+    name: str
+    version: str = ""
+    distribution: str = ""
+    state: PluginState
+    scope: str = "operate"
+    delivered: int = 0  # events on_event handled
+    dropped: int = 0  # events lost because its queue was full
+    failed: int = 0  # on_event calls that raised or timed out
+    last_error: str | None = None
 
 
 DaemonEvent = (
@@ -261,6 +302,8 @@ DaemonEvent = (
     | ServiceHealthChanged
     | ServiceStateChanged
     | PluginFailed
+    | PluginStateChanged
+    | PluginConfigured
 )
 
 

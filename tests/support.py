@@ -190,3 +190,18 @@ async def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, what:
                 delay = min(delay * 2, 0.1)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
+
+
+def install_package(directory: Path, module: str) -> None:
+    """pip-install the package in ``directory`` (a third-party runner or plugin under
+    tests/) into the test environment, as a user would; nothing if ``module`` imports."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", str(directory)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    importlib.invalidate_caches()

@@ -66,6 +66,18 @@ def test_hive_client_public_surface() -> None:
         assert name in hive_client.__all__
 
 
+def test_plugin_surface() -> None:
+    """What core plugins are written against (docs/plugins.md), and the runner contract."""
+    import hive.plugin
+    import runners.base
+
+    for module in (hive.plugin, runners.base):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    assert {"CorePlugin", "NoSettings", "DaemonClient", "DaemonEvent", "FAILURE_LIMIT"} <= set(hive.plugin.__all__)
+    assert {"Runner", "ServiceHandle", "RunSpec", "ExitStatus", "RunnerError"} <= set(runners.base.__all__)
+
+
 def test_protocol_module_surface() -> None:
     from hive_client import protocol
 

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hive_client import DaemonClient
 from tests.supervision.conftest import Events
-from tests.support import run_cli, write_project
+from tests.support import install_package, run_cli, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -23,13 +20,7 @@ PACKAGE = Path(__file__).parent / "third_party_runner"
 @pytest.fixture(scope="module", autouse=True)
 def installed() -> None:
     """Install the package into the test environment, as a user would with pip."""
-    if importlib.util.find_spec("hive_echo_runner") is not None:
-        return
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", str(PACKAGE)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    install_package(PACKAGE, "hive_echo_runner")
 
 
 @pytest.fixture

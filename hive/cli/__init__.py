@@ -38,6 +38,7 @@ _COMMANDS: dict[str, str] = {
     "secret": "service_cmds:secret",
     "source": "source_cmds:source",
     "config": "config_cmds:config",
+    "plugins": "plugin_cmds:plugins",
 }
 
 

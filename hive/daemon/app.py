@@ -49,6 +49,8 @@ class App:
     services: Any = None
     logs: Any = None
     state_writer: Any = None
+    plugins: Any = None  # PluginManager, once a plugin is configured
+    task_group: Any = None  # the daemon's own task group (long-lived parts start in it)
     reloader: Callable[[], Awaitable[str]] | None = None
     _shutdown: anyio.Event = field(default_factory=anyio.Event)
     shutdown_request: ShutdownRequest | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .app import App
     from .server import Connection
 
-__all__ = ["ROUTES", "RequestContext", "Route", "StreamSink", "relay"]
+__all__ = ["ROUTES", "RequestContext", "Route", "Scope", "StreamSink", "may", "relay"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -76,24 +76,37 @@ UnaryHandler = Callable[[RequestContext, Any], Awaitable[Response]]
 StreamHandler = Callable[[RequestContext, Any, StreamSink], Awaitable[None]]
 
 
+Scope = Literal["read", "operate", "admin"]
+"""What a client may ask: ``read`` looks (status, lists, logs, events); ``operate`` runs
+services and sources (start, stop, scale, create, reload a source); ``admin`` also
+controls the daemon itself (shutdown, reload, plugins)."""
+
+_SCOPE_RANK: dict[str, int] = {"read": 0, "operate": 1, "admin": 2}
+
+
+def may(held: Scope, needed: Scope) -> bool:
+    return _SCOPE_RANK[held] >= _SCOPE_RANK[needed]
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     unary: UnaryHandler | None = None
     stream: StreamHandler | None = None
     inline: bool = False
+    scope: Scope = "operate"
 
 
 def _build_routes() -> dict[type[Request], Route]:
     from hive_client import protocol as p
 
-    from .handlers import daemon, events, services, sources, streams
+    from .handlers import daemon, events, plugins, services, sources, streams
 
     return {
-        p.Ping: Route(daemon.ping, inline=True),
-        p.Status: Route(daemon.status, inline=True),
-        p.Shutdown: Route(daemon.shutdown, inline=True),
-        p.Reload: Route(daemon.reload),
-        p.ListSources: Route(sources.list_sources, inline=True),
+        p.Ping: Route(daemon.ping, inline=True, scope="read"),
+        p.Status: Route(daemon.status, inline=True, scope="read"),
+        p.Shutdown: Route(daemon.shutdown, inline=True, scope="admin"),
+        p.Reload: Route(daemon.reload, scope="admin"),
+        p.ListSources: Route(sources.list_sources, inline=True, scope="read"),
         p.AddSource: Route(sources.add_source),
         p.RemoveSource: Route(sources.remove_source),
         p.ReloadSource: Route(sources.reload_source),
@@ -101,8 +114,8 @@ def _build_routes() -> dict[type[Request], Route]:
         p.DisableSource: Route(sources.disable_source),
         p.StartSource: Route(sources.start_source),
         p.StopSource: Route(sources.stop_source),
-        p.ListServices: Route(services.list_services, inline=True),
-        p.GetServiceStatus: Route(services.get_service_status, inline=True),
+        p.ListServices: Route(services.list_services, inline=True, scope="read"),
+        p.GetServiceStatus: Route(services.get_service_status, inline=True, scope="read"),
         p.StartService: Route(services.start_service),
         p.StopService: Route(services.stop_service),
         p.RestartService: Route(services.restart_service),
@@ -111,13 +124,15 @@ def _build_routes() -> dict[type[Request], Route]:
         p.DeleteService: Route(services.delete_service),
         p.ScaleService: Route(services.scale_service),
         p.BuildService: Route(services.build_service),
-        p.ListExposed: Route(services.list_exposed, inline=True),
-        p.GetLogs: Route(streams.get_logs),
-        p.StreamLogs: Route(stream=streams.stream_logs),
-        p.SubscribeServices: Route(stream=streams.subscribe_services),
-        p.SubscribeEvents: Route(stream=events.subscribe_events),
-        p.StopStream: Route(streams.stop_stream, inline=True),
-        p.StopLogStream: Route(streams.stop_stream, inline=True),
+        p.ListExposed: Route(services.list_exposed, inline=True, scope="read"),
+        p.ListPlugins: Route(plugins.list_plugins, inline=True, scope="read"),
+        p.PluginAction: Route(plugins.plugin_action, scope="admin"),
+        p.GetLogs: Route(streams.get_logs, scope="read"),
+        p.StreamLogs: Route(stream=streams.stream_logs, scope="read"),
+        p.SubscribeServices: Route(stream=streams.subscribe_services, scope="read"),
+        p.SubscribeEvents: Route(stream=events.subscribe_events, scope="read"),
+        p.StopStream: Route(streams.stop_stream, inline=True, scope="read"),
+        p.StopLogStream: Route(streams.stop_stream, inline=True, scope="read"),
     }
 
 

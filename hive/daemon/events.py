@@ -51,6 +51,11 @@ class Subscription:
         self._items.append(event)
         self._wakeup.set()
 
+    @property
+    def pending(self) -> int:
+        """Events held, not yet taken."""
+        return len(self._items)
+
     def take_dropped(self) -> int:
         dropped, self.dropped = self.dropped, 0
         return dropped

@@ -44,6 +44,7 @@ __all__ = ["StartupError", "run_daemon"]
 log = logging.getLogger("hive.daemon")
 
 # How long answers in flight and live streams get to finish before they are cut.
+_PLUGIN_DRAIN_SECONDS = 5.0  # a plugin's time to handle DaemonShutdown
 _DRAIN_SECONDS = 1.0
 _OFFSET_SAVE_SECONDS = 5.0
 
@@ -100,6 +101,10 @@ def run_daemon(home_arg: str | None, *, foreground: bool, ready_fd: int | None =
     _raise_fd_limit()
     runners = RunnerRegistry(settings.runners)
     problems = runners.check_configured()
+    if settings.plugins:
+        from .plugins import check_plugin_settings  # only daemons with plugins pay for it
+
+        problems += check_plugin_settings(settings)
     if problems:
         lock.release()
         return _fail(pipe, "; ".join(problems), 2)
@@ -215,6 +220,7 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
         )
         app.server = server
         async with anyio.create_task_group() as daemon_tasks:
+            app.task_group = daemon_tasks
             # Handlers in place before READY: a SIGHUP right after must not kill us.
             await daemon_tasks.start(_handle_signals, app)
             await daemon_tasks.start(app.state_writer.run)
@@ -232,6 +238,11 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
             log.info("listening on %s (pid %d, version %s)", socket_path, app.pid, __version__)
             pipe.ready(socket_path)
             notifier.ready(f"listening on {socket_path}")
+            if settings.plugins:
+                from .plugins import PluginManager
+
+                app.plugins = PluginManager(app, daemon_tasks)
+                await app.plugins.start_all()
             app.bus.publish(DaemonStarted(version=__version__, pid=app.pid))
 
             request = await app.wait_shutdown()
@@ -259,6 +270,8 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
 
 async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     """Stop what the daemon runs (services, plugins), in reverse order of start."""
+    if app.plugins is not None:
+        await app.plugins.shutdown(_PLUGIN_DRAIN_SECONDS)
     if app.sources is not None:
         await app.sources.shutdown(keep_services=request.keep_services)
         await app.sources.close()
@@ -292,6 +305,12 @@ def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]
         messages = ["configuration reloaded"]
         if app.services is not None:
             messages.extend(app.services.runners.reconfigure(settings.runners))
+        if settings.plugins and app.plugins is None and app.server is not None:
+            from .plugins import PluginManager
+
+            app.plugins = PluginManager(app, app.task_group)
+        if app.plugins is not None:
+            messages.extend(await app.plugins.reconfigure(settings.plugins))
         if app.sources is not None:
             messages.append(await app.sources.reload_all())
         summary = "; ".join(messages)

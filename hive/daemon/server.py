@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +42,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
-from .dispatch import ROUTES, RequestContext
+from .dispatch import ROUTES, RequestContext, Scope, may
 from .errors import RequestError
 
 if TYPE_CHECKING:
@@ -143,13 +144,41 @@ class RawStream:
             self._sock.close()
 
 
+class RateLimit:
+    """A token bucket: ``rate`` requests a second on average, bursts of ``burst``. A
+    connection over its rate has its reading paused, so it slows only itself."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+
+    async def take(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return
+        await anyio.sleep((1 - self._tokens) / self.rate)
+        self._tokens = 0.0
+        self._stamp = time.monotonic()
+
+
 class Connection:
     """One client. Sends are serialised by a lock; everything else runs concurrently."""
 
-    def __init__(self, server: SocketServer, stream: RawStream, peer: Peer) -> None:
+    def __init__(self, server: SocketServer, stream: RawStream, peer: Peer,
+                 scope: Scope = "admin", label: str = "") -> None:
         self.server = server
         self.id = next(server._connection_ids)
         self.peer = peer
+        # What this client may ask (see dispatch.SCOPES); socket clients of the daemon's
+        # user are admins, a core plugin has the scope its settings give it.
+        self.scope: Scope = scope
+        self.label = label or f"connection {self.id}"
+        self.limit: RateLimit | None = None
         self.json = False
         self.closed = False
         self._stream = stream
@@ -225,6 +254,7 @@ class SocketServer:
         if group:
             self._allowed_gid = grp.getgrnam(group).gr_gid
         self._uid = os.geteuid()
+        self._connections: anyio.abc.TaskGroup | None = None
         # Requests being answered and streams open, daemon-wide (for a clean drain).
         self._activity = 0
         self._idle = anyio.Event()
@@ -235,6 +265,7 @@ class SocketServer:
         listener = self._sock
         listener.setblocking(False)
         async with anyio.create_task_group() as connections:
+            self._connections = connections
             task_status.started()
             while True:
                 await anyio.wait_readable(listener)
@@ -282,19 +313,29 @@ class SocketServer:
             return False
         return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.pid)
 
-    async def _serve_connection(self, sock: socket.socket) -> None:
+    def attach(self, sock: socket.socket, *, scope: Scope, label: str, max_rate: float = 0.0) -> None:
+        """Serve one end of a socket pair as a client limited to ``scope`` and, if
+        ``max_rate`` > 0, to that many requests a second (a core plugin's connection:
+        the same protocol as any client, no back door)."""
+        assert self._connections is not None, "attach() before serve() started"
+        limit = RateLimit(max_rate, burst=max_rate) if max_rate > 0 else None
+        self._connections.start_soon(self._serve_connection, sock, scope, label, limit)
+
+    async def _serve_connection(self, sock: socket.socket, scope: Scope = "admin", label: str = "",
+                                limit: RateLimit | None = None) -> None:
         stream = RawStream(sock)
         try:
-            await self._serve_stream(stream)
+            await self._serve_stream(stream, scope, label, limit)
         finally:
             stream.close()
 
-    async def _serve_stream(self, stream: RawStream) -> None:
+    async def _serve_stream(self, stream: RawStream, scope: Scope, label: str, limit: RateLimit | None) -> None:
         try:
             peer = self._peer_of(stream.raw)
         except OSError:
             return
-        connection = Connection(self, stream, peer)
+        connection = Connection(self, stream, peer, scope, label)
+        connection.limit = limit
         if not self._allowed(peer):
             await self._refuse(connection, stream)
             return
@@ -366,6 +407,8 @@ class SocketServer:
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         await connection.send_error(msg_id, ErrorCode.INVALID_REQUEST, _describe(exc))
                         continue
+                    if connection.limit is not None:
+                        await connection.limit.take()
                     await self._dispatch(connection, msg_id, request, requests, slots)
             finally:
                 # The client is done sending: let answers in flight finish, end streams.
@@ -422,6 +465,13 @@ class SocketServer:
         if route is None:
             await connection.send_error(
                 msg_id, ErrorCode.UNKNOWN_REQUEST, f"no handler for {type(request).__name__}"
+            )
+            return
+        if not may(connection.scope, route.scope):
+            tag = request.__struct_config__.tag
+            await connection.send_error(
+                msg_id, ErrorCode.FORBIDDEN,
+                f"{connection.label} has the {connection.scope!r} scope; {tag} needs {route.scope!r}",
             )
             return
         ctx = RequestContext(self.app, connection, msg_id)

@@ -50,11 +50,27 @@ class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_line_bytes: int = 64 * 1024
 
 
+class TrustedPlugin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[plugin_trust.allow]]`` entry (``hive plugins pin NAME`` prints it)."""
+
+    distribution: str
+    version: str
+    sha256: str
+
+
+class PluginTrust(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """With a ``[plugin_trust]`` table, only plugins whose distribution, version and files
+    match an entry of ``allow`` are loaded."""
+
+    allow: list[TrustedPlugin] = []
+
+
 class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
     restart: RestartSection = msgspec.field(default_factory=RestartSection)
     logs: LogsSection = msgspec.field(default_factory=LogsSection)
     plugins: dict[str, dict[str, Any]] = {}
+    plugin_trust: PluginTrust | None = None
     runners: dict[str, dict[str, Any]] = {}  # [runners.NAME]: each runner checks its own
 
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Misbehaving core plugins against the daemon's latency, measured in the same run.
+
+    python bench/plugins.py [--requests 2000] [--repeat 5]
+
+Two daemons: one without plugins (the floor), one with the test plugins that misbehave
+(``flooder`` calling ``list_services`` from 32 tasks without pause, ``blocker`` never
+returning from ``on_event``, ``raiser`` raising in it) and a ``recorder``. From a separate
+client, the round trip of ``status``: p50 and p99 of each, and the ratio. Target: p50
+within 1.5x of the floor (the flooder gets its share of the loop, no more).
+
+Needs the test plugins installed: ``pip install tests/third_party_plugin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.supervise import Daemon  # noqa: E402
+
+MISBEHAVING = """
+[plugins.recorder.settings]
+path = "{home}/recorder.jsonl"
+[plugins.raiser]
+[plugins.blocker]
+event_timeout = 0.5
+[plugins.flooder]
+scope = "read"
+"""
+
+
+def latencies(daemon: Daemon, count: int) -> list[float]:
+    took = []
+    with daemon.client() as client:
+        for _ in range(100):
+            client.status()
+        for _ in range(count):
+            began = time.perf_counter()
+            client.status()
+            took.append(time.perf_counter() - began)
+    return took
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hvpl-", dir="/tmp"))
+    try:
+        plain_home, plugged_home = work / "plain", work / "plugged"
+        plugged_home.mkdir(parents=True)
+        plain_home.mkdir(parents=True)
+        (plugged_home / "config.toml").write_text(MISBEHAVING.format(home=plugged_home))
+        plain, plugged = Daemon(plain_home), Daemon(plugged_home)
+        try:
+            with plugged.client() as client:
+                states = {p.name: str(p.state) for p in client.list_plugins()}
+            assert states.get("flooder") == "running", states
+            ratios, floor_p50, hive_p50, floor_p99, hive_p99 = [], [], [], [], []
+            for _ in range(args.repeat):
+                base = latencies(plain, args.requests)
+                loaded = latencies(plugged, args.requests)
+                floor_p50.append(percentile(base, 0.5))
+                hive_p50.append(percentile(loaded, 0.5))
+                floor_p99.append(percentile(base, 0.99))
+                hive_p99.append(percentile(loaded, 0.99))
+                ratios.append(hive_p50[-1] / floor_p50[-1])
+            with plugged.client() as client:
+                states = {p.name: str(p.state) for p in client.list_plugins()}
+        finally:
+            plain.stop()
+            plugged.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratio = statistics.median(ratios)
+    print(f"{'status round trip':<34}{'p50 us':>10}{'p99 us':>10}")
+    print(f"{'  daemon without plugins':<34}{statistics.median(floor_p50) * 1e6:>10.1f}"
+          f"{statistics.median(floor_p99) * 1e6:>10.1f}")
+    print(f"{'  with flooder, blocker, raiser':<34}{statistics.median(hive_p50) * 1e6:>10.1f}"
+          f"{statistics.median(hive_p99) * 1e6:>10.1f}")
+    print(f"  ratio p50: {ratio:.2f}x (target <= 1.5x); plugin states after: "
+          + ", ".join(f"{name} {state}" for name, state in sorted(states.items())))
+    return 0 if ratio <= 1.5 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

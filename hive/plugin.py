@@ -1,0 +1,86 @@
+"""What a core plugin is written against: the plugin-facing surface of Hive.
+
+A core plugin is a Python package registered in the ``hive.core_plugins`` entry-point
+group, loaded into the daemon when ``config.toml`` enables it::
+
+    [plugins.greeter]             # enabled = true is the default
+    scope = "read"                # read | operate | admin: what its client may ask
+    [plugins.greeter.settings]    # validated against the plugin's Settings struct
+    greeting = "hello"
+
+The daemon creates the plugin (no arguments), sets :attr:`CorePlugin.settings`, and then:
+
+1. ``await init(client)`` once the socket listens, with a deadline; ``client`` is a
+   :class:`hive_client.DaemonClient` speaking the ordinary protocol, limited to the
+   plugin's scope.
+2. ``await run()`` in a task of its own, for the plugin's long-running work (a
+   WebSocket connection, a sampling loop); it is cancelled before ``shutdown``.
+3. ``await on_event(event)`` for every event of the bus, one at a time, in order, from a
+   bounded queue of its own (a slow plugin loses its oldest events, counted as dropped;
+   it never slows the daemon or the other plugins), each call with a deadline.
+   ``DaemonStarted`` is published once every plugin is up; on ``SIGHUP`` new settings
+   are set and ``PluginConfigured`` is delivered. A plugin is not sent the events about
+   its own failures and states.
+4. ``DaemonShutdown`` is delivered, then ``await shutdown()`` with a deadline, before
+   the socket closes.
+
+An exception or a timeout in any of these is caught, logged with the plugin's name and
+counted; after :data:`FAILURE_LIMIT` failures in a row the plugin is taken out of service
+(state ``failed``) until ``hive plugins enable NAME``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from hive_client import DaemonEvent
+
+if TYPE_CHECKING:
+    from hive_client import DaemonClient
+
+__all__ = ["FAILURE_LIMIT", "CorePlugin", "DaemonClient", "DaemonEvent", "NoSettings"]
+
+# Failures in a row (raised or timed out) after which a plugin is taken out of service.
+FAILURE_LIMIT = 5
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The settings of a plugin that takes none: any key is an error."""
+
+
+SettingsT = TypeVar("SettingsT", bound=msgspec.Struct)
+
+
+class CorePlugin(ABC, Generic[SettingsT]):
+    """Base of core plugins. Subclasses set :attr:`name`, :attr:`version` and, if they
+    take settings, :attr:`Settings` (a msgspec Struct; use ``forbid_unknown_fields=True``
+    so a typo is an error naming the key)."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    Settings: ClassVar[type[msgspec.Struct]] = NoSettings
+    settings: SettingsT
+
+    @abstractmethod
+    async def init(self, client: DaemonClient) -> None:
+        """Get ready: keep ``client``; return promptly (long work goes in :meth:`run`)."""
+
+    async def run(self) -> None:
+        """The plugin's long-running work, cancelled before :meth:`shutdown`."""
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        """One event of the daemon's bus."""
+
+    async def shutdown(self) -> None:
+        """Release what :meth:`init` and :meth:`run` took."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DaemonClient":
+        from hive_client import DaemonClient
+
+        return DaemonClient
+    raise AttributeError(f"module 'hive.plugin' has no attribute {name!r}")

@@ -1,0 +1,99 @@
+"""Core plugins for Hive's tests.
+
+- ``recorder`` appends one JSON line per thing it sees to ``settings.path``: its init
+  (with what the daemon answered to ``list_services``), each event, its settings on
+  ``plugin_configured``, its shutdown. With ``stop_on_start`` it tries to stop that
+  service when the daemon has started and records the answer (scope tests).
+- ``raiser`` raises in every ``on_event``.
+- ``blocker`` never returns from ``on_event``.
+- ``flooder`` calls the daemon as fast as it can from ``run()``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import msgspec
+
+from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, NoSettings
+
+
+class RecorderSettings(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    label: str = "recorder"
+    stop_on_start: str | None = None
+
+
+class Recorder(CorePlugin[RecorderSettings]):
+    name = "recorder"
+    version = "1.0.0"
+    Settings = RecorderSettings
+
+    def _write(self, **record: Any) -> None:
+        with open(self.settings.path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+    async def init(self, client: DaemonClient) -> None:
+        self.client = client
+        services = await client.list_services()
+        self._write(what="init", label=self.settings.label, services=[s.fqn for s in services])
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        kind = event.__struct_config__.tag
+        self._write(what="event", kind=kind, seq=event.seq, fqn=getattr(event, "fqn", None),
+                    plugin=getattr(event, "plugin", None))
+        if kind == "plugin_configured":
+            self._write(what="settings", label=self.settings.label)
+        if kind == "daemon_started" and self.settings.stop_on_start:
+            try:
+                await self.client.stop_service(self.settings.stop_on_start)
+            except Exception as exc:  # the answer is what the test wants to see
+                self._write(what="stop", error=f"{type(exc).__name__}: {exc}")
+            else:
+                self._write(what="stop", error=None)
+
+    async def shutdown(self) -> None:
+        self._write(what="shutdown")
+
+
+class Raiser(CorePlugin[NoSettings]):
+    name = "raiser"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        pass
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        raise RuntimeError(f"raiser cannot take {event.__struct_config__.tag}")
+
+
+class Blocker(CorePlugin[NoSettings]):
+    name = "blocker"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        pass
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        await anyio.sleep_forever()
+
+
+class Flooder(CorePlugin[NoSettings]):
+    name = "flooder"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        self.client = client
+        self.calls = 0
+
+    async def run(self) -> None:
+        async def hammer() -> None:
+            while True:
+                await self.client.list_services()
+                self.calls += 1
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(32):
+                tasks.start_soon(hammer)
