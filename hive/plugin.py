@@ -24,6 +24,9 @@ The daemon creates the plugin (no arguments), sets :attr:`CorePlugin.settings`, 
 4. ``DaemonShutdown`` is delivered, then ``await shutdown()`` with a deadline, before
    the socket closes.
 
+``await call(command, args)`` serves the plugin's own commands (``plugin_call``), under
+``call_timeout``.
+
 An exception or a timeout in any of these is caught, logged with the plugin's name and
 counted; after :data:`FAILURE_LIMIT` failures in a row the plugin is taken out of service
 (state ``failed``) until ``hive plugins enable NAME``.
@@ -41,10 +44,14 @@ from hive_client import DaemonEvent
 if TYPE_CHECKING:
     from hive_client import DaemonClient
 
-__all__ = ["FAILURE_LIMIT", "CorePlugin", "DaemonClient", "DaemonEvent", "NoSettings"]
+__all__ = ["FAILURE_LIMIT", "CorePlugin", "DaemonClient", "DaemonEvent", "NoSettings", "PluginCallError"]
 
 # Failures in a row (raised or timed out) after which a plugin is taken out of service.
 FAILURE_LIMIT = 5
+
+
+class PluginCallError(Exception):
+    """A plugin command refused (unknown command, wrong arguments, nothing to do)."""
 
 
 class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,6 +83,12 @@ class CorePlugin(ABC, Generic[SettingsT]):
 
     async def shutdown(self) -> None:
         """Release what :meth:`init` and :meth:`run` took."""
+
+    async def call(self, command: str, args: dict[str, Any]) -> Any:
+        """A command of the plugin's own, asked through the daemon (``plugin_call``,
+        ``hive backup now``): its result, JSON-like data. Raise :class:`PluginCallError`
+        for a request the plugin refuses; its message is the caller's error."""
+        raise PluginCallError(f"plugin {self.name!r} has no commands")
 
 
 def __getattr__(name: str) -> Any:

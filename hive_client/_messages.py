@@ -23,6 +23,7 @@ __all__ = [
     "DaemonStatus",
     "DeleteService",
     "DisableSource",
+    "EmitEvent",
     "EnableSource",
     "Error",
     "EventItem",
@@ -39,8 +40,10 @@ __all__ = [
     "Ok",
     "Ping",
     "PluginAction",
+    "PluginCall",
     "PluginDetail",
     "PluginList",
+    "PluginReply",
     "Pong",
     "Reload",
     "ReloadPlan",
@@ -204,6 +207,23 @@ class ListPlugins(Request, tag="list_plugins"):
     pass
 
 
+class EmitEvent(Request, tag="emit_event"):
+    """Publish a ``plugin_notice`` event on the bus (core plugins report with it)."""
+
+    kind: str
+    message: str = ""
+    fqn: str | None = None
+    data: dict[str, Any] = {}
+
+
+class PluginCall(Request, tag="plugin_call"):
+    """Run a command a core plugin offers (``hive backup now`` is ``backup``/``now``)."""
+
+    plugin: str
+    command: str
+    args: dict[str, Any] = {}
+
+
 class PluginAction(Request, tag="plugin_action"):
     """``enable``, ``disable`` or ``restart`` a core plugin, without restarting the daemon."""
 
@@ -271,6 +291,8 @@ RequestMessage = (
     | ListExposed
     | ListPlugins
     | PluginAction
+    | EmitEvent
+    | PluginCall
     | GetLogs
     | StreamLogs
     | SubscribeServices
@@ -356,6 +378,10 @@ class PluginList(Response, tag="plugins"):
     plugins: list[PluginInfo]
 
 
+class PluginReply(Response, tag="plugin_reply"):
+    result: Any = None
+
+
 class PluginDetail(Response, tag="plugin"):
     plugin: PluginInfo
 
@@ -409,6 +435,7 @@ ResponseMessage = (
     | ExposedList
     | PluginList
     | PluginDetail
+    | PluginReply
     | LogBatch
     | StreamStarted
     | LogLineItem

@@ -21,6 +21,7 @@ from ._messages import (
     DaemonStatus,
     DeleteService,
     DisableSource,
+    EmitEvent,
     EnableSource,
     ExposedList,
     GetLogs,
@@ -33,8 +34,10 @@ from ._messages import (
     Ok,
     Ping,
     PluginAction,
+    PluginCall,
     PluginDetail,
     PluginList,
+    PluginReply,
     Pong,
     Reload,
     ReloadPlan,
@@ -197,6 +200,23 @@ class SyncRequestMethods:
     def disable_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
         """Shut a plugin down (``shutdown`` runs); it stays loaded, showing ``disabled``."""
         return (self._call(PluginAction(name=name, action="disable"), PluginDetail, timeout)).plugin
+
+    def emit_event(
+        self, kind: str, message: str = "", *, fqn: str | None = None,
+        data: Mapping[str, Any] | None = None, timeout: float | None = None,
+    ) -> None:
+        """Publish a ``plugin_notice{plugin, kind, fqn, message, data}`` event; the daemon
+        names the plugin (or client) that sent it."""
+        request = EmitEvent(kind=kind, message=message, fqn=fqn, data=dict(data or {}))
+        self._call(request, Ok, timeout)
+
+    def plugin_call(
+        self, plugin: str, command: str, args: Mapping[str, Any] | None = None, *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run ``command`` of core plugin ``plugin``; its result (JSON-like data)."""
+        request = PluginCall(plugin=plugin, command=command, args=dict(args or {}))
+        return (self._call(request, PluginReply, timeout)).result
 
     def restart_plugin(self, name: str, *, timeout: float | None = None) -> PluginInfo:
         """``shutdown`` then ``init`` again, with fresh counters and circuit breaker."""

@@ -25,6 +25,7 @@ __all__ = [
     "PluginConfigured",
     "PluginFailed",
     "PluginInfo",
+    "PluginNotice",
     "PluginState",
     "PluginStateChanged",
     "ServiceCrashed",
@@ -266,6 +267,17 @@ class PluginConfigured(Event, tag="plugin_configured"):
     plugin: str
 
 
+class PluginNotice(Event, tag="plugin_notice"):
+    """What a plugin reports (``emit_event``): an autoscaler's decision, a backup taken.
+    ``plugin`` is set by the daemon from the connection, never by the plugin."""
+
+    plugin: str
+    kind: str
+    fqn: str | None = None
+    message: str = ""
+    data: dict[str, Any] = {}
+
+
 class PluginState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
@@ -304,6 +316,7 @@ DaemonEvent = (
     | PluginFailed
     | PluginStateChanged
     | PluginConfigured
+    | PluginNotice
 )
 
 

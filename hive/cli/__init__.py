@@ -39,6 +39,7 @@ _COMMANDS: dict[str, str] = {
     "source": "source_cmds:source",
     "config": "config_cmds:config",
     "plugins": "plugin_cmds:plugins",
+    "backup": "backup_cmds:backup",
 }
 
 

@@ -127,6 +127,8 @@ def _build_routes() -> dict[type[Request], Route]:
         p.ListExposed: Route(services.list_exposed, inline=True, scope="read"),
         p.ListPlugins: Route(plugins.list_plugins, inline=True, scope="read"),
         p.PluginAction: Route(plugins.plugin_action, scope="admin"),
+        p.EmitEvent: Route(plugins.emit_event, inline=True),
+        p.PluginCall: Route(plugins.plugin_call),
         p.GetLogs: Route(streams.get_logs, scope="read"),
         p.StreamLogs: Route(stream=streams.stream_logs, scope="read"),
         p.SubscribeServices: Route(stream=streams.subscribe_services, scope="read"),

@@ -30,9 +30,10 @@ import anyio.abc
 import msgspec
 
 from hive.entry_points import EntryPoint, entry_points
-from hive.plugin import FAILURE_LIMIT, CorePlugin
+from hive.plugin import FAILURE_LIMIT, CorePlugin, PluginCallError
 from hive_client import (
     DaemonEvent,
+    ErrorCode,
     PluginConfigured,
     PluginFailed,
     PluginInfo,
@@ -69,6 +70,7 @@ class PluginTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     shutdown_timeout: float = 10.0
     queue: int = 1000  # events held for a plugin that is behind
     max_rate: float = 200.0  # requests a second its client may send on average (0: no limit)
+    call_timeout: float = 300.0  # a command of its own (plugin_call)
     settings: dict[str, Any] = {}
 
 
@@ -259,7 +261,7 @@ class PluginHost:
         server = self.manager.app.server
         assert server is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.attach(ours, scope=self.table.scope, label=f"plugin {self.name!r}", max_rate=self.table.max_rate)
+        server.attach(ours, plugin=self.name, scope=self.table.scope, max_rate=self.table.max_rate)
         client = DaemonClient(self.manager.app.socket_path, connected=theirs,
                               client_name=f"plugin:{self.name}", timeout=self.table.init_timeout)
         started = False
@@ -411,6 +413,28 @@ class PluginManager:
         with anyio.move_on_after(deadline):
             await host.drain()
         await host.stop()
+
+    async def call(self, name: str, command: str, args: dict[str, Any]) -> Any:
+        """Run a plugin's own command; RequestError for a refusal, a plugin not running,
+        a failure or a timeout."""
+        from .errors import RequestError
+
+        host = self.get(name)
+        plugin = host.plugin
+        if host.state != PluginState.RUNNING or plugin is None:
+            raise RequestError(ErrorCode.UNSUPPORTED, f"plugin {name!r} is {host.state}, not running"
+                               + (f" ({host.last_error})" if host.last_error else ""))
+        try:
+            with anyio.fail_after(host.table.call_timeout):
+                return await plugin.call(command, args)
+        except PluginCallError as exc:
+            raise RequestError.invalid(f"{name} {command}: {exc}") from None
+        except TimeoutError:
+            raise RequestError(ErrorCode.TIMEOUT, f"{name} {command} did not finish within "
+                                                  f"{host.table.call_timeout:g} s") from None
+        except Exception as exc:
+            host._failure(f"call({command}) failed", exc)
+            raise RequestError(ErrorCode.INTERNAL, f"{name} {command} failed: {exc}") from None
 
     def get(self, name: str) -> PluginHost:
         host = self.hosts.get(name)

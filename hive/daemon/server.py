@@ -179,6 +179,7 @@ class Connection:
         self.scope: Scope = scope
         self.label = label or f"connection {self.id}"
         self.limit: RateLimit | None = None
+        self.plugin: str | None = None  # the core plugin this connection serves
         self.json = False
         self.closed = False
         self._stream = stream
@@ -313,29 +314,31 @@ class SocketServer:
             return False
         return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.pid)
 
-    def attach(self, sock: socket.socket, *, scope: Scope, label: str, max_rate: float = 0.0) -> None:
+    def attach(self, sock: socket.socket, *, plugin: str, scope: Scope, max_rate: float = 0.0) -> None:
         """Serve one end of a socket pair as a client limited to ``scope`` and, if
         ``max_rate`` > 0, to that many requests a second (a core plugin's connection:
         the same protocol as any client, no back door)."""
         assert self._connections is not None, "attach() before serve() started"
         limit = RateLimit(max_rate, burst=max_rate) if max_rate > 0 else None
-        self._connections.start_soon(self._serve_connection, sock, scope, label, limit)
+        self._connections.start_soon(self._serve_connection, sock, scope, plugin, limit)
 
-    async def _serve_connection(self, sock: socket.socket, scope: Scope = "admin", label: str = "",
+    async def _serve_connection(self, sock: socket.socket, scope: Scope = "admin", plugin: str | None = None,
                                 limit: RateLimit | None = None) -> None:
         stream = RawStream(sock)
         try:
-            await self._serve_stream(stream, scope, label, limit)
+            await self._serve_stream(stream, scope, plugin, limit)
         finally:
             stream.close()
 
-    async def _serve_stream(self, stream: RawStream, scope: Scope, label: str, limit: RateLimit | None) -> None:
+    async def _serve_stream(self, stream: RawStream, scope: Scope, plugin: str | None,
+                            limit: RateLimit | None) -> None:
         try:
             peer = self._peer_of(stream.raw)
         except OSError:
             return
-        connection = Connection(self, stream, peer, scope, label)
+        connection = Connection(self, stream, peer, scope, f"plugin {plugin!r}" if plugin else "")
         connection.limit = limit
+        connection.plugin = plugin
         if not self._allowed(peer):
             await self._refuse(connection, stream)
             return

@@ -157,3 +157,20 @@ async def test_misbehaving_plugins_are_contained(start_with: StartWith, hive_env
     seen = [r["fqn"] for r in records(log) if r.get("kind") == "service_started"]
     assert sorted(seen) == sorted(started)
     assert plugins["recorder"].dropped == 0 and plugins["recorder"].failed == 0
+
+
+async def test_a_slow_plugin_loses_its_oldest_events_alone(start_with: StartWith, hive_env: Path) -> None:
+    log = hive_env / "rec.jsonl"
+    daemon = start_with(recorder_table(log) + "[plugins.blocker]\nqueue = 2\nevent_timeout = 30.0\n")
+    await wait_until(lambda: "daemon_started" in _kinds(log), timeout=30, what="daemon_started")
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        for _ in range(20):
+            await client.reload()  # one daemon_reloaded event each
+        await wait_until(lambda: _kinds(log).count("daemon_reloaded") == 20, timeout=30,
+                         what="the recorder to get all 20 events")
+        plugins = {p.name: p for p in await client.list_plugins()}
+    # The blocker is stuck in its first event: of the 20 after it, its queue keeps 2.
+    assert plugins["blocker"].state == "running" and plugins["blocker"].dropped >= 17
+    assert plugins["recorder"].dropped == 0
+    listed = run_cli("plugins").stdout
+    assert "blocker" in listed and str(plugins["blocker"].dropped) in listed

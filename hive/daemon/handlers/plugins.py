@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from hive_client.protocol import ListPlugins, PluginAction, PluginDetail, PluginList
+import re
+
+from hive_client import PluginNotice
+from hive_client.protocol import (
+    EmitEvent,
+    ListPlugins,
+    Ok,
+    PluginAction,
+    PluginCall,
+    PluginDetail,
+    PluginList,
+    PluginReply,
+)
 
 from ..dispatch import RequestContext
 from ..errors import RequestError
+
+_KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_OK = Ok()
 
 
 async def list_plugins(ctx: RequestContext, request: ListPlugins) -> PluginList:
@@ -18,3 +33,20 @@ async def plugin_action(ctx: RequestContext, request: PluginAction) -> PluginDet
     if plugins is None:
         raise RequestError.not_found(f"no plugin named {request.name!r} (no plugin is configured)")
     return PluginDetail(plugin=await plugins.act(request.name, request.action))
+
+
+async def emit_event(ctx: RequestContext, request: EmitEvent) -> Ok:
+    if not _KIND.match(request.kind):
+        raise RequestError.invalid(
+            f"invalid event kind {request.kind!r}: lowercase letters, digits, _ . - (64 at most)")
+    sender = ctx.connection.plugin or ctx.connection.label
+    ctx.app.bus.publish(PluginNotice(plugin=sender, kind=request.kind, fqn=request.fqn,
+                                     message=request.message, data=request.data))
+    return _OK
+
+
+async def plugin_call(ctx: RequestContext, request: PluginCall) -> PluginReply:
+    plugins = ctx.app.plugins
+    if plugins is None:
+        raise RequestError.not_found(f"no plugin named {request.plugin!r} (no plugin is configured)")
+    return PluginReply(result=await plugins.call(request.plugin, request.command, request.args))

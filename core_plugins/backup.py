@@ -1,0 +1,371 @@
+"""The backup core plugin: snapshots of the daemon's sources and services, and restores.
+
+A snapshot is one archive ``<directory>/<id>.tar.gz`` (the id is its UTC time,
+``20261129T193012Z``) with ``manifest.json`` and the files: each YAML source's
+``hive.yaml``, each SQLite source's database (copied with SQLite's online backup, so a
+write in progress never tears it). The manifest lists the sources (name, type, path,
+enabled), every service's desired state and instance count, and the SHA-256 of each file;
+``<id>.sha256`` beside the archive holds the archive's own (``sha256sum`` format). Both are
+written to a temporary name and renamed, so a crash leaves no half archive.
+
+Snapshots are taken every ``interval`` (an hour), after a service crash (once per
+``crash_debounce`` window, however many crash), and on ``hive backup now``; the newest
+``keep`` are kept.
+
+``hive backup verify ID`` recomputes every checksum; ``hive backup restore ID`` verifies
+first and refuses a damaged archive, then shows its plan (``--dry-run`` stops there) and
+puts back what is missing: a deleted ``hive.yaml`` or database file, an unregistered
+source, a deleted SQLite service, and starts what was running. What exists is left as it
+is: a restore adds back, it never overwrites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sqlite3
+import tarfile
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from hive.config import find_config_file
+from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
+from hive_client import ServiceCrashed, __version__
+
+__all__ = ["Backup", "BackupSettings"]
+
+FORMAT = 1
+log = logging.getLogger("hive.plugins.backup")
+
+
+class BackupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    directory: str = ""  # default: $HIVE_HOME/backups
+    interval: float = 3600.0
+    keep: int = 24
+    on_crash: bool = True
+    crash_debounce: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.interval < 0.1:
+            raise ValueError("interval must be at least 0.1 s")
+        if self.keep < 1:
+            raise ValueError("keep must be at least 1")
+        if self.crash_debounce < 0:
+            raise ValueError("crash_debounce must not be negative")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_database(path: str) -> bytes:
+    """A consistent copy of a SQLite database (the online backup API)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "copy.db")
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            copy = sqlite3.connect(target)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        return Path(target).read_bytes()
+
+
+def _services_of(database: bytes) -> list[tuple[str, Any]]:
+    """(name, config) of every service in a SQLite source's database image."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "source.db")
+        Path(path).write_bytes(database)
+        connection = sqlite3.connect(path)
+        try:
+            rows = connection.execute("SELECT name, config FROM services ORDER BY name").fetchall()
+        finally:
+            connection.close()
+    return [(str(name), json.loads(config)) for name, config in rows]
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+    """Every member of an archive by name (TarError, EOFError, OSError if it is damaged)."""
+    with tarfile.open(path, mode="r:gz") as archive:
+        contents = {}
+        for member in archive.getmembers():
+            handle = archive.extractfile(member)
+            contents[member.name] = handle.read() if handle is not None else b""
+    return contents
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class Backup(CorePlugin[BackupSettings]):
+    name = "backup"
+    version = "1.0.0"
+    Settings = BackupSettings
+
+    async def init(self, client: DaemonClient) -> None:
+        self.client = client
+        home = (await client.status()).home or "."
+        self.directory = Path(self.settings.directory or Path(home) / "backups")
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._crashed = anyio.Event()
+        self._lock = anyio.Lock()
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        if isinstance(event, ServiceCrashed) and self.settings.on_crash:
+            self._crashed.set()
+
+    async def run(self) -> None:
+        due = anyio.current_time() + self.settings.interval
+        while True:
+            with anyio.move_on_after(max(0.0, due - anyio.current_time())):
+                await self._crashed.wait()
+            if self._crashed.is_set():
+                debounce = self.settings.crash_debounce
+                await anyio.sleep(debounce)  # the crashes of this window make one backup
+                self._crashed = anyio.Event()
+                reason = "crash"
+            else:
+                due = anyio.current_time() + self.settings.interval
+                reason = "scheduled"
+            try:
+                await self.snapshot(reason)
+            except Exception as exc:
+                log.exception("backup failed")
+                await self.client.emit_event("backup_failed", f"{reason} backup failed: {exc}")
+
+    # --- commands -------------------------------------------------------------------
+
+    async def call(self, command: str, args: dict[str, Any]) -> Any:
+        if command == "now":
+            return await self.snapshot("manual")
+        if command == "list":
+            return await anyio.to_thread.run_sync(self._list)
+        archive_id = str(args.get("id") or "")
+        if command in ("verify", "restore") and not archive_id:
+            raise PluginCallError(f"{command} needs an archive id (see `hive backup list`)")
+        if command == "verify":
+            problems = await anyio.to_thread.run_sync(self._verify, archive_id)
+            return {"id": archive_id, "ok": not problems, "problems": problems}
+        if command == "restore":
+            return await self.restore(archive_id, dry_run=bool(args.get("dry_run")))
+        raise PluginCallError(f"unknown command {command!r} (now, list, verify, restore)")
+
+    # --- snapshot -------------------------------------------------------------------
+
+    async def snapshot(self, reason: str) -> dict[str, Any]:
+        async with self._lock:
+            sources = await self.client.list_sources()
+            services = await self.client.list_services()
+            files: dict[str, bytes] = {}
+            entries = []
+            for source in sources:
+                entry: dict[str, Any] = {"name": source.name, "type": source.source_type,
+                                         "path": source.path, "enabled": source.enabled}
+                member = f"sources/{source.name}"
+                try:
+                    if source.source_type == "sqlite":
+                        data = await anyio.to_thread.run_sync(_copy_database, source.path)
+                        entry["file"], entry["restore_to"] = f"{member}/source.db", source.path
+                    else:
+                        root = Path(source.path)
+                        config = root if root.is_file() else find_config_file(root)
+                        if config is None:
+                            raise OSError(f"no hive.yaml in {root}")
+                        data = config.read_bytes()
+                        entry["file"], entry["restore_to"] = f"{member}/{config.name}", str(config)
+                except (OSError, sqlite3.Error) as exc:
+                    entry["error"] = f"not saved: {exc}"
+                    entries.append(entry)
+                    continue
+                files[entry["file"]] = data
+                entry["sha256"] = _sha256(data)
+                entries.append(entry)
+            archive_id = self._new_id()
+            saved = [{"fqn": s.fqn, "desired": s.desired, "instances": s.instances}
+                     for s in services if "#" not in s.fqn]
+            manifest: dict[str, Any] = {
+                "format": FORMAT, "id": archive_id, "reason": reason, "hive_version": __version__,
+                "created": datetime.now(UTC).isoformat(), "sources": entries, "services": saved,
+            }
+            info = await anyio.to_thread.run_sync(self._write, archive_id, manifest, files)
+        await self.client.emit_event("backup_taken", f"backup {archive_id} ({reason}): {len(entries)} sources, "
+                                     f"{len(saved)} services", data=info)
+        return info
+
+    def _new_id(self) -> str:
+        base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        candidate, n = base, 1
+        while (self.directory / f"{candidate}.tar.gz").exists():
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def _write(self, archive_id: str, manifest: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            members = {"manifest.json": json.dumps(manifest, indent=2).encode(), **files}
+            for name, data in members.items():
+                header = tarfile.TarInfo(name)
+                header.size = len(data)
+                header.mtime = int(time.time())
+                header.mode = 0o600
+                archive.addfile(header, io.BytesIO(data))
+        data = buffer.getvalue()
+        path = self.directory / f"{archive_id}.tar.gz"
+        _write_atomically(path, data)
+        _write_atomically(self.directory / f"{archive_id}.sha256", f"{_sha256(data)}  {path.name}\n".encode())
+        self._prune()
+        return {"id": archive_id, "reason": manifest["reason"], "created": manifest["created"],
+                "size": len(data), "sources": len(manifest["sources"]), "services": len(manifest["services"])}
+
+    def _archives(self) -> list[Path]:
+        """Oldest first (by write time: ids of the same second differ by a suffix)."""
+        return sorted(self.directory.glob("*.tar.gz"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+
+    def _prune(self) -> None:
+        archives = self._archives()
+        for old in archives[: max(0, len(archives) - self.settings.keep)]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name.removesuffix(".tar.gz") + ".sha256").unlink(missing_ok=True)
+
+    # --- list and verify ------------------------------------------------------------
+
+    def _list(self) -> list[dict[str, Any]]:
+        found = []
+        for path in reversed(self._archives()):
+            archive_id = path.name.removesuffix(".tar.gz")
+            item: dict[str, Any] = {"id": archive_id, "size": path.stat().st_size}
+            try:
+                manifest = self._manifest(path)
+                item.update(reason=manifest.get("reason"), created=manifest.get("created"),
+                            sources=len(manifest.get("sources", [])), services=len(manifest.get("services", [])))
+            except (OSError, tarfile.TarError, ValueError, KeyError) as exc:
+                item.update(error=f"unreadable: {exc}")
+            found.append(item)
+        return found
+
+    @staticmethod
+    def _manifest(path: Path) -> dict[str, Any]:
+        with tarfile.open(path, mode="r:gz") as archive:
+            member = archive.extractfile("manifest.json")
+            if member is None:
+                raise KeyError("manifest.json")
+            manifest: dict[str, Any] = json.loads(member.read())
+            return manifest
+
+    def _archive(self, archive_id: str) -> Path:
+        if "/" in archive_id or archive_id.startswith("."):
+            raise PluginCallError(f"invalid archive id {archive_id!r}")
+        path = self.directory / f"{archive_id}.tar.gz"
+        if not path.exists():
+            raise PluginCallError(f"no backup {archive_id!r} in {self.directory} (see `hive backup list`)")
+        return path
+
+    def _verify(self, archive_id: str) -> list[str]:
+        """What is wrong with an archive (nothing: it is intact)."""
+        path = self._archive(archive_id)
+        problems = []
+        sidecar = path.with_name(f"{archive_id}.sha256")
+        try:
+            expected = sidecar.read_text().split()[0]
+        except (OSError, IndexError):
+            problems.append(f"{sidecar.name} is missing or empty")
+        else:
+            actual = _file_sha256(path)
+            if actual != expected:
+                problems.append(f"the archive's SHA-256 is {actual}, {sidecar.name} says {expected}")
+        try:
+            contents = _read_archive(path)
+            manifest = json.loads(contents["manifest.json"])
+        except (OSError, EOFError, tarfile.TarError, KeyError, ValueError) as exc:
+            problems.append(f"the archive cannot be read (truncated or not a backup): {exc or type(exc).__name__}")
+            return problems
+        for source in manifest.get("sources", []):
+            name = source.get("file")
+            if name is None:
+                continue
+            data = contents.get(name)
+            if data is None:
+                problems.append(f"{name} is missing from the archive")
+            elif _sha256(data) != source.get("sha256"):
+                problems.append(f"{name} does not match its checksum")
+        return problems
+
+    # --- restore --------------------------------------------------------------------
+
+    async def restore(self, archive_id: str, *, dry_run: bool) -> dict[str, Any]:
+        problems = await anyio.to_thread.run_sync(self._verify, archive_id)
+        if problems:
+            raise PluginCallError(f"backup {archive_id} is damaged, nothing restored: " + "; ".join(problems))
+        path = self._archive(archive_id)
+        contents = await anyio.to_thread.run_sync(_read_archive, path)
+        manifest = json.loads(contents["manifest.json"])
+        current_sources = {s.name: s for s in await self.client.list_sources()}
+        current_services = {s.fqn: s.state for s in await self.client.list_services()}
+        steps: list[tuple[str, Any]] = []
+        for source in manifest["sources"]:
+            if "file" not in source:
+                continue
+            data = contents[source["file"]]
+            name, restore_to = source["name"], Path(source["restore_to"])
+            registered = name in current_sources
+            if not restore_to.exists():
+                steps.append((f"write {restore_to} (source {name})", ("write", restore_to, data)))
+            if not registered:
+                steps.append((f"add source {name} ({source['path']})", ("add", source["path"], name)))
+            if source["type"] == "sqlite" and registered:
+                for service, config in await anyio.to_thread.run_sync(_services_of, data):
+                    if f"{name}:{service}" not in current_services:
+                        steps.append((f"create service {name}:{service}", ("create", name, service, config)))
+        for service in manifest["services"]:
+            running_now = current_services.get(service["fqn"]) in ("running", "unhealthy", "starting")
+            if service["desired"] == "running" and not running_now:
+                steps.append((f"start {service['fqn']}", ("start", service["fqn"])))
+        plan = [label for label, _ in steps]
+        if not dry_run:
+            for label, step in steps:
+                try:
+                    await self._apply(step)
+                except Exception as exc:
+                    raise PluginCallError(f"restore stopped at `{label}`: {exc}") from None
+        return {"id": archive_id, "plan": plan, "applied": not dry_run}
+
+    async def _apply(self, step: tuple[Any, ...]) -> None:
+        action = step[0]
+        if action == "write":
+            target, data = step[1], step[2]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(_write_atomically, target, data)
+        elif action == "add":
+            await self.client.add_source(step[1], name=step[2])
+        elif action == "create":
+            await self.client.create_service(step[1], step[2], step[3], start=False)
+        elif action == "start":
+            await self.client.start_service(step[1])

@@ -1,0 +1,164 @@
+"""The backup plugin through `hive backup`: snapshot, delete a source and a SQLite service,
+restore, and everything is back; damaged archives are refused; crashes and retention."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import anyio
+import pytest
+
+from hive_client import DaemonClient, PluginNotice
+from tests.plugins.conftest import StartWith
+from tests.support import run_cli, write_project
+
+pytestmark = pytest.mark.anyio
+
+SLEEPER = {"runner": {"type": "script", "script": {"run": "exec sleep 1000"}}}
+PROJECT = """
+    version: "1"
+    services:
+      web:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+"""
+
+
+def _settings(**extra: object) -> str:
+    values = {"interval": 3600.0, "on_crash": False, **extra}
+    return "[plugins.backup.settings]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+def _json(*args: str) -> object:
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def _stack(client: DaemonClient, project_dir: Path, home: Path) -> None:
+    write_project(project_dir, PROJECT)
+    await client.add_source(project_dir, name="proj", start=True)
+    await client.add_source(home / "data.db", name="db")
+    await client.create_service("db", "job", SLEEPER, start=True)
+    await client.create_service("db", "other", SLEEPER, start=True)
+
+
+async def test_snapshot_delete_restore(start_with: StartWith, project_dir: Path, hive_env: Path) -> None:
+    daemon = start_with(_settings())
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        await _stack(client, project_dir, hive_env)
+        original = (project_dir / "hive.yaml").read_text()
+        taken = _json("backup", "now")
+        assert (taken["sources"], taken["services"]) == (2, 3)
+        assert [b["id"] for b in _json("backup", "list")] == [taken["id"]]
+        assert _json("backup", "verify", taken["id"])["ok"] is True
+
+        # Lose things: a project (its file too) and a SQLite service.
+        await client.remove_source("proj")
+        (project_dir / "hive.yaml").unlink()
+        await client.delete_service("db:job")
+
+        plan = _json("backup", "restore", taken["id"], "--dry-run")
+        assert plan["applied"] is False
+        assert plan["plan"] == [  # sources and services in name order
+            "create service db:job",
+            f"write {project_dir / 'hive.yaml'} (source proj)",
+            f"add source proj ({project_dir})",
+            "start db:job",
+            "start proj:web",
+        ], "\n".join(plan["plan"])
+        assert not (project_dir / "hive.yaml").exists()  # a dry run changes nothing
+
+        restored = run_cli("backup", "restore", taken["id"])
+        assert restored.returncode == 0, restored.stderr
+        assert "restored from backup" in restored.stdout and "create service db:job" in restored.stdout
+        assert (project_dir / "hive.yaml").read_text() == original
+        states = {s.fqn: s.state for s in await client.list_services()}
+        assert states == {"proj:web": "running", "db:job": "running", "db:other": "running"}
+        again = _json("backup", "restore", taken["id"], "--dry-run")
+        assert again["plan"] == []  # everything is back
+
+
+def _rewrite(archive: Path, member: str, data: bytes) -> None:
+    """Replace one member and re-sign the archive (what an attacker or a bad copy might do)."""
+    with tarfile.open(archive, "r:gz") as source:
+        members = {m.name: source.extractfile(m).read() for m in source.getmembers()}  # type: ignore[union-attr]
+    members[member] = data
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as target:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            target.addfile(info, io.BytesIO(content))
+    archive.write_bytes(buffer.getvalue())
+    sidecar = archive.with_name(archive.name.removesuffix(".tar.gz") + ".sha256")
+    sidecar.write_text(f"{hashlib.sha256(buffer.getvalue()).hexdigest()}  {archive.name}\n")
+
+
+async def test_damaged_archives_are_refused(start_with: StartWith, project_dir: Path, hive_env: Path) -> None:
+    daemon = start_with(_settings())
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        await _stack(client, project_dir, hive_env)
+        backups = hive_env / "backups"
+        truncated, edited, resigned = (_json("backup", "now")["id"] for _ in range(3))
+
+        path = backups / f"{truncated}.tar.gz"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        verify = run_cli("backup", "verify", truncated)
+        assert verify.returncode == 1
+        assert "is damaged" in verify.stderr and "SHA-256" in verify.stderr and "cannot be read" in verify.stderr
+
+        path = backups / f"{edited}.tar.gz"
+        data = bytearray(gzip.decompress(path.read_bytes()))
+        data[600] ^= 0xFF
+        path.write_bytes(gzip.compress(bytes(data)))
+        assert "SHA-256" in run_cli("backup", "verify", edited).stderr
+
+        _rewrite(backups / f"{resigned}.tar.gz", "sources/proj/hive.yaml", b"version: '1'\nservices: {}\n")
+        verify = run_cli("backup", "verify", resigned)
+        assert verify.returncode == 1 and "sources/proj/hive.yaml does not match its checksum" in verify.stderr
+
+        await client.remove_source("proj")
+        for damaged in (truncated, edited, resigned):
+            refused = run_cli("backup", "restore", damaged)
+            assert refused.returncode != 0
+            assert f"backup {damaged} is damaged, nothing restored" in refused.stderr
+        assert "proj" not in [s.name for s in await client.list_sources()]
+
+
+async def test_a_crash_triggers_one_backup_and_retention_keeps_n(start_with: StartWith, project_dir: Path) -> None:
+    daemon = start_with(_settings(on_crash=True, crash_debounce=0.2, keep=2))
+    write_project(project_dir, """
+        version: "1"
+        services:
+          flaky:
+            runner: {type: script, script: {run: "exit 3"}}
+            restart: never
+        """)
+    async with DaemonClient(daemon.socket, timeout=60) as client, \
+            client.subscribe_events(kinds=["plugin_notice"]) as notices:
+        await client.add_source(project_dir, name="proj", start=True)
+        with anyio.fail_after(60):
+            async for notice in notices:
+                assert isinstance(notice, PluginNotice)
+                if notice.kind == "backup_taken":
+                    assert notice.data["reason"] == "crash"
+                    break
+        for _ in range(3):
+            _json("backup", "now")
+        listed = _json("backup", "list")
+        assert len(listed) == 2 and all(b["reason"] == "manual" for b in listed)
+        assert len(list((project_dir.parent / "backups").glob("*.sha256"))) == 2
+
+
+async def test_unknown_archive_and_plugin_not_running(start_with: StartWith) -> None:
+    start_with(_settings())
+    missing = run_cli("backup", "verify", "20200101T000000Z")
+    assert missing.returncode != 0 and "no backup '20200101T000000Z'" in missing.stderr
+    assert run_cli("plugins", "disable", "backup").returncode == 0
+    down = run_cli("backup", "now")
+    assert down.returncode != 0 and "plugin 'backup' is disabled, not running" in down.stderr

@@ -1,0 +1,145 @@
+"""The signaling plugin against a real WebSocket server (the `websockets` library) standing
+in for the signaling server: spawns become real cocoon processes, each answered; terminate
+removes them; a spawn that cannot run gets an error result; a dropped connection is
+re-opened, and the hive registers again with the cocoons it still runs."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from hive_client import DaemonClient
+from tests.engines import require_engine
+from tests.plugins.conftest import StartWith
+from tests.support import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+class SignalingServer:
+    """Accepts the hive's connections; what it receives is queued for the test."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.connections: list[ServerConnection] = []
+        self._arrived = anyio.Event()
+
+    async def handler(self, connection: ServerConnection) -> None:
+        self.connections.append(connection)
+        async for raw in connection:
+            self.received.append(json.loads(raw))
+            self._arrived.set()
+
+    async def send(self, **message: Any) -> None:
+        await self.connections[-1].send(json.dumps({"v": 1, **message}))
+
+    async def expect(self, kind: str, count: int = 1, *, timeout: float = 60) -> list[dict[str, Any]]:
+        """The first ``count`` messages of ``kind`` not taken yet (taken now)."""
+        with anyio.fail_after(timeout):
+            while True:
+                found = [m for m in self.received if m.get("type") == kind]
+                if len(found) >= count:
+                    for message in found[:count]:
+                        self.received.remove(message)
+                    return found[:count]
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[SignalingServer, str]]:
+    fake = SignalingServer()
+    async with serve(fake.handler, "127.0.0.1", 0) as listening:
+        port = next(iter(listening.sockets)).getsockname()[1]
+        yield fake, f"ws://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def cocoon_script(home: Path) -> Path:
+    script = home / "cocoon.sh"
+    script.write_text('#!/bin/sh\necho "cocoon $COCOON_ID up"\nexec sleep 1000\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def _settings(url: str, **extra: Any) -> str:
+    lines = [f"{key} = {json.dumps(value)}" for key, value in
+             {"url": url, "hive_id": "hive-1", "capacity": 30, "reconnect_initial": 0.1,
+              "reconnect_max": 0.5, **extra}.items()]
+    return "[plugins.signaling.settings]\n" + "\n".join(lines) + "\n"
+
+
+async def test_spawn_terminate_and_reconnect(start_with: StartWith, server: tuple[SignalingServer, str],
+                                             cocoon_script: Path, hive_env: Path) -> None:
+    fake, url = server
+    daemon = start_with(_settings(url, runner="script", script_path=str(cocoon_script)))
+    [register] = await fake.expect("register")
+    assert (register["v"], register["hive_id"], register["capacity"], register["cocoons"]) == (1, "hive-1", 30, [])
+    assert set(register["runners"]) == {"script", "docker", "podman"}
+
+    for n in range(20):
+        await fake.send(type="spawn_cocoon", request_id=f"r{n}", cocoon_id=f"c{n}", env={"ROLE": "worker"})
+    results = await fake.expect("spawn_cocoon_result", 20)
+    assert sorted((r["request_id"], r["ok"], r["fqn"]) for r in results) == sorted(
+        (f"r{n}", True, f"cocoons:cocoon-c{n}") for n in range(20))
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        cocoons = await client.list_services("cocoons")
+        assert len(cocoons) == 20 and {c.state for c in cocoons} == {"running"}
+        assert all(c.pid and psutil.pid_exists(c.pid) for c in cocoons)
+        pids = [c.pid for c in cocoons]
+        logs = [line.message for line in await client.get_logs("cocoons:cocoon-c7", lines=5)]
+        assert "cocoon c7 up" in logs
+
+        # The server goes away: the hive comes back and lists what it still runs.
+        await fake.connections[-1].close()
+        [again] = await fake.expect("register")
+        assert sorted(c["cocoon_id"] for c in again["cocoons"]) == sorted(f"c{n}" for n in range(20))
+        assert len(fake.connections) == 2
+
+        await fake.send(type="get_status", request_id="s1")
+        [status] = await fake.expect("status")
+        assert status["request_id"] == "s1" and len(status["cocoons"]) == 20
+
+        for n in range(20):
+            await fake.send(type="terminate_cocoon", request_id=f"t{n}", cocoon_id=f"c{n}")
+        ended = await fake.expect("terminate_cocoon_result", 20)
+        assert all(r["ok"] for r in ended)
+        assert await client.list_services("cocoons") == []
+        await wait_until(lambda: not any(pid and psutil.pid_exists(pid) and
+                                         psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids),
+                         timeout=30, what="the cocoon processes to end")
+
+        # A script that is not there: an error result, not silence (new settings on reload).
+        (hive_env / "config.toml").write_text(_settings(url, runner="script", script_path=str(hive_env / "gone.sh")))
+        await client.reload()
+        await fake.send(type="spawn_cocoon", request_id="bad", cocoon_id="nope")
+        [failed] = await fake.expect("spawn_cocoon_result")
+        assert failed["ok"] is False and failed["request_id"] == "bad"
+        assert failed["error"] == f"cocoon script {hive_env / 'gone.sh'} does not exist or is not executable"
+
+        # Nonsense gets an error message back.
+        await fake.send(type="spawn_cocoon", request_id="x", cocoon_id="../etc")
+        [invalid] = await fake.expect("spawn_cocoon_result")
+        assert invalid["ok"] is False and "invalid cocoon_id" in invalid["error"]
+        await fake.connections[-1].send("not json")
+        [error] = await fake.expect("error")
+        assert error["message"].startswith("unreadable message")
+
+
+async def test_a_bad_image_gets_an_error_result(start_with: StartWith, server: tuple[SignalingServer, str]) -> None:
+    require_engine("docker")
+    fake, url = server
+    start_with(_settings(url, runner="docker"))
+    await fake.expect("register")
+    await fake.send(type="spawn_cocoon", request_id="img", cocoon_id="img1", image="localhost/hive-test-missing:nope")
+    [result] = await fake.expect("spawn_cocoon_result", timeout=120)
+    assert result["ok"] is False and result["cocoon_id"] == "img1"
+    assert "localhost/hive-test-missing:nope" in result["error"]
