@@ -440,9 +440,10 @@ class PluginManager:
         host = self.hosts.get(name)
         if host is None:
             from .errors import RequestError
+            from .handlers.plugins import not_configured
 
             known = ", ".join(sorted(self.hosts)) or "none is configured"
-            raise RequestError.not_found(f"no plugin named {name!r} (plugins: {known})")
+            raise RequestError.not_found(not_configured(name, f"configured: {known}") if self.hosts else not_configured(name))
         return host
 
     def infos(self) -> list[PluginInfo]:

@@ -19,6 +19,12 @@ from hive_client.protocol import (
 from ..dispatch import RequestContext
 from ..errors import RequestError
 
+
+def not_configured(name: str, known: str = "no plugin is configured") -> str:
+    return (f"no plugin named {name!r} ({known}); enable one with [plugins.{name}] in config.toml "
+            "and `hive reload`")
+
+
 _KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _OK = Ok()
 
@@ -31,7 +37,7 @@ async def list_plugins(ctx: RequestContext, request: ListPlugins) -> PluginList:
 async def plugin_action(ctx: RequestContext, request: PluginAction) -> PluginDetail:
     plugins = ctx.app.plugins
     if plugins is None:
-        raise RequestError.not_found(f"no plugin named {request.name!r} (no plugin is configured)")
+        raise RequestError.not_found(not_configured(request.name))
     return PluginDetail(plugin=await plugins.act(request.name, request.action))
 
 
@@ -48,5 +54,5 @@ async def emit_event(ctx: RequestContext, request: EmitEvent) -> Ok:
 async def plugin_call(ctx: RequestContext, request: PluginCall) -> PluginReply:
     plugins = ctx.app.plugins
     if plugins is None:
-        raise RequestError.not_found(f"no plugin named {request.plugin!r} (no plugin is configured)")
+        raise RequestError.not_found(not_configured(request.plugin))
     return PluginReply(result=await plugins.call(request.plugin, request.command, request.args))
