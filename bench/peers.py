@@ -94,7 +94,7 @@ def crash_gaps(record: Path, count: int, running: Callable[[], bool]) -> list[fl
     gaps = []
     for _ in range(count):
         _wait(lambda: bool(_starts(record)) and running())
-        time.sleep(1.2)  # past supervisord's default startsecs, so a kill is a crash, not a failed start
+        time.sleep(1.2)  # wait-ok: past supervisord's default startsecs, so a kill is a crash
         seen = len(_starts(record))
         pid = _starts(record)[-1][0]
         killed = time.time()

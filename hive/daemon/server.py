@@ -277,7 +277,7 @@ class SocketServer:
                 except OSError as exc:
                     # EMFILE and the like: log, back off a little, keep serving.
                     log.error("accept failed: %s", exc)
-                    await anyio.sleep(0.1)
+                    await anyio.sleep(0.1)  # wait-ok: back off after EMFILE and the like
                     continue
                 connections.start_soon(self._serve_connection, client)
 
