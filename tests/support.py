@@ -194,13 +194,21 @@ async def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, what:
 
 def install_package(directory: Path, module: str) -> None:
     """pip-install the package in ``directory`` (a third-party runner or plugin under
-    tests/) into the test environment, as a user would; nothing if ``module`` imports."""
+    tests/) into the test environment, as a user would; again if what is installed lacks
+    an entry point its pyproject.toml declares (an older copy)."""
     import importlib.util
+    import tomllib
 
-    if importlib.util.find_spec(module) is not None:
+    from hive.entry_points import entry_points
+
+    declared = tomllib.loads((directory / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    current = importlib.util.find_spec(module) is not None and all(
+        set(names) <= {entry.name for entry in entry_points(group)} for group, names in declared.items()
+    )
+    if current:
         return
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", str(directory)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(directory)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr

@@ -174,3 +174,18 @@ async def test_a_slow_plugin_loses_its_oldest_events_alone(start_with: StartWith
     assert plugins["recorder"].dropped == 0
     listed = run_cli("plugins").stdout
     assert "blocker" in listed and str(plugins["blocker"].dropped) in listed
+
+
+async def test_a_plugin_whose_init_fails_or_hangs_is_failed_alone(start_with: StartWith, hive_env: Path) -> None:
+    log = hive_env / "rec.jsonl"
+    daemon = start_with(recorder_table(log) + "[plugins.broken]\n[plugins.stuck]\ninit_timeout = 0.5\n")
+    await wait_until(lambda: "daemon_started" in _kinds(log), timeout=30, what="daemon_started")
+    async with DaemonClient(daemon.socket) as client:
+        plugins = {p.name: p for p in await client.list_plugins()}
+        assert plugins["broken"].state == "failed"
+        assert plugins["broken"].last_error == "init failed: cannot reach the mothership"
+        assert plugins["stuck"].state == "failed"
+        assert plugins["stuck"].last_error == "init did not finish within 0.5 s"
+        assert plugins["recorder"].state == "running"
+        assert (await client.status()).running
+    assert daemon.stop() == 0  # failed plugins do not hold the shutdown

@@ -7,6 +7,7 @@
 - ``raiser`` raises in every ``on_event``.
 - ``blocker`` never returns from ``on_event``.
 - ``flooder`` calls the daemon as fast as it can from ``run()``.
+- ``broken`` raises in ``init``; ``stuck`` never returns from it.
 """
 
 from __future__ import annotations
@@ -97,3 +98,19 @@ class Flooder(CorePlugin[NoSettings]):
         async with anyio.create_task_group() as tasks:
             for _ in range(32):
                 tasks.start_soon(hammer)
+
+
+class Broken(CorePlugin[NoSettings]):
+    name = "broken"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        raise RuntimeError("cannot reach the mothership")
+
+
+class Stuck(CorePlugin[NoSettings]):
+    name = "stuck"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        await anyio.sleep_forever()
