@@ -138,6 +138,8 @@ class Autoscaler(CorePlugin[AutoscalerSettings]):
         for base in list(self.tracked):
             if base not in services:
                 del self.tracked[base]
+        containers = {info.container_id for infos in services.values() for info in infos}
+        self._container_pids = {cid: pid for cid, pid in self._container_pids.items() if cid in containers}
         for base, instances in services.items():
             await self._decide(base, instances)
 

@@ -290,8 +290,12 @@ class Backup(CorePlugin[BackupSettings]):
 
     def _verify(self, archive_id: str) -> list[str]:
         """What is wrong with an archive (nothing: it is intact)."""
+        return self._check(archive_id)[0]
+
+    def _check(self, archive_id: str) -> tuple[list[str], dict[str, bytes]]:
+        """What is wrong with an archive, and its members (read once, for a restore too)."""
         path = self._archive(archive_id)
-        problems = []
+        problems: list[str] = []
         sidecar = path.with_name(f"{archive_id}.sha256")
         try:
             expected = sidecar.read_text().split()[0]
@@ -306,7 +310,7 @@ class Backup(CorePlugin[BackupSettings]):
             manifest = json.loads(contents["manifest.json"])
         except (OSError, EOFError, tarfile.TarError, KeyError, ValueError) as exc:
             problems.append(f"the archive cannot be read (truncated or not a backup): {exc or type(exc).__name__}")
-            return problems
+            return problems, {}
         for source in manifest.get("sources", []):
             name = source.get("file")
             if name is None:
@@ -316,16 +320,14 @@ class Backup(CorePlugin[BackupSettings]):
                 problems.append(f"{name} is missing from the archive")
             elif _sha256(data) != source.get("sha256"):
                 problems.append(f"{name} does not match its checksum")
-        return problems
+        return problems, contents
 
     # --- restore --------------------------------------------------------------------
 
     async def restore(self, archive_id: str, *, dry_run: bool) -> dict[str, Any]:
-        problems = await anyio.to_thread.run_sync(self._verify, archive_id)
+        problems, contents = await anyio.to_thread.run_sync(self._check, archive_id)
         if problems:
             raise PluginCallError(f"backup {archive_id} is damaged, nothing restored: " + "; ".join(problems))
-        path = self._archive(archive_id)
-        contents = await anyio.to_thread.run_sync(_read_archive, path)
         manifest = json.loads(contents["manifest.json"])
         current_sources = {s.name: s for s in await self.client.list_sources()}
         current_services = {s.fqn: s.state for s in await self.client.list_services()}

@@ -58,7 +58,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,7 +70,7 @@ import psutil
 
 from ._process import open_output
 from ._watch import SharedWatch
-from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle
+from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle, valid_stop_signal
 from .output import run_streaming
 
 __all__ = ["ContainerHandle", "ContainerRunner", "container_name", "parse_port", "parse_volume"]
@@ -201,11 +200,6 @@ def _image(config: Mapping[str, Any]) -> str:
         raise RunnerError("image is required (the image to run, e.g. nginx:1.27)")
     return image.strip()
 
-
-def _stop_signal(number: int) -> int:
-    if not isinstance(number, int) or not 0 < number < signal.NSIG:
-        raise RunnerError(f"invalid stop signal {number!r}")
-    return int(number)
 
 
 # --- engine output -------------------------------------------------------------------------
@@ -360,7 +354,7 @@ class ContainerRunner(Runner):
         carrying the variables' values."""
         config = spec.config
         source = spec.fqn.partition(":")[0]
-        stop_signal = _stop_signal(spec.stop_signal)
+        stop_signal = valid_stop_signal(spec.stop_signal)
         # A hook's container is not an instance: `discover` must not find it.
         owner = "hive.hook-of" if hook else "hive.fqn"
         args = ["run", "--rm" if hook else "-d", "--name", name,
@@ -444,7 +438,7 @@ class ContainerRunner(Runner):
             container_id = lines[-1]
             handle = ContainerHandle(
                 runner=self, spec=spec, container_id=container_id, name=name, config_hash=digest,
-                run_signal=_stop_signal(spec.stop_signal),
+                run_signal=valid_stop_signal(spec.stop_signal),
             )
             await handle.follow_logs(since=None)
             return handle
@@ -745,7 +739,7 @@ class ContainerHandle(ServiceHandle):
     # --- stop -----------------------------------------------------------------------
 
     async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
-        stop_signal = _stop_signal(stop_signal)
+        stop_signal = valid_stop_signal(stop_signal)
         grace = max(0.0, grace)
         if self._stop_done is not None:  # a stop is under way: share its outcome
             await self._stop_done.wait()

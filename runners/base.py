@@ -20,11 +20,18 @@ from typing import Any, ClassVar
 import anyio
 import msgspec
 
-__all__ = ["ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle"]
+__all__ = ["ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle", "valid_stop_signal"]
 
 
 class RunnerError(Exception):
     """A start or stop failed for a reason the user can act on; the message says it."""
+
+
+def valid_stop_signal(number: int) -> int:
+    """``number`` if it is a signal a stop may send; RunnerError otherwise."""
+    if not isinstance(number, int) or not 0 < number < signal.NSIG:
+        raise RunnerError(f"invalid stop signal {number!r}")
+    return int(number)
 
 
 class RunSpec(msgspec.Struct, kw_only=True):

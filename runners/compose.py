@@ -205,8 +205,7 @@ class ComposeRunner(Runner):
         project = project_name(spec.fqn)
         argv = [*self._argv(command, path, project), "up", "-d", "--no-deps", "--force-recreate", service]
         await self._compose(argv, spec, "up")
-        found = [info for info in await self._find(engine, project, service)
-                 if (info.get("State") or {}).get("Running") or (info.get("State") or {}).get("Status")]
+        found = await self._find(engine, project, service)
         if not found:
             raise RunnerError(f"compose up created no container for service {service!r} in {path}")
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)

@@ -39,7 +39,7 @@ from anyio.lowlevel import RunVar
 from . import _process as proc
 from ._command import plan_command
 from ._watch import SharedWatch
-from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle
+from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle, valid_stop_signal
 
 __all__ = ["RUN_ID_VAR", "ScriptHandle", "ScriptRunner"]
 
@@ -70,7 +70,7 @@ class ScriptRunner(Runner):
         Each instance gets what ``stop()`` gives it; what this saves is the work per
         instance (its own task, scan, timers), which dominates stopping a large project.
         """
-        stop_signal = _valid_signal(stop_signal)
+        stop_signal = valid_stop_signal(stop_signal)
         grace = max(0.0, grace)
         batch: list[ScriptHandle] = []
         others: list[ServiceHandle] = []
@@ -467,7 +467,7 @@ class ScriptHandle(ServiceHandle):
     # --- stop --------------------------------------------------------------------------
 
     async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
-        stop_signal = _valid_signal(stop_signal)
+        stop_signal = valid_stop_signal(stop_signal)
         grace = max(0.0, grace)
         if self._stop_done is not None:  # a stop is under way: share its outcome
             await self._stop_done.wait()
@@ -619,11 +619,6 @@ async def _fresh_table(not_before: float) -> proc.ProcessTable:
         return batch.table
 
 
-def _valid_signal(number: int) -> int:
-    if not isinstance(number, int) or not 0 < number < signal.NSIG:
-        raise RunnerError(f"invalid stop signal {number!r}")
-    return int(number)
-
 
 class _Sweeper(threading.Thread):
     """Stops, in the background, what a main process that exited by itself left behind:
@@ -634,7 +629,7 @@ class _Sweeper(threading.Thread):
         super().__init__(name=f"hive-leftovers-{handle.pid}", daemon=True)
         self.handle = handle
         try:
-            self.stop_signal = _valid_signal(stop_signal)
+            self.stop_signal = valid_stop_signal(stop_signal)
         except RunnerError:
             self.stop_signal = signal.SIGTERM
         self.grace = max(0.0, grace)

@@ -26,11 +26,11 @@ DAEMONIZE = (
     "if os.fork() == 0:\n"
     "    os.setsid()\n"
     "    if os.fork() == 0:\n"
-    "        time.sleep(1000)\n"
+    "        time.sleep(1000)  # wait-ok: the orphan idles\n"
     "    os._exit(0)\n"
     "os.wait()\n"
     "print('daemonized', flush=True)\n"
-    "time.sleep(1000)\n"
+    "time.sleep(1000)  # wait-ok: the service idles\n"
 )
 
 
