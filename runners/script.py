@@ -97,8 +97,7 @@ class ScriptRunner(Runner):
                     for handle in stragglers:
                         await handle._wait_all()
                 failed = [str(h.pid) for h in batch if h._status is None]
-                for handle, found in zip(batch, members, strict=True):
-                    await handle._sweep(found, table.last_pid)
+                await _sweep(list(zip(batch, members, strict=True)), table.last_pid)
         except BaseException:
             for handle in batch:
                 handle._kill_now()  # cancelled or failed half-way: leave nothing running
@@ -429,19 +428,10 @@ class ScriptHandle(ServiceHandle):
             main_alive=self._status is None,
         )
 
-    def _late_members(
-        self, known: set[int], since: int | None
-    ) -> tuple[list[proc.ProcInfo], int] | None:
-        """Members created after the process table of the first look (whose newest pid was
-        ``since``), found by reading only the processes created since; None if the kernel
-        does not tell. Nothing that was not a member then can have become one since: a
+    def _claim(self, fresh: list[proc.ProcInfo], known: set[int]) -> list[proc.ProcInfo]:
+        """Which of ``fresh`` (processes created since the first look, oldest first) joined
+        this instance. Nothing that was not a member then can have become one since: a
         process joins a service only by being born into it."""
-        now = proc.last_pid()
-        if since is None or now is None:
-            return None
-        if now == since:
-            return [], now  # no process at all was created since: nothing to look at
-        fresh = sorted(proc.new_processes(since, now), key=lambda info: info.ticks)
         group_is_ours = self._status is None or proc.read_stat(self.pgid) is None
         run_id = self.run_id.encode() if self.run_id else None
         members = set(known)
@@ -462,7 +452,7 @@ class ScriptHandle(ServiceHandle):
                     members.add(info.pid)
                     found.append(info)
                     changed = True
-        return found, now
+        return found
 
     # --- stop --------------------------------------------------------------------------
 
@@ -500,7 +490,7 @@ class ScriptHandle(ServiceHandle):
                     await self._wait_all()
                 if self._status is None:
                     raise RunnerError(f"process {self.pid} did not exit after SIGKILL")
-            await self._sweep(members, table.last_pid)
+            await _sweep([(self, members)], table.last_pid)
             return self._status
         except BaseException:
             self._kill_now()  # cancelled or failed half-way: leave nothing running
@@ -538,25 +528,6 @@ class ScriptHandle(ServiceHandle):
         await self.wait()
         await self._wait_tracked()
 
-    async def _sweep(self, members: list[proc.ProcInfo], since: int | None) -> None:
-        """Processes forked after the first look (or that escaped it): no grace left."""
-        known = {self.pid, *(m.pid for m in members)}
-        for _ in range(_SWEEPS):
-            late = self._late_members(known, since)
-            if late is None:  # the kernel did not say which pids are new: look at all
-                table = await _fresh_table(time.monotonic())
-                found = self._members(table)
-            else:
-                found, since = late
-            known.update(m.pid for m in found)
-            fresh = self._track(found)
-            if not fresh:
-                break
-            for fd in fresh:
-                proc.send(fd, signal.SIGKILL)
-            with anyio.move_on_after(KILL_TIMEOUT):
-                await self._wait_tracked()
-
     def _kill_now(self) -> None:
         if self._status is None:
             proc.killpg(self.pgid, signal.SIGKILL)
@@ -576,6 +547,35 @@ class ScriptHandle(ServiceHandle):
         for fd in fds:
             if not proc.pidfd_exited(fd):
                 await anyio.wait_readable(fd)
+
+
+async def _sweep(stopped: list[tuple[ScriptHandle, list[proc.ProcInfo]]], since: int | None) -> None:
+    """Kill what the instances of one stop forked after the first look (whose newest pid
+    was ``since``), or what escaped it; no grace left. One look at the processes created
+    since then serves every instance of the stop."""
+    known = {handle: {handle.pid, *(m.pid for m in members)} for handle, members in stopped}
+    for _ in range(_SWEEPS):
+        now = proc.last_pid()
+        if since is None or now is None:  # the kernel did not say which pids are new: look at all
+            table = await _fresh_table(time.monotonic())
+            found = {handle: handle._members(table) for handle in known}
+        elif now == since:
+            return  # no process at all was created since: nothing to look at
+        else:
+            fresh = sorted(proc.new_processes(since, now), key=lambda info: info.ticks)
+            found = {handle: handle._claim(fresh, known[handle]) for handle in known}
+            since = now
+        tracked = []
+        for handle, members in found.items():
+            known[handle].update(m.pid for m in members)
+            tracked += handle._track(members)
+        if not tracked:
+            return
+        for fd in tracked:
+            proc.send(fd, signal.SIGKILL)
+        with anyio.move_on_after(KILL_TIMEOUT):
+            for handle in known:
+                await handle._wait_tracked()
 
 
 class _ScanBatch:
