@@ -143,6 +143,7 @@ class HealthMonitor:
         self._on_result = on_result
         self._exec_prefix = list(exec_prefix)
         self._checks = [self._prepare(spec, ports) for spec in checks]
+        self.results_version = 0  # counts new results: what showed the old ones is stale
         self._healthy: bool | None = None
         self._ran = False
 
@@ -205,6 +206,7 @@ class HealthMonitor:
             checked_at=datetime.now(UTC),
             consecutive_failures=check.consecutive_failures,
         )
+        self.results_version += 1
         if self._on_result is not None:
             self._call(self._on_result, check.last)
         self._update_verdict()

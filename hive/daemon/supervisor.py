@@ -108,8 +108,24 @@ class Backoff:
         return base
 
 
+# What a ServiceInfo shows of an instance and of its service: setting one of these
+# drops the instance's cached info (status answers build it only after a change).
+_SHOWN_OF_INSTANCE = frozenset(
+    {"state", "healthy", "handle", "started_at", "ports", "exit_code", "last_error", "health"}
+)
+_SHOWN_OF_SERVICE = frozenset({"config", "desired", "scale", "restart_count"})
+
+
 class InstanceRuntime:
     """One running copy of a service, and everything runtime-only about it."""
+
+    # The last ServiceInfo built, with the health-results version it showed.
+    info_cache: tuple[int, ServiceInfo] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHOWN_OF_INSTANCE:
+            object.__setattr__(self, "info_cache", None)
+        object.__setattr__(self, name, value)
 
     def __init__(self, service: ServiceRuntime, index: int) -> None:
         self.service = service
@@ -177,6 +193,12 @@ class InstanceRuntime:
 
 
 class ServiceRuntime:
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHOWN_OF_SERVICE:
+            for instance in getattr(self, "instances", ()):
+                instance.info_cache = None
+        object.__setattr__(self, name, value)
+
     def __init__(
         self,
         source: str,
@@ -1130,9 +1152,15 @@ class Supervisor:
         self.app.logs.note(instance.fqn, message, level=level)
 
     def info(self, instance: InstanceRuntime) -> ServiceInfo:
+        """What the daemon shows of ``instance``; built again only after something it
+        shows changed (status of many services is asked far more often than they change)."""
+        health_version = instance.health.results_version if instance.health else 0
+        cached = instance.info_cache
+        if cached is not None and cached[0] == health_version:
+            return cached[1]
         service = instance.service
         handle = instance.handle
-        return ServiceInfo(
+        info = ServiceInfo(
             fqn=instance.fqn,
             source=service.source,
             name=service.name,
@@ -1151,6 +1179,8 @@ class Supervisor:
             health_checks=instance.health.results() if instance.health else [],
             instances=service.scale,
         )
+        instance.info_cache = (health_version, info)
+        return info
 
 
 def _render_config(value: Any, instance: InstanceRuntime) -> Any:
