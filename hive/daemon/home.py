@@ -53,11 +53,14 @@ class HiveHome:
     def daemon_log(self) -> Path:
         return self.logs_dir / "daemon.log"
 
-    def prepare(self, mode: int = 0o700) -> None:
-        """Create the directories; the root is private to the daemon's user."""
+    def prepare(self, mode: int = 0o700, group: int | None = None) -> None:
+        """Create the directories; the root is private to the daemon's user (and, given
+        ``group``, enterable by that group to reach the socket: mode 0710)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        current = stat.S_IMODE(self.root.stat().st_mode)
-        if current != mode:
+        info = self.root.stat()
+        if stat.S_IMODE(info.st_mode) != mode:
             os.chmod(self.root, mode)
+        if group is not None and info.st_gid != group:
+            os.chown(self.root, -1, group)
         for sub in (self.logs_dir, self.run_dir):
             sub.mkdir(mode=0o700, exist_ok=True)

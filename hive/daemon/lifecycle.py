@@ -10,6 +10,7 @@ pid file are removed. SIGHUP reloads the configuration.
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 import signal
@@ -84,8 +85,14 @@ def run_daemon(home_arg: str | None, *, foreground: bool, ready_fd: int | None =
         settings = load_settings(home.config_file)
     except SettingsError as exc:
         return _fail(pipe, str(exc), 2)
+    group = settings.daemon.allowed_group
     try:
-        home.prepare(0o710 if settings.daemon.allowed_group else 0o700)
+        gid = grp.getgrnam(group).gr_gid if group else None
+    except KeyError:
+        return _fail(pipe, f"daemon.allowed_group {group!r} is not a group on this machine "
+                     f"(in {home.config_file})", 2)
+    try:
+        home.prepare(0o710 if gid is not None else 0o700, gid)
     except OSError as exc:
         return _fail(pipe, f"cannot prepare {home.root}: {exc.strerror or exc}", 1)
     configure_logging(

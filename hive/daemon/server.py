@@ -336,7 +336,12 @@ class SocketServer:
             peer = self._peer_of(stream.raw)
         except OSError:
             return
-        connection = Connection(self, stream, peer, scope, f"plugin {plugin!r}" if plugin else "")
+        label = f"plugin {plugin!r}" if plugin else ""
+        if plugin is None and peer.uid not in (self._uid, 0):
+            # A member of the allowed group (anyone else is refused just below).
+            scope = self.app.settings.daemon.group_scope
+            label = f"uid {peer.uid}"
+        connection = Connection(self, stream, peer, scope, label)
         connection.limit = limit
         connection.plugin = plugin
         if not self._allowed(peer):
@@ -474,7 +479,9 @@ class SocketServer:
             tag = request.__struct_config__.tag
             await connection.send_error(
                 msg_id, ErrorCode.FORBIDDEN,
-                f"{connection.label} has the {connection.scope!r} scope; {tag} needs {route.scope!r}",
+                f"{connection.label} has the {connection.scope!r} scope; {tag} needs {route.scope!r}"
+                + (" (the daemon's owner sets it: daemon.group_scope in config.toml)"
+                   if connection.plugin is None and connection.peer.uid not in (self._uid, 0) else ""),
             )
             return
         ctx = RequestContext(self.app, connection, msg_id)

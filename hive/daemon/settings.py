@@ -28,6 +28,8 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     socket: str = ""
     # With an allowed group the socket is 0660 and owned by that group.
     allowed_group: str = ""
+    # What the allowed group's members may ask (the daemon's own uid and root: admin).
+    group_scope: Literal["read", "operate", "admin"] = "operate"
     # Concurrent requests one connection may have in flight before reading pauses.
     max_inflight: int = 64
     # How long a graceful shutdown may take before the rest is cut short.

@@ -1,0 +1,157 @@
+"""Access: who may talk to the daemon, and what a client with the ``read`` scope may do.
+
+Real users: the test creates a group and a member of it (it runs as root in CI), runs a
+child as that member speaking JSON lines over the real socket, and checks what the
+daemon answered and what happened to the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.report import record
+from tests.support import pids_of_service, run_cli, start_daemon, wait_for, write_project
+
+GROUP = "hivetestreaders"
+MEMBER = "hivetestreader"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# The member cannot read the project's virtualenv: the child uses the system Python's
+# stdlib only, sends each request as one JSON line and prints each answer line.
+CHILD = """
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(20)
+try:
+    sock.connect(sys.argv[1])
+except OSError as exc:
+    print(json.dumps({"connect_error": exc.__class__.__name__}))
+    sys.exit(0)
+reader = sock.makefile("rb")
+for request in sys.argv[2:]:
+    sock.sendall(request.encode() + b"\\n")
+    line = reader.readline()
+    if not line:
+        print(json.dumps({"closed": True}))
+        break
+    print(line.decode().strip())
+"""
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating users and switching to them needs root")
+    for tool in ("groupadd", "useradd", "userdel", "groupdel"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is needed to create the test user")
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip(f"{SYSTEM_PYTHON} is needed to run a child as another user")
+
+
+@pytest.fixture(scope="module")
+def member() -> Iterator[pwd.struct_passwd]:
+    """A user whose only group is ``GROUP``, removed again afterwards."""
+    _need_root()
+    subprocess.run(["userdel", MEMBER], capture_output=True, check=False)
+    subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
+    subprocess.run(["groupadd", GROUP], check=True, capture_output=True)
+    subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/usr/sbin/nologin", MEMBER],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(MEMBER)
+    finally:
+        subprocess.run(["userdel", MEMBER], capture_output=True, check=False)
+        subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
+
+
+def _as_user(user: pwd.struct_passwd, socket_path: Path, *requests: dict[str, object]) -> list[dict]:
+    """Send ``requests`` over one connection as ``user``; the answers, one per request."""
+
+    def demote() -> None:
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-c", CHILD, str(socket_path), *(json.dumps(r) for r in requests)],
+        capture_output=True, text=True, timeout=60, preexec_fn=demote, cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _project(home: Path) -> Path:
+    return write_project(home / "proj", """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+        """)
+
+
+@pytest.mark.parametrize("scope", ["read", "operate"])
+def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env: Path, scope: str) -> None:
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "{scope}"\n')
+    project = _project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        before = wait_for(lambda: pids_of_service("proj:web"), timeout=30, what="proj:web running")
+        answers = _as_user(
+            member, daemon.socket,
+            {"type": "status"},
+            {"type": "list_services"},
+            {"type": "stop_service", "fqn": "proj:web"},
+            {"type": "shutdown", "graceful": True, "keep_services": False},
+        )
+        status, listed, stop, shutdown = answers
+        assert status["type"] == "status" and status["pid"] == daemon.pid
+        assert [s["fqn"] for s in listed["services"]] == ["proj:web"]
+        # Shutting the daemon down stays the owner's (and root's), whatever the group's scope.
+        assert shutdown["type"] == "error" and shutdown["code"] == "FORBIDDEN"
+        assert f"uid {member.pw_uid} has the '{scope}' scope; shutdown needs 'admin'" in shutdown["message"]
+        assert "daemon.group_scope" in shutdown["message"]
+        if scope == "read":
+            assert stop["type"] == "error" and stop["code"] == "FORBIDDEN", stop
+            assert "'read' scope; stop_service needs 'operate'" in stop["message"]
+            assert pids_of_service("proj:web") == before  # the same process, still running
+            record("access", "a group member with the read scope asks to stop a service and shut down",
+                   "4 requests", "reads answered; stop and shutdown FORBIDDEN; the service kept its pid")
+        else:
+            assert stop["type"] == "ok", stop
+            wait_for(lambda: not pids_of_service("proj:web"), timeout=30, what="proj:web stopped")
+        assert daemon.alive()
+    finally:
+        daemon.stop()
+
+
+def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env: Path) -> None:
+    """Even with the socket opened to everyone, SO_PEERCRED keeps a non-member out."""
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\n')
+    daemon = start_daemon(hive_env)
+    try:
+        outsider = pwd.getpwnam("nobody")
+        # Through the file system first: the home is 0710 for the group only.
+        assert _as_user(outsider, daemon.socket, {"type": "ping"}) == [{"connect_error": "PermissionError"}]
+        hive_env.chmod(0o711)
+        daemon.socket.chmod(0o666)
+        (answer,) = _as_user(outsider, daemon.socket, {"type": "ping"})
+        assert answer["type"] == "error" and answer["code"] == "PERMISSION_DENIED"
+        assert f"uid {outsider.pw_uid} may not use this daemon" in answer["message"]
+        # The member still gets in, and the daemon serves on.
+        (pong,) = _as_user(member, daemon.socket, {"type": "ping"})
+        assert pong == {"type": "pong"}
+        assert daemon.alive()
+        record("access", "a uid outside the allowed group connects (socket 0666)", "2 connections",
+               "EACCES by the file system, then PERMISSION_DENIED by SO_PEERCRED")
+    finally:
+        daemon.stop()
