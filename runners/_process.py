@@ -367,6 +367,33 @@ def new_processes(since: int, until: int) -> list[ProcInfo]:
     return found
 
 
+# More forks a second than any machine keeps up: how far a short run can move the pids.
+_FORK_RATE_BOUND = 100_000
+
+
+@functools.cache
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return 32768  # the kernel's default
+
+
+def created_since(pid: int, ticks: int) -> list[ProcInfo] | None:
+    """The live processes created after process ``pid`` (which started at ``ticks``),
+    found by their pids alone, oldest first; None when the pid numbers may have come
+    round since (then only a whole scan can tell)."""
+    now = last_pid()
+    if now is None or now < pid:
+        return None
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS
+    if age * _FORK_RATE_BOUND >= _pid_max():
+        return None
+    found = [info for info in _list_new_processes(pid, now) if info.ticks >= ticks]
+    return sorted(found, key=lambda info: info.ticks)
+
+
 def _gone(info: ProcInfo) -> bool:
     stat = read_stat(info.pid)
     return stat is None or stat.zombie or stat.ticks != info.ticks

@@ -637,11 +637,20 @@ class _Sweeper(threading.Thread):
         self.scanned = threading.Event()
         self.done = threading.Event()
 
+    def _leftovers(self, not_before: float) -> list[proc.ProcInfo]:
+        """What is left of the instance. After a short run (a crash loop) only processes
+        created since the main one can be, and their pids say which: a scan of the whole
+        process table would hold the GIL for milliseconds the restart is waiting for."""
+        handle = self.handle
+        fresh = proc.created_since(handle.pid, handle.ticks) if handle.ticks else None
+        if fresh is None:
+            return handle._members(proc.process_table(not_before))
+        return handle._claim(fresh, {handle.pid})
+
     def run(self) -> None:
         handle = self.handle
         try:
-            table = proc.process_table(self.not_before)
-            fds = handle._track(handle._members(table))
+            fds = handle._track(self._leftovers(self.not_before))
             self.scanned.set()
             if not fds:
                 return
@@ -653,8 +662,7 @@ class _Sweeper(threading.Thread):
                 for fd in alive:
                     proc.send(fd, signal.SIGKILL)
                 proc.wait_pidfds(alive, time.monotonic() + KILL_TIMEOUT)
-                table = proc.process_table(time.monotonic())
-                alive = handle._track(handle._members(table))
+                alive = handle._track(self._leftovers(time.monotonic()))
                 if not alive:
                     break
         finally:
