@@ -342,6 +342,12 @@ class DaemonStatus(Response, tag="status"):
     started_at: datetime | None = None
     clients: int = 0
     event_seq: int = 0
+    # Why the daemon's state is not being saved (a full disk, ...); None while it is.
+    # Changes keep working in memory and are written when a retry succeeds.
+    state_error: str | None = None
+    state_unsaved: int = 0  # rows waiting to be written
+    state_failures: int = 0  # failed writes since the daemon started
+    log_write_errors: int = 0  # failed writes of log files (their lines were dropped)
 
 
 class SourceList(Response, tag="sources"):

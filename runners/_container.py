@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -87,6 +88,11 @@ HOOK_LINE_CAP = 64 * 1024
 ENGINE_FAILED = 125
 # Times `wait` is re-run when the engine lost track of a container that still runs.
 _WAIT_RETRIES = 3
+# While the engine cannot be reached, it is asked again after this long, doubling to the cap.
+ENGINE_RETRY_FIRST = 0.25
+ENGINE_RETRY_MAX = 5.0
+
+log = logging.getLogger("hive.runners.container")
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_.-]")
 _PORT = re.compile(r"^(\d{1,5}):(\d{1,5})(?:/(tcp|udp|sctp))?$")
@@ -130,7 +136,12 @@ def parse_port(entry: Any, bind_ip: str) -> str | None:
 
 def parse_volume(entry: Any, project_dir: str) -> str:
     """``SRC:DST[:mode]`` as a ``--volume`` value; a ``./`` or ``../`` source is resolved
-    against ``project_dir`` and refused if it leads outside it."""
+    against ``project_dir`` and refused if it leads outside it.
+
+    Symlinks are followed (``realpath``), in the last name and in every directory on the
+    way: a link in the project that points out of it is refused like ``../..``. The engine
+    is given the resolved path, not the link.
+    """
     if not isinstance(entry, str) or not entry:
         raise RunnerError(f"invalid volume {entry!r}: expected SRC:DST[:mode]")
     parts = entry.split(":")
@@ -140,9 +151,11 @@ def parse_volume(entry: Any, project_dir: str) -> str:
     if source in (".", "..") or source.startswith(("./", "../")):
         root = os.path.realpath(project_dir)
         resolved = os.path.realpath(os.path.join(root, source))
-        if resolved != root and not resolved.startswith(root.rstrip("/") + "/"):
+        if not _within(resolved, root):
+            # Inside by its spelling, outside once resolved: a symlink leads out.
+            how = " through a symlink" if _within(os.path.normpath(os.path.join(root, source)), root) else ""
             raise RunnerError(
-                f"invalid volume {entry!r}: {source} resolves to {resolved}, outside the project {root}"
+                f"invalid volume {entry!r}: {source} resolves{how} to {resolved}, outside the project {root}"
             )
         parts[0] = resolved
     elif not source.startswith("/") and "/" in source:
@@ -150,6 +163,10 @@ def parse_volume(entry: Any, project_dir: str) -> str:
             f"invalid volume {entry!r}: a relative source must start with ./ or ../"
         )
     return ":".join(parts)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _str_list(config: Mapping[str, Any], key: str) -> list[str] | None:
@@ -589,6 +606,7 @@ class ContainerHandle(ServiceHandle):
         self._waiter: anyio.abc.Process | None = None
         self._watch = SharedWatch()
         self._stop_done: anyio.Event | None = None
+        self._stop_asked: tuple[int, float] | None = None  # (signal, grace) of a stop
 
     def __repr__(self) -> str:
         state = self._status.describe() if self._status is not None else "running"
@@ -706,7 +724,8 @@ class ContainerHandle(ServiceHandle):
 
     async def _wait_engine(self) -> ExitStatus:
         runner = self.runner
-        for _ in range(_WAIT_RETRIES):
+        retries = 0
+        while retries < _WAIT_RETRIES:
             if self._waiter is None:
                 argv = [runner.executable(), *runner.global_args(self._config), "wait", self.container_id]
                 try:
@@ -725,16 +744,90 @@ class ContainerHandle(ServiceHandle):
                 words = output.decode(errors="replace").split()
                 with contextlib.suppress(ValueError, IndexError):
                     return ExitStatus(exit_code=int(words[-1]))
-            # The engine lost track of it (removed, engine restarted): ask what is there.
-            found = await runner.inspect([self.container_id], self._config)
+            # `wait` ended without the exit code: the engine lost track of the container,
+            # or went away (restarted, crashed). Ask what is there once it answers again:
+            # its going away is not the container's exit.
+            found, lost_at = await self._inspect_when_back()
             if not found:
                 return ExitStatus()
             state = found[0].get("State") or {}
             if not state.get("Running"):
                 exit_code = state.get("ExitCode")
-                return ExitStatus(exit_code=int(exit_code)) if isinstance(exit_code, int) else ExitStatus()
+                ended_with = int(exit_code) if isinstance(exit_code, int) else None
+                if lost_at is not None:
+                    # Ended by the engine's restart, not by itself: a failure for the
+                    # restart policy even when the code is 0 (its stop signal trapped).
+                    return ExitStatus(exit_code=ended_with, cause=(
+                        f"ended while the {runner.display} engine was away (exit code {ended_with})"))
+                return ExitStatus(exit_code=ended_with)
+            if lost_at is not None:
+                # It survived the engine (live-restore): follow it again, as before, and
+                # carry out a stop asked while the engine was away (it could not be sent).
+                retries = 0
+                if not self._following():
+                    await self.close_logs()
+                    with contextlib.suppress(RunnerError):  # its output lost, not its supervision
+                        await self.follow_logs(since=lost_at)
+                if self._stop_asked is not None:
+                    return await self._stop_late(*self._stop_asked)
+                continue
+            retries += 1
             await anyio.sleep(1.0)  # wait-ok: back off before reconnecting to the engine
         return ExitStatus()
+
+    async def _stop_late(self, stop_signal: int, grace: float) -> ExitStatus:
+        """The stop that failed while the engine was away, now that it is back: the
+        container is stopped and removed, as ``stop()`` would have done."""
+        runner = self.runner
+        found: list[dict[str, Any]] = []
+        with contextlib.suppress(RunnerError):
+            await self._terminate(stop_signal, grace)
+            found = await runner.inspect([self.container_id], self._config)
+        await runner.remove(self.container_id, self._config)
+        exit_code = ((found[0].get("State") or {}) if found else {}).get("ExitCode")
+        return ExitStatus(exit_code=exit_code if isinstance(exit_code, int) else None)
+
+    async def _inspect_when_back(self) -> tuple[list[dict[str, Any]], float | None]:
+        """The engine's description of the container, waiting (and saying so, once) while
+        the engine cannot be reached; and since when it could not be, if it could not."""
+        delay = ENGINE_RETRY_FIRST
+        lost_at: float | None = None
+        while True:
+            try:
+                found = await self.runner.inspect([self.container_id], self._config)
+            except RunnerError as exc:
+                if lost_at is None:
+                    lost_at = time.time()
+                    self._report(f"lost the {self.runner.display} engine ({exc}); "
+                                 "waiting for it to come back")
+                # Its return has no event to wait for: ask again, less and less often.
+                await anyio.sleep(delay)  # wait-ok: backoff while the engine is away
+                delay = min(ENGINE_RETRY_MAX, delay * 2)
+                continue
+            if lost_at is not None:
+                state = (found[0].get("State") or {}) if found else {}
+                outcome = ("the container still runs" if state.get("Running") else
+                           f"the container ended meanwhile (exit code {state.get('ExitCode')})"
+                           if found else "the container is gone")
+                self._report(f"the {self.runner.display} engine is back after "
+                             f"{time.time() - lost_at:.1f} s; {outcome}")
+            return found, lost_at
+
+    def _report(self, message: str) -> None:
+        log.warning("%s: %s", self._spec.fqn, message)
+        if self.notice is not None:
+            self.notice(message)
+
+    def _following(self) -> bool:
+        """Whether the log follower still runs (it dies with the engine's connection)."""
+        if self._logs is not None:
+            return self._logs.returncode is None
+        if self._logs_pid is None:
+            return not (self._spec.stdout_path or self._spec.stderr_path)
+        try:
+            return psutil.Process(self._logs_pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     # --- stop -----------------------------------------------------------------------
 
@@ -745,6 +838,7 @@ class ContainerHandle(ServiceHandle):
             await self._stop_done.wait()
             return await self.wait()
         self._stop_done = anyio.Event()
+        self._stop_asked = (stop_signal, grace)
         runner, config, ref = self.runner, self._config, self.container_id
         try:
             if self._status is None and self._exit is None:

@@ -52,16 +52,22 @@ class RunSpec(msgspec.Struct, kw_only=True):
 
 
 class ExitStatus(msgspec.Struct, frozen=True):
-    """How an instance ended. Both None: unknown (an adopted process is not our child)."""
+    """How an instance ended. Both None: unknown (an adopted process is not our child).
+
+    ``cause``, when set, says the instance was ended by something else than itself (its
+    container engine restarting): never a success, whatever the code."""
 
     exit_code: int | None = None
     signal: int | None = None
+    cause: str = ""
 
     @property
     def success(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == 0 and not self.cause
 
     def describe(self) -> str:
+        if self.cause:
+            return self.cause
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name
@@ -78,6 +84,9 @@ class ServiceHandle(ABC):
 
     pid: int | None = None
     container_id: str | None = None
+    # Set by the daemon: where the handle tells of something that happens to its
+    # instance short of an exit (its engine went away and came back); a line in its log.
+    notice: Callable[[str], None] | None = None
 
     @abstractmethod
     def record(self) -> dict[str, Any]:

@@ -195,8 +195,12 @@ def status(state: CliState) -> None:
             ("sources", str(info.source_count)),
             ("services", f"{info.running_services} running of {info.total_services}"),
             ("clients", str(info.clients)),
+            ("state", "saved" if info.state_error is None else
+             f"NOT SAVED ({info.state_unsaved} changes waiting, retrying): {info.state_error}"),
+            *([("log files", f"{info.log_write_errors} write errors (lines dropped)")]
+              if info.log_write_errors else []),
         ],
-        title_style="bold green",
+        title_style="bold green" if info.state_error is None else "bold red",
     )
 
 

@@ -23,13 +23,30 @@ import aiosqlite
 import anyio
 import anyio.abc
 
+from hive_client import ErrorCode
+
+from .errors import RequestError
+
 log = logging.getLogger("hive.store")
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "StateStore", "StateWriter", "StoreError"]
 
+# A failed write is tried again after this long, doubling up to the cap: a full disk
+# gets a few tries a minute, not one per state change (a restart loop changes it often).
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
 
-class StoreError(Exception):
-    """The state database cannot be used; the message says why and what to do."""
+
+class StoreError(RequestError):
+    """The state database cannot be used; the message says why and what to do.
+
+    A request that hits it is answered ``error{STORAGE, message}``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.STORAGE, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # Each entry takes the schema from version N-1 to N (N = its position, from 1).
@@ -106,9 +123,13 @@ class StateStore:
             raise StoreError(self._damaged(str(exc))) from exc
 
     def _damaged(self, detail: str) -> str:
+        detail = " ".join(detail.split())  # quick_check lists problems on several lines
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
         return (
-            f"the state database {self.path} is damaged ({detail}). Hive will not start on it. "
-            "Restore a backup copy of it, or move it away to start empty; see docs/recovery.md"
+            f"the state database {self.path} is damaged ({detail}). Hive will not start on it: "
+            "put back a copy you trust, or move it away to start empty (then `hive backup restore` "
+            "puts back a snapshot, with the backup plugin); see docs/recovery.md"
         )
 
     async def _migrate(self) -> None:
@@ -222,8 +243,12 @@ class StateWriter:
         self._written = 0
         self._progress = anyio.Event()
         self._writing = False
+        # Failed writes so far, the last one's reason while writes fail (None once one
+        # succeeds again: shown by `hive status`), and when the writer tries again.
         self.failures = 0
         self.last_error: str | None = None
+        self._retry_delay = 0.0
+        self._retry_at: float | None = None
 
     def queue(self, key: Hashable, sql: str, params: Sequence[Any] = ()) -> None:
         """Set the row ``key`` names with ``sql``; replaces a queued write of that row."""
@@ -232,10 +257,23 @@ class StateWriter:
         self._pending_count += 1
         self._wakeup.set()
 
+    @property
+    def unsaved(self) -> int:
+        """Rows whose latest state is not on disk yet."""
+        return len(self._pending)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await self._wakeup.wait()
+            if self._retry_at is None:
+                await self._wakeup.wait()
+            else:
+                # After a failure the timer drives the next try, not new writes: the rows
+                # get written when the disk has room again, with no one having to ask.
+                await anyio.sleep_until(self._retry_at)
+            if self._writing:  # a flush is writing: its outcome decides what comes next
+                await self._progress.wait()
+                continue
             self._wakeup = anyio.Event()
             await self._write_pending()
 
@@ -258,14 +296,20 @@ class StateWriter:
                     await self._store.execute_many(
                         [write for writes in by_shape.values() for write in writes]
                     )
+                    if self.last_error is not None:
+                        log.warning("state saved again (%d failed writes before)", self.failures)
                     self.last_error = None
+                    self._retry_at = None
+                    self._retry_delay = 0.0
                 except StoreError as exc:
-                    # Keep serving from memory; the rows go again with the next write
-                    # (unless a newer write of theirs is queued by then).
+                    # Keep serving from memory; the rows go again when the retry timer
+                    # fires (unless a newer write of theirs is queued by then).
                     self.failures += 1
                     if self.last_error is None:
-                        log.error("state not saved: %s", exc)
+                        log.error("state not saved: %s; retrying", exc)
                     self.last_error = str(exc)
+                    self._retry_delay = min(RETRY_MAX, max(RETRY_FIRST, self._retry_delay * 2))
+                    self._retry_at = anyio.current_time() + self._retry_delay
                     self._pending = batch | self._pending
                     self._written += count
                     failed = True

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,6 +52,7 @@ from hive_client import (
     ServiceState,
     ServiceStateChanged,
     ServiceStopped,
+    __version__,
 )
 from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle
 
@@ -70,6 +73,8 @@ log = logging.getLogger("hive.supervisor")
 # How long a start waits for a dependency (or a used service) to become ready.
 DEPENDENCY_TIMEOUT = 60.0
 MAX_INSTANCES = 1000
+# A process whose service is gone gets this long after SIGTERM (its own grace is gone too).
+_ORPHAN_GRACE = 10.0
 # A build that takes longer is cut off (and the start fails with its output).
 BUILD_TIMEOUT = 3600.0
 # The environment marker that lets a new daemon find services a killed one started
@@ -158,6 +163,9 @@ class InstanceRuntime:
         self._done: anyio.Event | None = None
         self.wakeup = anyio.Event()
         self.backoff: Backoff | None = None
+        # The configuration its process was started from (see _config_digest), kept in
+        # its process record: a later daemon does not adopt a process of an older one.
+        self.config_digest = ""
 
     async def wait_finished(self) -> None:
         """Until its supervision task has ended (made only when someone waits)."""
@@ -372,10 +380,13 @@ class Supervisor:
         for service in services:
             service.desired = "running"
             self.app.state_writer.queue(*_state_row(service))
+        # What the user asked for is on disk before the first process exists: a daemon
+        # killed in between leaves either nothing started or everything wanted (the
+        # next one then starts the rest, and stops what runs unwanted).
+        await self.app.state_writer.flush()
+        for service in services:
             for instance in service.wanted():
                 self._launch(instance, None)
-        # What the user asked for is on disk before the answer says it is done.
-        await self.app.state_writer.flush()
         if wait is None:
             return []
         return await self._wait_settled(services, wait)
@@ -590,6 +601,7 @@ class Supervisor:
                 self._note(instance, instance.last_error, LogLevel.ERROR)
                 self._set_state(instance, ServiceState.PORT_CONFLICT)
                 return None
+            instance.config_digest = _config_digest(service)
             handle = await runner.start(spec)
         except (RunnerError, UnknownRunner, RuntimeTemplateError) as exc:
             instance.last_error = f"cannot start {instance.fqn}: {exc}"
@@ -876,6 +888,7 @@ class Supervisor:
         post_up = fresh and bool(service.config.hooks.post_up)
         instance.post_up_pending = post_up
         instance.handle = handle
+        handle.notice = lambda message: self._note(instance, message, LogLevel.WARN)
         instance.last_error = None
         instance.started_at = datetime.now(UTC)
         instance.started_monotonic = time.monotonic()
@@ -1009,23 +1022,74 @@ class Supervisor:
         """At start-up: adopt what earlier daemons left running, start what should run.
 
         Instances beyond the current scale (a daemon killed in the middle of scaling
-        down) are adopted and stopped, so no copy runs twice or unsupervised."""
+        down), and those of a service the user stopped (killed in the middle of that
+        stop), are adopted and stopped, so no copy runs twice, unwanted or unsupervised."""
         recorded: dict[str, int] = {}
         for fqn, index in self._process_records:
             recorded[fqn] = max(recorded.get(fqn, 0), index + 1)
         for service in list(self.services.values()):
             service.grow(recorded.get(service.fqn, 0))
+            wanted = service.wanted() if service.desired == "running" else []
+            unwanted: list[tuple[InstanceRuntime, ServiceHandle]] = []
             for instance in service.instances:
                 adopted = await self._adopt(instance)
-                if adopted is not None:
+                if adopted is None:
+                    continue
+                if instance in wanted:
                     self._launch(instance, adopted)
-            surplus = service.instances[max(service.scale, 1) :]
-            if surplus:
-                await self._stop_level(surplus)
-                del service.instances[max(service.scale, 1) :]
+                else:
+                    unwanted.append((instance, adopted))
+            if unwanted:
+                await self._stop_unwanted(unwanted)
+            del service.instances[max(service.scale, 1) :]
             if service.desired == "running":
                 for instance in service.wanted():
                     self._launch(instance, None)
+        self._stop_orphans()
+
+    async def _stop_unwanted(self, adopted: list[tuple[InstanceRuntime, ServiceHandle]]) -> None:
+        """Stop adopted processes no one wants any more, together (never supervised: a
+        stop must not race the start of their supervision)."""
+
+        async def stop(instance: InstanceRuntime, handle: ServiceHandle) -> None:
+            config = instance.service.config
+            try:
+                await handle.stop(config.stop_signum(), config.stop_grace)
+            except RunnerError as exc:
+                log.error("cannot stop %s: %s", instance.fqn, exc)
+            self.app.logs.unfollow(instance.fqn)
+            self._forget_process(instance)
+            self._note(instance, "stopped: not wanted (its stop or scale-down was cut short)")
+
+        async with anyio.create_task_group() as stops:
+            for instance, handle in adopted:
+                stops.start_soon(stop, instance, handle)
+
+    def _stop_orphans(self) -> None:
+        """Processes recorded for services that no longer exist (removed by a reload, or
+        with their source, by a daemon killed before it stopped them) are stopped, in the
+        background: nothing runs unsupervised. The processes of a source that failed to
+        load are left alone (its services are not known, they may still be wanted)."""
+        sources = self.app.sources.sources if self.app.sources is not None else {}
+        for (fqn, index), record in list(self._process_records.items()):
+            source = sources.get(fqn.partition(":")[0])
+            if fqn in self.services or (source is not None and source.error is not None):
+                continue
+            del self._process_records[(fqn, index)]
+            self._tasks.start_soon(self._stop_orphan, fqn, index, record)
+
+    async def _stop_orphan(self, fqn: str, index: int, record: dict[str, Any]) -> None:
+        name = fqn if index == 0 else f"{fqn}#{index}"
+        try:
+            handle = await self.runners.get(record["runner"]).adopt(RunSpec(fqn=name), record["handle"])
+            if handle is not None:
+                log.warning("stopping %s (pid %s): its service no longer exists", name, handle.pid)
+                await handle.stop(int(signal.SIGTERM), _ORPHAN_GRACE)
+        except (RunnerError, UnknownRunner) as exc:
+            log.warning("cannot stop %s, whose service no longer exists: %s", name, exc)
+        self.app.state_writer.queue(
+            ("processes", name), "DELETE FROM processes WHERE fqn = ? AND instance = ?", (fqn, index)
+        )
 
     async def _adopt(self, instance: InstanceRuntime) -> ServiceHandle | None:
         service = instance.service
@@ -1060,6 +1124,19 @@ class Supervisor:
             if record is not None:
                 self._forget_process(instance)
             return None
+        current = _config_digest(service)
+        recorded = str(record["handle"].get("config_digest") or "") if record is not None else ""
+        # Digests of two Hive versions may differ for one configuration: not compared.
+        if recorded and recorded != current and recorded.partition("/")[0] == __version__:
+            # Started from a configuration changed since (a reload cut short by a kill,
+            # hive.yaml edited while no daemon ran): replaced, as a reload would have.
+            log.info("%s (pid %s) runs an older configuration; replacing it", instance.fqn, handle.pid)
+            self._note(instance, f"pid {handle.pid} ran an older configuration; replacing it")
+            with contextlib.suppress(RunnerError):
+                await handle.stop(service.config.stop_signum(), service.config.stop_grace)
+            self._forget_process(instance)
+            return None
+        instance.config_digest = current
         log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
         self.app.logs.follow(instance.fqn, offsets=offsets)
         self._note(instance, f"adopted by the daemon (pid {handle.pid})")
@@ -1071,6 +1148,7 @@ class Supervisor:
         self._saved_offsets[instance.fqn] = offsets
         record["log_offsets"] = list(offsets)
         record["ports"] = instance.ports
+        record["config_digest"] = instance.config_digest
         self.app.state_writer.queue(
             ("processes", instance.fqn),
             "INSERT OR REPLACE INTO processes (fqn, instance, runner, pid, start_time, handle, started_at) "
@@ -1192,6 +1270,11 @@ def _render_config(value: Any, instance: InstanceRuntime) -> Any:
     if isinstance(value, list):
         return [_render_config(item, instance) for item in value]
     return value
+
+
+def _config_digest(service: ServiceRuntime) -> str:
+    """A short name of the service's effective configuration: ``<hive version>/<hash>``."""
+    return f"{__version__}/{hashlib.sha256(service.fingerprint).hexdigest()[:16]}"
 
 
 def _settled(instance: InstanceRuntime) -> bool:
