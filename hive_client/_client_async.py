@@ -134,6 +134,8 @@ class DaemonClient(AsyncRequestMethods):
         self._send_lock = anyio.Lock()
         self._stream: anyio.abc.SocketStream | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._reader_done: anyio.Event | None = None
+        self._closing = False
         self._open = False
         self.welcome: Welcome | None = None
 
@@ -158,6 +160,7 @@ class DaemonClient(AsyncRequestMethods):
             raise TransportError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._reader_done = anyio.Event()
         self._open = True
         self._task_group.start_soon(self._read_loop)
         try:
@@ -192,18 +195,38 @@ class DaemonClient(AsyncRequestMethods):
         task_group, self._task_group = self._task_group, None
         if self._stream is not None:
             with anyio.CancelScope(shield=True):
+                await self._stop_reader()
                 await self._stream.aclose()
         task_group.cancel_scope.cancel()
         # Exited directly (not inside another scope): it is the scope __aenter__ opened.
         await task_group.__aexit__(None, None, None)
         self._fail_all(ConnectionClosed("the client was closed"))
 
+    async def _stop_reader(self) -> None:
+        """Let the reader end on EOF before the stream is closed.
+
+        Closing anyio's asyncio UNIX stream under a reader that waits completes the
+        reader's future from outside; if the daemon's last bytes arrived in the same
+        loop turn, the readiness callback then sets that future again and asyncio
+        reports an InvalidStateError. A shutdown ends the read the ordinary way.
+        """
+        assert self._stream is not None
+        raw = self._stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if raw is None or self._reader_done is None:
+            return
+        self._closing = True
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        with anyio.move_on_after(1):
+            await self._reader_done.wait()
+
     # --- transport ------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
         assert self._stream is not None
         reader = FrameReader(self._max_frame)
-        error: HiveError = ConnectionClosed("the daemon closed the connection")
+        hung_up = ConnectionClosed("the daemon closed the connection")
+        error: HiveError = hung_up
         try:
             while True:
                 payload = reader.next_payload()
@@ -219,7 +242,8 @@ class DaemonClient(AsyncRequestMethods):
                     # An error about a frame the daemon could not attribute: fatal.
                     error = daemon_error(message.code, message.message)
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+            if self._closing and error is hung_up:
+                error = ConnectionClosed("the client was closed")
         except OSError as exc:
             error = ConnectionClosed(f"connection to the daemon failed: {exc}")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -229,6 +253,8 @@ class DaemonClient(AsyncRequestMethods):
         finally:
             self._open = False
             self._fail_all(error)
+            if self._reader_done is not None:
+                self._reader_done.set()
 
     def _fail_all(self, error: HiveError) -> None:
         for mailbox in self._mailboxes.values():

@@ -20,10 +20,14 @@ from hive_client.protocol import (
 
 from ..dispatch import RequestContext, StreamSink, relay
 from ..errors import RequestError
+from ..supervisor import InstanceRuntime, Supervisor
 
 # Keep a batch well under the clients' frame limit, whatever the lines hold.
 MAX_BATCH_BYTES = 6 * 1024 * 1024
 MAX_BATCH_LINES = 50_000
+# The longest FQN has 264 characters. fnmatch compiles a pattern into a regex on the
+# event loop, seconds for a megabyte one, and caches thousands of them: bound it.
+MAX_PATTERN = 512
 _SERVICE_EVENTS = [
     "service_state_changed",
     "service_health_changed",
@@ -33,6 +37,13 @@ _SERVICE_EVENTS = [
     "service_exited",
     "service_restarting",
 ]
+
+
+def fqn_pattern(text: str | None) -> str | None:
+    """``text`` if it is a pattern worth matching; RequestError otherwise."""
+    if text is not None and len(text) > MAX_PATTERN:
+        raise RequestError.invalid(f"fqn pattern is longer than {MAX_PATTERN} characters")
+    return text
 
 
 def _level(text: str | None) -> LogLevel | None:
@@ -54,7 +65,7 @@ async def get_logs(ctx: RequestContext, request: GetLogs) -> LogBatch:
     if request.lines is not None and request.lines < 0:
         raise RequestError.invalid("lines must be 0 or more")
     lines = min(request.lines, MAX_BATCH_LINES) if request.lines is not None else MAX_BATCH_LINES
-    logs = ctx.app.logs.query(request.fqn, lines, request.since, _level(request.level))
+    logs = ctx.app.logs.query(fqn_pattern(request.fqn), lines, request.since, _level(request.level))
     # Trim the oldest lines until the answer fits in one frame.
     size = sum(len(line.message) + 100 for line in logs)
     start = 0
@@ -66,8 +77,21 @@ async def get_logs(ctx: RequestContext, request: GetLogs) -> LogBatch:
 
 async def stream_logs(ctx: RequestContext, request: StreamLogs, sink: StreamSink) -> None:
     level = _level(request.level)
-    with ctx.app.logs.subscribe(request.fqn, level, max(request.tail, 0)) as subscription:
+    with ctx.app.logs.subscribe(fqn_pattern(request.fqn), level, max(request.tail, 0)) as subscription:
         await relay(sink, subscription, lambda line: LogLineItem(stream_id=sink.stream_id, line=line))
+
+
+def _find_instance(supervisor: Supervisor, fqn: str) -> InstanceRuntime | None:
+    """The instance ``fqn`` (``source:service`` or ``source:service#N``) names, by lookup:
+    scanning every record per event made a batch of N changes cost N x N per watcher."""
+    base, _, number = fqn.partition("#")
+    service = supervisor.services.get(base)
+    if service is None or (number and not number.isdigit()):
+        return None
+    index = int(number) if number else 0
+    if index < len(service.instances) and service.instances[index].fqn == fqn:
+        return service.instances[index]
+    return next((i for i in service.instances if i.fqn == fqn), None)
 
 
 async def subscribe_services(ctx: RequestContext, request: SubscribeServices, sink: StreamSink) -> None:
@@ -79,25 +103,36 @@ async def subscribe_services(ctx: RequestContext, request: SubscribeServices, si
         if not await sink.start():
             return
         last: dict[str, bytes] = {}
-        for instance in supervisor.all_records():
-            if fqn_matches(pattern, instance.fqn):
-                info = supervisor.info(instance)
-                last[instance.fqn] = msgspec.msgpack.encode(info)
-                if not await sink.send(ServiceUpdate(stream_id=sink.stream_id, service=info)):
-                    return
+
+        async def send_if_changed(instance: InstanceRuntime) -> bool:
+            info = supervisor.info(instance)
+            encoded = msgspec.msgpack.encode(info)
+            if last.get(instance.fqn) == encoded:
+                return True  # several events for one change: send the state once
+            last[instance.fqn] = encoded
+            return await sink.send(ServiceUpdate(stream_id=sink.stream_id, service=info))
+
+        async def send_all() -> bool:
+            for instance in supervisor.all_records():
+                if fqn_matches(pattern, instance.fqn) and not await send_if_changed(instance):
+                    return False
+            return True
+
+        if not await send_all():
+            return
         while True:
             try:
                 event = await subscription.get()
             except anyio.EndOfStream:
                 return
-            fqn = getattr(event, "fqn", None)
-            instance = next((i for i in supervisor.all_records() if i.fqn == fqn), None)
-            if instance is None:
+            if subscription.take_dropped():
+                # A burst (1,000 services starting) overflowed the queue: the events lost
+                # may have been the last change of some services, so send every current
+                # state that differs from what this watcher was last told.
+                if not await send_all():
+                    return
                 continue
-            info = supervisor.info(instance)
-            encoded = msgspec.msgpack.encode(info)
-            if last.get(fqn) == encoded:
-                continue  # several events for one change: send the state once
-            last[fqn] = encoded
-            if not await sink.send(ServiceUpdate(stream_id=sink.stream_id, service=info)):
+            fqn = getattr(event, "fqn", None)
+            instance = _find_instance(supervisor, fqn) if fqn else None
+            if instance is not None and not await send_if_changed(instance):
                 return
