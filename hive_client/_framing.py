@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Union
+from typing import Generic, TypeVar, Union
 
 import msgspec
 
@@ -34,30 +34,55 @@ HEADER_SIZE = 4
 _HEADER = struct.Struct(">I")
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
-_envelope_decoder = msgspec.msgpack.Decoder(tuple[int, msgspec.Raw])
 _json_encoder = msgspec.json.Encoder()
 
+T = TypeVar("T")
+
+
+class _Decoder(Generic[T]):
+    """A msgspec decoder whose every failure is a ``msgspec.DecodeError``.
+
+    msgspec raises RecursionError on input nested deeper than the interpreter's stack
+    allows (a few hundred bytes of ``[[[[...``, well under any frame limit); as a
+    DecodeError it is answered like any other undecodable input instead of escaping
+    the connection's task and taking the daemon down.
+    """
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: msgspec.msgpack.Decoder[T] | msgspec.json.Decoder[T]) -> None:
+        self._decoder = decoder
+
+    def decode(self, data: bytes | bytearray | memoryview | msgspec.Raw) -> T:
+        try:
+            return self._decoder.decode(data)
+        except RecursionError:
+            raise msgspec.DecodeError("input nested too deeply") from None
+
+
+_envelope_decoder = _Decoder(msgspec.msgpack.Decoder(tuple[int, msgspec.Raw]))
+
 
 @functools.cache
-def _request_decoder() -> msgspec.msgpack.Decoder[Request]:
+def _request_decoder() -> _Decoder[Request]:
     # Built on first use: compiling a union costs milliseconds, and a client never
     # decodes requests (nor a daemon responses).
-    return msgspec.msgpack.Decoder(RequestMessage)
+    return _Decoder(msgspec.msgpack.Decoder(RequestMessage))
 
 
 @functools.cache
-def _response_decoder() -> msgspec.msgpack.Decoder[Response]:
-    return msgspec.msgpack.Decoder(ResponseMessage)
+def _response_decoder() -> _Decoder[Response]:
+    return _Decoder(msgspec.msgpack.Decoder(ResponseMessage))
 
 
 @functools.cache
-def json_request_decoder() -> msgspec.json.Decoder[Request]:
-    return msgspec.json.Decoder(RequestMessage)
+def json_request_decoder() -> _Decoder[Request]:
+    return _Decoder(msgspec.json.Decoder(RequestMessage))
 
 
 @functools.cache
-def json_response_decoder() -> msgspec.json.Decoder[Response]:
-    return msgspec.json.Decoder(ResponseMessage)
+def json_response_decoder() -> _Decoder[Response]:
+    return _Decoder(msgspec.json.Decoder(ResponseMessage))
 
 
 def encode_frame(msg_id: int, message: Request | Response) -> bytes:
@@ -87,8 +112,8 @@ def decode_response(raw: msgspec.Raw | bytes) -> Response:
 
 
 @functools.lru_cache(maxsize=64)
-def _narrow_decoder(types: tuple[type[Response], ...]) -> msgspec.msgpack.Decoder[Response]:
-    return msgspec.msgpack.Decoder(Union[types])  # noqa: UP007
+def _narrow_decoder(types: tuple[type[Response], ...]) -> _Decoder[Response]:
+    return _Decoder(msgspec.msgpack.Decoder(Union[types]))  # noqa: UP007
 
 
 def decode_response_as(raw: msgspec.Raw | bytes, types: tuple[type[Response], ...]) -> Response:

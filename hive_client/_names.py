@@ -36,20 +36,28 @@ def validate_name(name: str, what: str = "name") -> str | None:
     return None
 
 
+def _quoted(text: str, limit: int = 100) -> str:
+    """``repr(text)``, cut for a message: an error must not echo 100 kB of input back."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def parse_fqn(fqn: str) -> Fqn:
     """Split ``source:service[#N]`` at the first ``:``; ValueError says what is wrong."""
     source, sep, rest = fqn.partition(":")
     if not sep:
-        raise ValueError(f"{fqn!r} is not an FQN: expected 'source:service'")
+        raise ValueError(f"{_quoted(fqn)} is not an FQN: expected 'source:service'")
     service, hash_, instance_text = rest.partition("#")
     for part, what in ((source, "source name"), (service, "service name")):
         problem = validate_name(part, what)
         if problem:
-            raise ValueError(f"invalid FQN {fqn!r}: {problem}")
+            raise ValueError(f"invalid FQN {_quoted(fqn)}: {problem}")
     instance: int | None = None
     if hash_:
-        if not instance_text.isdigit() or len(instance_text) > 6:
-            raise ValueError(f"invalid FQN {fqn!r}: instance must be a number after '#'")
+        # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "٣".
+        if not (instance_text.isascii() and instance_text.isdigit()) or len(instance_text) > 6:
+            raise ValueError(f"invalid FQN {_quoted(fqn)}: instance must be a number after '#'")
         instance = int(instance_text)
     return Fqn(source, service, instance)
 

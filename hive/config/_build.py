@@ -150,6 +150,24 @@ def resolve_path(root: str, value: str) -> str:
     return os.path.normpath(os.path.join(root, value))
 
 
+# The longest service name: what an FQN may hold (hive_client.validate_name).
+MAX_NAME = 128
+# The longest path the kernel takes (PATH_MAX less its NUL), and the longest name in one.
+PATH_MAX = 4095
+NAME_MAX = 255
+
+
+def path_problem(path: str) -> str | None:
+    """Why the kernel would refuse ``path`` (ENAMETOOLONG at start, not now), or None."""
+    encoded = path.encode("utf-8", "surrogatepass")
+    if len(encoded) > PATH_MAX:
+        return f"path is too long ({len(encoded)} bytes; at most {PATH_MAX})"
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"a name in the path is too long ({len(longest)} bytes; at most {NAME_MAX} per name)"
+    return None
+
+
 def service_name_problems(name: str) -> list[str]:
     """The reference reports first-character and charset problems separately."""
     if name == "":
@@ -162,6 +180,9 @@ def service_name_problems(name: str) -> list[str]:
         problems.append(
             "Service name must contain only lowercase letters, numbers, hyphens, and underscores"
         )
+    if len(name) > MAX_NAME:
+        # Longer names could not be addressed through the API, nor named as log files.
+        problems.append(f"Service name is longer than {MAX_NAME} characters")
     return problems
 
 
@@ -204,6 +225,14 @@ class Builder:
         self.built_services: dict[str, ServiceConfig] = {}
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _resolve(self, base: str, value: str, path: KeyPath) -> str:
+        """``resolve_path``, with an error at ``path`` for a path no start could use."""
+        resolved = resolve_path(base, value)
+        problem = path_problem(resolved)
+        if problem is not None:
+            self.sink.error(path, problem)
+        return resolved
 
     def _error_count(self) -> int:
         return len(self.sink.errors)
@@ -511,14 +540,17 @@ class Builder:
             self.sink.error(path, "use either 'files' or 'file', not both")
             return None
         names: Any = [".env"]
+        keys: list[KeyPath] = [path]
         if settings.get("files") is not None:
             names = self.decoder.decode(settings["files"], list[str], (*path, "files"))
+            keys = [(*path, "files", index) for index in range(len(names or []))]
         elif settings.get("file") is not None:
             name = self.decoder.decode(settings["file"], str, (*path, "file"))
             names = None if name is None else [name]
+            keys = [(*path, "file")]
         if names is None:
             return None
-        return [resolve_path(self.root, name) for name in names]
+        return [self._resolve(self.root, name, key) for name, key in zip(names, keys, strict=True)]
 
     # ---- services ------------------------------------------------------------------------
 
@@ -631,7 +663,10 @@ class Builder:
                 self.sink.error((*block_path, "run"), "'run' is required")
             elif script is not None:
                 script = msgspec.structs.replace(
-                    script, working_dir=resolve_path(self.root, script.working_dir)
+                    script,
+                    working_dir=self._resolve(
+                        self.root, script.working_dir, (*block_path, "working_dir")
+                    ),
                 )
         elif type_name in ("docker", "podman"):
             container: _DockerBlock | _PodmanBlock | None
@@ -875,7 +910,8 @@ class Builder:
                 return None
             if cmd is not None:
                 cmd = msgspec.structs.replace(
-                    cmd, working_dir=resolve_path(self.root, cmd.working_dir)
+                    cmd,
+                    working_dir=self._resolve(self.root, cmd.working_dir, (*block_path, "working_dir")),
                 )
         else:
             timing = self.decoder.decode(block, _CheckTiming, block_path, warn_unknown=False)
@@ -925,9 +961,11 @@ class Builder:
             return None
         # Spec S: the build runs in its own working_dir, else the runner's, else the root.
         build_dir = (
-            resolve_path(self.root, spec.working_dir) if "working_dir" in value else service_dir
+            self._resolve(self.root, spec.working_dir, (*path, "working_dir"))
+            if "working_dir" in value
+            else service_dir
         )
-        output = resolve_path(build_dir, spec.output) if spec.output else None
+        output = self._resolve(build_dir, spec.output, (*path, "output")) if spec.output else None
         return msgspec.structs.replace(spec, working_dir=build_dir, output=output)
 
     def restart(self, value: Any, path: KeyPath) -> RestartSpec | None:
@@ -1040,7 +1078,9 @@ class Builder:
             return None
         on_failure = fields.on_failure or inherited_on_failure
         working_dir = (
-            resolve_path(self.root, fields.working_dir) if fields.working_dir else default_dir
+            self._resolve(self.root, fields.working_dir, (*path, "working_dir"))
+            if fields.working_dir
+            else default_dir
         )
         common: dict[str, Any] = {
             "working_dir": working_dir,

@@ -24,7 +24,12 @@ class ConfigIssue(msgspec.Struct, frozen=True):
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         kind = "warning: " if self.severity == "warning" else ""
         subject = f"{self.path}: " if self.path else ""
-        return f"{where}: {kind}{subject}{self.message}"
+        text = f"{where}: {kind}{subject}{self.message}"
+        if text.isprintable():
+            return text
+        # Keys and values come from the file: a control character (\r, an escape sequence)
+        # would break the one-line message or drive the user's terminal. Show it escaped.
+        return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _issue_order(issue: ConfigIssue) -> tuple[int, int]:

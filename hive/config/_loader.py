@@ -136,6 +136,10 @@ def _load_data(
     source_name: str,
 ) -> LoadedProject:
     sink = IssueSink(display, lines)
+    # A "\0" escape puts a NUL in a value: no path, command or variable can hold one.
+    for path, message in _nul_problems(data, ()):
+        sink.error(path, message)
+    sink.raise_if_errors()
     preloaded = _preload_dotenv(data, root, sink)
 
     def resolve(plugin: str, key: str, service: str | None) -> str | None:
@@ -171,6 +175,26 @@ def _load_data(
         inactive=inactive_notes(config),
         source_name=source_name,
     )
+
+
+_NUL_MESSAGE = "contains a NUL character (\\0), which no path, command or variable can hold"
+
+
+def _nul_problems(value: object, path: KeyPath) -> list[tuple[KeyPath, str]]:
+    """Where plain data holds a NUL character: (key path, message), keys named in the message."""
+    if isinstance(value, str):
+        return [(path, _NUL_MESSAGE)] if "\0" in value else []
+    found: list[tuple[KeyPath, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\0" in key:
+                found.append((path, f"key {key!r} {_NUL_MESSAGE}"))
+            else:
+                found += _nul_problems(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _nul_problems(item, (*path, index))
+    return found
 
 
 def _check_version(data: dict[str, Any], sink: IssueSink) -> None:
@@ -306,6 +330,8 @@ def _plain(value: object, path: KeyPath, depth: int = 0) -> Any:
     """A copy of API input as JSON-like data (str keys; lists, not tuples)."""
     if depth > MAX_DEPTH:
         raise _NotPlainData(path, f"nesting deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str) and "\0" in value:
+        raise _NotPlainData(path, _NUL_MESSAGE)
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, Mapping):
@@ -313,6 +339,8 @@ def _plain(value: object, path: KeyPath, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _NotPlainData(path, f"mapping keys must be strings, got {describe(key)}")
+            if "\0" in key:
+                raise _NotPlainData(path, f"key {key!r} {_NUL_MESSAGE}")
             result[key] = _plain(item, (*path, key), depth + 1)
         return result
     if isinstance(value, list | tuple):

@@ -318,11 +318,17 @@ def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]
             app.plugins = PluginManager(app, app.task_group)
         if app.plugins is not None:
             messages.extend(await app.plugins.reconfigure(settings.plugins))
+        sources_ok = True
         if app.sources is not None:
-            messages.append(await app.sources.reload_all())
+            sources_message, sources_ok = await app.sources.reload_all()
+            messages.append(sources_message)
         summary = "; ".join(messages)
         notifier.ready("reloaded")
-        app.bus.publish(DaemonReloaded(ok=True, message=summary))
+        app.bus.publish(DaemonReloaded(ok=sources_ok, message=summary))
+        if not sources_ok:
+            # The rest is applied; the caller (and a script's exit code) learns what was not.
+            log.error("reloaded in part: %s", summary)
+            raise RequestError(ErrorCode.INVALID_CONFIG, summary)
         log.info("reloaded: %s", summary)
         return summary
 

@@ -120,6 +120,36 @@ def detect(path: Path) -> tuple[str, Path]:
     )
 
 
+def _shown(text: str, limit: int = 120) -> str:
+    """A path as an error message shows it: printable, and not kilobytes long."""
+    shown = text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return shown if shown.isprintable() else repr(shown)
+
+
+def _source_path(text: str) -> Path:
+    """The absolute path ``add_source`` names; RequestError when it cannot name a source.
+
+    A new ``.db`` is created, but only in a directory that exists: a typo must not leave
+    directories behind wherever the daemon may write.
+    """
+    if "\0" in text:
+        raise RequestError.invalid(f"source path {_shown(text)} contains a NUL character")
+    path = Path(os.path.abspath(os.path.expanduser(text)))
+    try:
+        if path.exists():
+            return path
+        if path.suffix != ".db":
+            raise RequestError.not_found(f"{_shown(str(path))} does not exist")
+        if not path.parent.is_dir():
+            raise RequestError.not_found(
+                f"{_shown(str(path.parent))} does not exist: a new SQLite source is created "
+                "in an existing directory"
+            )
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES: a path no source can live at
+        raise RequestError.invalid(f"source path {_shown(str(path))}: {exc.strerror or exc}") from None
+    return path
+
+
 class SourceRegistry:
     def __init__(self, app: App, supervisor: Supervisor) -> None:
         self.app = app
@@ -136,7 +166,8 @@ class SourceRegistry:
         source = self.sources.get(name)
         if source is None:
             known = ", ".join(self.names()) or "none"
-            raise RequestError.not_found(f"no source {name!r} (sources: {known})")
+            shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}... ({len(name)} characters)"
+            raise RequestError.not_found(f"no source {shown} (sources: {known})")
         return source
 
     def info(self, source: Source) -> SourceInfo:
@@ -244,9 +275,7 @@ class SourceRegistry:
 
     async def add(self, path_text: str, name: str | None) -> tuple[Source, bool]:
         """Register a source; adding a known path again returns it (reloaded)."""
-        path = Path(os.path.abspath(os.path.expanduser(path_text)))
-        if not path.exists() and path.suffix != ".db":
-            raise RequestError.not_found(f"{path} does not exist")
+        path = _source_path(path_text)
         source_type, canonical = detect(path)
         async with self._lock:
             for existing in self.sources.values():
@@ -344,8 +373,9 @@ class SourceRegistry:
         async with self._lock:
             return await self._reload_locked(self.get(name), dry_run=dry_run)
 
-    async def reload_all(self) -> str:
-        """Every source (SIGHUP); a broken one keeps running as it was."""
+    async def reload_all(self) -> tuple[str, bool]:
+        """Every source (SIGHUP); a broken one keeps running as it was. What happened, and
+        whether every source reloaded."""
         changed, failed = 0, []
         async with self._lock:
             for source in list(self.sources.values()):
@@ -357,7 +387,7 @@ class SourceRegistry:
         summary = f"sources reloaded ({changed} service changes)"
         if failed:
             summary += "; kept the running configuration of " + "; ".join(failed)
-        return summary
+        return summary, not failed
 
     async def _reload_locked(self, source: Source, *, dry_run: bool) -> ReloadPlan:
         old_project = source.project

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import msgspec
+
 from hive_client import PluginNotice
 from hive_client.protocol import (
     EmitEvent,
@@ -27,6 +29,9 @@ def not_configured(name: str, known: str = "no plugin is configured") -> str:
 
 _KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _OK = Ok()
+# The bus keeps its last 1024 events for replay: without a bound per event, a client
+# sending frame-sized notices would hold gigabytes there.
+MAX_EVENT_BYTES = 64 * 1024
 
 
 async def list_plugins(ctx: RequestContext, request: ListPlugins) -> PluginList:
@@ -45,6 +50,14 @@ async def emit_event(ctx: RequestContext, request: EmitEvent) -> Ok:
     if not _KIND.match(request.kind):
         raise RequestError.invalid(
             f"invalid event kind {request.kind!r}: lowercase letters, digits, _ . - (64 at most)")
+    try:
+        size = len(request.message.encode("utf-8", "surrogatepass")) + len(request.fqn or "")
+        size += len(msgspec.msgpack.encode(request.data))
+    except RecursionError:
+        raise RequestError.invalid("event data is nested too deeply") from None
+    if size > MAX_EVENT_BYTES:
+        raise RequestError.invalid(
+            f"event too large: {size} bytes of message, fqn and data (at most {MAX_EVENT_BYTES})")
     sender = ctx.connection.plugin or ctx.connection.label
     ctx.app.bus.publish(PluginNotice(plugin=sender, kind=request.kind, fqn=request.fqn,
                                      message=request.message, data=request.data))
