@@ -226,6 +226,24 @@ def test_json_lines_ping(daemon: DaemonProcess) -> None:
         assert json.loads(stream.readline()) == {"type": "pong"}
 
 
+def test_json_lines_stream_is_answered_before_the_next_line(daemon: DaemonProcess) -> None:
+    """No ids in JSON lines: a stream's ``stream_started`` (or its refusal) comes before
+    the answer to the line after it, even when both arrive in one write."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(daemon.socket))
+    with sock, sock.makefile("rwb") as stream:
+        for _ in range(20):
+            stream.write(b'{"type":"subscribe_events","kinds":["source_added"]}\n{"type":"ping"}\n'
+                         b'{"type":"subscribe_events","since_seq":-1}\n{"type":"ping"}\n')
+            stream.flush()
+            assert json.loads(stream.readline())["type"] == "stream_started"
+            assert json.loads(stream.readline()) == {"type": "pong"}
+            refused = json.loads(stream.readline())
+            assert refused["type"] == "error" and refused["code"] == "INVALID_REQUEST", refused
+            assert json.loads(stream.readline()) == {"type": "pong"}
+
+
 def test_json_lines_overlong_line(daemon: DaemonProcess) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(30)

@@ -222,19 +222,24 @@ class _Sink:
     that refuses the request before starting answers with a plain error instead.
     """
 
-    __slots__ = ("_connection", "_msg_id", "started", "stream_id")
+    __slots__ = ("_connection", "_msg_id", "answered", "started", "stream_id")
 
     def __init__(self, connection: Connection, msg_id: int, stream_id: str) -> None:
         self._connection = connection
         self._msg_id = msg_id
         self.stream_id = stream_id
         self.started = False
+        # Set once the request has its answer (stream_started, or the stream is over).
+        self.answered = anyio.Event()
 
     async def start(self) -> bool:
         if self.started:
             return not self._connection.closed
         self.started = True
-        return await self._connection.send(self._msg_id, StreamStarted(stream_id=self.stream_id))
+        try:
+            return await self._connection.send(self._msg_id, StreamStarted(stream_id=self.stream_id))
+        finally:
+            self.answered.set()
 
     async def send(self, item: Response) -> bool:
         if not self.started and not await self.start():
@@ -487,7 +492,11 @@ class SocketServer:
         ctx = RequestContext(self.app, connection, msg_id)
         if route.stream is not None:
             self._begin()
-            task_group.start_soon(self._run_stream, ctx, request, route.stream)
+            sink = _Sink(connection, msg_id, os.urandom(16).hex())
+            task_group.start_soon(self._run_stream, ctx, request, route.stream, sink)
+            if connection.json:
+                # JSON lines has no ids: the next line is read once this one has its answer.
+                await sink.answered.wait()
         elif route.inline or slots is None:
             self._begin()
             try:
@@ -525,13 +534,12 @@ class SocketServer:
             slots.release()
             self._end()
 
-    async def _run_stream(self, ctx: RequestContext, request: Request, handler: Callable[..., object]) -> None:
-        connection = ctx.connection
-        stream_id = os.urandom(16).hex()
-        sink = _Sink(connection, ctx.request_id, stream_id)
+    async def _run_stream(self, ctx: RequestContext, request: Request, handler: Callable[..., object],
+                          sink: _Sink) -> None:
         try:
             await self._stream_body(ctx, request, handler, sink)
         finally:
+            sink.answered.set()
             self._end()
 
     async def _stream_body(

@@ -68,12 +68,14 @@ def cspec(implementation: tuple[list[str], str], spec: SpecFactory, home: Path) 
 
     yield factory
     engine = implementation[1]
-    listed = subprocess.run(
-        [engine, "ps", "-aq", "--filter", f"label=com.docker.compose.project={project_name(source + ':app')}"],
-        capture_output=True, text=True, check=False,
-    )
-    if listed.stdout.split():
-        subprocess.run([engine, "rm", "-f", *listed.stdout.split()], capture_output=True, check=False)
+    label = f"label=com.docker.compose.project={project_name(source + ':app')}"
+    # Containers, then the project's network (a file without host networking makes one;
+    # left behind, they exhaust Docker's address pools after some thirty runs).
+    for kind in ("container", "network"):
+        listed = subprocess.run([engine, kind, "ls", "-aq" if kind == "container" else "-q", "--filter", label],
+                                capture_output=True, text=True, check=False)
+        if listed.stdout.split():
+            subprocess.run([engine, kind, "rm", "-f", *listed.stdout.split()], capture_output=True, check=False)
 
 
 TRAPPING = "trap 'exit 0' TERM; sleep 1000 & wait"
