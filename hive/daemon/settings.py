@@ -47,6 +47,9 @@ class RestartSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     buffer_lines: int = 10_000
+    # All services' in-memory lines together (estimated); past it the busiest give up
+    # their oldest lines down to an equal share. The log files keep everything.
+    buffer_total_bytes: int = 256 * 1024 * 1024
     max_file_bytes: int = 10 * 1024 * 1024
     keep_files: int = 5
     max_line_bytes: int = 64 * 1024

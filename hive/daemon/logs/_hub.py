@@ -44,8 +44,12 @@ PRELOAD_LINES = 1000
 _PUNCH_STEP = 1024 * 1024
 # One "skipped N bytes" note per capture file per this many seconds, at most.
 _SKIP_NOTE_INTERVAL = 1.0
-# Per-instance cap on the text a buffer holds; a buffer of long lines stays bounded.
+# Per-instance cap on the memory a buffer takes (estimated as below); a buffer of long
+# lines stays bounded.
 DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024
+# What a buffered line costs besides its text (the LogLine, its timestamp, the deque
+# slot), measured: the estimate that the per-instance and daemon-wide caps count.
+LINE_COST = 400
 
 _RANK: dict[str, int] = {level.value: level.rank for level in LogLevel}
 _WARN = LogLevel.WARN.value
@@ -284,11 +288,16 @@ class _Batch:
         )
         # Inlined _store: this runs for every line.
         inst = self.inst
+        hub = self.hub
         self.buffer.append(line)
-        inst.buffer_bytes += len(message)
+        cost = len(message) + LINE_COST
+        inst.buffer_bytes += cost
+        hub._buffered += cost
         if len(self.buffer) > self.max_lines or inst.buffer_bytes > self.max_bytes:
-            _trim(inst, self.max_lines, self.max_bytes)
-        self.hub._lines += 1
+            hub._buffered -= _trim(inst, self.max_lines, self.max_bytes)
+        if hub._buffered > hub._buffer_total:
+            hub._rebalance(inst)
+        hub._lines += 1
         if self.subs:
             rank = _RANK[level]
             for sub in self.subs:
@@ -317,6 +326,7 @@ class LogHub:
         self.logs_dir = Path(logs_dir)
         self.run_dir = Path(run_dir)
         self._buffer_bytes = max(1, buffer_bytes)
+        self._buffered = 0  # what every instance's buffer takes together (estimated)
         self._chunk = max(4096, chunk_bytes)
         self._backlog_option = max_backlog_bytes
         self._apply(settings)
@@ -343,6 +353,7 @@ class LogHub:
     def _apply(self, settings: LogsSection) -> None:
         self.settings = settings
         self._buffer_lines = max(0, settings.buffer_lines)
+        self._buffer_total = max(1, settings.buffer_total_bytes)
         self._max_line = max(16, settings.max_line_bytes)
         # Past this much unread data, older bytes are skipped: they would be rotated
         # out of the log files before anyone could read them anyway.
@@ -358,7 +369,10 @@ class LogHub:
         self._apply(settings)
         for inst in self._instances.values():
             inst.file.reconfigure(settings.max_file_bytes, settings.keep_files)
-            _trim(inst, self._buffer_lines, self._buffer_bytes)
+            self._buffered -= _trim(inst, self._buffer_lines, self._buffer_bytes)
+        if self._buffered > self._buffer_total:
+            for inst in list(self._instances.values()):
+                self._rebalance(inst)
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -564,6 +578,7 @@ class LogHub:
         self._forgotten.add(fqn)
         for key in [k for k, inst in self._instances.items() if fqn in (k, inst.base)]:
             inst = self._instances.pop(key)
+            self._buffered -= inst.buffer_bytes
             self._unfollow(inst)
             inst.file.close()
             self._forgotten.add(key)
@@ -745,8 +760,21 @@ class LogHub:
 
     def _store(self, inst: _Instance, line: LogLine) -> None:
         inst.buffer.append(line)
-        inst.buffer_bytes += len(line.message)
-        _trim(inst, self._buffer_lines, self._buffer_bytes)
+        cost = len(line.message) + LINE_COST
+        inst.buffer_bytes += cost
+        self._buffered += cost
+        self._buffered -= _trim(inst, self._buffer_lines, self._buffer_bytes)
+        if self._buffered > self._buffer_total:
+            self._rebalance(inst)
+
+    def _rebalance(self, inst: _Instance) -> None:
+        """Over the daemon-wide budget: the instance adding lines gives up its oldest
+        ones down to an equal share; one under its share makes the largest buffer do so
+        (quiet services keep what they have while there is room)."""
+        share = self._buffer_total // max(1, len(self._instances))
+        if inst.buffer_bytes <= share:
+            inst = max(self._instances.values(), key=_buffer_size)
+        self._buffered -= _trim(inst, self._buffer_lines, share)
 
     def _subscriptions_for(self, inst: _Instance) -> list[LogSubscription]:
         if inst.subs_version != self._subs_version:
@@ -1003,10 +1031,17 @@ class LogHub:
             cap.can_punch = False
 
 
-def _trim(inst: _Instance, max_lines: int, max_bytes: int) -> None:
+def _trim(inst: _Instance, max_lines: int, max_bytes: int) -> int:
+    """Drop the oldest lines over the caps; what that freed (estimated)."""
     buffer = inst.buffer
+    before = inst.buffer_bytes
     while buffer and (len(buffer) > max_lines or inst.buffer_bytes > max_bytes):
-        inst.buffer_bytes -= len(buffer.popleft().message)
+        inst.buffer_bytes -= len(buffer.popleft().message) + LINE_COST
+    return before - inst.buffer_bytes
+
+
+def _buffer_size(inst: _Instance) -> int:
+    return inst.buffer_bytes
 
 
 def _cut(raw: bytes, limit: int) -> tuple[bytes, bytes]:
