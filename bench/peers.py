@@ -17,8 +17,10 @@ library (supervisord: XML-RPC over its Unix socket; circusd: its ZeroMQ client; 
   with the tool's CLI, one process per call;
 - the daemon's resident memory idle and with 100 programs.
 
-Medians of ``--repeat`` runs (crash gaps: of all the crashes). Ratios are to the floor
-and to Hive. ``--write-docs`` puts the table in docs/performance.md.
+``--rounds`` rounds (3) interleave the tools and the floor; the table shows each figure's
+median over the rounds and its spread [lowest..highest] (a round's crash gap is the median
+of its ``--crashes`` crashes). Ratios are of medians, to the floor and to Hive.
+``--write-docs`` puts the table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -290,7 +292,16 @@ class Circusd(Tool):
     def quit(self) -> None:
         self.client.stop()
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(120)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            # Seen once with a crash-looping watcher: circusd ignored SIGTERM. Its figures
+            # are in; leave nothing behind for the next tool.
+            print(f"{self.name} did not stop within 60 s of SIGTERM; killing it", file=sys.stderr)
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                child.kill()
+            self.process.kill()
+            self.process.wait()
 
 
 class CircusdTuned(Circusd):
@@ -404,19 +415,37 @@ ROWS = [
 ]
 
 
-def render(results: dict[str, dict[str, float]], floor: dict[str, float]) -> str:
+Figures = dict[str, float]
+
+
+def combine(rounds: list[Figures]) -> dict[str, tuple[float, float, float]]:
+    """Each figure over the rounds: (median, lowest, highest)."""
+    keys = {key for figures in rounds for key in figures}
+    combined = {}
+    for key in keys:
+        values = [figures[key] for figures in rounds if key in figures]
+        combined[key] = (statistics.median(values), min(values), max(values))
+    return combined
+
+
+def render(results: dict[str, list[Figures]], floors: list[Figures]) -> str:
     names = ["floor", *results]
+    spreads = {name: combine(rounds) for name, rounds in results.items()}
+    spreads["floor"] = combine(floors)
+    floor = {key: value[0] for key, value in spreads["floor"].items()}
     lines = ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, key, unit in ROWS:
         cells = []
         for name in names:
-            value = floor.get(key) if name == "floor" else results[name].get(key)
-            if value is None:
+            if key not in spreads[name]:
                 cells.append("-")
                 continue
-            shown = value * (1e3 if unit == "ms" else 1e6 if unit == "us" else 1)
-            text = f"{shown:.1f}{unit}" if unit else f"{shown:.1f}"
-            hive = results.get("hive", {}).get(key)
+            value, lowest, highest = spreads[name][key]
+            scale = 1e3 if unit == "ms" else 1e6 if unit == "us" else 1
+            text = f"{value * scale:.1f}{unit}"
+            if highest > lowest:
+                text += f" [{lowest * scale:.1f}..{highest * scale:.1f}]"
+            hive = spreads.get("hive", {}).get(key, (None,))[0]
             if name not in ("floor", "hive") and hive:
                 ratio = (hive / value) if key == "status qps" else (value / hive)
                 text += f" ({ratio:.1f}x hive)"
@@ -430,7 +459,8 @@ def render(results: dict[str, dict[str, float]], floor: dict[str, float]) -> str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 500])
-    parser.add_argument("--crashes", type=int, default=9)
+    parser.add_argument("--crashes", type=int, default=5, help="crashes per round")
+    parser.add_argument("--rounds", type=int, default=3, help="each tool measured this many times, interleaved")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--tools", nargs="+", default=[t.name for t in TOOLS])
     parser.add_argument("--write-docs", action="store_true")
@@ -438,29 +468,38 @@ def main() -> int:
     if 100 not in args.sizes:
         args.sizes.insert(0, 100)
     work = Path(tempfile.mkdtemp(prefix="hvpeers-", dir="/tmp"))
+    floors: list[Figures] = []
+    results: dict[str, list[Figures]] = {}
     try:
-        floor: dict[str, float] = {}
-        for size in args.sizes:
-            start, stop = floor_start_stop(size)
-            floor[f"start {size}"] = start
-            if size == 100:
-                floor["stop 100"] = stop
-        floor["crash gap"] = statistics.median(floor_gaps(work, args.crashes))
-        results = {}
-        for tool_class in TOOLS:
-            if tool_class.name in args.tools:
-                print(f"measuring {tool_class.name} ...", file=sys.stderr, flush=True)
-                results[tool_class.name] = measure(tool_class, work, args.sizes, args.crashes, args.queries)
+        # Rounds interleave the tools, so a slow spell of a shared machine hits all alike.
+        for round_number in range(1, args.rounds + 1):
+            floor: Figures = {}
+            for size in args.sizes:
+                start, stop = floor_start_stop(size)
+                floor[f"start {size}"] = start
+                if size == 100:
+                    floor["stop 100"] = stop
+            (work / f"floor-{round_number}").mkdir()
+            floor["crash gap"] = statistics.median(floor_gaps(work / f"floor-{round_number}", args.crashes))
+            floors.append(floor)
+            for tool_class in TOOLS:
+                if tool_class.name in args.tools:
+                    print(f"round {round_number}/{args.rounds}: {tool_class.name} ...", file=sys.stderr, flush=True)
+                    place = work / f"round-{round_number}"
+                    place.mkdir(exist_ok=True)
+                    results.setdefault(tool_class.name, []).append(
+                        measure(tool_class, place, args.sizes, args.crashes, args.queries))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = render(results, floor)
+    table = render(results, floors)
     machine = f"{os.cpu_count()} cpus, Python {platform.python_version()}, {platform.platform()}"
     print(f"machine: {machine}\n{table}")
     if args.write_docs:
         path = ROOT / "docs" / "performance.md"
         text = path.read_text()
         start, end = "<!-- peers:start -->", "<!-- peers:end -->"
-        block = f"{start}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}.\n\n{table}\n{end}"
+        block = (f"{start}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}: medians of {args.rounds} "
+                 f"rounds [lowest..highest].\n\n{table}\n{end}")
         if start in text:
             text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
         else:
