@@ -140,9 +140,20 @@ class Runner(ABC):
     ) -> None:
         """Stop several instances (``hive down``, a daemon shutdown): what ``stop()`` does
         to each. Runners that can do it in one sweep override this."""
+        failures: list[str] = []
+
+        async def stop_one(handle: ServiceHandle) -> None:
+            # One that cannot be stopped (its engine is away) must not cut the others short.
+            try:
+                await handle.stop(stop_signal, grace)
+            except RunnerError as exc:
+                failures.append(str(exc))
+
         async with anyio.create_task_group() as stops:
             for handle in handles:
-                stops.start_soon(handle.stop, stop_signal, grace)
+                stops.start_soon(stop_one, handle)
+        if failures:
+            raise RunnerError("; ".join(failures))
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
         """Records of running instances of ``spec.fqn`` that no record names.

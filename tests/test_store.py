@@ -115,3 +115,25 @@ async def test_state_writer_flush_returns_while_writes_keep_coming(home: Path) -
             tasks.cancel_scope.cancel()
     finally:
         await store.close()
+
+
+async def test_a_flush_tries_again_what_a_failed_write_put_back(home: Path) -> None:
+    """A write that failed (here SQLite refuses writes, as on a full disk) does not hang a
+    flush; once writes work again, the next flush saves those rows without waiting for
+    the retry timer (a stop or a shutdown may be the last chance)."""
+    store = await StateStore.open(home / "state.db")
+    try:
+        writer = StateWriter(store)
+        await store.fetch_all("PRAGMA query_only = ON")
+        writer.queue(("meta", "desired"), _UPSERT, ("desired", "stopped"))
+        with anyio.fail_after(10):
+            await writer.flush()
+        assert writer.unsaved == 1 and writer.last_error is not None
+        assert await store.get_meta("desired") is None
+        await store.fetch_all("PRAGMA query_only = OFF")
+        with anyio.fail_after(10):
+            await writer.flush()
+        assert writer.unsaved == 0 and writer.last_error is None
+        assert await store.get_meta("desired") == "stopped"
+    finally:
+        await store.close()

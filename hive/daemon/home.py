@@ -53,6 +53,21 @@ class HiveHome:
     def daemon_log(self) -> Path:
         return self.logs_dir / "daemon.log"
 
+    def restrict_files(self) -> None:
+        """The files in the root readable by their owner only (state.db and its WAL, the
+        log, config.toml): with an allowed group, the root is 0710 so that members reach
+        the socket, and a file made 0644 would be theirs to read by name."""
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                    if mode & 0o077:
+                        os.chmod(entry.path, mode & 0o700)
+                except OSError:
+                    continue  # gone meanwhile, or not ours: nothing to hide
+
     def prepare(self, mode: int = 0o700, group: int | None = None) -> None:
         """Create the directories; the root is private to the daemon's user (and, given
         ``group``, enterable by that group to reach the socket: mode 0710)."""

@@ -212,6 +212,8 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
         store = await StateStore.open(home.state_db)
     except StoreError as exc:
         raise StartupError(str(exc)) from exc
+    if settings.daemon.allowed_group:
+        home.restrict_files()  # its members may enter the home for the socket, not read it
     owned_socket: Path | None = None
     try:
         sock, socket_path, owned = _open_socket(home, settings)

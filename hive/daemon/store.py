@@ -332,3 +332,8 @@ class StateWriter:
                 await self._progress.wait()
             else:
                 await self._write_pending(until=target)
+        if self._retry_at is not None and self._pending and not self._writing:
+            # Rows a failed write put back count as written (a flush must not hang on a
+            # full disk): they get one more try now, not only when the timer fires; a
+            # stop or a shutdown may be what asked.
+            await self._write_pending(until=self._written + 1)

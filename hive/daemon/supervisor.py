@@ -385,6 +385,9 @@ class Supervisor:
         # next one then starts the rest, and stops what runs unwanted).
         await self.app.state_writer.flush()
         for service in services:
+            # What happened during the flush: a stop, a delete, the daemon shutting down.
+            if self.shutting_down or service.desired != "running" or self.services.get(service.fqn) is not service:
+                continue
             for instance in service.wanted():
                 self._launch(instance, None)
         if wait is None:
@@ -510,6 +513,8 @@ class Supervisor:
             await self.runners.get(runner_name).stop_many(handles, stop_signal, grace)
         except (RunnerError, UnknownRunner) as exc:
             log.error("stopping %d %s instance(s): %s", len(handles), runner_name, exc)
+        except Exception:  # a runner's bug must not cut the other runners' stops short
+            log.exception("stopping %d %s instance(s) failed", len(handles), runner_name)
 
     # --- the supervision loop -----------------------------------------------------------
 
@@ -1073,7 +1078,13 @@ class Supervisor:
         sources = self.app.sources.sources if self.app.sources is not None else {}
         for (fqn, index), record in list(self._process_records.items()):
             source = sources.get(fqn.partition(":")[0])
-            if fqn in self.services or (source is not None and source.error is not None):
+            if fqn in self.services:
+                continue
+            if source is None or source.error is not None or source.warnings:
+                # Its source is not loaded, or not all of it: the service may still be
+                # wanted (a default hive.yaml missing at boot, an entry a newer Hive
+                # refuses). Left running, and said so.
+                log.warning("%s (pid %s) is not a known service; left running", fqn, record.get("pid"))
                 continue
             del self._process_records[(fqn, index)]
             self._tasks.start_soon(self._stop_orphan, fqn, index, record)
@@ -1086,7 +1097,11 @@ class Supervisor:
                 log.warning("stopping %s (pid %s): its service no longer exists", name, handle.pid)
                 await handle.stop(int(signal.SIGTERM), _ORPHAN_GRACE)
         except (RunnerError, UnknownRunner) as exc:
-            log.warning("cannot stop %s, whose service no longer exists: %s", name, exc)
+            # The record stays: the next start tries again (a container runner needs the
+            # service's configuration to adopt; its id says what to remove by hand).
+            found = record["handle"].get("container_id") or record.get("pid")
+            log.warning("cannot stop %s (%s), whose service no longer exists: %s", name, found, exc)
+            return
         self.app.state_writer.queue(
             ("processes", name), "DELETE FROM processes WHERE fqn = ? AND instance = ?", (fqn, index)
         )
@@ -1116,10 +1131,13 @@ class Supervisor:
             except RunnerError as exc:
                 log.warning("cannot adopt %s: %s", instance.fqn, exc)
         if handle is None:
-            for found in await runner.discover(spec, self.base_env[MARKER_ENV]):
-                handle = await runner.adopt(spec, found)
-                if handle is not None:
-                    break
+            try:
+                for found in await runner.discover(spec, self.base_env[MARKER_ENV]):
+                    handle = await runner.adopt(spec, found)
+                    if handle is not None:
+                        break
+            except RunnerError as exc:  # its engine is not up yet (boot order): start afresh
+                log.warning("cannot look for a running %s: %s", instance.fqn, exc)
         if handle is None:
             if record is not None:
                 self._forget_process(instance)
@@ -1132,10 +1150,13 @@ class Supervisor:
             # hive.yaml edited while no daemon ran): replaced, as a reload would have.
             log.info("%s (pid %s) runs an older configuration; replacing it", instance.fqn, handle.pid)
             self._note(instance, f"pid {handle.pid} ran an older configuration; replacing it")
-            with contextlib.suppress(RunnerError):
+            try:
                 await handle.stop(service.config.stop_signum(), service.config.stop_grace)
-            self._forget_process(instance)
-            return None
+            except RunnerError as exc:  # not stopped: supervise it rather than start a second
+                log.warning("cannot replace %s: %s; adopting it as it is", instance.fqn, exc)
+            else:
+                self._forget_process(instance)
+                return None
         instance.config_digest = current
         log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
         self.app.logs.follow(instance.fqn, offsets=offsets)

@@ -129,9 +129,24 @@ def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env
         else:
             assert stop["type"] == "ok", stop
             wait_for(lambda: not pids_of_service("proj:web"), timeout=30, what="proj:web stopped")
+        # The home is enterable for the socket, its files are not readable.
+        assert not _can_read(member, hive_env / "state.db")
+        assert not _can_read(member, hive_env / "config.toml")
         assert daemon.alive()
     finally:
         daemon.stop()
+
+
+def _can_read(user: pwd.struct_passwd, path: Path) -> bool:
+    def demote() -> None:
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    result = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; open(sys.argv[1], 'rb').read(1)", str(path)],
+                            capture_output=True, preexec_fn=demote, cwd="/", env={"PATH": "/usr/bin:/bin"},
+                            timeout=30, check=False)
+    return result.returncode == 0
 
 
 def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env: Path) -> None:

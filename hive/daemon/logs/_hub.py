@@ -578,8 +578,8 @@ class LogHub:
         self._forgotten.add(fqn)
         for key in [k for k, inst in self._instances.items() if fqn in (k, inst.base)]:
             inst = self._instances.pop(key)
+            self._unfollow(inst)  # may note skipped bytes into it: counted before it goes
             self._buffered -= inst.buffer_bytes
-            self._unfollow(inst)
             inst.file.close()
             self._forgotten.add(key)
 
@@ -772,9 +772,16 @@ class LogHub:
         ones down to an equal share; one under its share makes the largest buffer do so
         (quiet services keep what they have while there is room)."""
         share = self._buffer_total // max(1, len(self._instances))
-        if inst.buffer_bytes <= share:
-            inst = max(self._instances.values(), key=_buffer_size)
-        self._buffered -= _trim(inst, self._buffer_lines, share)
+        if inst.buffer_bytes > share:
+            self._buffered -= _trim(inst, self._buffer_lines, share)
+            if self._buffered <= self._buffer_total:
+                return
+        # Still over: every buffer over 9/10 of its share is cut to that, in one pass, so
+        # the next pass is a tenth of the budget away rather than a line.
+        target = share * 9 // 10
+        for other in self._instances.values():
+            if other.buffer_bytes > target:
+                self._buffered -= _trim(other, self._buffer_lines, target)
 
     def _subscriptions_for(self, inst: _Instance) -> list[LogSubscription]:
         if inst.subs_version != self._subs_version:
@@ -1038,10 +1045,6 @@ def _trim(inst: _Instance, max_lines: int, max_bytes: int) -> int:
     while buffer and (len(buffer) > max_lines or inst.buffer_bytes > max_bytes):
         inst.buffer_bytes -= len(buffer.popleft().message) + LINE_COST
     return before - inst.buffer_bytes
-
-
-def _buffer_size(inst: _Instance) -> int:
-    return inst.buffer_bytes
 
 
 def _cut(raw: bytes, limit: int) -> tuple[bytes, bytes]:
