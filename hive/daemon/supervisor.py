@@ -1032,10 +1032,11 @@ class Supervisor:
         recorded: dict[str, int] = {}
         for fqn, index in self._process_records:
             recorded[fqn] = max(recorded.get(fqn, 0), index + 1)
+        # Stopped together at the end: the start takes one stop grace, not one per service.
+        unwanted: list[tuple[InstanceRuntime, ServiceHandle]] = []
         for service in list(self.services.values()):
             service.grow(recorded.get(service.fqn, 0))
             wanted = service.wanted() if service.desired == "running" else []
-            unwanted: list[tuple[InstanceRuntime, ServiceHandle]] = []
             for instance in service.instances:
                 adopted = await self._adopt(instance)
                 if adopted is None:
@@ -1044,12 +1045,14 @@ class Supervisor:
                     self._launch(instance, adopted)
                 else:
                     unwanted.append((instance, adopted))
-            if unwanted:
-                await self._stop_unwanted(unwanted)
+            # The surplus leaves the service now; its processes are stopped below, before
+            # the daemon answers anyone (a scale-up must not meet them half stopped).
             del service.instances[max(service.scale, 1) :]
             if service.desired == "running":
                 for instance in service.wanted():
                     self._launch(instance, None)
+        if unwanted:
+            await self._stop_unwanted(unwanted)
         self._stop_orphans()
 
     async def _stop_unwanted(self, adopted: list[tuple[InstanceRuntime, ServiceHandle]]) -> None:
