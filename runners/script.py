@@ -428,10 +428,13 @@ class ScriptHandle(ServiceHandle):
             main_alive=self._status is None,
         )
 
-    def _claim(self, fresh: list[proc.ProcInfo], known: set[int]) -> list[proc.ProcInfo]:
+    def _claim(self, fresh: list[proc.ProcInfo], known: set[int],
+               environs: dict[int, bytes | None] | None = None) -> list[proc.ProcInfo]:
         """Which of ``fresh`` (processes created since the first look, oldest first) joined
         this instance. Nothing that was not a member then can have become one since: a
-        process joins a service only by being born into it."""
+        process joins a service only by being born into it. ``environs`` keeps the
+        environments read, for the other instances of one sweep."""
+        environs = {} if environs is None else environs
         group_is_ours = self._status is None or proc.read_stat(self.pgid) is None
         run_id = self.run_id.encode() if self.run_id else None
         members = set(known)
@@ -446,7 +449,9 @@ class ScriptHandle(ServiceHandle):
                     group_is_ours and self.pgid in (info.pgid, info.sid)
                 )
                 if not belongs and run_id is not None:
-                    environ = proc.read_environ(info.pid)
+                    if info.pid not in environs:
+                        environs[info.pid] = proc.read_environ(info.pid)
+                    environ = environs[info.pid]
                     belongs = environ is not None and proc.env_value(environ, RUN_ID_VAR.encode()) == run_id
                 if belongs:
                     members.add(info.pid)
@@ -563,7 +568,8 @@ async def _sweep(stopped: list[tuple[ScriptHandle, list[proc.ProcInfo]]], since:
             return  # no process at all was created since: nothing to look at
         else:
             fresh = sorted(proc.new_processes(since, now), key=lambda info: info.ticks)
-            found = {handle: handle._claim(fresh, known[handle]) for handle in known}
+            environs: dict[int, bytes | None] = {}  # each new process's read once, not per instance
+            found = {handle: handle._claim(fresh, known[handle], environs) for handle in known}
             since = now
         tracked = []
         for handle, members in found.items():

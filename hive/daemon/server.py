@@ -485,8 +485,9 @@ class SocketServer:
             await connection.send_error(
                 msg_id, ErrorCode.FORBIDDEN,
                 f"{connection.label} has the {connection.scope!r} scope; {tag} needs {route.scope!r}"
+                # Only a group member's connection is limited without being a plugin's.
                 + (" (the daemon's owner sets it: daemon.group_scope in config.toml)"
-                   if connection.plugin is None and connection.peer.uid not in (self._uid, 0) else ""),
+                   if connection.plugin is None else ""),
             )
             return
         ctx = RequestContext(self.app, connection, msg_id)
