@@ -384,14 +384,29 @@ def created_since(pid: int, ticks: int) -> list[ProcInfo] | None:
     """The live processes created after process ``pid`` (which started at ``ticks``),
     found by their pids alone, oldest first; None when the pid numbers may have come
     round since (then only a whole scan can tell)."""
+    now = _last_pid_since(pid, ticks)
+    if now is None:
+        return None
+    found = [info for info in _list_new_processes(pid, now) if info.ticks >= ticks]
+    return sorted(found, key=lambda info: info.ticks)
+
+
+def none_created_since(pid: int, ticks: int) -> bool:
+    """True when no process (nor thread) at all was created after process ``pid``
+    (which started at ``ticks``): one read, no look at /proc's entries."""
+    return _last_pid_since(pid, ticks) == pid
+
+
+def _last_pid_since(pid: int, ticks: int) -> int | None:
+    """The last pid allocated, if every pid after ``pid`` up to it was allocated after
+    process ``pid`` started; None when the numbers may have come round since."""
     now = last_pid()
     if now is None or now < pid:
         return None
     age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS
     if age * _FORK_RATE_BOUND >= _pid_max():
         return None
-    found = [info for info in _list_new_processes(pid, now) if info.ticks >= ticks]
-    return sorted(found, key=lambda info: info.ticks)
+    return now
 
 
 def _gone(info: ProcInfo) -> bool:

@@ -377,12 +377,14 @@ class ScriptHandle(ServiceHandle):
             else:
                 self._popen.returncode = -(status.signal or 0)
         if self._pidfd >= 0:
-            anyio.notify_closing(self._pidfd)
+            # No notify_closing: the one watch of this pidfd (SharedWatch) has returned
+            # from its wait, so nothing is registered on it any more.
             os.close(self._pidfd)
             self._pidfd = -1
-        if not self._stopping:
+        if not self._stopping and not (self._ticks and proc.none_created_since(self.pid, self._ticks)):
             # It ended by itself: stop what it left behind, without holding up the
-            # restart.
+            # restart. (Nothing was created after it: it left nothing, and a crash loop
+            # pays for no thread.)
             self._sweeper = _Sweeper(self, self._spec.stop_signal, self._spec.stop_grace)
             self._sweeper.start()
 

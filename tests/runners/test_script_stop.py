@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from runners import _process as proc
 from runners.base import ExitStatus, RunnerError
-from runners.script import ScriptRunner
+from runners.script import ScriptHandle, ScriptRunner
 from tests.runners.conftest import SpecFactory
 from tests.runners.helpers import alive, output_contains, read, tag_of, tagged, until
 
@@ -172,6 +174,37 @@ async def test_leftovers_of_a_main_that_exits_by_itself(runner: ScriptRunner, sp
     assert handle.leftovers() == 2  # still there: wait() did not wait for them
     await until(lambda: handle.leftovers() == 0, timeout=15, what="the leftovers to be killed")
     await until(lambda: tagged(tag) == [], what="no tagged process")
+
+
+async def test_a_main_that_left_nothing_behind_costs_no_sweep(runner: ScriptRunner, spec: SpecFactory) -> None:
+    # A crash loop: the main process dies alone. When no process at all was created
+    # after it, nothing can be left of it: no background sweep (no thread) follows.
+    for _ in range(20):
+        handle = await runner.start(spec("sleep 1000"))
+        assert isinstance(handle, ScriptHandle)
+        handle.ticks  # noqa: B018 - its start time, read while it runs
+        alone = proc.none_created_since(handle.pid, handle.ticks)
+        os.kill(handle.pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            assert await handle.wait() == ExitStatus(signal=signal.SIGKILL)
+        assert handle.leftovers() == 0
+        if alone and proc.none_created_since(handle.pid, handle.ticks):
+            assert handle._sweeper is None
+            break
+    else:
+        pytest.fail("some process was always created between a start and its exit")
+
+
+def test_none_created_since_sees_any_later_process() -> None:
+    first = subprocess.Popen(["sleep", "100"])
+    try:
+        info = proc.read_stat(first.pid)
+        assert info is not None
+        subprocess.run(["true"], check=True)  # one more process, after it
+        assert not proc.none_created_since(first.pid, info.ticks)
+    finally:
+        first.kill()
+        first.wait()
 
 
 async def test_leftovers_honouring_the_signal_go_quickly(runner: ScriptRunner, spec: SpecFactory) -> None:
