@@ -35,6 +35,7 @@ __all__ = [
     "ListPlugins",
     "ListServices",
     "ListSources",
+    "ListStates",
     "LogBatch",
     "LogLineItem",
     "Ok",
@@ -57,6 +58,7 @@ __all__ = [
     "ScaleService",
     "ServiceDetail",
     "ServiceList",
+    "ServiceStates",
     "ServiceUpdate",
     "Shutdown",
     "SourceList",
@@ -151,6 +153,13 @@ class StopSource(Request, tag="stop_source"):
 
 
 class ListServices(Request, tag="list_services"):
+    source: str | None = None
+
+
+class ListStates(Request, tag="list_states"):
+    """Only the state of each instance: what a script polling for "all running" needs,
+    a tenth of ``list_services``'s bytes."""
+
     source: str | None = None
 
 
@@ -279,6 +288,7 @@ RequestMessage = (
     | StartSource
     | StopSource
     | ListServices
+    | ListStates
     | GetServiceStatus
     | StartService
     | StopService
@@ -372,6 +382,10 @@ class ServiceList(Response, tag="services"):
     services: list[ServiceInfo]
 
 
+class ServiceStates(Response, tag="states"):
+    states: dict[str, str]  # instance fqn -> state, in the order of list_services
+
+
 class ServiceDetail(Response, tag="service"):
     service: ServiceInfo
 
@@ -437,6 +451,7 @@ ResponseMessage = (
     | AddSourceResult
     | ReloadPlan
     | ServiceList
+    | ServiceStates
     | ServiceDetail
     | ExposedList
     | PluginList

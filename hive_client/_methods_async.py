@@ -28,6 +28,7 @@ from ._messages import (
     ListPlugins,
     ListServices,
     ListSources,
+    ListStates,
     LogBatch,
     Ok,
     Ping,
@@ -47,6 +48,7 @@ from ._messages import (
     ScaleService,
     ServiceDetail,
     ServiceList,
+    ServiceStates,
     Shutdown,
     SourceList,
     StartService,
@@ -140,6 +142,13 @@ class AsyncRequestMethods:
         self, source: str | None = None, *, timeout: float | None = None
     ) -> list[ServiceInfo]:
         return (await self._call(ListServices(source=source), ServiceList, timeout)).services
+
+    async def list_states(
+        self, source: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, str]:
+        """Each instance's state by fqn (``source:name``, ``source:name#N``), sorted:
+        the light form of ``list_services``."""
+        return (await self._call(ListStates(source=source), ServiceStates, timeout)).states
 
     async def get_service_status(self, fqn: str, *, timeout: float | None = None) -> ServiceInfo:
         return (await self._call(GetServiceStatus(fqn=fqn), ServiceDetail, timeout)).service

@@ -30,6 +30,7 @@ from ._messages import (
     ListPlugins,
     ListServices,
     ListSources,
+    ListStates,
     LogBatch,
     Ok,
     Ping,
@@ -49,6 +50,7 @@ from ._messages import (
     ScaleService,
     ServiceDetail,
     ServiceList,
+    ServiceStates,
     Shutdown,
     SourceList,
     StartService,
@@ -142,6 +144,13 @@ class SyncRequestMethods:
         self, source: str | None = None, *, timeout: float | None = None
     ) -> list[ServiceInfo]:
         return (self._call(ListServices(source=source), ServiceList, timeout)).services
+
+    def list_states(
+        self, source: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, str]:
+        """Each instance's state by fqn (``source:name``, ``source:name#N``), sorted:
+        the light form of ``list_services``."""
+        return (self._call(ListStates(source=source), ServiceStates, timeout)).states
 
     def get_service_status(self, fqn: str, *, timeout: float | None = None) -> ServiceInfo:
         return (self._call(GetServiceStatus(fqn=fqn), ServiceDetail, timeout)).service

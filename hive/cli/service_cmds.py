@@ -162,10 +162,20 @@ def _source_for(client: BlockingClient, target: str | None) -> str:
 
 @click.command()
 @click.argument("source", required=False)
+@click.option("--states", "states_only", is_flag=True,
+              help="Only each instance's state, one per line: quick to ask and to parse.")
 @json_option
 @pass_state
-def services(state: CliState, source: str | None) -> None:
+def services(state: CliState, source: str | None, states_only: bool) -> None:
     """List services: state, health, pid, ports, restarts, uptime."""
+    if states_only:
+        states = state.client().list_states(source)
+        if state.json_mode:
+            state.out.json(states)
+        else:
+            for fqn, service_state in states.items():
+                state.out.line(f"{fqn} {service_state}")
+        return
     listed = state.client().list_services(source)
     if state.json_mode:
         state.out.json(listed)

@@ -115,6 +115,7 @@ def _build_routes() -> dict[type[Request], Route]:
         p.StartSource: Route(sources.start_source),
         p.StopSource: Route(sources.stop_source),
         p.ListServices: Route(services.list_services, inline=True, scope="read"),
+        p.ListStates: Route(services.list_states, inline=True, scope="read"),
         p.GetServiceStatus: Route(services.get_service_status, inline=True, scope="read"),
         p.StartService: Route(services.start_service),
         p.StopService: Route(services.stop_service),

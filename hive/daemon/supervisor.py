@@ -135,6 +135,9 @@ class InstanceRuntime:
     def __init__(self, service: ServiceRuntime, index: int) -> None:
         self.service = service
         self.index = index
+        # ``source:service`` for the first instance (whatever the scale, so its name and
+        # logs stay put), ``source:service#N`` for the others. Both parts are fixed.
+        self.fqn = service.fqn if index == 0 else f"{service.fqn}#{index}"
         self.state = ServiceState.STOPPED
         self.handle: ServiceHandle | None = None
         self.recorded = False  # its process record is queued for the state store
@@ -179,13 +182,6 @@ class InstanceRuntime:
         done, self._done = self._done, None
         if done is not None:
             done.set()
-
-    @property
-    def fqn(self) -> str:
-        """``source:service`` for the first instance (whatever the scale, so its name and
-        logs stay put), ``source:service#N`` for the others."""
-        base = self.service.fqn
-        return base if self.index == 0 else f"{base}#{self.index}"
 
     @property
     def up(self) -> bool:
@@ -280,6 +276,9 @@ class Supervisor:
         self.exposes: dict[str, ServiceRuntime] = {}
         self._exposes_changed: anyio.Event | None = None
         self.shutting_down = False
+        # The fqns sorted, for listings, while the set of services stays the same.
+        self._fqns: list[str] = []
+        self._fqns_sorted: list[str] = []
 
     # --- registry --------------------------------------------------------------------
 
@@ -307,6 +306,19 @@ class Supervisor:
 
     def all_records(self) -> list[InstanceRuntime]:
         return [instance for service in self.services.values() for instance in service.instances]
+
+    def in_order(self, source: str | None = None) -> list[InstanceRuntime]:
+        """Every instance (of ``source``): services by fqn, each one's by index."""
+        services = self.services
+        fqns = list(services)
+        if fqns != self._fqns:  # a service came or went: sort again (not per listing)
+            self._fqns, self._fqns_sorted = fqns, sorted(fqns)
+        return [
+            instance
+            for fqn in self._fqns_sorted
+            if source is None or services[fqn].source == source
+            for instance in services[fqn].instances
+        ]
 
     def register(
         self, source: str, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes

@@ -31,6 +31,12 @@ def test_up_services_and_down(daemon: DaemonProcess, project_dir: Path) -> None:
     assert {s["fqn"]: s["state"] for s in listed} == {"proj:api": "running", "proj:db": "running"}
     assert all(s["pid"] for s in listed)
 
+    assert run_cli("services", "--states").stdout.splitlines() == ["proj:api running", "proj:db running"]
+    assert json.loads(run_cli("services", "proj", "--states", "--json").stdout) == {
+        "proj:api": "running", "proj:db": "running"}
+    missing = run_cli("services", "nope", "--states")
+    assert missing.returncode != 0 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
     table = run_cli("services").stdout.splitlines()
     assert table[0].split() == ["SERVICE", "STATE", "HEALTH", "PID", "PORTS", "RESTARTS", "UPTIME"]
 

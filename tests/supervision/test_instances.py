@@ -11,7 +11,7 @@ import anyio
 import psutil
 import pytest
 
-from hive_client import DaemonClient
+from hive_client import DaemonClient, NotFound
 from tests.supervision.conftest import Events
 from tests.support import run_cli, start_daemon, wait_until, write_project
 
@@ -57,6 +57,11 @@ async def test_scale_up_crash_scale_down_and_persist(hive_env: Path, project_dir
             assert [s.fqn for s in listed] == ["p:web", "p:web#1", "p:web#2", "p:web#3", "p:web#4"]
             assert all(s.state == "running" and s.instances == 5 for s in listed)
             assert [s.instance for s in listed] == [0, 1, 2, 3, 4]
+            # The light listing: the same instances, in the same order, state only.
+            assert await client.list_states("p") == {s.fqn: "running" for s in listed}
+            assert await client.list_states() == await client.list_states("p")
+            with pytest.raises(NotFound):
+                await client.list_states("nope")
             ports = [s.ports["http"] for s in listed]
             assert ports[0] == port and len(set(ports)) == 5
             # Each copy got its own HIVE_INSTANCE and its own port.

@@ -11,11 +11,13 @@ from hive_client.protocol import (
     GetServiceStatus,
     ListExposed,
     ListServices,
+    ListStates,
     Ok,
     RestartService,
     ScaleService,
     ServiceDetail,
     ServiceList,
+    ServiceStates,
     StartService,
     StopService,
     UpdateService,
@@ -54,17 +56,23 @@ def _base_fqn(ctx: RequestContext, fqn: str) -> str:
     return _instance(ctx, fqn).service.fqn
 
 
+def _listed(ctx: RequestContext, source: str | None) -> list[InstanceRuntime]:
+    """The instances of every service (of ``source``), by fqn; NOT_FOUND for an unknown
+    source."""
+    if source is not None:
+        _registry(ctx).get(source)
+    return _supervisor(ctx).in_order(source)
+
+
 async def list_services(ctx: RequestContext, request: ListServices) -> ServiceList:
-    supervisor = _supervisor(ctx)
-    if request.source is not None:
-        _registry(ctx).get(request.source)
-    infos = [
-        supervisor.info(instance)
-        for fqn in sorted(supervisor.services)
-        for instance in supervisor.services[fqn].instances
-        if request.source is None or supervisor.services[fqn].source == request.source
-    ]
-    return ServiceList(services=infos)
+    info = _supervisor(ctx).info
+    return ServiceList(services=[info(instance) for instance in _listed(ctx, request.source)])
+
+
+async def list_states(ctx: RequestContext, request: ListStates) -> ServiceStates:
+    # A ServiceState is a str enum: msgspec writes its value, no str() needed per instance.
+    states: dict[str, str] = {instance.fqn: instance.state for instance in _listed(ctx, request.source)}
+    return ServiceStates(states=states)
 
 
 async def get_service_status(ctx: RequestContext, request: GetServiceStatus) -> ServiceDetail:
