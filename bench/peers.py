@@ -11,10 +11,13 @@ library (supervisord: XML-RPC over its Unix socket; circusd: its ZeroMQ client; 
   all of them running; floor: ``posix_spawn`` of N ``sleep`` processes;
 - the gap between a crash (SIGKILL of the child) and the restarted child's start (the
   child writes its own start time); floor: a loop that reaps and respawns at once;
-- stop of 100 until all are gone; floor: SIGTERM to 100 processes and reaping them;
+- stop of 100 until all are gone (the bench checks each pid); floor: SIGTERM to 100
+  processes, reaping them, and the same check;
   (circusd has no start-all for watchers that do not autostart: one ``start`` per watcher)
 - a status query of the 100 programs with the client library (p50, p99, queries/s) and
-  with the tool's CLI, one process per call;
+  with the tool's CLI, one process per call. Each tool's own status: supervisord's
+  ``getAllProcessInfo``, circusd's ``status`` (name -> state), Hive's ``list_states``
+  (fqn -> state); Hive's full records (``list_services``) have a row of their own;
 - the daemon's resident memory idle and with 100 programs.
 
 ``--rounds`` rounds (3) interleave the tools and the floor; the table shows each figure's
@@ -121,6 +124,8 @@ class Tool:
     def stop_all(self) -> None: ...
     def all_running(self) -> bool: raise NotImplementedError
     def status(self) -> None: ...
+    def full_status(self) -> Callable[[], object] | None:
+        return None  # a listing of full records, where ``status`` is a lighter one
     def cli_status(self) -> list[str]: raise NotImplementedError
     def daemon_pid(self) -> int: raise NotImplementedError
     def quit(self) -> None: ...
@@ -155,10 +160,13 @@ class HiveTool(Tool):
         self.client.stop_source("bench")
 
     def all_running(self) -> bool:
-        return all(s.state == "running" for s in self.client.list_services("bench"))
+        return all(state == "running" for state in self.client.list_states("bench").values())
 
     def status(self) -> None:
-        self.client.list_services("bench")
+        self.client.list_states("bench")
+
+    def full_status(self) -> Callable[[], object] | None:
+        return lambda: self.client.list_services("bench")
 
     def cli_status(self) -> list[str]:
         return [str(BIN / "hive"), "--home", str(self.home), "services", "bench"]
@@ -324,6 +332,7 @@ def floor_start_stop(count: int) -> tuple[float, float]:
         os.kill(pid, signal.SIGTERM)
     for pid in pids:
         os.waitpid(pid, 0)
+    _wait(lambda: not any(_alive(pid) for pid in pids), step=0.001)  # the tools' check
     return start, time.perf_counter() - began
 
 
@@ -377,6 +386,14 @@ def measure(tool_class: type[Tool], work: Path, sizes: list[int], crashes: int, 
                 figures["status qps"] = queries / (time.perf_counter() - began_all)
                 figures["status p50"] = _percentile(took, 0.5)
                 figures["status p99"] = _percentile(took, 0.99)
+                full = tool.full_status()
+                if full is not None:
+                    took = []
+                    for _ in range(queries):
+                        began = time.perf_counter()
+                        full()
+                        took.append(time.perf_counter() - began)
+                    figures["full p50"] = _percentile(took, 0.5)
                 cli = []
                 for _ in range(7):
                     began = time.perf_counter()
@@ -410,7 +427,8 @@ ROWS = [
     ("cold start of 100", "start 100", "ms"), ("cold start of 500", "start 500", "ms"),
     ("crash -> restart gap", "crash gap", "ms"), ("stop of 100", "stop 100", "ms"),
     ("status p50 (client library)", "status p50", "us"), ("status p99 (client library)", "status p99", "us"),
-    ("status queries/s", "status qps", ""), ("status by CLI, per call", "cli status", "ms"),
+    ("status queries/s", "status qps", ""),
+    ("full records p50 (Hive list_services)", "full p50", "us"), ("status by CLI, per call", "cli status", "ms"),
     ("RSS idle (MiB)", "rss idle", ""), ("RSS with 100 (MiB)", "rss 100", ""),
 ]
 
