@@ -2,10 +2,13 @@
 
 A command made only of plain words (``python -m http.server 8000``) is executed directly,
 with no shell in between: one process fewer to start, and the service's pid is the
-program's own pid. Anything a shell would interpret (quotes, expansions, redirections,
-pipelines, several lines, assignments, builtins) goes through
-``<shell> -c <command>``. A single simple command is prefixed with ``exec`` there, so
-the shell replaces itself with the program; a script of several commands never is.
+program's own pid. So is one whose quotes only keep text together, where the shell would
+pass it on as is (``sh -c 'echo hi; sleep 1'``, ``python -c "print(1)"``): single quotes,
+and double quotes holding no ``$``, backquote or backslash. Anything else a shell would
+interpret (expansions, escapes, redirections, pipelines, several lines, assignments,
+builtins) goes through ``<shell> -c <command>``. A single simple command is prefixed with
+``exec`` there, so the shell replaces itself with the program; a script of several
+commands never is.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ __all__ = ["Plan", "needs_shell", "plan_command", "resolve_program"]
 # alone). Anything else (quotes, $, `, \, globs, ~, braces, operators, #, !, ^, control
 # characters, \r, non-ASCII) sends the command through a shell.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
-_BLANKS = re.compile(r"[ \t]+")
+# What a shell still expands inside double quotes.
+_EXPANDS_IN_DOUBLE = re.compile(r"[$`\\]")
 
 # Words that mean something to the shell itself when they come first: keywords, and
 # builtins that have no program equivalent (or whose program does something else).
@@ -66,16 +70,57 @@ def needs_shell(command: str) -> bool:
 
 def _plain_words(command: str) -> list[str] | None:
     """The words of ``command`` if a shell would run it as a plain program call, else None."""
-    words = [w for w in _BLANKS.split(command.strip(" \t\n")) if w]
-    if not words:
+    raw = _literal_words(command.strip(" \t\n"))
+    if not raw:
         return None
-    if words[0] == "exec" and len(words) > 1 and not words[1].startswith("-"):
-        words = words[1:]  # `exec prog args` is exactly `prog args` without the shell
-    if words[0] in _SHELL_WORDS or "=" in words[0]:
-        return None  # a builtin or keyword, or `NAME=value prog` (an assignment)
-    for word in words:
-        if not _PLAIN_WORD.fullmatch(word) or word.startswith("="):  # zsh expands `=prog`
+    if raw[0][0] == "exec" and len(raw) > 1 and not raw[1][0].startswith("-"):
+        raw = raw[1:]  # `exec prog args` is exactly `prog args` without the shell
+    program, quoted = raw[0]
+    if quoted or program in _SHELL_WORDS or "=" in program:
+        # A builtin or keyword (quoted, still a builtin to the shell), or `NAME=value
+        # prog` (an assignment).
+        return None
+    return [word for word, _ in raw]
+
+
+def _literal_words(text: str) -> list[tuple[str, bool]] | None:
+    """``text`` split as the shell would split it, if it would expand nothing: each word
+    (quotes removed) and whether it had quotes; None if some part needs the shell.
+
+    Unquoted text must be plain word characters; single quotes keep anything but a line
+    break; double quotes keep anything but ``$``, backquote, backslash and line breaks.
+    """
+    words: list[tuple[str, bool]] = []
+    word: list[str] = []
+    quoted = in_word = False
+    index, end = 0, len(text)
+    while index < end:
+        char = text[index]
+        if char in " \t":
+            if in_word:
+                words.append(("".join(word), quoted))
+                word, quoted, in_word = [], False, False
+            index += 1
+            continue
+        if char in "'\"":
+            close = text.find(char, index + 1)
+            if close < 0:
+                return None  # unbalanced: the shell says so
+            inside = text[index + 1 : close]
+            if "\n" in inside or "\r" in inside or (char == '"' and _EXPANDS_IN_DOUBLE.search(inside)):
+                return None
+            word.append(inside)
+            quoted = in_word = True
+            index = close + 1
+            continue
+        match = _PLAIN_WORD.match(text, index)
+        if match is None or (not in_word and char == "="):  # zsh expands a leading `=prog`
             return None
+        word.append(match.group())
+        in_word = True
+        index = match.end()
+    if in_word:
+        words.append(("".join(word), quoted))
     return words
 
 

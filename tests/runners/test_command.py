@@ -25,6 +25,8 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "SHELL": "/bin/sh"}
         "exec sleep 100",
         "true",
         "cmd a,b user@host 50% +x",
+        "echo 'quoted'",
+        'echo "q"',
     ],
 )
 def test_plain_words_need_no_shell(command: str) -> None:
@@ -32,10 +34,27 @@ def test_plain_words_need_no_shell(command: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        # Quotes that only keep text together: the shell would pass the words on as is.
+        ("sh -c 'echo \"$$\" >> out; exec sleep 1'", ["sh", "-c", 'echo "$$" >> out; exec sleep 1']),
+        ('python3 -c "print(1 + 1)"', ["python3", "-c", "print(1 + 1)"]),
+        ("echo a'b c'd \"e'f\" ''", ["echo", "ab cd", "e'f", ""]),
+        ("exec sleep '100'", ["sleep", "100"]),
+    ],
+)
+def test_literal_quotes_are_removed_and_need_no_shell(command: str, argv: list[str], tmp_path: Path) -> None:
+    plan = plan_command(command, None, ENV, str(tmp_path))
+    assert plan.mode == "direct"
+    assert plan.argv == argv
+
+
+@pytest.mark.parametrize(
     "command",
     [
         "sleep 1 | cat", "a && b", "a; b", "a & b", "sleep 100 &", "a > out", "a < in", "a 2>&1",
-        "echo $HOME", "echo ${X}", "echo `date`", "echo $(date)", "echo 'quoted'", 'echo "q"',
+        "echo $HOME", "echo ${X}", "echo `date`", "echo $(date)", 'echo "$HOME"', 'echo "`date`"',
+        'echo "a\\b"', "'echo' hi", "'sleep' 1", "echo 'a\nb'", "echo 'open", "x='1' sleep 1",
         "echo a\\ b", "ls *.py", "ls file?", "ls [ab]", "cd ~", "ls ~/x", "echo {a,b}",
         "echo hi # comment", "FOO=1 sleep 100", "=sleep 1", "echo =x", "(sleep 1)", "! false",
         "sleep 1\nsleep 2", "sleep 1\r", "cd /tmp", "exit 3", "export A=1", ". ./env.sh",

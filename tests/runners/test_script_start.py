@@ -70,6 +70,16 @@ async def test_single_shell_command_is_replaced_by_the_program(runner: ScriptRun
     await handle.stop(signal.SIGTERM, 5)
 
 
+async def test_quoted_arguments_run_without_a_shell(runner: ScriptRunner, spec: SpecFactory, home: Path) -> None:
+    # The quotes only keep the script together: sh is run directly with it, no shell first.
+    handle = await runner.start(spec("sh -c 'echo \"started $0\"; exec sleep 100'",
+                                     env={"PATH": os.environ["PATH"]}))
+    assert handle.mode == "direct"
+    await until(lambda: read(home / "run" / "svc.out") == "started sh\n", what="the script's line")
+    await until(lambda: psutil.Process(handle.pid).name() == "sleep", what="the script's exec")
+    await handle.stop(signal.SIGTERM, 5)
+
+
 async def test_pipeline_runs_under_a_shell(runner: ScriptRunner, spec: SpecFactory) -> None:
     handle = await runner.start(spec("sleep 100 | cat", env={"PATH": os.environ["PATH"]}))
     assert handle.mode == "shell"
