@@ -10,6 +10,7 @@ and never reaches the rest of the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import itertools
 import logging
@@ -95,7 +96,7 @@ class RawStream:
     few objects per request).
     """
 
-    __slots__ = ("_drained", "_loop", "_reading", "_sock", "_waiter")
+    __slots__ = ("_drained", "_loop", "_reading", "_sock", "_waiter", "unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -106,6 +107,7 @@ class RawStream:
         self._loop = _running_asyncio_loop()
         self._reading = False  # registered with the loop's selector
         self._waiter: asyncio.Future[None] | None = None
+        self.unsent = 0  # bytes of the frame being sent that have not gone yet
 
     @property
     def raw(self) -> socket.socket:
@@ -167,7 +169,9 @@ class RawStream:
         return view[sent:]
 
     async def send(self, data: bytes | memoryview) -> None:
+        """Send all of ``data``; if interrupted, ``unsent`` says how much did not go."""
         view = memoryview(data)
+        self.unsent = len(view)
         while view:
             try:
                 sent = self._sock.send(view)
@@ -177,6 +181,12 @@ class RawStream:
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
             view = view[sent:]
+            self.unsent = len(view)
+
+    def abort(self) -> None:
+        """End the connection both ways now (its task closes the socket)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     async def send_eof(self) -> None:
         try:
@@ -186,9 +196,7 @@ class RawStream:
 
     def close(self) -> None:
         if self._sock.fileno() >= 0:
-            self._stop_reading()
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(anyio.ClosedResourceError())
+            self._stop_reading()  # (only the reading task closes: nobody waits here now)
             anyio.notify_closing(self._sock)
             self._sock.close()
 
@@ -251,18 +259,32 @@ class Connection:
         data: bytes | memoryview = (
             encode_json_line(message) if self.json else encode_frame(msg_id, message)
         )
+        torn = False  # some of this frame went out, not all of it
         try:
             if not self._send_lock.locked():
                 # Nobody is halfway through a frame: what the kernel takes at once needs
                 # no lock; the rest (if any) is sent holding it, taken without a pause.
+                size = len(data)
                 data = self._stream.send_nowait(data)
                 if not data:
                     return True
+                torn = len(data) < size
             async with self._send_lock:
-                await self._stream.send(data)
+                try:
+                    await self._stream.send(data)
+                except BaseException:
+                    torn = torn or self._stream.unsent < len(data)
+                    raise
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.closed = True
             return False
+        except BaseException:
+            if torn:
+                # Cancelled halfway through the frame: whatever came next would be read
+                # as the rest of it. The connection cannot go on; the client sees it end.
+                self.closed = True
+                self._stream.abort()
+            raise
         return True
 
     async def send_error(self, msg_id: int, code: ErrorCode, message: str) -> bool:
