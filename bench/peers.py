@@ -15,9 +15,10 @@ library (supervisord: XML-RPC over its Unix socket; circusd: its ZeroMQ client; 
   processes, reaping them, and the same check;
   (circusd has no start-all for watchers that do not autostart: one ``start`` per watcher)
 - a status query of the 100 programs with the client library (p50, p99, queries/s) and
-  with the tool's CLI, one process per call. Each tool's own status: supervisord's
-  ``getAllProcessInfo``, circusd's ``status`` (name -> state), Hive's ``list_states``
-  (fqn -> state); Hive's full records (``list_services``) have a row of their own;
+  with the tool's CLI, one process per call. Each tool's own status: circusd's
+  ``status`` (name -> state) against Hive's ``list_states`` (fqn -> state), supervisord's
+  ``getAllProcessInfo`` (a full record each) against Hive's ``list_services`` (rows of
+  their own);
 - the daemon's resident memory idle and with 100 programs.
 
 ``--rounds`` rounds (3) interleave the tools and the floor; the table shows each figure's
@@ -114,6 +115,7 @@ def crash_gaps(record: Path, count: int, running: Callable[[], bool]) -> list[fl
 
 class Tool:
     name = ""
+    status_is_full = False  # its status answers a full record per program
 
     def __init__(self, work: Path, programs: list[list[str]]) -> None:
         self.work = work
@@ -183,6 +185,7 @@ class HiveTool(Tool):
 class Supervisord(Tool):
     name = "supervisord"
     tuned = False
+    status_is_full = True  # getAllProcessInfo: compared with Hive's list_services
 
     def launch(self) -> None:
         self.socket = self.work / "supervisor.sock"
@@ -389,11 +392,14 @@ def measure(tool_class: type[Tool], work: Path, sizes: list[int], crashes: int, 
                 full = tool.full_status()
                 if full is not None:
                     took = []
+                    began_all = time.perf_counter()
                     for _ in range(queries):
                         began = time.perf_counter()
                         full()
                         took.append(time.perf_counter() - began)
+                    figures["full qps"] = queries / (time.perf_counter() - began_all)
                     figures["full p50"] = _percentile(took, 0.5)
+                    figures["full p99"] = _percentile(took, 0.99)
                 cli = []
                 for _ in range(7):
                     began = time.perf_counter()
@@ -428,7 +434,9 @@ ROWS = [
     ("crash -> restart gap", "crash gap", "ms"), ("stop of 100", "stop 100", "ms"),
     ("status p50 (client library)", "status p50", "us"), ("status p99 (client library)", "status p99", "us"),
     ("status queries/s", "status qps", ""),
-    ("full records p50 (Hive list_services)", "full p50", "us"), ("status by CLI, per call", "cli status", "ms"),
+    ("full records p50 (Hive list_services)", "full p50", "us"),
+    ("full records p99 (Hive list_services)", "full p99", "us"),
+    ("full records queries/s (Hive list_services)", "full qps", ""), ("status by CLI, per call", "cli status", "ms"),
     ("RSS idle (MiB)", "rss idle", ""), ("RSS with 100 (MiB)", "rss 100", ""),
 ]
 
@@ -444,6 +452,10 @@ def combine(rounds: list[Figures]) -> dict[str, tuple[float, float, float]]:
         values = [figures[key] for figures in rounds if key in figures]
         combined[key] = (statistics.median(values), min(values), max(values))
     return combined
+
+
+def _full_status(name: str) -> bool:
+    return any(tool.name == name and tool.status_is_full for tool in TOOLS)
 
 
 def render(results: dict[str, list[Figures]], floors: list[Figures]) -> str:
@@ -463,10 +475,12 @@ def render(results: dict[str, list[Figures]], floors: list[Figures]) -> str:
             text = f"{value * scale:.1f}{unit}"
             if highest > lowest:
                 text += f" [{lowest * scale:.1f}..{highest * scale:.1f}]"
-            hive = spreads.get("hive", {}).get(key, (None,))[0]
+            # A status of full records is compared with Hive's full records.
+            versus = key.replace("status ", "full ") if key.startswith("status ") and _full_status(name) else key
+            hive = spreads.get("hive", {}).get(versus, (None,))[0]
             if name not in ("floor", "hive") and hive:
-                ratio = (hive / value) if key == "status qps" else (value / hive)
-                text += f" ({ratio:.1f}x hive)"
+                ratio = (hive / value) if key.endswith("qps") else (value / hive)
+                text += f" ({ratio:.1f}x hive{' list_services' if versus != key else ''})"
             if name == "hive" and floor.get(key):
                 text += f" ({value / floor[key]:.2f}x floor)"
             cells.append(text)
