@@ -73,10 +73,6 @@ class ProcInfo:
     def zombie(self) -> bool:
         return self.state in ("Z", "X", "x")
 
-    @property
-    def stopped(self) -> bool:
-        return self.state in ("T", "t")
-
 
 def read_stat(pid: int) -> ProcInfo | None:
     """The process's stat line, or None if there is no such process."""

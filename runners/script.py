@@ -509,15 +509,17 @@ class ScriptHandle(ServiceHandle):
         """Send the stop signal to every process of the instance; its members (tracked).
 
         Who belongs to it is taken from ``table``, scanned before the signal, which
-        makes some of them exit and their children lose their parent. SIGCONT follows
-        for a stopped service, as systemd does, so that it acts on the signal now rather
-        than when someone resumes it.
+        makes some of them exit and their children lose their parent. SIGCONT follows,
+        as systemd does, so that a stopped process acts on the signal now rather than
+        when someone resumes it. Always: a SIGSTOP still on its way does not show in the
+        table, and a SIGCONT to a process that is not stopped wakes nothing (its default
+        action is to be ignored), so it costs a syscall, not a context switch.
         """
         members = self._members(table)
         self._track(members)
         main = table.procs.get(self.pid)
-        stopped = any(m.stopped for m in members) or (main is not None and main.stopped)
-        signals = (stop_signal, signal.SIGCONT) if stopped else (stop_signal,)
+        signals = (stop_signal,) if stop_signal in (signal.SIGKILL, signal.SIGCONT) else (
+            stop_signal, signal.SIGCONT)
         with self._tracked_lock:
             outside = [self._tracked[m.pid] for m in members
                        if m.pid in self._tracked
