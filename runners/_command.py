@@ -26,8 +26,8 @@ from .base import RunnerError
 __all__ = ["Plan", "needs_shell", "plan_command", "resolve_program"]
 
 # Characters the POSIX shell takes literally in an unquoted word (what shlex.quote leaves
-# alone). Anything else (quotes, $, `, \, globs, ~, braces, operators, #, !, ^, control
-# characters, \r, non-ASCII) sends the command through a shell.
+# alone). Anything else outside quotes ($, `, \, globs, ~, braces, operators, #, !, ^,
+# control characters, \r, non-ASCII) sends the command through a shell.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 # What a shell still expands inside double quotes.
 _EXPANDS_IN_DOUBLE = re.compile(r"[$`\\]")
