@@ -1040,50 +1040,75 @@ class Supervisor:
 
         Instances beyond the current scale (a daemon killed in the middle of scaling
         down), and those of a service the user stopped (killed in the middle of that
-        stop), are adopted and stopped, so no copy runs twice, unwanted or unsupervised."""
+        stop), are adopted and stopped, so no copy runs twice, unwanted or unsupervised.
+        Processes started from an older configuration (hive.yaml edited while no daemon
+        ran, a reload cut short) are replaced, as a reload would have."""
         recorded: dict[str, int] = {}
         for fqn, index in self._process_records:
             recorded[fqn] = max(recorded.get(fqn, 0), index + 1)
         # Stopped together at the end: the start takes one stop grace, not one per service.
         unwanted: list[tuple[InstanceRuntime, ServiceHandle]] = []
+        outdated: list[tuple[InstanceRuntime, ServiceHandle]] = []
         for service in list(self.services.values()):
             service.grow(recorded.get(service.fqn, 0))
             wanted = service.wanted() if service.desired == "running" else []
             for instance in service.instances:
-                adopted = await self._adopt(instance)
+                adopted, older = await self._adopt(instance)
                 if adopted is None:
                     continue
-                if instance in wanted:
-                    self._launch(instance, adopted)
-                else:
+                if instance not in wanted:
                     unwanted.append((instance, adopted))
+                elif older:
+                    outdated.append((instance, adopted))  # started once it is stopped
+                else:
+                    self._launch(instance, adopted)
             # The surplus leaves the service now; its processes are stopped below, before
             # the daemon answers anyone (a scale-up must not meet them half stopped).
             del service.instances[max(service.scale, 1) :]
             if service.desired == "running":
+                replaced = {instance for instance, _ in outdated}
                 for instance in service.wanted():
-                    self._launch(instance, None)
-        if unwanted:
-            await self._stop_unwanted(unwanted)
+                    if instance not in replaced:
+                        self._launch(instance, None)
+        if unwanted or outdated:
+            kept = await self._stop_adopted(unwanted, outdated)
+            for instance, handle in outdated:
+                self._launch(instance, handle if instance in kept else None)
         self._stop_orphans()
 
-    async def _stop_unwanted(self, adopted: list[tuple[InstanceRuntime, ServiceHandle]]) -> None:
-        """Stop adopted processes no one wants any more, together (never supervised: a
-        stop must not race the start of their supervision)."""
+    async def _stop_adopted(
+        self,
+        unwanted: list[tuple[InstanceRuntime, ServiceHandle]],
+        outdated: list[tuple[InstanceRuntime, ServiceHandle]],
+    ) -> set[InstanceRuntime]:
+        """Stop, together, adopted processes no one wants any more and those of an older
+        configuration (never supervised: a stop must not race the start of their
+        supervision). The outdated ones that would not stop: kept, and supervised as they
+        are rather than run twice."""
+        kept: set[InstanceRuntime] = set()
 
-        async def stop(instance: InstanceRuntime, handle: ServiceHandle) -> None:
+        async def stop(instance: InstanceRuntime, handle: ServiceHandle, replacing: bool) -> None:
             config = instance.service.config
             try:
                 await handle.stop(config.stop_signum(), config.stop_grace)
             except RunnerError as exc:
+                if replacing:
+                    log.warning("cannot replace %s: %s; adopting it as it is", instance.fqn, exc)
+                    instance.config_digest = _config_digest(instance.service)
+                    kept.add(instance)
+                    return
                 log.error("cannot stop %s: %s", instance.fqn, exc)
             self.app.logs.unfollow(instance.fqn)
             self._forget_process(instance)
-            self._note(instance, "stopped: not wanted (its stop or scale-down was cut short)")
+            if not replacing:
+                self._note(instance, "stopped: not wanted (its stop or scale-down was cut short)")
 
         async with anyio.create_task_group() as stops:
-            for instance, handle in adopted:
-                stops.start_soon(stop, instance, handle)
+            for instance, handle in unwanted:
+                stops.start_soon(stop, instance, handle, False)
+            for instance, handle in outdated:
+                stops.start_soon(stop, instance, handle, True)
+        return kept
 
     def _stop_orphans(self) -> None:
         """Processes recorded for services that no longer exist (removed by a reload, or
@@ -1121,20 +1146,22 @@ class Supervisor:
             ("processes", name), "DELETE FROM processes WHERE fqn = ? AND instance = ?", (fqn, index)
         )
 
-    async def _adopt(self, instance: InstanceRuntime) -> ServiceHandle | None:
+    async def _adopt(self, instance: InstanceRuntime) -> tuple[ServiceHandle | None, bool]:
+        """The instance's process left by an earlier daemon, if it still runs, and whether
+        it was started from an older configuration (then to be replaced)."""
         service = instance.service
         record = self._process_records.pop((service.fqn, instance.index), None)
         try:
             runner = self.runners.get(service.config.runner.type)
         except UnknownRunner:
-            return None
+            return None, False
         if record is not None:
             # The ports it was started with (the daemon picked them, for instances > 0).
             instance.ports = dict(record["handle"].get("ports") or {})
         try:
             spec = self._run_spec(instance)
         except RuntimeTemplateError:
-            return None
+            return None, False
         handle: ServiceHandle | None = None
         offsets = (0, 0)
         if record is not None and record["runner"] == runner.name:
@@ -1156,27 +1183,23 @@ class Supervisor:
         if handle is None:
             if record is not None:
                 self._forget_process(instance)
-            return None
+            return None, False
         current = _config_digest(service)
         recorded = str(record["handle"].get("config_digest") or "") if record is not None else ""
-        # Digests of two Hive versions may differ for one configuration: not compared.
-        if recorded and recorded != current and recorded.partition("/")[0] == __version__:
-            # Started from a configuration changed since (a reload cut short by a kill,
-            # hive.yaml edited while no daemon ran): replaced, as a reload would have.
-            log.info("%s (pid %s) runs an older configuration; replacing it", instance.fqn, handle.pid)
-            self._note(instance, f"pid {handle.pid} ran an older configuration; replacing it")
-            try:
-                await handle.stop(service.config.stop_signum(), service.config.stop_grace)
-            except RunnerError as exc:  # not stopped: supervise it rather than start a second
-                log.warning("cannot replace %s: %s; adopting it as it is", instance.fqn, exc)
-            else:
-                self._forget_process(instance)
-                return None
-        instance.config_digest = current
-        log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
+        # Started from a configuration changed since (a reload cut short by a kill,
+        # hive.yaml edited while no daemon ran)? Digests of two Hive versions may differ
+        # for one configuration: not compared.
+        older = bool(recorded) and recorded != current and recorded.partition("/")[0] == __version__
+        # Followed either way: what it writes until it is stopped is read too.
         self.app.logs.follow(instance.fqn, offsets=offsets)
-        self._note(instance, f"adopted by the daemon (pid {handle.pid})")
-        return handle
+        if older:  # stopped, then started again if wanted (resume)
+            log.info("%s (pid %s) runs an older configuration", instance.fqn, handle.pid)
+            self._note(instance, f"pid {handle.pid} runs an older configuration: it is stopped")
+        else:
+            instance.config_digest = current
+            log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
+            self._note(instance, f"adopted by the daemon (pid {handle.pid})")
+        return handle, older
 
     def _record_process(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
         record = handle.record()

@@ -97,6 +97,52 @@ async def test_daemon_kill9_services_survive_and_are_adopted(hive_env: Path, pro
         run_cli("stop")
 
 
+def _waiting_pair(generation: int) -> str:
+    """Two services that, on SIGTERM, wait for the other to have had its SIGTERM too, then
+    exit by themselves (``<name>.done``); ``generation`` is their configuration's."""
+    services = ""
+    for name, other in (("a", "b"), ("b", "a")):
+        services += f"""
+          {name}:
+            runner:
+              type: script
+              script:
+                run: |
+                  trap 'echo > {name}.term; while [ ! -e {other}.term ]; do sleep 0.05; done; echo > {name}.done; exit 0' TERM
+                  sleep 1000 &
+                  wait
+            environment: {{static: {{GENERATION: "{generation}"}}}}
+            stop_grace: 5s
+        """
+    return 'version: "1"\nservices:' + services
+
+
+async def test_changed_while_no_daemon_ran_are_replaced_together(hive_env: Path, project_dir: Path) -> None:
+    # Edited while no daemon ran: both are replaced at start-up, and their stops run
+    # together. One after the other, the first would wait for a SIGTERM the second gets
+    # only after the first's grace, and be killed instead of exiting by itself.
+    write_project(project_dir, _waiting_pair(1))
+    daemon = start_daemon(hive_env)
+    async with DaemonClient(daemon.socket) as client:
+        await client.add_source(project_dir, name="p", start=True)
+        old = {name: (await client.get_service_status(f"p:{name}")).pid for name in "ab"}
+    daemon.kill9()
+    write_project(project_dir, _waiting_pair(2))
+    daemon = start_daemon(hive_env)
+    try:
+        wait_for(lambda: all((project_dir / f"{name}.done").exists() for name in "ab"),
+                 timeout=20, what="both old processes to exit by themselves")
+        for name in "ab":
+            fresh = wait_for(lambda name=name: [p for p in pids_of_service(f"p:{name}") if p != old[name]],
+                             what=f"p:{name} started again")
+            assert old[name] not in pids_of_service(f"p:{name}")
+            async with DaemonClient(daemon.socket) as client:
+                info = await client.get_service_status(f"p:{name}")
+            assert info.state == "running" and info.pid in fresh
+    finally:
+        daemon.stop()
+
+
 async def test_stopped_service_stays_stopped_after_restart(hive_env: Path, project_dir: Path) -> None:
     write_project(project_dir, """
         version: "1"
