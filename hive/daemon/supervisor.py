@@ -1052,6 +1052,7 @@ class Supervisor:
         for service in list(self.services.values()):
             service.grow(recorded.get(service.fqn, 0))
             wanted = service.wanted() if service.desired == "running" else []
+            replaced: set[InstanceRuntime] = set()  # this service's, started once stopped
             for instance in service.instances:
                 adopted, older = await self._adopt(instance)
                 if adopted is None:
@@ -1059,14 +1060,14 @@ class Supervisor:
                 if instance not in wanted:
                     unwanted.append((instance, adopted))
                 elif older:
-                    outdated.append((instance, adopted))  # started once it is stopped
+                    outdated.append((instance, adopted))
+                    replaced.add(instance)
                 else:
                     self._launch(instance, adopted)
             # The surplus leaves the service now; its processes are stopped below, before
             # the daemon answers anyone (a scale-up must not meet them half stopped).
             del service.instances[max(service.scale, 1) :]
             if service.desired == "running":
-                replaced = {instance for instance, _ in outdated}
                 for instance in service.wanted():
                     if instance not in replaced:
                         self._launch(instance, None)
