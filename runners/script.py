@@ -326,6 +326,8 @@ class ScriptHandle(ServiceHandle):
         if self._ticks is None:
             info = proc.read_stat(self.pid) if self._status is None else None
             self._ticks = info.ticks if info is not None else 0
+            if info is not None and not self.adopted and info.sid == self.pid:
+                proc.note_own_leader(self.pid, info.ticks)
         return self._ticks
 
     @property
@@ -359,6 +361,7 @@ class ScriptHandle(ServiceHandle):
         flags = os.WEXITED | (0 if block else os.WNOHANG)
         if self._ticks is None:
             self.ticks  # noqa: B018 - read while the zombie still holds its /proc entry
+        proc.forget_own_leader(self.pid)  # before the pid may be handed out again
         try:
             result = os.waitid(os.P_PIDFD, self._pidfd, flags)
         except ChildProcessError:

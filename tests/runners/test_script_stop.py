@@ -84,12 +84,25 @@ async def test_grandchildren_are_stopped(runner: ScriptRunner, spec: SpecFactory
     assert tagged(tag_of(made)) == []
 
 
-async def test_descendants_that_left_the_group_are_stopped(runner: ScriptRunner, spec: SpecFactory) -> None:
+@pytest.mark.parametrize("recorded", [False, True], ids=["fresh", "recorded"])
+async def test_descendants_that_left_the_group_are_stopped(
+    runner: ScriptRunner, spec: SpecFactory, recorded: bool
+) -> None:
     # `setsid sleep` in a background job: a child of the shell in a new session;
     # `setsid -f sleep`: forked, and its parent exits at once (an orphan in a new session).
     made = spec("setsid sleep 1000 & setsid -f sleep 1000; sleep 1000 & echo ready; wait")
     handle = await runner.start(made)
     await output_contains(made.stdout_path, "ready")
+    if recorded:
+        # As the daemon does: once its record is taken, scans take the main process's
+        # line from what the runner knows of its own children, not from /proc.
+        handle.record()
+        table = proc.process_table(time.monotonic())
+        line, read = table.procs[handle.pid], proc.read_stat(handle.pid)
+        assert read is not None
+        assert (line.pid, line.ppid, line.pgid, line.sid, line.ticks) == (
+            read.pid, read.ppid, read.pgid, read.sid, read.ticks)
+        assert handle.pid in proc._own_leaders
     tag = tag_of(made)
     procs = await until(lambda: len(tagged(tag)) == 4 and tagged(tag), what="shell and three sleeps")
     sessions = {os.getsid(p.pid) for p in procs}
@@ -97,6 +110,7 @@ async def test_descendants_that_left_the_group_are_stopped(runner: ScriptRunner,
     with anyio.fail_after(10):
         await handle.stop(signal.SIGTERM, 5)
     assert tagged(tag) == []
+    assert handle.pid not in proc._own_leaders  # forgotten before its pid went back
 
 
 async def test_double_forked_daemon_is_stopped(runner: ScriptRunner, spec: SpecFactory) -> None:
