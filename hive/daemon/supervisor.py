@@ -949,8 +949,7 @@ class Supervisor:
         instance.recorded = False
         instance.post_up_pending = False
         instance.exit_code = status.exit_code
-        with anyio.CancelScope(shield=True):
-            await self.app.logs.drain(instance.fqn)
+        await self.app.logs.drain(instance.fqn)  # not cut short by a cancel
         self.app.logs.unfollow(instance.fqn)
         self._forget_process(instance)
         return status

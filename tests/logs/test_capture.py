@@ -10,7 +10,15 @@ import anyio
 import pytest
 
 from hive.daemon.logs import LogHub
-from tests.logs.helpers import messages, rss, running_hub, wait_for_message, write, writer
+from tests.logs.helpers import (
+    messages,
+    open_captures,
+    rss,
+    running_hub,
+    wait_for_message,
+    write,
+    writer,
+)
 from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -236,3 +244,23 @@ async def test_subscription_ends_when_the_hub_stops(home: Path) -> None:
     assert (await sub.get()).message == "last words"
     with pytest.raises(anyio.EndOfStream):
         await sub.get()
+
+
+async def test_drain_right_after_a_write_finds_it_before_the_pump_does(home: Path) -> None:
+    # A capture not opened yet (nothing written when it was followed) is judged by the
+    # inotify queue at drain time; the write's event is queued, not yet read by the hub.
+    fqn = "proj:quick"
+    async with running_hub(home) as hub:
+        hub.follow(fqn)
+        await hub.drain(fqn)  # nothing written: nothing read, nothing noted
+        assert hub.query(fqn) == []
+        out, err = open_captures(hub, fqn)
+        try:
+            os.write(out, b"last words\n")
+            os.write(err, b"and a tail")
+        finally:
+            os.close(out)
+            os.close(err)
+        await hub.drain(fqn)  # no checkpoint in between: the pump has not run
+        assert sorted(messages(hub.query(fqn))) == ["and a tail", "last words"]
+        hub.unfollow(fqn)

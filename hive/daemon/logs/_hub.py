@@ -411,21 +411,25 @@ class LogHub:
     async def _watch(self, inotify: Inotify) -> None:
         while True:
             await anyio.wait_readable(inotify.fd)
-            for wd, mask, name in inotify.events():
-                if mask & IN_Q_OVERFLOW:
-                    logger.warning("inotify queue overflowed: re-reading every followed file")
-                    self._dirty.update(self._followed)
-                    continue
-                if mask & IN_IGNORED:
-                    # Its directory went away: watch the new one when a capture reopens.
-                    self._dir_watches = {d: w for d, w in self._dir_watches.items() if w != wd}
-                    continue
-                files = self._by_wd.get(wd)
-                cap = files.get(name) if files is not None else None
-                if cap is not None:
-                    self._dirty[cap] = None
+            self._take_events(inotify)
             if self._dirty and self._wake is not None:
                 self._wake.set()
+
+    def _take_events(self, inotify: Inotify) -> None:
+        """Mark dirty the captures the queued events name."""
+        for wd, mask, name in inotify.events():
+            if mask & IN_Q_OVERFLOW:
+                logger.warning("inotify queue overflowed: re-reading every followed file")
+                self._dirty.update(self._followed)
+                continue
+            if mask & IN_IGNORED:
+                # Its directory went away: watch the new one when a capture reopens.
+                self._dir_watches = {d: w for d, w in self._dir_watches.items() if w != wd}
+                continue
+            files = self._by_wd.get(wd)
+            cap = files.get(name) if files is not None else None
+            if cap is not None:
+                self._dirty[cap] = None
 
     async def _pump(self) -> None:
         while True:
@@ -537,16 +541,26 @@ class LogHub:
         return (inst.captures[0].consumed, inst.captures[1].consumed)
 
     async def drain(self, fqn: str) -> None:
-        """Read what is in the capture files now; an unfinished last line counts too."""
+        """Read what is in the capture files now; an unfinished last line counts too.
+        A cancel does not cut it short."""
         inst = self._instances.get(fqn)
         if inst is None or inst.captures is None:
             return
+        inotify = self._inotify
+        if inotify is not None and any(cap.pending and cap.wd >= 0 for cap in inst.captures):
+            # A write queues its event before write() returns, so once the writer has
+            # exited the queue names every capture written to: a pending one it does
+            # not name is untouched (one read for both, rather than a stat of each).
+            self._take_events(inotify)
         for cap in inst.captures:
             if cap.pending:
-                try:
-                    untouched = os.stat(cap.path).st_size <= cap.pos
-                except OSError:
-                    untouched = True
+                if cap.wd >= 0 and inotify is not None:
+                    untouched = cap not in self._dirty
+                else:
+                    try:
+                        untouched = os.stat(cap.path).st_size <= cap.pos
+                    except OSError:
+                        untouched = True
                 if untouched or not self._activate(cap):
                     continue  # nothing was written since it was followed
             if cap.fd < 0:
@@ -560,7 +574,8 @@ class LogHub:
                 more = self._read_chunk(cap, draining=True)
                 if not more or cap.pos >= end:
                     break
-                await anyio.lowlevel.checkpoint()
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()
             if cap.fd >= 0:
                 self._finish_line(cap)
                 self._punch(cap, force=True)
