@@ -515,13 +515,7 @@ class ContainerRunner(Runner):
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ContainerHandle | None:
         """The container of ``record`` if it still runs with the spec's FQN and config
         hash; None otherwise (gone, stopped, or started from another configuration)."""
-        try:
-            container_id = str(record["container_id"])
-            engine = str(record.get("engine") or self.name)
-        except (KeyError, TypeError):
-            raise RunnerError(f"not a {self.name} container record: {record!r}") from None
-        if engine != self.name or not container_id:
-            raise RunnerError(f"not a {self.name} container record: {record!r}")
+        container_id, _ = _container_record(record, self.name)
         config = spec.config
         image = _image(config)
         digest = config_hash(spec, image, passed_environment(spec))
@@ -546,6 +540,39 @@ class ContainerRunner(Runner):
         if not handle.reuse_follower(record.get("logs_pid")):
             await handle.follow_logs(since=time.time())
         return handle
+
+    async def stop_orphan(self, fqn: str, record: dict[str, Any], grace: float) -> bool:
+        """Stop and remove the container ``record`` names, if its ``hive.fqn`` label
+        still says it is ``fqn``'s. The service's configuration is gone: the engine socket
+        is the recorded one, and the container's own stop signal is sent."""
+        container_id, _ = _container_record(record, self.name)
+        socket = record.get("socket")
+        config = {"socket": socket} if isinstance(socket, str) and socket else {}
+        return await self.stop_leftover(
+            container_id, config, grace, lambda labels: labels.get("hive.fqn") == fqn
+        )
+
+    async def stop_leftover(
+        self, container_id: str, config: Mapping[str, Any], grace: float,
+        ours: Callable[[Mapping[str, str]], bool],
+    ) -> bool:
+        """``stop -t`` then ``rm -f -v`` the container if its labels pass ``ours``;
+        True if it was running."""
+        found = await self.inspect([container_id], config)
+        if not found:
+            return False
+        info = found[0]
+        if not ours((info.get("Config") or {}).get("Labels") or {}):
+            return False
+        running = bool((info.get("State") or {}).get("Running"))
+        if running:
+            seconds = math.ceil(max(0.0, grace))
+            result = await self.call(["stop", "-t", str(seconds), container_id], config,
+                                     timeout=seconds + KILL_TIMEOUT + 20)
+            if result.returncode != 0 and not _is_missing(engine_message(result.stderr)):
+                raise self.error("stop", result.stderr, config)
+        await self.remove(container_id, config)
+        return running
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
         """Records of running containers labelled ``hive.fqn=<fqn>`` whose environment
@@ -577,6 +604,18 @@ class ContainerRunner(Runner):
             }))
         records.sort(key=lambda item: item[0], reverse=True)
         return [record for _, record in records]
+
+
+def _container_record(record: dict[str, Any], engine: str) -> tuple[str, str]:
+    """(container id, engine) of a record of ``engine``; RunnerError if it is not one."""
+    try:
+        container_id = str(record["container_id"])
+        recorded = str(record.get("engine") or engine)
+    except (KeyError, TypeError):
+        raise RunnerError(f"not a {engine} container record: {record!r}") from None
+    if recorded != engine or not container_id:
+        raise RunnerError(f"not a {engine} container record: {record!r}")
+    return container_id, recorded
 
 
 # --- the handle ----------------------------------------------------------------------------
@@ -618,11 +657,14 @@ class ContainerHandle(ServiceHandle):
 
     def record(self) -> dict[str, Any]:
         """``engine``, ``container_id``, ``name``, ``config_hash``, ``stop_signal`` (the one
-        the container was created with) and ``logs_pid`` (the log follower)."""
+        the container was created with), ``logs_pid`` (the log follower) and ``socket``
+        (the engine's, when not the default: what reaches it once the service is gone)."""
+        socket = self.runner.socket_of(self._config)
         return {
             "engine": self.runner.name,
             "container_id": self.container_id,
             "name": self.name,
+            "socket": socket if isinstance(socket, str) and socket else None,
             "config_hash": self.config_hash,
             "stop_signal": self.run_signal,
             "logs_pid": self._logs_pid,

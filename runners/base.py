@@ -129,6 +129,18 @@ class Runner(ABC):
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ServiceHandle | None:
         """Take over an instance a previous daemon started; None if it is gone."""
 
+    async def stop_orphan(self, fqn: str, record: dict[str, Any], grace: float) -> bool:
+        """Stop the instance ``fqn`` that ``record`` (its handle's ``record()``) names,
+        whose service no longer exists: there is no spec, only its name. True if it was
+        running. RunnerError if it cannot be done now (its engine is away). The default
+        adopts it with a bare spec and stops it; a runner whose ``adopt()`` needs the
+        service's configuration overrides this."""
+        handle = await self.adopt(RunSpec(fqn=fqn), record)
+        if handle is None:
+            return False
+        await handle.stop(int(signal.SIGTERM), grace)
+        return True
+
     async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
         """Run ``spec`` to its end (a hook step) and return its exit code; each line it
         prints goes to ``output("stdout" | "stderr", line)``. Cancelled, it leaves nothing

@@ -256,13 +256,18 @@ class ComposeRunner(Runner):
 
     # --- adopt ----------------------------------------------------------------------------
 
+    async def stop_orphan(self, fqn: str, record: dict[str, Any], grace: float) -> bool:
+        """Stop and remove the container through its engine (the compose file may be
+        gone with the service), if its labels still name the recorded project and service."""
+        container_id, project, service, engine_name = _compose_record(record)
+        engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
+        return await engine.stop_leftover(
+            container_id, {}, grace,
+            lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
+        )
+
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ComposeHandle | None:
-        try:
-            container_id = str(record["container_id"])
-            project, service = str(record["project"]), str(record["service"])
-            engine_name = str(record["engine"])
-        except (KeyError, TypeError):
-            raise RunnerError(f"not a compose container record: {record!r}") from None
+        container_id, project, service, engine_name = _compose_record(record)
         path, wanted_service = self._block(spec)
         if service != wanted_service or project != project_name(spec.fqn):
             return None
@@ -286,6 +291,15 @@ class ComposeRunner(Runner):
         if not handle.reuse_follower(record.get("logs_pid")):
             await handle.follow_logs(since=time.time())
         return handle
+
+
+def _compose_record(record: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(container id, project, service, engine) of a compose record; RunnerError if not one."""
+    try:
+        return (str(record["container_id"]), str(record["project"]), str(record["service"]),
+                str(record["engine"]))
+    except (KeyError, TypeError):
+        raise RunnerError(f"not a compose container record: {record!r}") from None
 
 
 async def _probe(command: Sequence[str]) -> str | None:

@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import random
-import signal
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -1131,15 +1130,12 @@ class Supervisor:
 
     async def _stop_orphan(self, fqn: str, index: int, record: dict[str, Any]) -> None:
         name = fqn if index == 0 else f"{fqn}#{index}"
+        found = record["handle"].get("container_id") or record["handle"].get("pid")
         try:
-            handle = await self.runners.get(record["runner"]).adopt(RunSpec(fqn=name), record["handle"])
-            if handle is not None:
-                log.warning("stopping %s (pid %s): its service no longer exists", name, handle.pid)
-                await handle.stop(int(signal.SIGTERM), _ORPHAN_GRACE)
+            if await self.runners.get(record["runner"]).stop_orphan(name, record["handle"], _ORPHAN_GRACE):
+                log.warning("stopped %s (%s): its service no longer exists", name, found)
         except (RunnerError, UnknownRunner) as exc:
-            # The record stays: the next start tries again (a container runner needs the
-            # service's configuration to adopt; its id says what to remove by hand).
-            found = record["handle"].get("container_id") or record.get("pid")
+            # The record stays: the next start tries again (its engine may be back).
             log.warning("cannot stop %s (%s), whose service no longer exists: %s", name, found, exc)
             return
         self.app.state_writer.queue(

@@ -114,6 +114,23 @@ async def test_stop_and_adopt(runner: ComposeRunner, cspec: ComposeSpec,
     assert result.stdout.strip() == b""  # stopped and removed
 
 
+async def test_an_orphan_is_stopped_through_its_engine(
+    runner: ComposeRunner, cspec: ComposeSpec, implementation: tuple[list[str], str]
+) -> None:
+    # The service and its compose file are gone: the record is enough.
+    spec = cspec(f"echo up; {TRAPPING}")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=30)
+    record = handle.record()
+    (Path(spec.working_dir) / spec.config["file"]).unlink()
+    later = ComposeRunner()
+    assert await later.stop_orphan(spec.fqn, {**record, "service": "other"}, 10) is False
+    with anyio.fail_after(60):
+        assert await later.stop_orphan(spec.fqn, record, 10) is True
+    result = await anyio.run_process([implementation[1], "ps", "-aq", "--filter", f"id={handle.container_id}"])
+    assert result.stdout.strip() == b""  # stopped and removed
+
+
 async def test_instances_get_their_own_project(runner: ComposeRunner, cspec: ComposeSpec) -> None:
     first = cspec(TRAPPING)
     second = RunSpec(**{**{f: getattr(first, f) for f in first.__struct_fields__}, "fqn": first.fqn + "#1"})

@@ -234,6 +234,29 @@ async def test_adopt_restarts_a_dead_log_follower(runner: ContainerRunner, cspec
     assert "after" in content
 
 
+async def test_an_orphan_is_stopped_and_removed_without_its_configuration(
+    runner: ContainerRunner, cspec: ContainerSpec, engine: str
+) -> None:
+    # Its service is gone (removed while no daemon ran): a later daemon has the record only.
+    spec = cspec(f"echo up; {TRAPPING}")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=20)
+    record = handle.record()
+    assert record["socket"] is None  # the engine's default socket
+
+    later = RUNNERS[engine]()
+    # A record naming another service's container is not acted on.
+    assert await later.stop_orphan("elsewhere:svc", record, 10) is False
+    assert (await later.inspect([handle.container_id], {}))[0]["State"]["Running"]
+
+    with anyio.fail_after(60):
+        assert await later.stop_orphan(spec.fqn, record, 10) is True
+    assert await later.inspect([handle.container_id], {}) == []  # stopped and removed
+    with anyio.fail_after(30):
+        await handle.wait()  # the first daemon's handle sees it end too
+    assert await later.stop_orphan(spec.fqn, record, 10) is False  # nothing left to stop
+
+
 # --- names -----------------------------------------------------------------------------------
 
 
