@@ -74,7 +74,9 @@ from ._watch import SharedWatch
 from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle, valid_stop_signal
 from .output import run_streaming
 
-__all__ = ["ContainerHandle", "ContainerRunner", "container_name", "parse_port", "parse_volume"]
+__all__ = [
+    "ContainerHandle", "ContainerRunner", "EngineUnreachable", "container_name", "parse_port", "parse_volume",
+]
 
 # How long the log follower gets to copy the last lines after the container ended.
 DRAIN_TIMEOUT = 5.0
@@ -307,7 +309,7 @@ class ContainerRunner(Runner):
             raise RunnerError(f"socket must be a path or URL, not {socket!r}")
         return [self.socket_flag, socket if "://" in socket else f"unix://{socket}"]
 
-    def unreachable(self, message: str, config: Mapping[str, Any]) -> RunnerError | None:
+    def unreachable(self, message: str, config: Mapping[str, Any]) -> EngineUnreachable | None:
         """The error for an engine daemon that cannot be reached, if that is what
         ``message`` says."""
         match = self.unreachable_text.search(message)
@@ -315,7 +317,7 @@ class ContainerRunner(Runner):
             return None
         where = match.groupdict().get("at") or str(self.socket_of(config) or "")
         at = f" at {where}" if where else ""
-        return RunnerError(f"cannot reach the {self.display} engine{at}: {message}")
+        return EngineUnreachable(f"cannot reach the {self.display} engine{at}: {message}")
 
     def error(self, action: str, stderr: bytes, config: Mapping[str, Any]) -> RunnerError:
         """A RunnerError from an engine command's error output."""
@@ -606,6 +608,10 @@ class ContainerRunner(Runner):
         return [record for _, record in records]
 
 
+class EngineUnreachable(RunnerError):
+    """The engine's daemon cannot be reached (not running, restarting, wrong socket)."""
+
+
 def _container_record(record: dict[str, Any], engine: str) -> tuple[str, str]:
     """(container id, engine) of a record of ``engine``; RunnerError if it is not one."""
     try:
@@ -645,6 +651,7 @@ class ContainerHandle(ServiceHandle):
         self._waiter: anyio.abc.Process | None = None
         self._watch = SharedWatch()
         self._stop_done: anyio.Event | None = None
+        self._stop_failed = False  # the last stop could not be sent (its engine was away)
         self._stop_asked: tuple[int, float] | None = None  # (signal, grace) of a stop
 
     def __repr__(self) -> str:
@@ -876,20 +883,25 @@ class ContainerHandle(ServiceHandle):
     async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
         stop_signal = valid_stop_signal(stop_signal)
         grace = max(0.0, grace)
-        if self._stop_done is not None:  # a stop is under way: share its outcome
-            await self._stop_done.wait()
+        if self._stop_done is not None and not self._stop_failed:
+            await self._stop_done.wait()  # a stop is under way: share its outcome
             return await self.wait()
         self._stop_done = anyio.Event()
+        self._stop_failed = False  # a stop asked again after a failed one tries again
         self._stop_asked = (stop_signal, grace)
         runner, config, ref = self.runner, self._config, self.container_id
         try:
             if self._status is None and self._exit is None:
                 try:
                     await self._terminate(stop_signal, grace)
-                except BaseException:
+                except BaseException as exc:
+                    self._stop_failed = True
                     with anyio.CancelScope(shield=True):
                         await runner.remove(ref, config)
                         await self.close_logs()
+                    if isinstance(exc, EngineUnreachable):
+                        # wait() carries it out once the engine answers (see _wait_engine).
+                        raise EngineUnreachable(f"{exc}; the container is stopped when the engine answers again") from None
                     raise
             with anyio.fail_after(KILL_TIMEOUT + DRAIN_TIMEOUT):
                 status = await self.wait()

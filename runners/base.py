@@ -20,11 +20,22 @@ from typing import Any, ClassVar
 import anyio
 import msgspec
 
-__all__ = ["ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle", "valid_stop_signal"]
+__all__ = [
+    "ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle", "StopFailed", "valid_stop_signal",
+]
 
 
 class RunnerError(Exception):
     """A start or stop failed for a reason the user can act on; the message says it."""
+
+
+class StopFailed(RunnerError):
+    """``stop_many`` could not stop some of its instances now (the others are stopped):
+    ``failed`` pairs each such handle with why."""
+
+    def __init__(self, failed: list[tuple[ServiceHandle, str]]) -> None:
+        super().__init__("; ".join(reason for _, reason in failed))
+        self.failed = failed
 
 
 def valid_stop_signal(number: int) -> int:
@@ -151,21 +162,22 @@ class Runner(ABC):
         self, handles: Sequence[ServiceHandle], stop_signal: int, grace: float
     ) -> None:
         """Stop several instances (``hive down``, a daemon shutdown): what ``stop()`` does
-        to each. Runners that can do it in one sweep override this."""
-        failures: list[str] = []
+        to each; StopFailed names those it could not stop. Runners that can do it in one
+        sweep override this."""
+        failures: list[tuple[ServiceHandle, str]] = []
 
         async def stop_one(handle: ServiceHandle) -> None:
             # One that cannot be stopped (its engine is away) must not cut the others short.
             try:
                 await handle.stop(stop_signal, grace)
             except RunnerError as exc:
-                failures.append(str(exc))
+                failures.append((handle, str(exc)))
 
         async with anyio.create_task_group() as stops:
             for handle in handles:
                 stops.start_soon(stop_one, handle)
         if failures:
-            raise RunnerError("; ".join(failures))
+            raise StopFailed(failures)
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
         """Records of running instances of ``spec.fqn`` that no record names.

@@ -39,7 +39,15 @@ from anyio.lowlevel import RunVar
 from . import _process as proc
 from ._command import plan_command
 from ._watch import SharedWatch
-from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle, valid_stop_signal
+from .base import (
+    ExitStatus,
+    Runner,
+    RunnerError,
+    RunSpec,
+    ServiceHandle,
+    StopFailed,
+    valid_stop_signal,
+)
 
 __all__ = ["RUN_ID_VAR", "ScriptHandle", "ScriptRunner"]
 
@@ -81,7 +89,7 @@ class ScriptRunner(Runner):
                 batch.append(handle)
             else:
                 others.append(handle)
-        failed: list[str] = []
+        failures: list[tuple[ServiceHandle, str]] = []
         try:
             if batch:
                 started = time.monotonic()
@@ -96,7 +104,8 @@ class ScriptRunner(Runner):
                 with anyio.move_on_after(KILL_TIMEOUT):
                     for handle in stragglers:
                         await handle._wait_all()
-                failed = [str(h.pid) for h in batch if h._status is None]
+                failures = [(h, f"process {h.pid} did not exit after SIGKILL")
+                            for h in batch if h._status is None]
                 await _sweep(list(zip(batch, members, strict=True)), table.last_pid)
         except BaseException:
             for handle in batch:
@@ -108,9 +117,12 @@ class ScriptRunner(Runner):
                 assert handle._stop_done is not None
                 handle._stop_done.set()
         if others:
-            await super().stop_many(others, stop_signal, grace)
-        if failed:
-            raise RunnerError(f"process(es) {', '.join(failed)} did not exit after SIGKILL")
+            try:
+                await super().stop_many(others, stop_signal, grace)
+            except StopFailed as exc:
+                failures += exc.failed
+        if failures:
+            raise StopFailed(failures)
 
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ScriptHandle | None:
         """Take over the process in ``record`` if it still runs and is the same process.

@@ -497,15 +497,17 @@ class SourceRegistry:
                 )
         return problems
 
-    async def stop(self, name: str) -> None:
+    async def stop(self, name: str, *, patient: bool = True) -> list[str]:
         """Stop a source's services; global pre-down and post-down hooks around the stop
-        when any of them runs (a failing down hook is reported, never blocks the stop)."""
+        when any of them runs (a failing down hook is reported, never blocks the stop).
+        ``patient`` and the problems returned: see Supervisor.stop()."""
         source = self.get(name)
         fqns = self._fqns(source)
         running = self._running(source)
         await self._down_hooks(source, "pre-down", running)
-        await self.supervisor.stop(fqns)
+        problems = await self.supervisor.stop(fqns, patient=patient)
         await self._down_hooks(source, "post-down", running)
+        return problems
 
     async def shutdown(self, *, keep_services: bool) -> None:
         """The daemon stops: its services stop too (unless kept), with the global down

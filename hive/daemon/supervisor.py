@@ -53,7 +53,7 @@ from hive_client import (
     ServiceStopped,
     __version__,
 )
-from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle
+from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle, StopFailed
 
 from .errors import RequestError
 from .exposure import alias_of, provided_vars, renamed_vars, verify_secret
@@ -462,8 +462,13 @@ class Supervisor:
                         f" ({instance.last_error})" if instance.last_error else ""))
         return problems
 
-    async def stop(self, fqns: Iterable[str], *, persist: bool = True) -> None:
-        """Stop services, dependents first (among those being stopped), each level in parallel."""
+    async def stop(self, fqns: Iterable[str], *, persist: bool = True, patient: bool = True) -> list[str]:
+        """Stop services, dependents first (among those being stopped), each level in parallel.
+
+        An instance its runner cannot stop now (its engine is away) is waited for; or, not
+        ``patient``, left stopping (its runner carries the stop out when it can) and named
+        in the problems returned, "fqn: why".
+        """
         services = [self.get(fqn) for fqn in fqns]
         for service in services:
             if persist:
@@ -471,16 +476,19 @@ class Supervisor:
                 self.app.state_writer.queue(*_state_row(service))
         if persist:
             await self.app.state_writer.flush()
+        problems: list[str] = []
         for level in _reverse_levels(services):
-            await self._stop_level([i for service in level for i in service.instances])
+            problems += await self._stop_level([i for service in level for i in service.instances], patient)
+        return problems
 
     async def restart(self, fqn: str) -> None:
         service = self.get(fqn)
         await self.stop([fqn], persist=False)
         await self.start([service.fqn])
 
-    async def _stop_level(self, instances: list[InstanceRuntime]) -> None:
-        """Stop instances together: their runners stop all of theirs in one sweep."""
+    async def _stop_level(self, instances: list[InstanceRuntime], patient: bool = True) -> list[str]:
+        """Stop instances together: their runners stop all of theirs in one sweep. The
+        problems of those not stopped now, when not ``patient`` (see stop())."""
         groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
         stopping = [i for i in instances if i.running_task]
         for instance in stopping:
@@ -501,11 +509,20 @@ class Supervisor:
                 config = instance.service.config
                 key = (config.runner.type, config.stop_signum(), config.stop_grace)
                 groups.setdefault(key, []).append(handle)
+        failed: dict[int, str] = {}  # id(handle) -> why its stop failed
         async with anyio.create_task_group() as stops:
             for (runner_name, stop_signal, grace), handles in groups.items():
-                stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace)
+                stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace, failed)
+        problems = []
         for instance in instances:
+            why = failed.get(id(instance.handle)) if instance.handle is not None else None
+            if why is not None:
+                self._note(instance, f"not stopped yet: {why}", LogLevel.WARN)
+                if not patient:
+                    problems.append(f"{instance.fqn}: {why}")
+                    continue
             await instance.wait_finished()
+        return problems
 
     async def _down_hooks(self, instance: InstanceRuntime, event: str) -> None:
         steps = (
@@ -518,14 +535,22 @@ class Supervisor:
             self._note(instance, f"{outcome.message} (the stop goes on)", LogLevel.WARN)
 
     async def _stop_handles(
-        self, runner_name: str, handles: list[ServiceHandle], stop_signal: int, grace: float
+        self, runner_name: str, handles: list[ServiceHandle], stop_signal: int, grace: float,
+        failed: dict[int, str],
     ) -> None:
+        """Stop ``handles`` through their runner; why each one that was not stopped was
+        not goes into ``failed``."""
         try:
             await self.runners.get(runner_name).stop_many(handles, stop_signal, grace)
-        except (RunnerError, UnknownRunner) as exc:
+        except StopFailed as exc:
             log.error("stopping %d %s instance(s): %s", len(handles), runner_name, exc)
+            failed.update((id(handle), why) for handle, why in exc.failed)
+        except (RunnerError, UnknownRunner) as exc:  # a runner that does not say which
+            log.error("stopping %d %s instance(s): %s", len(handles), runner_name, exc)
+            failed.update((id(handle), str(exc)) for handle in handles)
         except Exception:  # a runner's bug must not cut the other runners' stops short
             log.exception("stopping %d %s instance(s) failed", len(handles), runner_name)
+            failed.update((id(handle), "internal error in its runner; see the daemon log") for handle in handles)
 
     # --- the supervision loop -----------------------------------------------------------
 

@@ -27,7 +27,7 @@ from ..dispatch import RequestContext
 from ..errors import RequestError
 from ..sources import SourceRegistry
 from ..supervisor import InstanceRuntime, Supervisor
-from .sources import started_message
+from .sources import not_stopped_message, started_message
 
 
 def _supervisor(ctx: RequestContext) -> Supervisor:
@@ -90,7 +90,9 @@ async def start_service(ctx: RequestContext, request: StartService) -> Ok:
 
 async def stop_service(ctx: RequestContext, request: StopService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    await _supervisor(ctx).stop([fqn])
+    problems = await _supervisor(ctx).stop([fqn], patient=False)
+    if problems:
+        raise RequestError(ErrorCode.CONFLICT, not_stopped_message(problems))
     return Ok(message=f"{fqn} stopped")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hive_client import ErrorCode
 from hive_client.protocol import (
     AddSource,
     AddSourceResult,
@@ -18,12 +19,18 @@ from hive_client.protocol import (
 )
 
 from ..dispatch import RequestContext
+from ..errors import RequestError
 from ..sources import SourceRegistry
 
 
 def _registry(ctx: RequestContext) -> SourceRegistry:
     registry: SourceRegistry = ctx.app.sources
     return registry
+
+
+def not_stopped_message(problems: list[str]) -> str:
+    """The error of a stop some instances of which could not be stopped now."""
+    return "not stopped yet: " + "; ".join(problems)
 
 
 def started_message(count: int, problems: list[str]) -> str:
@@ -72,5 +79,7 @@ async def start_source(ctx: RequestContext, request: StartSource) -> Ok:
 
 
 async def stop_source(ctx: RequestContext, request: StopSource) -> Ok:
-    await _registry(ctx).stop(request.name)
+    problems = await _registry(ctx).stop(request.name, patient=False)
+    if problems:
+        raise RequestError(ErrorCode.CONFLICT, not_stopped_message(problems))
     return Ok(message=f"source {request.name} stopped")
