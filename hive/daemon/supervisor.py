@@ -1269,7 +1269,11 @@ class Supervisor:
             return
         running = [s for s in self.services.values() if any(i.running_task for i in s.instances)]
         for level in _reverse_levels(running):
-            await self._stop_level([i for service in level for i in service.instances])
+            # Not patient: an engine that is away must not hold the daemon's exit; what it
+            # runs keeps its record, and the next daemon adopts it or stops it.
+            for problem in await self._stop_level([i for service in level for i in service.instances],
+                                                  patient=False):
+                log.warning("not stopped: %s; the next daemon takes it over", problem)
         await self.app.state_writer.flush()
 
     # --- state, health, notes -----------------------------------------------------------

@@ -876,6 +876,26 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         assert _containers(engine, "eng:web", running_only=True) == [kept]
         figures.append("a stop asked while it was away answered at once (not stopped yet), done when it came back")
 
+        # The daemon stopped while the engine is away does not wait for the engine: the
+        # container it cannot stop keeps its record, and the next daemon takes it over.
+        noticed = {"eng:web": _log_text(daemon, "eng:web").count("lost the Docker engine")}
+        engine.kill9()
+        wait_for(functools.partial(_noticed, daemon, noticed, "lost the Docker engine"), timeout=30,
+                 what="Hive to notice the engine went away")
+        assert "Traceback" not in daemon.stderr()
+        asked = time.monotonic()
+        assert daemon.stop() == 0
+        stopped_in = time.monotonic() - asked
+        said = daemon.stderr()
+        assert "not stopped: eng:web: cannot reach the Docker engine" in said, said[-2000:]
+        engine.start(live_restore=True)
+        daemon = hive = start_daemon(home)
+        wait_for(lambda: _services(daemon.socket)["eng:web"].container_id == kept
+                 and _services(daemon.socket)["eng:web"].state == "running", timeout=60,
+                 what="the next daemon to adopt eng:web's container")
+        figures.append(f"the daemon stopped in {stopped_in:.1f} s with the engine away; "
+                       "the next one adopted the container left")
+
         assert "Traceback" not in daemon.stderr()
         assert daemon.stop() == 0
         assert all(not _containers(engine, f, running_only=False) for f in fqns), "containers left behind"
@@ -886,7 +906,7 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         shutil.rmtree(engine.root, ignore_errors=True)
     print("dockerd restarts: " + "; ".join(figures))
     record("faults", "dockerd killed (-9) and restarted under 2 running containers",
-           "3 engine restarts", "; ".join(figures) + "; 1 running container per service, none left "
+           "4 engine restarts", "; ".join(figures) + "; 1 running container per service, none left "
            "(podman: daemonless, no engine to restart)")
 
 
