@@ -303,6 +303,18 @@ class Supervisor:
             raise RequestError.not_found(f"no service {fqn!r}")
         return service
 
+    def find_instance(self, fqn: str) -> InstanceRuntime | None:
+        """The instance ``fqn`` (``source:service``, ``source:service#N``) names, or None.
+        A lookup, not a scan: event watchers call it for every event."""
+        base, _, number = fqn.partition("#")
+        service = self.services.get(base)
+        if service is None or (number and not (number.isascii() and number.isdigit())):
+            return None  # ("²".isdigit() is true; int() refuses it)
+        index = int(number) if number else 0
+        if index < len(service.instances) and service.instances[index].index == index:
+            return service.instances[index]
+        return None
+
     def all_records(self) -> list[InstanceRuntime]:
         return [instance for service in self.services.values() for instance in service.instances]
 

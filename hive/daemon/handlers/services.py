@@ -45,11 +45,12 @@ def _instance(ctx: RequestContext, fqn: str) -> InstanceRuntime:
         parsed = parse_fqn(fqn)
     except ValueError as exc:
         raise RequestError(ErrorCode.INVALID_FQN, str(exc)) from None
-    service = _supervisor(ctx).get(f"{parsed.source}:{parsed.service}")
-    index = parsed.instance or 0
-    if index >= len(service.instances):
-        raise RequestError.not_found(f"{service.fqn} has no instance #{index} (it runs {service.scale})")
-    return service.instances[index]
+    supervisor = _supervisor(ctx)
+    service = supervisor.get(f"{parsed.source}:{parsed.service}")  # NOT_FOUND names it
+    instance = supervisor.find_instance(fqn)
+    if instance is None:
+        raise RequestError.not_found(f"{service.fqn} has no instance #{parsed.instance} (it runs {service.scale})")
+    return instance
 
 
 def _base_fqn(ctx: RequestContext, fqn: str) -> str:

@@ -20,7 +20,7 @@ from hive_client.protocol import (
 
 from ..dispatch import RequestContext, StreamSink, relay
 from ..errors import RequestError
-from ..supervisor import InstanceRuntime, Supervisor
+from ..supervisor import InstanceRuntime
 
 # Keep a batch well under the clients' frame limit, whatever the lines hold.
 MAX_BATCH_BYTES = 6 * 1024 * 1024
@@ -81,19 +81,6 @@ async def stream_logs(ctx: RequestContext, request: StreamLogs, sink: StreamSink
         await relay(sink, subscription, lambda line: LogLineItem(stream_id=sink.stream_id, line=line))
 
 
-def _find_instance(supervisor: Supervisor, fqn: str) -> InstanceRuntime | None:
-    """The instance ``fqn`` (``source:service`` or ``source:service#N``) names, by lookup:
-    scanning every record per event made a batch of N changes cost N x N per watcher."""
-    base, _, number = fqn.partition("#")
-    service = supervisor.services.get(base)
-    if service is None or (number and not number.isdigit()):
-        return None
-    index = int(number) if number else 0
-    if index < len(service.instances) and service.instances[index].fqn == fqn:
-        return service.instances[index]
-    return next((i for i in service.instances if i.fqn == fqn), None)
-
-
 async def subscribe_services(ctx: RequestContext, request: SubscribeServices, sink: StreamSink) -> None:
     supervisor = ctx.app.services
     pattern = f"{request.source}:*" if request.source else None
@@ -133,6 +120,6 @@ async def subscribe_services(ctx: RequestContext, request: SubscribeServices, si
                     return
                 continue
             fqn = getattr(event, "fqn", None)
-            instance = _find_instance(supervisor, fqn) if fqn else None
+            instance = supervisor.find_instance(fqn) if fqn else None
             if instance is not None and not await send_if_changed(instance):
                 return
