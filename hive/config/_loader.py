@@ -327,11 +327,10 @@ class _NotPlainData(Exception):
 
 
 def _plain(value: object, path: KeyPath, depth: int = 0) -> Any:
-    """A copy of API input as JSON-like data (str keys; lists, not tuples)."""
+    """A copy of API input as JSON-like data (str keys; lists, not tuples). NUL characters
+    are for _nul_problems(), as in a file."""
     if depth > MAX_DEPTH:
         raise _NotPlainData(path, f"nesting deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str) and "\0" in value:
-        raise _NotPlainData(path, _NUL_MESSAGE)
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, Mapping):
@@ -339,8 +338,6 @@ def _plain(value: object, path: KeyPath, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _NotPlainData(path, f"mapping keys must be strings, got {describe(key)}")
-            if "\0" in key:
-                raise _NotPlainData(path, f"key {key!r} {_NUL_MESSAGE}")
             result[key] = _plain(item, (*path, key), depth + 1)
         return result
     if isinstance(value, list | tuple):
@@ -375,6 +372,9 @@ def parse_service_entry(
         raise ConfigError(
             [ConfigIssue("error", file, None, format_path(exc.path), exc.message)]
         ) from None
+    nul = _nul_problems(plain, path)
+    if nul:
+        raise ConfigError([ConfigIssue("error", file, None, format_path(at), message) for at, message in nul])
     builder = Builder(Decoder(sink), root=os.path.abspath(root), source=source_name)
     service = builder.service(name, plain)
     sink.raise_if_errors()
