@@ -818,20 +818,29 @@ class ContainerHandle(ServiceHandle):
                     with contextlib.suppress(RunnerError):  # its output lost, not its supervision
                         await self.follow_logs(since=lost_at)
                 if self._stop_asked is not None:
-                    return await self._stop_late(*self._stop_asked)
+                    stopped = await self._stop_late(*self._stop_asked)
+                    if stopped is not None:
+                        return stopped
+                    # The engine went away again before the stop got through: wait for
+                    # it, then try again (the container keeps its record meanwhile).
                 continue
             retries += 1
             await anyio.sleep(1.0)  # wait-ok: back off before reconnecting to the engine
         return ExitStatus()
 
-    async def _stop_late(self, stop_signal: int, grace: float) -> ExitStatus:
+    async def _stop_late(self, stop_signal: int, grace: float) -> ExitStatus | None:
         """The stop that failed while the engine was away, now that it is back: the
-        container is stopped and removed, as ``stop()`` would have done."""
+        container is stopped and removed, as ``stop()`` would have done. None if the
+        engine went away again first (nothing known to be stopped)."""
         runner = self.runner
         found: list[dict[str, Any]] = []
-        with contextlib.suppress(RunnerError):
+        try:
             await self._terminate(stop_signal, grace)
             found = await runner.inspect([self.container_id], self._config)
+        except EngineUnreachable:
+            return None
+        except RunnerError:
+            pass  # the container is gone already, or cannot be inspected: removed below
         await runner.remove(self.container_id, self._config)
         exit_code = ((found[0].get("State") or {}) if found else {}).get("ExitCode")
         return ExitStatus(exit_code=exit_code if isinstance(exit_code, int) else None)

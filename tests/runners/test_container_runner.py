@@ -257,6 +257,26 @@ async def test_an_orphan_is_stopped_and_removed_without_its_configuration(
     assert await later.stop_orphan(spec.fqn, record, 10) is False  # nothing left to stop
 
 
+async def test_a_late_stop_that_finds_the_engine_away_again_keeps_the_container(
+    runner: ContainerRunner, cspec: ContainerSpec, tmp_path: Path
+) -> None:
+    # A stop asked while the engine was away runs when it is back; if the engine goes
+    # away again first, nothing is known to be stopped: None, and the container is kept
+    # (supervision waits for the engine again). Here the "engine away" is a dead socket.
+    spec = cspec(f"echo up; {TRAPPING}")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=20)
+    away = ContainerHandle(
+        runner=runner, spec=cspec(None, socket=str(tmp_path / "gone.sock")),
+        container_id=handle.container_id, name=handle.name, config_hash=handle.config_hash,
+        run_signal=handle.run_signal,
+    )
+    assert await away._stop_late(signal.SIGTERM, 5) is None
+    assert (await runner.inspect([handle.container_id], {}))[0]["State"]["Running"]
+    with anyio.fail_after(30):
+        assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
+
+
 # --- names -----------------------------------------------------------------------------------
 
 
