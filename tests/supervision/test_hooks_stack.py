@@ -227,12 +227,12 @@ async def test_failing_post_up_stops_the_service(client: DaemonClient, events: E
                 - run: "exit 4"
     """)
     await client.add_source(project_dir, name="p", start=True)
+    started = await events.expect("service_started", "p:web")  # its pid (the shell's, exec'd)
     info = await client.get_service_status("p:web")
     assert info.state == "crashed"
     assert "post-up hook failed" in (info.last_error or "")
     assert "stopped" in (info.last_error or "")
-    pid = int((project_dir / "pid").read_text())
-    assert _gone(pid)
+    assert started.pid and _gone(started.pid)
 
 
 async def test_failing_down_hooks_never_block_a_stop(client: DaemonClient, project_dir: Path) -> None:
@@ -249,7 +249,8 @@ async def test_failing_down_hooks_never_block_a_stop(client: DaemonClient, proje
               post-down: [{run: "exit 6", on_failure: abort}]
     """)
     await client.add_source(project_dir, name="p", start=True)
-    pid = int((project_dir / "pid").read_text())
+    pid = (await client.get_service_status("p:web")).pid  # the shell's, exec'd into sleep
+    assert pid
     await client.stop_source("p")
     info = await client.get_service_status("p:web")
     assert info.state == "stopped"
