@@ -550,19 +550,25 @@ class ContainerRunner(Runner):
         container_id, _ = _container_record(record, self.name)
         socket = record.get("socket")
         config = {"socket": socket} if isinstance(socket, str) and socket else {}
-        return await self.stop_leftover(
+        found = await self.stop_leftover(
             container_id, config, grace, lambda labels: labels.get("hive.fqn") == fqn
         )
+        if found is None and "socket" not in record:
+            # A record from before sockets were recorded: it may be on another engine.
+            where = self.socket_of(config) or "the default socket"
+            log.warning("%s: container %s not found on the %s engine at %s; if its service had "
+                        "a socket of its own, remove it there", fqn, container_id, self.display, where)
+        return bool(found)
 
     async def stop_leftover(
         self, container_id: str, config: Mapping[str, Any], grace: float,
         ours: Callable[[Mapping[str, str]], bool],
-    ) -> bool:
+    ) -> bool | None:
         """``stop -t`` then ``rm -f -v`` the container if its labels pass ``ours``;
-        True if it was running."""
+        whether it was running, None if there is no such container."""
         found = await self.inspect([container_id], config)
         if not found:
-            return False
+            return None
         info = found[0]
         if not ours((info.get("Config") or {}).get("Labels") or {}):
             return False
@@ -894,7 +900,9 @@ class ContainerHandle(ServiceHandle):
         grace = max(0.0, grace)
         if self._stop_done is not None and not self._stop_failed:
             await self._stop_done.wait()  # a stop is under way: share its outcome
-            return await self.wait()
+            if not self._stop_failed:
+                return await self.wait()
+            # It could not be sent (its engine went away): this one tries again.
         self._stop_done = anyio.Event()
         self._stop_failed = False  # a stop asked again after a failed one tries again
         self._stop_asked = (stop_signal, grace)

@@ -261,10 +261,10 @@ class ComposeRunner(Runner):
         gone with the service), if its labels still name the recorded project and service."""
         container_id, project, service, engine_name = _compose_record(record)
         engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
-        return await engine.stop_leftover(
+        return bool(await engine.stop_leftover(
             container_id, {}, grace,
             lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
-        )
+        ))
 
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ComposeHandle | None:
         container_id, project, service, engine_name = _compose_record(record)

@@ -506,7 +506,11 @@ class SourceRegistry:
         running = self._running(source)
         await self._down_hooks(source, "pre-down", running)
         problems = await self.supervisor.stop(fqns, patient=patient)
-        await self._down_hooks(source, "post-down", running)
+        if problems:  # they run once everything is down: not while some of it is not
+            if running and source.config is not None and source.config.hooks.post_down:
+                problems.append(f"source {name}: its post-down hooks did not run")
+        else:
+            await self._down_hooks(source, "post-down", running)
         return problems
 
     async def shutdown(self, *, keep_services: bool) -> None:

@@ -162,6 +162,8 @@ class InstanceRuntime:
         # The pre-up hooks and build of a start under way (a stop cancels them).
         self.preparing: anyio.CancelScope | None = None
         self.running_task = False
+        # A start asked while a stop was under way: done when the stop is over.
+        self.start_after_stop = False
         self._done: anyio.Event | None = None
         self.wakeup = anyio.Event()
         self.backoff: Backoff | None = None
@@ -415,7 +417,12 @@ class Supervisor:
                 self._launch(instance, None)
         if wait is None:
             return []
-        return await self._wait_settled(services, wait)
+        # One whose stop waits for its engine starts when that stop is over: not waited for.
+        later = [i for s in services for i in s.instances if i.start_after_stop]
+        problems = [f"{i.fqn}: still stopping (its stop waits for its runner); it starts again once stopped"
+                    for i in later]
+        waiting = [s for s in services if not any(i.start_after_stop for i in s.instances)]
+        return problems + await self._wait_settled(waiting, wait)
 
     async def scale(self, fqn: str, count: int) -> list[str]:
         """Run ``count`` copies; down: the highest instances stop first. Persisted."""
@@ -441,6 +448,9 @@ class Supervisor:
 
     def _launch(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
         if instance.running_task:
+            if instance.stop_requested:
+                # Its stop is under way, or waits for its engine: start it once it is over.
+                instance.start_after_stop = True
             return
         instance.running_task = True
         instance.stop_requested = False
@@ -489,8 +499,18 @@ class Supervisor:
         if persist:
             await self.app.state_writer.flush()
         problems: list[str] = []
+        held: set[str] = set()  # what a service left running depends on: kept up for it
         for level in _reverse_levels(services):
-            problems += await self._stop_level([i for service in level for i in service.instances], patient)
+            stopping = []
+            for service in level:
+                if service.fqn in held:
+                    problems.append(f"{service.fqn}: left running: a service that depends on it is not stopped yet")
+                    held.update(_dependencies(service))
+                else:
+                    stopping.append(service)
+            for instance, why in await self._stop_level([i for s in stopping for i in s.instances], patient):
+                problems.append(f"{instance.fqn}: {why}")
+                held.update(_dependencies(instance.service))
         return problems
 
     async def restart(self, fqn: str) -> None:
@@ -498,13 +518,16 @@ class Supervisor:
         await self.stop([fqn], persist=False)
         await self.start([service.fqn])
 
-    async def _stop_level(self, instances: list[InstanceRuntime], patient: bool = True) -> list[str]:
-        """Stop instances together: their runners stop all of theirs in one sweep. The
-        problems of those not stopped now, when not ``patient`` (see stop())."""
+    async def _stop_level(
+        self, instances: list[InstanceRuntime], patient: bool = True
+    ) -> list[tuple[InstanceRuntime, str]]:
+        """Stop instances together: their runners stop all of theirs in one sweep. Those
+        not stopped now and why, when not ``patient`` (see stop())."""
         groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
         stopping = [i for i in instances if i.running_task]
         for instance in stopping:
             instance.stop_requested = True
+            instance.start_after_stop = False
             instance.wakeup.set()  # out of a backoff or a wait for its dependencies
             if instance.preparing is not None:
                 instance.preparing.cancel()  # its pre-up hooks or build
@@ -525,16 +548,16 @@ class Supervisor:
         async with anyio.create_task_group() as stops:
             for (runner_name, stop_signal, grace), handles in groups.items():
                 stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace, failed)
-        problems = []
+        left: list[tuple[InstanceRuntime, str]] = []
         for instance in instances:
             why = failed.get(id(instance.handle)) if instance.handle is not None else None
             if why is not None:
                 self._note(instance, f"not stopped yet: {why}", LogLevel.WARN)
                 if not patient:
-                    problems.append(f"{instance.fqn}: {why}")
+                    left.append((instance, why))
                     continue
             await instance.wait_finished()
-        return problems
+        return left
 
     async def _down_hooks(self, instance: InstanceRuntime, event: str) -> None:
         steps = (
@@ -612,6 +635,11 @@ class Supervisor:
             instance.handle = None
             instance.finished()
             service.notify()
+            if instance.start_after_stop:  # asked to start while its stop was under way
+                instance.start_after_stop = False
+                if service.desired == "running" and not self.shutting_down \
+                        and self.services.get(service.fqn) is service and instance in service.wanted():
+                    self._launch(instance, None)
 
     async def _spawn(self, instance: InstanceRuntime) -> ServiceHandle | None:
         """Start one instance; None (state and last_error set) if it could not."""
@@ -1283,9 +1311,9 @@ class Supervisor:
         for level in _reverse_levels(running):
             # Not patient: an engine that is away must not hold the daemon's exit; what it
             # runs keeps its record, and the next daemon adopts it or stops it.
-            for problem in await self._stop_level([i for service in level for i in service.instances],
-                                                  patient=False):
-                log.warning("not stopped: %s; the next daemon takes it over", problem)
+            for instance, why in await self._stop_level([i for service in level for i in service.instances],
+                                                        patient=False):
+                log.warning("not stopped: %s: %s; the next daemon takes it over", instance.fqn, why)
         await self.app.state_writer.flush()
 
     # --- state, health, notes -----------------------------------------------------------
@@ -1399,6 +1427,10 @@ def _free_port() -> int:
 async def _wait_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+def _dependencies(service: ServiceRuntime) -> list[str]:
+    return [f"{service.source}:{name}" for name in service.config.depends_on]
 
 
 def _reverse_levels(services: Sequence[ServiceRuntime]) -> list[list[ServiceRuntime]]:

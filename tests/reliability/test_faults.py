@@ -876,6 +876,30 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         assert _containers(engine, "eng:web", running_only=True) == [kept]
         figures.append("a stop asked while it was away answered at once (not stopped yet), done when it came back")
 
+        # A start asked while such a stop waits: it starts again once that stop is over.
+        started = run_cli("service", "start", "eng:worker")
+        assert started.returncode == 0, started.stdout + started.stderr
+        first = _services(daemon.socket)["eng:worker"].container_id
+        noticed = {"eng:worker": _log_text(daemon, "eng:worker").count("lost the Docker engine")}
+        engine.kill9()
+        wait_for(functools.partial(_noticed, daemon, noticed, "lost the Docker engine"), timeout=30,
+                 what="Hive to notice the engine went away")
+        assert run_cli("service", "stop", "eng:worker").returncode != 0  # not stopped yet
+        again = run_cli("service", "start", "eng:worker")
+        said = again.stdout + again.stderr
+        assert again.returncode != 0 and "Traceback" not in said, said
+        assert "eng:worker: still stopping" in said and "it starts again once stopped" in said, said
+        engine.start(live_restore=True)
+
+        def restarted() -> bool:
+            now = _services(daemon.socket)["eng:worker"]
+            return now.state == "running" and bool(now.container_id) and now.container_id != first
+
+        wait_for(restarted, timeout=60, what="eng:worker to run again after its stop")
+        assert _containers(engine, "eng:worker", running_only=False) == [
+            _services(daemon.socket)["eng:worker"].container_id]  # the first one removed
+        figures.append("a start asked meanwhile done after that stop")
+
         # The daemon stopped while the engine is away does not wait for the engine: the
         # container it cannot stop keeps its record, and the next daemon takes it over.
         noticed = {"eng:web": _log_text(daemon, "eng:web").count("lost the Docker engine")}
@@ -906,7 +930,7 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         shutil.rmtree(engine.root, ignore_errors=True)
     print("dockerd restarts: " + "; ".join(figures))
     record("faults", "dockerd killed (-9) and restarted under 2 running containers",
-           "4 engine restarts", "; ".join(figures) + "; 1 running container per service, none left "
+           "5 engine restarts", "; ".join(figures) + "; 1 running container per service, none left "
            "(podman: daemonless, no engine to restart)")
 
 

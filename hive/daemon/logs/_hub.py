@@ -412,11 +412,10 @@ class LogHub:
         while True:
             await anyio.wait_readable(inotify.fd)
             self._take_events(inotify)
-            if self._dirty and self._wake is not None:
-                self._wake.set()
 
     def _take_events(self, inotify: Inotify) -> None:
-        """Mark dirty the captures the queued events name."""
+        """Mark dirty the captures the queued events name, and wake the pump for them
+        (whoever read the queue: the descriptor is not readable for them any more)."""
         for wd, mask, name in inotify.events():
             if mask & IN_Q_OVERFLOW:
                 logger.warning("inotify queue overflowed: re-reading every followed file")
@@ -430,6 +429,8 @@ class LogHub:
             cap = files.get(name) if files is not None else None
             if cap is not None:
                 self._dirty[cap] = None
+        if self._dirty and self._wake is not None:
+            self._wake.set()
 
     async def _pump(self) -> None:
         while True:
@@ -839,6 +840,14 @@ class LogHub:
         is opened when output arrives (an inotify event on its directory) or at drain(): a
         quiet service costs no descriptor and no open per start.
         """
+        # The watch before the size: a write after the stat then queues an event, which
+        # drain() relies on to tell a written capture from an untouched one.
+        try:
+            wd = self._watch_directory(path.parent)
+        except OSError as exc:
+            # No live updates (watch limit reached?); drain() still reads it all.
+            logger.error("cannot watch %s: %s", path.parent, exc.strerror or exc)
+            wd = -1
         try:
             info = os.stat(path)
         except FileNotFoundError:
@@ -855,13 +864,9 @@ class LogHub:
             pos = 0  # the file was replaced or truncated since the offset was saved
         cap.pos = pos
         cap.punched = 0
-        try:
-            cap.wd = self._watch_directory(path.parent)
-        except OSError as exc:
-            # No live updates (watch limit reached?); drain() still reads it all.
-            logger.error("cannot watch %s: %s", path.parent, exc.strerror or exc)
-        else:
-            self._by_wd[cap.wd][os.fsencode(path.name)] = cap
+        if wd >= 0:
+            cap.wd = wd
+            self._by_wd[wd][os.fsencode(path.name)] = cap
         self._followed[cap] = None
         if pos < info.st_size:
             self._dirty[cap] = None  # what is already there
