@@ -513,10 +513,16 @@ class Supervisor:
                 held.update(_dependencies(instance.service))
         return problems
 
-    async def restart(self, fqn: str) -> None:
+    async def restart(self, fqn: str) -> list[str]:
+        """Stop, then start. Instances whose stop cannot be sent now (see stop()) start
+        again once it is over; they are the problems returned."""
         service = self.get(fqn)
-        await self.stop([fqn], persist=False)
+        problems = await self.stop([fqn], persist=False, patient=False)
+        if problems:
+            await self.start([service.fqn], wait=None)  # those still stopping: once stopped
+            return problems
         await self.start([service.fqn])
+        return []
 
     async def _stop_level(
         self, instances: list[InstanceRuntime], patient: bool = True

@@ -889,6 +889,11 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         said = again.stdout + again.stderr
         assert again.returncode != 0 and "Traceback" not in said, said
         assert "eng:worker: still stopping" in said and "it starts again once stopped" in said, said
+        again = run_cli("service", "restart", "eng:worker")  # the same, through a restart
+        said = again.stdout + again.stderr
+        assert again.returncode != 0 and "Traceback" not in said, said
+        assert "not restarted yet: eng:worker: cannot reach the Docker engine" in said, said
+        assert said.rstrip().endswith("it starts again once stopped [CONFLICT]"), said
         engine.start(live_restore=True)
 
         def restarted() -> bool:
@@ -898,7 +903,7 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         wait_for(restarted, timeout=60, what="eng:worker to run again after its stop")
         assert _containers(engine, "eng:worker", running_only=False) == [
             _services(daemon.socket)["eng:worker"].container_id]  # the first one removed
-        figures.append("a start asked meanwhile done after that stop")
+        figures.append("a start and a restart asked meanwhile done after that stop")
 
         # The daemon stopped while the engine is away does not wait for the engine: the
         # container it cannot stop keeps its record, and the next daemon takes it over.

@@ -100,7 +100,10 @@ async def stop_service(ctx: RequestContext, request: StopService) -> Ok:
 async def restart_service(ctx: RequestContext, request: RestartService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
     _registry(ctx).require_startable(fqn)
-    await _supervisor(ctx).restart(fqn)
+    problems = await _supervisor(ctx).restart(fqn)
+    if problems:
+        raise RequestError(ErrorCode.CONFLICT, "not restarted yet: " + "; ".join(problems)
+                           + "; it starts again once stopped")
     return Ok(message=f"{fqn} restarted")
 
 
