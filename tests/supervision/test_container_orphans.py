@@ -50,9 +50,11 @@ async def test_a_container_of_a_removed_service_is_stopped_at_start_up(
     started = run_cli("start")
     assert started.returncode == 0, started.stderr
     try:
-        wait_for(lambda: not _exists(box.container_id), timeout=60, what="the orphan container removed")
-        log = (hive_env / "logs" / "daemon.log").read_text()
-        assert f"stopped p:box ({box.container_id}): its service no longer exists" in log
+        said = f"stopped p:box ({box.container_id}): its service no longer exists"
+        # The line is written once the container is removed: wait for the line.
+        wait_for(lambda: said in (hive_env / "logs" / "daemon.log").read_text(), timeout=60,
+                 what="the daemon to say it stopped the orphan container")
+        assert not _exists(box.container_id)
         async with DaemonClient() as client:
             kept = await client.get_service_status("p:keep")
         assert (kept.state, kept.pid) == ("running", keep.pid)  # adopted, untouched
