@@ -517,7 +517,7 @@ class ContainerRunner(Runner):
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ContainerHandle | None:
         """The container of ``record`` if it still runs with the spec's FQN and config
         hash; None otherwise (gone, stopped, or started from another configuration)."""
-        container_id, _ = _container_record(record, self.name)
+        container_id = _container_record(record, self.name)
         config = spec.config
         image = _image(config)
         digest = config_hash(spec, image, passed_environment(spec))
@@ -547,7 +547,7 @@ class ContainerRunner(Runner):
         """Stop and remove the container ``record`` names, if its ``hive.fqn`` label
         still says it is ``fqn``'s. The service's configuration is gone: the engine socket
         is the recorded one, and the container's own stop signal is sent."""
-        container_id, _ = _container_record(record, self.name)
+        container_id = _container_record(record, self.name)
         socket = record.get("socket")
         config = {"socket": socket} if isinstance(socket, str) and socket else {}
         found = await self.stop_leftover(
@@ -574,13 +574,17 @@ class ContainerRunner(Runner):
             return False
         running = bool((info.get("State") or {}).get("Running"))
         if running:
-            seconds = math.ceil(max(0.0, grace))
-            result = await self.call(["stop", "-t", str(seconds), container_id], config,
-                                     timeout=seconds + KILL_TIMEOUT + 20)
-            if result.returncode != 0 and not _is_missing(engine_message(result.stderr)):
-                raise self.error("stop", result.stderr, config)
+            await self.stop_container(container_id, config, grace)
         await self.remove(container_id, config)
         return running
+
+    async def stop_container(self, ref: str, config: Mapping[str, Any], grace: float) -> None:
+        """``stop -t``: the container's own stop signal, SIGKILL after ``grace``; one that
+        is gone already is not an error."""
+        seconds = math.ceil(max(0.0, grace))
+        result = await self.call(["stop", "-t", str(seconds), ref], config, timeout=seconds + KILL_TIMEOUT + 20)
+        if result.returncode != 0 and not _is_missing(engine_message(result.stderr)):
+            raise self.error("stop", result.stderr, config)
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
         """Records of running containers labelled ``hive.fqn=<fqn>`` whose environment
@@ -618,8 +622,8 @@ class EngineUnreachable(RunnerError):
     """The engine's daemon cannot be reached (not running, restarting, wrong socket)."""
 
 
-def _container_record(record: dict[str, Any], engine: str) -> tuple[str, str]:
-    """(container id, engine) of a record of ``engine``; RunnerError if it is not one."""
+def _container_record(record: dict[str, Any], engine: str) -> str:
+    """The container id of a record of ``engine``; RunnerError if it is not one."""
     try:
         container_id = str(record["container_id"])
         recorded = str(record.get("engine") or engine)
@@ -627,7 +631,7 @@ def _container_record(record: dict[str, Any], engine: str) -> tuple[str, str]:
         raise RunnerError(f"not a {engine} container record: {record!r}") from None
     if recorded != engine or not container_id:
         raise RunnerError(f"not a {engine} container record: {record!r}")
-    return container_id, recorded
+    return container_id
 
 
 # --- the handle ----------------------------------------------------------------------------
@@ -930,11 +934,7 @@ class ContainerHandle(ServiceHandle):
     async def _terminate(self, stop_signal: int, grace: float) -> None:
         runner, config, ref = self.runner, self._config, self.container_id
         if stop_signal == self.run_signal:
-            seconds = math.ceil(grace)
-            result = await runner.call(["stop", "-t", str(seconds), ref], config,
-                                       timeout=seconds + KILL_TIMEOUT + 20)
-            if result.returncode != 0 and not _is_missing(engine_message(result.stderr)):
-                raise runner.error("stop", result.stderr, config)
+            await runner.stop_container(ref, config, grace)
             return
         result = await runner.call(["kill", "--signal", str(stop_signal), ref], config)
         if result.returncode == 0:

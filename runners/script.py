@@ -327,7 +327,8 @@ class ScriptHandle(ServiceHandle):
         return f"<ScriptHandle {self._spec.fqn} pid={self.pid} {state}>"
 
     def __del__(self) -> None:
-        proc.forget_own_leader(getattr(self, "pid", 0))  # never reaped through us: not listed
+        if getattr(self, "_status", True) is None:  # never reaped through _reap(): still listed
+            proc.forget_own_leader(self.pid)
         if getattr(self, "_pidfd", -1) >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
