@@ -34,9 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from supervise import Daemon, raw_stop, write_project
+from supervise import SLEEP, Daemon, raw_stop, write_project
 
-SLEEP = shutil.which("sleep") or "/bin/sleep"
 SETTLE = 0.3  # let the children reach their sleep before the stop: a stop of running programs
 
 
