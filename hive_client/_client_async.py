@@ -240,7 +240,7 @@ class DaemonClient(AsyncRequestMethods):
                     mailbox.put(message)
                 elif isinstance(message, Error) and msg_id == 0:
                     # An error about a frame the daemon could not attribute: fatal.
-                    error = daemon_error(message.code, message.message)
+                    error = daemon_error(message.code, message.message, message.outcomes)
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             if self._closing and error is hung_up:
                 error = ConnectionClosed("the client was closed")
@@ -288,7 +288,7 @@ class DaemonClient(AsyncRequestMethods):
         if isinstance(message, expect):
             return message
         if isinstance(message, Error):
-            raise daemon_error(message.code, message.message)
+            raise daemon_error(message.code, message.message, message.outcomes)
         raise ProtocolError(f"expected {expect.__name__}, got {type(message).__name__}")
 
     def _open_stream(self, request: Request, kind: StreamKind[T]) -> AsyncStream[T]:

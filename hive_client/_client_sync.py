@@ -197,12 +197,12 @@ class BlockingClient(SyncRequestMethods):
             if got_id == 0:
                 message = self._decode(raw, None)
                 if isinstance(message, Error):
-                    raise daemon_error(message.code, message.message)
+                    raise daemon_error(message.code, message.message, message.outcomes)
 
     def _check_welcome(self, message: Response) -> None:
         self._hello_id = None
         if isinstance(message, Error):
-            raise daemon_error(message.code, message.message)
+            raise daemon_error(message.code, message.message, message.outcomes)
         if not isinstance(message, Welcome):
             raise ProtocolError(f"expected welcome, got {type(message).__name__}")
         if message.protocol != PROTOCOL_VERSION:
@@ -230,7 +230,7 @@ class BlockingClient(SyncRequestMethods):
         if isinstance(message, expect):
             return message
         if isinstance(message, Error):
-            raise daemon_error(message.code, message.message)
+            raise daemon_error(message.code, message.message, message.outcomes)
         raise ProtocolError(f"expected {expect.__name__}, got {type(message).__name__}")
 
     def _open_stream(self, request: Request, kind: StreamKind[T]) -> SyncStream[T]:

@@ -16,6 +16,7 @@ Every exception raised by ``hive_client`` derives from :class:`HiveError`::
         ├── InvalidRequest             INVALID_REQUEST, INVALID_FQN, INVALID_CONFIG
         ├── AlreadyExists              ALREADY_EXISTS, CONFLICT
         ├── PermissionDenied           PERMISSION_DENIED, FORBIDDEN
+        ├── ServiceFailed              SERVICE_FAILED: a service did not do as asked
         └── Unavailable                SHUTTING_DOWN, BUSY, UNSUPPORTED
 
 Lower-layer errors (``OSError``, ``msgspec`` errors, anyio's stream errors) are
@@ -24,7 +25,9 @@ translated at the boundary, so callers only ever catch these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "AlreadyExists",
@@ -40,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "ProtocolVersionMismatch",
     "RequestTimeout",
+    "ServiceFailed",
     "SocketPermissionDenied",
     "TransportError",
     "Unavailable",
@@ -68,6 +72,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     STORAGE = "STORAGE"
     BUILD_FAILED = "BUILD_FAILED"
+    SERVICE_FAILED = "SERVICE_FAILED"
     HOOK_FAILED = "HOOK_FAILED"
     INTERNAL = "INTERNAL"
 
@@ -129,16 +134,24 @@ class RequestTimeout(HiveError):
 
 
 class DaemonError(HiveError):
-    """The daemon answered with ``error{code, message}``."""
+    """The daemon answered with ``error{code, message}``; ``outcomes``: what a start,
+    stop, restart or scale did to each instance (``InstanceOutcome``), when it did not
+    do all it was asked."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, outcomes: Sequence[Any] = ()) -> None:
         self.code = code
         self.message = message
+        self.outcomes = list(outcomes)
         super().__init__(f"{code}: {message}")
 
 
 class NotFound(DaemonError):
     """The named source, service or stream does not exist."""
+
+
+class ServiceFailed(DaemonError):
+    """A service did not start (or stop) as asked: it crashed, a hook failed, its port
+    was taken; ``outcomes`` says which instance and why."""
 
 
 class InvalidRequest(DaemonError):
@@ -170,9 +183,10 @@ _CODE_CLASSES: dict[str, type[DaemonError]] = {
     ErrorCode.SHUTTING_DOWN: Unavailable,
     ErrorCode.BUSY: Unavailable,
     ErrorCode.UNSUPPORTED: Unavailable,
+    ErrorCode.SERVICE_FAILED: ServiceFailed,
 }
 
 
-def daemon_error(code: str, message: str) -> DaemonError:
+def daemon_error(code: str, message: str, outcomes: Sequence[Any] = ()) -> DaemonError:
     """The most specific :class:`DaemonError` subclass for ``code``."""
-    return _CODE_CLASSES.get(code, DaemonError)(code, message)
+    return _CODE_CLASSES.get(code, DaemonError)(code, message, outcomes)

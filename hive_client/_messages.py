@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._models import DaemonEvent, ExposedInfo, LogLine, PluginInfo, ServiceInfo, SourceInfo
+from ._models import (
+    DaemonEvent,
+    ExposedInfo,
+    InstanceOutcome,
+    LogLine,
+    PluginInfo,
+    ServiceInfo,
+    SourceInfo,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -324,11 +332,15 @@ class Welcome(Response, tag="welcome"):
 
 class Ok(Response, tag="ok"):
     message: str | None = None
+    # Per instance, for start, stop, restart and scale (empty for other requests).
+    outcomes: list[InstanceOutcome] = []
 
 
 class Error(Response, tag="error"):
     code: str
     message: str
+    # Per instance, when a start, stop, restart or scale did not do all it was asked.
+    outcomes: list[InstanceOutcome] = []
 
 
 class Pong(Response, tag="pong"):
@@ -367,6 +379,8 @@ class SourceList(Response, tag="sources"):
 class AddSourceResult(Response, tag="source_added"):
     name: str
     services: int = 0
+    # With ``start``: what the start did to each instance.
+    outcomes: list[InstanceOutcome] = []
 
 
 class ReloadPlan(Response, tag="reload_plan"):

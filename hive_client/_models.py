@@ -20,6 +20,7 @@ __all__ = [
     "Event",
     "ExposedInfo",
     "HealthCheckResult",
+    "InstanceOutcome",
     "LogLevel",
     "LogLine",
     "PluginConfigured",
@@ -106,6 +107,20 @@ class HealthCheckResult(msgspec.Struct, kw_only=True):
     message: str = ""
     checked_at: datetime | None = None
     consecutive_failures: int = 0
+
+
+class InstanceOutcome(msgspec.Struct, kw_only=True):
+    """What a command (start, stop, restart, scale) did to one instance.
+
+    ``result`` is ``done`` (it is as asked), ``failed`` (it is not, and will not be
+    without another command; ``reason`` says why) or ``pending`` (not yet: it gets there
+    by itself, e.g. once its engine is back).
+    """
+
+    fqn: str
+    result: str  # "done" | "failed" | "pending"
+    state: str  # its ServiceState when the answer was made
+    reason: str | None = None
 
 
 class ServiceInfo(msgspec.Struct, kw_only=True):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from hive_client import BlockingClient, LogLine, ServiceInfo
+from hive_client import BlockingClient, DaemonError, LogLine, ServiceInfo
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
 from ._output import Output, format_age
@@ -110,11 +110,17 @@ def up(state: CliState, args: tuple[str, ...], name: str | None) -> None:
     client = state.client()
     client.timeout = max(client.timeout or 0, 120)
     added = client.add_source(path.absolute(), name=name)
-    client.start_source(added.name, services)
+    not_started: DaemonError | None = None
+    try:
+        client.start_source(added.name, services)
+    except DaemonError as exc:  # some did not come up: the table below shows which, and why
+        not_started = exc
     listed = client.list_services(added.name)
     if services:
         listed = [s for s in listed if s.name in services or s.state != "stopped"]
     failed = [s.fqn for s in listed if s.desired == "running" and s.state not in _UP_STATES]
+    if not_started is not None:
+        failed += [o.fqn for o in not_started.outcomes if o.result == "failed" and o.fqn not in failed]
     if state.json_mode:
         state.out.json({"source": added.name, "services": listed, "failed": failed})
     else:

@@ -8,7 +8,7 @@ import click
 
 from hive_client import ReloadPlan
 
-from ._common import CliState, json_option, pass_state
+from ._common import CliState, fail, json_option, pass_state
 
 
 def _complete_source(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -60,6 +60,10 @@ def source_add(state: CliState, path: Path, name: str | None, start: bool) -> No
         state.out.json(result)
     else:
         state.out.line(f"source {result.name} added ({result.services} services)")
+    failed = [o for o in result.outcomes if o.result == "failed"]
+    if failed:
+        fail(f"source {result.name} added, but not started as asked: "
+             + "; ".join(f"{o.fqn}: {o.reason or o.state}" for o in failed))
 
 
 def _simple(verb: str, past: str, help_text: str) -> click.Command:

@@ -7,15 +7,21 @@ caller gets ``INTERNAL`` with one line, never the traceback.
 
 from __future__ import annotations
 
-from hive_client import ErrorCode
+from collections.abc import Sequence
+
+from hive_client import ErrorCode, InstanceOutcome
 
 __all__ = ["RequestError"]
 
 
 class RequestError(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    """``outcomes``: what a start, stop, restart or scale did to each instance, when it
+    did not do all it was asked (sent along in the error)."""
+
+    def __init__(self, code: ErrorCode, message: str, outcomes: Sequence[InstanceOutcome] = ()) -> None:
         self.code = code
         self.message = message
+        self.outcomes = list(outcomes)
         super().__init__(f"{code}: {message}")
 
     @classmethod

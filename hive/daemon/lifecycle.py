@@ -37,7 +37,7 @@ from .server import SocketServer, bind_unix_socket
 from .settings import DaemonSettings, SettingsError, load_settings
 from .sources import SourceRegistry
 from .store import StateStore, StateWriter, StoreError
-from .supervisor import Supervisor
+from .supervision import Supervisor
 from .systemd import Notifier, listen_fds
 
 __all__ = ["StartupError", "run_daemon"]

@@ -660,7 +660,7 @@ async def _answer(ctx: RequestContext, request: Request, handler: Callable[..., 
     try:
         return await handler(ctx, request)  # type: ignore[misc,no-any-return]
     except RequestError as exc:
-        return Error(code=exc.code, message=exc.message)
+        return Error(code=exc.code, message=exc.message, outcomes=exc.outcomes)
     except Exception as exc:
         log.exception("handler for %s failed", type(request).__name__)
         return Error(

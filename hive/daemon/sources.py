@@ -38,6 +38,7 @@ from hive.config import (
 )
 from hive_client import (
     ErrorCode,
+    InstanceOutcome,
     LogLevel,
     SourceAdded,
     SourceChanged,
@@ -50,7 +51,8 @@ from hive_client.protocol import ReloadPlan
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
-from .supervisor import Supervisor
+from .supervision import Supervisor
+from .supervision.core import SourceChange
 
 if TYPE_CHECKING:
     from .app import App
@@ -173,7 +175,7 @@ class SourceRegistry:
     def info(self, source: Source) -> SourceInfo:
         runtimes = [self.supervisor.services[f"{source.name}:{n}"] for n in source.services
                     if f"{source.name}:{n}" in self.supervisor.services]
-        running = any(i.running_task for s in runtimes for i in s.instances)
+        running = any(i.live for s in runtimes for i in s.instances)
         if source.error and not source.services:
             status = "error"
         elif not source.enabled:
@@ -359,8 +361,8 @@ class SourceRegistry:
                     ErrorCode.INVALID_REQUEST,
                     f"the default source lives in {source.path}; remove its hive.yaml instead",
                 )
-            for service_name in list(source.services):
-                await self.supervisor.unregister(f"{name}:{service_name}", forget=True)
+            await self.supervisor.apply(SourceChange(
+                source=name, project=None, removed=[f"{name}:{service_name}" for service_name in source.services]))
             await self.app.store.execute("DELETE FROM sources WHERE name = ?", (name,))
             del self.sources[name]
             if source.database is not None:
@@ -398,48 +400,31 @@ class SourceRegistry:
             if not dry_run:
                 self.app.bus.publish(SourceChanged(name=source.name, change="reload_failed", message=exc.message))
             raise
-        plan = ReloadPlan(name=source.name)
+        change = SourceChange(source=source.name, project=source.config)
         for name, config in services.items():
             fqn = f"{source.name}:{name}"
             current = self.supervisor.services.get(fqn)
+            fingerprint = self._fingerprint(source, config)
             if current is None:
-                plan.start.append(fqn)
-            elif current.fingerprint != self._fingerprint(source, config):
-                plan.restart.append(fqn)
+                change.added[fqn] = (config, fingerprint)
+            elif current.fingerprint != fingerprint:
+                change.changed[fqn] = (config, fingerprint)
             else:
-                plan.unchanged.append(fqn)
-        plan.stop = [f"{source.name}:{name}" for name in source.services if name not in services]
+                change.unchanged[fqn] = (config, fingerprint)
+        change.removed = [f"{source.name}:{name}" for name in source.services if name not in services]
+        plan = ReloadPlan(name=source.name, start=list(change.added), stop=list(change.removed),
+                          restart=list(change.changed), unchanged=list(change.unchanged))
         if dry_run:
             source.project = old_project
             return plan
-        source_up = any(
+        change.start_added = source.enabled and any(
             self.supervisor.services[f"{source.name}:{n}"].desired == "running"
             for n in source.services if f"{source.name}:{n}" in self.supervisor.services
         )
-        for fqn in plan.stop:
-            await self.supervisor.unregister(fqn, forget=True)
-        to_restart = []
-        for fqn in plan.restart:
-            config = services[fqn.partition(":")[2]]
-            runtime = self.supervisor.services[fqn]
-            was_running = any(i.running_task for i in runtime.instances)
-            if was_running:
-                await self.supervisor.stop([fqn], persist=False)
-            self.supervisor.update_config(fqn, config, source.config, self._fingerprint(source, config))
-            if was_running or runtime.desired == "running":
-                to_restart.append(fqn)
-        for fqn in plan.unchanged:
-            config = services[fqn.partition(":")[2]]
-            self.supervisor.update_config(fqn, config, source.config, self._fingerprint(source, config))
         source.services = services
         source.error = None
-        for fqn in plan.start:
-            config = services[fqn.partition(":")[2]]
-            self.supervisor.register(source.name, config, source.config, self._fingerprint(source, config))
-        await self._prepare(source, (fqn.partition(":")[2] for fqn in plan.start))
-        starts = to_restart + (plan.start if source_up and source.enabled else [])
-        if starts:
-            await self.supervisor.start(starts, wait=None)
+        await self._prepare(source, (fqn.partition(":")[2] for fqn in change.added))
+        await self.supervisor.apply(change)
         plan.applied = True
         self.app.bus.publish(SourceChanged(
             name=source.name, change="reloaded",
@@ -469,7 +454,7 @@ class SourceRegistry:
             )
         return [f"{source.name}:{n}" for n in chosen]
 
-    async def start(self, name: str, services: list[str]) -> list[str]:
+    async def start(self, name: str, services: list[str]) -> list[InstanceOutcome]:
         """Start a source's services (all, or those named). Starting the whole source runs
         its global hooks: pre-up before any service (a failure starts nothing), post-up
         once all are up (a failure stops them again); either failure is the answer.
@@ -486,8 +471,8 @@ class SourceRegistry:
                 raise RequestError(
                     ErrorCode.HOOK_FAILED, f"source {name}: {outcome.message}; no service was started"
                 )
-        problems = await self.supervisor.start(fqns)
-        if hooks is not None and hooks.post_up and not problems:
+        outcomes = await self.supervisor.start(fqns)
+        if hooks is not None and hooks.post_up and all(o.result == "done" for o in outcomes):
             outcome = await self._global_hooks(source, "post-up", hooks.post_up)
             if not outcome.ok:
                 await self.stop(name)
@@ -495,23 +480,24 @@ class SourceRegistry:
                     ErrorCode.HOOK_FAILED,
                     f"source {name}: {outcome.message}; its services were stopped again",
                 )
-        return problems
+        return outcomes
 
-    async def stop(self, name: str, *, patient: bool = True) -> list[str]:
+    async def stop(self, name: str) -> list[InstanceOutcome]:
         """Stop a source's services; global pre-down and post-down hooks around the stop
         when any of them runs (a failing down hook is reported, never blocks the stop).
-        ``patient`` and the problems returned: see Supervisor.stop()."""
+        What the stop did to each instance: see Supervisor.stop()."""
         source = self.get(name)
         fqns = self._fqns(source)
         running = self._running(source)
         await self._down_hooks(source, "pre-down", running)
-        problems = await self.supervisor.stop(fqns, patient=patient)
-        if problems:  # they run once everything is down: not while some of it is not
+        outcomes = await self.supervisor.stop(fqns)
+        if any(o.result != "done" for o in outcomes):  # they run once everything is down
             if running and source.config is not None and source.config.hooks.post_down:
-                problems.append(f"source {name}: its post-down hooks did not run")
+                outcomes.append(InstanceOutcome(fqn=f"{name}:{GLOBAL_HOOKS_LOG}", result="pending", state="stopping",
+                                                reason="its post-down hooks did not run"))
         else:
             await self._down_hooks(source, "post-down", running)
-        return problems
+        return outcomes
 
     async def shutdown(self, *, keep_services: bool) -> None:
         """The daemon stops: its services stop too (unless kept), with the global down
@@ -526,7 +512,7 @@ class SourceRegistry:
 
     def _running(self, source: Source) -> bool:
         return any(
-            instance.running_task
+            instance.live
             for name in source.services
             if (service := self.supervisor.services.get(f"{source.name}:{name}")) is not None
             for instance in service.instances
@@ -631,15 +617,13 @@ class SourceRegistry:
             except SqliteSourceError as exc:
                 raise RequestError(ErrorCode.STORAGE, str(exc)) from exc
             source.services[name] = config
-            runtime = self.supervisor.services[fqn]
             fingerprint = self._fingerprint(source, config)
-            changed = fingerprint != runtime.fingerprint
-            was_running = any(i.running_task for i in runtime.instances)
-            if changed and was_running:
-                await self.supervisor.stop([fqn], persist=False)
-            self.supervisor.update_config(fqn, config, None, fingerprint)
-        if changed and was_running:
-            await self.supervisor.start([fqn], wait=None)
+            change = SourceChange(source=source.name, project=None)
+            if fingerprint != self.supervisor.services[fqn].fingerprint:
+                change.changed[fqn] = (config, fingerprint)
+            else:
+                change.unchanged[fqn] = (config, fingerprint)
+            await self.supervisor.apply(change)
 
     async def delete_service(self, fqn: str) -> None:
         source_name, _, name = fqn.partition(":")

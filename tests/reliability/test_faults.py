@@ -892,7 +892,7 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
         again = run_cli("service", "restart", "eng:worker")  # the same, through a restart
         said = again.stdout + again.stderr
         assert again.returncode != 0 and "Traceback" not in said, said
-        assert "not restarted yet: eng:worker: cannot reach the Docker engine" in said, said
+        assert "not restarted yet: eng:worker: still stopping (cannot reach the Docker engine" in said, said
         assert said.rstrip().endswith("it starts again once stopped [CONFLICT]"), said
         engine.start(live_restore=True)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hive_client import DaemonClient, ServiceInfo
+from hive_client import DaemonClient, ServiceFailed, ServiceInfo
 from tests.supervision.conftest import Events
 from tests.support import run_cli, wait_until, write_project
 
@@ -117,7 +117,8 @@ async def test_a_bad_secret_blocks_the_start(
     await client.add_source(home / "db", name="db", start=True)
     _consumer(home / "app", secret)
     await client.add_source(home / "app", name="app")
-    await client.start_source("app")
+    with pytest.raises(ServiceFailed, match=message):
+        await client.start_source("app")
     status = await client.get_service_status("app:api")
     assert status.state == "crashed"
     assert status.pid is None

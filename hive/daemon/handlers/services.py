@@ -26,8 +26,8 @@ from hive_client.protocol import (
 from ..dispatch import RequestContext
 from ..errors import RequestError
 from ..sources import SourceRegistry
-from ..supervisor import InstanceRuntime, Supervisor
-from .sources import not_stopped_message, started_message
+from ..supervision import InstanceRuntime, Supervisor
+from .outcomes import answer
 
 
 def _supervisor(ctx: RequestContext) -> Supervisor:
@@ -83,28 +83,22 @@ async def get_service_status(ctx: RequestContext, request: GetServiceStatus) -> 
 async def start_service(ctx: RequestContext, request: StartService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
     _registry(ctx).require_startable(fqn)
-    problems = await _supervisor(ctx).start([fqn])
-    if problems:
-        raise RequestError(ErrorCode.CONFLICT, started_message(1, problems))
-    return Ok(message=f"{fqn} started")
+    outcomes = await _supervisor(ctx).start([fqn])
+    return answer(f"{fqn} started", outcomes, not_done=f"{fqn} not started")
 
 
 async def stop_service(ctx: RequestContext, request: StopService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    problems = await _supervisor(ctx).stop([fqn], patient=False)
-    if problems:
-        raise RequestError(ErrorCode.CONFLICT, not_stopped_message(problems))
-    return Ok(message=f"{fqn} stopped")
+    outcomes = await _supervisor(ctx).stop([fqn])
+    return answer(f"{fqn} stopped", outcomes, not_done="not stopped yet")
 
 
 async def restart_service(ctx: RequestContext, request: RestartService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
     _registry(ctx).require_startable(fqn)
-    problems = await _supervisor(ctx).restart(fqn)
-    if problems:
-        raise RequestError(ErrorCode.CONFLICT, "not restarted yet: " + "; ".join(problems)
-                           + "; it starts again once stopped")
-    return Ok(message=f"{fqn} restarted")
+    outcomes = await _supervisor(ctx).restart(fqn)
+    failed = any(o.result == "failed" for o in outcomes)
+    return answer(f"{fqn} restarted", outcomes, not_done=f"{fqn} not restarted" if failed else "not restarted yet")
 
 
 async def create_service(ctx: RequestContext, request: CreateService) -> Ok:
@@ -128,11 +122,9 @@ async def scale_service(ctx: RequestContext, request: ScaleService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
     if request.instances:
         _registry(ctx).require_startable(fqn)
-    problems = await _supervisor(ctx).scale(fqn, request.instances)
+    outcomes = await _supervisor(ctx).scale(fqn, request.instances)
     message = f"{fqn} runs {request.instances} instance{'s' if request.instances != 1 else ''}"
-    if problems:
-        raise RequestError(ErrorCode.CONFLICT, f"{message}; not running: " + "; ".join(problems))
-    return Ok(message=message)
+    return answer(message, outcomes, not_done=f"{message}; not running")
 
 
 async def build_service(ctx: RequestContext, request: BuildService) -> Ok:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from hive_client import ErrorCode
 from hive_client.protocol import (
     AddSource,
     AddSourceResult,
@@ -19,24 +18,13 @@ from hive_client.protocol import (
 )
 
 from ..dispatch import RequestContext
-from ..errors import RequestError
 from ..sources import SourceRegistry
+from .outcomes import answer
 
 
 def _registry(ctx: RequestContext) -> SourceRegistry:
     registry: SourceRegistry = ctx.app.sources
     return registry
-
-
-def not_stopped_message(problems: list[str]) -> str:
-    """The error of a stop some instances of which could not be stopped now."""
-    return "not stopped yet: " + "; ".join(problems)
-
-
-def started_message(count: int, problems: list[str]) -> str:
-    if problems:
-        return f"started {count - len(problems)} of {count}; not running: " + "; ".join(problems)
-    return f"started {count} service{'s' if count != 1 else ''}"
 
 
 async def list_sources(ctx: RequestContext, request: ListSources) -> SourceList:
@@ -47,9 +35,8 @@ async def list_sources(ctx: RequestContext, request: ListSources) -> SourceList:
 async def add_source(ctx: RequestContext, request: AddSource) -> AddSourceResult:
     registry = _registry(ctx)
     source, _created = await registry.add(request.path, request.name)
-    if request.start:
-        await registry.start(source.name, [])
-    return AddSourceResult(name=source.name, services=len(source.services))
+    outcomes = await registry.start(source.name, []) if request.start else []
+    return AddSourceResult(name=source.name, services=len(source.services), outcomes=outcomes)
 
 
 async def remove_source(ctx: RequestContext, request: RemoveSource) -> Ok:
@@ -73,13 +60,12 @@ async def disable_source(ctx: RequestContext, request: DisableSource) -> Ok:
 
 async def start_source(ctx: RequestContext, request: StartSource) -> Ok:
     registry = _registry(ctx)
-    problems = await registry.start(request.name, request.services)
+    outcomes = await registry.start(request.name, request.services)
     count = len(request.services) or len(registry.get(request.name).services)
-    return Ok(message=started_message(count, problems))
+    started = f"started {count} service{'s' if count != 1 else ''}"
+    return answer(started, outcomes, not_done=f"source {request.name} not started as asked")
 
 
 async def stop_source(ctx: RequestContext, request: StopSource) -> Ok:
-    problems = await _registry(ctx).stop(request.name, patient=False)
-    if problems:
-        raise RequestError(ErrorCode.CONFLICT, not_stopped_message(problems))
-    return Ok(message=f"source {request.name} stopped")
+    outcomes = await _registry(ctx).stop(request.name)
+    return answer(f"source {request.name} stopped", outcomes, not_done="not stopped yet")

@@ -20,7 +20,7 @@ from hive_client.protocol import (
 
 from ..dispatch import RequestContext, StreamSink, relay
 from ..errors import RequestError
-from ..supervisor import InstanceRuntime
+from ..supervision import InstanceRuntime
 
 # Keep a batch well under the clients' frame limit, whatever the lines hold.
 MAX_BATCH_BYTES = 6 * 1024 * 1024

@@ -1,10 +1,16 @@
-"""Service supervision: the state machine, restarts with backoff, dependency order.
+"""The supervisor: commands on services, and one task per live instance.
 
-Each instance of a service is driven by one task (:meth:`Supervisor._run_instance`):
-spawn through its runner, await the runner's exit notification (no polling), then
-decide by the restart policy. Commands (start, stop, restart) change the desired state,
-which is persisted, and act on the instance; a commanded stop is never counted as a
-crash and never restarted.
+Each live instance is driven by one task (:meth:`Supervisor._run_instance`): it waits
+for its dependencies, spawns through its runner, awaits the runner's exit notification
+(no polling), then decides by the restart policy. Its phase changes only in
+:meth:`Supervisor._apply`, through the table in :mod:`.machine`.
+
+Commands (start, stop, restart, scale, remove, replace) are jobs that the service's
+:class:`~.jobs.Owner` runs one at a time (see :mod:`.jobs`): a job acts, then returns;
+callers wait for the outcome (:class:`~hive_client.InstanceOutcome`) outside the owner,
+with their own deadline. What the user asked for (started, stopped, the scale) is
+persisted before the first process exists; a commanded stop is never counted as a crash
+and never restarted.
 
 Dependencies start first: an instance waits, event-driven, until each of its
 dependencies is ready (healthy when it has health checks, else running) before it
@@ -18,11 +24,12 @@ import errno
 import hashlib
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,6 +48,7 @@ from hive.config import (
 )
 from hive_client import (
     ErrorCode,
+    InstanceOutcome,
     LogLevel,
     ServiceCrashed,
     ServiceExited,
@@ -48,29 +56,34 @@ from hive_client import (
     ServiceInfo,
     ServiceRestarting,
     ServiceStarted,
-    ServiceState,
     ServiceStateChanged,
     ServiceStopped,
     __version__,
 )
 from runners.base import ExitStatus, RunnerError, RunSpec, ServiceHandle, StopFailed
 
-from .errors import RequestError
-from .exposure import alias_of, provided_vars, renamed_vars, verify_secret
-from .health import HealthMonitor
-from .runner_registry import RunnerRegistry, UnknownRunner
+from ..errors import RequestError
+from ..exposure import alias_of, provided_vars, renamed_vars, verify_secret
+from ..health import HealthMonitor
+from ..runner_registry import RunnerRegistry, UnknownRunner
+from .jobs import Job, JobKind, OwnerClosed
+from .jobs import Owner as Owner
+from .machine import LIVE, READY, SETTLED, WIRE_STATE, Input, Phase, next_phase
+from .runtime import Backoff, InstanceRuntime, ServiceRuntime
 
 if TYPE_CHECKING:
-    from .app import App
-    from .build import BuildResult
-    from .hooks import ContainerStepRunner, HookOutcome, OutputSink
+    from ..app import App
+    from ..build import BuildResult
+    from ..hooks import ContainerStepRunner, HookOutcome, OutputSink
 
-__all__ = ["Backoff", "InstanceRuntime", "ServiceRuntime", "Supervisor"]
+__all__ = ["SourceChange", "Supervisor"]
 
 log = logging.getLogger("hive.supervisor")
 
 # How long a start waits for a dependency (or a used service) to become ready.
 DEPENDENCY_TIMEOUT = 60.0
+# How long a start, restart or scale waits for its instances to settle before answering.
+SETTLE_TIMEOUT = 30.0
 MAX_INSTANCES = 1000
 # A process whose service is gone gets this long after SIGTERM (its own grace is gone too).
 _ORPHAN_GRACE = 10.0
@@ -79,173 +92,25 @@ BUILD_TIMEOUT = 3600.0
 # The environment marker that lets a new daemon find services a killed one started
 # but had not yet recorded.
 MARKER_ENV = "HIVE_SUPERVISOR"
-_READY_STATES = (ServiceState.RUNNING, ServiceState.UNHEALTHY)
-_SETTLED_STATES = (
-    ServiceState.RUNNING,
-    ServiceState.UNHEALTHY,
-    ServiceState.CRASHED,
-    ServiceState.EXITED,
-    ServiceState.PORT_CONFLICT,
-    ServiceState.STOPPED,
-    ServiceState.BACKOFF,
-)
 
 
-class Backoff:
-    """Restart delays: ``delay`` doubling up to ``max_delay``, with jitter; a run of at
-    least ``reset_after`` seconds starts the sequence over."""
+@dataclass
+class SourceChange:
+    """What a source reload (or an API edit of a SQLite source) changes: the one input of
+    :meth:`Supervisor.apply`. Each entry: fqn -> (config, fingerprint)."""
 
-    def __init__(self, delay: float, max_delay: float, reset_after: float, jitter: bool) -> None:
-        self.delay = delay
-        self.max_delay = max_delay
-        self.reset_after = reset_after
-        self.jitter = jitter
-        self.attempt = 0
-
-    def next_delay(self, ran_for: float) -> float:
-        if ran_for >= self.reset_after:
-            self.attempt = 0
-        base = min(self.max_delay, self.delay * (2**self.attempt)) if self.delay > 0 else 0.0
-        self.attempt += 1
-        if self.jitter and base > 0:
-            base = min(self.max_delay, base * random.uniform(0.9, 1.1))
-        return base
+    source: str
+    project: HiveConfig | None
+    added: dict[str, tuple[ServiceConfig, bytes]] = field(default_factory=dict)
+    changed: dict[str, tuple[ServiceConfig, bytes]] = field(default_factory=dict)
+    unchanged: dict[str, tuple[ServiceConfig, bytes]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    start_added: bool = False  # the source runs: what it gains starts too
 
 
-# What a ServiceInfo shows of an instance and of its service: setting one of these
-# drops the instance's cached info (status answers build it only after a change).
-_SHOWN_OF_INSTANCE = frozenset(
-    {"state", "healthy", "handle", "started_at", "ports", "exit_code", "last_error", "health"}
-)
-_SHOWN_OF_SERVICE = frozenset({"config", "desired", "scale", "restart_count"})
-
-
-class InstanceRuntime:
-    """One running copy of a service, and everything runtime-only about it."""
-
-    # The last ServiceInfo built, with the health-results version it showed.
-    info_cache: tuple[int, ServiceInfo] | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHOWN_OF_INSTANCE:
-            object.__setattr__(self, "info_cache", None)
-        object.__setattr__(self, name, value)
-
-    def __init__(self, service: ServiceRuntime, index: int) -> None:
-        self.service = service
-        self.index = index
-        # ``source:service`` for the first instance (whatever the scale, so its name and
-        # logs stay put), ``source:service#N`` for the others. Both parts are fixed.
-        self.fqn = service.fqn if index == 0 else f"{service.fqn}#{index}"
-        self.state = ServiceState.STOPPED
-        self.handle: ServiceHandle | None = None
-        self.recorded = False  # its process record is queued for the state store
-        # Times it reached a settled state, and the last one: a start that waits for it to
-        # settle is answered even when it never stays settled (a restart loop, delay 0).
-        self.settles = 0
-        self.settled_as: ServiceState | None = None
-        self.started_at: datetime | None = None
-        self.started_monotonic = 0.0
-        self.exit_code: int | None = None
-        self.last_error: str | None = None
-        self.healthy: bool | None = None
-        self.health: HealthMonitor | None = None
-        self.ports: dict[str, int] = {}
-        # What its last start got from the services it uses (for health checks, status).
-        self.injected: dict[str, str] = {}
-        self.uses_ports: dict[str, dict[str, int]] = {}
-        self.stop_requested = False
-        # Why it must not run after all (a failed post-up hook): ends crashed, not stopped.
-        self.failure: str | None = None
-        # Started, its post-up hooks not yet run to success.
-        self.post_up_pending = False
-        # The pre-up hooks and build of a start under way (a stop cancels them).
-        self.preparing: anyio.CancelScope | None = None
-        self.running_task = False
-        # A start asked while a stop was under way: done when the stop is over.
-        self.start_after_stop = False
-        self._done: anyio.Event | None = None
-        self.wakeup = anyio.Event()
-        self.backoff: Backoff | None = None
-        # The configuration its process was started from (see _config_digest), kept in
-        # its process record: a later daemon does not adopt a process of an older one.
-        self.config_digest = ""
-
-    async def wait_finished(self) -> None:
-        """Until its supervision task has ended (made only when someone waits)."""
-        if not self.running_task:
-            return
-        if self._done is None:
-            self._done = anyio.Event()
-        await self._done.wait()
-
-    def finished(self) -> None:
-        done, self._done = self._done, None
-        if done is not None:
-            done.set()
-
-    @property
-    def up(self) -> bool:
-        """Running, and healthy if it has health checks."""
-        if self.state not in _READY_STATES:
-            return False
-        return self.healthy is True if self.service.config.healthchecks else True
-
-    @property
-    def ready(self) -> bool:
-        """Up, and its post-up hooks done: what dependents and users wait for."""
-        return self.up and not self.post_up_pending
-
-
-class ServiceRuntime:
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHOWN_OF_SERVICE:
-            for instance in getattr(self, "instances", ()):
-                instance.info_cache = None
-        object.__setattr__(self, name, value)
-
-    def __init__(
-        self,
-        source: str,
-        config: ServiceConfig,
-        project: HiveConfig | None,
-        fingerprint: bytes,
-    ) -> None:
-        self.source = source
-        self.name = config.name
-        self.fqn = f"{source}:{config.name}"
-        self.config = config
-        self.project = project
-        self.fingerprint = fingerprint
-        self.desired = "stopped"
-        self.scale = 1
-        self.restart_count = 0
-        self.instances: list[InstanceRuntime] = [InstanceRuntime(self, 0)]
-        self._changed: anyio.Event | None = None
-        # One build for the instances that start together: the lock, and a counter of
-        # the builds that succeeded (a start that waited for one does not build again).
-        self.build_lock = anyio.Lock()
-        self.builds = 0
-
-    @property
-    def changed(self) -> anyio.Event:
-        """Set at the next change of one of its instances (made only when someone waits)."""
-        if self._changed is None:
-            self._changed = anyio.Event()
-        return self._changed
-
-    def notify(self) -> None:
-        changed, self._changed = self._changed, None
-        if changed is not None:
-            changed.set()
-
-    def wanted(self) -> list[InstanceRuntime]:
-        """The instances the scale asks for."""
-        return self.instances[: self.scale]
-
-    def grow(self, count: int) -> None:
-        while len(self.instances) < count:
-            self.instances.append(InstanceRuntime(self, len(self.instances)))
+# Instances a start (restart, scale) acted on: each with its settle count then, or None
+# when there is nothing to wait for (it was up already, or it starts once stopped).
+Launched = dict[InstanceRuntime, int | None]
 
 
 def _state_row(service: ServiceRuntime) -> tuple[tuple[str, str], str, tuple[Any, ...]]:
@@ -340,6 +205,7 @@ class Supervisor:
         with contextlib.suppress(UnknownRunner):
             self.runners.get(config.runner.type)
         service = ServiceRuntime(source, config, project, fingerprint)
+        service.owner = Owner(service.fqn, self._tasks, partial(self._run_job, service))
         persisted = self._persisted.get(service.fqn)
         if persisted is not None:
             service.desired = persisted["desired"]
@@ -358,27 +224,42 @@ class Supervisor:
             if changed is not None:
                 changed.set()
 
-    async def unregister(self, fqn: str, *, forget: bool) -> None:
+    async def unregister(self, fqn: str, *, forget: bool) -> list[InstanceOutcome]:
+        """Stop the service and remove it; ``forget``: its stored state goes too."""
         service = self.services.get(fqn)
         if service is None:
-            return
-        await self.stop([fqn], persist=not forget)
-        del self.services[fqn]
-        self._index_exposes()
-        if forget:
-            self.app.state_writer.queue(("services", fqn), "DELETE FROM services WHERE fqn = ?", (fqn,))
-            self._persisted.pop(fqn, None)
-            for instance in service.instances:
-                self.app.logs.forget(instance.fqn)
+            return []
+        assert service.owner is not None
+        job = service.owner.submit(JobKind.REMOVE, forget)
+        service.owner.close()  # what comes after the removal finds no service
+        left: list[tuple[InstanceRuntime, str]] = await job.wait()
+        return [_pending(instance, why) for instance, why in left]
 
-    def update_config(
-        self, fqn: str, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
-    ) -> None:
-        service = self.services[fqn]
-        service.config = config
-        service.project = project
-        service.fingerprint = fingerprint
+    async def apply(self, change: SourceChange) -> None:
+        """Apply a reload's plan: removed services stop and go, changed ones are stopped
+        and started again with their new configuration (if they ran or were wanted),
+        new ones are registered (and started when ``change.start_added``)."""
+        jobs: list[Job] = []
+        for fqn in change.removed:
+            service = self.services.get(fqn)
+            if service is not None and service.owner is not None:
+                jobs.append(service.owner.submit(JobKind.REMOVE, True))
+                service.owner.close()
+        for fqn, (config, fingerprint) in change.changed.items():
+            owner = self.services[fqn].owner
+            assert owner is not None
+            jobs.append(owner.submit(JobKind.REPLACE, (config, change.project, fingerprint)))
+        for fqn, (config, fingerprint) in change.unchanged.items():
+            service = self.services[fqn]
+            service.config, service.project, service.fingerprint = config, change.project, fingerprint
+            service.notify()
+        for config, fingerprint in change.added.values():
+            self.register(change.source, config, change.project, fingerprint)
         self._index_exposes()
+        for job in jobs:
+            await job.wait()
+        if change.start_added and change.added and not self.shutting_down:
+            await self.start(list(change.added), wait=None)
 
     # --- commands --------------------------------------------------------------------
 
@@ -397,143 +278,199 @@ class Supervisor:
                     pending.append(dep)
         return list(seen.values())
 
-    async def start(self, fqns: Iterable[str], *, wait: float | None = 30.0) -> list[str]:
-        """Start services (and their dependencies); returns problems seen while waiting."""
+    def _submit(self, service: ServiceRuntime, kind: JobKind, argument: Any = None) -> Job:
         if self.shutting_down:
             raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
-        services = self._closure(fqns)
-        for service in services:
-            service.desired = "running"
-            self.app.state_writer.queue(*_state_row(service))
-        # What the user asked for is on disk before the first process exists: a daemon
-        # killed in between leaves either nothing started or everything wanted (the
-        # next one then starts the rest, and stops what runs unwanted).
-        await self.app.state_writer.flush()
-        for service in services:
-            # What happened during the flush: a stop, a delete, the daemon shutting down.
-            if self.shutting_down or service.desired != "running" or self.services.get(service.fqn) is not service:
-                continue
-            for instance in service.wanted():
-                self._launch(instance, None)
-        if wait is None:
-            return []
-        # One whose stop waits for its engine starts when that stop is over: not waited for.
-        later = [i for s in services for i in s.instances if i.start_after_stop]
-        problems = [f"{i.fqn}: still stopping (its stop waits for its runner); it starts again once stopped"
-                    for i in later]
-        waiting = [s for s in services if not any(i.start_after_stop for i in s.instances)]
-        return problems + await self._wait_settled(waiting, wait)
+        assert service.owner is not None
+        try:
+            return service.owner.submit(kind, argument)
+        except OwnerClosed:
+            raise RequestError.not_found(f"no service {service.fqn!r} (it is being removed)") from None
 
-    async def scale(self, fqn: str, count: int) -> list[str]:
+    async def start(self, fqns: Iterable[str], *, wait: float | None = SETTLE_TIMEOUT) -> list[InstanceOutcome]:
+        """Start services and, first, what they depend on; what became of each instance
+        (after up to ``wait`` seconds; not waited for with None)."""
+        jobs = [self._submit(service, JobKind.START) for service in self._closure(fqns)]
+        launched: Launched = {}
+        for job in jobs:
+            launched.update(await job.wait())
+        return await self._outcomes(launched, wait)
+
+    async def restart(self, fqn: str) -> list[InstanceOutcome]:
+        """Stop, then start (the service and what it depends on)."""
+        service = self.get(fqn)
+        jobs = [self._submit(service, JobKind.RESTART)]
+        jobs += [self._submit(dep, JobKind.START) for dep in self._closure([fqn]) if dep is not service]
+        launched: Launched = {}
+        for job in jobs:
+            launched.update(await job.wait())
+        return await self._outcomes(launched, SETTLE_TIMEOUT)
+
+    async def scale(self, fqn: str, count: int) -> list[InstanceOutcome]:
         """Run ``count`` copies; down: the highest instances stop first. Persisted."""
         service = self.get(fqn)
         if not 0 <= count <= MAX_INSTANCES:
             raise RequestError.invalid(f"instances must be between 0 and {MAX_INSTANCES}, not {count}")
+        launched: Launched = await self._submit(service, JobKind.SCALE, count).wait()
+        return await self._outcomes(launched, SETTLE_TIMEOUT)
+
+    async def stop(self, fqns: Iterable[str]) -> list[InstanceOutcome]:
+        """Stop services, dependents first (among those being stopped), each level in
+        parallel. An instance its runner cannot stop now (its engine is away) is left
+        stopping (its runner carries the stop out when it can): ``pending``."""
+        services = [self.get(fqn) for fqn in fqns]
+        outcomes: list[InstanceOutcome] = []
+        held: set[str] = set()  # what a service left running depends on: kept up for it
+        for level in _reverse_levels(services):
+            jobs: list[Job] = []
+            for service in level:
+                if service.fqn in held:
+                    outcomes += [_pending(i, "left running: a service that depends on it is not stopped yet")
+                                 for i in service.instances if i.live]
+                    held.update(_dependencies(service))
+                else:
+                    jobs.append(self._submit(service, JobKind.STOP))
+            for job in jobs:
+                left: list[tuple[InstanceRuntime, str]] = await job.wait()
+                for instance, why in left:
+                    outcomes.append(_pending(instance, why))
+                    held.update(_dependencies(instance.service))
+        done = {outcome.fqn for outcome in outcomes}
+        outcomes += [InstanceOutcome(fqn=i.fqn, result="done", state=str(i.state))
+                     for s in services for i in s.instances if i.fqn not in done]
+        return outcomes
+
+    async def _outcomes(self, launched: Launched, timeout: float | None) -> list[InstanceOutcome]:
+        """What became of each instance a start acted on, once each has settled (or the
+        deadline passed). Only a settle after the start counts: never an earlier run's."""
+
+        def settled(instance: InstanceRuntime, seen: int | None) -> bool:
+            return seen is None or instance.settles > seen
+
+        if timeout is not None:
+            with anyio.move_on_after(timeout):
+                for instance, seen in launched.items():
+                    while not settled(instance, seen):
+                        await instance.service.changed.wait()
+            # Their process records on disk too: a daemon killed right after the answer
+            # adopts them with everything it knew (their ports, where their logs were).
+            await self.app.state_writer.flush()
+        return [_judge(instance, seen) for instance, seen in launched.items()]
+
+    # --- jobs: what each command does, run by the service's owner -------------------------
+
+    async def _run_job(self, service: ServiceRuntime, job: Job) -> Any:
+        kind = job.kind
+        if kind is JobKind.START:
+            return await self._start_job(service)
+        if kind is JobKind.STOP:
+            return await self._stop_job(service, persist=job.argument is None)
+        if kind is JobKind.RESTART:
+            await self._stop_instances(service.instances)
+            return await self._start_job(service)
+        if kind is JobKind.SCALE:
+            return await self._scale_job(service, job.argument)
+        if kind is JobKind.REPLACE:
+            return await self._replace_job(service, *job.argument)
+        if kind is JobKind.REMOVE:
+            return await self._remove_job(service, forget=job.argument)
+        raise AssertionError(f"unknown job {kind}")
+
+    def _gone(self, service: ServiceRuntime) -> bool:
+        return self.shutting_down or self.services.get(service.fqn) is not service
+
+    async def _start_job(self, service: ServiceRuntime) -> Launched:
+        if self._gone(service):
+            return {}
+        if service.desired != "running":
+            service.desired = "running"
+            self.app.state_writer.queue(*_state_row(service))
+            # What the user asked for is on disk before the first process exists: a
+            # daemon killed in between leaves either nothing started or everything wanted
+            # (the next one then starts the rest, and stops what runs unwanted).
+            await self.app.state_writer.flush()
+            if self._gone(service):
+                return {}
+        return {instance: self._start_instance(instance) for instance in service.wanted()}
+
+    def _start_instance(self, instance: InstanceRuntime) -> int | None:
+        """Apply a start; its settle count when there is an outcome to wait for."""
+        before = instance.phase
+        phase = self._apply(instance, Input.START)
+        if phase is Phase.WAITING and before not in LIVE:
+            self._spawn_task(instance, None)
+        elif before is Phase.BACKOFF:
+            instance.wakeup.set()  # out of its backoff now
+        elif phase is Phase.STOPPING_TO_START or phase in READY:
+            return None
+        return instance.settles
+
+    def _spawn_task(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
+        instance.wakeup = anyio.Event()
+        self._tasks.start_soon(self._run_instance, instance, adopted)
+
+    async def _stop_job(self, service: ServiceRuntime, *, persist: bool) -> list[tuple[InstanceRuntime, str]]:
+        if persist and service.desired != "stopped":
+            service.desired = "stopped"
+            service.notify()
+            self.app.state_writer.queue(*_state_row(service))
+            await self.app.state_writer.flush()
+        return await self._stop_instances(service.instances)
+
+    async def _scale_job(self, service: ServiceRuntime, count: int) -> Launched:
         previous, service.scale = service.scale, count
+        service.notify()
         self.app.state_writer.queue(*_state_row(service))
         await self.app.state_writer.flush()
         service.grow(count)
         if count < previous:
             leaving = sorted(service.instances[count:], key=lambda i: i.index, reverse=True)
-            await self._stop_level(leaving)
+            await self._stop_instances(leaving)
             del service.instances[max(count, 1) :]
             service.notify()
-            return []
-        if service.desired != "running":
-            service.notify()
-            return []
-        for instance in service.wanted():
-            self._launch(instance, None)
-        return await self._wait_settled([service], 30.0)
+            return {}
+        if service.desired != "running" or self._gone(service):
+            return {}
+        return {instance: self._start_instance(instance) for instance in service.wanted()}
 
-    def _launch(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
-        if instance.running_task:
-            if instance.stop_requested:
-                # Its stop is under way, or waits for its engine: start it once it is over.
-                instance.start_after_stop = True
-            return
-        instance.running_task = True
-        instance.stop_requested = False
-        instance.wakeup = anyio.Event()
-        self._tasks.start_soon(self._run_instance, instance, adopted)
+    async def _replace_job(
+        self, service: ServiceRuntime, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
+    ) -> Launched:
+        """A new configuration: stopped if it ran, then started again with it if it ran
+        or was wanted running."""
+        was_live = any(instance.live for instance in service.instances)
+        if was_live:
+            await self._stop_instances(service.instances)
+        service.config, service.project, service.fingerprint = config, project, fingerprint
+        service.notify()
+        self._index_exposes()
+        if (was_live or service.desired == "running") and not self._gone(service):
+            return await self._start_job(service)
+        return {}
 
-    async def _wait_settled(self, services: Sequence[ServiceRuntime], timeout: float) -> list[str]:
-        problems: list[str] = []
-        seen = {i: i.settles for service in services for i in service.wanted()}
+    async def _remove_job(self, service: ServiceRuntime, *, forget: bool) -> list[tuple[InstanceRuntime, str]]:
+        left = await self._stop_instances(service.instances)
+        if self.services.get(service.fqn) is service:
+            del self.services[service.fqn]
+            self._index_exposes()
+        if forget:
+            self.app.state_writer.queue(("services", service.fqn), "DELETE FROM services WHERE fqn = ?", (service.fqn,))
+            self._persisted.pop(service.fqn, None)
+            for instance in service.instances:
+                self.app.logs.forget(instance.fqn)
+        return left
 
-        def settled(instance: InstanceRuntime) -> bool:
-            return _settled(instance) or instance.settles > seen.get(instance, 0)
-
-        with anyio.move_on_after(timeout):
-            for service in services:
-                while not all(settled(i) for i in service.wanted()):
-                    await service.changed.wait()
-        # Their process records on disk too: a daemon killed right after the answer
-        # adopts them with everything it knew (their ports, where their logs were).
-        await self.app.state_writer.flush()
-        for service in services:
-            for instance in service.wanted():
-                state = instance.state
-                if not _settled(instance) and instance.settled_as is not None:
-                    state = instance.settled_as  # between two runs of a restart loop
-                if state in _READY_STATES and instance.post_up_pending:
-                    problems.append(f"{instance.fqn}: {state}, its post-up hooks not run yet "
-                                    "(they wait for it to be healthy)")
-                elif state not in _READY_STATES:
-                    problems.append(f"{instance.fqn}: {state}" + (
-                        f" ({instance.last_error})" if instance.last_error else ""))
-        return problems
-
-    async def stop(self, fqns: Iterable[str], *, persist: bool = True, patient: bool = True) -> list[str]:
-        """Stop services, dependents first (among those being stopped), each level in parallel.
-
-        An instance its runner cannot stop now (its engine is away) is waited for; or, not
-        ``patient``, left stopping (its runner carries the stop out when it can) and named
-        in the problems returned, "fqn: why".
-        """
-        services = [self.get(fqn) for fqn in fqns]
-        for service in services:
-            if persist:
-                service.desired = "stopped"
-                self.app.state_writer.queue(*_state_row(service))
-        if persist:
-            await self.app.state_writer.flush()
-        problems: list[str] = []
-        held: set[str] = set()  # what a service left running depends on: kept up for it
-        for level in _reverse_levels(services):
-            stopping = []
-            for service in level:
-                if service.fqn in held:
-                    problems.append(f"{service.fqn}: left running: a service that depends on it is not stopped yet")
-                    held.update(_dependencies(service))
-                else:
-                    stopping.append(service)
-            for instance, why in await self._stop_level([i for s in stopping for i in s.instances], patient):
-                problems.append(f"{instance.fqn}: {why}")
-                held.update(_dependencies(instance.service))
-        return problems
-
-    async def restart(self, fqn: str) -> list[str]:
-        """Stop, then start. Instances whose stop cannot be sent now (see stop()) start
-        again once it is over; they are the problems returned."""
-        service = self.get(fqn)
-        problems = await self.stop([fqn], persist=False, patient=False)
-        if problems:
-            await self.start([service.fqn], wait=None)  # those still stopping: once stopped
-            return problems
-        await self.start([service.fqn])
-        return []
-
-    async def _stop_level(
-        self, instances: list[InstanceRuntime], patient: bool = True
-    ) -> list[tuple[InstanceRuntime, str]]:
-        """Stop instances together: their runners stop all of theirs in one sweep. Those
-        not stopped now and why, when not ``patient`` (see stop())."""
-        groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
-        stopping = [i for i in instances if i.running_task]
-        for instance in stopping:
-            instance.stop_requested = True
-            instance.start_after_stop = False
+    async def _stop_instances(self, instances: Sequence[InstanceRuntime]) -> list[tuple[InstanceRuntime, str]]:
+        """Stop instances together: their runners stop all of theirs in one sweep. Every
+        live one is told; those whose runner cannot stop them now (their engine is away)
+        are left stopping, and returned with why; the others are waited for (a runner
+        kills after the grace period, so the wait is bounded)."""
+        stopping: list[InstanceRuntime] = []
+        for instance in instances:
+            if not instance.live:
+                continue
+            self._apply(instance, Input.STOP)
+            stopping.append(instance)
             instance.wakeup.set()  # out of a backoff or a wait for its dependencies
             if instance.preparing is not None:
                 instance.preparing.cancel()  # its pre-up hooks or build
@@ -543,25 +480,27 @@ class Supervisor:
             async with anyio.create_task_group() as hooks:
                 for instance in with_hooks:
                     hooks.start_soon(self._down_hooks, instance, "pre-down")
+        groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
         for instance in stopping:
             handle = instance.handle
             if handle is not None:
-                self._set_state(instance, ServiceState.STOPPING)
                 config = instance.service.config
                 key = (config.runner.type, config.stop_signum(), config.stop_grace)
                 groups.setdefault(key, []).append(handle)
         failed: dict[int, str] = {}  # id(handle) -> why its stop failed
-        async with anyio.create_task_group() as stops:
-            for (runner_name, stop_signal, grace), handles in groups.items():
-                stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace, failed)
+        if groups:
+            async with anyio.create_task_group() as stops:
+                for (runner_name, stop_signal, grace), handles in groups.items():
+                    stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace, failed)
         left: list[tuple[InstanceRuntime, str]] = []
-        for instance in instances:
+        for instance in stopping:
             why = failed.get(id(instance.handle)) if instance.handle is not None else None
             if why is not None:
                 self._note(instance, f"not stopped yet: {why}", LogLevel.WARN)
-                if not patient:
-                    left.append((instance, why))
-                    continue
+                instance.last_error = why
+                instance.service.notify()
+                left.append((instance, why))
+                continue
             await instance.wait_finished()
         return left
 
@@ -596,56 +535,72 @@ class Supervisor:
     # --- the supervision loop -----------------------------------------------------------
 
     async def _run_instance(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> None:
+        """The instance's task: from its start (or adoption) until nothing of it runs."""
         service = instance.service
         handle = adopted
-        ran = False  # a process ran in this round (post-down hooks then apply)
+        ran = False  # a process ran since the last start (post-down hooks then apply)
         fresh = adopted is None  # an adopted process had its post-up hooks already
-        instance.failure = None
         try:
-            while not instance.stop_requested:
+            while True:
+                if instance.stopping:
+                    await self._end(instance, ran)
+                    if instance.phase is not Phase.WAITING:
+                        break
+                    ran = False  # a start came while it stopped: it runs again
                 if handle is None:
                     handle = await self._spawn(instance)
                     if handle is None:
-                        if await self._after_failure(instance, ExitStatus(exit_code=None)):
+                        if instance.stopping or await self._maybe_restart(instance, ExitStatus(), 0.0):
                             continue
                         break
-                    if instance.stop_requested:
-                        await handle.stop(service.config.stop_signum(), service.config.stop_grace)
+                    if instance.stopping:  # told to stop while its runner started it
+                        config = service.config
+                        await handle.stop(config.stop_signum(), config.stop_grace)
+                        await self._ended(instance)
+                        handle = None
+                        continue
                 ran = True
                 status = await self._supervise(instance, handle, fresh=fresh)
                 handle = None
                 fresh = True
-                if instance.stop_requested:
-                    break
+                if instance.stopping:
+                    continue
                 if not await self._after_exit(instance, status):
                     break
-            if instance.stop_requested:
-                instance.healthy = None
-                if ran and service.config.hooks.post_down:
-                    with anyio.CancelScope(shield=True):
-                        await self._down_hooks(instance, "post-down")
-                if instance.failure is not None:
-                    instance.last_error = instance.failure
-                    self._note(instance, instance.failure, LogLevel.ERROR)
-                    self._set_state(instance, ServiceState.CRASHED)
-                else:
-                    self._note(instance, "stopped")
-                    self.app.bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code))
-                    self._set_state(instance, ServiceState.STOPPED)
         except Exception:
             log.exception("supervision of %s failed", instance.fqn)
             instance.last_error = "internal error in the supervisor; see the daemon log"
-            self._set_state(instance, ServiceState.CRASHED)
+            self._force(instance, Phase.CRASHED)
         finally:
-            instance.running_task = False
+            if instance.live:  # cancelled (the daemon's exit): nothing of it runs any more
+                self._force(instance, Phase.STOPPED)
             instance.handle = None
             instance.finished()
             service.notify()
-            if instance.start_after_stop:  # asked to start while its stop was under way
-                instance.start_after_stop = False
-                if service.desired == "running" and not self.shutting_down \
-                        and self.services.get(service.fqn) is service and instance in service.wanted():
-                    self._launch(instance, None)
+
+    async def _end(self, instance: InstanceRuntime, ran: bool) -> None:
+        """A stopping instance's process is gone: its post-down hooks, then stopped (or
+        crashed, after failed post-up hooks; or started again, after a start)."""
+        service = instance.service
+        instance.healthy = None
+        if instance.phase is Phase.STOPPING_TO_START and (
+            self._gone(service) or instance not in service.wanted() or service.desired != "running"
+        ):
+            self._apply(instance, Input.STOP)  # the start it waited for no longer holds
+        if ran and service.config.hooks.post_down:
+            with anyio.CancelScope(shield=True):
+                await self._down_hooks(instance, "post-down")
+        if instance.phase is Phase.FAILING:
+            self._note(instance, instance.last_error or "failed", LogLevel.ERROR)
+        elif instance.phase is Phase.STOPPING:
+            self._note(instance, "stopped")
+            self.app.bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code))
+        self._apply(instance, Input.ENDED)
+
+    async def _ended(self, instance: InstanceRuntime) -> None:
+        """After a process stopped before its supervision began: its output read."""
+        await self.app.logs.drain(instance.fqn)
+        self.app.logs.unfollow(instance.fqn)
 
     async def _spawn(self, instance: InstanceRuntime) -> ServiceHandle | None:
         """Start one instance; None (state and last_error set) if it could not."""
@@ -656,9 +611,9 @@ class Supervisor:
             return None
         if not await self._wait_uses(instance):
             return None
-        if instance.stop_requested:
+        if instance.stopping:
             return None
-        self._set_state(instance, ServiceState.STARTING)
+        self._apply(instance, Input.DEPENDENCIES_READY)
         try:
             runner = self.runners.get(config.runner.type)
             spec = self._run_spec(instance)
@@ -668,7 +623,7 @@ class Supervisor:
                     instance.preparing = preparing
                     problem = await self._prepare_start(instance)
                 instance.preparing = None
-                if preparing.cancelled_caught or instance.stop_requested:
+                if preparing.cancelled_caught or instance.stopping:
                     return None
                 if problem is not None:
                     self._start_failed(instance, problem)
@@ -682,18 +637,13 @@ class Supervisor:
                 conflict = _port_in_use(instance.ports)
             if conflict is not None:
                 port, name = conflict
-                instance.last_error = (
-                    f"cannot start {instance.fqn}: port {port} ({name}) is already in use"
-                )
-                self._note(instance, instance.last_error, LogLevel.ERROR)
-                self._set_state(instance, ServiceState.PORT_CONFLICT)
+                self._fail(instance, f"cannot start {instance.fqn}: port {port} ({name}) is already in use",
+                           Input.PORT_TAKEN)
                 return None
             instance.config_digest = _config_digest(service)
             handle = await runner.start(spec)
         except (RunnerError, UnknownRunner, RuntimeTemplateError) as exc:
-            instance.last_error = f"cannot start {instance.fqn}: {exc}"
-            self._note(instance, instance.last_error, LogLevel.ERROR)
-            self._set_state(instance, ServiceState.CRASHED)
+            self._fail(instance, f"cannot start {instance.fqn}: {exc}")
             return None
         self.app.logs.follow(instance.fqn)
         return handle
@@ -721,7 +671,7 @@ class Supervisor:
         async with service.build_lock:
             if not force and service.builds != builds_before:
                 return None  # another instance built it while this one waited
-            from .build import build_needed, run_build  # only projects with builds pay for it
+            from ..build import build_needed, run_build  # only projects with builds pay for it
 
             if not build_needed(build, force=force):
                 return None
@@ -768,7 +718,7 @@ class Supervisor:
     async def _run_service_hooks(
         self, instance: InstanceRuntime, event: str, steps: Sequence[HookStep]
     ) -> HookOutcome:
-        from .hooks import HookOutcome, run_hooks  # only projects with hooks pay for it
+        from ..hooks import HookOutcome, run_hooks  # only projects with hooks pay for it
 
         script = instance.service.config.runner.script
         try:
@@ -864,25 +814,19 @@ class Supervisor:
             try:
                 with anyio.fail_after(DEPENDENCY_TIMEOUT):
                     while not any(i.ready for i in dependency.instances):
-                        if instance.stop_requested:
+                        if instance.stopping:
                             return False
                         failed = [
                             i for i in dependency.instances
-                            if i.state in (ServiceState.CRASHED, ServiceState.EXITED,
-                                           ServiceState.PORT_CONFLICT)
-                            and not i.running_task
+                            if i.phase in (Phase.CRASHED, Phase.EXITED, Phase.PORT_CONFLICT)
                         ]
                         if failed or dependency.desired != "running":
                             state = failed[0].state if failed else dependency.instances[0].state
-                            instance.last_error = (
-                                f"dependency {dependency.fqn} failed (state: {state}), "
-                                f"cannot start {instance.fqn}"
-                            )
-                            self._note(instance, instance.last_error, LogLevel.ERROR)
-                            self._set_state(instance, ServiceState.CRASHED)
-                            return False
+                            return self._fail(instance, f"dependency {dependency.fqn} failed (state: {state}), "
+                                                        f"cannot start {instance.fqn}")
                         if instance.last_error != waiting:
                             instance.last_error = waiting
+                            service.notify()
                         # Either the dependency changes, or we are told to stop.
                         async with anyio.create_task_group() as race:
                             race.start_soon(_wait_then_cancel, dependency.changed, race.cancel_scope)
@@ -890,10 +834,7 @@ class Supervisor:
                         if instance.wakeup.is_set():
                             instance.wakeup = anyio.Event()
             except TimeoutError:
-                instance.last_error = f"timeout waiting for dependency {dependency.fqn}"
-                self._note(instance, instance.last_error, LogLevel.ERROR)
-                self._set_state(instance, ServiceState.CRASHED)
-                return False
+                return self._fail(instance, f"timeout waiting for dependency {dependency.fqn}")
         if instance.last_error and instance.last_error.startswith("waiting for "):
             instance.last_error = None
         return True
@@ -930,17 +871,18 @@ class Supervisor:
 
     async def _wait_provider(self, instance: InstanceRuntime, use: UsesSpec) -> ServiceRuntime | None:
         checked: ServiceRuntime | None = None
-        while not instance.stop_requested:
+        while not instance.stopping:
             provider = self.exposes.get(use.name)
             if provider is not None and provider is not checked:
                 await self._check_secret(provider, use)
                 checked = provider
             if provider is not None and any(i.ready for i in provider.instances):
                 return provider
-            instance.last_error = (
-                f"waiting for exposed service {use.name!r}"
-                + (f" ({provider.fqn})" if provider is not None else "")
-            )
+            waiting = f"waiting for exposed service {use.name!r}" + (
+                f" ({provider.fqn})" if provider is not None else "")
+            if instance.last_error != waiting:
+                instance.last_error = waiting
+                instance.service.notify()
             if provider is None:
                 if self._exposes_changed is None:
                     self._exposes_changed = anyio.Event()
@@ -950,6 +892,8 @@ class Supervisor:
             async with anyio.create_task_group() as race:
                 race.start_soon(_wait_then_cancel, event, race.cancel_scope)
                 race.start_soon(_wait_then_cancel, instance.wakeup, race.cancel_scope)
+            if instance.wakeup.is_set():
+                instance.wakeup = anyio.Event()
         return None
 
     async def _check_secret(self, provider: ServiceRuntime, use: UsesSpec) -> None:
@@ -964,16 +908,22 @@ class Supervisor:
             raise _Refused(f"Invalid secret for exposed service {use.name!r}")
 
     def _start_failed(self, instance: InstanceRuntime, message: str) -> bool:
-        instance.last_error = f"cannot start {instance.fqn}: {message}"
-        self._note(instance, instance.last_error, LogLevel.ERROR)
-        self._set_state(instance, ServiceState.CRASHED)
+        return self._fail(instance, f"cannot start {instance.fqn}: {message}")
+
+    def _fail(self, instance: InstanceRuntime, message: str, given: Input = Input.START_FAILED) -> bool:
+        """A start that cannot go on: why, in its log and its status. (Told to stop
+        meanwhile, the stop is what it does: it ends stopped.)"""
+        instance.last_error = message
+        self._note(instance, message, LogLevel.ERROR)
+        if not instance.stopping:
+            self._apply(instance, given)
+        instance.service.notify()
         return False
 
     async def _supervise(self, instance: InstanceRuntime, handle: ServiceHandle, *, fresh: bool) -> ExitStatus:
         """From spawn (or adoption) to exit."""
         service = instance.service
         post_up = fresh and bool(service.config.hooks.post_up)
-        instance.post_up_pending = post_up
         instance.handle = handle
         handle.notice = lambda message: self._note(instance, message, LogLevel.WARN)
         instance.last_error = None
@@ -983,17 +933,13 @@ class Supervisor:
         self.app.bus.publish(
             ServiceStarted(fqn=instance.fqn, pid=handle.pid, container_id=handle.container_id)
         )
-        self._set_state(instance, ServiceState.RUNNING)
         # Record it for adoption after the other starts of this batch have spawned: the
         # record needs the process's start time, which the kernel gives once its exec is
-        # done; by then it is.
+        # done; by then it is. Running (a start's answer) once recorded.
         await anyio.lowlevel.checkpoint()
         self._record_process(instance, handle)
-        instance.recorded = True
-        if not instance.post_up_pending:
-            instance.settles += 1
-            instance.settled_as = instance.state
-        service.notify()
+        if fresh and not instance.stopping:  # (an adopted one is running already)
+            self._apply(instance, Input.SPAWNED_WITH_POST_UP if post_up else Input.SPAWNED)
         if service.config.healthchecks:
             inside = handle.exec_prefix()  # a container's checks run in it
             instance.health = HealthMonitor(
@@ -1016,8 +962,6 @@ class Supervisor:
             status = await handle.wait()
         instance.health = None
         instance.handle = None
-        instance.recorded = False
-        instance.post_up_pending = False
         instance.exit_code = status.exit_code
         await self.app.logs.drain(instance.fqn)  # not cut short by a cancel
         self.app.logs.unfollow(instance.fqn)
@@ -1031,16 +975,15 @@ class Supervisor:
         while not instance.up:
             await service.changed.wait()
         outcome = await self._run_service_hooks(instance, "post-up", service.config.hooks.post_up)
+        if instance.phase is not Phase.POST_UP:
+            return  # told to stop meanwhile
         if outcome.ok:
-            instance.post_up_pending = False
-            instance.settles += 1
-            instance.settled_as = instance.state
-            service.notify()
+            self._apply(instance, Input.POST_UP_DONE)
+            if instance.healthy is False:  # it failed its checks while the hooks ran
+                self._apply(instance, Input.UNHEALTHY)
             return
-        if instance.stop_requested:
-            return
-        instance.failure = f"{outcome.message}; the instance was stopped"
-        instance.stop_requested = True
+        instance.last_error = f"{outcome.message}; the instance was stopped"
+        self._apply(instance, Input.POST_UP_FAILED)
         config = service.config
         await handle.stop(config.stop_signum(), config.stop_grace)
 
@@ -1051,7 +994,7 @@ class Supervisor:
         if status.success:
             self._note(instance, f"{status.describe()}")
             self.app.bus.publish(ServiceExited(fqn=instance.fqn, exit_code=status.exit_code))
-            self._set_state(instance, ServiceState.EXITED)
+            self._apply(instance, Input.EXITED_OK)
         else:
             instance.last_error = status.describe()
             self._note(instance, status.describe(), LogLevel.ERROR)
@@ -1063,19 +1006,15 @@ class Supervisor:
                     message=status.describe(),
                 )
             )
-            self._set_state(instance, ServiceState.CRASHED)
+            self._apply(instance, Input.EXITED_FAILED)
         return await self._maybe_restart(instance, status, ran_for)
 
-    async def _after_failure(self, instance: InstanceRuntime, status: ExitStatus) -> bool:
-        """A start that failed counts as a failure for the restart policy."""
-        if instance.stop_requested or instance.state == ServiceState.STOPPED:
-            return False
-        return await self._maybe_restart(instance, status, 0.0)
-
     async def _maybe_restart(self, instance: InstanceRuntime, status: ExitStatus, ran_for: float) -> bool:
+        """After an exit or a failed start (``status`` unknown then): True to run again
+        (its phase is then waiting, or stopping when a stop came during the delay)."""
         service = instance.service
         policy = service.config.restart.policy
-        if instance.stop_requested or self.shutting_down:
+        if self.shutting_down:
             return False
         if policy == "never" or (policy == "on-failure" and status.success):
             return False
@@ -1090,17 +1029,20 @@ class Supervisor:
             )
         delay = instance.backoff.next_delay(ran_for)
         service.restart_count += 1
+        service.notify()
         self.app.state_writer.queue(*_state_row(service))
         self.app.bus.publish(
             ServiceRestarting(fqn=instance.fqn, attempt=instance.backoff.attempt, delay=delay)
         )
         if delay > 0:
-            self._set_state(instance, ServiceState.BACKOFF)
+            self._apply(instance, Input.RETRY_LATER)
             self._note(instance, f"restarting in {delay:.2f} s (attempt {instance.backoff.attempt})")
             with anyio.move_on_after(delay):
                 await instance.wakeup.wait()
             instance.wakeup = anyio.Event()
-        return not instance.stop_requested
+        if not instance.stopping:
+            self._apply(instance, Input.WAIT)
+        return True
 
     # --- adoption ---------------------------------------------------------------------
 
@@ -1132,19 +1074,27 @@ class Supervisor:
                     outdated.append((instance, adopted))
                     replaced.add(instance)
                 else:
-                    self._launch(instance, adopted)
+                    self._adopted(instance, adopted)
             # The surplus leaves the service now; its processes are stopped below, before
             # the daemon answers anyone (a scale-up must not meet them half stopped).
             del service.instances[max(service.scale, 1) :]
             if service.desired == "running":
                 for instance in service.wanted():
-                    if instance not in replaced:
-                        self._launch(instance, None)
+                    if instance not in replaced and not instance.live:
+                        self._start_instance(instance)
         if unwanted or outdated:
             kept = await self._stop_adopted(unwanted, outdated)
             for instance, handle in outdated:
-                self._launch(instance, handle if instance in kept else None)
+                if instance in kept:
+                    self._adopted(instance, handle)
+                else:
+                    self._start_instance(instance)
         self._stop_orphans()
+
+    def _adopted(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
+        """Supervise a process an earlier daemon started."""
+        self._apply(instance, Input.ADOPTED)
+        self._spawn_task(instance, handle)
 
     async def _stop_adopted(
         self,
@@ -1307,33 +1257,43 @@ class Supervisor:
                 self._record_process(instance, instance.handle)
 
     async def shutdown(self, *, keep_services: bool) -> None:
-        """Stop every service (dependents first), or leave them running for the next daemon."""
+        """Stop every service (dependents first), or leave them running for the next
+        daemon. The desired states stay as they are: the next daemon starts them again."""
         self.shutting_down = True
         if keep_services:
             self.save_log_offsets()
             await self.app.state_writer.flush()
             return
-        running = [s for s in self.services.values() if any(i.running_task for i in s.instances)]
+        running = [s for s in self.services.values() if any(i.live for i in s.instances)]
         for level in _reverse_levels(running):
-            # Not patient: an engine that is away must not hold the daemon's exit; what it
-            # runs keeps its record, and the next daemon adopts it or stops it.
-            for instance, why in await self._stop_level([i for service in level for i in service.instances],
-                                                        patient=False):
-                log.warning("not stopped: %s: %s; the next daemon takes it over", instance.fqn, why)
+            jobs = [service.owner.submit(JobKind.STOP, "halt") for service in level if service.owner is not None]
+            for job in jobs:
+                # Not waited for: an engine that is away must not hold the daemon's exit;
+                # what it runs keeps its record, and the next daemon adopts it or stops it.
+                for instance, why in await job.wait():
+                    log.warning("not stopped: %s: %s; the next daemon takes it over", instance.fqn, why)
         await self.app.state_writer.flush()
 
-    # --- state, health, notes -----------------------------------------------------------
+    # --- phases, health, notes ------------------------------------------------------------
 
-    def _set_state(self, instance: InstanceRuntime, state: ServiceState) -> None:
-        previous = instance.state
-        if previous == state:
+    def _apply(self, instance: InstanceRuntime, given: Input) -> Phase:
+        """The one place an instance's phase changes: by the table (machine.TRANSITIONS)."""
+        phase = next_phase(instance.phase, given)
+        if phase is not instance.phase:
+            self._force(instance, phase)
+        else:
             instance.service.notify()
-            return
-        instance.state = state
-        if state in _SETTLED_STATES and state not in _READY_STATES and state != ServiceState.STOPPED:
+        return phase
+
+    def _force(self, instance: InstanceRuntime, phase: Phase) -> None:
+        """Set the phase (by the table, or when the instance's task ends unexpectedly)."""
+        previous, instance.phase = instance.phase, phase
+        if phase in SETTLED:
             instance.settles += 1
-            instance.settled_as = state
-        self.app.bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=previous))
+            instance.settled_as = phase
+        state, before = WIRE_STATE[phase], WIRE_STATE[previous]
+        if state != before:
+            self.app.bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=before))
         instance.service.notify()
 
     def _health_env(self, instance: InstanceRuntime) -> dict[str, str]:
@@ -1351,10 +1311,7 @@ class Supervisor:
         self.app.bus.publish(ServiceHealthChanged(fqn=instance.fqn, healthy=healthy, message=message))
         self._note(instance, f"health: {'healthy' if healthy else 'unhealthy'} ({message})",
                    LogLevel.INFO if healthy else LogLevel.WARN)
-        if instance.state in _READY_STATES:
-            self._set_state(instance, ServiceState.RUNNING if healthy else ServiceState.UNHEALTHY)
-        else:
-            instance.service.notify()
+        self._apply(instance, Input.HEALTHY if healthy else Input.UNHEALTHY)
 
     def _note(self, instance: InstanceRuntime, message: str, level: LogLevel = LogLevel.INFO) -> None:
         self.app.logs.note(instance.fqn, message, level=level)
@@ -1407,15 +1364,36 @@ def _config_digest(service: ServiceRuntime) -> str:
     return f"{__version__}/{hashlib.sha256(service.fingerprint).hexdigest()[:16]}"
 
 
-def _settled(instance: InstanceRuntime) -> bool:
-    """Done starting: running (and recorded), or failed, or waiting to retry."""
-    if instance.state not in _SETTLED_STATES:
-        return False
-    if instance.state == ServiceState.STOPPED:
-        return not instance.running_task
-    if instance.state in _READY_STATES:
-        return instance.recorded and not instance.post_up_pending
-    return True
+
+def _judge(instance: InstanceRuntime, seen: int | None) -> InstanceOutcome:
+    """The outcome of a start (restart, scale up) for ``instance`` as it is now: ``seen``,
+    its settle count when the start acted (None: nothing was waited for)."""
+    phase = instance.phase
+    if seen is not None and instance.settles > seen and phase not in SETTLED and instance.settled_as:
+        phase = instance.settled_as  # between two runs of a restart loop: how the last ended
+    state = str(WIRE_STATE[phase])
+    reason = instance.last_error
+    if phase in READY or (phase is Phase.EXITED and instance.exit_code == 0):
+        return InstanceOutcome(fqn=instance.fqn, result="done", state=state)
+    if phase is Phase.STOPPED:
+        return InstanceOutcome(fqn=instance.fqn, result="failed", state=state, reason="stopped by a later command")
+    if phase is Phase.STOPPING_TO_START:
+        why = reason or "its stop waits for its runner"
+        return InstanceOutcome(fqn=instance.fqn, result="pending", state=state,
+                               reason=f"still stopping ({why}); it starts again once stopped")
+    if phase is Phase.POST_UP:
+        return InstanceOutcome(fqn=instance.fqn, result="pending", state=state,
+                               reason="its post-up hooks not run yet (they wait for it to be healthy)")
+    if phase in (Phase.WAITING, Phase.STARTING):
+        return InstanceOutcome(fqn=instance.fqn, result="pending", state=state,
+                               reason=reason or "still starting")
+    if phase in (Phase.STOPPING, Phase.FAILING):
+        return InstanceOutcome(fqn=instance.fqn, result="pending", state=state, reason=reason)
+    return InstanceOutcome(fqn=instance.fqn, result="failed", state=state, reason=reason)
+
+
+def _pending(instance: InstanceRuntime, why: str) -> InstanceOutcome:
+    return InstanceOutcome(fqn=instance.fqn, result="pending", state=str(instance.state), reason=why)
 
 
 class _Refused(Exception):
@@ -1481,3 +1459,4 @@ def _port_in_use(ports: dict[str, int]) -> tuple[int, str] | None:
         finally:
             probe.close()
     return None
+
