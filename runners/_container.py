@@ -18,6 +18,10 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   carries the labels ``hive.fqn``, ``hive.source``, ``hive.config-hash`` (the first 16 hex
   of the sha256 of the canonical JSON of the block, the image and the environment passed)
   and ``hive.stop-signal``.
+- **The block.** :class:`ContainerConfig` is the one definition of the ``docker`` and
+  ``podman`` keys (``hive config validate`` checks a hive.yaml against it); the runner
+  decodes ``RunSpec.config`` into it once per start, adoption or hook step, and the handle
+  keeps only the engine's socket from it.
 - **Environment.** ``RunSpec.env`` is the complete environment a script would get, mostly
   the daemon's own (PATH, HOME, ...), which must not leak into a container. What is passed
   is every entry of ``spec.env`` that is *not* in the daemon's ``os.environ`` with the same
@@ -71,11 +75,22 @@ import psutil
 
 from ._process import open_output
 from ._watch import SharedWatch
-from .base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle, valid_stop_signal
+from .base import (
+    ConfigProblem,
+    ExitStatus,
+    Runner,
+    RunnerConfig,
+    RunnerError,
+    RunSpec,
+    ServiceHandle,
+    decode_config,
+    valid_stop_signal,
+)
 from .output import run_streaming
 
 __all__ = [
-    "ContainerHandle", "ContainerRunner", "EngineUnreachable", "container_name", "parse_port", "parse_volume",
+    "ContainerConfig", "ContainerHandle", "ContainerRunner", "ContainerSecurity", "EngineUnreachable",
+    "container_name", "parse_port", "parse_volume",
 ]
 
 # How long the log follower gets to copy the last lines after the container ended.
@@ -107,6 +122,51 @@ _IMAGE_ERRORS = (
 )
 
 
+# --- the block -----------------------------------------------------------------------------
+
+
+class ContainerSecurity(msgspec.Struct, frozen=True, kw_only=True):
+    """``security``: secure unless loosened (every capability dropped, no new privileges)."""
+
+    cap_drop_all: bool = True  # --cap-drop ALL
+    cap_add: list[str] = []  # capabilities given back
+    no_new_privileges: bool = True  # --security-opt no-new-privileges
+    read_only: bool = False  # a read-only root filesystem
+    user: str | None = None  # uid:gid or a name; None: the image's
+    security_opt: list[str] = []  # more --security-opt values
+
+
+class ContainerConfig(RunnerConfig, frozen=True, kw_only=True):
+    """The ``docker`` / ``podman`` block: the same keys for both engines."""
+
+    image: str
+    deny_pull: bool = False  # never pull: a missing image is an error
+    container_name: str | None = None  # None: hive-<source>.<service>[.<N>]
+    ports: list[str] = []  # HOST:CONTAINER[/tcp|udp|sctp], published on bind_ip
+    bind_ip: str = "127.0.0.1"
+    volumes: list[str] = []  # SRC:DST[:mode]; ./ and ../ against the project
+    environment: dict[str, str] = {}  # over the service's own variables
+    command: list[str] | None = None  # None: the image's
+    entrypoint: list[str] | None = None
+    network_mode: str | None = None  # host, none, a network name; None: the engine's
+    socket: str | None = None  # the engine's socket path or URL; None: the runner setting
+    security: ContainerSecurity | None = None  # None: the secure defaults
+    # The hive.yaml format has it; Hive's own `restart` policy restarts the service.
+    restart: str | None = None
+
+    def check(self) -> list[ConfigProblem]:
+        problems = []
+        if not self.image.strip():
+            problems.append(ConfigProblem(("image",), "image is required (the image to run, e.g. nginx:1.27)"))
+        for index, port in enumerate(self.ports):
+            if ":" not in port:
+                problems.append(ConfigProblem(
+                    ("ports", index), f"'{port}' has no ':' and is ignored (expected HOST:CONTAINER[/proto])",
+                    warning=True,
+                ))
+        return problems
+
+
 # --- options -------------------------------------------------------------------------------
 
 
@@ -122,13 +182,12 @@ def container_name(fqn: str) -> str:
     return clean
 
 
-def parse_port(entry: Any, bind_ip: str) -> str | None:
+def parse_port(entry: str, bind_ip: str) -> str | None:
     """``HOST:CONTAINER[/proto]`` as a ``--publish`` value bound to ``bind_ip``; None for
     an entry without ``:``, which the format ignores (``hive config validate`` warns)."""
-    text = str(entry) if isinstance(entry, (str, int)) and not isinstance(entry, bool) else None
-    if text is not None and ":" not in text:
+    if ":" not in entry:
         return None
-    match = _PORT.match(text.strip()) if text is not None else None
+    match = _PORT.match(entry.strip())
     if match is None or not all(0 < int(port) < 65536 for port in match.group(1, 2)):
         raise RunnerError(f"invalid port {entry!r}: expected HOST:CONTAINER[/tcp|udp|sctp]")
     host, inner, proto = match.group(1), match.group(2), match.group(3) or "tcp"
@@ -136,7 +195,7 @@ def parse_port(entry: Any, bind_ip: str) -> str | None:
     return f"{address}:{int(host)}:{int(inner)}/{proto}"
 
 
-def parse_volume(entry: Any, project_dir: str) -> str:
+def parse_volume(entry: str, project_dir: str) -> str:
     """``SRC:DST[:mode]`` as a ``--volume`` value; a ``./`` or ``../`` source is resolved
     against ``project_dir`` and refused if it leads outside it.
 
@@ -144,7 +203,7 @@ def parse_volume(entry: Any, project_dir: str) -> str:
     way: a link in the project that points out of it is refused like ``../..``. The engine
     is given the resolved path, not the link.
     """
-    if not isinstance(entry, str) or not entry:
+    if not entry:
         raise RunnerError(f"invalid volume {entry!r}: expected SRC:DST[:mode]")
     parts = entry.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
@@ -171,34 +230,11 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _str_list(config: Mapping[str, Any], key: str) -> list[str] | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(item, (str, int, float)) for item in value):
-        raise RunnerError(f"{key} must be a list of strings, not {value!r}")
-    return [str(item) for item in value]
-
-
-def _env_value(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise RunnerError(f"environment variable {key} must be a string, not {value!r}")
-
-
-def passed_environment(spec: RunSpec) -> dict[str, str]:
+def passed_environment(spec: RunSpec, config: ContainerConfig) -> dict[str, str]:
     """The variables the container gets (see the module docstring)."""
     host = os.environ
     env = {key: value for key, value in spec.env.items() if host.get(key) != value}
-    extra = spec.config.get("environment") or {}
-    if not isinstance(extra, Mapping):
-        raise RunnerError(f"environment must be a mapping, not {extra!r}")
-    for key, value in extra.items():
-        env[str(key)] = _env_value(str(key), value)
+    env.update(config.environment)
     for key in env:
         if not key or "=" in key or "\0" in key:
             raise RunnerError(f"invalid environment variable name {key!r}")
@@ -206,18 +242,13 @@ def passed_environment(spec: RunSpec) -> dict[str, str]:
 
 
 def config_hash(spec: RunSpec, image: str, env: Mapping[str, str]) -> str:
+    # The block as written, not as decoded: a default added to ContainerConfig must not
+    # make every running container look changed.
     canonical = json.dumps(
         {"config": spec.config, "image": image, "env": dict(env)},
         sort_keys=True, separators=(",", ":"), default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _image(config: Mapping[str, Any]) -> str:
-    image = config.get("image")
-    if not isinstance(image, str) or not image.strip():
-        raise RunnerError("image is required (the image to run, e.g. nginx:1.27)")
-    return image.strip()
 
 
 
@@ -257,6 +288,7 @@ class ContainerRunner(Runner):
     """Runs a service as a container through an engine's CLI (``docker``, ``podman``)."""
 
     name: ClassVar[str] = "container"
+    Config: ClassVar[type[ContainerConfig]] = ContainerConfig
     engine: ClassVar[str] = "docker"  # the binary's default name
     display: ClassVar[str] = "Docker"  # the engine's name in messages
     replace_flag: ClassVar[bool] = False  # `run --replace` removes a same-name container
@@ -296,33 +328,38 @@ class ContainerRunner(Runner):
             self._path = found
         return self._path
 
-    def socket_of(self, config: Mapping[str, Any]) -> Any:
-        """The engine socket a block uses: its own ``socket``, else the runner setting."""
-        return config.get("socket") or self.socket
+    def config_of(self, spec: RunSpec) -> ContainerConfig:
+        """The spec's block, decoded; RunnerError quoting the ``$.path`` of what is wrong."""
+        return decode_config(spec.config, ContainerConfig, self.name)
 
-    def global_args(self, config: Mapping[str, Any]) -> list[str]:
+    def socket_of(self, socket: str | None) -> str | None:
+        """The engine socket to use: a block's own ``socket``, else the runner setting.
+
+        The engine helpers below take the block's socket (None: the setting's), not the
+        block: a container whose service is gone has only its record to say it."""
+        return socket or self.socket
+
+    def global_args(self, socket: str | None) -> list[str]:
         """Options before the subcommand (the engine socket)."""
-        socket = self.socket_of(config)
+        socket = self.socket_of(socket)
         if not socket:
             return []
-        if not isinstance(socket, str):
-            raise RunnerError(f"socket must be a path or URL, not {socket!r}")
         return [self.socket_flag, socket if "://" in socket else f"unix://{socket}"]
 
-    def unreachable(self, message: str, config: Mapping[str, Any]) -> EngineUnreachable | None:
+    def unreachable(self, message: str, socket: str | None) -> EngineUnreachable | None:
         """The error for an engine daemon that cannot be reached, if that is what
         ``message`` says."""
         match = self.unreachable_text.search(message)
         if match is None:
             return None
-        where = match.groupdict().get("at") or str(self.socket_of(config) or "")
+        where = match.groupdict().get("at") or self.socket_of(socket) or ""
         at = f" at {where}" if where else ""
         return EngineUnreachable(f"cannot reach the {self.display} engine{at}: {message}")
 
-    def error(self, action: str, stderr: bytes, config: Mapping[str, Any]) -> RunnerError:
+    def error(self, action: str, stderr: bytes, socket: str | None) -> RunnerError:
         """A RunnerError from an engine command's error output."""
         message = engine_message(stderr)
-        unreachable = self.unreachable(message, config)
+        unreachable = self.unreachable(message, socket)
         if unreachable is not None:
             return unreachable
         in_use = _IN_USE.search(message)
@@ -331,10 +368,10 @@ class ContainerRunner(Runner):
         return RunnerError(f"{self.binary} {action} failed: {message}")
 
     async def call(
-        self, args: Sequence[str], config: Mapping[str, Any], *, env: Mapping[str, str] | None = None,
+        self, args: Sequence[str], socket: str | None = None, *, env: Mapping[str, str] | None = None,
         timeout: float | None = CALL_TIMEOUT,
     ) -> subprocess.CompletedProcess[bytes]:
-        argv = [self.executable(), *self.global_args(config), *args]
+        argv = [self.executable(), *self.global_args(socket), *args]
         try:
             with anyio.fail_after(timeout):
                 return await anyio.run_process(argv, check=False, env=env, stdin=subprocess.DEVNULL)
@@ -346,14 +383,14 @@ class ContainerRunner(Runner):
         except OSError as exc:
             raise RunnerError(f"cannot run {self.binary}: {exc.strerror}") from None
 
-    async def remove(self, ref: str, config: Mapping[str, Any]) -> None:
+    async def remove(self, ref: str, socket: str | None = None) -> None:
         """``rm -f -v``, shielded from cancellation: whatever happens, it is gone."""
         with anyio.CancelScope(shield=True), contextlib.suppress(RunnerError):
-            await self.call(["rm", "-f", "-v", ref], config, timeout=KILL_TIMEOUT + 20)
+            await self.call(["rm", "-f", "-v", ref], socket, timeout=KILL_TIMEOUT + 20)
 
-    async def inspect(self, refs: Sequence[str], config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    async def inspect(self, refs: Sequence[str], socket: str | None = None) -> list[dict[str, Any]]:
         """The engine's JSON description of containers (those that exist)."""
-        result = await self.call(["inspect", "--type", "container", *refs], config)
+        result = await self.call(["inspect", "--type", "container", *refs], socket)
         try:
             found = json.loads(result.stdout or b"[]")
         except ValueError:
@@ -362,16 +399,15 @@ class ContainerRunner(Runner):
             message = engine_message(result.stderr)
             if _is_missing(message):
                 return []
-            raise self.error("inspect", result.stderr, config)
+            raise self.error("inspect", result.stderr, socket)
         return [item for item in found if isinstance(item, dict)]
 
     # --- start ----------------------------------------------------------------------
 
-    def run_args(self, spec: RunSpec, image: str, env: Mapping[str, str], name: str,
+    def run_args(self, spec: RunSpec, config: ContainerConfig, env: Mapping[str, str], name: str,
                  digest: str, *, hook: bool = False) -> tuple[list[str], dict[str, str]]:
         """``run -d ...`` (a hook step: ``run --rm``, attached) and the CLI's environment
         carrying the variables' values."""
-        config = spec.config
         source = spec.fqn.partition(":")[0]
         stop_signal = valid_stop_signal(spec.stop_signal)
         # A hook's container is not an instance: `discover` must not find it.
@@ -380,17 +416,15 @@ class ContainerRunner(Runner):
                 "--label", f"{owner}={spec.fqn}", "--label", f"hive.source={source}",
                 "--label", f"hive.config-hash={digest}", "--label", f"hive.stop-signal={stop_signal}",
                 "--stop-signal", str(stop_signal),
-                "--pull", "never" if config.get("deny_pull") else "missing"]
+                "--pull", "never" if config.deny_pull else "missing"]
         if self.replace_flag:
             args.append("--replace")
-        bind_ip = config.get("bind_ip") or "127.0.0.1"
-        if not isinstance(bind_ip, str):
-            raise RunnerError(f"bind_ip must be an IP address, not {bind_ip!r}")
-        for entry in _str_list(config, "ports") or []:
+        bind_ip = config.bind_ip or "127.0.0.1"
+        for entry in config.ports:
             published = parse_port(entry, bind_ip)
             if published is not None:
                 args += ["--publish", published]
-        for entry in _str_list(config, "volumes") or []:
+        for entry in config.volumes:
             args += ["--volume", parse_volume(entry, spec.working_dir or ".")]
         cli_env = dict(os.environ)
         for key, value in env.items():
@@ -399,65 +433,58 @@ class ContainerRunner(Runner):
             else:
                 args += ["--env", key]
                 cli_env[key] = value
-        network = config.get("network_mode")
-        if network:
-            args += ["--network", str(network)]
-        args += self.security_args(config.get("security"))
-        entrypoint = _str_list(config, "entrypoint")
-        command = _str_list(config, "command") or []
-        if entrypoint is not None:
-            args += ["--entrypoint", entrypoint[0] if entrypoint else ""]
-            command = entrypoint[1:] + command
-        args += [image, *command]
+        if config.network_mode:
+            args += ["--network", config.network_mode]
+        args += self.security_args(config.security or ContainerSecurity())
+        command = list(config.command or [])
+        if config.entrypoint is not None:
+            args += ["--entrypoint", config.entrypoint[0] if config.entrypoint else ""]
+            command = config.entrypoint[1:] + command
+        args += [config.image.strip(), *command]
         return args, cli_env
 
     @staticmethod
-    def security_args(security: Any) -> list[str]:
-        if security is None:
-            security = {}
-        if not isinstance(security, Mapping):
-            raise RunnerError(f"security must be a mapping, not {security!r}")
+    def security_args(security: ContainerSecurity) -> list[str]:
         args: list[str] = []
-        if security.get("cap_drop_all", True):
+        if security.cap_drop_all:
             args += ["--cap-drop", "ALL"]
-        for cap in _str_list(security, "cap_add") or []:
+        for cap in security.cap_add:
             args += ["--cap-add", cap]
-        if security.get("no_new_privileges", True):
+        if security.no_new_privileges:
             args += ["--security-opt", "no-new-privileges"]
-        for opt in _str_list(security, "security_opt") or []:
+        for opt in security.security_opt:
             args += ["--security-opt", opt]
-        if security.get("read_only", False):
+        if security.read_only:
             args.append("--read-only")
-        user = security.get("user")
-        if user is not None and user != "":
-            args += ["--user", str(user)]
+        if security.user:
+            args += ["--user", security.user]
         return args
 
     async def start(self, spec: RunSpec) -> ContainerHandle:
-        config = spec.config
-        image = _image(config)
-        env = passed_environment(spec)
+        config = self.config_of(spec)
+        image, socket = config.image.strip(), config.socket
+        env = passed_environment(spec, config)
         digest = config_hash(spec, image, env)
-        name = config.get("container_name") or container_name(spec.fqn)
-        if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+        name = config.container_name or container_name(spec.fqn)
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
             raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
-        args, cli_env = self.run_args(spec, image, env, name, digest)
+        args, cli_env = self.run_args(spec, config, env, name, digest)
         self.executable()
         handle: ContainerHandle | None = None
         try:
-            result = await self.call(args, config, env=cli_env, timeout=None)
+            result = await self.call(args, socket, env=cli_env, timeout=None)
             if result.returncode != 0 and not self.replace_flag and _name_conflict(result.stderr):
-                await self.call(["rm", "-f", "-v", name], config)  # a stale container
-                result = await self.call(args, config, env=cli_env, timeout=None)
+                await self.call(["rm", "-f", "-v", name], socket)  # a stale container
+                result = await self.call(args, socket, env=cli_env, timeout=None)
             if result.returncode != 0:
-                raise await self._start_error(result.stderr, image, name, config)
+                raise await self._start_error(result.stderr, config, name)
             lines = result.stdout.decode(errors="replace").split()
             if not lines:
                 raise RunnerError(f"{self.binary} run printed no container id")
             container_id = lines[-1]
             handle = ContainerHandle(
                 runner=self, spec=spec, container_id=container_id, name=name, config_hash=digest,
-                run_signal=valid_stop_signal(spec.stop_signal),
+                run_signal=valid_stop_signal(spec.stop_signal), socket=socket,
             )
             await handle.follow_logs(since=None)
             return handle
@@ -466,19 +493,19 @@ class ContainerRunner(Runner):
             with anyio.CancelScope(shield=True):
                 if handle is not None:
                     await handle.close_logs()
-                await self.remove(name, config)
+                await self.remove(name, socket)
             raise
 
     async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
         """A hook step: ``run --rm`` attached, named ``hive-hook-<8 hex>``; its output
         goes to ``output``. The engine's own failure (exit 125: image missing, port taken,
         ...) is a RunnerError; cancelled, the container is removed."""
-        config = spec.config
-        image = _image(config)
-        env = passed_environment(spec)
+        config = self.config_of(spec)
+        image, socket = config.image.strip(), config.socket
+        env = passed_environment(spec, config)
         name = f"hive-hook-{secrets.token_hex(4)}"
-        args, cli_env = self.run_args(spec, image, env, name, config_hash(spec, image, env), hook=True)
-        argv = [self.executable(), *self.global_args(config), *args]
+        args, cli_env = self.run_args(spec, config, env, name, config_hash(spec, image, env), hook=True)
+        argv = [self.executable(), *self.global_args(socket), *args]
         errors: list[str] = []
 
         def emit(stream: str, line: str) -> None:
@@ -490,27 +517,27 @@ class ContainerRunner(Runner):
         try:
             code = await run_streaming(argv, env=cli_env, output=emit, cap=HOOK_LINE_CAP)
         except BaseException:
-            await self.remove(name, config)  # the CLI's end does not end the container
+            await self.remove(name, socket)  # the CLI's end does not end the container
             raise
         if code == ENGINE_FAILED:
-            raise await self._start_error("\n".join(errors).encode(), image, name, config)
+            raise await self._start_error("\n".join(errors).encode(), config, name)
         return code
 
-    async def _start_error(self, stderr: bytes, image: str, name: str,
-                           config: Mapping[str, Any]) -> RunnerError:
+    async def _start_error(self, stderr: bytes, config: ContainerConfig, name: str) -> RunnerError:
         message = engine_message(stderr)
         text = stderr.decode(errors="replace")
-        unreachable = self.unreachable(message, config)
+        image, socket = config.image.strip(), config.socket
+        unreachable = self.unreachable(message, socket)
         if unreachable is not None:
             return unreachable
-        await self.remove(name, config)  # created but not started (a port taken, ...)
+        await self.remove(name, socket)  # created but not started (a port taken, ...)
         if any(marker in text for marker in _IMAGE_ERRORS):
-            present = await self.call(["image", "inspect", "--format", "{{.Id}}", image], config)
+            present = await self.call(["image", "inspect", "--format", "{{.Id}}", image], socket)
             if present.returncode != 0:
-                if config.get("deny_pull"):
+                if config.deny_pull:
                     return RunnerError(f"image {image} is not present and deny_pull is set")
                 return RunnerError(f"cannot pull image {image}: {message}")
-        return self.error("run", stderr, config)
+        return self.error("run", stderr, socket)
 
     # --- adopt, discover ----------------------------------------------------------------
 
@@ -518,10 +545,9 @@ class ContainerRunner(Runner):
         """The container of ``record`` if it still runs with the spec's FQN and config
         hash; None otherwise (gone, stopped, or started from another configuration)."""
         container_id = _container_record(record, self.name)
-        config = spec.config
-        image = _image(config)
-        digest = config_hash(spec, image, passed_environment(spec))
-        found = await self.inspect([container_id], config)
+        config = self.config_of(spec)
+        digest = config_hash(spec, config.image.strip(), passed_environment(spec, config))
+        found = await self.inspect([container_id], config.socket)
         if not found:
             return None
         info = found[0]
@@ -537,7 +563,7 @@ class ContainerRunner(Runner):
         handle = ContainerHandle(
             runner=self, spec=spec, container_id=str(info.get("Id") or container_id),
             name=str(info.get("Name") or record.get("name") or "").lstrip("/"),
-            config_hash=digest, run_signal=run_signal, adopted=True,
+            config_hash=digest, run_signal=run_signal, adopted=True, socket=config.socket,
         )
         if not handle.reuse_follower(record.get("logs_pid")):
             await handle.follow_logs(since=time.time())
@@ -548,25 +574,25 @@ class ContainerRunner(Runner):
         still says it is ``fqn``'s. The service's configuration is gone: the engine socket
         is the recorded one, and the container's own stop signal is sent."""
         container_id = _container_record(record, self.name)
-        socket = record.get("socket")
-        config = {"socket": socket} if isinstance(socket, str) and socket else {}
+        recorded = record.get("socket")
+        socket = recorded if isinstance(recorded, str) and recorded else None
         found = await self.stop_leftover(
-            container_id, config, grace, lambda labels: labels.get("hive.fqn") == fqn
+            container_id, socket, grace, lambda labels: labels.get("hive.fqn") == fqn
         )
         if found is None and "socket" not in record:
             # A record from before sockets were recorded: it may be on another engine.
-            where = self.socket_of(config) or "the default socket"
+            where = self.socket_of(socket) or "the default socket"
             log.warning("%s: container %s not found on the %s engine at %s; if its service had "
                         "a socket of its own, remove it there", fqn, container_id, self.display, where)
         return bool(found)
 
     async def stop_leftover(
-        self, container_id: str, config: Mapping[str, Any], grace: float,
+        self, container_id: str, socket: str | None, grace: float,
         ours: Callable[[Mapping[str, str]], bool],
     ) -> bool | None:
         """``stop -t`` then ``rm -f -v`` the container if its labels pass ``ours``;
         whether it was running, None if there is no such container."""
-        found = await self.inspect([container_id], config)
+        found = await self.inspect([container_id], socket)
         if not found:
             return None
         info = found[0]
@@ -574,35 +600,35 @@ class ContainerRunner(Runner):
             return False
         running = bool((info.get("State") or {}).get("Running"))
         if running:
-            await self.stop_container(container_id, config, grace)
-        await self.remove(container_id, config)
+            await self.stop_container(container_id, socket, grace)
+        await self.remove(container_id, socket)
         return running
 
-    async def stop_container(self, ref: str, config: Mapping[str, Any], grace: float) -> None:
+    async def stop_container(self, ref: str, socket: str | None, grace: float) -> None:
         """``stop -t``: the container's own stop signal, SIGKILL after ``grace``; one that
         is gone already is not an error."""
         seconds = math.ceil(max(0.0, grace))
-        result = await self.call(["stop", "-t", str(seconds), ref], config, timeout=seconds + KILL_TIMEOUT + 20)
+        result = await self.call(["stop", "-t", str(seconds), ref], socket, timeout=seconds + KILL_TIMEOUT + 20)
         if result.returncode != 0 and not _is_missing(engine_message(result.stderr)):
-            raise self.error("stop", result.stderr, config)
+            raise self.error("stop", result.stderr, socket)
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
         """Records of running containers labelled ``hive.fqn=<fqn>`` whose environment
         carries ``marker`` (as the value of the variable that holds it in ``spec.env``),
         newest first."""
-        config = spec.config
+        socket = self.config_of(spec).socket
         listed = await self.call(
-            ["ps", "--no-trunc", "--filter", f"label=hive.fqn={spec.fqn}", "--format", "{{.ID}}"], config
+            ["ps", "--no-trunc", "--filter", f"label=hive.fqn={spec.fqn}", "--format", "{{.ID}}"], socket
         )
         if listed.returncode != 0:
-            raise self.error("ps", listed.stderr, config)
+            raise self.error("ps", listed.stderr, socket)
         ids = listed.stdout.decode(errors="replace").split()
         if not ids:
             return []
         keys = [key for key, value in spec.env.items() if value == marker]
         wanted = {f"{key}={marker}" for key in keys}
         records = []
-        for info in await self.inspect(ids, config):
+        for info in await self.inspect(ids, socket):
             environ = (info.get("Config") or {}).get("Env") or []
             if wanted and not wanted & set(environ):
                 continue
@@ -644,7 +670,7 @@ class ContainerHandle(ServiceHandle):
 
     def __init__(
         self, *, runner: ContainerRunner, spec: RunSpec, container_id: str, name: str,
-        config_hash: str, run_signal: int, adopted: bool = False,
+        config_hash: str, run_signal: int, adopted: bool = False, socket: str | None = None,
     ) -> None:
         self.runner = runner
         self.container_id = container_id
@@ -653,7 +679,7 @@ class ContainerHandle(ServiceHandle):
         self.run_signal = run_signal
         self.adopted = adopted
         self._spec = msgspec.structs.replace(spec, env={}) if spec.env else spec
-        self._config = spec.config
+        self._socket = socket  # the block's engine socket (None: the runner's setting)
         self._logs: anyio.abc.Process | None = None
         self._logs_pid: int | None = None
         self._status: ExitStatus | None = None
@@ -676,12 +702,11 @@ class ContainerHandle(ServiceHandle):
         """``engine``, ``container_id``, ``name``, ``config_hash``, ``stop_signal`` (the one
         the container was created with), ``logs_pid`` (the log follower) and ``socket``
         (the engine's, when not the default: what reaches it once the service is gone)."""
-        socket = self.runner.socket_of(self._config)
         return {
             "engine": self.runner.name,
             "container_id": self.container_id,
             "name": self.name,
-            "socket": socket if isinstance(socket, str) and socket else None,
+            "socket": self.runner.socket_of(self._socket),
             "config_hash": self.config_hash,
             "stop_signal": self.run_signal,
             "logs_pid": self._logs_pid,
@@ -689,7 +714,7 @@ class ContainerHandle(ServiceHandle):
 
     def exec_prefix(self) -> list[str]:
         """``<engine> exec <id>``: what runs a command inside the container (cmd checks)."""
-        return [self.runner.executable(), *self.runner.global_args(self._config),
+        return [self.runner.executable(), *self.runner.global_args(self._socket),
                 "exec", self.container_id]
 
     # --- output ---------------------------------------------------------------------
@@ -699,7 +724,7 @@ class ContainerHandle(ServiceHandle):
         spec = self._spec
         if not spec.stdout_path and not spec.stderr_path:
             return
-        args = [self.runner.executable(), *self.runner.global_args(self._config), "logs", "--follow"]
+        args = [self.runner.executable(), *self.runner.global_args(self._socket), "logs", "--follow"]
         if since is not None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
             args += ["--since", f"{stamp}.{int(since % 1 * 1e9):09d}Z"]
@@ -786,7 +811,7 @@ class ContainerHandle(ServiceHandle):
         retries = 0
         while retries < _WAIT_RETRIES:
             if self._waiter is None:
-                argv = [runner.executable(), *runner.global_args(self._config), "wait", self.container_id]
+                argv = [runner.executable(), *runner.global_args(self._socket), "wait", self.container_id]
                 try:
                     self._waiter = await anyio.open_process(
                         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -846,12 +871,12 @@ class ContainerHandle(ServiceHandle):
         found: list[dict[str, Any]] = []
         try:
             await self._terminate(stop_signal, grace)
-            found = await runner.inspect([self.container_id], self._config)
+            found = await runner.inspect([self.container_id], self._socket)
         except EngineUnreachable:
             return None
         except RunnerError:
             pass  # the container is gone already, or cannot be inspected: removed below
-        await runner.remove(self.container_id, self._config)
+        await runner.remove(self.container_id, self._socket)
         exit_code = ((found[0].get("State") or {}) if found else {}).get("ExitCode")
         return ExitStatus(exit_code=exit_code if isinstance(exit_code, int) else None)
 
@@ -862,7 +887,7 @@ class ContainerHandle(ServiceHandle):
         lost_at: float | None = None
         while True:
             try:
-                found = await self.runner.inspect([self.container_id], self._config)
+                found = await self.runner.inspect([self.container_id], self._socket)
             except RunnerError as exc:
                 if lost_at is None:
                     lost_at = time.time()
@@ -910,7 +935,7 @@ class ContainerHandle(ServiceHandle):
         self._stop_done = anyio.Event()
         self._stop_failed = False  # a stop asked again after a failed one tries again
         self._stop_asked = (stop_signal, grace)
-        runner, config, ref = self.runner, self._config, self.container_id
+        runner, socket, ref = self.runner, self._socket, self.container_id
         try:
             if self._status is None and self._exit is None:
                 try:
@@ -918,7 +943,7 @@ class ContainerHandle(ServiceHandle):
                 except BaseException as exc:
                     self._stop_failed = True
                     with anyio.CancelScope(shield=True):
-                        await runner.remove(ref, config)
+                        await runner.remove(ref, socket)
                         await self.close_logs()
                     if isinstance(exc, EngineUnreachable):
                         # wait() carries it out once the engine answers (see _wait_engine).
@@ -926,26 +951,26 @@ class ContainerHandle(ServiceHandle):
                     raise
             with anyio.fail_after(KILL_TIMEOUT + DRAIN_TIMEOUT):
                 status = await self.wait()
-            await runner.remove(ref, config)
+            await runner.remove(ref, socket)
             return status
         finally:
             self._stop_done.set()
 
     async def _terminate(self, stop_signal: int, grace: float) -> None:
-        runner, config, ref = self.runner, self._config, self.container_id
+        runner, socket, ref = self.runner, self._socket, self.container_id
         if stop_signal == self.run_signal:
-            await runner.stop_container(ref, config, grace)
+            await runner.stop_container(ref, socket, grace)
             return
-        result = await runner.call(["kill", "--signal", str(stop_signal), ref], config)
+        result = await runner.call(["kill", "--signal", str(stop_signal), ref], socket)
         if result.returncode == 0:
             with anyio.move_on_after(grace):
                 await self.wait()
                 return
-        killed = await runner.call(["kill", "--signal", "KILL", ref], config)
+        killed = await runner.call(["kill", "--signal", "KILL", ref], socket)
         if killed.returncode != 0:
             message = engine_message(killed.stderr)
-            if runner.unreachable(message, config) is not None:
-                raise runner.error("kill", killed.stderr, config)
+            if runner.unreachable(message, socket) is not None:
+                raise runner.error("kill", killed.stderr, socket)
             # "is not running", "no such container": it has ended already.
 
 

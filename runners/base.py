@@ -8,6 +8,18 @@ later can ``adopt()`` what is still running.
 
 Runners are found through the ``hive.runners`` entry-point group; the built-in ones are
 registered the same way a third-party one is.
+
+**The runner's block.** A runner owns the shape of its block in ``hive.yaml``
+(``runner: {type: docker, docker: {...}}``): its class attribute :attr:`Runner.Config` is
+a msgspec Struct, the one definition of the block's keys, their types and defaults.
+``hive config validate`` (and every load of a hive.yaml) finds it through the entry point
+and checks the block against it: an unknown key is a warning with a did-you-mean, a wrong
+type an error naming the file, line and key. The runner decodes ``RunSpec.config`` into
+its Config once with :func:`decode_config` and reads typed fields. Derive the Struct from
+:class:`RunnerConfig` to add checks no type can say (a blank ``image``, a port entry that
+will be ignored) in :meth:`RunnerConfig.check`; both sides report them. A runner that
+declares no Config (``None``, the default) gets its block as is, and nothing in it is
+checked before it starts.
 """
 
 from __future__ import annotations
@@ -15,13 +27,14 @@ from __future__ import annotations
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import msgspec
 
 __all__ = [
-    "ExitStatus", "RunSpec", "Runner", "RunnerError", "ServiceHandle", "StopFailed", "valid_stop_signal",
+    "ConfigProblem", "ExitStatus", "RunSpec", "Runner", "RunnerConfig", "RunnerError", "ServiceHandle",
+    "StopFailed", "decode_config", "valid_stop_signal",
 ]
 
 
@@ -43,6 +56,51 @@ def valid_stop_signal(number: int) -> int:
     if not isinstance(number, int) or not 0 < number < signal.NSIG:
         raise RunnerError(f"invalid stop signal {number!r}")
     return int(number)
+
+
+class ConfigProblem(msgspec.Struct, frozen=True):
+    """Something wrong in a runner's block that its types do not say. ``path`` is the key
+    path inside the block (``("security", "user")``, ``("ports", 2)``). A warning is
+    reported and the block still used (the runner ignores that part); an error refuses it."""
+
+    path: tuple[str | int, ...]
+    message: str
+    warning: bool = False
+
+
+class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of a runner's :attr:`Runner.Config`: a frozen value, keys given by keyword.
+
+    Unknown keys are not refused here: ``hive config validate`` warns about them, and the
+    runner ignores them, so a typo never stops a service that ran before."""
+
+    def check(self) -> list[ConfigProblem]:
+        """Problems of a well-typed block (a blank required string, an entry the runner
+        will ignore); none by default."""
+        return []
+
+
+ConfigT = TypeVar("ConfigT", bound=msgspec.Struct)
+
+
+def decode_config(block: Mapping[str, Any], schema: type[ConfigT], runner: str) -> ConfigT:
+    """``block`` (a ``RunSpec.config``) as the runner's ``schema``; RunnerError naming the
+    runner, what is wrong and where, as msgspec's ``$.path`` (``invalid docker block:
+    Expected `bool`, got `str` - at `$.deny_pull```).
+
+    Not strict: a value a runtime template rendered (``"8080"``) still fills a number.
+    The errors of :meth:`RunnerConfig.check` are raised the same way; its warnings were
+    the config layer's to report."""
+    try:
+        config = msgspec.convert(dict(block), schema, strict=False)
+    except msgspec.ValidationError as exc:
+        raise RunnerError(f"invalid {runner} block: {exc}") from None
+    if isinstance(config, RunnerConfig):
+        for problem in config.check():
+            if not problem.warning:
+                where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in problem.path)
+                raise RunnerError(f"invalid {runner} block: {problem.message} - at `${where}`")
+    return config
 
 
 class RunSpec(msgspec.Struct, kw_only=True):
@@ -123,6 +181,8 @@ class ServiceHandle(ABC):
 
 class Runner(ABC):
     name: ClassVar[str]
+    # The keys of the runner's hive.yaml block (see the module docstring); None: not declared.
+    Config: ClassVar[type[msgspec.Struct] | None] = None
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         """Take the daemon config's ``[runners.NAME]`` table (after construction, and

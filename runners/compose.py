@@ -1,6 +1,7 @@
 """The compose runner: a service is one service of a compose file.
 
-``{file, service}``: the file (relative to the project) and the compose service Hive runs.
+``{file, service}``: the file (relative to the project) and the compose service Hive runs
+(:class:`ComposeConfig`, with ``command`` for hook steps).
 Compose creates the container; from then on it is supervised like a docker or podman one
 (:class:`runners._container.ContainerHandle`: output followed by the engine's ``logs -f``,
 exit learnt from ``wait``, stop with the grace then ``rm``, ``cmd`` checks through ``exec``).
@@ -44,12 +45,12 @@ from ._container import (
     ContainerRunner,
     engine_message,
 )
-from .base import Runner, RunnerError, RunSpec
+from .base import ConfigProblem, Runner, RunnerConfig, RunnerError, RunSpec, decode_config
 from .docker import DockerRunner
 from .output import run_streaming
 from .podman import PodmanRunner
 
-__all__ = ["IMPLEMENTATIONS", "ComposeHandle", "ComposeRunner"]
+__all__ = ["IMPLEMENTATIONS", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
 
 # Tried in this order when the daemon config names none.
 IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
@@ -61,6 +62,22 @@ IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 _PROJECT_OK = re.compile(r"[^a-z0-9_-]")
+
+
+class ComposeConfig(RunnerConfig, frozen=True, kw_only=True):
+    """The ``compose`` block."""
+
+    file: str  # the compose file, relative to the project
+    service: str  # the compose service to run
+    command: list[str] = []  # a hook step's command (`run SERVICE [command]`)
+
+    def check(self) -> list[ConfigProblem]:
+        problems = []
+        if not self.file.strip():
+            problems.append(ConfigProblem(("file",), "file is required (the compose file, relative to the project)"))
+        if not self.service.strip():
+            problems.append(ConfigProblem(("service",), "service is required (the compose service to run)"))
+        return problems
 
 
 def project_name(fqn: str) -> str:
@@ -87,6 +104,7 @@ class ComposeRunner(Runner):
     """``compose`` block: ``{file, service}``."""
 
     name: ClassVar[str] = "compose"
+    Config: ClassVar[type[ComposeConfig]] = ComposeConfig
 
     def __init__(self) -> None:
         self._configured: list[str] | None = None  # [runners.compose] command
@@ -142,17 +160,13 @@ class ComposeRunner(Runner):
 
     # --- start ----------------------------------------------------------------------------
 
-    def _block(self, spec: RunSpec) -> tuple[str, str]:
-        config = spec.config
-        file, service = config.get("file"), config.get("service")
-        if not isinstance(file, str) or not file.strip():
-            raise RunnerError("file is required (the compose file, relative to the project)")
-        if not isinstance(service, str) or not service.strip():
-            raise RunnerError("service is required (the compose service to run)")
-        path = os.path.join(spec.working_dir or ".", file)
+    def _block(self, spec: RunSpec) -> tuple[str, str, ComposeConfig]:
+        """The compose file's real path, the service and the whole block."""
+        config = decode_config(spec.config, ComposeConfig, self.name)
+        path = os.path.join(spec.working_dir or ".", config.file)
         if not os.path.isfile(path):
             raise RunnerError(f"compose file {path} does not exist")
-        return os.path.realpath(path), service.strip()
+        return os.path.realpath(path), config.service.strip(), config
 
     def _hash(self, spec: RunSpec, path: str) -> str:
         try:
@@ -184,21 +198,21 @@ class ComposeRunner(Runner):
             raise RunnerError(f"cannot run {argv[0]}: {exc.strerror}") from None
         if result.returncode != 0:
             message = _compose_message(result.stderr + result.stdout)
-            engine = self.engine_of(argv).unreachable(message, {})
+            engine = self.engine_of(argv).unreachable(message, None)
             raise engine or RunnerError(f"compose {action} failed: {message}")
 
     async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
         listed = await engine.call(
             ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}",
-             "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"], {},
+             "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"],
         )
         if listed.returncode != 0:
-            raise engine.error("ps", listed.stderr, {})
+            raise engine.error("ps", listed.stderr, None)
         ids = listed.stdout.decode(errors="replace").split()
-        return await engine.inspect(ids, {}) if ids else []
+        return await engine.inspect(ids) if ids else []
 
     async def start(self, spec: RunSpec) -> ComposeHandle:
-        path, service = self._block(spec)
+        path, service, _ = self._block(spec)
         digest = self._hash(spec, path)
         command = await self.implementation()
         engine = self.engine_of(command)
@@ -219,17 +233,15 @@ class ComposeRunner(Runner):
             await handle.follow_logs(since=None)  # a new container: all it printed is this run's
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await engine.remove(handle.container_id, {})
+                await engine.remove(handle.container_id)
             raise
         return handle
 
     async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
         """A hook step: ``<compose> run --rm --no-deps SERVICE [command]`` (the block may
         give a ``command`` list), named ``hive-hook-<8 hex>``; removed if cancelled."""
-        path, service = self._block(spec)
-        extra = spec.config.get("command") or []
-        if not isinstance(extra, list) or not all(isinstance(word, str) for word in extra):
-            raise RunnerError(f"command must be a list of strings, not {extra!r}")
+        path, service, config = self._block(spec)
+        extra = config.command
         command = await self.implementation()
         name = f"hive-hook-{secrets.token_hex(4)}"
         argv = [*self._argv(command, path, project_name(spec.fqn)),
@@ -248,7 +260,7 @@ class ComposeRunner(Runner):
             code = await run_streaming(argv, env=spec.env, cwd=spec.working_dir, output=emit,
                                        cap=HOOK_LINE_CAP)
         except BaseException:
-            await self.engine_of(command).remove(name, {})
+            await self.engine_of(command).remove(name)
             raise
         if held and held[0][1].strip() != str(code):
             output(*held[0])
@@ -262,19 +274,19 @@ class ComposeRunner(Runner):
         container_id, project, service, engine_name = _compose_record(record)
         engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
         return bool(await engine.stop_leftover(
-            container_id, {}, grace,
+            container_id, None, grace,
             lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
         ))
 
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ComposeHandle | None:
         container_id, project, service, engine_name = _compose_record(record)
-        path, wanted_service = self._block(spec)
+        path, wanted_service, _ = self._block(spec)
         if service != wanted_service or project != project_name(spec.fqn):
             return None
         if record.get("config_hash") != self._hash(spec, path):
             return None
         engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
-        found = await engine.inspect([container_id], {})
+        found = await engine.inspect([container_id])
         if not found:
             return None
         info = found[0]

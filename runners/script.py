@@ -13,6 +13,12 @@
   the main process exits on its own and leaves processes behind, those get the same
   treatment in the background, and :meth:`ScriptHandle.leftovers` counts them.
 
+The block (:class:`ScriptConfig`: ``run``, ``working_dir``, ``shell``) is the one the
+config layer types for the daemon: it resolves ``working_dir`` against the project and
+renders the runtime templates of ``run``, and hands them over as ``RunSpec.command``,
+``working_dir`` and ``shell`` (``RunSpec.config`` stays empty), so the runner reads
+those fields.
+
 Every process of a start carries ``HIVE_RUN_ID=<fqn>/<random>`` in its environment, which
 is how the runner finds the ones that left the session (see :mod:`runners._process`).
 """
@@ -40,8 +46,10 @@ from . import _process as proc
 from ._command import plan_command
 from ._watch import SharedWatch
 from .base import (
+    ConfigProblem,
     ExitStatus,
     Runner,
+    RunnerConfig,
     RunnerError,
     RunSpec,
     ServiceHandle,
@@ -49,7 +57,7 @@ from .base import (
     valid_stop_signal,
 )
 
-__all__ = ["RUN_ID_VAR", "ScriptHandle", "ScriptRunner"]
+__all__ = ["RUN_ID_VAR", "ScriptConfig", "ScriptHandle", "ScriptRunner"]
 
 RUN_ID_VAR = proc.RUN_ID_VAR
 # How long processes get to vanish after SIGKILL before stop() gives up on them.
@@ -60,10 +68,22 @@ _SWEEPS = 3
 INLINE_SCAN = 0.005
 
 
+class ScriptConfig(RunnerConfig, frozen=True, kw_only=True):
+    """The ``script`` block."""
+
+    run: str  # the command: plain words run directly, anything else through the shell
+    working_dir: str = "."  # relative to the project root
+    shell: str | None = None  # None: $SHELL if POSIX-like, else /bin/sh (when one is needed)
+
+    def check(self) -> list[ConfigProblem]:
+        return [] if self.run.strip() else [ConfigProblem(("run",), "'run' is required")]
+
+
 class ScriptRunner(Runner):
     """Runs a service's ``run`` command as a local process tree."""
 
     name: ClassVar[str] = "script"
+    Config: ClassVar[type[ScriptConfig]] = ScriptConfig
 
     async def start(self, spec: RunSpec) -> ScriptHandle:
         await anyio.lowlevel.checkpoint_if_cancelled()

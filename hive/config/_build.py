@@ -1,5 +1,8 @@
 """Builds the typed model from interpolated plain data, one section at a time, collecting every
-error of the file (a bad service does not hide another one's errors)."""
+error of the file (a bad service does not hide another one's errors).
+
+A runner's block is the runner's business: it is decoded with the ``Config`` of the runner
+registered under its type (see ``_runners``), never with a shape kept here."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
+
+from runners.base import RunnerConfig
 
 from ._decode import Decoder, describe, did_you_mean, parse_port
 from ._issues import KeyPath, format_path
@@ -42,6 +47,7 @@ from ._model import (
     UsesSpec,
     _CheckTiming,
 )
+from ._runners import runner_schema
 from ._templates import check_runtime_templates, is_exact_port_reference
 
 V = TypeVar("V")
@@ -83,50 +89,6 @@ KNOWN_ENV_PROVIDERS = ("static", "dotenv", "vault", "1password", "aws-secrets")
 _RUNNERS_WITH_REQUIRED_BLOCK = frozenset({"script", "docker", "podman", "compose"})
 _ROLLOUTS_WITH_REQUIRED_BLOCK = frozenset({"recreate", "blue-green"})
 _CHECKS_WITH_REQUIRED_BLOCK = frozenset({"http", "tcp", "cmd"})
-
-
-# Validation-only shapes of the container runner blocks (the runner keeps the raw block).
-class _DockerSecurity(msgspec.Struct, kw_only=True):
-    cap_drop_all: bool = True
-    cap_add: list[str] = []
-    no_new_privileges: bool = True
-    read_only: bool = False
-    user: str | None = None
-    security_opt: list[str] = []
-
-
-class _DockerBlock(msgspec.Struct, kw_only=True):
-    image: str
-    container_name: str | None = None
-    ports: list[str] = []
-    bind_ip: str | None = None
-    volumes: list[str] = []
-    environment: dict[str, str] = {}
-    command: list[str] | None = None
-    entrypoint: list[str] | None = None
-    network_mode: str | None = None
-    restart: str | None = None
-    deny_pull: bool = False
-    socket: str | None = None
-    security: _DockerSecurity | None = None
-
-
-class _PodmanBlock(msgspec.Struct, kw_only=True):
-    image: str
-    ports: list[str] = []
-    volumes: list[str] = []
-    environment: dict[str, str] = {}
-    command: list[str] | None = None
-    entrypoint: list[str] | None = None
-    network_mode: str | None = None
-    restart: str | None = None
-    socket: str | None = None
-
-
-class _ComposeBlock(msgspec.Struct, kw_only=True):
-    file: str | None = None
-    service: str | None = None
-    command: str | list[str] | None = None
 
 
 class _HookStepFields(msgspec.Struct, kw_only=True):
@@ -656,38 +618,34 @@ class Builder:
         type_name, block = found
         block_path = (*path, type_name)
         start = self._error_count()
+        # The model types the script block for the daemon (RunnerSpec.script).
+        schema = ScriptRunnerConfig if type_name == "script" else runner_schema(type_name)
+        config: dict[str, Any] = block
         script = None
-        if type_name == "script":
-            script = self.decoder.decode(block, ScriptRunnerConfig, block_path)
-            if script is not None and not script.run.strip():
-                self.sink.error((*block_path, "run"), "'run' is required")
-            elif script is not None:
-                script = msgspec.structs.replace(
-                    script,
-                    working_dir=self._resolve(
-                        self.root, script.working_dir, (*block_path, "working_dir")
-                    ),
-                )
-        elif type_name in ("docker", "podman"):
-            container: _DockerBlock | _PodmanBlock | None
-            if type_name == "docker":
-                container = self.decoder.decode(block, _DockerBlock, block_path)
-            else:
-                container = self.decoder.decode(block, _PodmanBlock, block_path)
-            if container is not None and not container.image.strip():
-                self.sink.error((*block_path, "image"), "'image' is required")
-            for index, port in enumerate(container.ports if container else []):
-                if ":" not in port:
-                    self.sink.warning(
-                        (*block_path, "ports", index),
-                        f"'{port}' has no ':' and is ignored (expected HOST:CONTAINER[/proto])",
+        if schema is not None:
+            decoded = self.decoder.decode_with_data(block, schema, block_path)
+            if decoded is not None:
+                typed, config = decoded
+                self._runner_problems(typed, block_path)
+                if isinstance(typed, ScriptRunnerConfig):
+                    script = msgspec.structs.replace(
+                        typed,
+                        working_dir=self._resolve(
+                            self.root, typed.working_dir, (*block_path, "working_dir")
+                        ),
                     )
-        elif type_name == "compose":
-            self.decoder.decode(block, _ComposeBlock, block_path)
         self._check_templates(block, block_path, scope)
         if self._error_count() > start:
             return None
-        return RunnerSpec(type=type_name, config=block, script=script)
+        return RunnerSpec(type=type_name, config=config, script=script)
+
+    def _runner_problems(self, config: msgspec.Struct, path: KeyPath) -> None:
+        """What a runner's Config says is wrong beyond its types (``RunnerConfig.check``)."""
+        if not isinstance(config, RunnerConfig):
+            return
+        for problem in config.check():
+            report = self.sink.warning if problem.warning else self.sink.error
+            report((*path, *problem.path), problem.message)
 
     def rollout(self, value: Any, path: KeyPath) -> RolloutSpec | None:
         found = self._plugin_block(

@@ -189,6 +189,22 @@ class Decoder:
         warn_unknown: bool = True,
     ) -> T | None:
         """Returns the typed value, or None after reporting every problem found."""
+        decoded = self.decode_with_data(
+            value, tp, path, extra_keys=extra_keys, warn_unknown=warn_unknown
+        )
+        return None if decoded is None else decoded[0]
+
+    def decode_with_data(
+        self,
+        value: Any,
+        tp: type[T],
+        path: KeyPath,
+        *,
+        extra_keys: Collection[str] = (),
+        warn_unknown: bool = True,
+    ) -> tuple[T, Any] | None:
+        """``decode``, and the plain data msgspec typed: the input with unknown keys left
+        out and numbers written for string fields as their source text."""
         errors_before = len(self.sink.errors)
         info = _type_info(tp)
         if isinstance(info, mi.StructType):
@@ -208,7 +224,7 @@ class Decoder:
                 message = f"expected {_type_words(expected.group(1))}, got {describe(value)}"
             self.sink.error((*path, *relative), message)
             return None
-        return None if len(self.sink.errors) > errors_before else result
+        return None if len(self.sink.errors) > errors_before else (result, normalized)
 
     def scalar_as_text(self, value: Any, path: KeyPath, *, allow_bool: bool) -> Any:
         """A number written where a string is expected becomes its source text (``1.10``)."""

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from runners.script import ScriptConfig
+
 # The decoder reads these markers (msgspec.inspect Metadata.extra) to parse "10s", "8080", "1MB".
 _DURATION = msgspec.Meta(extra={"hive": "duration"})
 _PORT = msgspec.Meta(extra={"hive": "port"})
@@ -27,18 +29,16 @@ OnHookFailure = Literal["abort", "warn", "retry"]
 
 # ---- runners -------------------------------------------------------------------------------
 
-
-class ScriptRunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The built-in ``script`` runner. ``working_dir`` is absolute (default: the project root)."""
-
-    run: str
-    working_dir: str = "."
-    shell: str | None = None
+# The script runner's block, defined by the runner (runners.script); in RunnerSpec.script its
+# ``working_dir`` is absolute (default: the project root).
+ScriptRunnerConfig = ScriptConfig
 
 
 class RunnerSpec(msgspec.Struct, frozen=True, kw_only=True):
     """``{type: X, X: {...}}``. ``config`` is the X block after defaults merging and
-    interpolation (raw, for any runner type); ``script`` is its typed form for ``type: script``."""
+    interpolation, as checked against the runner's ``Config``: unknown keys left out, numbers
+    written for string fields as their text (a runner without a Config gets it as written).
+    ``script`` is its typed form for ``type: script``."""
 
     type: str
     config: dict[str, Any] = {}

@@ -248,11 +248,11 @@ async def test_an_orphan_is_stopped_and_removed_without_its_configuration(
     later = RUNNERS[engine]()
     # A record naming another service's container is not acted on.
     assert await later.stop_orphan("elsewhere:svc", record, 10) is False
-    assert (await later.inspect([handle.container_id], {}))[0]["State"]["Running"]
+    assert (await later.inspect([handle.container_id]))[0]["State"]["Running"]
 
     with anyio.fail_after(60):
         assert await later.stop_orphan(spec.fqn, record, 10) is True
-    assert await later.inspect([handle.container_id], {}) == []  # stopped and removed
+    assert await later.inspect([handle.container_id]) == []  # stopped and removed
     with anyio.fail_after(30):
         await handle.wait()  # the first daemon's handle sees it end too
     assert await later.stop_orphan(spec.fqn, record, 10) is False  # nothing left to stop
@@ -279,7 +279,7 @@ async def test_a_late_stop_that_finds_the_engine_away_again_keeps_the_container(
         run_signal=handle.run_signal,
     )
     assert await away._stop_late(signal.SIGTERM, 5) is None
-    assert (await runner.inspect([handle.container_id], {}))[0]["State"]["Running"]
+    assert (await runner.inspect([handle.container_id]))[0]["State"]["Running"]
     with anyio.fail_after(30):
         assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
 

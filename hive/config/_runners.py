@@ -1,0 +1,47 @@
+"""Each runner's block is checked against the runner's own ``Config``.
+
+A runner owns the keys of its ``runner: {type: X, X: {...}}`` block (``runners.base``):
+the config layer keeps no copy of them. It finds the runner class registered as ``X`` in
+the ``hive.runners`` entry-point group, the one the daemon's runner registry reads, and
+decodes the block with that class's ``Config`` Struct, so ``hive config validate`` and
+the runner agree by construction. A runner that is not installed, fails to import, or
+declares no ``Config`` has its block passed on unchecked: the daemon reports what is
+wrong with it when the service starts.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from runners.base import Runner
+
+from ..entry_points import EntryPoint, entry_points
+
+__all__ = ["GROUP", "runner_schema"]
+
+GROUP = "hive.runners"
+
+# Filled on first use: a project of docker services imports the docker runner once.
+_registered: dict[str, EntryPoint] | None = None
+_schemas: dict[str, type[msgspec.Struct] | None] = {}
+
+
+def runner_schema(type_name: str) -> type[msgspec.Struct] | None:
+    """The ``Config`` of the runner registered as ``type_name``, or None (see above)."""
+    global _registered
+    if type_name in _schemas:
+        return _schemas[type_name]
+    if _registered is None:
+        _registered = {point.name: point for point in entry_points(GROUP)}
+    schema: type[msgspec.Struct] | None = None
+    point = _registered.get(type_name)
+    if point is not None:
+        try:
+            runner = point.load()
+        except Exception:  # a broken plugin is the daemon's to report, with its traceback
+            runner = None
+        config = getattr(runner, "Config", None) if isinstance(runner, type) and issubclass(runner, Runner) else None
+        if isinstance(config, type) and issubclass(config, msgspec.Struct):
+            schema = config
+    _schemas[type_name] = schema
+    return schema
