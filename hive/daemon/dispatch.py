@@ -17,6 +17,8 @@ import anyio
 
 from hive_client.protocol import Request, Response, StreamLagged
 
+from .drop_oldest_queue import DropOldestQueue
+
 if TYPE_CHECKING:
     from .app import App
     from .server import Connection
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["ROUTES", "RequestContext", "Route", "Scope", "StreamSink", "may", "relay"]
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(slots=True)
@@ -46,15 +47,7 @@ class StreamSink(Protocol):
         ...
 
 
-class Subscription(Protocol[T_co]):
-    """A bounded, drop-oldest feed (events, log lines)."""
-
-    async def get(self) -> T_co: ...
-
-    def take_dropped(self) -> int: ...
-
-
-async def relay(sink: StreamSink, subscription: Subscription[T], item: Callable[[T], Response]) -> None:
+async def relay(sink: StreamSink, subscription: DropOldestQueue[T], item: Callable[[T], Response]) -> None:
     """Start the stream, then forward each item; a reader that fell behind is told how
     many it lost (``stream_lagged``) before the next item. Ends when the feed closes or
     the client goes away."""

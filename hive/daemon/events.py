@@ -1,9 +1,9 @@
 """The event bus: every event gets a daemon-wide sequence number and a timestamp.
 
-Subscribers each get a bounded queue that drops its oldest events when the reader
-falls behind, and counts them, so one slow subscriber never slows the publisher or
-the others. A recent history lets a subscriber replay from the sequence number it
-last saw.
+Subscribers each get a bounded queue (a DropOldestQueue) that drops its oldest events
+when the reader falls behind, and counts them, so one slow subscriber never slows the
+publisher or the others. A recent history lets a subscriber replay from the sequence
+number it last saw.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-import anyio
-
 from hive_client import DaemonEvent, Event, fqn_matches
+
+from .drop_oldest_queue import DropOldestQueue
 
 __all__ = ["EventBus", "Subscription"]
 
 
-class Subscription:
+class Subscription(DropOldestQueue[DaemonEvent]):
+    """One subscriber's feed: the events it asked for, drop-oldest past ``maxlen``."""
+
     def __init__(
         self,
         bus: EventBus,
@@ -27,14 +29,10 @@ class Subscription:
         fqn_pattern: str | None,
         maxlen: int,
     ) -> None:
+        super().__init__(maxlen)
         self._bus = bus
         self.kinds = kinds
         self.fqn_pattern = fqn_pattern
-        self._items: deque[DaemonEvent] = deque()
-        self._maxlen = maxlen
-        self._wakeup = anyio.Event()
-        self.dropped = 0
-        self.closed = False
 
     def wants(self, event: Event) -> bool:
         if self.kinds and event.__struct_config__.tag not in self.kinds:
@@ -44,41 +42,9 @@ class Subscription:
             return fqn is not None and fqn_matches(self.fqn_pattern, fqn)
         return True
 
-    def offer(self, event: DaemonEvent) -> None:
-        if len(self._items) >= self._maxlen:
-            self._items.popleft()
-            self.dropped += 1
-        self._items.append(event)
-        self._wakeup.set()
-
-    @property
-    def pending(self) -> int:
-        """Events held, not yet taken."""
-        return len(self._items)
-
-    def take_dropped(self) -> int:
-        dropped, self.dropped = self.dropped, 0
-        return dropped
-
-    async def get(self) -> DaemonEvent:
-        """The next event; waits for one."""
-        while not self._items:
-            if self.closed:
-                raise anyio.EndOfStream
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-        return self._items.popleft()
-
     def close(self) -> None:
-        self.closed = True
+        super().close()
         self._bus._subscriptions.discard(self)
-        self._wakeup.set()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class EventBus:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hive.daemon.logs._hub import LINE_COST
+from hive.daemon.logs._buffer import LINE_COST
 from hive.daemon.settings import LogsSection
 from tests.logs.helpers import running_hub
 from tests.support import wait_until

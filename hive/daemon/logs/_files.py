@@ -1,4 +1,18 @@
-"""Per-instance log files: buffered appends, size-based rotation, tail reading."""
+"""The files on disk: where they are, log files written and rotated, read back.
+
+Two kinds of file per instance ``source:service#n``:
+
+- capture files, ``<run_dir>/<source>/<service#n>.stdout`` and ``.stderr``: the service
+  itself appends to them (``_tail`` follows them);
+- the log file, ``<logs_dir>/<source>/<service#n>.log``, with ``.1`` (newest) …
+  ``.<keep_files>`` after it: what the daemon made of the output, one line each,
+  ``<timestamp> <stream> <level> <text>``. ``LogFile`` writes and rotates it by size
+  (``max_file_bytes``) and keeps ``keep_files`` old ones (retention); when an instance
+  is first seen, its last lines are read back (``read_recent_lines``) into memory.
+
+Names are FQN parts with unusual characters spelled ``%XX`` (``FileLayout``), so any
+FQN maps to one stable, safe file name and back.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +20,21 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
-__all__ = ["LogFile", "WriteStats", "read_tail_lines"]
+import anyio
+
+__all__ = [
+    "FileLayout",
+    "LogFile",
+    "WriteStats",
+    "create_files",
+    "read_recent_lines",
+    "read_tail_lines",
+    "safe_name",
+]
 
 logger = logging.getLogger("hive.logs")
 
@@ -208,3 +234,117 @@ def read_tail_lines(path: Path, count: int, max_bytes: int) -> list[bytes]:
     if pos > 0 and lines:
         lines.pop(0)  # starts mid-line
     return lines[-count:]
+
+
+def read_recent_lines(path: Path, keep: int, count: int, max_bytes: int) -> list[bytes]:
+    """The last ``count`` lines of the log file ``path`` and, when it holds fewer (just
+    rotated, or small), of ``path.1``, ``path.2`` … up to ``path.<keep>``."""
+    raws = read_tail_lines(path, count, max_bytes)
+    for index in range(1, max(0, keep) + 1):
+        if len(raws) >= count:
+            break
+        older = path.with_name(f"{path.name}.{index}")
+        if not older.exists():
+            break
+        raws = read_tail_lines(older, count - len(raws), max_bytes) + raws
+    return raws
+
+
+def safe_name(part: str) -> str:
+    """A file-name-safe, stable spelling: unusual characters become %XX."""
+    if part in ("", ".", ".."):
+        return "%" + part.encode().hex().upper() if part else "%"
+    return "".join(
+        ch if ch.isascii() and (ch.isalnum() or ch in "-_.#@+=") else
+        "".join(f"%{byte:02X}" for byte in ch.encode())
+        for ch in part
+    )  # fmt: skip
+
+
+def _split_fqn(fqn: str) -> tuple[str, str]:
+    source, sep, rest = fqn.partition(":")
+    if not sep:
+        source, rest = "_", fqn
+    return safe_name(source), safe_name(rest)
+
+
+def create_files(paths: list[Path]) -> None:
+    """Create these files (and their directories) if missing; errors are left for the
+    start that uses them to report."""
+    made: set[Path] = set()
+    for path in paths:
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            made.add(path.parent)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            # The start will try again and say what is wrong; nothing to do here.
+            logger.debug("cannot prepare %s: %s", path, exc)
+
+
+class FileLayout:
+    """Where each instance's capture and log files are."""
+
+    def __init__(self, logs_dir: Path, run_dir: Path) -> None:
+        self.logs_dir = logs_dir
+        self.run_dir = run_dir
+        self._made_dirs: set[Path] = set()
+        self._capture_paths: dict[str, tuple[Path, Path]] = {}
+
+    def capture_paths(self, fqn: str) -> tuple[Path, Path]:
+        """Where the instance's stdout and stderr go (the directory exists)."""
+        paths = self._capture_paths.get(fqn)
+        if paths is None:
+            source, name = _split_fqn(fqn)
+            directory = self.run_dir / source
+            if directory not in self._made_dirs:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(directory)
+            paths = self._capture_paths[fqn] = (
+                directory / f"{name}.stdout",
+                directory / f"{name}.stderr",
+            )
+        return paths
+
+    def log_path(self, fqn: str) -> Path:
+        source, name = _split_fqn(fqn)
+        return self.logs_dir / source / f"{name}.log"
+
+    async def prepare(self, fqns: Iterable[str]) -> None:
+        """Create the capture and log files of these instances, in a worker thread."""
+        paths: list[Path] = []
+        for fqn in fqns:
+            paths.extend(self.capture_paths(fqn))
+            paths.append(self.log_path(fqn))
+        await anyio.to_thread.run_sync(create_files, paths)
+
+    def log_files_named(self, pattern: str | None) -> Iterator[tuple[str, Path]]:
+        """(FQN, log file) of the instances a pattern without wildcards names ("proj:web",
+        "web", "proj:web#2"), as far as the file names tell: the files may be gone."""
+        if not pattern or any(ch in pattern for ch in "*?["):
+            return
+        source, sep, service = pattern.partition(":")
+        try:
+            sources = [source] if sep else [unquote(name) for name in os.listdir(self.logs_dir)]
+        except OSError:
+            return
+        if not sep:
+            service = pattern
+        base, hash_, _ = service.partition("#")
+        for src in sources:
+            directory = self.logs_dir / safe_name(src)
+            if hash_:
+                candidates = [f"{safe_name(service)}.log"]
+            else:
+                stem = safe_name(base)
+                try:
+                    candidates = [
+                        name
+                        for name in os.listdir(directory)
+                        if name == f"{stem}.log" or (name.startswith(f"{stem}#") and name.endswith(".log"))
+                    ]
+                except OSError:
+                    continue
+            for name in candidates:
+                yield f"{src}:{unquote(name[: -len('.log')])}", directory / name

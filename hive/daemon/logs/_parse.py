@@ -13,18 +13,20 @@ words. Only the first ``WINDOW`` characters are looked at; this runs per line.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from hive_client import LogLevel
+from hive_client import LogLevel, LogLine
 
 __all__ = [
     "WINDOW",
     "format_timestamp",
     "guess_level",
     "parse_file_line",
+    "parse_file_lines",
     "parse_line",
 ]
 
@@ -271,3 +273,29 @@ def parse_file_line(raw: bytes) -> tuple[datetime, str, str, bytes] | None:
     except ValueError:
         return None
     return ts, match.group(2).decode(), level, raw[match.end() :]
+
+
+def parse_file_lines(raws: Iterable[bytes], fqn: str) -> Iterator[LogLine]:
+    """LogLines back from lines of ``fqn``'s log file. A line without the file's prefix
+    (written by hand, or cut) takes the time of the line before it; before any, it is
+    skipped (it cannot be placed in time)."""
+    last_ts: datetime | None = None
+    for raw in raws:
+        parsed = parse_file_line(raw)
+        if parsed is None:
+            if last_ts is None:
+                continue
+            ts, stream, level, rest = last_ts, "stdout", None, raw
+        else:
+            ts, stream, level, rest = parsed
+        text = rest.decode("utf-8", "replace")
+        guessed, message, fields = parse_line(text) if text[:1] == "{" else (None, text, None)
+        yield LogLine(
+            timestamp=ts,
+            level=level or guessed or _I,
+            service_fqn=fqn,
+            message=message,
+            fields=fields,
+            stream=stream,
+        )
+        last_ts = ts
