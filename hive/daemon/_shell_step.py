@@ -237,10 +237,9 @@ async def run_step(
         *, returncode: int | None = None, timed_out: bool = False, error: str | None = None
     ) -> StepResult:
         # anyio, like subprocess, reports "killed by signal N" as -N.
-        killed = returncode is not None and returncode < 0
+        killed_by = -returncode if returncode is not None and returncode < 0 else None
         return StepResult(
-            exit_code=None if killed else returncode,
-            signal=-returncode if killed and returncode is not None else None,
+            exit_code=returncode if killed_by is None else None, signal=killed_by,
             timed_out=timed_out, error=error, tail=list(tail),
             duration=time.monotonic() - started,
         )
