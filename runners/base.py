@@ -34,7 +34,7 @@ import msgspec
 
 __all__ = [
     "ConfigProblem", "ExitStatus", "RunSpec", "Runner", "RunnerConfig", "RunnerError", "ServiceHandle",
-    "StopFailed", "decode_config", "valid_stop_signal",
+    "StopFailed", "decode_config", "describe_exit", "signal_name", "valid_stop_signal",
 ]
 
 
@@ -103,6 +103,33 @@ def decode_config(block: Mapping[str, Any], schema: type[ConfigT], runner: str) 
     return config
 
 
+def signal_name(number: int) -> str:
+    """``9`` → ``SIGKILL``; a number with no name → ``signal 99``."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(
+    exit_code: int | None, signal_number: int | None = None, *, code_phrase: str = "exited with code"
+) -> str:
+    """How a process ended, in the words every message uses: ``exited with code 3``,
+    ``killed by SIGKILL``.
+
+    A signal wins over a code, and a negative ``exit_code`` is a signal too (what
+    ``subprocess`` and anyio report). ``code_phrase`` goes before the number, for messages
+    that read as a noun rather than a verb: ``Build failed …: exit code 2``, a health check's
+    ``exit status 3``. Neither known: ``exited (status unknown)``."""
+    if signal_number is None and exit_code is not None and exit_code < 0:
+        signal_number = -exit_code
+    if signal_number is not None:
+        return f"killed by {signal_name(signal_number)}"
+    if exit_code is None:
+        return "exited (status unknown)"
+    return f"{code_phrase} {exit_code}"
+
+
 class RunSpec(msgspec.Struct, kw_only=True):
     """Everything a runner needs to start one instance of a service."""
 
@@ -137,15 +164,9 @@ class ExitStatus(msgspec.Struct, frozen=True):
     def describe(self) -> str:
         if self.cause:
             return self.cause
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = str(self.signal)
-            return f"killed by {name}"
-        if self.exit_code is None:
+        if self.exit_code is None and self.signal is None:
             return "exited (status unknown: adopted process)"
-        return f"exited with code {self.exit_code}"
+        return describe_exit(self.exit_code, self.signal)
 
 
 class ServiceHandle(ABC):

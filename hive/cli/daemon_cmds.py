@@ -95,7 +95,12 @@ def _spawn_daemon(home: Path, timeout: float) -> tuple[int, str]:
         fail(answer.removeprefix("error: "))
     if not answer:
         code = process.poll()
-        detail = f" (exit code {code})" if code is not None else f" within {timeout:.0f} s"
+        if code is None:
+            detail = f" within {timeout:.0f} s"
+        else:
+            from runners.base import describe_exit  # a failure path: the CLI's start stays light
+
+            detail = f" ({describe_exit(code, code_phrase='exit code')})"
         fail(
             f"the daemon did not start{detail}",
             hint=f"its log is {home / 'logs' / 'daemon.log'} (console output: {console_log})",

@@ -2,7 +2,7 @@
 
 The build runs after the pre-up hooks and before the runner: ``<shell> -c command`` in the
 build's ``working_dir`` with the service's environment, in its own session (the process
-plumbing is :func:`hive.daemon.hooks.run_shell_step`). Whether it runs at all is
+plumbing, shared with hooks and ``cmd`` health checks, is :mod:`hive.daemon._shell_step`). Whether it runs at all is
 :func:`build_needed`: ``when: never`` skips it, ``always`` runs it on every start, ``missing``
 (the default) runs it unless ``output`` is set and exists — without ``output``, ``missing``
 always builds. A failure is a :class:`BuildResult` whose message reads
@@ -18,16 +18,16 @@ from collections.abc import Mapping
 import msgspec
 
 from hive.config import BuildSpec
-from hive.daemon.health import format_seconds
-from hive.daemon.hooks import (
+from hive.daemon._shell_step import (
     KILL_GRACE,
     OutputSink,
     cut_line,
     deliver,
     run_shell_step,
     short_command,
-    signal_name,
 )
+from hive.daemon.health import format_seconds
+from runners.base import describe_exit
 
 __all__ = ["TAIL_LINES", "BuildResult", "build_needed", "run_build"]
 
@@ -48,8 +48,9 @@ def build_needed(build: BuildSpec, *, force: bool = False) -> bool:
 
 
 class BuildResult(msgspec.Struct, frozen=True, kw_only=True):
-    """``exit_code`` is None when the build could not start or timed out. ``tail`` holds the
-    last non-blank output lines (both streams, in arrival order)."""
+    """``exit_code`` is None when the build could not start or timed out, negative when a signal
+    killed it (``-9``: SIGKILL). ``tail`` holds the last non-blank output lines (both streams,
+    in arrival order)."""
 
     ok: bool
     exit_code: int | None
@@ -90,13 +91,11 @@ async def run_build(
         assert timeout is not None
         reason = f"timed out after {format_seconds(timeout)}"
     else:
-        assert result.exit_code is not None
-        code = result.exit_code
-        reason = f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
+        reason = describe_exit(result.exit_code, result.signal, code_phrase="exit code")
     lines = [cut_line(line.strip()) for line in result.tail[-_MESSAGE_LINES:]]
     if lines:
         reason += ": " + " | ".join(lines)
     message = f"Build failed for service {fqn}: {reason}"
     deliver(output, "hive", message)
-    exit_code = None if result.timed_out else result.exit_code
+    exit_code = -result.signal if result.signal is not None else result.exit_code
     return BuildResult(ok=False, exit_code=exit_code, message=message, tail=result.tail)

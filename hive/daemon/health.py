@@ -24,7 +24,8 @@ Check types:
 * ``tcp``: a TCP connection to ``127.0.0.1:<port>`` within the timeout.
 * ``cmd``: ``[*exec_prefix, "sh", "-c", command]``; exit status 0 passes. The process runs in a new
   session; when it times out, or when the monitor is cancelled, its whole process group is
-  SIGKILLed (after a normal exit too, so nothing it started in the background lingers).
+  SIGKILLed (after a normal exit too, so nothing it started in the background lingers). The
+  process plumbing is :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds.
 * any other type (``grpc``, ``postgres``, ``redis``, ``mysql``, plugin types): not available in
   this daemon, so the check always fails with ``health check type 'grpc' is not available``.
 
@@ -34,14 +35,10 @@ non-numeric port or a missing type block make that check fail with the reason as
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
-import os
 import re
-import signal
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +48,9 @@ import anyio
 import anyio.abc
 
 from hive.config import HealthCheckSpec, RuntimeTemplateError, render_runtime
+from hive.daemon._shell_step import cut_line, run_step
 from hive_client import HealthCheckResult
+from runners.base import describe_exit
 
 __all__ = ["HOST", "HealthMonitor", "format_seconds"]
 
@@ -65,11 +64,6 @@ _DEFAULT_TIMEOUT = 5.0
 
 # What an HTTP check reads at most (status line, plus the headers of any 1xx answers).
 _HTTP_READ_CAP = 16 * 1024
-# The tail of a cmd check's output that is kept (its last line goes into the message).
-_OUTPUT_TAIL = 4096
-_MESSAGE_LINE_CAP = 200
-# How long reaping a SIGKILLed check process may take before we give up on it.
-_REAP_SECONDS = 5.0
 
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: [^\r\n]*)?")
 _PATH_SAFE = "/:@!$&'()*+,;=?%~-._"
@@ -311,51 +305,26 @@ class HealthMonitor:
             return False, f"check error: {exc!r}"
 
     async def _cmd_probe(self, command: str, working_dir: str, timeout: float) -> tuple[bool, str]:
-        argv = [*self._exec_prefix, "sh", "-c", command]
-        cwd: str | None = None
-        if not self._exec_prefix:
-            cwd = working_dir
-            if not await anyio.Path(cwd).is_dir():
-                raise _CheckFailed(f"working directory {cwd} does not exist")
-        try:
-            process = await anyio.open_process(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=self._env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise _CheckFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        tail = bytearray()
-        returncode: int | None = None
-        try:
-            with anyio.move_on_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_read_tail, process, tail)
-                    returncode = await process.wait()
-                    # Whatever it left behind in its group dies now; then the output hits EOF.
-                    _kill_group(process.pid)
-        finally:
-            with anyio.CancelScope(shield=True):
-                _kill_group(process.pid)
-                with anyio.move_on_after(_REAP_SECONDS):
-                    await process.aclose()
-        last = _last_line(tail)
-        if returncode is None:
+        # With a prefix the command runs elsewhere (a container): the working dir is not ours.
+        # No grace on a kill: a check is a probe, not a service with state to save. One pipe
+        # for both streams: the message quotes the last line printed, whichever stream it was.
+        result = await run_step(
+            [*self._exec_prefix, "sh", "-c", command],
+            cwd=None if self._exec_prefix else working_dir,
+            env=self._env,
+            timeout=timeout,
+            kill_grace=0,
+            tail_lines=1,
+            merge_stderr=True,
+        )
+        if result.error is not None:
+            raise _CheckFailed(result.error)
+        last = cut_line(result.tail[-1].strip()) if result.tail else ""
+        if result.timed_out:
             suffix = f" (last output: {last})" if last else ""
             return False, f"timed out after {format_seconds(timeout)}{suffix}"
-        if returncode < 0:
-            try:
-                name = signal.Signals(-returncode).name
-            except ValueError:
-                name = f"signal {-returncode}"
-            status = f"killed by {name}"
-        else:
-            status = f"exit status {returncode}"
-        return returncode == 0, f"{status}: {last}" if last else status
+        status = describe_exit(result.exit_code, result.signal, code_phrase="exit status")
+        return result.ok, f"{status}: {last}" if last else status
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -469,28 +438,3 @@ async def _read_status(stream: anyio.abc.SocketStream) -> int:
         # An interim answer (100 Continue, 103 Early Hints): skip it and its headers.
         await fill_until(b"\r\n\r\n")
         buffer = buffer.split(b"\r\n\r\n", 1)[1]
-
-
-async def _read_tail(process: anyio.abc.Process, tail: bytearray) -> None:
-    if process.stdout is None:
-        return
-    try:
-        async for chunk in process.stdout:
-            tail.extend(chunk)
-            if len(tail) > _OUTPUT_TAIL:
-                del tail[: len(tail) - _OUTPUT_TAIL]
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
-
-
-def _last_line(tail: bytes | bytearray) -> str:
-    for raw in reversed(tail.decode("utf-8", "replace").splitlines()):
-        line = raw.strip()
-        if line:
-            return line if len(line) <= _MESSAGE_LINE_CAP else line[: _MESSAGE_LINE_CAP - 1] + "…"
-    return ""
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Lifecycle hooks (``hive.yaml`` §13, spec S), and the shell-step plumbing builds share.
+"""Lifecycle hooks (``hive.yaml`` §13, spec S).
 
 :func:`run_hooks` runs one event's steps (``pre-up``, ``post-up``, ``pre-down``, ``post-down``)
 and answers a :class:`HookOutcome`; it never raises for a failing hook, only cancellation
@@ -28,293 +28,48 @@ propagates.
 * Nothing a hook starts outlives the step: when the step's shell exits, whatever is left in its
   process group is stopped too (SIGTERM, then SIGKILL). Cancellation stops running steps the same
   way, shielded, before it propagates. A process that left the group (``setsid``) is out of
-  reach.
+  reach. The process plumbing is :mod:`hive.daemon._shell_step`, shared with builds and ``cmd``
+  health checks; this module is the policy around it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import shutil
-import signal
-import subprocess
-import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
-import anyio.abc
 import msgspec
 
 from hive.config import HookStep
+from hive.daemon._shell_step import (
+    KILL_GRACE,
+    LINE_CAP,
+    OutputSink,
+    StepResult,
+    cut_line,
+    deliver,
+    run_shell_step,
+    short_command,
+)
 from hive.daemon.health import format_seconds
-from runners.output import pump_lines
+from runners.base import describe_exit
 
 __all__ = [
     "DEFAULT_HOOK_TIMEOUT",
     "KILL_GRACE",
     "LINE_CAP",
-    "POSIX_SHELLS",
     "ContainerStepRunner",
     "HookOutcome",
     "OutputSink",
-    "ShellResult",
-    "cut_line",
-    "deliver",
-    "describe_exit",
-    "resolve_shell",
     "run_hooks",
-    "run_shell_step",
-    "short_command",
-    "signal_name",
 ]
 
 log = logging.getLogger("hive.hooks")
 
-OutputSink = Callable[[str, str], None]
-"""``(stream, text)``: ``stream`` is ``"stdout"``, ``"stderr"`` or ``"hive"``; ``text`` is one
-line without its newline."""
-
-POSIX_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh"})
-DEFAULT_SHELL = "/bin/sh"
 DEFAULT_HOOK_TIMEOUT = 60.0
-# Between SIGTERM and SIGKILL when a step is stopped (timeout, cancellation, leftovers).
-KILL_GRACE = 2.0
-# Longer output lines are cut here (the rest of the line is dropped).
-LINE_CAP = 64 * 1024
-# How long the output of a finished step may take to reach EOF (a process outside the step's
-# group may still hold the pipe).
-_DRAIN_SECONDS = 1.0
-# How long reaping a SIGKILLed process may take before we give up on it.
-_REAP_SECONDS = 5.0
-# Output lines in failure messages are cut to this many characters.
-_MESSAGE_LINE_CAP = 200
-_COMMAND_CAP = 80
-
-
-# ---- running one shell command ---------------------------------------------------------------
-
-
-class ShellResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What :func:`run_shell_step` observed.
-
-    ``exit_code`` is the shell's exit status when it ended on its own (negative: killed by that
-    signal), else None (it could not start, or it timed out). ``error`` says why it could not
-    start. ``tail`` holds the last non-blank output lines of both streams, in arrival order."""
-
-    exit_code: int | None = None
-    timed_out: bool = False
-    error: str | None = None
-    tail: list[str] = []
-    duration: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.error is None
-
-
-def describe_exit(code: int) -> str:
-    """``3`` → ``exited with code 3``; ``-9`` → ``was killed by SIGKILL``."""
-    if code < 0:
-        return f"was killed by {signal_name(-code)}"
-    return f"exited with code {code}"
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _which(name: str, env: Mapping[str, str]) -> str | None:
-    if os.sep in name:
-        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
-    return shutil.which(name, path=env.get("PATH") or os.defpath)
-
-
-def resolve_shell(shell: str | None, env: Mapping[str, str]) -> tuple[str | None, str]:
-    """``(executable, "")``, or ``(None, problem)``.
-
-    The given ``shell`` (a path, or a name looked up on ``env``'s PATH) if there is one; else
-    ``$SHELL`` from ``env`` when it is a POSIX shell (sh, bash, dash, zsh, ksh) that exists;
-    else ``/bin/sh``."""
-    if shell:
-        found = _which(shell, env)
-        if found is None:
-            where = "" if os.sep in shell else " on PATH"
-            return None, f"shell {shell} not found{where}"
-        return found, ""
-    login = env.get("SHELL", "")
-    if login and os.path.basename(login) in POSIX_SHELLS:
-        found = _which(login, env)
-        if found is not None:
-            return found, ""
-    if _which(DEFAULT_SHELL, env) is None:
-        return None, f"shell {DEFAULT_SHELL} not found"
-    return DEFAULT_SHELL, ""
-
-
-def deliver(output: OutputSink, stream: str, text: str) -> None:
-    """Hand one line to the sink; a failing sink is the caller's bug, never the step's."""
-    try:
-        output(stream, text)
-    except Exception:
-        log.exception("hook output sink failed")
-
-
-def cut_line(line: str, cap: int = _MESSAGE_LINE_CAP) -> str:
-    return line if len(line) <= cap else line[: cap - 1] + "…"
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class _Child:
-    """One running shell and the end of its output."""
-
-    process: anyio.abc.Process
-    readers_done: anyio.Event
-    grace: float
-    stopped: bool = False
-
-    async def stop(self) -> None:
-        """Stop the whole process group: SIGTERM, up to ``grace`` for it to end (the shell and
-        the output pipes), then SIGKILL, then reap. After a normal exit only leftovers in the
-        group are signalled."""
-        process = self.process
-        pgid = process.pid  # its own session: the group id is the leader's pid
-        if process.returncode is None:
-            _signal_group(pgid, signal.SIGTERM)
-            with anyio.move_on_after(self.grace):
-                await process.wait()
-                await self.readers_done.wait()
-        elif _group_alive(pgid):
-            _signal_group(pgid, signal.SIGTERM)
-            with anyio.move_on_after(self.grace):
-                await self.readers_done.wait()
-        _signal_group(pgid, signal.SIGKILL)
-        if process.returncode is None:
-            with anyio.move_on_after(_REAP_SECONDS):
-                await process.wait()
-        self.stopped = True
-
-
-def _spawn_problem(exc: BaseException, executable: str, cwd: str) -> str:
-    if isinstance(exc, OSError):
-        if exc.filename == cwd and exc.filename != executable:
-            if isinstance(exc, FileNotFoundError):
-                return f"working directory {cwd} does not exist"
-            return f"cannot enter working directory {cwd}: {exc.strerror or exc}"
-        return f"cannot run {executable}: {exc.strerror or exc}"
-    return f"cannot start {executable}: {exc}"
-
-
-async def run_shell_step(
-    command: str,
-    *,
-    cwd: str,
-    env: Mapping[str, str],
-    output: OutputSink,
-    shell: str | None = None,
-    timeout: float | None = None,
-    tail_lines: int = 20,
-    kill_grace: float = KILL_GRACE,
-) -> ShellResult:
-    """Run ``<shell> -c command`` in ``cwd`` with exactly ``env``, in a new session.
-
-    Output lines go to ``output("stdout" | "stderr", line)`` as they come. When the shell exits,
-    whatever it left in its process group is stopped; on ``timeout`` (None: no limit) or
-    cancellation the whole group is stopped (SIGTERM, ``kill_grace``, SIGKILL) before this
-    returns or re-raises. Never raises except cancellation: a missing working directory or shell
-    is a result with ``error`` set."""
-    started = time.monotonic()
-    tail: deque[str] = deque(maxlen=max(1, tail_lines))
-
-    def result(
-        *, exit_code: int | None = None, timed_out: bool = False, error: str | None = None
-    ) -> ShellResult:
-        return ShellResult(exit_code=exit_code, timed_out=timed_out, error=error,
-                           tail=list(tail), duration=time.monotonic() - started)
-
-    if not os.path.isdir(cwd):
-        reason = "is not a directory" if os.path.exists(cwd) else "does not exist"
-        return result(error=f"working directory {cwd} {reason}")
-    executable, problem = resolve_shell(shell, env)
-    if executable is None:
-        return result(error=problem)
-    try:
-        # Shielded: cancelled half-way, asyncio would kill only the shell and leave whatever it
-        # has started already running. A cancellation is seen at the next checkpoint instead,
-        # inside the try/finally that stops the whole group.
-        with anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                [executable, "-c", command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-            )
-    except (OSError, ValueError) as exc:
-        return result(error=_spawn_problem(exc, executable, cwd))
-
-    def emit(stream: str, line: str) -> None:
-        if line.strip():
-            tail.append(line)
-        deliver(output, stream, line)
-
-    child = _Child(process, anyio.Event(), kill_grace)
-    open_readers = 2
-
-    async def pump(stream: anyio.abc.ByteReceiveStream | None, name: str) -> None:
-        nonlocal open_readers
-        try:
-            if stream is not None:
-                await pump_lines(stream, name, emit, LINE_CAP)
-        finally:
-            open_readers -= 1
-            if open_readers == 0:
-                child.readers_done.set()
-
-    exit_code: int | None = None
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pump, process.stdout, "stdout")
-            tg.start_soon(pump, process.stderr, "stderr")
-            with anyio.move_on_after(timeout):
-                exit_code = await process.wait()
-            await child.stop()
-            with anyio.move_on_after(_DRAIN_SECONDS):
-                await child.readers_done.wait()
-            tg.cancel_scope.cancel()  # a process outside the group still holds a pipe
-    finally:
-        with anyio.CancelScope(shield=True):
-            if not child.stopped:
-                await child.stop()
-            with anyio.move_on_after(_REAP_SECONDS):
-                await process.aclose()
-    if exit_code is None:
-        return result(timed_out=True)
-    return result(exit_code=exit_code)
 
 
 # ---- hooks -----------------------------------------------------------------------------------
@@ -354,16 +109,6 @@ class _Failure:
         return f"{self.label} {self.reason}" if self.continues else f"{self.label}: {self.reason}"
 
 
-def short_command(command: str) -> str:
-    lines = [line.strip() for line in command.strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    text = lines[0]
-    if len(lines) > 1 or len(text) > _COMMAND_CAP:
-        return text[: _COMMAND_CAP - 1] + "…"
-    return text
-
-
 def _summary(step: HookStep) -> str:
     """What a step does, for log lines."""
     if step.kind == "run":
@@ -397,14 +142,14 @@ def _timed_out(label: str, timeout: float) -> _Failure:
     return _Failure(label, f"Hook timed out after {format_seconds(timeout)}")
 
 
-def _shell_failure(label: str, result: ShellResult, timeout: float) -> _Failure | None:
+def _shell_failure(label: str, result: StepResult, timeout: float) -> _Failure | None:
     if result.error is not None:
         return _Failure(label, result.error)
     if result.timed_out:
         return _timed_out(label, timeout)
-    if result.exit_code == 0 or result.exit_code is None:
+    if result.ok:
         return None
-    reason = describe_exit(result.exit_code)
+    reason = describe_exit(result.exit_code, result.signal)
     if result.tail:
         reason += f": {cut_line(result.tail[-1].strip())}"
     return _Failure(label, reason, continues=True)
