@@ -57,6 +57,11 @@ class RunnerRegistry:
     def names(self) -> list[str]:
         return sorted(self._available)
 
+    def add(self, runner: Runner) -> None:
+        """Use ``runner`` for its name: a runner built in-process (an embedding, the
+        supervisor's in-process tests) rather than found through its entry point."""
+        self._loaded[runner.name] = runner
+
     def get(self, name: str) -> Runner:
         runner = self._loaded.get(name)
         if runner is not None:

@@ -99,10 +99,19 @@ class Owner:
         self._queue: deque[Job] = deque()
         self.current: Job | None = None
         self.closed = False
+        self._idle: anyio.Event | None = None
 
     @property
     def idle(self) -> bool:
         return self.current is None and not self._queue
+
+    async def wait_idle(self) -> None:
+        """Until every job queued so far (and any merged into them) has run."""
+        if self.idle:
+            return
+        if self._idle is None:
+            self._idle = anyio.Event()
+        await self._idle.wait()
 
     def submit(self, kind: JobKind, argument: Any = None) -> Job:
         """Queue a job (merged with the last queued one when MERGE says so)."""
@@ -139,3 +148,6 @@ class Owner:
                 job.finish(result)
             finally:
                 self.current = None
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.set()
