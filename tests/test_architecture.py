@@ -93,8 +93,19 @@ def test_every_request_has_exactly_one_route() -> None:
 
     requests = set(RequestMessage.__args__) - {Hello}  # the connection answers hello itself
     assert set(ROUTES) == requests
-    for route in ROUTES.values():
+    for request_type, route in ROUTES.items():
+        assert route.request is request_type
         assert (route.unary is None) != (route.stream is None)
+
+
+def test_a_route_refuses_another_request_type() -> None:
+    from hive.daemon.dispatch import ROUTES
+    from hive_client import protocol as p
+
+    handler = ROUTES[p.Ping].unary
+    assert handler is not None
+    with pytest.raises(TypeError, match="the Ping route was given a Status"):
+        handler(None, p.Status())  # refused before the context is looked at
 
 
 def test_blocking_methods_are_generated_from_async() -> None:

@@ -9,9 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["Output", "format_age", "format_duration"]
 
@@ -57,10 +60,10 @@ class Output:
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
         self.tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-        self._console: Any = None
+        self._console: Console | None = None
 
     @property
-    def console(self) -> Any:
+    def console(self) -> Console:
         if self._console is None:
             from rich.console import Console
 

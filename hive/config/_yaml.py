@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import msgspec
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from ._issues import ConfigError, ConfigIssue, KeyPath
 

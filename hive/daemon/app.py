@@ -8,21 +8,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 
 from hive_client import __version__
 
 from .events import EventBus
 from .home import HiveHome
 from .settings import DaemonSettings
-from .store import StateStore
+from .store import StateStore, StateWriter
 
 if TYPE_CHECKING:
+    from .logs import LogHub
+    from .plugins import PluginManager
     from .server import SocketServer
+    from .sources import SourceRegistry
+    from .supervision import Supervisor
 
-__all__ = ["App", "ShutdownRequest"]
+__all__ = ["App", "NotAttached", "ShutdownRequest"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,10 @@ class ShutdownRequest:
     reason: str = ""
 
 
+class NotAttached(RuntimeError):
+    """A part of the daemon was used before start-up attached it (a bug, not a user error)."""
+
+
 @dataclass
 class App:
     home: HiveHome
@@ -39,21 +48,43 @@ class App:
     socket_path: Path
     bus: EventBus
     store: StateStore
+    state_writer: StateWriter
+    logs: LogHub
+    task_group: anyio.abc.TaskGroup  # the daemon's own (long-lived parts start in it)
     pid: int = field(default_factory=os.getpid)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
     server: SocketServer | None = None
     version: str = __version__
-    # Filled in as the daemon's parts come up (see lifecycle.py).
-    sources: Any = None
-    services: Any = None
-    logs: Any = None
-    state_writer: Any = None
-    plugins: Any = None  # PluginManager, once a plugin is configured
-    task_group: Any = None  # the daemon's own task group (long-lived parts start in it)
+    plugins: PluginManager | None = None  # once a plugin is configured
     reloader: Callable[[], Awaitable[str]] | None = None
+    # The supervisor and the source registry hold the App, so they are made after it
+    # and come in through attach(); until then their properties raise NotAttached.
+    _services: Supervisor | None = field(default=None, init=False)
+    _sources: SourceRegistry | None = field(default=None, init=False)
     _shutdown: anyio.Event = field(default_factory=anyio.Event)
     shutdown_request: ShutdownRequest | None = None
+
+    def attach(self, services: Supervisor, sources: SourceRegistry) -> None:
+        self._services = services
+        self._sources = sources
+
+    @property
+    def attached(self) -> bool:
+        """Whether the supervisor and the source registry are in place."""
+        return self._services is not None and self._sources is not None
+
+    @property
+    def services(self) -> Supervisor:
+        if self._services is None:
+            raise NotAttached("app.services used before start-up attached the supervisor")
+        return self._services
+
+    @property
+    def sources(self) -> SourceRegistry:
+        if self._sources is None:
+            raise NotAttached("app.sources used before start-up attached the source registry")
+        return self._sources
 
     @property
     def uptime(self) -> float:

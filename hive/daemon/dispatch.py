@@ -5,13 +5,16 @@ sink) -> None`` (stream). ``inline`` handlers answer from memory without waiting
 anything, so the connection runs them without spawning a task (the round trip of
 ``status`` is the latency users feel); the others run concurrently, bounded per
 connection.
+
+Routes are made with :func:`unary` and :func:`stream`, which tie a request type to a
+handler of that type: registering ``daemon.status`` for ``Ping`` is a mypy error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -23,9 +26,24 @@ if TYPE_CHECKING:
     from .app import App
     from .server import Connection
 
-__all__ = ["ROUTES", "RequestContext", "Route", "Scope", "StreamSink", "may", "relay"]
+__all__ = [
+    "ROUTES",
+    "RequestContext",
+    "Route",
+    "Scope",
+    "StreamCall",
+    "StreamHandler",
+    "StreamSink",
+    "UnaryCall",
+    "UnaryHandler",
+    "may",
+    "relay",
+    "stream",
+    "unary",
+]
 
 T = TypeVar("T")
+Req = TypeVar("Req", bound=Request)
 
 
 @dataclass(slots=True)
@@ -65,8 +83,13 @@ async def relay(sink: StreamSink, subscription: DropOldestQueue[T], item: Callab
             return
 
 
-UnaryHandler = Callable[[RequestContext, Any], Awaitable[Response]]
-StreamHandler = Callable[[RequestContext, Any, StreamSink], Awaitable[None]]
+UnaryHandler = Callable[[RequestContext, Req], Awaitable[Response]]
+"""A unary handler of one request type."""
+StreamHandler = Callable[[RequestContext, Req, StreamSink], Awaitable[None]]
+"""A stream handler of one request type."""
+UnaryCall = Callable[[RequestContext, Request], Awaitable[Response]]
+"""A unary handler as the connection calls it: with whatever request was routed to it."""
+StreamCall = Callable[[RequestContext, Request, StreamSink], Awaitable[None]]
 
 
 Scope = Literal["read", "operate", "admin"]
@@ -83,10 +106,39 @@ def may(held: Scope, needed: Scope) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    unary: UnaryHandler | None = None
-    stream: StreamHandler | None = None
+    """One request type and its handler: ``unary`` or ``stream``, never both."""
+
+    request: type[Request]
+    unary: UnaryCall | None = None
+    stream: StreamCall | None = None
     inline: bool = False
     scope: Scope = "operate"
+
+
+def _misrouted(expected: type[Request], request: Request) -> TypeError:
+    return TypeError(f"the {expected.__name__} route was given a {type(request).__name__}")
+
+
+def unary(
+    request: type[Req], handler: UnaryHandler[Req], *, inline: bool = False, scope: Scope = "operate"
+) -> Route:
+    # Not a coroutine itself: a plain call that hands back the handler's coroutine adds
+    # no await to the round trip of inline requests.
+    def call(ctx: RequestContext, message: Request) -> Awaitable[Response]:
+        if not isinstance(message, request):
+            raise _misrouted(request, message)
+        return handler(ctx, message)
+
+    return Route(request, unary=call, inline=inline, scope=scope)
+
+
+def stream(request: type[Req], handler: StreamHandler[Req], *, scope: Scope = "operate") -> Route:
+    def call(ctx: RequestContext, message: Request, sink: StreamSink) -> Awaitable[None]:
+        if not isinstance(message, request):
+            raise _misrouted(request, message)
+        return handler(ctx, message, sink)
+
+    return Route(request, stream=call, scope=scope)
 
 
 def _build_routes() -> dict[type[Request], Route]:
@@ -94,42 +146,46 @@ def _build_routes() -> dict[type[Request], Route]:
 
     from .handlers import daemon, events, plugins, services, sources, streams
 
-    return {
-        p.Ping: Route(daemon.ping, inline=True, scope="read"),
-        p.Status: Route(daemon.status, inline=True, scope="read"),
-        p.Shutdown: Route(daemon.shutdown, inline=True, scope="admin"),
-        p.Reload: Route(daemon.reload, scope="admin"),
-        p.ListSources: Route(sources.list_sources, inline=True, scope="read"),
-        p.AddSource: Route(sources.add_source),
-        p.RemoveSource: Route(sources.remove_source),
-        p.ReloadSource: Route(sources.reload_source),
-        p.EnableSource: Route(sources.enable_source),
-        p.DisableSource: Route(sources.disable_source),
-        p.StartSource: Route(sources.start_source),
-        p.StopSource: Route(sources.stop_source),
-        p.ListServices: Route(services.list_services, inline=True, scope="read"),
-        p.ListStates: Route(services.list_states, inline=True, scope="read"),
-        p.GetServiceStatus: Route(services.get_service_status, inline=True, scope="read"),
-        p.StartService: Route(services.start_service),
-        p.StopService: Route(services.stop_service),
-        p.RestartService: Route(services.restart_service),
-        p.CreateService: Route(services.create_service),
-        p.UpdateService: Route(services.update_service),
-        p.DeleteService: Route(services.delete_service),
-        p.ScaleService: Route(services.scale_service),
-        p.BuildService: Route(services.build_service),
-        p.ListExposed: Route(services.list_exposed, inline=True, scope="read"),
-        p.ListPlugins: Route(plugins.list_plugins, inline=True, scope="read"),
-        p.PluginAction: Route(plugins.plugin_action, scope="admin"),
-        p.EmitEvent: Route(plugins.emit_event, inline=True),
-        p.PluginCall: Route(plugins.plugin_call),
-        p.GetLogs: Route(streams.get_logs, scope="read"),
-        p.StreamLogs: Route(stream=streams.stream_logs, scope="read"),
-        p.SubscribeServices: Route(stream=streams.subscribe_services, scope="read"),
-        p.SubscribeEvents: Route(stream=events.subscribe_events, scope="read"),
-        p.StopStream: Route(streams.stop_stream, inline=True, scope="read"),
-        p.StopLogStream: Route(streams.stop_stream, inline=True, scope="read"),
-    }
+    routes = [
+        unary(p.Ping, daemon.ping, inline=True, scope="read"),
+        unary(p.Status, daemon.status, inline=True, scope="read"),
+        unary(p.Shutdown, daemon.shutdown, inline=True, scope="admin"),
+        unary(p.Reload, daemon.reload, scope="admin"),
+        unary(p.ListSources, sources.list_sources, inline=True, scope="read"),
+        unary(p.AddSource, sources.add_source),
+        unary(p.RemoveSource, sources.remove_source),
+        unary(p.ReloadSource, sources.reload_source),
+        unary(p.EnableSource, sources.enable_source),
+        unary(p.DisableSource, sources.disable_source),
+        unary(p.StartSource, sources.start_source),
+        unary(p.StopSource, sources.stop_source),
+        unary(p.ListServices, services.list_services, inline=True, scope="read"),
+        unary(p.ListStates, services.list_states, inline=True, scope="read"),
+        unary(p.GetServiceStatus, services.get_service_status, inline=True, scope="read"),
+        unary(p.StartService, services.start_service),
+        unary(p.StopService, services.stop_service),
+        unary(p.RestartService, services.restart_service),
+        unary(p.CreateService, services.create_service),
+        unary(p.UpdateService, services.update_service),
+        unary(p.DeleteService, services.delete_service),
+        unary(p.ScaleService, services.scale_service),
+        unary(p.BuildService, services.build_service),
+        unary(p.ListExposed, services.list_exposed, inline=True, scope="read"),
+        unary(p.ListPlugins, plugins.list_plugins, inline=True, scope="read"),
+        unary(p.PluginAction, plugins.plugin_action, scope="admin"),
+        unary(p.EmitEvent, plugins.emit_event, inline=True),
+        unary(p.PluginCall, plugins.plugin_call),
+        unary(p.GetLogs, streams.get_logs, scope="read"),
+        stream(p.StreamLogs, streams.stream_logs, scope="read"),
+        stream(p.SubscribeServices, streams.subscribe_services, scope="read"),
+        stream(p.SubscribeEvents, events.subscribe_events, scope="read"),
+        unary(p.StopStream, streams.stop_stream, inline=True, scope="read"),
+        unary(p.StopLogStream, streams.stop_stream, inline=True, scope="read"),
+    ]
+    table = {route.request: route for route in routes}
+    if len(table) != len(routes):
+        raise RuntimeError("a request type has more than one route")
+    return table
 
 
 ROUTES: dict[type[Request], Route] = _build_routes()

@@ -218,27 +218,31 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
     try:
         sock, socket_path, owned = _open_socket(home, settings)
         owned_socket = socket_path if owned else None
-        app = App(
-            home=home, settings=settings, socket_path=socket_path, bus=EventBus(), store=store
-        )
-        app.reloader = _make_reloader(app, notifier)
-        app.state_writer = StateWriter(store)
-        app.logs = LogHub(home.logs_dir, home.run_dir, settings.logs)
-        server = SocketServer(
-            app, sock, max_frame=settings.daemon.max_frame, max_inflight=settings.daemon.max_inflight
-        )
-        app.server = server
         async with anyio.create_task_group() as daemon_tasks:
-            app.task_group = daemon_tasks
+            app = App(
+                home=home,
+                settings=settings,
+                socket_path=socket_path,
+                bus=EventBus(),
+                store=store,
+                state_writer=StateWriter(store),
+                logs=LogHub(home.logs_dir, home.run_dir, settings.logs),
+                task_group=daemon_tasks,
+            )
+            app.reloader = _make_reloader(app, notifier, runners)
+            server = SocketServer(
+                app, sock, max_frame=settings.daemon.max_frame, max_inflight=settings.daemon.max_inflight
+            )
+            app.server = server
             # Handlers in place before READY: a SIGHUP right after must not kill us.
             await daemon_tasks.start(_handle_signals, app)
             await daemon_tasks.start(app.state_writer.run)
             await daemon_tasks.start(app.logs.run)
             supervisor = Supervisor(app, daemon_tasks, runners)
-            app.services = supervisor
             await supervisor.load_persisted()
-            app.sources = SourceRegistry(app, supervisor)
-            await app.sources.load_all()
+            sources = SourceRegistry(app, supervisor)
+            app.attach(supervisor, sources)
+            await sources.load_all()
             # Adopt what a previous daemon left running before we say we are ready.
             await supervisor.resume()
             await daemon_tasks.start(server.serve)
@@ -281,13 +285,10 @@ async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     """Stop what the daemon runs (services, plugins), in reverse order of start."""
     if app.plugins is not None:
         await app.plugins.shutdown(_PLUGIN_DRAIN_SECONDS)
-    if app.sources is not None:
+    if app.attached:
         await app.sources.shutdown(keep_services=request.keep_services)
         await app.sources.close()
-    elif app.services is not None:
-        await app.services.shutdown(keep_services=request.keep_services)
-    if app.state_writer is not None:
-        await app.state_writer.flush()
+    await app.state_writer.flush()
 
 
 async def _save_offsets(supervisor: Supervisor) -> None:
@@ -298,7 +299,7 @@ async def _save_offsets(supervisor: Supervisor) -> None:
         supervisor.save_log_offsets()
 
 
-def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]:
+def _make_reloader(app: App, notifier: Notifier, runners: RunnerRegistry) -> Callable[[], Awaitable[str]]:
     async def reload() -> str:
         notifier.reloading()
         try:
@@ -312,16 +313,15 @@ def _make_reloader(app: App, notifier: Notifier) -> Callable[[], Awaitable[str]]
         app.settings = settings
         app.logs.reconfigure(settings.logs)
         messages = ["configuration reloaded"]
-        if app.services is not None:
-            messages.extend(app.services.runners.reconfigure(settings.runners))
-        if settings.plugins and app.plugins is None and app.server is not None:
+        messages.extend(runners.reconfigure(settings.runners))
+        if settings.plugins and app.plugins is None:
             from .plugins import PluginManager
 
             app.plugins = PluginManager(app, app.task_group)
         if app.plugins is not None:
             messages.extend(await app.plugins.reconfigure(settings.plugins))
         sources_ok = True
-        if app.sources is not None:
+        if app.attached:
             sources_message, sources_ok = await app.sources.reload_all()
             messages.append(sources_message)
         summary = "; ".join(messages)

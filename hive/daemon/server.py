@@ -18,7 +18,6 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +43,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
-from .dispatch import ROUTES, RequestContext, Scope, may
+from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
 
 if TYPE_CHECKING:
@@ -585,7 +584,9 @@ class SocketServer:
             if connection.json:
                 # JSON lines has no ids: the next line is read once this one has its answer.
                 await sink.answered.wait()
-        elif route.inline or slots is None:
+            return
+        assert route.unary is not None  # a route has one handler, stream or unary
+        if route.inline or slots is None:
             self._begin()
             try:
                 await connection.send(msg_id, await _answer(ctx, request, route.unary))
@@ -613,7 +614,7 @@ class SocketServer:
         self,
         ctx: RequestContext,
         request: Request,
-        handler: Callable[..., object] | None,
+        handler: UnaryCall,
         slots: anyio.Semaphore,
     ) -> None:
         try:
@@ -622,7 +623,7 @@ class SocketServer:
             slots.release()
             self._end()
 
-    async def _run_stream(self, ctx: RequestContext, request: Request, handler: Callable[..., object],
+    async def _run_stream(self, ctx: RequestContext, request: Request, handler: StreamCall,
                           sink: _Sink) -> None:
         try:
             await self._stream_body(ctx, request, handler, sink)
@@ -631,14 +632,14 @@ class SocketServer:
             self._end()
 
     async def _stream_body(
-        self, ctx: RequestContext, request: Request, handler: Callable[..., object], sink: _Sink
+        self, ctx: RequestContext, request: Request, handler: StreamCall, sink: _Sink
     ) -> None:
         connection = ctx.connection
         stream_id = sink.stream_id
         with anyio.CancelScope() as scope:
             connection._streams[stream_id] = scope
             try:
-                await handler(ctx, request, sink)  # type: ignore[misc]
+                await handler(ctx, request, sink)
                 reason = "complete"
             except RequestError as exc:
                 await connection.send_error(ctx.request_id, exc.code, exc.message)
@@ -654,11 +655,10 @@ class SocketServer:
             await sink.send(StreamEnded(stream_id=stream_id, reason=reason))
 
 
-async def _answer(ctx: RequestContext, request: Request, handler: Callable[..., object] | None) -> Response:
+async def _answer(ctx: RequestContext, request: Request, handler: UnaryCall) -> Response:
     """Run a unary handler and turn every outcome into a response."""
-    assert handler is not None
     try:
-        return await handler(ctx, request)  # type: ignore[misc,no-any-return]
+        return await handler(ctx, request)
     except RequestError as exc:
         return Error(code=exc.code, message=exc.message, outcomes=exc.outcomes)
     except Exception as exc:

@@ -18,7 +18,7 @@ async def ping(ctx: RequestContext, request: Ping) -> Pong:
 async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
     app = ctx.app
     writer = app.state_writer
-    services = app.services.all_records() if app.services is not None else []
+    services = app.services.all_records()
     running = sum(
         1 for record in services if record.state in (ServiceState.RUNNING, ServiceState.UNHEALTHY)
     )
@@ -26,7 +26,7 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         running=True,
         pid=app.pid,
         version=app.version,
-        source_count=len(app.sources.names()) if app.sources is not None else 0,
+        source_count=len(app.sources.names()),
         running_services=running,
         total_services=len(services),
         proxy_addresses=[],
@@ -36,10 +36,10 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         started_at=app.started_at,
         clients=len(app.server.connections) if app.server is not None else 0,
         event_seq=app.bus.last_seq,
-        state_error=writer.last_error if writer is not None else None,
-        state_unsaved=writer.unsaved if writer is not None else 0,
-        state_failures=writer.failures if writer is not None else 0,
-        log_write_errors=app.logs.write_errors if app.logs is not None else 0,
+        state_error=writer.last_error,
+        state_unsaved=writer.unsaved,
+        state_failures=writer.failures,
+        log_write_errors=app.logs.write_errors,
     )
 
 

@@ -25,19 +25,8 @@ from hive_client.protocol import (
 
 from ..dispatch import RequestContext
 from ..errors import RequestError
-from ..sources import SourceRegistry
-from ..supervision import InstanceRuntime, Supervisor
+from ..supervision import InstanceRuntime
 from .outcomes import answer
-
-
-def _supervisor(ctx: RequestContext) -> Supervisor:
-    supervisor: Supervisor = ctx.app.services
-    return supervisor
-
-
-def _registry(ctx: RequestContext) -> SourceRegistry:
-    registry: SourceRegistry = ctx.app.sources
-    return registry
 
 
 def _instance(ctx: RequestContext, fqn: str) -> InstanceRuntime:
@@ -45,7 +34,7 @@ def _instance(ctx: RequestContext, fqn: str) -> InstanceRuntime:
         parsed = parse_fqn(fqn)
     except ValueError as exc:
         raise RequestError(ErrorCode.INVALID_FQN, str(exc)) from None
-    supervisor = _supervisor(ctx)
+    supervisor = ctx.app.services
     service = supervisor.get(f"{parsed.source}:{parsed.service}")  # NOT_FOUND names it
     instance = supervisor.find_instance(fqn)
     if instance is None:
@@ -61,12 +50,12 @@ def _listed(ctx: RequestContext, source: str | None) -> list[InstanceRuntime]:
     """The instances of every service (of ``source``), by fqn; NOT_FOUND for an unknown
     source."""
     if source is not None:
-        _registry(ctx).get(source)
-    return _supervisor(ctx).in_order(source)
+        ctx.app.sources.get(source)
+    return ctx.app.services.in_order(source)
 
 
 async def list_services(ctx: RequestContext, request: ListServices) -> ServiceList:
-    info = _supervisor(ctx).info
+    info = ctx.app.services.info
     return ServiceList(services=[info(instance) for instance in _listed(ctx, request.source)])
 
 
@@ -77,63 +66,63 @@ async def list_states(ctx: RequestContext, request: ListStates) -> ServiceStates
 
 
 async def get_service_status(ctx: RequestContext, request: GetServiceStatus) -> ServiceDetail:
-    return ServiceDetail(service=_supervisor(ctx).info(_instance(ctx, request.fqn)))
+    return ServiceDetail(service=ctx.app.services.info(_instance(ctx, request.fqn)))
 
 
 async def start_service(ctx: RequestContext, request: StartService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    _registry(ctx).require_startable(fqn)
-    outcomes = await _supervisor(ctx).start([fqn])
+    ctx.app.sources.require_startable(fqn)
+    outcomes = await ctx.app.services.start([fqn])
     return answer(f"{fqn} started", outcomes, not_done=f"{fqn} not started")
 
 
 async def stop_service(ctx: RequestContext, request: StopService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    outcomes = await _supervisor(ctx).stop([fqn])
+    outcomes = await ctx.app.services.stop([fqn])
     return answer(f"{fqn} stopped", outcomes, not_done="not stopped yet")
 
 
 async def restart_service(ctx: RequestContext, request: RestartService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    _registry(ctx).require_startable(fqn)
-    outcomes = await _supervisor(ctx).restart(fqn)
+    ctx.app.sources.require_startable(fqn)
+    outcomes = await ctx.app.services.restart(fqn)
     failed = any(o.result == "failed" for o in outcomes)
     return answer(f"{fqn} restarted", outcomes, not_done=f"{fqn} not restarted" if failed else "not restarted yet")
 
 
 async def create_service(ctx: RequestContext, request: CreateService) -> Ok:
-    fqn = await _registry(ctx).create_service(request.source_id, request.name, request.config, request.start)
+    fqn = await ctx.app.sources.create_service(request.source_id, request.name, request.config, request.start)
     return Ok(message=f"{fqn} created" + (" and starting" if request.start else ""))
 
 
 async def update_service(ctx: RequestContext, request: UpdateService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    await _registry(ctx).update_service(fqn, request.patch)
+    await ctx.app.sources.update_service(fqn, request.patch)
     return Ok(message=f"{fqn} updated")
 
 
 async def delete_service(ctx: RequestContext, request: DeleteService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    await _registry(ctx).delete_service(fqn)
+    await ctx.app.sources.delete_service(fqn)
     return Ok(message=f"{fqn} deleted")
 
 
 async def scale_service(ctx: RequestContext, request: ScaleService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
     if request.instances:
-        _registry(ctx).require_startable(fqn)
-    outcomes = await _supervisor(ctx).scale(fqn, request.instances)
+        ctx.app.sources.require_startable(fqn)
+    outcomes = await ctx.app.services.scale(fqn, request.instances)
     message = f"{fqn} runs {request.instances} instance{'s' if request.instances != 1 else ''}"
     return answer(message, outcomes, not_done=f"{message}; not running")
 
 
 async def build_service(ctx: RequestContext, request: BuildService) -> Ok:
     fqn = _base_fqn(ctx, request.fqn)
-    return Ok(message=await _supervisor(ctx).build(fqn))
+    return Ok(message=await ctx.app.services.build(fqn))
 
 
 async def list_exposed(ctx: RequestContext, request: ListExposed) -> ExposedList:
-    supervisor = _supervisor(ctx)
+    supervisor = ctx.app.services
     consumers: dict[str, list[str]] = {}
     for service in supervisor.services.values():
         for use in service.config.uses:

@@ -18,48 +18,42 @@ from hive_client.protocol import (
 )
 
 from ..dispatch import RequestContext
-from ..sources import SourceRegistry
 from .outcomes import answer
 
 
-def _registry(ctx: RequestContext) -> SourceRegistry:
-    registry: SourceRegistry = ctx.app.sources
-    return registry
-
-
 async def list_sources(ctx: RequestContext, request: ListSources) -> SourceList:
-    registry = _registry(ctx)
+    registry = ctx.app.sources
     return SourceList(sources=[registry.info(registry.sources[n]) for n in registry.names()])
 
 
 async def add_source(ctx: RequestContext, request: AddSource) -> AddSourceResult:
-    registry = _registry(ctx)
+    registry = ctx.app.sources
     source, _created = await registry.add(request.path, request.name)
     outcomes = await registry.start(source.name, []) if request.start else []
     return AddSourceResult(name=source.name, services=len(source.services), outcomes=outcomes)
 
 
 async def remove_source(ctx: RequestContext, request: RemoveSource) -> Ok:
-    await _registry(ctx).remove(request.name)
+    await ctx.app.sources.remove(request.name)
     return Ok(message=f"source {request.name} removed")
 
 
 async def reload_source(ctx: RequestContext, request: ReloadSource) -> ReloadPlan:
-    return await _registry(ctx).reload(request.name, dry_run=request.dry_run)
+    return await ctx.app.sources.reload(request.name, dry_run=request.dry_run)
 
 
 async def enable_source(ctx: RequestContext, request: EnableSource) -> Ok:
-    await _registry(ctx).set_enabled(request.name, True)
+    await ctx.app.sources.set_enabled(request.name, True)
     return Ok(message=f"source {request.name} enabled")
 
 
 async def disable_source(ctx: RequestContext, request: DisableSource) -> Ok:
-    await _registry(ctx).set_enabled(request.name, False)
+    await ctx.app.sources.set_enabled(request.name, False)
     return Ok(message=f"source {request.name} disabled")
 
 
 async def start_source(ctx: RequestContext, request: StartSource) -> Ok:
-    registry = _registry(ctx)
+    registry = ctx.app.sources
     outcomes = await registry.start(request.name, request.services)
     count = len(request.services) or len(registry.get(request.name).services)
     started = f"started {count} service{'s' if count != 1 else ''}"
@@ -67,5 +61,5 @@ async def start_source(ctx: RequestContext, request: StartSource) -> Ok:
 
 
 async def stop_source(ctx: RequestContext, request: StopSource) -> Ok:
-    outcomes = await _registry(ctx).stop(request.name)
+    outcomes = await ctx.app.sources.stop(request.name)
     return answer(f"source {request.name} stopped", outcomes, not_done="not stopped yet")
