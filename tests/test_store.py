@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from hive.daemon.store import SCHEMA_VERSION, StateStore, StateWriter, StoreError
@@ -135,5 +136,32 @@ async def test_a_flush_tries_again_what_a_failed_write_put_back(home: Path) -> N
             await writer.flush()
         assert writer.unsaved == 0 and writer.last_error is None
         assert await store.get_meta("desired") == "stopped"
+    finally:
+        await store.close()
+
+
+async def test_a_flush_cancelled_mid_write_loses_no_row(home: Path) -> None:
+    """A flush whose caller is cancelled while the batch is with SQLite (a client that
+    hung up) loses no row: each is saved or still queued, and the next flush writes them
+    (it used to drop the batch, then spin for ever on rows it counted but no longer had)."""
+    store = await StateStore.open(home / "state.db")
+    try:
+        writer = StateWriter(store)
+        for n in range(50):
+            writer.queue(("meta", n), _UPSERT, (f"k{n}", str(n)))
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as flushing:
+                flushing.start_soon(writer.flush)
+                with anyio.fail_after(5):
+                    while not writer._writing:  # the batch is handed to SQLite's thread
+                        await anyio.lowlevel.checkpoint()
+                scope.cancel()
+        rows = await store.fetch_all("SELECT count(*) FROM meta WHERE key LIKE 'k%'")
+        assert writer.unsaved + rows[0][0] == 50  # each row saved, or still to save
+        with anyio.fail_after(5):
+            await writer.flush()
+        assert writer.unsaved == 0
+        rows = await store.fetch_all("SELECT count(*) FROM meta WHERE key LIKE 'k%'")
+        assert rows[0][0] == 50
     finally:
         await store.close()

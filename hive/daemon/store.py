@@ -172,24 +172,30 @@ class StateStore:
         it was; the daemon carries on with its state in memory.
         """
         db = self._db
+        # Shielded: a cancel (a caller that went away) must not cut a transaction in two,
+        # leaving it open on the shared connection; it is delivered once this is done.
         async with self._tx_lock:
+            with anyio.CancelScope(shield=True):
+                await self._transaction(statements)
+
+    async def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        db = self._db
+        try:
+            await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    # Consecutive statements of one shape go as one executemany: a start of
-                    # 500 services is a handful of trips to SQLite's thread, not 500.
-                    for sql, rows in _runs(statements):
-                        if len(rows) == 1:
-                            await db.execute(sql, rows[0])
-                        else:
-                            await db.executemany(sql, rows)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await self._rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write {self.path.name}: {exc}") from exc
+                # Consecutive statements of one shape go as one executemany: a start of
+                # 500 services is a handful of trips to SQLite's thread, not 500.
+                for sql, rows in _runs(statements):
+                    if len(rows) == 1:
+                        await db.execute(sql, rows[0])
+                    else:
+                        await db.executemany(sql, rows)
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write {self.path.name}: {exc}") from exc
 
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
@@ -301,7 +307,13 @@ class StateWriter:
                     self.last_error = None
                     self._retry_at = None
                     self._retry_delay = 0.0
-                except StoreError as exc:
+                except BaseException as exc:
+                    if not isinstance(exc, StoreError):
+                        # Cancelled (its caller went away) or a bug: the batch goes back
+                        # as it was, unwritten, for the next writer (writes are upserts).
+                        self._pending = batch | self._pending
+                        self._pending_count += count
+                        raise
                     # Keep serving from memory; the rows go again when the retry timer
                     # fires (unless a newer write of theirs is queued by then).
                     self.failures += 1
@@ -330,6 +342,8 @@ class StateWriter:
         while self._written < target:
             if self._writing:
                 await self._progress.wait()
+            elif not self._pending:
+                break  # nothing left to write (never spin on a count)
             else:
                 await self._write_pending(until=target)
         if self._retry_at is not None and self._pending and not self._writing:

@@ -140,20 +140,20 @@ class InProcessHive:
         services running for the next one when ``keep_services`` (a daemon restart)."""
         hive_home = HiveHome(home)
         settings = DaemonSettings()
-        app = App(home=hive_home, settings=settings, socket_path=home / "hive.sock", bus=EventBus(), store=store)
-        app.state_writer = StateWriter(store)
-        app.logs = LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs)
         runners = RunnerRegistry()
         runners.add(runner)
         async with anyio.create_task_group() as tasks:
-            app.task_group = tasks
+            app = App(
+                home=hive_home, settings=settings, socket_path=home / "hive.sock", bus=EventBus(), store=store,
+                state_writer=StateWriter(store), logs=LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs),
+                task_group=tasks,
+            )
             await tasks.start(app.state_writer.run)
             await tasks.start(app.logs.run)
             supervisor = Supervisor(app, tasks, runners)
-            app.services = supervisor
             await supervisor.load_persisted()
             registry = SourceRegistry(app, supervisor)
-            app.sources = registry
+            app.attach(supervisor, registry)
             await registry.load_all()
             await supervisor.resume()
             try:

@@ -1135,7 +1135,7 @@ class Supervisor:
         with their source, by a daemon killed before it stopped them) are stopped, in the
         background: nothing runs unsupervised. The processes of a source that failed to
         load are left alone (its services are not known, they may still be wanted)."""
-        sources = self.app.sources.sources if self.app.sources is not None else {}
+        sources = self.app.sources.sources
         for (fqn, index), record in list(self._process_records.items()):
             source = sources.get(fqn.partition(":")[0])
             if fqn in self.services:
