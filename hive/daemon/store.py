@@ -171,7 +171,6 @@ class StateStore:
         A failed write (a full disk, say) raises StoreError and leaves the database as
         it was; the daemon carries on with its state in memory.
         """
-        db = self._db
         # Shielded: a cancel (a caller that went away) must not cut a transaction in two,
         # leaving it open on the shared connection; it is delivered once this is done.
         async with self._tx_lock:

@@ -20,6 +20,7 @@ failure prints the steps that led to it and the seed to run it again with
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -167,7 +168,7 @@ class Supervision(RuleBasedStateMachine):
         self.generation += change_a
         self.extra ^= toggle_extra
         _write_project(self.project, self.generation, self.extra)
-        self._send("reload", self.hive.sources.reload, "p", dry_run=False)
+        self._send("reload", functools.partial(self.hive.sources.reload, dry_run=False), "p")
 
     # --- what the children and engines do ------------------------------------------------
 

@@ -113,6 +113,14 @@ class SourceChange:
 Launched = dict[InstanceRuntime, int | None]
 
 
+@dataclass
+class JobResult:
+    """What a job did: the instances it started, and those it could not stop now."""
+
+    launched: Launched = field(default_factory=dict)
+    left: list[tuple[InstanceRuntime, str]] = field(default_factory=list)
+
+
 def _state_row(service: ServiceRuntime) -> tuple[tuple[str, str], str, tuple[Any, ...]]:
     return (
         ("services", service.fqn),
@@ -232,8 +240,8 @@ class Supervisor:
         assert service.owner is not None
         job = service.owner.submit(JobKind.REMOVE, forget)
         service.owner.close()  # what comes after the removal finds no service
-        left: list[tuple[InstanceRuntime, str]] = await job.wait()
-        return [_pending(instance, why) for instance, why in left]
+        result: JobResult = await job.wait()
+        return [_pending(instance, why) for instance, why in result.left]
 
     async def apply(self, change: SourceChange) -> None:
         """Apply a reload's plan: removed services stop and go, changed ones are stopped
@@ -290,29 +298,35 @@ class Supervisor:
     async def start(self, fqns: Iterable[str], *, wait: float | None = SETTLE_TIMEOUT) -> list[InstanceOutcome]:
         """Start services and, first, what they depend on; what became of each instance
         (after up to ``wait`` seconds; not waited for with None)."""
-        jobs = [self._submit(service, JobKind.START) for service in self._closure(fqns)]
-        launched: Launched = {}
-        for job in jobs:
-            launched.update(await job.wait())
-        return await self._outcomes(launched, wait)
+        jobs = [(service, self._submit(service, JobKind.START)) for service in self._closure(fqns)]
+        return await self._started(jobs, wait)
 
     async def restart(self, fqn: str) -> list[InstanceOutcome]:
         """Stop, then start (the service and what it depends on)."""
         service = self.get(fqn)
-        jobs = [self._submit(service, JobKind.RESTART)]
-        jobs += [self._submit(dep, JobKind.START) for dep in self._closure([fqn]) if dep is not service]
+        jobs = [(service, self._submit(service, JobKind.RESTART))]
+        jobs += [(dep, self._submit(dep, JobKind.START)) for dep in self._closure([fqn]) if dep is not service]
+        return await self._started(jobs, SETTLE_TIMEOUT)
+
+    async def _started(self, jobs: list[tuple[ServiceRuntime, Job]], wait: float | None) -> list[InstanceOutcome]:
         launched: Launched = {}
-        for job in jobs:
-            launched.update(await job.wait())
-        return await self._outcomes(launched, SETTLE_TIMEOUT)
+        superseded: list[InstanceOutcome] = []
+        for service, job in jobs:
+            result: JobResult = await job.wait()
+            if job.kind is JobKind.STOP:  # a stop came before it ran, and took its place
+                superseded += [InstanceOutcome(fqn=i.fqn, result="failed", state=str(i.state),
+                                               reason="a stop came before the start ran")
+                               for i in service.wanted()]
+            launched.update(result.launched)
+        return superseded + await self._outcomes(launched, wait)
 
     async def scale(self, fqn: str, count: int) -> list[InstanceOutcome]:
         """Run ``count`` copies; down: the highest instances stop first. Persisted."""
         service = self.get(fqn)
         if not 0 <= count <= MAX_INSTANCES:
             raise RequestError.invalid(f"instances must be between 0 and {MAX_INSTANCES}, not {count}")
-        launched: Launched = await self._submit(service, JobKind.SCALE, count).wait()
-        return await self._outcomes(launched, SETTLE_TIMEOUT)
+        result: JobResult = await self._submit(service, JobKind.SCALE, count).wait()
+        return await self._outcomes(result.launched, SETTLE_TIMEOUT)
 
     async def stop(self, fqns: Iterable[str]) -> list[InstanceOutcome]:
         """Stop services, dependents first (among those being stopped), each level in
@@ -322,17 +336,21 @@ class Supervisor:
         outcomes: list[InstanceOutcome] = []
         held: set[str] = set()  # what a service left running depends on: kept up for it
         for level in _reverse_levels(services):
-            jobs: list[Job] = []
+            jobs: list[tuple[ServiceRuntime, Job]] = []
             for service in level:
                 if service.fqn in held:
                     outcomes += [_pending(i, "left running: a service that depends on it is not stopped yet")
                                  for i in service.instances if i.live]
                     held.update(_dependencies(service))
                 else:
-                    jobs.append(self._submit(service, JobKind.STOP))
-            for job in jobs:
-                left: list[tuple[InstanceRuntime, str]] = await job.wait()
-                for instance, why in left:
+                    jobs.append((service, self._submit(service, JobKind.STOP)))
+            for service, job in jobs:
+                result: JobResult = await job.wait()
+                if job.kind is not JobKind.STOP:  # a start came before it ran, and took its place
+                    outcomes += [InstanceOutcome(fqn=i.fqn, result="failed", state=str(i.state),
+                                                 reason="a start came before the stop ran")
+                                 for i in service.instances if i.live]
+                for instance, why in result.left:
                     outcomes.append(_pending(instance, why))
                     held.update(_dependencies(instance.service))
         done = {outcome.fqn for outcome in outcomes}
@@ -359,21 +377,21 @@ class Supervisor:
 
     # --- jobs: what each command does, run by the service's owner -------------------------
 
-    async def _run_job(self, service: ServiceRuntime, job: Job) -> Any:
+    async def _run_job(self, service: ServiceRuntime, job: Job) -> JobResult:
         kind = job.kind
         if kind is JobKind.START:
-            return await self._start_job(service)
+            return JobResult(launched=await self._start_job(service))
         if kind is JobKind.STOP:
-            return await self._stop_job(service, persist=job.argument is None)
+            return JobResult(left=await self._stop_job(service, persist=job.argument is None))
         if kind is JobKind.RESTART:
-            await self._stop_instances(service.instances)
-            return await self._start_job(service)
+            left = await self._stop_instances(service.instances)
+            return JobResult(launched=await self._start_job(service), left=left)
         if kind is JobKind.SCALE:
-            return await self._scale_job(service, job.argument)
+            return JobResult(launched=await self._scale_job(service, job.argument))
         if kind is JobKind.REPLACE:
-            return await self._replace_job(service, *job.argument)
+            return JobResult(launched=await self._replace_job(service, *job.argument))
         if kind is JobKind.REMOVE:
-            return await self._remove_job(service, forget=job.argument)
+            return JobResult(left=await self._remove_job(service, forget=job.argument))
         raise AssertionError(f"unknown job {kind}")
 
     def _gone(self, service: ServiceRuntime) -> bool:
@@ -1270,7 +1288,8 @@ class Supervisor:
             for job in jobs:
                 # Not waited for: an engine that is away must not hold the daemon's exit;
                 # what it runs keeps its record, and the next daemon adopts it or stops it.
-                for instance, why in await job.wait():
+                result: JobResult = await job.wait()
+                for instance, why in result.left:
                     log.warning("not stopped: %s: %s; the next daemon takes it over", instance.fqn, why)
         await self.app.state_writer.flush()
 
