@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +13,9 @@ from tests.machine.harness import FakeRunner
 
 
 @pytest.fixture
-def hive_home(tmp_path: Path) -> Iterator[Path]:
+def hive_home(tmp_path: Path) -> Path:
     HiveHome(tmp_path / "home").prepare()
-    yield tmp_path / "home"
+    return tmp_path / "home"
 
 
 @pytest.fixture

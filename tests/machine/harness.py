@@ -36,7 +36,10 @@ from hive.daemon.store import StateStore, StateWriter
 from hive.daemon.supervision import Supervisor
 from runners.base import ExitStatus, Runner, RunnerError, RunSpec, ServiceHandle
 
-__all__ = ["FakeHandle", "FakeRunner", "InProcessHive"]
+__all__ = ["DEPENDENCY_TIMEOUT", "SETTLE_TIMEOUT", "FakeHandle", "FakeRunner", "InProcessHive"]
+
+DEPENDENCY_TIMEOUT = 2.0
+SETTLE_TIMEOUT = 1.0
 
 
 class FakeHandle(ServiceHandle):
@@ -84,9 +87,18 @@ class FakeRunner(Runner):
         self.engine_away = False
         self.stops_owed: set[FakeHandle] = set()
         self.starts = 0
+        # While held, starts wait at the gate: a test decides what happens meanwhile.
+        self.hold_starts = False
+        self._gate = anyio.Event()
+
+    def release_starts(self) -> None:
+        self._gate.set()
+        self._gate = anyio.Event()
 
     async def start(self, spec: RunSpec) -> FakeHandle:
         await anyio.lowlevel.checkpoint()  # a start takes a moment: others may act meanwhile
+        if self.hold_starts:
+            await self._gate.wait()
         if self.engine_away:
             raise RunnerError("cannot reach the fake engine")
         if spec.fqn.partition("#")[0] in self.refused:
@@ -151,6 +163,9 @@ class InProcessHive:
             await tasks.start(app.state_writer.run)
             await tasks.start(app.logs.run)
             supervisor = Supervisor(app, tasks, runners)
+            # Shorter than a daemon's: every wait of the model-based test stays short.
+            supervisor.dependency_timeout = DEPENDENCY_TIMEOUT
+            supervisor.settle_timeout = SETTLE_TIMEOUT
             await supervisor.load_persisted()
             registry = SourceRegistry(app, supervisor)
             app.attach(supervisor, registry)

@@ -39,10 +39,11 @@ from hive.daemon.errors import RequestError
 from hive.daemon.store import StateStore
 from hive.daemon.supervision import Phase
 from hive.daemon.supervision.machine import LIVE
-from tests.machine.harness import FakeRunner, InProcessHive
+from tests.machine.harness import DEPENDENCY_TIMEOUT, SETTLE_TIMEOUT, FakeRunner, InProcessHive
 
-# Each command's answer comes within this (a fake stop is immediate; nothing waits long).
-ANSWER_BOUND = 10.0
+# Each command's answer comes within this: a start waits at most the settle timeout for
+# its instances, a fake stop is immediate (and one its engine owes is not waited for).
+ANSWER_BOUND = SETTLE_TIMEOUT + DEPENDENCY_TIMEOUT + 2.0
 EXAMPLES = int(os.environ.get("HIVE_STATEFUL_EXAMPLES", "200"))
 
 SERVICES = ("a", "b", "c")
@@ -186,6 +187,15 @@ class Supervision(RuleBasedStateMachine):
 
         self.portal.call(flip)
 
+    @rule(hold=st.booleans())
+    def hold_starts(self, hold: bool) -> None:
+        """Starts wait in the runner (an instance stays starting) until released."""
+        self.fake.hold_starts = hold
+
+    @rule()
+    def release_starts(self) -> None:
+        self.portal.call(self.fake.release_starts)
+
     @rule()
     def engine_away(self) -> None:
         self.fake.engine_away = True
@@ -232,6 +242,8 @@ class Supervision(RuleBasedStateMachine):
 
     def _settle(self) -> None:
         """Every command answered (within its bound), every instance settled."""
+        self.fake.hold_starts = False
+        self.portal.call(self.fake.release_starts)
         pending, self.pending = self.pending, []
         for what, future in pending:
             try:

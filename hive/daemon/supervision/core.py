@@ -150,6 +150,9 @@ class Supervisor:
         self.exposes: dict[str, ServiceRuntime] = {}
         self._exposes_changed: anyio.Event | None = None
         self.shutting_down = False
+        # How long a start waits for a dependency, and for its instances to settle.
+        self.dependency_timeout = DEPENDENCY_TIMEOUT
+        self.settle_timeout = SETTLE_TIMEOUT
         # The fqns sorted, for listings, while the set of services stays the same.
         self._fqns: list[str] = []
         self._fqns_sorted: list[str] = []
@@ -295,9 +298,11 @@ class Supervisor:
         except OwnerClosed:
             raise RequestError.not_found(f"no service {service.fqn!r} (it is being removed)") from None
 
-    async def start(self, fqns: Iterable[str], *, wait: float | None = SETTLE_TIMEOUT) -> list[InstanceOutcome]:
+    async def start(self, fqns: Iterable[str], *, wait: float | None = -1.0) -> list[InstanceOutcome]:
         """Start services and, first, what they depend on; what became of each instance
-        (after up to ``wait`` seconds; not waited for with None)."""
+        (after up to ``wait`` seconds, by default the settle timeout; None: not waited)."""
+        if wait is not None and wait < 0:
+            wait = self.settle_timeout
         jobs = [(service, self._submit(service, JobKind.START)) for service in self._closure(fqns)]
         return await self._started(jobs, wait)
 
@@ -306,7 +311,7 @@ class Supervisor:
         service = self.get(fqn)
         jobs = [(service, self._submit(service, JobKind.RESTART))]
         jobs += [(dep, self._submit(dep, JobKind.START)) for dep in self._closure([fqn]) if dep is not service]
-        return await self._started(jobs, SETTLE_TIMEOUT)
+        return await self._started(jobs, self.settle_timeout)
 
     async def _started(self, jobs: list[tuple[ServiceRuntime, Job]], wait: float | None) -> list[InstanceOutcome]:
         launched: Launched = {}
@@ -326,7 +331,7 @@ class Supervisor:
         if not 0 <= count <= MAX_INSTANCES:
             raise RequestError.invalid(f"instances must be between 0 and {MAX_INSTANCES}, not {count}")
         result: JobResult = await self._submit(service, JobKind.SCALE, count).wait()
-        return await self._outcomes(result.launched, SETTLE_TIMEOUT)
+        return await self._outcomes(result.launched, self.settle_timeout)
 
     async def stop(self, fqns: Iterable[str]) -> list[InstanceOutcome]:
         """Stop services, dependents first (among those being stopped), each level in
@@ -830,7 +835,7 @@ class Supervisor:
                 continue
             waiting = f"waiting for {dependency.fqn}"
             try:
-                with anyio.fail_after(DEPENDENCY_TIMEOUT):
+                with anyio.fail_after(self.dependency_timeout):
                     while not any(i.ready for i in dependency.instances):
                         if instance.stopping:
                             return False
@@ -838,7 +843,7 @@ class Supervisor:
                             i for i in dependency.instances
                             if i.phase in (Phase.CRASHED, Phase.EXITED, Phase.PORT_CONFLICT)
                         ]
-                        if failed or dependency.desired != "running":
+                        if failed or dependency.desired != "running" or dependency.scale == 0:
                             state = failed[0].state if failed else dependency.instances[0].state
                             return self._fail(instance, f"dependency {dependency.fqn} failed (state: {state}), "
                                                         f"cannot start {instance.fqn}")
@@ -865,7 +870,7 @@ class Supervisor:
         uses_ports: dict[str, dict[str, int]] = {}
         for use in service.config.uses:
             try:
-                with anyio.fail_after(DEPENDENCY_TIMEOUT):
+                with anyio.fail_after(self.dependency_timeout):
                     provider = await self._wait_provider(instance, use)
             except TimeoutError:
                 provider = self.exposes.get(use.name)
