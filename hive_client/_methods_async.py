@@ -61,7 +61,15 @@ from ._messages import (
     SubscribeServices,
     UpdateService,
 )
-from ._models import DaemonEvent, ExposedInfo, LogLine, PluginInfo, ServiceInfo, SourceInfo
+from ._models import (
+    DaemonEvent,
+    ExposedInfo,
+    InstanceOutcome,
+    LogLine,
+    PluginInfo,
+    ServiceInfo,
+    SourceInfo,
+)
 from ._streams import EVENTS, LOG_LINES, SERVICE_UPDATES, AsyncStream, StreamKind
 
 __all__ = ["AsyncRequestMethods"]
@@ -130,11 +138,13 @@ class AsyncRequestMethods:
 
     async def start_source(
         self, name: str, services: Iterable[str] = (), *, timeout: float | None = None
-    ) -> None:
-        await self._call(StartSource(name=name, services=list(services)), Ok, timeout)
+    ) -> list[InstanceOutcome]:
+        """Start a source's services (all, or those named); what became of each instance.
+        One that did not come up raises ServiceFailed, whose ``outcomes`` say why."""
+        return (await self._call(StartSource(name=name, services=list(services)), Ok, timeout)).outcomes
 
-    async def stop_source(self, name: str, *, timeout: float | None = None) -> None:
-        await self._call(StopSource(name=name), Ok, timeout)
+    async def stop_source(self, name: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        return (await self._call(StopSource(name=name), Ok, timeout)).outcomes
 
     # --- services -------------------------------------------------------------------
 
@@ -153,14 +163,16 @@ class AsyncRequestMethods:
     async def get_service_status(self, fqn: str, *, timeout: float | None = None) -> ServiceInfo:
         return (await self._call(GetServiceStatus(fqn=fqn), ServiceDetail, timeout)).service
 
-    async def start_service(self, fqn: str, *, timeout: float | None = None) -> None:
-        await self._call(StartService(fqn=fqn), Ok, timeout)
+    async def start_service(self, fqn: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        """Start a service (and what it depends on); what became of each instance. One
+        that did not come up raises ServiceFailed, whose ``outcomes`` say why."""
+        return (await self._call(StartService(fqn=fqn), Ok, timeout)).outcomes
 
-    async def stop_service(self, fqn: str, *, timeout: float | None = None) -> None:
-        await self._call(StopService(fqn=fqn), Ok, timeout)
+    async def stop_service(self, fqn: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        return (await self._call(StopService(fqn=fqn), Ok, timeout)).outcomes
 
-    async def restart_service(self, fqn: str, *, timeout: float | None = None) -> None:
-        await self._call(RestartService(fqn=fqn), Ok, timeout)
+    async def restart_service(self, fqn: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        return (await self._call(RestartService(fqn=fqn), Ok, timeout)).outcomes
 
     async def create_service(
         self,
@@ -184,9 +196,9 @@ class AsyncRequestMethods:
 
     async def scale_service(
         self, fqn: str, instances: int, *, timeout: float | None = None
-    ) -> None:
+    ) -> list[InstanceOutcome]:
         """Run ``instances`` copies; scaling down stops the highest instances first."""
-        await self._call(ScaleService(fqn=fqn, instances=instances), Ok, timeout)
+        return (await self._call(ScaleService(fqn=fqn, instances=instances), Ok, timeout)).outcomes
 
     async def build_service(self, fqn: str, *, timeout: float | None = None) -> str | None:
         """Run the service's build now; raises DaemonError (BUILD_FAILED) with its output."""

@@ -63,7 +63,15 @@ from ._messages import (
     SubscribeServices,
     UpdateService,
 )
-from ._models import DaemonEvent, ExposedInfo, LogLine, PluginInfo, ServiceInfo, SourceInfo
+from ._models import (
+    DaemonEvent,
+    ExposedInfo,
+    InstanceOutcome,
+    LogLine,
+    PluginInfo,
+    ServiceInfo,
+    SourceInfo,
+)
 from ._streams import EVENTS, LOG_LINES, SERVICE_UPDATES, SyncStream, StreamKind
 
 __all__ = ["SyncRequestMethods"]
@@ -132,11 +140,13 @@ class SyncRequestMethods:
 
     def start_source(
         self, name: str, services: Iterable[str] = (), *, timeout: float | None = None
-    ) -> None:
-        self._call(StartSource(name=name, services=list(services)), Ok, timeout)
+    ) -> list[InstanceOutcome]:
+        """Start a source's services (all, or those named); what became of each instance.
+        One that did not come up raises ServiceFailed, whose ``outcomes`` say why."""
+        return (self._call(StartSource(name=name, services=list(services)), Ok, timeout)).outcomes
 
-    def stop_source(self, name: str, *, timeout: float | None = None) -> None:
-        self._call(StopSource(name=name), Ok, timeout)
+    def stop_source(self, name: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        return (self._call(StopSource(name=name), Ok, timeout)).outcomes
 
     # --- services -------------------------------------------------------------------
 
@@ -155,14 +165,16 @@ class SyncRequestMethods:
     def get_service_status(self, fqn: str, *, timeout: float | None = None) -> ServiceInfo:
         return (self._call(GetServiceStatus(fqn=fqn), ServiceDetail, timeout)).service
 
-    def start_service(self, fqn: str, *, timeout: float | None = None) -> None:
-        self._call(StartService(fqn=fqn), Ok, timeout)
+    def start_service(self, fqn: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        """Start a service (and what it depends on); what became of each instance. One
+        that did not come up raises ServiceFailed, whose ``outcomes`` say why."""
+        return (self._call(StartService(fqn=fqn), Ok, timeout)).outcomes
 
-    def stop_service(self, fqn: str, *, timeout: float | None = None) -> None:
-        self._call(StopService(fqn=fqn), Ok, timeout)
+    def stop_service(self, fqn: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        return (self._call(StopService(fqn=fqn), Ok, timeout)).outcomes
 
-    def restart_service(self, fqn: str, *, timeout: float | None = None) -> None:
-        self._call(RestartService(fqn=fqn), Ok, timeout)
+    def restart_service(self, fqn: str, *, timeout: float | None = None) -> list[InstanceOutcome]:
+        return (self._call(RestartService(fqn=fqn), Ok, timeout)).outcomes
 
     def create_service(
         self,
@@ -186,9 +198,9 @@ class SyncRequestMethods:
 
     def scale_service(
         self, fqn: str, instances: int, *, timeout: float | None = None
-    ) -> None:
+    ) -> list[InstanceOutcome]:
         """Run ``instances`` copies; scaling down stops the highest instances first."""
-        self._call(ScaleService(fqn=fqn, instances=instances), Ok, timeout)
+        return (self._call(ScaleService(fqn=fqn, instances=instances), Ok, timeout)).outcomes
 
     def build_service(self, fqn: str, *, timeout: float | None = None) -> str | None:
         """Run the service's build now; raises DaemonError (BUILD_FAILED) with its output."""

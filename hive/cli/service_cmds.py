@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from hive_client import BlockingClient, DaemonError, LogLine, ServiceInfo
+from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, ServiceInfo
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
 from ._output import Output, format_age
@@ -195,18 +195,33 @@ def service() -> None:
 
 
 def _act(state: CliState, fqns: tuple[str, ...], verb: str) -> None:
+    """Start, stop or restart each service; with --json, what became of each instance
+    (``result``: done, failed or pending, with the reason), exit 1 unless all are done."""
     client = state.client()
     client.timeout = max(client.timeout or 0, 300)
-    done = []
+    done: list[str] = []
+    outcomes: list[InstanceOutcome] = []
+    not_done: DaemonError | None = None
     for text in fqns:
         fqn = resolve_fqn(client, text)
-        getattr(client, f"{verb}_service")(fqn)
+        try:
+            outcomes += getattr(client, f"{verb}_service")(fqn)
+        except DaemonError as exc:
+            if not exc.outcomes:
+                raise
+            outcomes += exc.outcomes
+            not_done = not_done or exc
+            continue
         done.append(fqn)
     if state.json_mode:
-        state.out.json({_PAST[verb]: done})
-    else:
-        for fqn in done:
-            state.out.line(f"{fqn} {_PAST[verb]}")
+        state.out.json({_PAST[verb]: done, "outcomes": outcomes})
+        if not_done is not None:
+            sys.exit(EXIT_FAILURE)
+        return
+    for fqn in done:
+        state.out.line(f"{fqn} {_PAST[verb]}")
+    if not_done is not None:
+        raise not_done
 
 
 _PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
