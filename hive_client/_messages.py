@@ -330,13 +330,14 @@ class Welcome(Response, tag="welcome"):
     features: list[str] = []
 
 
-class Ok(Response, tag="ok"):
+class Ok(Response, tag="ok", omit_defaults=True):
     message: str | None = None
-    # Per instance, for start, stop, restart and scale (empty for other requests).
+    # Per instance, for start, stop, restart and scale (empty, and then not sent, for
+    # other requests: the JSON-lines shapes stay Hive's).
     outcomes: list[InstanceOutcome] = []
 
 
-class Error(Response, tag="error"):
+class Error(Response, tag="error", omit_defaults=True):
     code: str
     message: str
     # Per instance, when a start, stop, restart or scale did not do all it was asked.

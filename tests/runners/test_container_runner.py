@@ -276,7 +276,7 @@ async def test_a_late_stop_that_finds_the_engine_away_again_keeps_the_container(
     away = ContainerHandle(
         runner=runner, spec=cspec(None, socket=str(tmp_path / "gone.sock")),
         container_id=handle.container_id, name=handle.name, config_hash=handle.config_hash,
-        run_signal=handle.run_signal,
+        run_signal=handle.run_signal, socket=str(tmp_path / "gone.sock"),
     )
     assert await away._stop_late(signal.SIGTERM, 5) is None
     assert (await runner.inspect([handle.container_id]))[0]["State"]["Running"]
