@@ -70,6 +70,7 @@ from .jobs import Job, JobKind, OwnerClosed
 from .jobs import Owner as Owner
 from .machine import LIVE, READY, SETTLED, WIRE_STATE, Input, Phase, next_phase
 from .runtime import Backoff, InstanceRuntime, ServiceRuntime
+from .sweeps import StopSweeps, SweepKey
 
 if TYPE_CHECKING:
     from ..app import App
@@ -153,6 +154,7 @@ class Supervisor:
         # How long a start waits for a dependency, and for its instances to settle.
         self.dependency_timeout = DEPENDENCY_TIMEOUT
         self.settle_timeout = SETTLE_TIMEOUT
+        self._sweeps = StopSweeps(self._stop_handles)
         # The fqns sorted, for listings, while the set of services stays the same.
         self._fqns: list[str] = []
         self._fqns_sorted: list[str] = []
@@ -503,7 +505,7 @@ class Supervisor:
             async with anyio.create_task_group() as hooks:
                 for instance in with_hooks:
                     hooks.start_soon(self._down_hooks, instance, "pre-down")
-        groups: dict[tuple[str, int, float], list[ServiceHandle]] = {}
+        groups: dict[SweepKey, list[ServiceHandle]] = {}
         for instance in stopping:
             handle = instance.handle
             if handle is not None:
@@ -513,8 +515,8 @@ class Supervisor:
         failed: dict[int, str] = {}  # id(handle) -> why its stop failed
         if groups:
             async with anyio.create_task_group() as stops:
-                for (runner_name, stop_signal, grace), handles in groups.items():
-                    stops.start_soon(self._stop_handles, runner_name, handles, stop_signal, grace, failed)
+                for key, handles in groups.items():
+                    stops.start_soon(self._sweep, key, handles, failed)
         left: list[tuple[InstanceRuntime, str]] = []
         for instance in stopping:
             why = failed.get(id(instance.handle)) if instance.handle is not None else None
@@ -537,12 +539,14 @@ class Supervisor:
         if not outcome.ok:
             self._note(instance, f"{outcome.message} (the stop goes on)", LogLevel.WARN)
 
-    async def _stop_handles(
-        self, runner_name: str, handles: list[ServiceHandle], stop_signal: int, grace: float,
-        failed: dict[int, str],
-    ) -> None:
-        """Stop ``handles`` through their runner; why each one that was not stopped was
-        not goes into ``failed``."""
+    async def _sweep(self, key: SweepKey, handles: list[ServiceHandle], failed: dict[int, str]) -> None:
+        failed.update(await self._sweeps.stop(key, handles))
+
+    async def _stop_handles(self, key: SweepKey, handles: list[ServiceHandle]) -> dict[int, str]:
+        """Stop ``handles`` through their runner (one sweep, see sweeps.py); why each one
+        that was not stopped was not, by ``id(handle)``."""
+        runner_name, stop_signal, grace = key
+        failed: dict[int, str] = {}
         try:
             await self.runners.get(runner_name).stop_many(handles, stop_signal, grace)
         except StopFailed as exc:
@@ -554,6 +558,7 @@ class Supervisor:
         except Exception:  # a runner's bug must not cut the other runners' stops short
             log.exception("stopping %d %s instance(s) failed", len(handles), runner_name)
             failed.update((id(handle), "internal error in its runner; see the daemon log") for handle in handles)
+        return failed
 
     # --- the supervision loop -----------------------------------------------------------
 
@@ -1289,7 +1294,8 @@ class Supervisor:
             return
         running = [s for s in self.services.values() if any(i.live for i in s.instances)]
         for level in _reverse_levels(running):
-            jobs = [service.owner.submit(JobKind.STOP, "halt") for service in level if service.owner is not None]
+            jobs = [service.owner.submit(JobKind.STOP, "halt") for service in level
+                    if service.owner is not None and not service.owner.closed]
             for job in jobs:
                 # Not waited for: an engine that is away must not hold the daemon's exit;
                 # what it runs keeps its record, and the next daemon adopts it or stops it.
