@@ -56,6 +56,7 @@ class ServiceState(StrEnum):
     EXITED = "exited"
     PORT_CONFLICT = "port_conflict"
     BACKOFF = "backoff"
+    UNKNOWN = "unknown"  # its container engine is away: whether it still runs is not known
 
 
 class LogLevel(StrEnum):

@@ -893,6 +893,8 @@ class ContainerHandle(ServiceHandle):
                     lost_at = time.time()
                     self._report(f"lost the {self.runner.display} engine ({exc}); "
                                  "waiting for it to come back")
+                    if self.engine is not None:
+                        self.engine(False)
                 # Its return has no event to wait for: ask again, less and less often.
                 await anyio.sleep(delay)  # wait-ok: backoff while the engine is away
                 delay = min(ENGINE_RETRY_MAX, delay * 2)
@@ -904,6 +906,8 @@ class ContainerHandle(ServiceHandle):
                            if found else "the container is gone")
                 self._report(f"the {self.runner.display} engine is back after "
                              f"{time.time() - lost_at:.1f} s; {outcome}")
+                if self.engine is not None:
+                    self.engine(True)
             return found, lost_at
 
     def _report(self, message: str) -> None:

@@ -177,6 +177,9 @@ class ServiceHandle(ABC):
     # Set by the daemon: where the handle tells of something that happens to its
     # instance short of an exit (its engine went away and came back); a line in its log.
     notice: Callable[[str], None] | None = None
+    # Set by the daemon: told False when the instance's engine goes away (whether the
+    # instance still runs is then not known) and True when the engine answers again.
+    engine: Callable[[bool], None] | None = None
 
     @abstractmethod
     def record(self) -> dict[str, Any]:

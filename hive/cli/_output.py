@@ -29,6 +29,7 @@ STATE_STYLES = {
     "unhealthy": "yellow",
     "crashed": "red",
     "port_conflict": "red",
+    "unknown": "yellow",
     "exited": "dim",
     "stopped": "dim",
     "error": "red",

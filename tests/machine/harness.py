@@ -120,12 +120,22 @@ class FakeRunner(Runner):
                 return True
         return False
 
+    def lose_engine(self) -> None:
+        """The engine goes away: starts and stops fail, and the handles say so."""
+        self.engine_away = True
+        for handle in list(self.processes.values()):
+            if handle.engine is not None:
+                handle.engine(False)
+
     def engine_back(self) -> None:
         """The engine answers again: the stops it owes are carried out."""
-        self.engine_away = False
+        was_away, self.engine_away = self.engine_away, False
         owed, self.stops_owed = self.stops_owed, set()
         for handle in owed:
             handle.end(ExitStatus(signal=int(signal.SIGTERM)))
+        for handle in list(self.processes.values()):
+            if was_away and handle.engine is not None:
+                handle.engine(True)
 
     def running(self) -> dict[str, int]:
         """How many live processes each instance fqn has."""

@@ -198,7 +198,7 @@ class Supervision(RuleBasedStateMachine):
 
     @rule()
     def engine_away(self) -> None:
-        self.fake.engine_away = True
+        self.portal.call(self.fake.lose_engine)
 
     @rule()
     def engine_back(self) -> None:

@@ -8,7 +8,7 @@ never silently ignored: :func:`next_phase` raises :class:`IllegalTransition`.
 The phases a task is alive in (:data:`LIVE`) are those in which the instance's own
 supervision task runs; in the others nothing runs for the instance. What the wire shows
 of a phase is :data:`WIRE_STATE` (``waiting`` shows as ``starting``, ``failing`` and
-``stopping_to_start`` as ``stopping``).
+``stopping_to_start`` as ``stopping``, ``unreachable`` as ``unknown``).
 
 docs/services.md draws the table; a test keeps the drawing equal to it.
 """
@@ -44,6 +44,7 @@ class Phase(StrEnum):
     STOPPING = "stopping"  # told to stop; its process is being stopped
     STOPPING_TO_START = "stopping_to_start"  # a start came while it stopped: starts once stopped
     FAILING = "failing"  # its post-up hooks failed: stopped, then crashed
+    UNREACHABLE = "unreachable"  # its engine is away: whether it still runs is not known
     EXITED = "exited"  # ended with success; not restarted
     CRASHED = "crashed"  # ended with a failure, or could not start; not restarted
     PORT_CONFLICT = "port_conflict"  # could not start: one of its ports is taken
@@ -65,6 +66,8 @@ class Input(StrEnum):
     POST_UP_FAILED = "post_up_failed"
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
+    ENGINE_AWAY = "engine_away"  # its runner lost the engine that runs it
+    ENGINE_BACK = "engine_back"
     EXITED_OK = "exited_ok"  # its process ended with success
     EXITED_FAILED = "exited_failed"  # its process ended with a failure
     RETRY_LATER = "retry_later"  # the restart policy wants it again after a delay
@@ -79,12 +82,13 @@ _ENDED = (S.STOPPED, S.EXITED, S.CRASHED, S.PORT_CONFLICT)
 TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
     # start: what has ended begins again; a backoff is cut short; a stop finishes first.
     **{(p, I.START): S.WAITING for p in (*_ENDED, S.BACKOFF)},
-    **{(p, I.START): p for p in (S.WAITING, S.STARTING, *_UP)},
+    **{(p, I.START): p for p in (S.WAITING, S.STARTING, *_UP, S.UNREACHABLE)},
     (S.STOPPING, I.START): S.STOPPING_TO_START,
     (S.STOPPING_TO_START, I.START): S.STOPPING_TO_START,
     (S.FAILING, I.START): S.STOPPING_TO_START,
     # stop: whatever is alive stops; what has ended stays as it is.
-    **{(p, I.STOP): S.STOPPING for p in (S.WAITING, S.STARTING, *_UP, S.BACKOFF, S.STOPPING_TO_START)},
+    **{(p, I.STOP): S.STOPPING
+       for p in (S.WAITING, S.STARTING, *_UP, S.UNREACHABLE, S.BACKOFF, S.STOPPING_TO_START)},
     **{(p, I.STOP): p for p in (*_ENDED, S.STOPPING, S.FAILING)},
     # its own task
     **{(p, I.WAIT): S.WAITING for p in (S.WAITING, S.BACKOFF, S.CRASHED, S.EXITED, S.PORT_CONFLICT)},
@@ -99,22 +103,26 @@ TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
     (S.POST_UP, I.POST_UP_FAILED): S.FAILING,
     (S.RUNNING, I.UNHEALTHY): S.UNHEALTHY,
     (S.UNHEALTHY, I.HEALTHY): S.RUNNING,
-    **{(p, I.EXITED_OK): S.EXITED for p in _UP},
-    **{(p, I.EXITED_FAILED): S.CRASHED for p in _UP},
+    **{(p, I.EXITED_OK): S.EXITED for p in (*_UP, S.UNREACHABLE)},
+    **{(p, I.EXITED_FAILED): S.CRASHED for p in (*_UP, S.UNREACHABLE)},
+    **{(p, I.ENGINE_AWAY): S.UNREACHABLE for p in (*_UP, S.UNREACHABLE)},
+    (S.UNREACHABLE, I.ENGINE_BACK): S.RUNNING,
     **{(p, I.RETRY_LATER): S.BACKOFF for p in (S.CRASHED, S.EXITED, S.PORT_CONFLICT)},
     (S.STOPPING, I.ENDED): S.STOPPED,
     (S.FAILING, I.ENDED): S.CRASHED,
     (S.STOPPING_TO_START, I.ENDED): S.WAITING,
 }
 
-# Health is shown beside the phase: a health result that moves no phase is no transition.
-for _phase in (S.POST_UP, S.RUNNING, S.UNHEALTHY, S.STOPPING, S.FAILING, S.STOPPING_TO_START):
-    TRANSITIONS.setdefault((_phase, I.HEALTHY), _phase)
-    TRANSITIONS.setdefault((_phase, I.UNHEALTHY), _phase)
-del _phase
+# Health is shown beside the phase, and a stop owed while the engine is away is the
+# runner's to carry out: such an input moves no phase.
+for _phase in (S.POST_UP, S.RUNNING, S.UNHEALTHY, S.UNREACHABLE, S.STOPPING, S.FAILING, S.STOPPING_TO_START):
+    for _given in (I.HEALTHY, I.UNHEALTHY, I.ENGINE_AWAY, I.ENGINE_BACK):
+        TRANSITIONS.setdefault((_phase, _given), _phase)
+del _phase, _given
 
 # Phases in which the instance's supervision task is alive.
-LIVE = frozenset({S.WAITING, S.STARTING, *_UP, S.BACKOFF, S.STOPPING, S.STOPPING_TO_START, S.FAILING})
+LIVE = frozenset({S.WAITING, S.STARTING, *_UP, S.UNREACHABLE, S.BACKOFF, S.STOPPING, S.STOPPING_TO_START,
+                  S.FAILING})
 # Up: what dependents and users wait for (with health and post-up hooks judged apart).
 READY = frozenset({S.RUNNING, S.UNHEALTHY})
 # Where a start has its answer: up, or failed (and maybe retrying), or stopped meanwhile.
@@ -131,6 +139,7 @@ WIRE_STATE: dict[Phase, ServiceState] = {
     S.STOPPING: ServiceState.STOPPING,
     S.STOPPING_TO_START: ServiceState.STOPPING,
     S.FAILING: ServiceState.STOPPING,
+    S.UNREACHABLE: ServiceState.UNKNOWN,
     S.EXITED: ServiceState.EXITED,
     S.CRASHED: ServiceState.CRASHED,
     S.PORT_CONFLICT: ServiceState.PORT_CONFLICT,
