@@ -51,8 +51,7 @@ from hive_client.protocol import ReloadPlan
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
-from .supervision import Supervisor
-from .supervision.core import SourceChange
+from .supervision import SourceChange, Supervisor
 
 if TYPE_CHECKING:
     from .app import App
