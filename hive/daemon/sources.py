@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +50,7 @@ from hive_client.protocol import ReloadPlan
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
+from .store import SourceRow, StateRepository
 from .supervision import SourceChange, Supervisor
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class SourceRegistry:
         self.app = app
         self.supervisor = supervisor
         self.sources: dict[str, Source] = {}
+        self._stored = StateRepository(app.store)  # the registry of added sources, on disk
         self._lock = anyio.Lock()  # one structural change (add, remove, reload) at a time
 
     # --- queries ----------------------------------------------------------------------
@@ -199,10 +200,8 @@ class SourceRegistry:
         if find_config_file(home) is not None:
             source = Source(DEFAULT_SOURCE, home, "yaml", builtin=True)
             await self._load_initial(source)
-        for row in await self.app.store.fetch_all(
-            "SELECT name, path, source_type, enabled FROM sources ORDER BY added_at"
-        ):
-            source = Source(row[0], Path(row[1]), row[2], enabled=bool(row[3]))
+        for row in await self._stored.load_sources():
+            source = Source(row.name, Path(row.path), row.source_type, enabled=row.enabled)
             await self._load_initial(source)
 
     async def _load_initial(self, source: Source) -> None:
@@ -307,10 +306,7 @@ class SourceRegistry:
             source = Source(name, canonical, source_type)
             services = await self._read(source)
             self._check_conflicts(source, services)
-            await self.app.store.execute(
-                "INSERT INTO sources (name, path, source_type, enabled, added_at) VALUES (?, ?, ?, 1, ?)",
-                (name, str(canonical), source_type, time.time()),
-            )
+            await self._stored.add_source(SourceRow(name=name, path=str(canonical), source_type=source_type))
             self.sources[name] = source
             self._install(source, services)
             await self._prepare(source, services)
@@ -362,7 +358,7 @@ class SourceRegistry:
                 )
             await self.supervisor.apply(SourceChange(
                 source=name, project=None, removed=[f"{name}:{service_name}" for service_name in source.services]))
-            await self.app.store.execute("DELETE FROM sources WHERE name = ?", (name,))
+            await self._stored.remove_source(name)
             del self.sources[name]
             if source.database is not None:
                 await source.database.close()
@@ -440,7 +436,7 @@ class SourceRegistry:
         if not enabled:
             await self.supervisor.stop(self._fqns(source))
         source.enabled = enabled
-        await self.app.store.execute("UPDATE sources SET enabled = ? WHERE name = ?", (int(enabled), name))
+        await self._stored.set_source_enabled(name, enabled)
         self.app.bus.publish(SourceChanged(name=name, change="enabled" if enabled else "disabled"))
 
     def _fqns(self, source: Source, names: list[str] | None = None) -> list[str]:

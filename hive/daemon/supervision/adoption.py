@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -22,6 +22,7 @@ from hive_client import __version__
 from runners.base import RunnerError, ServiceHandle
 
 from ..runner_registry import RunnerRegistry, UnknownRunner
+from ..store import ProcessRecord
 from .instance_task import InstanceTasks
 from .launch import Launcher, config_digest
 from .machine import Input
@@ -151,16 +152,16 @@ class Adoption:
                 # Its source is not loaded, or not all of it: the service may still be
                 # wanted (a default hive.yaml missing at boot, an entry a newer Hive
                 # refuses). Left running, and said so.
-                log.warning("%s (pid %s) is not a known service; left running", fqn, record.get("pid"))
+                log.warning("%s (pid %s) is not a known service; left running", fqn, record.pid)
                 continue
             del self._records.processes[(fqn, index)]
             self._tasks.start_soon(self._stop_orphan, fqn, index, record)
 
-    async def _stop_orphan(self, fqn: str, index: int, record: dict[str, Any]) -> None:
+    async def _stop_orphan(self, fqn: str, index: int, record: ProcessRecord) -> None:
         name = fqn if index == 0 else f"{fqn}#{index}"
-        found = record["handle"].get("container_id") or record["handle"].get("pid")
+        found = record.handle.get("container_id") or record.handle.get("pid")
         try:
-            if await self._runners.get(record["runner"]).stop_orphan(name, record["handle"], ORPHAN_GRACE):
+            if await self._runners.get(record.runner).stop_orphan(name, record.handle, ORPHAN_GRACE):
                 log.warning("stopped %s (%s): its service no longer exists", name, found)
         except (RunnerError, UnknownRunner) as exc:
             # The record stays: the next start tries again (its engine may be back).
@@ -179,19 +180,17 @@ class Adoption:
             return None, False
         if record is not None:
             # The ports it was started with (the daemon picked them, for instances > 0).
-            instance.ports = dict(record["handle"].get("ports") or {})
+            instance.ports = dict(record.ports)
         try:
             spec = self._launcher.run_spec(instance)
         except RuntimeTemplateError:
             return None, False
         handle: ServiceHandle | None = None
         offsets = (0, 0)
-        if record is not None and record["runner"] == runner.name:
-            stored = record["handle"]
-            saved = stored.get("log_offsets") or (0, 0)
-            offsets = (int(saved[0]), int(saved[1]))
+        if record is not None and record.runner == runner.name:
+            offsets = record.log_offsets
             try:
-                handle = await runner.adopt(spec, stored)
+                handle = await runner.adopt(spec, record.handle)
             except RunnerError as exc:
                 log.warning("cannot adopt %s: %s", instance.fqn, exc)
         if handle is None:
@@ -207,7 +206,7 @@ class Adoption:
                 self._records.forget(service.fqn, instance.index)
             return None, False
         current = config_digest(service)
-        recorded = str(record["handle"].get("config_digest") or "") if record is not None else ""
+        recorded = record.config_digest if record is not None else ""
         # Started from a configuration changed since (a reload cut short by a kill,
         # hive.yaml edited while no daemon ran)? Digests of two Hive versions may differ
         # for one configuration: not compared.

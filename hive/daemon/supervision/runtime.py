@@ -78,7 +78,7 @@ class InstanceRuntime:
         # Set to wake its task out of a wait (a backoff, its dependencies) after a command.
         self.wakeup = anyio.Event()
         self.backoff: Backoff | None = None
-        # The configuration its process was started from (see _config_digest), kept in
+        # The configuration its process was started from (see launch.config_digest), kept in
         # its process record: a later daemon does not adopt a process of an older one.
         self.config_digest = ""
         # The last ServiceInfo built, with the health-results version it showed; dropped

@@ -170,9 +170,9 @@ class Supervisor:
         service.owner = Owner(service.fqn, self._tasks, partial(self._actions.run, service))
         persisted = self._records.persisted.get(service.fqn)
         if persisted is not None:
-            service.desired = persisted["desired"]
-            service.restart_count = persisted["restart_count"]
-            service.scale = persisted["instances"]
+            service.desired = persisted.desired
+            service.restart_count = persisted.restart_count
+            service.scale = persisted.instances
             service.grow(service.scale)
         self.services[service.fqn] = service
         self._registry.index_exposes()
