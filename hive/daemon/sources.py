@@ -173,9 +173,7 @@ class SourceRegistry:
         return source
 
     def info(self, source: Source) -> SourceInfo:
-        runtimes = [self.supervisor.services[f"{source.name}:{n}"] for n in source.services
-                    if f"{source.name}:{n}" in self.supervisor.services]
-        running = any(i.live for s in runtimes for i in s.instances)
+        running = self._running(source)
         if source.error and not source.services:
             status = "error"
         elif not source.enabled:
@@ -341,11 +339,11 @@ class SourceRegistry:
         """Expose names are unique across every source."""
         if config.expose is None:
             return
-        provider = self.supervisor.exposes.get(config.expose.name)
-        if provider is not None and (provider.source, provider.name) != (source.name, config.name):
+        owner = self.supervisor.expose_owner(config.expose.name)
+        if owner is not None and owner != f"{source.name}:{config.name}":
             raise RequestError(
                 ErrorCode.CONFLICT,
-                f"expose name {config.expose.name!r} conflicts: {provider.fqn} vs {source.name}:{config.name}",
+                f"expose name {config.expose.name!r} conflicts: {owner} vs {source.name}:{config.name}",
             )
 
     async def remove(self, name: str) -> None:
@@ -398,11 +396,11 @@ class SourceRegistry:
         change = SourceChange(source=source.name, project=source.config)
         for name, config in services.items():
             fqn = f"{source.name}:{name}"
-            current = self.supervisor.services.get(fqn)
+            current = self.supervisor.fingerprint(fqn)
             fingerprint = self._fingerprint(source, config)
             if current is None:
                 change.added[fqn] = (config, fingerprint)
-            elif current.fingerprint != fingerprint:
+            elif current != fingerprint:
                 change.changed[fqn] = (config, fingerprint)
             else:
                 change.unchanged[fqn] = (config, fingerprint)
@@ -412,10 +410,7 @@ class SourceRegistry:
         if dry_run:
             source.project = old_project
             return plan
-        change.start_added = source.enabled and any(
-            self.supervisor.services[f"{source.name}:{n}"].desired == "running"
-            for n in source.services if f"{source.name}:{n}" in self.supervisor.services
-        )
+        change.start_added = source.enabled and self.supervisor.wanted_running(self._fqns(source))
         source.services = services
         source.error = None
         await self._prepare(source, (fqn.partition(":")[2] for fqn in change.added))
@@ -506,12 +501,7 @@ class SourceRegistry:
                 await self._down_hooks(source, "post-down", True)
 
     def _running(self, source: Source) -> bool:
-        return any(
-            instance.live
-            for name in source.services
-            if (service := self.supervisor.services.get(f"{source.name}:{name}")) is not None
-            for instance in service.instances
-        )
+        return self.supervisor.any_live(self._fqns(source))
 
     async def _down_hooks(self, source: Source, event: str, running: bool) -> None:
         config = source.config
@@ -614,7 +604,7 @@ class SourceRegistry:
             source.services[name] = config
             fingerprint = self._fingerprint(source, config)
             change = SourceChange(source=source.name, project=None)
-            if fingerprint != self.supervisor.services[fqn].fingerprint:
+            if fingerprint != self.supervisor.fingerprint(fqn):
                 change.changed[fqn] = (config, fingerprint)
             else:
                 change.unchanged[fqn] = (config, fingerprint)

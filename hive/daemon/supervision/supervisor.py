@@ -148,6 +148,26 @@ class Supervisor:
     def in_order(self, source: str | None = None) -> list[InstanceRuntime]:
         return self._registry.in_order(source)
 
+    def fingerprint(self, fqn: str) -> bytes | None:
+        """The fingerprint of the configuration service ``fqn`` runs with; None if unknown."""
+        service = self.services.get(fqn)
+        return service.fingerprint if service is not None else None
+
+    def any_live(self, fqns: Iterable[str]) -> bool:
+        """Whether any instance of these services (those known) is live."""
+        services = self.services
+        return any(i.live for fqn in fqns if (s := services.get(fqn)) is not None for i in s.instances)
+
+    def wanted_running(self, fqns: Iterable[str]) -> bool:
+        """Whether any of these services (those known) is wanted running."""
+        services = self.services
+        return any(s.desired == "running" for fqn in fqns if (s := services.get(fqn)) is not None)
+
+    def expose_owner(self, name: str) -> str | None:
+        """The fqn of the service that exposes ``name``, if one does."""
+        provider = self.exposes.get(name)
+        return provider.fqn if provider is not None else None
+
     def info(self, instance: InstanceRuntime) -> ServiceInfo:
         return instance_info(instance)
 
