@@ -165,3 +165,22 @@ async def test_a_flush_cancelled_mid_write_loses_no_row(home: Path) -> None:
         assert rows[0][0] == 50
     finally:
         await store.close()
+
+
+async def test_a_request_that_hits_the_store_is_answered_storage() -> None:
+    """StoreError is the store's, not a request's: the server translates it."""
+    from typing import Any, cast
+
+    from hive.daemon.errors import RequestError
+    from hive.daemon.server import _answer
+    from hive_client import ErrorCode
+    from hive_client import protocol as p
+
+    assert not issubclass(StoreError, RequestError)
+
+    async def handler(ctx: Any, request: Any) -> Any:
+        raise StoreError("cannot write state.db: database or disk is full")
+
+    answer = await _answer(cast(Any, None), p.Ping(), handler)
+    assert isinstance(answer, p.Error)
+    assert (answer.code, answer.message) == (ErrorCode.STORAGE, "cannot write state.db: database or disk is full")

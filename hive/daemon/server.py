@@ -45,6 +45,7 @@ from hive_client.protocol import (
 
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
+from .store import StoreError
 
 if TYPE_CHECKING:
     from .app import App
@@ -644,6 +645,9 @@ class SocketServer:
             except RequestError as exc:
                 await connection.send_error(ctx.request_id, exc.code, exc.message)
                 return
+            except StoreError as exc:  # the store's own error: STORAGE to the caller
+                await connection.send_error(ctx.request_id, ErrorCode.STORAGE, exc.message)
+                return
             except Exception:
                 log.exception("stream %s (%s) failed", stream_id, type(request).__name__)
                 reason = "internal error; see the daemon log"
@@ -661,6 +665,8 @@ async def _answer(ctx: RequestContext, request: Request, handler: UnaryCall) -> 
         return await handler(ctx, request)
     except RequestError as exc:
         return Error(code=exc.code, message=exc.message, outcomes=exc.outcomes)
+    except StoreError as exc:  # not a RequestError: the store knows nothing of requests
+        return Error(code=ErrorCode.STORAGE, message=exc.message)
     except Exception as exc:
         log.exception("handler for %s failed", type(request).__name__)
         return Error(

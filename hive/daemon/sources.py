@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +50,8 @@ from hive_client.protocol import ReloadPlan
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
-from .supervision import Supervisor
-from .supervision.core import SourceChange
+from .store import SourceRow, StateRepository
+from .supervision import SourceChange, Supervisor
 
 if TYPE_CHECKING:
     from .app import App
@@ -157,6 +156,7 @@ class SourceRegistry:
         self.app = app
         self.supervisor = supervisor
         self.sources: dict[str, Source] = {}
+        self._stored = StateRepository(app.store)  # the registry of added sources, on disk
         self._lock = anyio.Lock()  # one structural change (add, remove, reload) at a time
 
     # --- queries ----------------------------------------------------------------------
@@ -173,9 +173,7 @@ class SourceRegistry:
         return source
 
     def info(self, source: Source) -> SourceInfo:
-        runtimes = [self.supervisor.services[f"{source.name}:{n}"] for n in source.services
-                    if f"{source.name}:{n}" in self.supervisor.services]
-        running = any(i.live for s in runtimes for i in s.instances)
+        running = self._running(source)
         if source.error and not source.services:
             status = "error"
         elif not source.enabled:
@@ -200,10 +198,8 @@ class SourceRegistry:
         if find_config_file(home) is not None:
             source = Source(DEFAULT_SOURCE, home, "yaml", builtin=True)
             await self._load_initial(source)
-        for row in await self.app.store.fetch_all(
-            "SELECT name, path, source_type, enabled FROM sources ORDER BY added_at"
-        ):
-            source = Source(row[0], Path(row[1]), row[2], enabled=bool(row[3]))
+        for row in await self._stored.load_sources():
+            source = Source(row.name, Path(row.path), row.source_type, enabled=row.enabled)
             await self._load_initial(source)
 
     async def _load_initial(self, source: Source) -> None:
@@ -308,10 +304,7 @@ class SourceRegistry:
             source = Source(name, canonical, source_type)
             services = await self._read(source)
             self._check_conflicts(source, services)
-            await self.app.store.execute(
-                "INSERT INTO sources (name, path, source_type, enabled, added_at) VALUES (?, ?, ?, 1, ?)",
-                (name, str(canonical), source_type, time.time()),
-            )
+            await self._stored.add_source(SourceRow(name=name, path=str(canonical), source_type=source_type))
             self.sources[name] = source
             self._install(source, services)
             await self._prepare(source, services)
@@ -346,11 +339,11 @@ class SourceRegistry:
         """Expose names are unique across every source."""
         if config.expose is None:
             return
-        provider = self.supervisor.exposes.get(config.expose.name)
-        if provider is not None and (provider.source, provider.name) != (source.name, config.name):
+        owner = self.supervisor.expose_owner(config.expose.name)
+        if owner is not None and owner != f"{source.name}:{config.name}":
             raise RequestError(
                 ErrorCode.CONFLICT,
-                f"expose name {config.expose.name!r} conflicts: {provider.fqn} vs {source.name}:{config.name}",
+                f"expose name {config.expose.name!r} conflicts: {owner} vs {source.name}:{config.name}",
             )
 
     async def remove(self, name: str) -> None:
@@ -363,7 +356,7 @@ class SourceRegistry:
                 )
             await self.supervisor.apply(SourceChange(
                 source=name, project=None, removed=[f"{name}:{service_name}" for service_name in source.services]))
-            await self.app.store.execute("DELETE FROM sources WHERE name = ?", (name,))
+            await self._stored.remove_source(name)
             del self.sources[name]
             if source.database is not None:
                 await source.database.close()
@@ -403,11 +396,11 @@ class SourceRegistry:
         change = SourceChange(source=source.name, project=source.config)
         for name, config in services.items():
             fqn = f"{source.name}:{name}"
-            current = self.supervisor.services.get(fqn)
+            current = self.supervisor.fingerprint(fqn)
             fingerprint = self._fingerprint(source, config)
             if current is None:
                 change.added[fqn] = (config, fingerprint)
-            elif current.fingerprint != fingerprint:
+            elif current != fingerprint:
                 change.changed[fqn] = (config, fingerprint)
             else:
                 change.unchanged[fqn] = (config, fingerprint)
@@ -417,10 +410,7 @@ class SourceRegistry:
         if dry_run:
             source.project = old_project
             return plan
-        change.start_added = source.enabled and any(
-            self.supervisor.services[f"{source.name}:{n}"].desired == "running"
-            for n in source.services if f"{source.name}:{n}" in self.supervisor.services
-        )
+        change.start_added = source.enabled and self.supervisor.wanted_running(self._fqns(source))
         source.services = services
         source.error = None
         await self._prepare(source, (fqn.partition(":")[2] for fqn in change.added))
@@ -441,7 +431,7 @@ class SourceRegistry:
         if not enabled:
             await self.supervisor.stop(self._fqns(source))
         source.enabled = enabled
-        await self.app.store.execute("UPDATE sources SET enabled = ? WHERE name = ?", (int(enabled), name))
+        await self._stored.set_source_enabled(name, enabled)
         self.app.bus.publish(SourceChanged(name=name, change="enabled" if enabled else "disabled"))
 
     def _fqns(self, source: Source, names: list[str] | None = None) -> list[str]:
@@ -511,12 +501,7 @@ class SourceRegistry:
                 await self._down_hooks(source, "post-down", True)
 
     def _running(self, source: Source) -> bool:
-        return any(
-            instance.live
-            for name in source.services
-            if (service := self.supervisor.services.get(f"{source.name}:{name}")) is not None
-            for instance in service.instances
-        )
+        return self.supervisor.any_live(self._fqns(source))
 
     async def _down_hooks(self, source: Source, event: str, running: bool) -> None:
         config = source.config
@@ -619,7 +604,7 @@ class SourceRegistry:
             source.services[name] = config
             fingerprint = self._fingerprint(source, config)
             change = SourceChange(source=source.name, project=None)
-            if fingerprint != self.supervisor.services[fqn].fingerprint:
+            if fingerprint != self.supervisor.fingerprint(fqn):
                 change.changed[fqn] = (config, fingerprint)
             else:
                 change.unchanged[fqn] = (config, fingerprint)

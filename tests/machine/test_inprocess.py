@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -9,6 +10,7 @@ import pytest
 
 from hive.daemon.store import StateStore
 from hive.daemon.supervision import Phase
+from hive_client import __version__
 from tests.machine.harness import FakeRunner, InProcessHive
 
 pytestmark = pytest.mark.anyio
@@ -64,4 +66,50 @@ async def test_daemon_restart_adopts(hive_home: Path, store: StateStore, fake: F
     async with InProcessHive.running(hive_home, store, fake, keep_services=False) as hive:
         assert hive.supervisor.services["p:web"].instances[0].phase is Phase.RUNNING
         assert fake.starts == 1  # adopted, not started again
+    assert fake.running() == {}
+
+
+async def _to_old_layout(store: StateStore, digest: str | None = None) -> None:
+    """Rewrite every process row as a daemon before schema 2 wrote it: the daemon's keys
+    (ports, log offsets, configuration digest) mixed into the runner's dict."""
+    for fqn, instance, handle, ports, out, err, recorded in await store.fetch_all(
+        "SELECT fqn, instance, handle, ports, stdout_offset, stderr_offset, config_digest FROM processes"
+    ):
+        mixed = {**json.loads(handle), "ports": json.loads(ports), "log_offsets": [out, err],
+                 "config_digest": recorded if digest is None else digest}
+        await store.execute(
+            "UPDATE processes SET layout = 1, handle = ?, ports = '{}', stdout_offset = 0, stderr_offset = 0, "
+            "config_digest = '' WHERE fqn = ? AND instance = ?", (json.dumps(mixed), fqn, instance))
+
+
+async def test_upgraded_daemon_adopts_records_of_the_old_layout(
+    hive_home: Path, store: StateStore, fake: FakeRunner, tmp_path: Path
+) -> None:
+    project = _project(tmp_path / "p", "web")
+    async with InProcessHive.running(hive_home, store, fake) as hive:
+        await hive.sources.add(str(project), "p")
+        await hive.supervisor.start(["p:web"])
+    await _to_old_layout(store)
+    async with InProcessHive.running(hive_home, store, fake, keep_services=False) as hive:
+        assert hive.supervisor.services["p:web"].instances[0].phase is Phase.RUNNING
+        assert fake.starts == 1  # adopted from the old record, not started again
+    assert fake.running() == {}
+
+
+async def test_old_layout_digest_still_tells_an_older_configuration(
+    hive_home: Path, store: StateStore, fake: FakeRunner, tmp_path: Path
+) -> None:
+    project = _project(tmp_path / "p", "web")
+    async with InProcessHive.running(hive_home, store, fake) as hive:
+        await hive.sources.add(str(project), "p")
+        await hive.supervisor.start(["p:web"])
+    await _to_old_layout(store, digest=f"{__version__}/0000000000000000")
+    async with InProcessHive.running(hive_home, store, fake, keep_services=False) as hive:
+        await hive.app.state_writer.flush()
+        for _ in range(100):
+            if hive.supervisor.services["p:web"].instances[0].phase is Phase.RUNNING:
+                break
+            await anyio.sleep(0.01)
+        assert hive.supervisor.services["p:web"].instances[0].phase is Phase.RUNNING
+        assert fake.starts == 2  # the old record's digest said older: replaced
     assert fake.running() == {}

@@ -52,7 +52,7 @@ SERVICES = ("a", "b", "c")
 SPEC = {
     "a": "    runner: {type: fake}\n    restart: {policy: never}\n",
     "b": "    runner: {type: fake}\n    depends_on: [a]\n    restart: {policy: on-failure, delay: 1000s}\n",
-    "c": "    runner: {type: fake}\n    restart: {policy: always, delay: 0s}\n",
+    "c": "    runner: {type: fake}\n    restart: {policy: always, delay: 0.01s, max_delay: 0.2s}\n",
 }
 TRANSIENT = frozenset(LIVE - {Phase.RUNNING, Phase.UNHEALTHY, Phase.BACKOFF})
 
@@ -207,7 +207,7 @@ class Supervision(RuleBasedStateMachine):
     @rule(name=st.sampled_from(SERVICES), refuse=st.booleans())
     def refuse_starts(self, name: str, refuse: bool) -> None:
         if name == "c":
-            return  # always restarted at once: refusing it would loop without end
+            return  # always restarted: refusing it would loop without end
         (self.fake.refused.add if refuse else self.fake.refused.discard)(f"p:{name}")
 
     @rule()
@@ -262,9 +262,16 @@ class Supervision(RuleBasedStateMachine):
                     await owners[0].wait_idle()
                     continue
                 busy = [s for s in supervisor.services.values() if any(i.phase in TRANSIENT for i in s.instances)]
-                if not busy:
+                if busy:
+                    await busy[0].changed.wait()
+                    continue
+                # Nothing moves: unless a task woken by the last change (a service kept
+                # up for a dependent, now released) still has something to do.
+                await anyio.wait_all_tasks_blocked()
+                if all(s.owner is None or s.owner.idle for s in supervisor.services.values()) and not any(
+                    i.phase in TRANSIENT for s in supervisor.services.values() for i in s.instances
+                ):
                     break
-                await busy[0].changed.wait()
         await self.hive.app.state_writer.flush()
 
     def _check_quiescent(self) -> None:

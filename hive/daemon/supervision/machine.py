@@ -114,8 +114,10 @@ TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
 }
 
 # Health is shown beside the phase, and a stop owed while the engine is away is the
-# runner's to carry out: such an input moves no phase.
-for _phase in (S.POST_UP, S.RUNNING, S.UNHEALTHY, S.UNREACHABLE, S.STOPPING, S.FAILING, S.STOPPING_TO_START):
+# runner's to carry out: such an input moves no phase. (A process just spawned is
+# recorded before it counts as running: its engine may go away meanwhile.)
+for _phase in (S.STARTING, S.POST_UP, S.RUNNING, S.UNHEALTHY, S.UNREACHABLE, S.STOPPING, S.FAILING,
+               S.STOPPING_TO_START):
     for _given in (I.HEALTHY, I.UNHEALTHY, I.ENGINE_AWAY, I.ENGINE_BACK):
         TRANSITIONS.setdefault((_phase, _given), _phase)
 del _phase, _given

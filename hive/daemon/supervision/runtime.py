@@ -1,7 +1,7 @@
 """What the daemon keeps about a service and its instances while it runs.
 
 An instance's state is one value, its :class:`~.machine.Phase`; it changes only in
-``Supervisor._apply``, through the transition table. The rest is what the phase is
+``Phases.apply`` (:mod:`.phases`), through the transition table. The rest is what the phase is
 about: the handle of its process, its ports, the last error, the health monitor.
 """
 
@@ -78,11 +78,11 @@ class InstanceRuntime:
         # Set to wake its task out of a wait (a backoff, its dependencies) after a command.
         self.wakeup = anyio.Event()
         self.backoff: Backoff | None = None
-        # The configuration its process was started from (see _config_digest), kept in
+        # The configuration its process was started from (see launch.config_digest), kept in
         # its process record: a later daemon does not adopt a process of an older one.
         self.config_digest = ""
         # The last ServiceInfo built, with the health-results version it showed; dropped
-        # by every change the info shows (Supervisor._apply, and the writes beside it).
+        # by every change the info shows (Phases.apply, and the writes beside it).
         self.info_cache: tuple[int, ServiceInfo] | None = None
 
     @property

@@ -1,0 +1,125 @@
+"""What each job does to its service, run by the service's :class:`~.jobs.Owner`.
+
+A job acts and returns (:class:`~.outcomes.JobResult`): it applies starts and stops to
+instances and persists what the user asked for, but never waits for an instance to
+settle (the caller does that, outside the owner, so the next job of the service is not
+held up by a slow start). A service that is gone (removed, replaced by a reload, or the
+daemon shutting down) starts nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hive.config import HiveConfig, ServiceConfig
+
+from .instance_task import InstanceTasks
+from .jobs import Job, JobKind
+from .outcomes import JobResult, Launched
+from .records import Records
+from .registry import Registry
+from .runtime import ServiceRuntime
+from .stopping import Left, Stopper
+
+if TYPE_CHECKING:
+    from ..logs import LogHub
+    from ..store import StateWriter
+
+__all__ = ["Actions"]
+
+
+class Actions:
+    def __init__(
+        self, *, registry: Registry, instances: InstanceTasks, stopper: Stopper, records: Records,
+        writer: StateWriter, logs: LogHub,
+    ) -> None:
+        self._registry = registry
+        self._instances = instances
+        self._stopper = stopper
+        self._records = records
+        self._writer = writer
+        self._logs = logs
+
+    async def run(self, service: ServiceRuntime, job: Job) -> JobResult:
+        """Carry out ``job`` on ``service`` (the owner's job runner)."""
+        kind = job.kind
+        if kind is JobKind.START:
+            return JobResult(launched=await self._start(service))
+        if kind is JobKind.STOP:
+            return JobResult(left=await self._stop(service, persist=job.argument is None))
+        if kind is JobKind.RESTART:
+            left = await self._stopper.stop(service.instances)
+            return JobResult(launched=await self._start(service), left=left)
+        if kind is JobKind.SCALE:
+            return JobResult(launched=await self._scale(service, job.argument))
+        if kind is JobKind.REPLACE:
+            return JobResult(launched=await self._replace(service, *job.argument))
+        if kind is JobKind.REMOVE:
+            return JobResult(left=await self._remove(service, forget=job.argument))
+        raise AssertionError(f"unknown job {kind}")
+
+    async def _save_desired(self, service: ServiceRuntime) -> None:
+        # What the user asked for is on disk before the first process exists: a daemon
+        # killed in between leaves either nothing started or everything wanted (the next
+        # one then starts the rest, and stops what runs unwanted).
+        self._records.save_desired(service)
+        await self._writer.flush()
+
+    async def _start(self, service: ServiceRuntime) -> Launched:
+        if self._registry.gone(service):
+            return {}
+        if service.desired != "running":
+            service.desired = "running"
+            await self._save_desired(service)
+            if self._registry.gone(service):
+                return {}
+        return {instance: self._instances.start(instance) for instance in service.wanted()}
+
+    async def _stop(self, service: ServiceRuntime, *, persist: bool) -> Left:
+        if persist and service.desired != "stopped":
+            service.desired = "stopped"
+            service.notify()
+            await self._save_desired(service)
+        return await self._stopper.stop(service.instances)
+
+    async def _scale(self, service: ServiceRuntime, count: int) -> Launched:
+        previous, service.scale = service.scale, count
+        service.notify()
+        await self._save_desired(service)
+        service.grow(count)
+        if count < previous:
+            leaving = sorted(service.instances[count:], key=lambda i: i.index, reverse=True)
+            await self._stopper.stop(leaving)
+            del service.instances[max(count, 1) :]
+            service.notify()
+            return {}
+        if service.desired != "running" or self._registry.gone(service):
+            return {}
+        return {instance: self._instances.start(instance) for instance in service.wanted()}
+
+    async def _replace(
+        self, service: ServiceRuntime, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
+    ) -> Launched:
+        """A new configuration: stopped if it ran, then started again with it if it ran
+        or was wanted running."""
+        was_live = any(instance.live for instance in service.instances)
+        if was_live:
+            await self._stopper.stop(service.instances)
+        service.config, service.project, service.fingerprint = config, project, fingerprint
+        service.notify()
+        self._registry.index_exposes()
+        if (was_live or service.desired == "running") and not self._registry.gone(service):
+            return await self._start(service)
+        return {}
+
+    async def _remove(self, service: ServiceRuntime, *, forget: bool) -> Left:
+        left = await self._stopper.stop(service.instances)
+        services = self._registry.services
+        if services.get(service.fqn) is service:
+            del services[service.fqn]
+            self._registry.index_exposes()
+        if forget:
+            self._records.forget_service(service.fqn)
+            for instance in service.instances:
+                self._logs.forget(instance.fqn)
+        return left

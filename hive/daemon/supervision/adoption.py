@@ -1,0 +1,223 @@
+"""At start-up: take over what earlier daemons left running.
+
+Each instance's process record (see :mod:`.records`) names how its runner finds the
+process again; an instance with no record is looked for by the environment marker
+(a daemon killed before it recorded a start). What is found is adopted and supervised,
+or stopped when no one wants it any more (its stop or scale-down was cut short), or
+replaced when it runs an older configuration. Records of services that no longer exist
+are orphans: their processes are stopped in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from hive.config import RuntimeTemplateError
+from hive_client import __version__
+from runners.base import RunnerError, ServiceHandle
+
+from ..runner_registry import RunnerRegistry, UnknownRunner
+from ..store import ProcessRecord
+from .instance_task import InstanceTasks
+from .launch import Launcher, config_digest
+from .machine import Input
+from .phases import Phases
+from .records import Records
+from .registry import Registry
+from .runtime import InstanceRuntime
+
+if TYPE_CHECKING:
+    from ..logs import LogHub
+
+__all__ = ["Adoption"]
+
+log = logging.getLogger("hive.supervisor")
+
+# A process whose service is gone gets this long after SIGTERM (its own grace is gone too).
+ORPHAN_GRACE = 10.0
+
+_Found = list[tuple[InstanceRuntime, ServiceHandle]]
+
+
+class Adoption:
+    def __init__(
+        self, *, tasks: anyio.abc.TaskGroup, runners: RunnerRegistry, registry: Registry, phases: Phases,
+        launcher: Launcher, records: Records, instances: InstanceTasks, logs: LogHub,
+    ) -> None:
+        self._tasks = tasks
+        self._runners = runners
+        self._registry = registry
+        self._phases = phases
+        self._launcher = launcher
+        self._records = records
+        self._instances = instances
+        self._logs = logs
+
+    async def resume(self, source_loaded: Callable[[str], bool]) -> None:
+        """Adopt what earlier daemons left running, start what should run.
+
+        Instances beyond the current scale (a daemon killed in the middle of scaling
+        down), and those of a service the user stopped (killed in the middle of that
+        stop), are adopted and stopped, so no copy runs twice, unwanted or unsupervised.
+        Processes started from an older configuration (hive.yaml edited while no daemon
+        ran, a reload cut short) are replaced, as a reload would have.
+        ``source_loaded(name)``: whether that source loaded completely (else the
+        records of services it does not list are left alone)."""
+        recorded: dict[str, int] = {}
+        for fqn, index in self._records.processes:
+            recorded[fqn] = max(recorded.get(fqn, 0), index + 1)
+        # Stopped together at the end: the start takes one stop grace, not one per service.
+        unwanted: _Found = []
+        outdated: _Found = []
+        for service in list(self._registry.services.values()):
+            service.grow(recorded.get(service.fqn, 0))
+            wanted = service.wanted() if service.desired == "running" else []
+            replaced: set[InstanceRuntime] = set()  # this service's, started once stopped
+            for instance in service.instances:
+                adopted, older = await self._adopt(instance)
+                if adopted is None:
+                    continue
+                if instance not in wanted:
+                    unwanted.append((instance, adopted))
+                elif older:
+                    outdated.append((instance, adopted))
+                    replaced.add(instance)
+                else:
+                    self._adopted(instance, adopted)
+            # The surplus leaves the service now; its processes are stopped below, before
+            # the daemon answers anyone (a scale-up must not meet them half stopped).
+            del service.instances[max(service.scale, 1) :]
+            if service.desired == "running":
+                for instance in service.wanted():
+                    if instance not in replaced and not instance.live:
+                        self._instances.start(instance)
+        if unwanted or outdated:
+            kept = await self._stop_adopted(unwanted, outdated)
+            for instance, handle in outdated:
+                if instance in kept:
+                    self._adopted(instance, handle)
+                else:
+                    self._instances.start(instance)
+        self._stop_orphans(source_loaded)
+
+    def _adopted(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
+        """Supervise a process an earlier daemon started."""
+        self._phases.apply(instance, Input.ADOPTED)
+        self._instances.spawn_task(instance, handle)
+
+    async def _stop_adopted(self, unwanted: _Found, outdated: _Found) -> set[InstanceRuntime]:
+        """Stop, together, adopted processes no one wants any more and those of an older
+        configuration (never supervised: a stop must not race the start of their
+        supervision). The outdated ones that would not stop: kept, and supervised as they
+        are rather than run twice."""
+        kept: set[InstanceRuntime] = set()
+
+        async def stop(instance: InstanceRuntime, handle: ServiceHandle, replacing: bool) -> None:
+            config = instance.service.config
+            try:
+                await handle.stop(config.stop_signum(), config.stop_grace)
+            except RunnerError as exc:
+                if replacing:
+                    log.warning("cannot replace %s: %s; adopting it as it is", instance.fqn, exc)
+                    instance.config_digest = config_digest(instance.service)
+                    kept.add(instance)
+                    return
+                log.error("cannot stop %s: %s", instance.fqn, exc)
+            self._logs.unfollow(instance.fqn)
+            self._records.forget(instance.service.fqn, instance.index)
+            if not replacing:
+                self._phases.note(instance, "stopped: not wanted (its stop or scale-down was cut short)")
+
+        async with anyio.create_task_group() as stops:
+            for instance, handle in unwanted:
+                stops.start_soon(stop, instance, handle, False)
+            for instance, handle in outdated:
+                stops.start_soon(stop, instance, handle, True)
+        return kept
+
+    def _stop_orphans(self, source_loaded: Callable[[str], bool]) -> None:
+        """Processes recorded for services that no longer exist (removed by a reload, or
+        with their source, by a daemon killed before it stopped them) are stopped, in the
+        background: nothing runs unsupervised. The processes of a source that failed to
+        load are left alone (its services are not known, they may still be wanted)."""
+        for (fqn, index), record in list(self._records.processes.items()):
+            if fqn in self._registry.services:
+                continue
+            if not source_loaded(fqn.partition(":")[0]):
+                # Its source is not loaded, or not all of it: the service may still be
+                # wanted (a default hive.yaml missing at boot, an entry a newer Hive
+                # refuses). Left running, and said so.
+                log.warning("%s (pid %s) is not a known service; left running", fqn, record.pid)
+                continue
+            del self._records.processes[(fqn, index)]
+            self._tasks.start_soon(self._stop_orphan, fqn, index, record)
+
+    async def _stop_orphan(self, fqn: str, index: int, record: ProcessRecord) -> None:
+        name = fqn if index == 0 else f"{fqn}#{index}"
+        found = record.handle.get("container_id") or record.handle.get("pid")
+        try:
+            if await self._runners.get(record.runner).stop_orphan(name, record.handle, ORPHAN_GRACE):
+                log.warning("stopped %s (%s): its service no longer exists", name, found)
+        except (RunnerError, UnknownRunner) as exc:
+            # The record stays: the next start tries again (its engine may be back).
+            log.warning("cannot stop %s (%s), whose service no longer exists: %s", name, found, exc)
+            return
+        self._records.forget(fqn, index)
+
+    async def _adopt(self, instance: InstanceRuntime) -> tuple[ServiceHandle | None, bool]:
+        """The instance's process left by an earlier daemon, if it still runs, and whether
+        it was started from an older configuration (then to be replaced)."""
+        service = instance.service
+        record = self._records.processes.pop((service.fqn, instance.index), None)
+        try:
+            runner = self._runners.get(service.config.runner.type)
+        except UnknownRunner:
+            return None, False
+        if record is not None:
+            # The ports it was started with (the daemon picked them, for instances > 0).
+            instance.ports = dict(record.ports)
+        try:
+            spec = self._launcher.run_spec(instance)
+        except RuntimeTemplateError:
+            return None, False
+        handle: ServiceHandle | None = None
+        offsets = (0, 0)
+        if record is not None and record.runner == runner.name:
+            offsets = record.log_offsets
+            try:
+                handle = await runner.adopt(spec, record.handle)
+            except RunnerError as exc:
+                log.warning("cannot adopt %s: %s", instance.fqn, exc)
+        if handle is None:
+            try:
+                for found in await runner.discover(spec, self._launcher.marker):
+                    handle = await runner.adopt(spec, found)
+                    if handle is not None:
+                        break
+            except RunnerError as exc:  # its engine is not up yet (boot order): start afresh
+                log.warning("cannot look for a running %s: %s", instance.fqn, exc)
+        if handle is None:
+            if record is not None:
+                self._records.forget(service.fqn, instance.index)
+            return None, False
+        current = config_digest(service)
+        recorded = record.config_digest if record is not None else ""
+        # Started from a configuration changed since (a reload cut short by a kill,
+        # hive.yaml edited while no daemon ran)? Digests of two Hive versions may differ
+        # for one configuration: not compared.
+        older = bool(recorded) and recorded != current and recorded.partition("/")[0] == __version__
+        # Followed either way: what it writes until it is stopped is read too.
+        self._logs.follow(instance.fqn, offsets=offsets)
+        if older:  # stopped, then started again if wanted (resume)
+            log.info("%s (pid %s) runs an older configuration", instance.fqn, handle.pid)
+            self._phases.note(instance, f"pid {handle.pid} runs an older configuration: it is stopped")
+        else:
+            instance.config_digest = current
+            log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
+            self._phases.note(instance, f"adopted by the daemon (pid {handle.pid})")
+        return handle, older

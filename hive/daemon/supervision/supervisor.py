@@ -1,0 +1,414 @@
+"""The supervisor: commands on services, run as jobs, answered with outcomes.
+
+:class:`Supervisor` is the facade the rest of the daemon talks to. It keeps the
+services (:class:`~.registry.Registry`), turns each command (start, stop, restart,
+scale, remove, replace) into a job that the service's :class:`~.jobs.Owner` runs one at
+a time, and waits for the outcome (:mod:`.outcomes`) outside the owner, with the
+caller's deadline. What the user asked for (started, stopped, the scale) is persisted
+before the first process exists; a commanded stop is never counted as a crash and
+never restarted.
+
+The work is done by collaborators, each given exactly what it needs:
+
+- :class:`~.actions.Actions`: what each job does to its service;
+- :class:`~.phases.Phases`: the one place an instance's phase changes;
+- :class:`~.launch.Launcher`: run specs, environments, ports, hooks and builds;
+- :class:`~.dependencies.Dependencies`: waits for ``depends_on`` and ``uses``;
+- :class:`~.instance_task.InstanceTasks`: one task per live instance;
+- :class:`~.stopping.Stopper`: stopping instances together, by runner;
+- :class:`~.records.Records`: desired states and process records on disk;
+- :class:`~.adoption.Adoption`: taking over what earlier daemons left running;
+- :func:`~.status.instance_info`: the status view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from hive.config import HiveConfig, ServiceConfig
+from hive_client import ErrorCode, InstanceOutcome, ServiceInfo
+
+from ..errors import RequestError
+from ..runner_registry import RunnerRegistry, UnknownRunner
+from .actions import Actions
+from .adoption import Adoption
+from .dependencies import Dependencies
+from .instance_task import InstanceTasks
+from .jobs import Job, JobKind, Owner, OwnerClosed
+from .launch import Launcher
+from .order import closure, dependencies_of, reverse_levels
+from .outcomes import JobResult, Launched, done, judge, pending, superseded
+from .phases import Phases
+from .records import Records
+from .registry import Registry
+from .runtime import InstanceRuntime, ServiceRuntime
+from .status import instance_info
+from .stopping import Stopper
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..hooks import ContainerStepRunner
+
+__all__ = ["SourceChange", "Supervisor"]
+
+log = logging.getLogger("hive.supervisor")
+
+# How long a start, restart or scale waits for its instances to settle before answering.
+SETTLE_TIMEOUT = 30.0
+MAX_INSTANCES = 1000
+
+
+@dataclass
+class SourceChange:
+    """What a source reload (or an API edit of a SQLite source) changes: the one input of
+    :meth:`Supervisor.apply`. Each entry: fqn -> (config, fingerprint)."""
+
+    source: str
+    project: HiveConfig | None
+    added: dict[str, tuple[ServiceConfig, bytes]] = field(default_factory=dict)
+    changed: dict[str, tuple[ServiceConfig, bytes]] = field(default_factory=dict)
+    unchanged: dict[str, tuple[ServiceConfig, bytes]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    start_added: bool = False  # the source runs: what it gains starts too
+
+
+class Supervisor:
+    def __init__(self, app: App, task_group: anyio.abc.TaskGroup, runners: RunnerRegistry) -> None:
+        self.app = app
+        self._tasks = task_group
+        self.runners = runners
+        self._registry = Registry()
+        self._phases = Phases(app.bus, app.logs)
+        self._launcher = Launcher(app.logs, runners, app.home.root)
+        self._dependencies = Dependencies(self._registry, self._phases)
+        self._records = Records(app.store, app.state_writer, app.logs)
+        self._stopper = Stopper(runners, self._phases, self._launcher)
+        self._instances = InstanceTasks(
+            tasks=task_group, runners=runners, registry=self._registry, phases=self._phases,
+            launcher=self._launcher, dependencies=self._dependencies, stopper=self._stopper,
+            records=self._records, bus=app.bus, logs=app.logs, restart_defaults=lambda: app.settings.restart,
+        )
+        self._actions = Actions(
+            registry=self._registry, instances=self._instances, stopper=self._stopper, records=self._records,
+            writer=app.state_writer, logs=app.logs,
+        )
+        self._adoption = Adoption(
+            tasks=task_group, runners=runners, registry=self._registry, phases=self._phases,
+            launcher=self._launcher, records=self._records, instances=self._instances, logs=app.logs,
+        )
+        # How long a start waits for its instances to settle (dependency_timeout: for a dependency).
+        self.settle_timeout = SETTLE_TIMEOUT
+
+    # --- what the rest of the daemon reads ------------------------------------------------
+
+    @property
+    def services(self) -> dict[str, ServiceRuntime]:
+        return self._registry.services
+
+    @property
+    def exposes(self) -> dict[str, ServiceRuntime]:
+        """expose name -> the service that provides it."""
+        return self._registry.exposes
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._registry.shutting_down
+
+    @property
+    def hook_base_env(self) -> dict[str, str]:
+        """The daemon's environment without the marker: what hooks start from."""
+        return self._launcher.hook_base_env
+
+    @property
+    def dependency_timeout(self) -> float:
+        """How long a start waits for a dependency (or a used service) to become ready."""
+        return self._dependencies.timeout
+
+    @dependency_timeout.setter
+    def dependency_timeout(self, seconds: float) -> None:
+        self._dependencies.timeout = seconds
+
+    def get(self, fqn: str) -> ServiceRuntime:
+        return self._registry.get(fqn)
+
+    def find_instance(self, fqn: str) -> InstanceRuntime | None:
+        return self._registry.find_instance(fqn)
+
+    def all_records(self) -> list[InstanceRuntime]:
+        return self._registry.all_records()
+
+    def in_order(self, source: str | None = None) -> list[InstanceRuntime]:
+        return self._registry.in_order(source)
+
+    def fingerprint(self, fqn: str) -> bytes | None:
+        """The fingerprint of the configuration service ``fqn`` runs with; None if unknown."""
+        service = self.services.get(fqn)
+        return service.fingerprint if service is not None else None
+
+    def any_live(self, fqns: Iterable[str]) -> bool:
+        """Whether any instance of these services (those known) is live."""
+        services = self.services
+        return any(i.live for fqn in fqns if (s := services.get(fqn)) is not None for i in s.instances)
+
+    def wanted_running(self, fqns: Iterable[str]) -> bool:
+        """Whether any of these services (those known) is wanted running."""
+        services = self.services
+        return any(s.desired == "running" for fqn in fqns if (s := services.get(fqn)) is not None)
+
+    def expose_owner(self, name: str) -> str | None:
+        """The fqn of the service that exposes ``name``, if one does."""
+        provider = self.exposes.get(name)
+        return provider.fqn if provider is not None else None
+
+    def info(self, instance: InstanceRuntime) -> ServiceInfo:
+        return instance_info(instance)
+
+    def container_steps(self, fqn: str) -> ContainerStepRunner:
+        return self._launcher.container_steps(fqn)
+
+    # --- registry ---------------------------------------------------------------------
+
+    async def load_persisted(self) -> None:
+        """Read desired states and process records written by earlier daemons."""
+        await self._records.load()
+
+    def register(
+        self, source: str, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
+    ) -> ServiceRuntime:
+        # Load its runner now (an import, the first time), not on the path of its start.
+        with contextlib.suppress(UnknownRunner):
+            self.runners.get(config.runner.type)
+        service = ServiceRuntime(source, config, project, fingerprint)
+        service.owner = Owner(service.fqn, self._tasks, partial(self._actions.run, service))
+        persisted = self._records.persisted.get(service.fqn)
+        if persisted is not None:
+            service.desired = persisted.desired
+            service.restart_count = persisted.restart_count
+            service.scale = persisted.instances
+            service.grow(service.scale)
+        self.services[service.fqn] = service
+        self._registry.index_exposes()
+        return service
+
+    async def unregister(self, fqn: str, *, forget: bool) -> list[InstanceOutcome]:
+        """Stop the service and remove it; ``forget``: its stored state goes too."""
+        service = self.services.get(fqn)
+        if service is None:
+            return []
+        assert service.owner is not None
+        job = service.owner.submit(JobKind.REMOVE, forget)
+        service.owner.close()  # what comes after the removal finds no service
+        result: JobResult = await job.wait()
+        return [pending(instance, why) for instance, why in result.left]
+
+    async def apply(self, change: SourceChange) -> None:
+        """Apply a reload's plan: removed services stop and go, changed ones are stopped
+        and started again with their new configuration (if they ran or were wanted),
+        new ones are registered (and started when ``change.start_added``)."""
+        jobs: list[Job] = []
+        for fqn in change.removed:
+            service = self.services.get(fqn)
+            if service is not None and service.owner is not None:
+                jobs.append(service.owner.submit(JobKind.REMOVE, True))
+                service.owner.close()
+        for fqn, (config, fingerprint) in change.changed.items():
+            owner = self.services[fqn].owner
+            assert owner is not None
+            jobs.append(owner.submit(JobKind.REPLACE, (config, change.project, fingerprint)))
+        for fqn, (config, fingerprint) in change.unchanged.items():
+            service = self.services[fqn]
+            service.config, service.project, service.fingerprint = config, change.project, fingerprint
+            service.notify()
+        for config, fingerprint in change.added.values():
+            self.register(change.source, config, change.project, fingerprint)
+        self._registry.index_exposes()
+        for job in jobs:
+            await job.wait()
+        if change.start_added and change.added and not self.shutting_down:
+            await self.start(list(change.added), wait=None)
+
+    # --- commands --------------------------------------------------------------------
+
+    def _closure(self, fqns: Iterable[str]) -> list[ServiceRuntime]:
+        """The services and, transitively, what they depend on (same source)."""
+        return closure([self.get(fqn) for fqn in fqns], self.services.get)
+
+    def _submit(self, service: ServiceRuntime, kind: JobKind, argument: Any = None) -> Job:
+        if self.shutting_down:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        assert service.owner is not None
+        try:
+            return service.owner.submit(kind, argument)
+        except OwnerClosed:
+            raise RequestError.not_found(f"no service {service.fqn!r} (it is being removed)") from None
+
+    async def start(self, fqns: Iterable[str], *, wait: float | None = -1.0) -> list[InstanceOutcome]:
+        """Start services and, first, what they depend on; what became of each instance
+        (after up to ``wait`` seconds, by default the settle timeout; None: not waited)."""
+        if wait is not None and wait < 0:
+            wait = self.settle_timeout
+        jobs = [(service, self._submit(service, JobKind.START)) for service in self._closure(fqns)]
+        return await self._started(jobs, wait)
+
+    async def restart(self, fqn: str) -> list[InstanceOutcome]:
+        """Stop, then start (the service and what it depends on)."""
+        service = self.get(fqn)
+        jobs = [(service, self._submit(service, JobKind.RESTART))]
+        jobs += [(dep, self._submit(dep, JobKind.START)) for dep in self._closure([fqn]) if dep is not service]
+        return await self._started(jobs, self.settle_timeout)
+
+    async def _started(self, jobs: list[tuple[ServiceRuntime, Job]], wait: float | None) -> list[InstanceOutcome]:
+        launched: Launched = {}
+        replaced: list[InstanceOutcome] = []
+        for service, job in jobs:
+            result: JobResult = await job.wait()
+            if job.kind is JobKind.STOP:  # a stop came before it ran, and took its place
+                replaced += [superseded(i, "a stop came before the start ran") for i in service.wanted()]
+            launched.update(result.launched)
+        return replaced + await self._outcomes(launched, wait)
+
+    async def scale(self, fqn: str, count: int) -> list[InstanceOutcome]:
+        """Run ``count`` copies; down: the highest instances stop first. Persisted."""
+        service = self.get(fqn)
+        if not 0 <= count <= MAX_INSTANCES:
+            raise RequestError.invalid(f"instances must be between 0 and {MAX_INSTANCES}, not {count}")
+        result: JobResult = await self._submit(service, JobKind.SCALE, count).wait()
+        return await self._outcomes(result.launched, self.settle_timeout)
+
+    async def stop(self, fqns: Iterable[str]) -> list[InstanceOutcome]:
+        """Stop services, dependents first (among those being stopped), each level in
+        parallel. An instance its runner cannot stop now (its engine is away) is left
+        stopping (its runner carries the stop out when it can): ``pending``."""
+        services = [self.get(fqn) for fqn in fqns]
+        if self.shutting_down:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        # What the user asked for goes to disk once for the whole command, before any
+        # signal; each job then finds it saved (one that a start overtook saves it again).
+        # Bench: bench/peers.py "stop of 100" (a flush per service).
+        asked = [service for service in services if service.desired != "stopped"]
+        for service in asked:
+            service.desired = "stopped"
+            service.notify()
+            self._records.save_desired(service)
+        if asked:
+            await self.app.state_writer.flush()
+        outcomes: list[InstanceOutcome] = []
+        # What a service left running depends on is kept up for it: fqn -> the services
+        # it is kept for. It is stopped once they are (see _stop_when_released).
+        held: dict[str, list[ServiceRuntime]] = {}
+        for level in reverse_levels(services):
+            jobs: list[tuple[ServiceRuntime, Job]] = []
+            for service in level:
+                if service.fqn in held:
+                    outcomes += [pending(i, "left running: a service that depends on it is not stopped yet; "
+                                            "it stops once that one has") for i in service.instances if i.live]
+                    for dependency in dependencies_of(service):
+                        held.setdefault(dependency, []).append(service)
+                    self._tasks.start_soon(self._stop_when_released, service, held[service.fqn])
+                else:
+                    jobs.append((service, self._submit(service, JobKind.STOP)))
+            for service, job in jobs:
+                result: JobResult = await job.wait()
+                if job.kind is not JobKind.STOP:  # a start came before it ran, and took its place
+                    outcomes += [superseded(i, "a start came before the stop ran")
+                                 for i in service.instances if i.live]
+                for instance, why in result.left:
+                    outcomes.append(pending(instance, why))
+                    for dependency in dependencies_of(instance.service):
+                        held.setdefault(dependency, []).append(instance.service)
+        answered = {outcome.fqn for outcome in outcomes}
+        outcomes += [done(i) for s in services for i in s.instances if i.fqn not in answered]
+        return outcomes
+
+    async def _stop_when_released(self, service: ServiceRuntime, holders: list[ServiceRuntime]) -> None:
+        """A stop left ``service`` running for ``holders`` (they depend on it, and their own
+        stop is owed: their engine is away). Once none of them runs, it is stopped too,
+        unless someone asked for it again meanwhile. In the background: no request waits."""
+        for holder in holders:
+            while any(instance.live for instance in holder.instances):
+                if service.desired != "stopped" or self._registry.gone(service):
+                    return
+                await holder.changed.wait()
+        if service.desired == "stopped" and not self._registry.gone(service) and service.owner is not None \
+                and not service.owner.closed:
+            await service.owner.submit(JobKind.STOP).wait()
+
+    async def _outcomes(self, launched: Launched, timeout: float | None) -> list[InstanceOutcome]:
+        """What became of each instance a start acted on, once each has settled (or the
+        deadline passed). Only a settle after the start counts: never an earlier run's."""
+
+        def settled(instance: InstanceRuntime, seen: int | None) -> bool:
+            return seen is None or instance.settles > seen
+
+        if timeout is not None:
+            with anyio.move_on_after(timeout):
+                for instance, seen in launched.items():
+                    while not settled(instance, seen):
+                        await instance.service.changed.wait()
+            # Their process records on disk too: a daemon killed right after the answer
+            # adopts them with everything it knew (their ports, where their logs were).
+            await self.app.state_writer.flush()
+        return [judge(instance, seen) for instance, seen in launched.items()]
+
+    async def build(self, fqn: str) -> str:
+        """Run a service's build now (``hive service build``); its output goes to the logs."""
+        service = self.get(fqn)
+        if service.config.build is None:
+            raise RequestError.invalid(f"{service.fqn} has no build step")
+        instance = service.instances[0]
+        instance.ports = self._launcher.instance_ports(instance)
+        result = await self._launcher.build(instance, force=True)
+        assert result is not None
+        if not result.ok:
+            raise RequestError(ErrorCode.BUILD_FAILED, result.message)
+        return f"{service.fqn} built"
+
+    # --- start-up and shutdown ------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """At start-up: adopt what earlier daemons left running, start what should run
+        (see :mod:`.adoption`)."""
+        sources = self.app.sources.sources
+
+        def loaded(name: str) -> bool:
+            source = sources.get(name)
+            return source is not None and source.error is None and not source.warnings
+
+        await self._adoption.resume(loaded)
+
+    def save_log_offsets(self) -> None:
+        """Persist how far each running instance's output was read (for the next daemon)."""
+        self._records.save_log_offsets(self.all_records())
+
+    async def shutdown(self, *, keep_services: bool) -> None:
+        """Stop every service (dependents first), or leave them running for the next
+        daemon. The desired states stay as they are: the next daemon starts them again."""
+        self._registry.shutting_down = True
+        if keep_services:
+            self.save_log_offsets()
+            await self.app.state_writer.flush()
+            return
+        running = [s for s in self.services.values() if any(i.live for i in s.instances)]
+        for level in reverse_levels(running):
+            jobs = [service.owner.submit(JobKind.STOP, "halt") for service in level
+                    if service.owner is not None and not service.owner.closed]
+            for job in jobs:
+                # Not waited for: an engine that is away must not hold the daemon's exit;
+                # what it runs keeps its record, and the next daemon adopts it or stops it.
+                result: JobResult = await job.wait()
+                for instance, why in result.left:
+                    log.warning("not stopped: %s: %s; the next daemon takes it over", instance.fqn, why)
+        await self.app.state_writer.flush()
+
+    # --- for tests that drive health by hand ----------------------------------------------
+
+    def _health_changed(self, instance: InstanceRuntime, healthy: bool, message: str) -> None:
+        self._phases.health_changed(instance, healthy, message)
