@@ -13,15 +13,15 @@ command answered, every instance settled) the ones about the end result:
 - no lock is held, and every owner is idle;
 - the persisted desired state equals the in-memory one.
 
-``HIVE_STATEFUL_EXAMPLES`` sets the number of examples (CI runs at least 200). A
-failure prints the steps that led to it and the seed to run it again with
-(``pytest --hypothesis-seed=N``).
+``HIVE_STATEFUL_EXAMPLES`` sets the number of examples (CI runs 200). A failure prints
+the steps that led to it and its seed; ``HIVE_STATEFUL_SEED=N`` runs that seed again.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import random
 import shutil
 import tempfile
 from concurrent.futures import Future
@@ -31,9 +31,15 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from hive.daemon.errors import RequestError
 from hive.daemon.store import StateStore
@@ -302,7 +308,7 @@ class Supervision(RuleBasedStateMachine):
                 assert service.desired == "stopped" and service.scale == 1, f"{fqn} not persisted"
 
 
-Supervision.TestCase.settings = settings(
+SETTINGS = settings(
     max_examples=EXAMPLES,
     stateful_step_count=25,
     deadline=None,
@@ -313,4 +319,11 @@ Supervision.TestCase.settings = settings(
 
 @pytest.mark.slow
 def test_supervision_state_machine() -> None:
-    Supervision.TestCase().runTest()
+    chosen = int(os.environ.get("HIVE_STATEFUL_SEED") or random.randrange(2**32))
+    try:
+        run_state_machine_as_test(seed(chosen)(Supervision), settings=SETTINGS)
+    except BaseException as exc:
+        raise AssertionError(
+            f"the supervision state machine failed with seed {chosen}: run it again with "
+            f"HIVE_STATEFUL_SEED={chosen} (the steps are printed above)"
+        ) from exc
