@@ -68,7 +68,10 @@ class Stopper:
                 key = (config.runner.type, config.stop_signum(), config.stop_grace)
                 groups.setdefault(key, []).append(handle)
         failed: dict[int, str] = {}  # id(handle) -> why its stop failed
-        if groups:
+        if len(groups) == 1:  # the usual case: no task group (bench/peers.py "stop of 100")
+            [(key, handles)] = groups.items()
+            await self._sweep(key, handles, failed)
+        elif groups:
             async with anyio.create_task_group() as stops:
                 for key, handles in groups.items():
                     stops.start_soon(self._sweep, key, handles, failed)
