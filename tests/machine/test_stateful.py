@@ -229,8 +229,7 @@ class Supervision(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
-        self._settle()
-        self._check_quiescent()
+        self._settle(check=True)
 
     # --- invariants ------------------------------------------------------------------------
 
@@ -246,7 +245,7 @@ class Supervision(RuleBasedStateMachine):
                 exc = future.exception()
                 assert exc is None, f"{what} failed: {exc!r}"
 
-    def _settle(self) -> None:
+    def _settle(self, *, check: bool = False) -> None:
         """Every command answered (within its bound), every instance settled."""
         self.fake.hold_starts = False
         self.portal.call(self.fake.release_starts)
@@ -257,9 +256,9 @@ class Supervision(RuleBasedStateMachine):
             except TimeoutError:
                 raise AssertionError(f"{what} was not answered within {ANSWER_BOUND} s") from None
         self.portal.call(self.fake.engine_back)
-        self.portal.call(self._quiesce)
+        self.portal.call(self._quiesce, check)
 
-    async def _quiesce(self) -> None:
+    async def _quiesce(self, check: bool) -> None:
         supervisor = self.hive.supervisor
         with anyio.fail_after(ANSWER_BOUND):
             while True:
@@ -278,7 +277,11 @@ class Supervision(RuleBasedStateMachine):
                     i.phase in TRANSIENT for s in supervisor.services.values() for i in s.instances
                 ):
                     break
+        if check:  # in the loop's thread, before anything moves again (a backoff timer)
+            self._check_quiescent()
         await self.hive.app.state_writer.flush()
+        if check:
+            await self._check_persisted()
 
     def _check_quiescent(self) -> None:
         supervisor = self.hive.supervisor
@@ -299,7 +302,10 @@ class Supervision(RuleBasedStateMachine):
                         f"{instance.fqn} is wanted but {instance.phase} ({instance.last_error})"
                     )
         assert running == supervised, f"processes {running} but supervised {supervised}"
-        rows = self.portal.call(self.store.fetch_all, "SELECT fqn, desired, instances FROM services")
+
+    async def _check_persisted(self) -> None:
+        supervisor = self.hive.supervisor
+        rows = await self.store.fetch_all("SELECT fqn, desired, instances FROM services")
         stored = {row[0]: (row[1], row[2]) for row in rows}
         for fqn, service in supervisor.services.items():
             if fqn in stored:
