@@ -105,11 +105,9 @@ async def test_old_layout_digest_still_tells_an_older_configuration(
         await hive.supervisor.start(["p:web"])
     await _to_old_layout(store, digest=f"{__version__}/0000000000000000")
     async with InProcessHive.running(hive_home, store, fake, keep_services=False) as hive:
-        await hive.app.state_writer.flush()
-        for _ in range(100):
-            if hive.supervisor.services["p:web"].instances[0].phase is Phase.RUNNING:
-                break
-            await anyio.sleep(0.01)
-        assert hive.supervisor.services["p:web"].instances[0].phase is Phase.RUNNING
+        service = hive.supervisor.services["p:web"]
+        with anyio.fail_after(5):  # its replacement is started in the background
+            while service.instances[0].phase is not Phase.RUNNING:
+                await service.changed.wait()
         assert fake.starts == 2  # the old record's digest said older: replaced
     assert fake.running() == {}
