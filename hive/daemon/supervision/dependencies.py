@@ -59,7 +59,7 @@ class Dependencies:
                                                                f"(state: {state}), cannot start {instance.fqn}")
                         if instance.last_error != waiting:
                             instance.last_error = waiting
-                            service.notify()
+                            service.notify(instance)
                         await _either(dependency.changed, instance)  # it changes, or we stop
             except TimeoutError:
                 return self._phases.fail(instance, f"timeout waiting for dependency {dependency.fqn}")
@@ -110,7 +110,7 @@ class Dependencies:
                 f" ({provider.fqn})" if provider is not None else "")
             if instance.last_error != waiting:
                 instance.last_error = waiting
-                instance.service.notify()
+                instance.service.notify(instance)
             event = self._registry.exposes_changed() if provider is None else provider.changed
             await _either(event, instance)
         return None

@@ -131,7 +131,7 @@ class InstanceTasks:
                 self._phases.force(instance, Phase.STOPPED)
             instance.handle = None
             instance.finished()
-            service.notify()
+            service.notify(instance)
 
     async def _end(self, instance: InstanceRuntime, ran: bool) -> None:
         """A stopping instance's process is gone: its post-down hooks, then stopped (or

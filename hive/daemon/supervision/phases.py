@@ -34,7 +34,7 @@ class Phases:
         if phase is not instance.phase:
             self.force(instance, phase)
         else:
-            instance.service.notify()
+            instance.service.notify(instance)
         return phase
 
     def force(self, instance: InstanceRuntime, phase: Phase) -> None:
@@ -46,7 +46,7 @@ class Phases:
         state, before = WIRE_STATE[phase], WIRE_STATE[previous]
         if state != before:
             self._bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=before))
-        instance.service.notify()
+        instance.service.notify(instance)
 
     def fail(self, instance: InstanceRuntime, message: str, given: Input = Input.START_FAILED) -> bool:
         """A start that cannot go on: why, in its log and its status. (Told to stop
@@ -55,7 +55,8 @@ class Phases:
         self.note(instance, message, LogLevel.ERROR)
         if not instance.stopping:
             self.apply(instance, given)
-        instance.service.notify()
+        else:
+            instance.service.notify(instance)
         return False
 
     def start_failed(self, instance: InstanceRuntime, message: str) -> bool:

@@ -158,9 +158,11 @@ class ServiceRuntime:
             self._changed = anyio.Event()
         return self._changed
 
-    def notify(self) -> None:
-        for instance in self.instances:
-            instance.info_cache = None
+    def notify(self, instance: InstanceRuntime | None = None) -> None:
+        """Something shown changed: of ``instance`` (its cached info is dropped), or of
+        the service (every instance's is); whoever waits for a change is woken."""
+        for each in (instance,) if instance is not None else self.instances:
+            each.info_cache = None
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()

@@ -81,7 +81,7 @@ class Stopper:
             if why is not None:
                 self._phases.note(instance, f"not stopped yet: {why}", LogLevel.WARN)
                 instance.last_error = why
-                instance.service.notify()
+                instance.service.notify(instance)
                 left.append((instance, why))
                 continue
             await instance.wait_finished()
