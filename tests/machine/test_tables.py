@@ -131,3 +131,34 @@ async def test_jobs_with_an_argument_keep_their_order() -> None:
             for job in jobs:
                 await job.wait()
     assert ran == [(JobKind.SCALE, 3), (JobKind.STOP, None), (JobKind.SCALE, 1), (JobKind.STOP, None)]
+
+
+@pytest.mark.anyio
+async def test_a_claimed_job_holds_the_owner_until_released() -> None:
+    ran: list[JobKind] = []
+
+    async def run(job: Job) -> str:
+        ran.append(job.kind)
+        return f"{job.kind} done"
+
+    async with anyio.create_task_group() as tasks:
+        owner = Owner("p:web", tasks, run)
+        claimed = owner.claim(JobKind.STOP)
+        assert claimed is not None and not owner.idle
+        assert owner.claim(JobKind.STOP) is None  # busy: a second caller must submit
+        started = owner.submit(JobKind.START)
+        merged = owner.submit(JobKind.START)
+        assert merged is started  # queued behind the claimed job, merged as usual
+        await anyio.wait_all_tasks_blocked()
+        assert ran == [] and not started.done  # nothing runs past a claimed job
+        owner.release(claimed, "stopped here")
+        with anyio.fail_after(5):
+            assert await claimed.wait() == "stopped here"
+            assert await started.wait() == "start done"
+            await owner.wait_idle()
+        assert ran == [JobKind.START]
+        idle_claim = owner.claim(JobKind.STOP)
+        assert idle_claim is not None
+        owner.release(idle_claim)
+        owner.close()
+        assert owner.claim(JobKind.STOP) is None  # closed: no more jobs, claimed or not

@@ -58,6 +58,26 @@ class Actions:
             return JobResult(left=await self._remove(service, forget=job.argument))
         raise AssertionError(f"unknown job {kind}")
 
+    async def stop_together(self, services: list[ServiceRuntime]) -> dict[ServiceRuntime, Left]:
+        """A stop job of each service (claimed from its idle owner), run as one: one save
+        of what was asked, one sweep of their instances. What each could not stop now."""
+        await self.persist_stopped(services)
+        left = await self._stopper.stop([instance for service in services for instance in service.instances])
+        by_service: dict[ServiceRuntime, Left] = {service: [] for service in services}
+        for instance, why in left:
+            by_service[instance.service].append((instance, why))
+        return by_service
+
+    async def persist_stopped(self, services: list[ServiceRuntime]) -> None:
+        """Mark the services wanted stopped, on disk in one flush (none if all were)."""
+        asked = [service for service in services if service.desired != "stopped"]
+        for service in asked:
+            service.desired = "stopped"
+            service.notify()
+            self._records.save_desired(service)
+        if asked:
+            await self._writer.flush()
+
     async def _save_desired(self, service: ServiceRuntime) -> None:
         # What the user asked for is on disk before the first process exists: a daemon
         # killed in between leaves either nothing started or everything wanted (the next

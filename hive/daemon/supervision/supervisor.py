@@ -51,7 +51,7 @@ from .records import Records
 from .registry import Registry
 from .runtime import InstanceRuntime, ServiceRuntime
 from .status import instance_info
-from .stopping import Stopper
+from .stopping import Left, Stopper
 
 if TYPE_CHECKING:
     from ..app import App
@@ -293,21 +293,19 @@ class Supervisor:
         # What the user asked for goes to disk once for the whole command, before any
         # signal; each job then finds it saved (one that a start overtook saves it again).
         # Bench: bench/peers.py "stop of 100" (a flush per service).
-        asked = [service for service in services if service.desired != "stopped"]
-        for service in asked:
-            service.desired = "stopped"
-            service.notify()
-            self._records.save_desired(service)
-        if asked:
-            await self.app.state_writer.flush()
+        await self._actions.persist_stopped(services)
         outcomes: list[InstanceOutcome] = []
         # What a service left running depends on is kept up for it: fqn -> the services
         # it is kept for. It is stopped once they are (see _stop_when_released).
         held: dict[str, list[ServiceRuntime]] = {}
         for level in reverse_levels(services):
             jobs: list[tuple[ServiceRuntime, Job]] = []
+            claimed: list[tuple[ServiceRuntime, Job]] = []
             for service in level:
-                if service.fqn in held:
+                job = None if service.fqn in held or service.owner is None else service.owner.claim(JobKind.STOP)
+                if job is not None:
+                    claimed.append((service, job))
+                elif service.fqn in held:
                     outcomes += [pending(i, "left running: a service that depends on it is not stopped yet; "
                                             "it stops once that one has") for i in service.instances if i.live]
                     for dependency in dependencies_of(service):
@@ -315,6 +313,9 @@ class Supervisor:
                     self._tasks.start_soon(self._stop_when_released, service, held[service.fqn])
                 else:
                     jobs.append((service, self._submit(service, JobKind.STOP)))
+            if claimed:
+                self._tasks.start_soon(self._stop_claimed, claimed, name="stop")
+                jobs += claimed
             for service, job in jobs:
                 result: JobResult = await job.wait()
                 if job.kind is not JobKind.STOP:  # a start came before it ran, and took its place
@@ -327,6 +328,27 @@ class Supervisor:
         answered = {outcome.fqn for outcome in outcomes}
         outcomes += [done(i) for s in services for i in s.instances if i.fqn not in answered]
         return outcomes
+
+    async def _stop_claimed(self, claimed: list[tuple[ServiceRuntime, Job]]) -> None:
+        """Run the stop jobs claimed from idle owners as one (see
+        :meth:`Actions.stop_together`), in a task of the daemon's as an owner's job runs
+        (a caller that goes away does not cut it short), then hand each owner back."""
+        result: dict[ServiceRuntime, Left] = {}
+        error: BaseException | None = None
+        try:
+            result = await self._actions.stop_together([service for service, _ in claimed])
+        except Exception as exc:  # each caller gets it, as from an owner's job
+            error = exc
+        except BaseException:
+            error = OwnerClosed("the daemon is shutting down")
+            raise
+        finally:
+            for service, job in claimed:
+                assert service.owner is not None
+                if error is None:
+                    service.owner.release(job, JobResult(left=result[service]))
+                else:
+                    service.owner.release(job, error=error)
 
     async def _stop_when_released(self, service: ServiceRuntime, holders: list[ServiceRuntime]) -> None:
         """A stop left ``service`` running for ``holders`` (they depend on it, and their own
