@@ -141,12 +141,14 @@ async def test_start_of_an_exited_service_reports_success(
         version: "1"
         services:
           once:
-            runner: {{type: script, script: {{run: "echo ran >> {marker}; trap 'exit 0' TERM; while true; do sleep 0.05; done"}}}}
+            runner: {{type: script, script: {{run: "trap 'exit 0' TERM; echo ran >> {marker}; while true; do sleep 0.05; done"}}}}
     """)
     await client.add_source(project_dir, name="p")
     await client.start_service("p:once")
     pid = (await client.get_service_status("p:once")).pid
     assert pid is not None
+    # Its TERM trap is set once it wrote the marker (else TERM would kill it: crashed).
+    wait_for(lambda: marker.exists() and "ran" in marker.read_text(), what="the first run's trap")
     os.kill(pid, signal.SIGTERM)  # it ends on its own, with code 0: exited
     await events.expect("service_state_changed", "p:once", where=lambda e: e.state == "exited")
     result = run_cli("service", "start", "p:once")
