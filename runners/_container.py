@@ -84,6 +84,7 @@ from .base import (
     RunSpec,
     ServiceHandle,
     decode_config,
+    describe_exit,
     valid_stop_signal,
 )
 from .output import run_streaming
@@ -92,6 +93,12 @@ __all__ = [
     "ContainerConfig", "ContainerHandle", "ContainerRunner", "ContainerSecurity", "EngineUnreachable",
     "container_name", "parse_port", "parse_volume",
 ]
+
+
+def _exit_code(state: dict[str, Any]) -> int | None:
+    """A container's exit code from its inspected ``State`` (None if not reported)."""
+    code = state.get("ExitCode")
+    return code if isinstance(code, int) else None
 
 # How long the log follower gets to copy the last lines after the container ended.
 DRAIN_TIMEOUT = 5.0
@@ -836,13 +843,13 @@ class ContainerHandle(ServiceHandle):
                 return ExitStatus()
             state = found[0].get("State") or {}
             if not state.get("Running"):
-                exit_code = state.get("ExitCode")
-                ended_with = int(exit_code) if isinstance(exit_code, int) else None
+                ended_with = _exit_code(state)
                 if lost_at is not None:
                     # Ended by the engine's restart, not by itself: a failure for the
                     # restart policy even when the code is 0 (its stop signal trapped).
                     return ExitStatus(exit_code=ended_with, cause=(
-                        f"ended while the {runner.display} engine was away (exit code {ended_with})"))
+                        f"ended while the {runner.display} engine was away "
+                        f"({describe_exit(ended_with, code_phrase='exit code')})"))
                 return ExitStatus(exit_code=ended_with)
             if lost_at is not None:
                 # It survived the engine (live-restore): follow it again, as before, and
@@ -902,7 +909,7 @@ class ContainerHandle(ServiceHandle):
             if lost_at is not None:
                 state = (found[0].get("State") or {}) if found else {}
                 outcome = ("the container still runs" if state.get("Running") else
-                           f"the container ended meanwhile (exit code {state.get('ExitCode')})"
+                           f"the container ended meanwhile ({describe_exit(_exit_code(state), code_phrase='exit code')})"
                            if found else "the container is gone")
                 self._report(f"the {self.runner.display} engine is back after "
                              f"{time.time() - lost_at:.1f} s; {outcome}")

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .sources import SourceRegistry
     from .supervision import Supervisor
 
-__all__ = ["App", "NotAttached", "ShutdownRequest"]
+__all__ = ["App", "ShutdownRequest"]
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,6 @@ class ShutdownRequest:
     graceful: bool = True
     keep_services: bool = False
     reason: str = ""
-
-
-class NotAttached(RuntimeError):
-    """A part of the daemon was used before start-up attached it (a bug, not a user error)."""
 
 
 @dataclass
@@ -51,6 +47,8 @@ class App:
     state_writer: StateWriter
     logs: LogHub
     task_group: anyio.abc.TaskGroup  # the daemon's own (long-lived parts start in it)
+    services: Supervisor
+    sources: SourceRegistry
     pid: int = field(default_factory=os.getpid)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
@@ -58,33 +56,8 @@ class App:
     version: str = __version__
     plugins: PluginManager | None = None  # once a plugin is configured
     reloader: Callable[[], Awaitable[str]] | None = None
-    # The supervisor and the source registry hold the App, so they are made after it
-    # and come in through attach(); until then their properties raise NotAttached.
-    _services: Supervisor | None = field(default=None, init=False)
-    _sources: SourceRegistry | None = field(default=None, init=False)
     _shutdown: anyio.Event = field(default_factory=anyio.Event)
     shutdown_request: ShutdownRequest | None = None
-
-    def attach(self, services: Supervisor, sources: SourceRegistry) -> None:
-        self._services = services
-        self._sources = sources
-
-    @property
-    def attached(self) -> bool:
-        """Whether the supervisor and the source registry are in place."""
-        return self._services is not None and self._sources is not None
-
-    @property
-    def services(self) -> Supervisor:
-        if self._services is None:
-            raise NotAttached("app.services used before start-up attached the supervisor")
-        return self._services
-
-    @property
-    def sources(self) -> SourceRegistry:
-        if self._sources is None:
-            raise NotAttached("app.sources used before start-up attached the source registry")
-        return self._sources
 
     @property
     def uptime(self) -> float:

@@ -26,8 +26,6 @@ The daemon's internal exceptions::
     │   └── StopFailed         some of a batch of stops failed, each with why
     ├── OwnerClosed            a job for a service being removed (supervision.jobs)
     └── IllegalTransition      an input the phase table has no entry for (supervision.machine)
-    RuntimeError
-    └── NotAttached            a part of the app used before start-up attached it (app)
 """
 
 from __future__ import annotations

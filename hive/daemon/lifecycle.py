@@ -219,15 +219,24 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
         sock, socket_path, owned = _open_socket(home, settings)
         owned_socket = socket_path if owned else None
         async with anyio.create_task_group() as daemon_tasks:
+            bus, writer = EventBus(), StateWriter(store)
+            logs = LogHub(home.logs_dir, home.run_dir, settings.logs)
+            supervisor = Supervisor(
+                tasks=daemon_tasks, runners=runners, bus=bus, logs=logs, store=store, writer=writer,
+                home=home.root, restart_defaults=lambda: app.settings.restart,
+            )
+            sources = SourceRegistry(home=home.root, store=store, bus=bus, logs=logs, supervisor=supervisor)
             app = App(
                 home=home,
                 settings=settings,
                 socket_path=socket_path,
-                bus=EventBus(),
+                bus=bus,
                 store=store,
-                state_writer=StateWriter(store),
-                logs=LogHub(home.logs_dir, home.run_dir, settings.logs),
+                state_writer=writer,
+                logs=logs,
                 task_group=daemon_tasks,
+                services=supervisor,
+                sources=sources,
             )
             app.reloader = _make_reloader(app, notifier, runners)
             server = SocketServer(
@@ -236,15 +245,12 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
             app.server = server
             # Handlers in place before READY: a SIGHUP right after must not kill us.
             await daemon_tasks.start(_handle_signals, app)
-            await daemon_tasks.start(app.state_writer.run)
-            await daemon_tasks.start(app.logs.run)
-            supervisor = Supervisor(app, daemon_tasks, runners)
+            await daemon_tasks.start(writer.run)
+            await daemon_tasks.start(logs.run)
             await supervisor.load_persisted()
-            sources = SourceRegistry(app, supervisor)
-            app.attach(supervisor, sources)
             await sources.load_all()
             # Adopt what a previous daemon left running before we say we are ready.
-            await supervisor.resume()
+            await supervisor.resume(sources.loaded)
             await daemon_tasks.start(server.serve)
             daemon_tasks.start_soon(notifier.run_watchdog)
             daemon_tasks.start_soon(_save_offsets, supervisor)
@@ -285,9 +291,8 @@ async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     """Stop what the daemon runs (services, plugins), in reverse order of start."""
     if app.plugins is not None:
         await app.plugins.shutdown(_PLUGIN_DRAIN_SECONDS)
-    if app.attached:
-        await app.sources.shutdown(keep_services=request.keep_services)
-        await app.sources.close()
+    await app.sources.shutdown(keep_services=request.keep_services)
+    await app.sources.close()
     await app.state_writer.flush()
 
 
@@ -320,10 +325,8 @@ def _make_reloader(app: App, notifier: Notifier, runners: RunnerRegistry) -> Cal
             app.plugins = PluginManager(app, app.task_group)
         if app.plugins is not None:
             messages.extend(await app.plugins.reconfigure(settings.plugins))
-        sources_ok = True
-        if app.attached:
-            sources_message, sources_ok = await app.sources.reload_all()
-            messages.append(sources_message)
+        sources_message, sources_ok = await app.sources.reload_all()
+        messages.append(sources_message)
         summary = "; ".join(messages)
         notifier.ready("reloaded")
         app.bus.publish(DaemonReloaded(ok=sources_ok, message=summary))

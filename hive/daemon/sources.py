@@ -50,12 +50,13 @@ from hive_client.protocol import ReloadPlan
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
-from .store import SourceRow, StateRepository
+from .store import SourceRow, StateRepository, StateStore
 from .supervision import SourceChange, Supervisor
 
 if TYPE_CHECKING:
-    from .app import App
+    from .events import EventBus
     from .hooks import HookOutcome
+    from .logs import LogHub
 
 __all__ = ["Source", "SourceRegistry"]
 
@@ -152,14 +153,24 @@ def _source_path(text: str) -> Path:
 
 
 class SourceRegistry:
-    def __init__(self, app: App, supervisor: Supervisor) -> None:
-        self.app = app
+    def __init__(
+        self, *, home: Path, store: StateStore, bus: EventBus, logs: LogHub, supervisor: Supervisor
+    ) -> None:
+        """``home``: HIVE_HOME (its hive.yaml, if any, is the default source)."""
+        self._home = home
+        self._bus = bus
+        self._logs = logs
         self.supervisor = supervisor
         self.sources: dict[str, Source] = {}
-        self._stored = StateRepository(app.store)  # the registry of added sources, on disk
+        self._stored = StateRepository(store)  # the registry of added sources, on disk
         self._lock = anyio.Lock()  # one structural change (add, remove, reload) at a time
 
     # --- queries ----------------------------------------------------------------------
+
+    def loaded(self, name: str) -> bool:
+        """Whether source ``name`` loaded completely (no error, no warning)."""
+        source = self.sources.get(name)
+        return source is not None and source.error is None and not source.warnings
 
     def names(self) -> list[str]:
         return sorted(self.sources)
@@ -194,7 +205,7 @@ class SourceRegistry:
 
     async def load_all(self) -> None:
         """The default source and every registered one; a broken one is kept, with its error."""
-        home = self.app.home.root
+        home = self._home
         if find_config_file(home) is not None:
             source = Source(DEFAULT_SOURCE, home, "yaml", builtin=True)
             await self._load_initial(source)
@@ -267,7 +278,7 @@ class SourceRegistry:
 
     async def _prepare(self, source: Source, names: Iterable[str]) -> None:
         """Runtime files of new services, made ahead of their first start."""
-        await self.app.logs.prepare(f"{source.name}:{name}" for name in names)
+        await self._logs.prepare(f"{source.name}:{name}" for name in names)
 
     # --- add / remove -----------------------------------------------------------------
 
@@ -308,7 +319,7 @@ class SourceRegistry:
             self.sources[name] = source
             self._install(source, services)
             await self._prepare(source, services)
-        self.app.bus.publish(SourceAdded(name=name, path=str(canonical), source_type=source_type))
+        self._bus.publish(SourceAdded(name=name, path=str(canonical), source_type=source_type))
         log.info("added source %s (%s, %d services)", name, canonical, len(services))
         return source, True
 
@@ -360,7 +371,7 @@ class SourceRegistry:
             del self.sources[name]
             if source.database is not None:
                 await source.database.close()
-        self.app.bus.publish(SourceRemoved(name=name))
+        self._bus.publish(SourceRemoved(name=name))
 
     # --- reload -----------------------------------------------------------------------
 
@@ -391,7 +402,7 @@ class SourceRegistry:
         except RequestError as exc:
             source.project = old_project
             if not dry_run:
-                self.app.bus.publish(SourceChanged(name=source.name, change="reload_failed", message=exc.message))
+                self._bus.publish(SourceChanged(name=source.name, change="reload_failed", message=exc.message))
             raise
         change = SourceChange(source=source.name, project=source.config)
         for name, config in services.items():
@@ -416,7 +427,7 @@ class SourceRegistry:
         await self._prepare(source, (fqn.partition(":")[2] for fqn in change.added))
         await self.supervisor.apply(change)
         plan.applied = True
-        self.app.bus.publish(SourceChanged(
+        self._bus.publish(SourceChanged(
             name=source.name, change="reloaded",
             message=f"{len(plan.start)} new, {len(plan.restart)} changed, {len(plan.stop)} removed",
         ))
@@ -432,7 +443,7 @@ class SourceRegistry:
             await self.supervisor.stop(self._fqns(source))
         source.enabled = enabled
         await self._stored.set_source_enabled(name, enabled)
-        self.app.bus.publish(SourceChanged(name=name, change="enabled" if enabled else "disabled"))
+        self._bus.publish(SourceChanged(name=name, change="enabled" if enabled else "disabled"))
 
     def _fqns(self, source: Source, names: list[str] | None = None) -> list[str]:
         chosen = names or list(source.services)
@@ -523,14 +534,14 @@ class SourceRegistry:
 
         def output(stream: str, text: str) -> None:
             line = text if stream == "hive" else f"[global {event} hook] {text}"
-            self.app.logs.captured(key, "hook", line)
+            self._logs.captured(key, "hook", line)
 
         from .hooks import run_hooks  # only projects with hooks pay for it
 
         outcome = await run_hooks(event, steps, env=env, output=output,
                                   run_container=self.supervisor.container_steps(key))
         if not outcome.ok:
-            self.app.logs.note(key, outcome.message, LogLevel.ERROR)
+            self._logs.note(key, outcome.message, LogLevel.ERROR)
         return outcome
 
     def _require_enabled(self, source: Source) -> None:

@@ -165,22 +165,25 @@ class InProcessHive:
         runners = RunnerRegistry()
         runners.add(runner)
         async with anyio.create_task_group() as tasks:
-            app = App(
-                home=hive_home, settings=settings, socket_path=home / "hive.sock", bus=EventBus(), store=store,
-                state_writer=StateWriter(store), logs=LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs),
-                task_group=tasks,
+            bus, writer = EventBus(), StateWriter(store)
+            logs = LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs)
+            supervisor = Supervisor(
+                tasks=tasks, runners=runners, bus=bus, logs=logs, store=store, writer=writer, home=home,
+                restart_defaults=lambda: settings.restart,
             )
-            await tasks.start(app.state_writer.run)
-            await tasks.start(app.logs.run)
-            supervisor = Supervisor(app, tasks, runners)
             # Shorter than a daemon's: every wait of the model-based test stays short.
             supervisor.dependency_timeout = DEPENDENCY_TIMEOUT
             supervisor.settle_timeout = SETTLE_TIMEOUT
+            registry = SourceRegistry(home=home, store=store, bus=bus, logs=logs, supervisor=supervisor)
+            app = App(
+                home=hive_home, settings=settings, socket_path=home / "hive.sock", bus=bus, store=store,
+                state_writer=writer, logs=logs, task_group=tasks, services=supervisor, sources=registry,
+            )
+            await tasks.start(writer.run)
+            await tasks.start(logs.run)
             await supervisor.load_persisted()
-            registry = SourceRegistry(app, supervisor)
-            app.attach(supervisor, registry)
             await registry.load_all()
-            await supervisor.resume()
+            await supervisor.resume(registry.loaded)
             try:
                 yield cls(app, supervisor, registry)
             finally:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -54,8 +55,11 @@ from .status import instance_info
 from .stopping import Left, Stopper
 
 if TYPE_CHECKING:
-    from ..app import App
+    from ..events import EventBus
     from ..hooks import ContainerStepRunner
+    from ..logs import LogHub
+    from ..settings import RestartSection
+    from ..store import StateStore, StateWriter
 
 __all__ = ["SourceChange", "Supervisor"]
 
@@ -81,28 +85,34 @@ class SourceChange:
 
 
 class Supervisor:
-    def __init__(self, app: App, task_group: anyio.abc.TaskGroup, runners: RunnerRegistry) -> None:
-        self.app = app
-        self._tasks = task_group
+    def __init__(
+        self, *, tasks: anyio.abc.TaskGroup, runners: RunnerRegistry, bus: EventBus, logs: LogHub,
+        store: StateStore, writer: StateWriter, home: Path, restart_defaults: Callable[[], RestartSection],
+    ) -> None:
+        """``tasks``: the daemon's task group (owners and instances run in it); ``home``:
+        HIVE_HOME; ``restart_defaults``: config.toml's restart section, read at each
+        restart (a settings reload changes it)."""
+        self._tasks = tasks
         self.runners = runners
+        self._writer = writer
         self._registry = Registry()
-        self._phases = Phases(app.bus, app.logs)
-        self._launcher = Launcher(app.logs, runners, app.home.root)
+        self._phases = Phases(bus, logs)
+        self._launcher = Launcher(logs, runners, home)
         self._dependencies = Dependencies(self._registry, self._phases)
-        self._records = Records(app.store, app.state_writer, app.logs)
+        self._records = Records(store, writer, logs)
         self._stopper = Stopper(runners, self._phases, self._launcher)
         self._instances = InstanceTasks(
-            tasks=task_group, runners=runners, registry=self._registry, phases=self._phases,
+            tasks=tasks, runners=runners, registry=self._registry, phases=self._phases,
             launcher=self._launcher, dependencies=self._dependencies, stopper=self._stopper,
-            records=self._records, bus=app.bus, logs=app.logs, restart_defaults=lambda: app.settings.restart,
+            records=self._records, bus=bus, logs=logs, restart_defaults=restart_defaults,
         )
         self._actions = Actions(
             registry=self._registry, instances=self._instances, stopper=self._stopper, records=self._records,
-            writer=app.state_writer, logs=app.logs,
+            writer=writer, logs=logs,
         )
         self._adoption = Adoption(
-            tasks=task_group, runners=runners, registry=self._registry, phases=self._phases,
-            launcher=self._launcher, records=self._records, instances=self._instances, logs=app.logs,
+            tasks=tasks, runners=runners, registry=self._registry, phases=self._phases,
+            launcher=self._launcher, records=self._records, instances=self._instances, logs=logs,
         )
         # How long a start waits for its instances to settle (dependency_timeout: for a dependency).
         self.settle_timeout = SETTLE_TIMEOUT
@@ -377,7 +387,7 @@ class Supervisor:
                         await instance.service.changed.wait()
             # Their process records on disk too: a daemon killed right after the answer
             # adopts them with everything it knew (their ports, where their logs were).
-            await self.app.state_writer.flush()
+            await self._writer.flush()
         return [judge(instance, seen) for instance, seen in launched.items()]
 
     async def build(self, fqn: str) -> str:
@@ -395,16 +405,11 @@ class Supervisor:
 
     # --- start-up and shutdown ------------------------------------------------------------
 
-    async def resume(self) -> None:
+    async def resume(self, source_loaded: Callable[[str], bool]) -> None:
         """At start-up: adopt what earlier daemons left running, start what should run
-        (see :mod:`.adoption`)."""
-        sources = self.app.sources.sources
-
-        def loaded(name: str) -> bool:
-            source = sources.get(name)
-            return source is not None and source.error is None and not source.warnings
-
-        await self._adoption.resume(loaded)
+        (see :mod:`.adoption`). ``source_loaded(name)``: whether that source loaded
+        completely (else the records of services it does not list are left alone)."""
+        await self._adoption.resume(source_loaded)
 
     def save_log_offsets(self) -> None:
         """Persist how far each running instance's output was read (for the next daemon)."""
@@ -416,7 +421,7 @@ class Supervisor:
         self._registry.shutting_down = True
         if keep_services:
             self.save_log_offsets()
-            await self.app.state_writer.flush()
+            await self._writer.flush()
             return
         running = [s for s in self.services.values() if any(i.live for i in s.instances)]
         for level in reverse_levels(running):
@@ -428,7 +433,7 @@ class Supervisor:
                 result: JobResult = await job.wait()
                 for instance, why in result.left:
                     log.warning("not stopped: %s: %s; the next daemon takes it over", instance.fqn, why)
-        await self.app.state_writer.flush()
+        await self._writer.flush()
 
     # --- for tests that drive health by hand ----------------------------------------------
 
