@@ -46,6 +46,7 @@ __all__ = [
     "ListStates",
     "LogBatch",
     "LogLineItem",
+    "LogStream",
     "Ok",
     "Ping",
     "PluginAction",
@@ -67,6 +68,7 @@ __all__ = [
     "ServiceDetail",
     "ServiceList",
     "ServiceStates",
+    "ServiceStatusUpdate",
     "ServiceUpdate",
     "Shutdown",
     "SourceList",
@@ -75,6 +77,7 @@ __all__ = [
     "Status",
     "StopLogStream",
     "StopService",
+    "StopServiceStream",
     "StopSource",
     "StopStream",
     "StreamEnded",
@@ -276,7 +279,15 @@ class StopStream(Request, tag="stop_stream"):
 
 
 class StopLogStream(Request, tag="stop_log_stream"):
-    """Hive's name for :class:`StopStream`, kept for its clients."""
+    """Hive's way to end a log stream: answered ``stream_ended`` (not ``ok``), and the
+    stream sends no second ``stream_ended``."""
+
+    stream_id: str
+
+
+class StopServiceStream(Request, tag="stop_service_stream"):
+    """Hive's way to end a ``subscribe_services`` stream; answered like
+    :class:`StopLogStream`."""
 
     stream_id: str
 
@@ -317,6 +328,7 @@ RequestMessage = (
     | SubscribeEvents
     | StopStream
     | StopLogStream
+    | StopServiceStream
 )
 
 
@@ -434,6 +446,13 @@ class LogLineItem(Response, tag="log_line"):
     line: LogLine
 
 
+class LogStream(Response, tag="log_stream"):
+    """A streamed log line as Hive's clients read it (the JSON-lines transport)."""
+
+    stream_id: str
+    line: LogLine
+
+
 class EventItem(Response, tag="event"):
     stream_id: str
     event: DaemonEvent
@@ -442,6 +461,14 @@ class EventItem(Response, tag="event"):
 class ServiceUpdate(Response, tag="service_update"):
     stream_id: str
     service: ServiceInfo
+
+
+class ServiceStatusUpdate(Response, tag="service_status_update"):
+    """Hive's service stream item (the JSON-lines transport): every service the stream
+    watches, as it is now."""
+
+    stream_id: str
+    services: list[ServiceInfo]
 
 
 class StreamLagged(Response, tag="stream_lagged"):
@@ -475,8 +502,10 @@ ResponseMessage = (
     | LogBatch
     | StreamStarted
     | LogLineItem
+    | LogStream
     | EventItem
     | ServiceUpdate
+    | ServiceStatusUpdate
     | StreamLagged
     | StreamEnded
 )

@@ -174,6 +174,7 @@ class ExposedInfo(msgspec.Struct, kw_only=True):
     vars: list[str]
     consumers: list[str] = []
     healthy: bool | None = None
+    port_names: list[str] = []  # the provider's ports, for {{uses.ALIAS.port.NAME}}
 
 
 # --- Events -------------------------------------------------------------------------

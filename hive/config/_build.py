@@ -47,7 +47,7 @@ from ._model import (
     UsesSpec,
     _CheckTiming,
 )
-from ._runners import runner_schema
+from ._runners import installed_runners, runner_schema
 from ._templates import check_runtime_templates, is_exact_port_reference
 
 V = TypeVar("V")
@@ -89,6 +89,74 @@ KNOWN_ENV_PROVIDERS = ("static", "dotenv", "vault", "1password", "aws-secrets")
 _RUNNERS_WITH_REQUIRED_BLOCK = frozenset({"script", "docker", "podman", "compose"})
 _ROLLOUTS_WITH_REQUIRED_BLOCK = frozenset({"recreate", "blue-green"})
 _CHECKS_WITH_REQUIRED_BLOCK = frozenset({"http", "tcp", "cmd"})
+ROLLOUT_TYPES = ("recreate", "blue-green")
+HEALTH_TYPES = ("http", "tcp", "cmd")
+# Hive's health types this daemon does not probe: an error, never a check that always fails.
+_UNPROBED_HEALTH = {
+    "grpc": "grpc_health_probe -addr=localhost:PORT",
+    "postgres": "pg_isready -h localhost -p PORT",
+    "mysql": "mysqladmin ping -h 127.0.0.1 -P PORT",
+    "redis": "redis-cli -p PORT ping",
+}
+# Hive's proxy plugins (the proxy is parsed and kept, not active yet): hint candidates only.
+PROXY_PLUGIN_TYPES = (
+    "auth-api-key", "auth-basic", "auth-jwt", "auth-oidc", "cache", "compress", "cors",
+    "headers", "ip-filter", "rate-limit", "rewrite",
+)
+_RUNNER_PLUGIN_HELP = (
+    "a runner plugin is a Python package that registers the name in the 'hive.runners' "
+    "entry-point group: pip install it into Hive's environment (docs/runners.md)"
+)
+
+
+def _unknown_type(category: str, type_name: str) -> str | None:
+    """Why ``type_name`` cannot be used as a ``category`` type, or None if it can."""
+    if category == "runner":
+        known = installed_runners(type_name)
+        if type_name in known:
+            return None
+        return (f"unknown runner type '{type_name}'{did_you_mean(type_name, known)}: the installed "
+                f"runners are {', '.join(known)}; {_RUNNER_PLUGIN_HELP}")
+    if category == "rollout":
+        if type_name in ROLLOUT_TYPES:
+            return None
+        return (f"unknown rollout type '{type_name}'{did_you_mean(type_name, ROLLOUT_TYPES)}: "
+                f"Hive has {' and '.join(ROLLOUT_TYPES)} (rollouts take no plugins)")
+    if category == "health":
+        if type_name in HEALTH_TYPES:
+            return None
+        if type_name in _UNPROBED_HEALTH or type_name == "mariadb":
+            example = _UNPROBED_HEALTH.get(type_name, _UNPROBED_HEALTH["mysql"])
+            return (f"health check type '{type_name}' is not implemented by this Hive: use a cmd "
+                    f"check, e.g. {{type: cmd, cmd: {{command: \"{example}\"}}}}")
+        return (f"unknown health check type '{type_name}'{did_you_mean(type_name, HEALTH_TYPES)}: "
+                f"Hive has {', '.join(HEALTH_TYPES)} (health checks take no plugins)")
+    return None
+
+
+def _provider_problem(provider: str) -> str:
+    if provider in KNOWN_ENV_PROVIDERS:
+        return (f"environment provider '{provider}' is not implemented by this Hive: put the "
+                "values in environment.static, or in a .env file (environment.dotenv)")
+    hint = did_you_mean(provider, ("static", "dotenv"))
+    return f"unknown environment provider '{provider}'{hint}: Hive has static and dotenv"
+
+
+def _known_types(category: str) -> tuple[str, ...]:
+    if category == "runner":
+        return tuple(installed_runners())
+    return {"rollout": ROLLOUT_TYPES, "health": HEALTH_TYPES, "proxy": PROXY_PLUGIN_TYPES}.get(category, ())
+
+
+def _stray_key_hint(key: str, type_name: str, category: str) -> str:
+    """A hint for a key beside ``type`` that is not the type's block. Never offers a name
+    that is not a known type: when ``type`` is the typo, the hint is about ``type``."""
+    known = _known_types(category)
+    if key in known and type_name not in known:
+        return f" (did you mean type: {key}?)"
+    if type_name in known:
+        return did_you_mean(key, [type_name])
+    return ""
 
 
 class _HookStepFields(msgspec.Struct, kw_only=True):
@@ -185,6 +253,8 @@ class Builder:
         self.scalar_text = scalar_text if scalar_text is not None else {}
         # Every service that built without errors, for cross-service checks on a broken file.
         self.built_services: dict[str, ServiceConfig] = {}
+        # Services with errors, holding only the parts that decoded (for those checks).
+        self.sketches: dict[str, ServiceConfig] = {}
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -300,8 +370,12 @@ class Builder:
             if key not in ("type", type_name):
                 self.sink.warning(
                     (*path, key),
-                    f"ignored: the {label} type is '{type_name}'{did_you_mean(key, [type_name])}",
+                    f"ignored: the {label} type is '{type_name}'{_stray_key_hint(key, type_name, category)}",
                 )
+        unknown = _unknown_type(category, type_name)
+        if unknown is not None:
+            self.sink.error((*path, "type"), unknown)
+            return None
         block = value.get(type_name)
         if block is None:
             if type_name in required_blocks:
@@ -388,7 +462,7 @@ class Builder:
         fields = self.decoder.decode(plain, _ProxyGlobalFields, path, extra_keys=("ssl", "plugins"))
         ssl = None
         if value.get("ssl") is not None:
-            ssl = self.plugin_spec(value["ssl"], (*path, "ssl"))
+            ssl = self.plugin_spec(value["ssl"], (*path, "ssl"), "ssl")
         plugins = self.plugin_list(value.get("plugins"), (*path, "plugins"))
         if fields is None or self._error_count() > start:
             return None
@@ -402,7 +476,7 @@ class Builder:
             debug=fields.debug,
         )
 
-    def plugin_spec(self, value: Any, path: KeyPath) -> PluginSpec | None:
+    def plugin_spec(self, value: Any, path: KeyPath, category: str = "proxy") -> PluginSpec | None:
         """A proxy/ssl plugin: `{type: X, X: {...}, skip: bool}`."""
         if not self._expect_mapping(value, path, "a mapping like {type: X, X: {...}}"):
             return None
@@ -412,7 +486,8 @@ class Builder:
             return None
         for key in value:
             if key not in ("type", type_name, "skip"):
-                self.decoder.warn_unknown_key((*path, key), ("type", type_name, "skip"))
+                hint = _stray_key_hint(key, type_name, category) or did_you_mean(key, ("type", "skip"))
+                self.sink.warning((*path, key), f"unknown key '{key}'{hint}")
         config = value.get(type_name)
         if config is None:
             config = {}
@@ -452,12 +527,9 @@ class Builder:
             if provider == "static":
                 static = self._static_env(settings, provider_path, scope)
                 continue
-            if provider not in KNOWN_ENV_PROVIDERS:
-                hint = did_you_mean(provider, KNOWN_ENV_PROVIDERS)
-                if hint:
-                    self.sink.warning(
-                        provider_path, f"unknown environment provider '{provider}'{hint}"
-                    )
+            if provider != "dotenv":
+                self.sink.error(provider_path, _provider_problem(provider))
+                continue
             if settings is None:
                 settings = {}
             if not self._expect_mapping(settings, provider_path):
@@ -563,8 +635,8 @@ class Builder:
 
         has_proxy = entry.get("proxy") not in (None, [])
         has_checks = entry.get("healthcheck") not in (None, [])
-        if (has_proxy or has_checks) and entry.get("rollout") is None:
-            self.sink.error(path, "rollout is required when proxy or healthcheck is configured")
+        if has_proxy and entry.get("rollout") is None:
+            self.sink.error(path, "rollout is required when proxy is configured (it names the ports to route to)")
         if rollout is not None and rollout.type == "blue-green":
             # Spec S: blue-green needs a health gate and a route to switch.
             if not has_checks:
@@ -573,6 +645,13 @@ class Builder:
                 self.sink.error((*path, "rollout"), "blue-green rollout requires a proxy")
 
         if self._error_count() > start:
+            # What did decode still takes part in the checks across services, so one run
+            # reports a cycle or a port clash along with this service's own errors.
+            self.sketches[name] = ServiceConfig(
+                name=name, source=self.source, root=self.root, runner=RunnerSpec(type=""),
+                rollout=rollout, proxy=proxy or [], depends_on=depends_on or [],
+                expose=expose, uses=uses or [],
+            )
             return None
         assert runner is not None
         assert uses is not None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ._issues import ConfigError, ConfigIssue
 from ._model import EnvironmentSpec, HiveConfig, ServiceConfig
-from ._templates import parse_dotenv, render_runtime
+from ._templates import DotenvSyntaxError, parse_dotenv, render_runtime
 
 if TYPE_CHECKING:
     from ._loader import LoadedProject
@@ -33,7 +33,10 @@ def read_dotenv_file(path: str | Path) -> dict[str, str]:
         raise ConfigError(
             [ConfigIssue("error", str(file), line, "", "dotenv file is not valid UTF-8")]
         ) from None
-    return parse_dotenv(text)
+    try:
+        return parse_dotenv(text)
+    except DotenvSyntaxError as exc:
+        raise ConfigError([ConfigIssue("error", str(file), exc.line, "", f"dotenv file: {exc}")]) from None
 
 
 def _scope_values(spec: EnvironmentSpec) -> dict[str, str]:
@@ -43,7 +46,7 @@ def _scope_values(spec: EnvironmentSpec) -> dict[str, str]:
         if provider.type == "dotenv":
             for file in provider.config.get("files", []):
                 values.update(read_dotenv_file(str(file)))
-        # Other providers (vault, 1password, ...) are not available yet: skipped.
+        # No other provider gets here: validation refuses them (vault, 1password, ...).
     values.update(spec.static)
     return values
 

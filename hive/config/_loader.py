@@ -22,8 +22,6 @@ from ._yaml import MAX_DEPTH, parse_yaml
 CONFIG_FILENAMES = ("hive.yaml", ".hive/hive.yaml", ".adi/hive.yaml")
 SUPPORTED_VERSION = "1"
 
-_BUILTIN_HEALTH_TYPES = ("http", "tcp", "cmd")
-_ACTIVE_ENV_PROVIDERS = ("dotenv",)
 
 
 class LoadedProject(msgspec.Struct):
@@ -164,7 +162,10 @@ def _load_data(
     services = data.get("services")
     declared = list(services) if isinstance(services, dict) else []
     built = config.services if config is not None else builder.built_services
-    check_services(built, sink, declared=declared)
+    # In file order, the services with errors as far as they decoded.
+    everything = {name: built.get(name) or builder.sketches[name] for name in declared
+                  if name in built or name in builder.sketches}
+    check_services(everything, sink, declared=declared)
     sink.raise_if_errors()
     assert config is not None
     return LoadedProject(
@@ -286,7 +287,6 @@ def inactive_notes(config: HiveConfig) -> list[str]:
         notes.append("proxy: the reverse proxy is not active yet (settings are kept)")
     if config.observability is not None:
         notes.append("observability: not active yet (settings are kept)")
-    notes.extend(_provider_notes(config.environment.providers, "environment"))
     for name, service in config.services.items():
         prefix = f"services.{name}"
         if service.proxy:
@@ -295,25 +295,7 @@ def inactive_notes(config: HiveConfig) -> list[str]:
             notes.append(
                 f"{prefix}.rollout: blue-green rollout is not active yet; the service runs on its blue ports"
             )
-        elif service.rollout is not None and service.rollout.type != "recreate":
-            notes.append(
-                f"{prefix}.rollout: rollout type '{service.rollout.type}' is not available yet"
-            )
-        for check in service.healthchecks:
-            if check.type not in _BUILTIN_HEALTH_TYPES:
-                notes.append(
-                    f"{prefix}.healthcheck: health check type '{check.type}' is not available yet"
-                )
-        notes.extend(_provider_notes(service.environment.providers, f"{prefix}.environment"))
     return notes
-
-
-def _provider_notes(providers: Any, prefix: str) -> list[str]:
-    return [
-        f"{prefix}.{provider.type}: environment provider '{provider.type}' is not available yet (ignored)"
-        for provider in providers
-        if provider.type not in _ACTIVE_ENV_PROVIDERS
-    ]
 
 
 # ---- API entries -------------------------------------------------------------------------------

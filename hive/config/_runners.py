@@ -17,7 +17,7 @@ from runners.base import Runner
 
 from ..entry_points import EntryPoint, entry_points
 
-__all__ = ["GROUP", "runner_schema"]
+__all__ = ["GROUP", "installed_runners", "runner_schema"]
 
 GROUP = "hive.runners"
 
@@ -26,15 +26,28 @@ _registered: dict[str, EntryPoint] | None = None
 _schemas: dict[str, type[msgspec.Struct] | None] = {}
 
 
+def _points(*, refresh: bool = False) -> dict[str, EntryPoint]:
+    global _registered
+    if _registered is None or refresh:
+        _registered = {point.name: point for point in entry_points(GROUP)}
+        _schemas.clear()
+    return _registered
+
+
+def installed_runners(wanted: str = "") -> list[str]:
+    """The runner types installed (built-in and plugins), sorted. If ``wanted`` is not
+    among them, look again: a plugin may have been installed since the first look."""
+    if wanted and wanted not in _points():
+        _points(refresh=True)
+    return sorted(_points())
+
+
 def runner_schema(type_name: str) -> type[msgspec.Struct] | None:
     """The ``Config`` of the runner registered as ``type_name``, or None (see above)."""
-    global _registered
     if type_name in _schemas:
         return _schemas[type_name]
-    if _registered is None:
-        _registered = {point.name: point for point in entry_points(GROUP)}
     schema: type[msgspec.Struct] | None = None
-    point = _registered.get(type_name)
+    point = _points().get(type_name)
     if point is not None:
         try:
             runner = point.load()

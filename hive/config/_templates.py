@@ -121,20 +121,28 @@ def is_exact_port_reference(text: str) -> str | None:
     return match.group(2)
 
 
+class DotenvSyntaxError(ValueError):
+    """A line python-dotenv cannot read (``line`` is 1-based)."""
+
+    def __init__(self, line: int, text: str) -> None:
+        super().__init__(f"line {line}: cannot read {text.strip()[:60]!r} (expected KEY=value)")
+        self.line = line
+
+
 def parse_dotenv(text: str) -> dict[str, str]:
-    """Dotenv lines as Hive reads them: trim; skip blanks, ``#`` lines and lines without ``=``;
-    split at the first ``=``; strip one matching pair of outer quotes. No ``export``, escapes,
-    inline comments or expansion (``export K=v`` sets the key ``export K``)."""
-    values: dict[str, str] = {}
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key, value = key.strip(), value.strip()
-        if not key:
-            continue
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[key] = value
-    return values
+    """Dotenv text read by python-dotenv's rules: ``export`` prefixes, single and double
+    quotes (escapes in double quotes), multi-line quoted values, ``#`` comments after a
+    space, ``${VAR}`` / ``${VAR:-default}`` expanded from earlier lines and the environment.
+    A line with a key and no ``=`` sets nothing; a line it cannot read is a
+    :class:`DotenvSyntaxError` (python-dotenv would only log it, and drop the line)."""
+    import io
+
+    # Only when a .env file is read.
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise DotenvSyntaxError(binding.original.line, binding.original.string)
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}

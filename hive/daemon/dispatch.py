@@ -65,10 +65,11 @@ class StreamSink(Protocol):
         ...
 
 
-async def relay(sink: StreamSink, subscription: DropOldestQueue[T], item: Callable[[T], Response]) -> None:
+async def relay(sink: StreamSink, subscription: DropOldestQueue[T], item: Callable[[T], Response],
+                lagged: Callable[[int], Response] | None = None) -> None:
     """Start the stream, then forward each item; a reader that fell behind is told how
-    many it lost (``stream_lagged``) before the next item. Ends when the feed closes or
-    the client goes away."""
+    many it lost (``stream_lagged``, or what ``lagged`` makes of the count) before the
+    next item. Ends when the feed closes or the client goes away."""
     if not await sink.start():
         return
     while True:
@@ -77,7 +78,9 @@ async def relay(sink: StreamSink, subscription: DropOldestQueue[T], item: Callab
         except anyio.EndOfStream:
             return
         dropped = subscription.take_dropped()
-        if dropped and not await sink.send(StreamLagged(stream_id=sink.stream_id, dropped=dropped)):
+        if dropped and not await sink.send(
+            lagged(dropped) if lagged else StreamLagged(stream_id=sink.stream_id, dropped=dropped)
+        ):
             return
         if not await sink.send(item(value)):
             return
@@ -180,7 +183,8 @@ def _build_routes() -> dict[type[Request], Route]:
         stream(p.SubscribeServices, streams.subscribe_services, scope="read"),
         stream(p.SubscribeEvents, events.subscribe_events, scope="read"),
         unary(p.StopStream, streams.stop_stream, inline=True, scope="read"),
-        unary(p.StopLogStream, streams.stop_stream, inline=True, scope="read"),
+        unary(p.StopLogStream, streams.stop_hive_stream, inline=True, scope="read"),
+        unary(p.StopServiceStream, streams.stop_hive_stream, inline=True, scope="read"),
     ]
     table = {route.request: route for route in routes}
     if len(table) != len(routes):

@@ -26,8 +26,9 @@ Check types:
   session; when it times out, or when the monitor is cancelled, its whole process group is
   SIGKILLed (after a normal exit too, so nothing it started in the background lingers). The
   process plumbing is :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds.
-* any other type (``grpc``, ``postgres``, ``redis``, ``mysql``, plugin types): not available in
-  this daemon, so the check always fails with ``health check type 'grpc' is not available``.
+* any other type never gets here: ``hive.yaml`` validation refuses it (``grpc``, ``postgres``,
+  ``mysql`` and ``redis`` with a cmd check to use instead). Should one arrive anyway, the check
+  fails with ``health check type 'grpc' is not available``.
 
 Problems never escape :meth:`HealthMonitor.run`: a port template that cannot be rendered, a
 non-numeric port or a missing type block make that check fail with the reason as its message.

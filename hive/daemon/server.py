@@ -45,6 +45,7 @@ from hive_client.protocol import (
 
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
+from .json_lines import hive_shape, new_stream_id, stream_key
 from .store import StoreError
 
 if TYPE_CHECKING:
@@ -251,13 +252,15 @@ class Connection:
         # fast_acquire: no trip through the event loop when nobody else is sending.
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._streams: dict[str, anyio.CancelScope] = {}
+        # Streams whose stream_ended was the answer to the request that stopped them.
+        self._ended_by_answer: set[str] = set()
 
     async def send(self, msg_id: int, message: Response) -> bool:
         """Send one message; False (and the connection marked closed) if the peer is gone."""
         if self.closed:
             return False
         data: bytes | memoryview = (
-            encode_json_line(message) if self.json else encode_frame(msg_id, message)
+            encode_json_line(hive_shape(message)) if self.json else encode_frame(msg_id, message)
         )
         torn = False  # some of this frame went out, not all of it
         try:
@@ -290,10 +293,15 @@ class Connection:
     async def send_error(self, msg_id: int, code: ErrorCode, message: str) -> bool:
         return await self.send(msg_id, Error(code=code, message=message))
 
-    def cancel_stream(self, stream_id: str) -> bool:
-        scope = self._streams.get(stream_id)
+    def cancel_stream(self, stream_id: str, *, answered: bool = False) -> bool:
+        """Stop a stream of this connection; ``answered``: the caller answers with its
+        ``stream_ended`` (Hive's way), so the stream sends none of its own."""
+        key = stream_key(stream_id)
+        scope = self._streams.get(key)
         if scope is None:
             return False
+        if answered:
+            self._ended_by_answer.add(key)
         scope.cancel()
         return True
 
@@ -580,7 +588,7 @@ class SocketServer:
         ctx = RequestContext(self.app, connection, msg_id)
         if route.stream is not None:
             self._begin()
-            sink = _Sink(connection, msg_id, os.urandom(16).hex())
+            sink = _Sink(connection, msg_id, new_stream_id())
             task_group.start_soon(self._run_stream, ctx, request, route.stream, sink)
             if connection.json:
                 # JSON lines has no ids: the next line is read once this one has its answer.
@@ -653,6 +661,9 @@ class SocketServer:
                 reason = "internal error; see the daemon log"
             finally:
                 connection._streams.pop(stream_id, None)
+        if stream_id in connection._ended_by_answer:
+            connection._ended_by_answer.discard(stream_id)
+            return  # the stop request was answered with this stream's stream_ended
         if scope.cancelled_caught:
             reason = "stopped"
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):

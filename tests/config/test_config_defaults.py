@@ -63,7 +63,6 @@ def test_health_rollout_and_env_defaults(load_text: LoadText, tmp_path: object) 
           hive.health.http: {path: /healthz, interval: 2s}
           hive.rollout.blue-green: {healthy_duration: 3s}
           hive.env.dotenv: {files: [.env.shared]}
-          hive.env.vault: {address: "https://vault.test"}
         services:
           a:
             runner: {type: script, script: {run: a}}
@@ -72,7 +71,6 @@ def test_health_rollout_and_env_defaults(load_text: LoadText, tmp_path: object) 
             proxy: {path: /a}
             environment:
               dotenv: {}
-              vault: {path: secret/a}
         """
     )
     service = project.config.services["a"]
@@ -83,11 +81,6 @@ def test_health_rollout_and_env_defaults(load_text: LoadText, tmp_path: object) 
     assert service.rollout.blue_green is not None
     assert service.rollout.blue_green.healthy_duration == 3.0
     assert service.environment.dotenv_files() == [str(project.root / ".env.shared")]
-    vault = service.environment.providers[1]
-    assert (vault.type, vault.config) == (
-        "vault",
-        {"address": "https://vault.test", "path": "secret/a"},
-    )
 
 
 def test_errors_in_merged_defaults_point_at_the_defaults_line(errors_of: ErrorsOf) -> None:

@@ -20,30 +20,43 @@ from .conftest import LoadText
 
 
 def test_parse_dotenv_rules() -> None:
+    """python-dotenv's rules (the issue: ``export`` lines were dropped)."""
     text = """
     # comment
     A=1
       B = two words\t
-    C="quoted"
-    D='single'
-    E="mismatched'
+    C="quoted \\"inner\\" ok"
+    D='single ${A}'
     F=a=b
     export G=v
-    no equals sign
-    =nokey
+    no_equals_sign
     H=
+    I=plain # a comment
+    J="line one
+    line two"
+    K=${A}-${MISSING:-fallback}
     A=override
     """
     assert parse_dotenv(text) == {
         "A": "override",  # later lines win
         "B": "two words",
-        "C": "quoted",
-        "D": "single",
-        "E": "\"mismatched'",
+        "C": 'quoted "inner" ok',
+        "D": "single 1",  # python-dotenv expands in single quotes too
         "F": "a=b",
-        "export G": "v",  # no `export` support, as in Hive
+        "G": "v",
         "H": "",
+        "I": "plain",
+        "J": "line one\n    line two",
+        "K": "1-fallback",
     }
+
+
+def test_an_unreadable_dotenv_line_is_an_error_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.env").write_text("A=1\nE=\"mismatched'\nB=2\n")
+    with pytest.raises(ConfigError) as caught:
+        read_dotenv_file(tmp_path / "bad.env")
+    (issue,) = caught.value.issues
+    assert issue.line == 2 and "cannot read" in issue.message
 
 
 def test_read_dotenv_file(tmp_path: Path) -> None:

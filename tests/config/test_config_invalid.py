@@ -289,12 +289,10 @@ version: "1"
 services:
   a:
     runner: {type: script, script: {run: a}}
-    healthcheck:
-      type: cmd
-      cmd: {command: "true"}
+    proxy: {path: /a}
 """,
         [
-            "hive.yaml:3: services.a: rollout is required when proxy or healthcheck is configured",
+            "hive.yaml:3: services.a: rollout is required when proxy is configured (it names the ports to route to)",
         ],
     ),
     (
@@ -875,13 +873,15 @@ def test_all_errors_of_a_file_are_collected(errors_of: ErrorsOf) -> None:
             depends_on: [a]
         """
     )
-    assert [error.split(":")[1] for error in errors] == ["5", "6", "7", "10"]
+    # The unknown dependency of a service with errors is reported in the same run.
+    assert [error.split(":")[1] for error in errors] == ["5", "6", "7", "8", "10"]
     assert errors[0].startswith("hive.yaml:5: services.a.restart: invalid restart policy")
     assert errors[1] == (
         "hive.yaml:6: services.a.stop_signal: unknown signal 'FOO' (e.g. SIGTERM, TERM, SIGINT, 15)"
     )
     assert errors[2].startswith("hive.yaml:7: services.a.stop_grace: invalid duration '10x'")
-    assert errors[3] == "hive.yaml:10: services.b.runner.docker.image: 'image' is required"
+    assert errors[3] == "hive.yaml:8: services.a.depends_on: Unknown dependency: ghost"
+    assert errors[4] == "hive.yaml:10: services.b.runner.docker.image: 'image' is required"
 
 
 def test_dependency_on_a_broken_service_is_not_unknown(errors_of: ErrorsOf) -> None:

@@ -140,5 +140,6 @@ async def list_exposed(ctx: RequestContext, request: ListExposed) -> ExposedList
             vars=sorted(expose.vars),
             consumers=sorted(consumers.get(name, [])),
             healthy=any(i.ready for i in provider.instances),
+            port_names=sorted(provider.config.ports()),
         ))
     return ExposedList(exposed=exposed)

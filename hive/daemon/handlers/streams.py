@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 import anyio
 import msgspec
 
-from hive_client import LogLevel, fqn_matches
+from hive_client import DaemonEvent, LogLevel, LogLine, fqn_matches
 from hive_client.protocol import (
     GetLogs,
     LogBatch,
     LogLineItem,
     Ok,
+    Response,
+    ServiceStatusUpdate,
     ServiceUpdate,
     StopLogStream,
+    StopServiceStream,
     StopStream,
+    StreamEnded,
     StreamLogs,
     SubscribeServices,
 )
 
 from ..dispatch import RequestContext, StreamSink, relay
+from ..drop_oldest_queue import DropOldestQueue
 from ..errors import RequestError
+from ..json_lines import stream_key
 from ..supervision import InstanceRuntime
 
 # Keep a batch well under the clients' frame limit, whatever the lines hold.
@@ -55,10 +64,17 @@ def _level(text: str | None) -> LogLevel | None:
         raise RequestError.invalid(str(exc)) from None
 
 
-async def stop_stream(ctx: RequestContext, request: StopStream | StopLogStream) -> Ok:
+async def stop_stream(ctx: RequestContext, request: StopStream) -> Ok:
     if not ctx.connection.cancel_stream(request.stream_id):
         raise RequestError.not_found(f"no stream {request.stream_id} on this connection")
     return Ok(message=f"stream {request.stream_id} stopped")
+
+
+async def stop_hive_stream(ctx: RequestContext, request: StopLogStream | StopServiceStream) -> StreamEnded:
+    """Hive's stop: the answer is the stream's own ``stream_ended``."""
+    if not ctx.connection.cancel_stream(request.stream_id, answered=True):
+        raise RequestError.not_found(f"no stream {request.stream_id} on this connection")
+    return StreamEnded(stream_id=stream_key(request.stream_id), reason="stopped")
 
 
 async def get_logs(ctx: RequestContext, request: GetLogs) -> LogBatch:
@@ -77,8 +93,20 @@ async def get_logs(ctx: RequestContext, request: GetLogs) -> LogBatch:
 
 async def stream_logs(ctx: RequestContext, request: StreamLogs, sink: StreamSink) -> None:
     level = _level(request.level)
+    # Hive's clients know no stream_lagged: they are told in a line of the stream.
+    lagged = _lag_line(sink.stream_id, request.fqn) if ctx.connection.json else None
     with ctx.app.logs.subscribe(fqn_pattern(request.fqn), level, max(request.tail, 0)) as subscription:
-        await relay(sink, subscription, lambda line: LogLineItem(stream_id=sink.stream_id, line=line))
+        await relay(sink, subscription, lambda line: LogLineItem(stream_id=sink.stream_id, line=line), lagged)
+
+
+def _lag_line(stream_id: str, pattern: str | None) -> Callable[[int], Response]:
+    def item(dropped: int) -> Response:
+        return LogLineItem(stream_id=stream_id, line=LogLine(
+            timestamp=datetime.now(UTC), level="warn", service_fqn=pattern or "*", stream="hive",
+            message=f"{dropped} log lines dropped: this reader fell behind",
+        ))
+
+    return item
 
 
 async def subscribe_services(ctx: RequestContext, request: SubscribeServices, sink: StreamSink) -> None:
@@ -88,6 +116,9 @@ async def subscribe_services(ctx: RequestContext, request: SubscribeServices, si
         ctx.app.sources.get(request.source)
     with ctx.app.bus.subscribe(_SERVICE_EVENTS, pattern) as subscription:
         if not await sink.start():
+            return
+        if ctx.connection.json:
+            await _service_snapshots(ctx, request.source, subscription, sink)
             return
         last: dict[str, bytes] = {}
 
@@ -123,3 +154,22 @@ async def subscribe_services(ctx: RequestContext, request: SubscribeServices, si
             instance = supervisor.find_instance(fqn) if fqn else None
             if instance is not None and not await send_if_changed(instance):
                 return
+
+
+async def _service_snapshots(ctx: RequestContext, source: str | None,
+                             subscription: DropOldestQueue[DaemonEvent], sink: StreamSink) -> None:
+    """Hive's service stream: every watched service as it is now, at the start and after
+    each change. Changes that queued up meanwhile are answered by one snapshot."""
+    supervisor = ctx.app.services
+    while True:
+        services = [supervisor.info(instance) for instance in supervisor.in_order(source)]
+        if not await sink.send(ServiceStatusUpdate(stream_id=sink.stream_id, services=services)):
+            return
+        try:
+            await subscription.get()
+            while True:
+                subscription.get_nowait()
+        except anyio.WouldBlock:
+            subscription.take_dropped()
+        except anyio.EndOfStream:
+            return
