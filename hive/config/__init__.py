@@ -41,6 +41,7 @@ from ._model import (
     TcpCheck,
     UsesSpec,
 )
+from ._runners import add_runner
 from ._templates import render_runtime
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "ServiceConfig",
     "TcpCheck",
     "UsesSpec",
+    "add_runner",
     "build_environment",
     "find_config_file",
     "find_project_root",

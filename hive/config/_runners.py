@@ -17,13 +17,22 @@ from runners.base import Runner
 
 from ..entry_points import EntryPoint, entry_points
 
-__all__ = ["GROUP", "installed_runners", "runner_schema"]
+__all__ = ["GROUP", "add_runner", "installed_runners", "runner_schema"]
 
 GROUP = "hive.runners"
 
 # Filled on first use: a project of docker services imports the docker runner once.
 _registered: dict[str, EntryPoint] | None = None
 _schemas: dict[str, type[msgspec.Struct] | None] = {}
+# Runners built in-process (an embedding, the supervisor's in-process tests), by name.
+_added: dict[str, type[Runner]] = {}
+
+
+def add_runner(name: str, runner_class: type[Runner]) -> None:
+    """Count ``runner_class`` as installed under ``name`` (the daemon's runner registry
+    calls this for a runner added in-process, so validation and the daemon agree)."""
+    _added[name] = runner_class
+    _schemas.pop(name, None)
 
 
 def _points(*, refresh: bool = False) -> dict[str, EntryPoint]:
@@ -37,9 +46,9 @@ def _points(*, refresh: bool = False) -> dict[str, EntryPoint]:
 def installed_runners(wanted: str = "") -> list[str]:
     """The runner types installed (built-in and plugins), sorted. If ``wanted`` is not
     among them, look again: a plugin may have been installed since the first look."""
-    if wanted and wanted not in _points():
+    if wanted and wanted not in _points() and wanted not in _added:
         _points(refresh=True)
-    return sorted(_points())
+    return sorted(set(_points()) | set(_added))
 
 
 def runner_schema(type_name: str) -> type[msgspec.Struct] | None:
@@ -48,11 +57,13 @@ def runner_schema(type_name: str) -> type[msgspec.Struct] | None:
         return _schemas[type_name]
     schema: type[msgspec.Struct] | None = None
     point = _points().get(type_name)
-    if point is not None:
+    runner: object = _added.get(type_name)
+    if runner is None and point is not None:
         try:
             runner = point.load()
         except Exception:  # a broken plugin is the daemon's to report, with its traceback
             runner = None
+    if runner is not None:
         config = getattr(runner, "Config", None) if isinstance(runner, type) and issubclass(runner, Runner) else None
         if isinstance(config, type) and issubclass(config, msgspec.Struct):
             schema = config

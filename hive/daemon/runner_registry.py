@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from hive.config import add_runner
 from runners.base import Runner, RunnerError
 
 from ..entry_points import entry_points
@@ -61,6 +62,7 @@ class RunnerRegistry:
         """Use ``runner`` for its name: a runner built in-process (an embedding, the
         supervisor's in-process tests) rather than found through its entry point."""
         self._loaded[runner.name] = runner
+        add_runner(runner.name, type(runner))  # hive.yaml may name it: validation knows it
 
     def get(self, name: str) -> Runner:
         runner = self._loaded.get(name)

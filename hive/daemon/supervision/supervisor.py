@@ -265,7 +265,11 @@ class Supervisor:
         (after up to ``wait`` seconds, by default the settle timeout; None: not waited)."""
         if wait is not None and wait < 0:
             wait = self.settle_timeout
-        jobs = [(service, self._submit(service, JobKind.START)) for service in self._closure(fqns)]
+        services = self._closure(fqns)
+        if self.shutting_down:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+        self._actions.mark_desired(services, "running")  # saved in one go: see mark_desired
+        jobs = [(service, self._submit(service, JobKind.START)) for service in services]
         return await self._started(jobs, wait)
 
     async def restart(self, fqn: str) -> list[InstanceOutcome]:
@@ -301,9 +305,8 @@ class Supervisor:
         if self.shutting_down:
             raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
         # What the user asked for goes to disk once for the whole command, before any
-        # signal; each job then finds it saved (one that a start overtook saves it again).
-        # Bench: bench/peers.py "stop of 100" (a flush per service).
-        await self._actions.persist_stopped(services)
+        # signal (see mark_desired; one that a start overtook saves it again).
+        self._actions.mark_desired(services, "stopped")
         outcomes: list[InstanceOutcome] = []
         # What a service left running depends on is kept up for it: fqn -> the services
         # it is kept for. It is stopped once they are (see _stop_when_released).
@@ -321,6 +324,10 @@ class Supervisor:
                     for dependency in dependencies_of(service):
                         held.setdefault(dependency, []).append(service)
                     self._tasks.start_soon(self._stop_when_released, service, held[service.fqn])
+                elif self.services.get(service.fqn) is not service or (service.owner and service.owner.closed):
+                    # Removed while an earlier level stopped: its removal stops it.
+                    outcomes += [pending(i, "being removed; the removal stops it") for i in service.instances
+                                 if i.live]
                 else:
                     jobs.append((service, self._submit(service, JobKind.STOP)))
             if claimed:
