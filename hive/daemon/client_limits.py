@@ -48,8 +48,9 @@ class ClientBudget:
                 f"{self.per_connection} (daemon.client_backlog_bytes); read faster, or ask for fewer lines"
             )
             return
-        # Over the daemon-wide budget: the connection holding the most goes first.
-        heaviest = max(self._backlogs, key=lambda b: b.held)
+        # Over the daemon-wide budget: the connection holding the most goes first (of
+        # those not already going: what they hold is released within their grace).
+        heaviest = max((b for b in self._backlogs if not b.cut_reason), key=lambda b: b.held, default=backlog)
         heaviest.cut(
             f"the client fell behind: {heaviest.held} bytes queued for it while all clients together "
             f"reached the daemon's budget of {self.total} (daemon.clients_backlog_total_bytes)"

@@ -257,6 +257,7 @@ class Connection:
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._streams: dict[str, anyio.CancelScope] = {}
         self.open_streams = 0  # streams accepted, started or not (the cap counts these)
+        self._waiting_sends: set[anyio.CancelScope] = set()  # frames waiting for the lock
         self.frame_began = 0.0  # when the first byte of the unfinished frame came
         self.busy = 0  # requests in flight and streams open: not idle
         # Bytes queued for this client (stream queues, unsent frames), under the budget.
@@ -285,7 +286,17 @@ class Connection:
             self.backlog.charge(queued)
             if self.backlog.cut_reason and not torn:
                 return False  # over its budget: this frame is dropped, the cut-off follows
-            async with self._send_lock:
+            # A cut-off ends this wait at once (and frees the frame) unless it is torn.
+            with anyio.CancelScope() as waiting:
+                if not torn:
+                    self._waiting_sends.add(waiting)
+                try:
+                    await self._send_lock.acquire()
+                finally:
+                    self._waiting_sends.discard(waiting)
+            if waiting.cancelled_caught:
+                return False
+            try:
                 if self.backlog.cut_reason and not torn:
                     return False
                 try:
@@ -293,6 +304,8 @@ class Connection:
                 except BaseException:
                     torn = torn or self._stream.unsent < len(data)
                     raise
+            finally:
+                self._send_lock.release()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.closed = True
             return False
@@ -313,6 +326,8 @@ class Connection:
         once the frame being written is out, and close it."""
         log.warning("cut off %s (uid %d): %s", self.label, self.peer.uid, reason)
         self.cancel_all_streams()
+        for waiting in self._waiting_sends:
+            waiting.cancel()
         self.server.start_soon(self._send_cut_off, reason)
 
     async def _send_cut_off(self, reason: str) -> None:
