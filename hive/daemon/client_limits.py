@@ -2,8 +2,8 @@
 
 A client that asks for much and reads nothing (a log stream of a chatty service, pipelined
 ``get_logs``) would otherwise make the daemon hold every answer until it reads. Each
-connection has a ``Backlog``: the bytes of its log-stream queues and of the frames that
-wait for its socket. A connection over its own allowance, or the one holding the most when
+connection has a ``Backlog``: the bytes of its log-stream queues, of the frames that
+wait for its socket, and of a frame it is still sending. A connection over its own allowance, or the one holding the most when
 all of them together are over the daemon-wide budget, is cut off (``SLOW_CONSUMER``):
 its streams end, what it had queued is dropped, and it is closed. Memory held for clients
 never exceeds the budget by more than the frames being written at that moment.
@@ -44,7 +44,7 @@ class ClientBudget:
     def _overflow(self, backlog: Backlog) -> None:
         if backlog.held > self.per_connection:
             backlog.cut(
-                f"the client fell behind: {backlog.held} bytes queued for it, over the limit of "
+                f"the client fell behind: {backlog.held} bytes held for it, over the limit of "
                 f"{self.per_connection} (daemon.client_backlog_bytes); read faster, or ask for fewer lines"
             )
             return
@@ -52,7 +52,7 @@ class ClientBudget:
         # those not already going: what they hold is released within their grace).
         heaviest = max((b for b in self._backlogs if not b.cut_reason), key=lambda b: b.held, default=backlog)
         heaviest.cut(
-            f"the client fell behind: {heaviest.held} bytes queued for it while all clients together "
+            f"the client fell behind: {heaviest.held} bytes held for it while all clients together "
             f"reached the daemon's budget of {self.total} (daemon.clients_backlog_total_bytes)"
         )
 

@@ -258,6 +258,8 @@ class Connection:
         self._streams: dict[str, anyio.CancelScope] = {}
         self.open_streams = 0  # streams accepted, started or not (the cap counts these)
         self._waiting_sends: set[anyio.CancelScope] = set()  # frames waiting for the lock
+        self._incoming = 0  # bytes received, not yet a whole frame (charged to the backlog)
+        self.cut_done = anyio.Event()  # set once a cut-off client has been told and closed
         self.frame_began = 0.0  # when the first byte of the unfinished frame came
         self.busy = 0  # requests in flight and streams open: not idle
         # Bytes queued for this client (stream queues, unsent frames), under the budget.
@@ -321,6 +323,14 @@ class Connection:
                 self.backlog.release(queued)
         return True
 
+    def hold_incoming(self, size: int) -> None:
+        """``size`` bytes of an unfinished frame are held for this client."""
+        if size > self._incoming:
+            self.backlog.charge(size - self._incoming)
+        elif size < self._incoming:
+            self.backlog.release(self._incoming - size)
+        self._incoming = size
+
     def _cut_off(self, reason: str) -> None:
         """The client fell behind (see client_limits): end its streams now, tell it why
         once the frame being written is out, and close it."""
@@ -338,6 +348,7 @@ class Connection:
                     await self._stream.send(encode_json_line(error) if self.json else encode_frame(0, error))
         self.closed = True
         self._stream.abort()
+        self.cut_done.set()
 
     async def send_error(self, msg_id: int, code: ErrorCode, message: str) -> bool:
         return await self.send(msg_id, Error(code=code, message=message))
@@ -622,7 +633,12 @@ class SocketServer:
                         if not reader.buffered:
                             connection.frame_began = time.monotonic()
                         reader.feed(data)
+                        connection.hold_incoming(reader.buffered)
+                        if connection.backlog.cut_reason:
+                            await connection.cut_done.wait()
+                            break
                         continue
+                    connection.hold_incoming(reader.buffered)
                     # What is left belongs to the next frame: its time starts now.
                     connection.frame_began = time.monotonic()
                     try:
@@ -642,6 +658,7 @@ class SocketServer:
                     await self._dispatch(connection, msg_id, request, requests, slots)
             finally:
                 # The client is done sending: let answers in flight finish, end streams.
+                connection.hold_incoming(0)
                 connection.cancel_all_streams()
 
     async def _serve_json(
@@ -671,9 +688,14 @@ class SocketServer:
                         if not buffer:
                             connection.frame_began = time.monotonic()
                         buffer += data
+                        connection.hold_incoming(len(buffer))
+                        if connection.backlog.cut_reason:
+                            await connection.cut_done.wait()
+                            break
                         continue
                     line = bytes(buffer[:newline]).strip()
                     del buffer[: newline + 1]
+                    connection.hold_incoming(len(buffer))
                     connection.frame_began = time.monotonic()
                     if not line:
                         continue
@@ -685,6 +707,7 @@ class SocketServer:
                     # One answer per line, in order: unary requests run one at a time.
                     await self._dispatch(connection, 0, request, streams, None)
             finally:
+                connection.hold_incoming(0)
                 connection.cancel_all_streams()
 
     async def _dispatch(

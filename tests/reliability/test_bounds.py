@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hive_client.protocol import PROTOCOL_VERSION, GetLogs, Hello, encode_frame
+from hive_client.protocol import PROTOCOL_VERSION, GetLogs, Hello, StreamLogs, encode_frame
 from tests.reliability.report import record
 from tests.reliability.test_access import GROUP, SYSTEM_PYTHON, member  # noqa: F401 (a fixture)
 from tests.support import DaemonProcess, run_cli, start_daemon, wait_for, write_project
@@ -317,3 +317,32 @@ def _count(path: Path) -> int:
 def _service_log(home: Path) -> str:
     path = home / "logs" / "proj" / "crasher.log"
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_line_is_offered_only_to_the_subscriptions_of_its_service(hive_env: Path) -> None:
+    """20,000 streams on one connection, each for another service: the chatty service's
+    lines reach none of them, and the one stream for it gets every line (the fan-out is
+    indexed by service, not a scan of every subscription per line)."""
+    (hive_env / "config.toml").write_text("[daemon]\nmax_streams_per_connection = 20001\n")
+    project = _chatty_project(hive_env)
+    daemon = start_daemon(hive_env)
+    sock = _connect(daemon.socket)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        frames = [encode_frame(1, Hello(protocol=PROTOCOL_VERSION))]
+        frames += [encode_frame(2 + i, StreamLogs(fqn=f"other:s{i}")) for i in range(20_000)]
+        sock.sendall(b"".join(frames))
+        wait_for(lambda: _subscriptions(daemon) >= 20_000, timeout=120, what="20,000 streams open")
+        statuses = [run_cli("status", "--json") for _ in range(5)]
+        assert all(s.returncode == 0 for s in statuses)
+        assert daemon.alive()
+    finally:
+        sock.close()
+        daemon.stop()
+
+
+def _subscriptions(daemon: DaemonProcess) -> int:
+    result = run_cli("status", "--json")
+    if result.returncode != 0:
+        return 0
+    return int(json.loads(result.stdout).get("log_subscriptions", 0))

@@ -259,6 +259,10 @@ class LogHub:
         }
 
     @property
+    def subscriptions(self) -> int:
+        return len(self._fanout)
+
+    @property
     def write_errors(self) -> int:
         return self._write_stats.errors
 
