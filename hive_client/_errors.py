@@ -17,7 +17,8 @@ Every exception raised by ``hive_client`` derives from :class:`HiveError`::
         ├── AlreadyExists              ALREADY_EXISTS, CONFLICT
         ├── PermissionDenied           PERMISSION_DENIED, FORBIDDEN
         ├── ServiceFailed              SERVICE_FAILED: a service did not do as asked
-        └── Unavailable                SHUTTING_DOWN, BUSY, UNSUPPORTED
+        └── Unavailable                SHUTTING_DOWN, BUSY, UNSUPPORTED, LIMIT_EXCEEDED,
+                                       SLOW_CONSUMER
 
 Lower-layer errors (``OSError``, ``msgspec`` errors, anyio's stream errors) are
 translated at the boundary, so callers only ever catch these.
@@ -68,6 +69,8 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     BUSY = "BUSY"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    SLOW_CONSUMER = "SLOW_CONSUMER"
     UNSUPPORTED = "UNSUPPORTED"
     TIMEOUT = "TIMEOUT"
     STORAGE = "STORAGE"
@@ -182,6 +185,8 @@ _CODE_CLASSES: dict[str, type[DaemonError]] = {
     ErrorCode.FORBIDDEN: PermissionDenied,
     ErrorCode.SHUTTING_DOWN: Unavailable,
     ErrorCode.BUSY: Unavailable,
+    ErrorCode.LIMIT_EXCEEDED: Unavailable,
+    ErrorCode.SLOW_CONSUMER: Unavailable,
     ErrorCode.UNSUPPORTED: Unavailable,
     ErrorCode.SERVICE_FAILED: ServiceFailed,
 }

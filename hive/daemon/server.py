@@ -18,8 +18,9 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -43,6 +44,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
+from .client_limits import AcceptBackoff, Backlog, ClientBudget, descriptors_left
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
 from .json_lines import hive_shape, new_stream_id, stream_key
@@ -60,6 +62,9 @@ _RECEIVE_SIZE = 256 * 1024
 _PEERCRED = struct.Struct("3i")
 _REFUSAL_READ_TIMEOUT = 1.0
 _LINGER_SECONDS = 2.0
+# A client cut off for falling behind gets this long to take the frame being sent and
+# the error after it; then the connection is closed whatever it took.
+_CUT_GRACE_SECONDS = 2.0
 
 
 class Peer(msgspec.Struct, frozen=True):
@@ -254,15 +259,25 @@ class Connection:
         self._streams: dict[str, anyio.CancelScope] = {}
         # Streams whose stream_ended was the answer to the request that stopped them.
         self._ended_by_answer: set[str] = set()
+        self.open_streams = 0  # streams accepted, started or not (the cap counts these)
+        self._waiting_sends: set[anyio.CancelScope] = set()  # frames waiting for the lock
+        self._incoming = 0  # bytes received, not yet a whole frame (charged to the backlog)
+        self.cut_done = anyio.Event()  # set once a cut-off client has been told and closed
+        self.frame_began = 0.0  # when the first byte of the unfinished frame came
+        self.busy = 0  # requests in flight and streams open: not idle
+        # Bytes queued for this client (stream queues, unsent frames), under the budget.
+        self.backlog: Backlog = server.budget.backlog(self._cut_off)
 
     async def send(self, msg_id: int, message: Response) -> bool:
-        """Send one message; False (and the connection marked closed) if the peer is gone."""
-        if self.closed:
+        """Send one message; False (and the connection marked closed) if the peer is gone
+        or has been cut off for falling behind."""
+        if self.closed or self.backlog.cut_reason:
             return False
         data: bytes | memoryview = (
             encode_json_line(hive_shape(message)) if self.json else encode_frame(msg_id, message)
         )
         torn = False  # some of this frame went out, not all of it
+        queued = 0  # bytes of this frame charged to the backlog while they wait
         try:
             if not self._send_lock.locked():
                 # Nobody is halfway through a frame: what the kernel takes at once needs
@@ -272,12 +287,30 @@ class Connection:
                 if not data:
                     return True
                 torn = len(data) < size
-            async with self._send_lock:
+            queued = len(data)
+            self.backlog.charge(queued)
+            if self.backlog.cut_reason and not torn:
+                return False  # over its budget: this frame is dropped, the cut-off follows
+            # A cut-off ends this wait at once (and frees the frame) unless it is torn.
+            with anyio.CancelScope() as waiting:
+                if not torn:
+                    self._waiting_sends.add(waiting)
+                try:
+                    await self._send_lock.acquire()
+                finally:
+                    self._waiting_sends.discard(waiting)
+            if waiting.cancelled_caught:
+                return False
+            try:
+                if self.backlog.cut_reason and not torn:
+                    return False
                 try:
                     await self._stream.send(data)
                 except BaseException:
                     torn = torn or self._stream.unsent < len(data)
                     raise
+            finally:
+                self._send_lock.release()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.closed = True
             return False
@@ -288,7 +321,37 @@ class Connection:
                 self.closed = True
                 self._stream.abort()
             raise
+        finally:
+            if queued:
+                self.backlog.release(queued)
         return True
+
+    def hold_incoming(self, size: int) -> None:
+        """``size`` bytes of an unfinished frame are held for this client."""
+        if size > self._incoming:
+            self.backlog.charge(size - self._incoming)
+        elif size < self._incoming:
+            self.backlog.release(self._incoming - size)
+        self._incoming = size
+
+    def _cut_off(self, reason: str) -> None:
+        """The client fell behind (see client_limits): end its streams now, tell it why
+        once the frame being written is out, and close it."""
+        log.warning("cut off %s (uid %d): %s", self.label, self.peer.uid, reason)
+        self.cancel_all_streams()
+        for waiting in self._waiting_sends:
+            waiting.cancel()
+        self.server.start_soon(self._send_cut_off, reason)
+
+    async def _send_cut_off(self, reason: str) -> None:
+        with anyio.move_on_after(_CUT_GRACE_SECONDS):
+            async with self._send_lock:  # after the frame being written, if it goes
+                error = Error(code=ErrorCode.SLOW_CONSUMER, message=reason)
+                with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                    await self._stream.send(encode_json_line(error) if self.json else encode_frame(0, error))
+        self.closed = True
+        self._stream.abort()
+        self.cut_done.set()
 
     async def send_error(self, msg_id: int, code: ErrorCode, message: str) -> bool:
         return await self.send(msg_id, Error(code=code, message=message))
@@ -359,6 +422,16 @@ class SocketServer:
         # Requests being answered and streams open, daemon-wide (for a clean drain).
         self._activity = 0
         self._idle = anyio.Event()
+        daemon = app.settings.daemon
+        self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes)
+        self._per_uid: dict[int, int] = {}  # connections of each (limited) uid
+        self._last_turned_away_log = -60.0
+        self._turned_away = 0
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
+        """Run a task for a connection in the server's task group (it outlives the request)."""
+        assert self._connections is not None, "start_soon() before serve() started"
+        self._connections.start_soon(func, *args)
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -368,6 +441,7 @@ class SocketServer:
         async with anyio.create_task_group() as connections:
             self._connections = connections
             task_status.started()
+            backoff = AcceptBackoff()
             while True:
                 await anyio.wait_readable(listener)
                 try:
@@ -375,11 +449,27 @@ class SocketServer:
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    # EMFILE and the like: log, back off a little, keep serving.
-                    log.error("accept failed: %s", exc)
-                    await anyio.sleep(0.1)  # wait-ok: back off after EMFILE and the like
+                    # EMFILE and the like: back off (logged once per episode), keep serving.
+                    await anyio.sleep(backoff.failed(exc))  # wait-ok: back off after EMFILE and the like
+                    continue
+                backoff.succeeded()
+                if descriptors_left() < self.app.settings.daemon.reserved_fds:
+                    # What is left is supervision's: a service start must not fail for a client.
+                    self._turn_away_now(client)
                     continue
                 connections.start_soon(self._serve_connection, client)
+
+    def _turn_away_now(self, client: socket.socket) -> None:
+        """Close a client at once (descriptors are short): no read, no linger."""
+        now = time.monotonic()
+        if now - self._last_turned_away_log >= 60.0:
+            log.warning("turned away a client: fewer than daemon.reserved_fds (%d) descriptors left "
+                        "(%d turned away since the last report)", self.app.settings.daemon.reserved_fds,
+                        self._turned_away + 1)
+            self._last_turned_away_log, self._turned_away = now, 0
+        else:
+            self._turned_away += 1
+        client.close()
 
     async def drain(self) -> None:
         """Wait until every answer in flight is sent and every stream has ended.
@@ -445,14 +535,29 @@ class SocketServer:
         connection.limit = limit
         connection.plugin = plugin
         if not self._allowed(peer):
+            connection.backlog.close()
             await self._refuse(connection, stream)
             return
+        limited = plugin is None and peer.uid not in (self._uid, 0)
+        if limited and self._per_uid.get(peer.uid, 0) >= self.app.settings.daemon.max_connections_per_uid:
+            connection.backlog.close()
+            most = self.app.settings.daemon.max_connections_per_uid
+            await self._refuse(connection, stream, ErrorCode.LIMIT_EXCEEDED,
+                               f"uid {peer.uid} has {most} connections open, the limit "
+                               "(daemon.max_connections_per_uid); close some and try again")
+            return
+        if limited:
+            self._per_uid[peer.uid] = self._per_uid.get(peer.uid, 0) + 1
         self.connections.add(connection)
         try:
             try:
-                first = await stream.receive(_RECEIVE_SIZE)
+                first = await self._receive(connection, stream, partial=False)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
+            if first is None:
+                await _linger(stream)
+                return
+            connection.frame_began = time.monotonic()
             if first[:1] == b"{":
                 connection.json = True
                 await self._serve_json(connection, stream, first)
@@ -460,25 +565,53 @@ class SocketServer:
                 await self._serve_binary(connection, stream, first)
         finally:
             connection.closed = True
+            connection.backlog.close()
             self.connections.discard(connection)
+            if limited:
+                left = self._per_uid[peer.uid] - 1
+                if left:
+                    self._per_uid[peer.uid] = left
+                else:
+                    del self._per_uid[peer.uid]
 
-    async def _refuse(self, connection: Connection, stream: RawStream) -> None:
-        log.warning(
-            "refused a connection from uid %d (pid %d): not the daemon's user",
-            connection.peer.uid,
-            connection.peer.pid,
-        )
+    async def _receive(self, connection: Connection, stream: RawStream, *, partial: bool) -> bytes | None:
+        """The next bytes from the client, or None once it timed out (it has been told).
+
+        ``partial``: a frame (or JSON line) has begun; it gets ``frame_timeout`` from its
+        first byte (``connection.frame_began``). Otherwise a connection with nothing in
+        flight and no stream may stay silent for ``idle_timeout``."""
+        settings = self.app.settings.daemon
+        while True:
+            if partial and settings.frame_timeout > 0:
+                deadline = connection.frame_began + settings.frame_timeout
+                why = (f"an unfinished frame waited {settings.frame_timeout:g} s for its end "
+                       "(daemon.frame_timeout); send each frame whole")
+            elif not partial and settings.idle_timeout > 0 and connection.plugin is None:
+                deadline = time.monotonic() + settings.idle_timeout
+                why = (f"idle for {settings.idle_timeout:g} s with no request and no stream "
+                       "(daemon.idle_timeout); connect again when needed")
+            else:
+                return await stream.receive(_RECEIVE_SIZE)
+            with anyio.move_on_at(deadline):
+                return await stream.receive(_RECEIVE_SIZE)
+            if partial or not connection.busy:
+                log.info("closed %s (uid %d): %s", connection.label, connection.peer.uid, why)
+                await connection.send_error(0, ErrorCode.TIMEOUT, why)
+                connection.closed = True
+                return None
+
+    async def _refuse(self, connection: Connection, stream: RawStream,
+                      code: ErrorCode = ErrorCode.PERMISSION_DENIED, message: str = "") -> None:
+        message = message or f"uid {connection.peer.uid} may not use this daemon (it belongs to uid {self._uid})"
+        log.warning("refused a connection from uid %d (pid %d): %s",
+                    connection.peer.uid, connection.peer.pid, message)
         # Answer in the client's own transport if it says something quickly.
         with anyio.move_on_after(_REFUSAL_READ_TIMEOUT):
             try:
                 connection.json = (await stream.receive(1)) == b"{"
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 return
-        await connection.send_error(
-            0,
-            ErrorCode.PERMISSION_DENIED,
-            f"uid {connection.peer.uid} may not use this daemon (it belongs to uid {self._uid})",
-        )
+        await connection.send_error(0, code, message)
         await _linger(stream)
 
     async def _serve_binary(
@@ -499,10 +632,23 @@ class SocketServer:
                         break
                     if payload is None:
                         try:
-                            reader.feed(await stream.receive(_RECEIVE_SIZE))
+                            data = await self._receive(connection, stream, partial=reader.buffered > 0)
                         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                             break
+                        if data is None:
+                            await _linger(stream)
+                            break
+                        if not reader.buffered:
+                            connection.frame_began = time.monotonic()
+                        reader.feed(data)
+                        connection.hold_incoming(reader.buffered)
+                        if connection.backlog.cut_reason:
+                            await connection.cut_done.wait()
+                            break
                         continue
+                    connection.hold_incoming(reader.buffered)
+                    # What is left belongs to the next frame: its time starts now.
+                    connection.frame_began = time.monotonic()
                     try:
                         msg_id, raw = decode_envelope(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -520,6 +666,7 @@ class SocketServer:
                     await self._dispatch(connection, msg_id, request, requests, slots)
             finally:
                 # The client is done sending: let answers in flight finish, end streams.
+                connection.hold_incoming(0)
                 connection.cancel_all_streams()
 
     async def _serve_json(
@@ -540,12 +687,24 @@ class SocketServer:
                             await _linger(stream)
                             break
                         try:
-                            buffer += await stream.receive(_RECEIVE_SIZE)
+                            data = await self._receive(connection, stream, partial=bool(buffer))
                         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            break
+                        if data is None:
+                            await _linger(stream)
+                            break
+                        if not buffer:
+                            connection.frame_began = time.monotonic()
+                        buffer += data
+                        connection.hold_incoming(len(buffer))
+                        if connection.backlog.cut_reason:
+                            await connection.cut_done.wait()
                             break
                         continue
                     line = bytes(buffer[:newline]).strip()
                     del buffer[: newline + 1]
+                    connection.hold_incoming(len(buffer))
+                    connection.frame_began = time.monotonic()
                     if not line:
                         continue
                     try:
@@ -556,6 +715,7 @@ class SocketServer:
                     # One answer per line, in order: unary requests run one at a time.
                     await self._dispatch(connection, 0, request, streams, None)
             finally:
+                connection.hold_incoming(0)
                 connection.cancel_all_streams()
 
     async def _dispatch(
@@ -587,6 +747,16 @@ class SocketServer:
             return
         ctx = RequestContext(self.app, connection, msg_id)
         if route.stream is not None:
+            cap = self.app.settings.daemon.max_streams_per_connection
+            if connection.open_streams >= cap and connection.plugin is None:
+                await connection.send_error(
+                    msg_id, ErrorCode.LIMIT_EXCEEDED,
+                    f"this connection has {cap} streams open, the limit "
+                    "(daemon.max_streams_per_connection); stop one, or use a pattern that covers several",
+                )
+                return
+            connection.open_streams += 1
+            connection.busy += 1
             self._begin()
             sink = _Sink(connection, msg_id, new_stream_id())
             task_group.start_soon(self._run_stream, ctx, request, route.stream, sink)
@@ -597,13 +767,16 @@ class SocketServer:
         assert route.unary is not None  # a route has one handler, stream or unary
         if route.inline or slots is None:
             self._begin()
+            connection.busy += 1
             try:
                 await connection.send(msg_id, await _answer(ctx, request, route.unary))
             finally:
+                connection.busy -= 1
                 self._end()
         else:
             await slots.acquire()
             self._begin()
+            connection.busy += 1
             task_group.start_soon(self._run_unary, ctx, request, route.unary, slots)
 
     async def _hello(self, connection: Connection, msg_id: int, hello: Hello) -> None:
@@ -630,6 +803,7 @@ class SocketServer:
             await ctx.connection.send(ctx.request_id, await _answer(ctx, request, handler))
         finally:
             slots.release()
+            ctx.connection.busy -= 1
             self._end()
 
     async def _run_stream(self, ctx: RequestContext, request: Request, handler: StreamCall,
@@ -638,6 +812,8 @@ class SocketServer:
             await self._stream_body(ctx, request, handler, sink)
         finally:
             sink.answered.set()
+            ctx.connection.open_streams -= 1
+            ctx.connection.busy -= 1
             self._end()
 
     async def _stream_body(

@@ -34,6 +34,23 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight: int = 64
     # How long a graceful shutdown may take before the rest is cut short.
     shutdown_timeout: float = 30.0
+    # Bounds on clients (see docs/configuration.md): streams one connection may hold open,
+    # connections one uid may hold (the daemon's own uid and root are not counted).
+    max_streams_per_connection: int = 256
+    max_connections_per_uid: int = 64
+    # Bytes queued for one client (log lines its streams have not taken, answers its
+    # socket has not taken), and for all clients together; past either it is cut off.
+    client_backlog_bytes: int = 32 * 1024 * 1024
+    clients_backlog_total_bytes: int = 128 * 1024 * 1024
+    # One log stream's queue of lines not yet sent; past it the oldest are dropped
+    # (the client gets stream_lagged).
+    stream_queue_bytes: int = 4 * 1024 * 1024
+    # Seconds a started frame (or JSON line) may take to arrive in full, and a connection
+    # with no request in flight and no stream open may stay silent (0: no limit).
+    frame_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    # Descriptors kept free for supervision: clients are turned away before they take them.
+    reserved_fds: int = 64
 
 
 class RestartSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -97,4 +114,18 @@ def load_settings(path: Path) -> DaemonSettings:
         raise SettingsError(f"{path}: daemon.max_frame must be at least 1024 bytes")
     if settings.daemon.max_inflight < 1:
         raise SettingsError(f"{path}: daemon.max_inflight must be at least 1")
+    _check_bounds(path, settings.daemon)
     return settings
+
+
+def _check_bounds(path: Path, daemon: DaemonSection) -> None:
+    at_least_one = ("max_streams_per_connection", "max_connections_per_uid", "client_backlog_bytes",
+                    "clients_backlog_total_bytes", "stream_queue_bytes")
+    for key in at_least_one:
+        if getattr(daemon, key) < 1:
+            raise SettingsError(f"{path}: daemon.{key} must be at least 1")
+    for key in ("frame_timeout", "idle_timeout", "shutdown_timeout"):
+        if getattr(daemon, key) < 0:
+            raise SettingsError(f"{path}: daemon.{key} must be 0 or more seconds")
+    if daemon.reserved_fds < 0:
+        raise SettingsError(f"{path}: daemon.reserved_fds must be 0 or more")

@@ -95,7 +95,10 @@ async def stream_logs(ctx: RequestContext, request: StreamLogs, sink: StreamSink
     level = _level(request.level)
     # Hive's clients know no stream_lagged: they are told in a line of the stream.
     lagged = _lag_line(sink.stream_id, request.fqn) if ctx.connection.json else None
-    with ctx.app.logs.subscribe(fqn_pattern(request.fqn), level, max(request.tail, 0)) as subscription:
+    tail = min(max(request.tail, 0), ctx.app.settings.logs.buffer_lines)
+    queue_bytes = ctx.app.settings.daemon.stream_queue_bytes
+    with ctx.app.logs.subscribe(fqn_pattern(request.fqn), level, tail, max_bytes=queue_bytes,
+                                account=ctx.connection.backlog) as subscription:
         await relay(sink, subscription, lambda line: LogLineItem(stream_id=sink.stream_id, line=line), lagged)
 
 

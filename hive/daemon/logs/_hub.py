@@ -27,7 +27,7 @@ from hive_client import LogLevel, LogLine
 
 from ..settings import LogsSection
 from ._buffer import DEFAULT_BUFFER_BYTES, RANK, Buffers
-from ._fanout import Fanout, LogSubscription
+from ._fanout import Account, Fanout, LogSubscription
 from ._files import FileLayout, LogFile, WriteStats, read_recent_lines
 from ._parse import parse_file_lines
 from ._route import Instance, LineRouter
@@ -231,14 +231,18 @@ class LogHub:
         tail: int = 0,
         *,
         maxlen: int = 1024,
+        max_bytes: int = 1 << 62,
+        account: Account | None = None,
     ) -> LogSubscription:
         """Live lines matching ``pattern`` at ``level`` or above; the last ``tail``
-        buffered ones first. Holds at most max(maxlen, tail) unread lines."""
-        sub = self._fanout.subscription(pattern, _min_rank(level), max(maxlen, tail))
+        buffered ones first (``tail`` is capped at ``logs.buffer_lines``: there are no
+        more). Holds at most max(maxlen, tail) unread lines and ``max_bytes`` of them,
+        charged to ``account``."""
+        tail = min(tail, self._buffers.max_lines)
+        sub = self._fanout.subscription(pattern, _min_rank(level), max(maxlen, tail), max_bytes, account)
         self._restore_named(pattern)
         if tail > 0:
-            for line in self.query(pattern, lines=tail, level=level):
-                sub.offer(line)
+            sub.prefill(self.query(pattern, lines=tail, level=level))
         self._fanout.add(sub)
         return sub
 
@@ -253,6 +257,10 @@ class LogHub:
             "dropped_file_bytes": self._write_stats.dropped_bytes,
             "subscriptions": len(self._fanout),
         }
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._fanout)
 
     @property
     def write_errors(self) -> int:

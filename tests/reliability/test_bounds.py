@@ -1,0 +1,348 @@
+"""Bounds: clients that ask for much and read nothing, hold connections, or send half frames.
+
+Each attack runs against a real daemon over its real socket with a real chatty service;
+the outcome checked is what the daemon did (cut the client off, closed it, refused it)
+and that its memory stayed bounded and it kept serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import resource
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hive_client.protocol import PROTOCOL_VERSION, GetLogs, Hello, StreamLogs, encode_frame
+from tests.reliability.report import record
+from tests.reliability.test_access import GROUP, SYSTEM_PYTHON, member  # noqa: F401 (a fixture)
+from tests.support import DaemonProcess, run_cli, start_daemon, wait_for, write_project
+
+MIB = 1024 * 1024
+RSS_ABOVE_IDLE = 200 * MIB
+
+# 2 KB lines, a few thousand a second: a chatty service, not a flood.
+CHATTY = (
+    "exec python3 -u -c \"import sys, time\n"
+    "while True:\n"
+    "    sys.stdout.write('x' * 2000 + chr(10)); sys.stdout.flush(); time.sleep(0.0005)\""
+)
+
+
+def _rss(daemon: DaemonProcess) -> int:
+    return int(psutil.Process(daemon.pid).memory_info().rss)
+
+
+def _chatty_project(home: Path) -> Path:
+    return write_project(home / "proj", f"""
+        version: "1"
+        services:
+          chatty:
+            runner: {{type: script, script: {{run: {json.dumps(CHATTY)}}}}}
+        """)
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(os.fspath(path))
+    return sock
+
+
+def _read_to_end(sock: socket.socket, timeout: float = 30.0) -> bytes:
+    """Everything the daemon still sends, until it closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def _lines_written(daemon: DaemonProcess, fqn: str, at_least: int) -> None:
+    def enough() -> bool:
+        result = run_cli("logs", fqn, "-n", str(at_least), "--json")
+        return result.returncode == 0 and result.stdout.count("\n") >= at_least
+
+    wait_for(enough, timeout=60, what=f"{at_least} lines from {fqn}")
+
+
+@pytest.fixture
+def chatty(hive_env: Path) -> Iterator[DaemonProcess]:
+    (hive_env / "config.toml").write_text("[daemon]\n")
+    project = _chatty_project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        _lines_written(daemon, "proj:chatty", 1000)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_a_log_stream_never_read_is_cut_off_and_memory_stays_bounded(chatty: DaemonProcess) -> None:
+    """``stream_logs`` with tail=10^9, never read: the tail is capped at the buffer, the
+    queue at daemon.stream_queue_bytes, and once a whole queue's worth is lost while the
+    reader took nothing it is cut off with SLOW_CONSUMER."""
+    idle = _rss(chatty)
+    sock = _connect(chatty.socket)
+    try:
+        sock.sendall(json.dumps({"type": "stream_logs", "fqn": "proj:chatty", "tail": 10**9}).encode() + b"\n")
+        wait_for(lambda: "cut off" in chatty.stderr(), timeout=60, what="the reader to be cut off")
+        peak = _rss(chatty)
+        received = _read_to_end(sock)
+    finally:
+        sock.close()
+    assert b'"stream_started"' in received
+    assert b"stream_lagged" in received or b"SLOW_CONSUMER" in received
+    assert "a log stream dropped" in chatty.stderr()
+    assert peak - idle < RSS_ABOVE_IDLE
+    assert run_cli("status").returncode == 0
+    record("bounds", "stream_logs tail=10^9 never read, chatty service", "1 stream",
+           f"cut off (SLOW_CONSUMER) after a lost queue; RSS +{(peak - idle) / MIB:.0f} MiB")
+
+
+def test_pipelined_get_logs_never_read_are_cut_off(chatty: DaemonProcess) -> None:
+    """12 connections of 64 pipelined ``get_logs`` each, never read: each connection is
+    cut off at daemon.client_backlog_bytes; the daemon's memory stays bounded."""
+    _lines_written(chatty, "proj:chatty", 2500)
+    idle = _rss(chatty)
+    socks = [_connect(chatty.socket) for _ in range(12)]
+    try:
+        for sock in socks:
+            frames = [encode_frame(1, Hello(protocol=PROTOCOL_VERSION))]
+            frames += [encode_frame(2 + i, GetLogs(fqn="proj:chatty", lines=50_000)) for i in range(64)]
+            sock.sendall(b"".join(frames))
+        wait_for(lambda: chatty.stderr().count("cut off") >= 12, timeout=120, what="12 cut-offs")
+        peak = _rss(chatty)
+        for sock in socks:
+            _read_to_end(sock)  # each one ends: the daemon closed it
+    finally:
+        for sock in socks:
+            sock.close()
+    assert peak - idle < RSS_ABOVE_IDLE
+    assert run_cli("status").returncode == 0
+    record("bounds", "12 connections x 64 pipelined get_logs, never read", "768 requests",
+           f"each connection cut off (SLOW_CONSUMER); RSS +{(peak - idle) / MIB:.0f} MiB")
+
+
+@pytest.mark.parametrize("opening", [b"{", b"\x00\x80\x00\x00"], ids=["json", "binary"])
+def test_an_unfinished_frame_times_out(hive_env: Path, opening: bytes) -> None:
+    """A connection that sends the start of a frame and nothing more is closed after
+    daemon.frame_timeout with TIMEOUT, and its memory and descriptor go back."""
+    (hive_env / "config.toml").write_text("[daemon]\nframe_timeout = 1.0\n")
+    daemon = start_daemon(hive_env)
+    try:
+        sock = _connect(daemon.socket)
+        try:
+            sock.sendall(opening + b"x" * 1000)
+            received = _read_to_end(sock)
+        finally:
+            sock.close()
+        assert b"TIMEOUT" in received
+        assert b"daemon.frame_timeout" in received
+        assert run_cli("status").returncode == 0
+    finally:
+        daemon.stop()
+
+
+def test_an_idle_connection_without_a_stream_times_out(hive_env: Path) -> None:
+    (hive_env / "config.toml").write_text("[daemon]\nidle_timeout = 1.0\n")
+    daemon = start_daemon(hive_env)
+    try:
+        sock = _connect(daemon.socket)
+        try:
+            sock.sendall(b'{"type": "ping"}\n')
+            received = _read_to_end(sock)
+        finally:
+            sock.close()
+        assert received.startswith(b'{"type":"pong"}')
+        assert b"daemon.idle_timeout" in received
+    finally:
+        daemon.stop()
+
+
+def test_streams_per_connection_are_capped(hive_env: Path) -> None:
+    (hive_env / "config.toml").write_text("[daemon]\nmax_streams_per_connection = 4\n")
+    daemon = start_daemon(hive_env)
+    try:
+        sock = _connect(daemon.socket)
+        reader = sock.makefile("rb")
+        sock.settimeout(30)
+        try:
+            answers = []
+            for i in range(5):
+                sock.sendall(json.dumps({"type": "stream_logs", "fqn": f"p:s{i}"}).encode() + b"\n")
+                answers.append(json.loads(reader.readline()))
+        finally:
+            sock.close()
+        assert [a["type"] for a in answers[:4]] == ["stream_started"] * 4
+        assert answers[4]["type"] == "error" and answers[4]["code"] == "LIMIT_EXCEEDED", answers[4]
+        assert "daemon.max_streams_per_connection" in answers[4]["message"]
+    finally:
+        daemon.stop()
+
+
+def test_tail_is_capped_at_the_buffer(hive_env: Path) -> None:
+    """A tail larger than the buffer gives what the buffer has, no more, and sizes
+    nothing by the number asked."""
+    (hive_env / "config.toml").write_text("[logs]\nbuffer_lines = 50\n")
+    project = write_project(hive_env / "proj", """
+        version: "1"
+        services:
+          counter:
+            runner: {type: script, script: {run: "for i in $(seq 1 200); do echo line $i; done; exec sleep 1000"}}
+        """)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: "line 200" in run_cli("logs", "proj:counter").stdout, timeout=30, what="200 lines")
+        sock = _connect(daemon.socket)
+        reader = sock.makefile("rb")
+        sock.settimeout(30)
+        try:
+            sock.sendall(json.dumps({"type": "stream_logs", "fqn": "proj:counter", "tail": 10**9}).encode() + b"\n")
+            started = json.loads(reader.readline())
+            assert started["type"] == "stream_started"
+            lines = [json.loads(reader.readline()) for _ in range(50)]
+        finally:
+            sock.close()
+        assert lines[0]["line"]["message"] == "line 151"
+        assert lines[-1]["line"]["message"] == "line 200"
+    finally:
+        daemon.stop()
+
+
+MEMBER_CHILD = """
+import json, socket, sys
+socks, answers = [], []
+for _ in range(int(sys.argv[2])):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(sys.argv[1])
+    sock.sendall(b'{"type": "ping"}\\n')
+    answers.append(json.loads(sock.makefile("rb").readline() or b'{"closed": true}'))
+    socks.append(sock)
+print(json.dumps(answers))
+"""
+
+
+def test_connections_per_uid_are_capped(member: pwd.struct_passwd, hive_env: Path) -> None:  # noqa: F811
+    (hive_env / "config.toml").write_text(
+        f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\nmax_connections_per_uid = 3\n'
+    )
+    daemon = start_daemon(hive_env)
+    try:
+        def demote() -> None:
+            os.setgroups([])
+            os.setgid(member.pw_gid)
+            os.setuid(member.pw_uid)
+
+        result = subprocess.run([SYSTEM_PYTHON, "-c", MEMBER_CHILD, str(daemon.socket), "4"],
+                                capture_output=True, text=True, timeout=60, preexec_fn=demote, cwd="/",
+                                env={"PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        answers = json.loads(result.stdout)
+        assert answers[:3] == [{"type": "pong"}] * 3
+        assert answers[3]["code"] == "LIMIT_EXCEEDED", answers[3]
+        assert "daemon.max_connections_per_uid" in answers[3]["message"]
+        # The owner is not counted against anyone's limit.
+        assert run_cli("status").returncode == 0
+        record("bounds", "a read-scope uid opens more connections than allowed", "4 connections (limit 3)",
+               "the 4th refused with LIMIT_EXCEEDED; the owner served")
+    finally:
+        daemon.stop()
+
+
+def _limit_descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def test_clients_holding_descriptors_do_not_stop_a_restart(hive_env: Path) -> None:
+    """With 256 descriptors, 400 connections that sent only ``{``: the crash-looping
+    service is still restarted (its start finds descriptors), the daemon logs no flood,
+    and once the clients go, new ones are answered."""
+    (hive_env / "config.toml").write_text(
+        "[daemon]\nframe_timeout = 600.0\n[restart]\ndelay = 0.05\nmax_delay = 0.05\njitter = false\n"
+    )
+    starts = hive_env / "starts"
+    project = write_project(hive_env / "proj", f"""
+        version: "1"
+        services:
+          crasher:
+            restart: always
+            runner: {{type: script, script: {{run: "echo started >> {starts}; exit 3"}}}}
+        """)
+    daemon = start_daemon(hive_env, preexec=_limit_descriptors)
+    socks: list[socket.socket] = []
+    try:
+        run_cli("up", str(project))
+        wait_for(lambda: _count(starts) >= 2, timeout=30, what="the crash loop")
+        for _ in range(400):
+            try:
+                sock = _connect(daemon.socket)
+                sock.sendall(b"{")
+                socks.append(sock)
+            except OSError:
+                break
+        before = _count(starts)
+        wait_for(lambda: _count(starts) >= before + 5, timeout=60,
+                 what="5 more restarts of the crash-looping service while clients hold descriptors")
+        assert "Too many open files" not in _service_log(hive_env)
+        assert daemon.stderr().count("accept failed") <= 1
+        assert "turned away a client" in daemon.stderr()
+    finally:
+        for sock in socks:
+            sock.close()
+    try:
+        wait_for(lambda: run_cli("status").returncode == 0, timeout=30, what="status answered again")
+        record("bounds", "400 connections sending only '{' with 256 descriptors", "400 connections",
+               "crash-looping service restarted on; clients past the descriptor reserve turned away; "
+               "status answered once they left")
+    finally:
+        daemon.stop()
+
+
+def _count(path: Path) -> int:
+    return path.read_text().count("started") if path.exists() else 0
+
+
+def _service_log(home: Path) -> str:
+    path = home / "logs" / "proj" / "crasher.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_line_is_offered_only_to_the_subscriptions_of_its_service(hive_env: Path) -> None:
+    """20,000 streams on one connection, each for another service: the chatty service's
+    lines reach none of them, and the one stream for it gets every line (the fan-out is
+    indexed by service, not a scan of every subscription per line)."""
+    (hive_env / "config.toml").write_text("[daemon]\nmax_streams_per_connection = 20001\n")
+    project = _chatty_project(hive_env)
+    daemon = start_daemon(hive_env)
+    sock = _connect(daemon.socket)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        frames = [encode_frame(1, Hello(protocol=PROTOCOL_VERSION))]
+        frames += [encode_frame(2 + i, StreamLogs(fqn=f"other:s{i}")) for i in range(20_000)]
+        sock.sendall(b"".join(frames))
+        wait_for(lambda: _subscriptions(daemon) >= 20_000, timeout=120, what="20,000 streams open")
+        statuses = [run_cli("status", "--json") for _ in range(5)]
+        assert all(s.returncode == 0 for s in statuses)
+        assert daemon.alive()
+    finally:
+        sock.close()
+        daemon.stop()
+
+
+def _subscriptions(daemon: DaemonProcess) -> int:
+    result = run_cli("status", "--json")
+    if result.returncode != 0:
+        return 0
+    return int(json.loads(result.stdout).get("log_subscriptions", 0))
