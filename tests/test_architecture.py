@@ -21,7 +21,7 @@ ALLOWED = {
 THIRD_PARTY = {
     "hive_client": {"anyio", "msgspec", "sniffio"},
     "runners": {"anyio", "psutil", "msgspec"},
-    "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop"},
+    "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop", "httptools"},
     "core_plugins": {"anyio", "msgspec", "websockets", "psutil"},
 }
 PROJECT = set(ALLOWED)
