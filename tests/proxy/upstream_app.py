@@ -21,7 +21,7 @@ import sys
 
 PORT = int(sys.argv[1])
 NAME = sys.argv[2] if len(sys.argv) > 2 else "upstream"
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 release = asyncio.Event()
 sick = False
 

@@ -114,6 +114,8 @@ class Exchange:
         if report and self.route is not None:
             service = self.core.upstreams.service(self.route.service)
             detail = self.core.report(self.route.service, service)
+        if not self.request_done and (self.facts.content_length > 0 or self.facts.chunked):
+            self.keep_alive = False  # the rest of its body is not read: the connection ends
         body, content_type = pages.render(status, message, detail, pages.wants_json(self.facts.accept.decode("latin-1")))
         lines = b"".join(b"%b: %b\r\n" % pair for pair in extra) if extra else b""
         self.local = pages.response_bytes(status, body, content_type, keep_alive=self.keep_alive, extra=lines)
@@ -132,11 +134,9 @@ class Exchange:
         if upstream is not None:
             upstream.abort()
         self.client.write(self.local)
-        if self.request_done:
+        if self.request_done or not self.keep_alive:
             self.client.finished(self, self.keep_alive)
-        else:
-            self.keep_alive = False  # the rest of its body is not read: the connection ends
-            self.client.finished(self, False)
+        # else: no body to come, the request's end is parsed next (request_complete)
 
     # --- its turn ------------------------------------------------------------------------
 
@@ -204,7 +204,10 @@ class Exchange:
 
     def request_complete(self) -> None:
         self.request_done = True
-        if self.facts.chunked and self.local is None:
+        if self.local is not None:
+            if self.response_started and self.keep_alive:
+                self.client.finished(self, True)  # answered by the proxy before its end
+        elif self.facts.chunked:
             self._send_upstream(LAST_CHUNK)
 
     def _send_upstream(self, data: bytes) -> None:
