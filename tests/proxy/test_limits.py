@@ -92,7 +92,7 @@ def test_502_when_no_instance_accepts_a_connection(proxy: Proxy, tmp_path: Path)
     proxy: {{path: /}}
 """
     _started(proxy, tmp_path, services)
-    status, headers, body = proxy.request("GET", "/", headers={"Accept": "application/json"})
+    status, _, body = proxy.request("GET", "/", headers={"Accept": "application/json"})
     assert status == 502
     page = json.loads(body)
     assert page["error"].startswith(f"no instance of p:mute accepted a connection (127.0.0.1:{port}: ")
