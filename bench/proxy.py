@@ -114,8 +114,9 @@ services:
     proxy: {{path: /}}
 """)
     env = {**os.environ, "HIVE_HOME": str(work), "PYTHONPATH": str(ROOT)}
-    daemon = subprocess.Popen([sys.executable, "-m", "hive.daemon", "--home", str(work), "--foreground"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=open(work / "daemon.err", "wb"))
+    with open(work / "daemon.err", "wb") as errors:
+        daemon = subprocess.Popen([sys.executable, "-m", "hive.daemon", "--home", str(work), "--foreground"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=errors)
     nginx_started = False
     try:
         wait_listening_socket(work / "hive.sock")
