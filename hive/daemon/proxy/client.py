@@ -54,6 +54,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._out: list[bytes] = []
 
     # --- asyncio ---------------------------------------------------------------------
 
@@ -160,8 +161,16 @@ class ClientConnection(asyncio.Protocol):
     # --- for exchanges ----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.gone and not self.transport.is_closing():
-            self.transport.write(data)
+        """Queued, and sent once the current callback is done: a response's head and body
+        that arrive in one read go out in one send, not two (bench/proxy.py)."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.gone and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def finished(self, exchange: Exchange, keep_alive: bool) -> None:
         """``exchange``'s response is written; the next one's turn, or the end."""
@@ -208,6 +217,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._closing = True
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 
