@@ -280,17 +280,23 @@ def _hint(reference: str, plugin: str) -> str:
     return ""
 
 
+_DEFAULT_PROXY = ProxySettings()
+
+
 def inactive_notes(config: HiveConfig) -> list[str]:
     """Parsed-and-kept parts whose behaviour comes in later releases."""
     notes: list[str] = []
-    if config.proxy != ProxySettings():
-        notes.append("proxy: the reverse proxy is not active yet (settings are kept)")
+    unused = [key for key in ("bind", "ssl", "dns", "debug")
+              if getattr(config.proxy, key) != getattr(_DEFAULT_PROXY, key)]
+    if unused:
+        notes.append(
+            f"proxy.{', proxy.'.join(unused)}: not used by Hive's proxy, which listens on "
+            "[proxy] listen in the daemon's config.toml (settings are kept)"
+        )
     if config.observability is not None:
         notes.append("observability: not active yet (settings are kept)")
     for name, service in config.services.items():
         prefix = f"services.{name}"
-        if service.proxy:
-            notes.append(f"{prefix}.proxy: routing is not active yet")
         if service.rollout is not None and service.rollout.type == "blue-green":
             notes.append(
                 f"{prefix}.rollout: blue-green rollout is not active yet; the service runs on its blue ports"
@@ -386,7 +392,9 @@ def service_fingerprint(svc: ServiceConfig, *, project: HiveConfig | None = None
     The bytes themselves, not a digest of them: comparing a few kilobytes is exact and
     keeps the daemon from loading a hashing library just for this.
     """
-    payload: list[Any] = [svc]
+    # Routes are left out: the proxy applies a route change on the fly, so it is no
+    # reason to restart the service (and drop the requests it is serving).
+    payload: list[Any] = [msgspec.structs.replace(svc, proxy=[]) if svc.proxy else svc]
     if project is not None:
         payload += [project.environment, project.hooks]
     return _FINGERPRINT_ENCODER.encode(payload)

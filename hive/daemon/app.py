@@ -23,6 +23,7 @@ from .store import StateStore, StateWriter
 if TYPE_CHECKING:
     from .logs import LogHub
     from .plugins import PluginManager
+    from .proxy import ProxyServer
     from .server import SocketServer
     from .sources import SourceRegistry
     from .supervision import Supervisor
@@ -55,6 +56,7 @@ class App:
     server: SocketServer | None = None
     version: str = __version__
     plugins: PluginManager | None = None  # once a plugin is configured
+    proxy: ProxyServer | None = None  # the HTTP proxy (listens once a source has routes)
     reloader: Callable[[], Awaitable[str]] | None = None
     _shutdown: anyio.Event = field(default_factory=anyio.Event)
     shutdown_request: ShutdownRequest | None = None

@@ -48,6 +48,7 @@ log = logging.getLogger("hive.daemon")
 _PLUGIN_DRAIN_SECONDS = 5.0  # a plugin's time to handle DaemonShutdown
 _DRAIN_SECONDS = 1.0
 _OFFSET_SAVE_SECONDS = 5.0
+_PROXY_DRAIN_SECONDS = 5.0  # proxied requests under way at shutdown
 
 
 class StartupError(Exception):
@@ -251,6 +252,10 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
             await sources.load_all()
             # Adopt what a previous daemon left running before we say we are ready.
             await supervisor.resume(sources.loaded)
+            from .proxy import ProxyServer  # after the services: its routes are theirs
+
+            app.proxy = ProxyServer(app)
+            await daemon_tasks.start(app.proxy.run)
             await daemon_tasks.start(server.serve)
             daemon_tasks.start_soon(notifier.run_watchdog)
             daemon_tasks.start_soon(_save_offsets, supervisor)
@@ -289,6 +294,8 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
 
 async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     """Stop what the daemon runs (services, plugins), in reverse order of start."""
+    if app.proxy is not None:  # no new requests; those under way finish first
+        await app.proxy.close(_PROXY_DRAIN_SECONDS)
     if app.plugins is not None:
         await app.plugins.shutdown(_PLUGIN_DRAIN_SECONDS)
     await app.sources.shutdown(keep_services=request.keep_services)
@@ -317,6 +324,8 @@ def _make_reloader(app: App, notifier: Notifier, runners: RunnerRegistry) -> Cal
         set_level(settings.daemon.log_level)
         app.settings = settings
         app.logs.reconfigure(settings.logs)
+        if app.proxy is not None:
+            await app.proxy.reconfigure(settings.proxy)
         messages = ["configuration reloaded"]
         messages.extend(runners.reconfigure(settings.runners))
         if settings.plugins and app.plugins is None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["DaemonSettings", "SettingsError", "load_settings"]
+__all__ = ["DaemonSettings", "ProxySection", "SettingsError", "load_settings"]
 
 
 class SettingsError(Exception):
@@ -72,6 +72,19 @@ class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_line_bytes: int = 64 * 1024
 
 
+class ProxySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The embedded HTTP proxy (docs/proxy.md): where it listens once a source declares
+    routes, and the limits every request meets."""
+
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    max_body: int = 10 * 1024 * 1024  # request body bytes; more is 413
+    max_header_bytes: int = 32 * 1024  # request line and headers; more is 431
+    header_timeout: float = 10.0  # to receive a request's headers; else 408
+    idle_timeout: float = 75.0  # a kept-alive client connection with no request is closed
+    connect_timeout: float = 3.0  # to connect to an instance; else the next one, or 502
+    error_log_lines: int = 20  # log lines on the 502/503 page (0: none)
+
+
 class TrustedPlugin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One ``[[plugin_trust.allow]]`` entry (``hive plugins pin NAME`` prints it)."""
 
@@ -94,6 +107,7 @@ class DaemonSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     plugins: dict[str, dict[str, Any]] = {}
     plugin_trust: PluginTrust | None = None
     runners: dict[str, dict[str, Any]] = {}  # [runners.NAME]: each runner checks its own
+    proxy: ProxySection = msgspec.field(default_factory=ProxySection)
 
 
 def load_settings(path: Path) -> DaemonSettings:
@@ -115,6 +129,12 @@ def load_settings(path: Path) -> DaemonSettings:
     if settings.daemon.max_inflight < 1:
         raise SettingsError(f"{path}: daemon.max_inflight must be at least 1")
     _check_bounds(path, settings.daemon)
+    if settings.proxy.max_header_bytes < 1024:
+        raise SettingsError(f"{path}: proxy.max_header_bytes must be at least 1024 bytes")
+    for address in settings.proxy.listen:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{path}: proxy.listen: {address!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
     return settings
 
 

@@ -170,9 +170,9 @@ def test_full_file(load_text: LoadText) -> None:
 
     assert project.warnings == []
     assert project.inactive == [
-        "proxy: the reverse proxy is not active yet (settings are kept)",
+        "proxy.bind, proxy.dns: not used by Hive's proxy, which listens on [proxy] listen in the "
+        "daemon's config.toml (settings are kept)",
         "observability: not active yet (settings are kept)",
-        "services.web.proxy: routing is not active yet",
         "services.web.rollout: blue-green rollout is not active yet; the service runs on its "
         "blue ports",
     ]

@@ -29,7 +29,7 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         source_count=len(app.sources.names()),
         running_services=running,
         total_services=len(services),
-        proxy_addresses=[],
+        proxy_addresses=app.proxy.addresses if app.proxy is not None else [],
         uptime_secs=int(app.uptime),
         socket=str(app.socket_path),
         home=str(app.home.root),

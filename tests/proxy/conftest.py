@@ -1,0 +1,90 @@
+"""A real daemon whose proxy listens on a free port, and real upstream services."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hive_client import BlockingClient
+from tests.support import DaemonProcess, start_daemon, wait_for
+
+APP = Path(__file__).with_name("upstream_app.py")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def service_yaml(name: str, port: int, routes: str, *, extra: str = "") -> str:
+    """One upstream_app service (indented for ``services:``)."""
+    return f"""
+  {name}:
+    runner: {{type: script, script: {{run: "exec {sys.executable} {APP} {{{{runtime.port.http}}}} {name}"}}}}
+    rollout: {{type: recreate, recreate: {{ports: {{http: {port}}}}}}}
+    healthcheck: {{type: http, http: {{port: "{{{{runtime.port.http}}}}", path: /health, interval: 0.2s, retries: 1}}}}
+    proxy: {routes}
+{extra}"""
+
+
+def write_yaml(directory: Path, services: str, head: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hive.yaml").write_text(f'version: "1"\n{head}services:{services}')
+    return directory
+
+
+@dataclass
+class Proxy:
+    daemon: DaemonProcess
+    port: int
+
+    def client(self) -> BlockingClient:
+        return BlockingClient(self.daemon.socket, timeout=30)
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def get(self, path: str, **headers: str) -> tuple[int, bytes]:
+        status, _, body = self.request("GET", path, headers=dict(headers))
+        return status, body
+
+    def wait_serving(self, path: str, expect: bytes, host: str | None = None) -> None:
+        """Until ``path`` is answered 200 with ``expect`` in the body (the service is up)."""
+        headers = {"Host": host} if host else {}
+
+        def serving() -> bool:
+            try:
+                status, body = self.get(path, **headers)
+            except ConnectionRefusedError:  # the proxy is not listening yet
+                return False
+            return status == 200 and expect in body
+
+        wait_for(serving, timeout=30, what=f"{path} to be served with {expect!r}")
+
+
+@pytest.fixture
+def proxy(hive_env: Path) -> Iterator[Proxy]:
+    port = free_port()
+    (hive_env / "config.toml").write_text(
+        f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nheader_timeout = 1.0\nmax_body = 100000\n'
+        "max_header_bytes = 4096\nerror_log_lines = 5\n"
+    )
+    daemon = start_daemon(hive_env)
+    try:
+        yield Proxy(daemon, port)
+    finally:
+        daemon.stop()
