@@ -28,7 +28,7 @@ _COMMANDS: dict[str, str] = {
     "ping": "daemon_cmds:ping",
     "reload": "daemon_cmds:reload",
     "events": "daemon_cmds:events",
-    "up": "service_cmds:up",
+    "up": "up_cmd:up",
     "down": "service_cmds:down",
     "services": "service_cmds:services",
     "service": "service_cmds:service",

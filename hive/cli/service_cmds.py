@@ -15,6 +15,7 @@ from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, S
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
 from ._output import Output, format_age
+from ._reasons import reason
 
 # Config file names, as hive.config knows them (kept here so the CLI stays light).
 CONFIG_FILES = ("hive.yaml", ".hive/hive.yaml", ".adi/hive.yaml")
@@ -87,50 +88,11 @@ def print_services(out: Output, services: list[ServiceInfo]) -> None:
         state_column=1,
         empty="no services (add a project with `hive up PATH`)",
     )
-    failed = [s for s in services if s.last_error and s.state not in ("running", "stopped")]
-    for s in failed:
-        out.line(f"  {s.fqn}: {s.last_error}", style="red")
-
-
-@click.command()
-@click.argument("args", nargs=-1, metavar="[PATH] [SERVICE]...", shell_complete=complete_fqn)
-@click.option("--name", help="Source name (default: the directory name).")
-@json_option
-@pass_state
-def up(state: CliState, args: tuple[str, ...], name: str | None) -> None:
-    """Add a project as a source and start it (or only the SERVICEs named)."""
-    path: Path | None = None
-    services = list(args)
-    if services and (Path(services[0]).exists() or "/" in services[0]):
-        path = Path(services.pop(0))
-    if path is None:
-        path = find_project_root(Path.cwd())
-        if path is None:
-            fail("no hive.yaml here or in any parent directory", hint="pass the project's PATH")
-    client = state.client()
-    client.timeout = max(client.timeout or 0, 120)
-    added = client.add_source(path.absolute(), name=name)
-    not_started: DaemonError | None = None
-    try:
-        client.start_source(added.name, services)
-    except DaemonError as exc:  # some did not come up: the table below shows which, and why
-        not_started = exc
-    listed = client.list_services(added.name)
-    if services:
-        listed = [s for s in listed if s.name in services or s.state != "stopped"]
-    failed = [s.fqn for s in listed if s.desired == "running" and s.state not in _UP_STATES]
-    if not_started is not None:
-        failed += [o.fqn for o in not_started.outcomes if o.result == "failed" and o.fqn not in failed]
-    if state.json_mode:
-        state.out.json({"source": added.name, "services": listed, "failed": failed})
-    else:
-        print_services(state.out, listed)
-    if failed:
-        sys.exit(EXIT_FAILURE)
-
-
-# Where a service may be right after `hive up` without that being a failure.
-_UP_STATES = ("running", "unhealthy", "starting", "exited")
+    by_fqn = {s.fqn: s for s in services}
+    for s in services:
+        why = reason(s, by_fqn)
+        if why:
+            out.line(f"  {s.fqn}: {why}", style="dim" if s.state == "stopped" and not s.last_error else "red")
 
 
 @click.command()

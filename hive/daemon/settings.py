@@ -34,6 +34,9 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight: int = 64
     # How long a graceful shutdown may take before the rest is cut short.
     shutdown_timeout: float = 30.0
+    # How long a starting service waits for each of its dependencies (depends_on, uses)
+    # to become ready before its start fails.
+    dependency_timeout: float = 60.0
 
 
 class RestartSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -95,6 +98,8 @@ def load_settings(path: Path) -> DaemonSettings:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
     if settings.daemon.max_frame < 1024:
         raise SettingsError(f"{path}: daemon.max_frame must be at least 1024 bytes")
+    if settings.daemon.dependency_timeout <= 0:
+        raise SettingsError(f"{path}: daemon.dependency_timeout must be more than 0 seconds")
     if settings.daemon.max_inflight < 1:
         raise SettingsError(f"{path}: daemon.max_inflight must be at least 1")
     return settings

@@ -88,7 +88,8 @@ class Supervisor:
         self._registry = Registry()
         self._phases = Phases(app.bus, app.logs)
         self._launcher = Launcher(app.logs, runners, app.home.root)
-        self._dependencies = Dependencies(self._registry, self._phases)
+        self._dependencies = Dependencies(
+            self._registry, self._phases, timeout=lambda: app.settings.daemon.dependency_timeout)
         self._records = Records(app.store, app.state_writer, app.logs)
         self._stopper = Stopper(runners, self._phases, self._launcher)
         self._instances = InstanceTasks(
@@ -134,7 +135,7 @@ class Supervisor:
 
     @dependency_timeout.setter
     def dependency_timeout(self, seconds: float) -> None:
-        self._dependencies.timeout = seconds
+        self._dependencies.timeout_of = lambda: seconds
 
     def get(self, fqn: str) -> ServiceRuntime:
         return self._registry.get(fqn)
