@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import click
 
@@ -43,6 +44,19 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+# Commands people type from other tools (compose, pm2, systemctl), and Hive's for them.
+_FOREIGN: dict[str, str] = {
+    "restart": "hive service restart SERVICE",
+    "ps": "hive services",
+    "ls": "hive services",
+    "list": "hive services",
+    "log": "hive logs SERVICE",
+    "rm": "hive source remove SOURCE",
+    "add": "hive source add PATH",
+    "kill": "hive service stop SERVICE",
+}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *_COMMANDS})
@@ -55,6 +69,24 @@ class LazyGroup(click.Group):
         module = importlib.import_module(f"{__name__}.{module_name}")
         command: click.Command = getattr(module, attribute)
         return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            name = args[0]
+            rest = " ".join(args[1:])
+            known = _FOREIGN.get(name)
+            if known is not None:
+                example = known.rsplit(" ", 1)[0] + f" {rest}" if rest and known[-1].isupper() else known
+                raise click.UsageError(f"no command {name!r}; did you mean `{example}`?", ctx) from None
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.6)
+            suggestion = f"; did you mean `hive {close[0]}`?" if close else "; `hive --help` lists the commands"
+            raise click.UsageError(f"no command {name!r}{suggestion}", ctx) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -96,5 +128,22 @@ def completion(shell: str) -> None:
     click.echo(completion_class(cli, {}, "hive", "_HIVE_COMPLETE").source())
 
 
+def _run() -> None:
+    """click without its standalone mode: usage errors and Ctrl-C reach
+    run_reporting_errors (one line; quiet 130), never click's three-line usage or "Aborted!"."""
+    code = cli.main(prog_name="hive", standalone_mode=False)
+    if isinstance(code, int):  # --help, --version and ctx.exit() answer an exit code
+        sys.exit(code)
+
+
+def _interrupted(_signal: int, _frame: object) -> None:
+    """Ctrl-C ends the command quietly with 130 (`hive logs -f`, `hive events`): a
+    SystemExit, which click lets through without its "Aborted!" or blank line."""
+    raise SystemExit(130)
+
+
 def main() -> None:
-    run_reporting_errors(lambda: cli(prog_name="hive"))
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupted)
+    run_reporting_errors(_run)

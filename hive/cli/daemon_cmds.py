@@ -242,6 +242,14 @@ def reload(state: CliState) -> None:
         state.out.line(message or "reloaded")
 
 
+def _for_people(value: object) -> str:
+    """An event's field as people read it: seconds rounded (``delay=1.0s``, not
+    ``delay=1.0020182525945034``); other values as they are."""
+    if isinstance(value, float):
+        return f"{value:.1f}s" if value < 60 else format_duration(value)
+    return str(value)
+
+
 def _complete_kinds(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     return [kind for kind in event_kinds() if kind.startswith(incomplete)]
 
@@ -267,7 +275,7 @@ def events(state: CliState, kinds: tuple[str, ...], fqn: str | None, since_seq: 
                 continue
             tag = event.__struct_config__.tag
             details = " ".join(
-                f"{name}={getattr(event, name)}"
+                f"{name}={_for_people(getattr(event, name))}"
                 for name in event.__struct_fields__
                 if name not in ("seq", "timestamp", "fqn") and getattr(event, name) not in (None, "")
             )

@@ -59,6 +59,19 @@ def resolve_fqn(client: BlockingClient, text: str) -> str:
          hint="name the source: SOURCE:SERVICE")
 
 
+def expand_fqns(client: BlockingClient, text: str) -> list[str]:
+    """A pattern (``proj:*``, ``web*``) → every service it names; a name → its fqn."""
+    if not any(char in text for char in "*?["):
+        return [resolve_fqn(client, text)]
+    from fnmatch import fnmatchcase
+
+    fqns = {f"{s.source}:{s.name}" for s in client.list_services()}
+    matched = sorted(f for f in fqns if fnmatchcase(f if ":" in text else f.partition(":")[2], text))
+    if not matched:
+        fail(f"no service matches {text!r}", hint="`hive services` lists them", code=4)
+    return matched
+
+
 def _ports(info: ServiceInfo) -> str:
     return ",".join(f"{name}={port}" for name, port in sorted(info.ports.items())) or "-"
 
@@ -102,7 +115,7 @@ def print_services(out: Output, services: list[ServiceInfo]) -> None:
 def down(state: CliState, target: str | None) -> None:
     """Stop a project's services (TARGET: a path or a source name; default: this project)."""
     client = state.client()
-    source = _source_for(client, target)
+    source = source_for(client, target)
     client.timeout = max(client.timeout or 0, 300)
     client.stop_source(source)
     if state.json_mode:
@@ -111,7 +124,8 @@ def down(state: CliState, target: str | None) -> None:
         state.out.line(f"stopped {source}")
 
 
-def _source_for(client: BlockingClient, target: str | None) -> str:
+def source_for(client: BlockingClient, target: str | None) -> str:
+    """A source's name from its name, its path (``.``), or the project in the CWD."""
     sources = client.list_sources()
     if target and any(s.name == target for s in sources):
         return target
@@ -164,8 +178,7 @@ def _act(state: CliState, fqns: tuple[str, ...], verb: str) -> None:
     done: list[str] = []
     outcomes: list[InstanceOutcome] = []
     not_done: DaemonError | None = None
-    for text in fqns:
-        fqn = resolve_fqn(client, text)
+    for fqn in [fqn for text in fqns for fqn in expand_fqns(client, text)]:
         try:
             outcomes += getattr(client, f"{verb}_service")(fqn)
         except DaemonError as exc:
