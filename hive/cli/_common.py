@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -131,8 +132,6 @@ def run_reporting_errors(entry: Callable[[], Any]) -> None:
 def _quiet_interrupt() -> NoReturn:
     """Ctrl-C: exit 130 without a word (what shells expect of an interrupted command).
     stdout may be a closed pipe by now: its last flush must not print a traceback."""
-    try:
+    with contextlib.suppress(BrokenPipeError, ValueError):
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        pass
     sys.exit(130)
