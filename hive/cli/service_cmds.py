@@ -340,7 +340,7 @@ _LEVEL_STYLES = {
 }
 
 
-def parse_since(text: str) -> datetime:
+def parse_since(text: str, option: str = "--since") -> datetime:
     """``10m`` (ago), or an ISO timestamp."""
     match = _DURATION.match(text.strip())
     if match:
@@ -348,8 +348,23 @@ def parse_since(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        fail(f"--since {text!r}: expected a duration like 10m or 2h, or an ISO timestamp")
+        fail(f"{option} {text!r}: expected a duration like 10m or 2h, or an ISO timestamp")
     return moment if moment.tzinfo else moment.astimezone()
+
+
+# Per-service colours, as compose gives them: in order of first appearance, so the
+# services on screen differ (up to the palette's size), and one keeps its colour.
+_SERVICE_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_cyan", "bright_yellow",
+                    "bright_green", "bright_magenta", "bright_blue", "bright_red")
+_colours: dict[str, str] = {}
+
+
+def service_colour(fqn: str) -> str:
+    service = fqn.partition("#")[0]
+    colour = _colours.get(service)
+    if colour is None:
+        colour = _colours[service] = _SERVICE_COLOURS[len(_colours) % len(_SERVICE_COLOURS)]
+    return colour
 
 
 def _print_line(out: Output, line: LogLine, width: int) -> None:
@@ -361,41 +376,84 @@ def _print_line(out: Output, line: LogLine, width: int) -> None:
         style = _LEVEL_STYLES.get(line.level, "")
         marker = "[dim]hive[/] " if line.stream == "hive" else ""
         text = f"[{style}]{escape(line.message)}[/]" if style else escape(line.message)
-        out.console.print(f"[dim]{when}[/] [cyan]{escape(name)}[/] {marker}{text}")
+        out.console.print(f"[dim]{when}[/] [{service_colour(line.service_fqn)}]{escape(name)} |[/] {marker}{text}")
     else:
         sys.stdout.write(f"{when} {name} {line.level:<5} {line.message}\n")
 
 
+class _Selection:
+    """Which lines `hive logs` shows: of the services named (patterns), matching --grep."""
+
+    def __init__(self, patterns: list[str], grep: str | None) -> None:
+        self.patterns = patterns
+        try:
+            self.grep = re.compile(grep) if grep else None
+        except re.error as exc:
+            fail(f"--grep {grep!r} is not a valid regular expression: {exc}")
+
+    def __call__(self, line: LogLine) -> bool:
+        if len(self.patterns) > 1:
+            from fnmatch import fnmatchcase
+
+            if not any(fnmatchcase(line.service_fqn, p) or fnmatchcase(line.service_fqn.partition("#")[0], p)
+                       for p in self.patterns):
+                return False
+        return self.grep is None or self.grep.search(line.message) is not None
+
+    @property
+    def daemon_pattern(self) -> str | None:
+        """What the daemon is asked for: the one pattern, or everything to filter here."""
+        return self.patterns[0] if len(self.patterns) == 1 else None
+
+
+def _history(client: BlockingClient, selection: _Selection, tail: int, since: datetime | None,
+             until: datetime | None, level: str | None) -> list[LogLine]:
+    """The last ``tail`` lines of every service named, merged in time order."""
+    everything = selection.grep is not None or until is not None  # filtered here: ask for all
+    lines: list[LogLine] = []
+    patterns: list[str | None] = [*selection.patterns] or [None]
+    for pattern in patterns:
+        lines += client.get_logs(pattern, lines=None if everything else tail, since=since, level=level)
+    lines = [line for line in lines if selection(line) and (until is None or line.timestamp <= until)]
+    lines.sort(key=lambda line: line.timestamp)
+    return lines[-tail:] if tail > 0 else []
+
+
 @click.command()
-@click.argument("fqn", required=False, metavar="[SERVICE]", shell_complete=complete_fqn)
+@click.argument("fqns", nargs=-1, metavar="[SERVICE]...", shell_complete=complete_fqn)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--tail", type=int, default=100, show_default=True, help="Lines of history first.")
+@click.option("-n", "--tail", type=click.IntRange(0), default=100, show_default=True, help="Lines of history first.")
 @click.option("--since", help="Only lines after: a duration (10m, 2h) or an ISO timestamp.")
+@click.option("--until", help="Only lines before: a duration (5m: five minutes ago) or an ISO timestamp.")
+@click.option("--grep", metavar="REGEX", help="Only lines whose text matches (Python regular expression).")
 @click.option("--level", help="Minimum level: trace debug info notice warn error fatal.")
 @json_option
 @pass_state
-def logs(state: CliState, fqn: str | None, follow: bool, tail: int, since: str | None, level: str | None) -> None:
-    """Show service output (all services, a source `proj:*`, a service `web`)."""
+def logs(state: CliState, fqns: tuple[str, ...], follow: bool, tail: int, since: str | None,
+         until: str | None, grep: str | None, level: str | None) -> None:
+    """Show service output: everything, a source `proj:*`, or services `web db`, merged in
+    time order, each service in its own colour on a terminal."""
     client = state.client()
-    pattern = fqn
-    if fqn and ":" not in fqn and "*" not in fqn:
-        pattern = resolve_fqn(client, fqn)
+    patterns = [text if ":" in text or "*" in text else resolve_fqn(client, text) for text in fqns]
+    selection = _Selection(patterns, grep)
     out = state.out
     since_time = parse_since(since) if since else None
-    history = client.get_logs(pattern, lines=tail, since=since_time, level=level)
+    until_time = parse_since(until, "--until") if until else None
+    history = _history(client, selection, tail, since_time, until_time, level)
     width = max((len(line.service_fqn) for line in history), default=0)
     for line in history:
         out.json(line) if state.json_mode else _print_line(out, line, width)
-    if not follow:
+    if not follow or until_time is not None:
         return
     sys.stdout.flush()
     client.timeout = None
-    with client.stream_logs(pattern, level=level, tail=0) as stream:
+    with client.stream_logs(selection.daemon_pattern, level=level, tail=0) as stream:
         for line in stream:
+            if not selection(line):
+                continue
             width = max(width, len(line.service_fqn))
             out.json(line) if state.json_mode else _print_line(out, line, width)
             sys.stdout.flush()
-
 
 
 @click.command()
