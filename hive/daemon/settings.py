@@ -46,6 +46,11 @@ class RestartSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_delay: float = 60.0
     reset_after: float = 60.0
     jitter: bool = True
+    # The start limit (systemd's StartLimitBurst and StartLimitIntervalSec): a service
+    # restarted this many times within the interval is left crashed, with the reason,
+    # until a command starts it. 0 turns the limit off.
+    start_limit_burst: int = 5
+    start_limit_interval: float = 60.0
 
 
 class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +103,8 @@ def load_settings(path: Path) -> DaemonSettings:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
     if settings.daemon.max_frame < 1024:
         raise SettingsError(f"{path}: daemon.max_frame must be at least 1024 bytes")
+    if settings.restart.start_limit_burst < 0 or settings.restart.start_limit_interval < 0:
+        raise SettingsError(f"{path}: restart.start_limit_burst and start_limit_interval must be 0 or more")
     if settings.daemon.dependency_timeout <= 0:
         raise SettingsError(f"{path}: daemon.dependency_timeout must be more than 0 seconds")
     if settings.daemon.max_inflight < 1:
