@@ -143,6 +143,9 @@ class HiveTool(Tool):
     def launch(self) -> None:
         self.home = self.work / "home"
         self.env = dict(os.environ, HIVE_HOME=str(self.home), PYTHONPATH=str(ROOT))
+        self.home.mkdir(parents=True, exist_ok=True)
+        # The crashes measured must all be restarted: no start limit.
+        (self.home / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n")
         subprocess.run([sys.executable, "-m", "hive", "start"], env=self.env, check=True, stdout=subprocess.DEVNULL)
         project = self.work / "proj"
         project.mkdir(parents=True, exist_ok=True)
