@@ -83,17 +83,19 @@ def test_up_json_is_one_object(daemon: DaemonProcess, home: Path) -> None:
     assert "\x1b[" not in up.stdout
 
 
-def test_up_fails_at_once_on_a_crash(daemon: DaemonProcess, home: Path) -> None:
+def test_up_fails_at_once_on_a_failed_start(daemon: DaemonProcess, home: Path) -> None:
     project = write_project(home / "bad", """
         version: "1"
         services:
           job:
-            runner: {type: script, script: {run: "echo config missing >&2; exit 3"}}
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+            hooks:
+              pre-up: [{run: "echo config missing >&2; exit 3"}]
     """)
     up = run_cli("up", str(project), timeout=25)  # waits 120 s for what is only pending
     assert up.returncode == 1
     assert "bad:job: failed: " in up.stdout
-    assert "config missing" in up.stdout
+    assert "config missing" in up.stdout  # the hook's output: its last log lines
     assert "1 service did not come up: bad:job" in up.stderr
 
     listed = run_cli("services").stdout
