@@ -15,7 +15,8 @@ library (supervisord: XML-RPC over its Unix socket; circusd: its ZeroMQ client; 
   processes, reaping them, and the same check;
   (circusd has no start-all for watchers that do not autostart: one ``start`` per watcher)
 - a status query of the 100 programs with the client library (p50, p99, queries/s) and
-  with the tool's CLI, one process per call. Each tool's own status: circusd's
+  with the tool's CLI, one process per call (``hive services``, ``supervisorctl status``,
+  ``circusctl status``; floor: ``python -c pass`` of the same interpreter). Each tool's own status: circusd's
   ``status`` (name -> state) against Hive's ``list_states`` (fqn -> state), supervisord's
   ``getAllProcessInfo`` (a full record each) against Hive's ``list_services`` (rows of
   their own);
@@ -142,6 +143,9 @@ class HiveTool(Tool):
     def launch(self) -> None:
         self.home = self.work / "home"
         self.env = dict(os.environ, HIVE_HOME=str(self.home), PYTHONPATH=str(ROOT))
+        self.home.mkdir(parents=True, exist_ok=True)
+        # The crashes measured must all be restarted: no start limit.
+        (self.home / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n")
         subprocess.run([sys.executable, "-m", "hive", "start"], env=self.env, check=True, stdout=subprocess.DEVNULL)
         project = self.work / "proj"
         project.mkdir(parents=True, exist_ok=True)
@@ -339,6 +343,17 @@ def floor_start_stop(count: int) -> tuple[float, float]:
     return start, time.perf_counter() - began
 
 
+def floor_cli() -> float:
+    """A status by CLI can do no better than starting the interpreter: ``python -c pass``
+    (the same interpreter as Hive's and supervisorctl's), median of 7."""
+    took = []
+    for _ in range(7):
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        took.append(time.perf_counter() - began)
+    return statistics.median(took)
+
+
 def floor_gaps(work: Path, count: int) -> list[float]:
     record = work / "floor-starts"
     argv = _crasher(record)
@@ -513,6 +528,7 @@ def main() -> int:
                     floor["stop 100"] = stop
             (work / f"floor-{round_number}").mkdir()
             floor["crash gap"] = statistics.median(floor_gaps(work / f"floor-{round_number}", args.crashes))
+            floor["cli status"] = floor_cli()
             floors.append(floor)
             for tool_class in TOOLS:
                 if tool_class.name in args.tools:

@@ -250,6 +250,14 @@ class ServiceRestarting(Event, tag="service_restarting"):
     delay: float
 
 
+class ServiceWaiting(Event, tag="service_waiting"):
+    """A starting instance waits: for a dependency or a used service (``reason``:
+    ``waiting for proj:db``), or no longer (``reason`` empty)."""
+
+    fqn: str
+    reason: str = ""
+
+
 class ServiceHealthChanged(Event, tag="service_health_changed"):
     fqn: str
     healthy: bool
@@ -328,6 +336,7 @@ DaemonEvent = (
     | ServiceExited
     | ServiceCrashed
     | ServiceRestarting
+    | ServiceWaiting
     | ServiceHealthChanged
     | ServiceStateChanged
     | PluginFailed

@@ -1,100 +1,22 @@
 """The ``hive`` command line.
 
-Client commands import only ``hive_client`` (blocking, stdlib sockets) and click;
-rich is loaded only to draw on a terminal; nothing from the daemon is imported
-except by ``hive start``. That keeps ``hive status`` close to a bare socket call.
+``hive status`` (the commonest command, run by scripts and prompts) takes a lean path
+of the standard library only (:mod:`._lean`); every other command, and ``status`` with
+options, loads click and ``hive_client`` (:mod:`.app`), each command's module only when
+that command runs.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
+import sys
 
-import click
-
-from hive_client import __version__
-
-from ._common import CliState, run_reporting_errors
-
-__all__ = ["cli", "main"]
-
-_COMPLETION_SHELLS = ("bash", "zsh", "fish")
-
-# Each command's module is imported only when that command runs.
-_COMMANDS: dict[str, str] = {
-    "start": "daemon_cmds:start",
-    "stop": "daemon_cmds:stop",
-    "status": "daemon_cmds:status",
-    "ping": "daemon_cmds:ping",
-    "reload": "daemon_cmds:reload",
-    "events": "daemon_cmds:events",
-    "up": "service_cmds:up",
-    "down": "service_cmds:down",
-    "services": "service_cmds:services",
-    "service": "service_cmds:service",
-    "logs": "service_cmds:logs",
-    "scale": "service_cmds:scale",
-    "exposed": "service_cmds:exposed",
-    "secret": "service_cmds:secret",
-    "source": "source_cmds:source",
-    "config": "config_cmds:config",
-    "plugins": "plugin_cmds:plugins",
-    "backup": "backup_cmds:backup",
-}
-
-
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_COMMANDS})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _COMMANDS.get(cmd_name)
-        if target is None:
-            return super().get_command(ctx, cmd_name)
-        module_name, _, attribute = target.partition(":")
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        command: click.Command = getattr(module, attribute)
-        return command
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "-V", "--version", prog_name="hive")
-@click.option("--socket", envvar="HIVE_SOCKET", metavar="PATH", help="Daemon socket (default: $HIVE_HOME/hive.sock).")
-@click.option("--home", metavar="DIR", help="HIVE_HOME (default: $HIVE_HOME or ~/.hive).")
-@click.option("--json", "json_mode", is_flag=True, help="Print JSON instead of text (every command).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for each answer.")
-@click.pass_context
-def cli(ctx: click.Context, socket: str | None, home: str | None, json_mode: bool, timeout: float) -> None:
-    """Hive: keep your services running.
-
-    \b
-    hive start                  start the daemon
-    hive up [PATH]              add a project (hive.yaml) and start its services
-    hive services               what runs, its health, pids, ports
-    hive logs -f [SERVICE]      follow the output
-    hive events                 follow what happens
-    """
-    if home:
-        # Everything below (socket discovery, the spawned daemon) reads HIVE_HOME.
-        os.environ["HIVE_HOME"] = home
-    state = ctx.ensure_object(CliState)
-    state.socket = socket
-    state.home = home
-    state.json_mode = state.json_mode or json_mode
-    state.timeout = timeout
-    ctx.call_on_close(state.close)
-
-
-@cli.command()
-@click.argument("shell", type=click.Choice(_COMPLETION_SHELLS))
-def completion(shell: str) -> None:
-    """Print the shell completion script: eval "$(hive completion bash)"."""
-    from click.shell_completion import get_completion_class
-
-    completion_class = get_completion_class(shell)
-    assert completion_class is not None
-    click.echo(completion_class(cli, {}, "hive", "_HIVE_COMPLETE").source())
+__all__ = ["main"]
 
 
 def main() -> None:
-    run_reporting_errors(lambda: cli(prog_name="hive"))
+    from ._lean import lean_status
+
+    lean_status(sys.argv[1:])  # exits when it answered
+    from .app import main as full
+
+    full()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_FOUND = 4
 
@@ -117,5 +119,19 @@ def run_reporting_errors(entry: Callable[[], Any]) -> None:
         fail(str(exc), hint="the daemon is busy or stuck; `hive status` tells which")
     except HiveError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except click.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx else "hive"
+        message = exc.format_message()
+        fail(message if "did you mean" in message.lower() else f"{message} (see `{path} --help`)", code=EXIT_USAGE)
+    except click.ClickException as exc:
+        fail(exc.format_message(), code=exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _quiet_interrupt()
+
+
+def _quiet_interrupt() -> NoReturn:
+    """Ctrl-C: exit 130 without a word (what shells expect of an interrupted command).
+    stdout may be a closed pipe by now: its last flush must not print a traceback."""
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        sys.stdout.flush()
+    sys.exit(130)

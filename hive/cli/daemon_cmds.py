@@ -18,7 +18,7 @@ from ._output import format_duration
 START_TIMEOUT = 30.0
 
 
-def _daemon_home(state: CliState) -> Path:
+def daemon_home(state: CliState) -> Path:
     return hive_home(state.home).absolute()
 
 
@@ -29,7 +29,7 @@ def _daemon_home(state: CliState) -> Path:
 @pass_state
 def start(state: CliState, foreground: bool, timeout: float) -> None:
     """Start the daemon (detached unless --foreground)."""
-    home = _daemon_home(state)
+    home = daemon_home(state)
     if foreground:
         from hive.daemon.lifecycle import run_daemon
 
@@ -47,7 +47,7 @@ def start(state: CliState, foreground: bool, timeout: float) -> None:
             )
         sys.exit(EXIT_FAILURE)
 
-    pid, socket_path = _spawn_daemon(home, timeout)
+    pid, socket_path = spawn_daemon(home, timeout)
     if state.json_mode:
         state.out.json({"started": True, "running": True, "pid": pid, "socket": socket_path})
     else:
@@ -67,7 +67,7 @@ def _running_daemon(state: CliState) -> tuple[int, str] | None:
     return status.pid or 0, status.socket
 
 
-def _spawn_daemon(home: Path, timeout: float) -> tuple[int, str]:
+def spawn_daemon(home: Path, timeout: float) -> tuple[int, str]:
     """Start ``python -m hive.daemon`` in its own session; wait for its ready line."""
     import subprocess  # only `hive start` pays for it
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -242,6 +242,14 @@ def reload(state: CliState) -> None:
         state.out.line(message or "reloaded")
 
 
+def _for_people(value: object) -> str:
+    """An event's field as people read it: seconds rounded (``delay=1.0s``, not
+    ``delay=1.0020182525945034``); other values as they are."""
+    if isinstance(value, float):
+        return f"{value:.1f}s" if value < 60 else format_duration(value)
+    return str(value)
+
+
 def _complete_kinds(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     return [kind for kind in event_kinds() if kind.startswith(incomplete)]
 
@@ -267,7 +275,7 @@ def events(state: CliState, kinds: tuple[str, ...], fqn: str | None, since_seq: 
                 continue
             tag = event.__struct_config__.tag
             details = " ".join(
-                f"{name}={getattr(event, name)}"
+                f"{name}={_for_people(getattr(event, name))}"
                 for name in event.__struct_fields__
                 if name not in ("seq", "timestamp", "fqn") and getattr(event, name) not in (None, "")
             )

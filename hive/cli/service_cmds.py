@@ -15,6 +15,7 @@ from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, S
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
 from ._output import Output, format_age
+from ._reasons import reason
 
 # Config file names, as hive.config knows them (kept here so the CLI stays light).
 CONFIG_FILES = ("hive.yaml", ".hive/hive.yaml", ".adi/hive.yaml")
@@ -58,6 +59,19 @@ def resolve_fqn(client: BlockingClient, text: str) -> str:
          hint="name the source: SOURCE:SERVICE")
 
 
+def expand_fqns(client: BlockingClient, text: str) -> list[str]:
+    """A pattern (``proj:*``, ``web*``) → every service it names; a name → its fqn."""
+    if not any(char in text for char in "*?["):
+        return [resolve_fqn(client, text)]
+    from fnmatch import fnmatchcase
+
+    fqns = {f"{s.source}:{s.name}" for s in client.list_services()}
+    matched = sorted(f for f in fqns if fnmatchcase(f if ":" in text else f.partition(":")[2], text))
+    if not matched:
+        fail(f"no service matches {text!r}", hint="`hive services` lists them", code=4)
+    return matched
+
+
 def _ports(info: ServiceInfo) -> str:
     return ",".join(f"{name}={port}" for name, port in sorted(info.ports.items())) or "-"
 
@@ -87,50 +101,11 @@ def print_services(out: Output, services: list[ServiceInfo]) -> None:
         state_column=1,
         empty="no services (add a project with `hive up PATH`)",
     )
-    failed = [s for s in services if s.last_error and s.state not in ("running", "stopped")]
-    for s in failed:
-        out.line(f"  {s.fqn}: {s.last_error}", style="red")
-
-
-@click.command()
-@click.argument("args", nargs=-1, metavar="[PATH] [SERVICE]...", shell_complete=complete_fqn)
-@click.option("--name", help="Source name (default: the directory name).")
-@json_option
-@pass_state
-def up(state: CliState, args: tuple[str, ...], name: str | None) -> None:
-    """Add a project as a source and start it (or only the SERVICEs named)."""
-    path: Path | None = None
-    services = list(args)
-    if services and (Path(services[0]).exists() or "/" in services[0]):
-        path = Path(services.pop(0))
-    if path is None:
-        path = find_project_root(Path.cwd())
-        if path is None:
-            fail("no hive.yaml here or in any parent directory", hint="pass the project's PATH")
-    client = state.client()
-    client.timeout = max(client.timeout or 0, 120)
-    added = client.add_source(path.absolute(), name=name)
-    not_started: DaemonError | None = None
-    try:
-        client.start_source(added.name, services)
-    except DaemonError as exc:  # some did not come up: the table below shows which, and why
-        not_started = exc
-    listed = client.list_services(added.name)
-    if services:
-        listed = [s for s in listed if s.name in services or s.state != "stopped"]
-    failed = [s.fqn for s in listed if s.desired == "running" and s.state not in _UP_STATES]
-    if not_started is not None:
-        failed += [o.fqn for o in not_started.outcomes if o.result == "failed" and o.fqn not in failed]
-    if state.json_mode:
-        state.out.json({"source": added.name, "services": listed, "failed": failed})
-    else:
-        print_services(state.out, listed)
-    if failed:
-        sys.exit(EXIT_FAILURE)
-
-
-# Where a service may be right after `hive up` without that being a failure.
-_UP_STATES = ("running", "unhealthy", "starting", "exited")
+    by_fqn = {s.fqn: s for s in services}
+    for s in services:
+        why = reason(s, by_fqn)
+        if why:
+            out.line(f"  {s.fqn}: {why}", style="dim" if s.state == "stopped" and not s.last_error else "red")
 
 
 @click.command()
@@ -140,7 +115,7 @@ _UP_STATES = ("running", "unhealthy", "starting", "exited")
 def down(state: CliState, target: str | None) -> None:
     """Stop a project's services (TARGET: a path or a source name; default: this project)."""
     client = state.client()
-    source = _source_for(client, target)
+    source = source_for(client, target)
     client.timeout = max(client.timeout or 0, 300)
     client.stop_source(source)
     if state.json_mode:
@@ -149,7 +124,8 @@ def down(state: CliState, target: str | None) -> None:
         state.out.line(f"stopped {source}")
 
 
-def _source_for(client: BlockingClient, target: str | None) -> str:
+def source_for(client: BlockingClient, target: str | None) -> str:
+    """A source's name from its name, its path (``.``), or the project in the CWD."""
     sources = client.list_sources()
     if target and any(s.name == target for s in sources):
         return target
@@ -202,8 +178,7 @@ def _act(state: CliState, fqns: tuple[str, ...], verb: str) -> None:
     done: list[str] = []
     outcomes: list[InstanceOutcome] = []
     not_done: DaemonError | None = None
-    for text in fqns:
-        fqn = resolve_fqn(client, text)
+    for fqn in [fqn for text in fqns for fqn in expand_fqns(client, text)]:
         try:
             outcomes += getattr(client, f"{verb}_service")(fqn)
         except DaemonError as exc:
@@ -365,7 +340,7 @@ _LEVEL_STYLES = {
 }
 
 
-def parse_since(text: str) -> datetime:
+def parse_since(text: str, option: str = "--since") -> datetime:
     """``10m`` (ago), or an ISO timestamp."""
     match = _DURATION.match(text.strip())
     if match:
@@ -373,8 +348,23 @@ def parse_since(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        fail(f"--since {text!r}: expected a duration like 10m or 2h, or an ISO timestamp")
+        fail(f"{option} {text!r}: expected a duration like 10m or 2h, or an ISO timestamp")
     return moment if moment.tzinfo else moment.astimezone()
+
+
+# Per-service colours, as compose gives them: in order of first appearance, so the
+# services on screen differ (up to the palette's size), and one keeps its colour.
+_SERVICE_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "bright_cyan", "bright_yellow",
+                    "bright_green", "bright_magenta", "bright_blue", "bright_red")
+_colours: dict[str, str] = {}
+
+
+def service_colour(fqn: str) -> str:
+    service = fqn.partition("#")[0]
+    colour = _colours.get(service)
+    if colour is None:
+        colour = _colours[service] = _SERVICE_COLOURS[len(_colours) % len(_SERVICE_COLOURS)]
+    return colour
 
 
 def _print_line(out: Output, line: LogLine, width: int) -> None:
@@ -386,41 +376,84 @@ def _print_line(out: Output, line: LogLine, width: int) -> None:
         style = _LEVEL_STYLES.get(line.level, "")
         marker = "[dim]hive[/] " if line.stream == "hive" else ""
         text = f"[{style}]{escape(line.message)}[/]" if style else escape(line.message)
-        out.console.print(f"[dim]{when}[/] [cyan]{escape(name)}[/] {marker}{text}")
+        out.console.print(f"[dim]{when}[/] [{service_colour(line.service_fqn)}]{escape(name)} |[/] {marker}{text}")
     else:
         sys.stdout.write(f"{when} {name} {line.level:<5} {line.message}\n")
 
 
+class _Selection:
+    """Which lines `hive logs` shows: of the services named (patterns), matching --grep."""
+
+    def __init__(self, patterns: list[str], grep: str | None) -> None:
+        self.patterns = patterns
+        try:
+            self.grep = re.compile(grep) if grep else None
+        except re.error as exc:
+            fail(f"--grep {grep!r} is not a valid regular expression: {exc}")
+
+    def __call__(self, line: LogLine) -> bool:
+        if len(self.patterns) > 1:
+            from fnmatch import fnmatchcase
+
+            if not any(fnmatchcase(line.service_fqn, p) or fnmatchcase(line.service_fqn.partition("#")[0], p)
+                       for p in self.patterns):
+                return False
+        return self.grep is None or self.grep.search(line.message) is not None
+
+    @property
+    def daemon_pattern(self) -> str | None:
+        """What the daemon is asked for: the one pattern, or everything to filter here."""
+        return self.patterns[0] if len(self.patterns) == 1 else None
+
+
+def _history(client: BlockingClient, selection: _Selection, tail: int, since: datetime | None,
+             until: datetime | None, level: str | None) -> list[LogLine]:
+    """The last ``tail`` lines of every service named, merged in time order."""
+    everything = selection.grep is not None or until is not None  # filtered here: ask for all
+    lines: list[LogLine] = []
+    patterns: list[str | None] = [*selection.patterns] or [None]
+    for pattern in patterns:
+        lines += client.get_logs(pattern, lines=None if everything else tail, since=since, level=level)
+    lines = [line for line in lines if selection(line) and (until is None or line.timestamp <= until)]
+    lines.sort(key=lambda line: line.timestamp)
+    return lines[-tail:] if tail > 0 else []
+
+
 @click.command()
-@click.argument("fqn", required=False, metavar="[SERVICE]", shell_complete=complete_fqn)
+@click.argument("fqns", nargs=-1, metavar="[SERVICE]...", shell_complete=complete_fqn)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--tail", type=int, default=100, show_default=True, help="Lines of history first.")
+@click.option("-n", "--tail", type=click.IntRange(0), default=100, show_default=True, help="Lines of history first.")
 @click.option("--since", help="Only lines after: a duration (10m, 2h) or an ISO timestamp.")
+@click.option("--until", help="Only lines before: a duration (5m: five minutes ago) or an ISO timestamp.")
+@click.option("--grep", metavar="REGEX", help="Only lines whose text matches (Python regular expression).")
 @click.option("--level", help="Minimum level: trace debug info notice warn error fatal.")
 @json_option
 @pass_state
-def logs(state: CliState, fqn: str | None, follow: bool, tail: int, since: str | None, level: str | None) -> None:
-    """Show service output (all services, a source `proj:*`, a service `web`)."""
+def logs(state: CliState, fqns: tuple[str, ...], follow: bool, tail: int, since: str | None,
+         until: str | None, grep: str | None, level: str | None) -> None:
+    """Show service output: everything, a source `proj:*`, or services `web db`, merged in
+    time order, each service in its own colour on a terminal."""
     client = state.client()
-    pattern = fqn
-    if fqn and ":" not in fqn and "*" not in fqn:
-        pattern = resolve_fqn(client, fqn)
+    patterns = [text if ":" in text or "*" in text else resolve_fqn(client, text) for text in fqns]
+    selection = _Selection(patterns, grep)
     out = state.out
     since_time = parse_since(since) if since else None
-    history = client.get_logs(pattern, lines=tail, since=since_time, level=level)
+    until_time = parse_since(until, "--until") if until else None
+    history = _history(client, selection, tail, since_time, until_time, level)
     width = max((len(line.service_fqn) for line in history), default=0)
     for line in history:
         out.json(line) if state.json_mode else _print_line(out, line, width)
-    if not follow:
+    if not follow or until_time is not None:
         return
     sys.stdout.flush()
     client.timeout = None
-    with client.stream_logs(pattern, level=level, tail=0) as stream:
+    with client.stream_logs(selection.daemon_pattern, level=level, tail=0) as stream:
         for line in stream:
+            if not selection(line):
+                continue
             width = max(width, len(line.service_fqn))
             out.json(line) if state.json_mode else _print_line(out, line, width)
             sys.stdout.flush()
-
 
 
 @click.command()

@@ -122,12 +122,16 @@ def print_plan(state: CliState, plan: ReloadPlan) -> None:
 
 
 @source.command("reload")
-@click.argument("name", shell_complete=_complete_source)
+@click.argument("name", required=False, shell_complete=_complete_source)
 @click.option("--dry-run", is_flag=True, help="Show the plan without applying it.")
 @json_option
 @pass_state
-def source_reload(state: CliState, name: str, dry_run: bool) -> None:
-    """Re-read a source: restart only what changed, start what is new, stop what is gone."""
+def source_reload(state: CliState, name: str | None, dry_run: bool) -> None:
+    """Re-read a source (NAME, a path such as `.`, default: this project): restart only
+    what changed, start what is new, stop what is gone."""
+    from .service_cmds import source_for
+
     client = state.client()
+    name = source_for(client, name)
     client.timeout = max(client.timeout or 0, 300)
     print_plan(state, client.reload_source(name, dry_run=dry_run))

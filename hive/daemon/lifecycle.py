@@ -224,7 +224,7 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
             logs = LogHub(home.logs_dir, home.run_dir, settings.logs)
             supervisor = Supervisor(
                 tasks=daemon_tasks, runners=runners, bus=bus, logs=logs, store=store, writer=writer,
-                home=home.root, restart_defaults=lambda: app.settings.restart,
+                home=home.root, settings=lambda: app.settings,
             )
             sources = SourceRegistry(home=home.root, store=store, bus=bus, logs=logs, supervisor=supervisor)
             app = App(

@@ -34,6 +34,9 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_inflight: int = 64
     # How long a graceful shutdown may take before the rest is cut short.
     shutdown_timeout: float = 30.0
+    # How long a starting service waits for each of its dependencies (depends_on, uses)
+    # to become ready before its start fails.
+    dependency_timeout: float = 60.0
     # Bounds on clients (see docs/configuration.md): streams one connection may hold open,
     # connections one uid may hold (the daemon's own uid and root are not counted).
     max_streams_per_connection: int = 256
@@ -60,6 +63,11 @@ class RestartSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_delay: float = 60.0
     reset_after: float = 60.0
     jitter: bool = True
+    # The start limit (systemd's StartLimitBurst and StartLimitIntervalSec): a service
+    # restarted this many times within the interval is left crashed, with the reason,
+    # until a command starts it. 0 turns the limit off.
+    start_limit_burst: int = 5
+    start_limit_interval: float = 60.0
 
 
 class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -126,6 +134,10 @@ def load_settings(path: Path) -> DaemonSettings:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
     if settings.daemon.max_frame < 1024:
         raise SettingsError(f"{path}: daemon.max_frame must be at least 1024 bytes")
+    if settings.restart.start_limit_burst < 0 or settings.restart.start_limit_interval < 0:
+        raise SettingsError(f"{path}: restart.start_limit_burst and start_limit_interval must be 0 or more")
+    if settings.daemon.dependency_timeout <= 0:
+        raise SettingsError(f"{path}: daemon.dependency_timeout must be more than 0 seconds")
     if settings.daemon.max_inflight < 1:
         raise SettingsError(f"{path}: daemon.max_inflight must be at least 1")
     _check_bounds(path, settings.daemon)

@@ -169,7 +169,7 @@ class InProcessHive:
             logs = LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs)
             supervisor = Supervisor(
                 tasks=tasks, runners=runners, bus=bus, logs=logs, store=store, writer=writer, home=home,
-                restart_defaults=lambda: settings.restart,
+                settings=lambda: settings,
             )
             # Shorter than a daemon's: every wait of the model-based test stays short.
             supervisor.dependency_timeout = DEPENDENCY_TIMEOUT

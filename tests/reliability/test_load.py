@@ -432,6 +432,8 @@ async def test_50_services_crash_looping(daemon: DaemonProcess, home: Path) -> N
     project.mkdir()
     (project / "hive.yaml").write_text(CRASH_PROJECT_HEAD + "".join(CRASHER.format(n=n) for n in range(CRASHERS)))
     fqns = {f"crash:c{n:02d}" for n in range(CRASHERS)}
+    # Loops without end, as asked: no start limit (it would leave them crashed).
+    (home / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n")
     tally = Tally()
     rss_samples: list[int] = []
     restarting: dict[str, int] = defaultdict(int)
@@ -453,6 +455,7 @@ async def test_50_services_crash_looping(daemon: DaemonProcess, home: Path) -> N
                 await anyio.sleep(0.02)  # wait-ok: the load generator's cadence
 
     async with DaemonClient(daemon.socket, timeout=REQUEST_TIMEOUT) as admin:
+        await admin.reload()  # the config.toml above
 
         async def counts() -> dict[str, int]:
             services = await tally_list(tally, admin)

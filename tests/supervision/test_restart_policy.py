@@ -99,6 +99,9 @@ async def test_commanded_stop_is_never_restarted(client: DaemonClient, events: E
 
 async def test_crash_restart_gap_is_immediate_with_zero_delay(client: DaemonClient, events: Events, project_dir: Path) -> None:
     """Restarts follow the exit itself: with delay 0 there is no wait at all."""
+    # A loop without end, as asked: no start limit (it would leave it crashed).
+    (project_dir.parent / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n")
+    await client.reload()
     write_project(project_dir, """
         version: "1"
         services:

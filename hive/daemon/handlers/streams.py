@@ -45,6 +45,7 @@ _SERVICE_EVENTS = [
     "service_crashed",
     "service_exited",
     "service_restarting",
+    "service_waiting",
 ]
 
 

@@ -43,6 +43,8 @@ class Actions:
     async def run(self, service: ServiceRuntime, job: Job) -> JobResult:
         """Carry out ``job`` on ``service`` (the owner's job runner)."""
         kind = job.kind
+        if kind in (JobKind.START, JobKind.RESTART):
+            self._reset_restarts(service)
         if kind is JobKind.START:
             return JobResult(launched=await self._start(service))
         if kind is JobKind.STOP:
@@ -81,6 +83,16 @@ class Actions:
                 service.desired = desired
                 service.notify()
                 self._records.save_desired(service)
+
+    def _reset_restarts(self, service: ServiceRuntime) -> None:
+        """A start a command asks for begins the count again: restarts, backoff, start limit."""
+        for instance in service.instances:
+            instance.backoff = None
+            instance.restarts.clear()
+        if service.restart_count:
+            service.restart_count = 0
+            service.notify()
+            self._records.save_desired(service)
 
     async def _save_desired(self, service: ServiceRuntime) -> None:
         # What the user asked for is on disk before the first process exists: a daemon

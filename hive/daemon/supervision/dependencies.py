@@ -6,10 +6,13 @@ the start. A used service (any source, found by its expose name) must exist, acc
 consumer's secret, and be ready; its variables and ports are then injected into the
 consumer's environment. Every wait is event-driven (the service's ``changed`` event, the
 registry's expose index, the instance's ``wakeup`` when it is told to stop) and bounded
-by :attr:`Dependencies.timeout`.
+by :attr:`Dependencies.timeout` (``[daemon] dependency_timeout`` of config.toml, read at
+each wait so a reload applies to the next one).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import anyio
 
@@ -28,14 +31,21 @@ DEPENDENCY_TIMEOUT = 60.0
 
 
 class Dependencies:
-    def __init__(self, registry: Registry, phases: Phases) -> None:
+    def __init__(self, registry: Registry, phases: Phases, timeout: Callable[[], float] = lambda: DEPENDENCY_TIMEOUT) -> None:
         self._registry = registry
         self._phases = phases
-        self.timeout = DEPENDENCY_TIMEOUT
+        self.timeout_of = timeout
+
+    @property
+    def timeout(self) -> float:
+        return self.timeout_of()
 
     async def wait_ready(self, instance: InstanceRuntime) -> bool:
         """Its dependencies ready, then its used services; False (phase set) if not."""
-        return await self._wait_dependencies(instance) and await self._wait_uses(instance)
+        ready = await self._wait_dependencies(instance) and await self._wait_uses(instance)
+        if ready and instance.last_error and instance.last_error.startswith("waiting for "):
+            self._phases.waiting(instance, None)
+        return ready
 
     async def _wait_dependencies(self, instance: InstanceRuntime) -> bool:
         service = instance.service
@@ -57,14 +67,11 @@ class Dependencies:
                             state = failed[0].state if failed else dependency.instances[0].state
                             return self._phases.fail(instance, f"dependency {dependency.fqn} failed "
                                                                f"(state: {state}), cannot start {instance.fqn}")
-                        if instance.last_error != waiting:
-                            instance.last_error = waiting
-                            service.notify(instance)
+                        self._phases.waiting(instance, waiting)
                         await _either(dependency.changed, instance)  # it changes, or we stop
             except TimeoutError:
-                return self._phases.fail(instance, f"timeout waiting for dependency {dependency.fqn}")
-        if instance.last_error and instance.last_error.startswith("waiting for "):
-            instance.last_error = None
+                return self._phases.fail(instance, f"timeout waiting for dependency {dependency.fqn} "
+                                                   f"(not ready within {self.timeout:g} s: [daemon] dependency_timeout)")
         return True
 
     async def _wait_uses(self, instance: InstanceRuntime) -> bool:
@@ -108,9 +115,7 @@ class Dependencies:
                 return provider
             waiting = f"waiting for exposed service {use.name!r}" + (
                 f" ({provider.fqn})" if provider is not None else "")
-            if instance.last_error != waiting:
-                instance.last_error = waiting
-                instance.service.notify(instance)
+            self._phases.waiting(instance, waiting)
             event = self._registry.exposes_changed() if provider is None else provider.changed
             await _either(event, instance)
         return None

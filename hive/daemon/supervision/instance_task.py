@@ -296,6 +296,25 @@ class InstanceTasks:
             self._phases.apply(instance, Input.EXITED_FAILED)
         return await self._maybe_restart(instance, status, ran_for)
 
+    def _start_limit_hit(self, instance: InstanceRuntime) -> bool:
+        """Restarted ``start_limit_burst`` times within ``start_limit_interval``: left as it
+        is (crashed), with the reason, until a command starts it. Else the restart is counted."""
+        settings = self._restart_defaults()
+        burst, interval = settings.start_limit_burst, settings.start_limit_interval
+        now = time.monotonic()
+        restarts = instance.restarts
+        while restarts and now - restarts[0] > interval:
+            restarts.popleft()
+        if burst and len(restarts) >= burst:
+            last = f" (last: {instance.last_error})" if instance.last_error else ""
+            instance.last_error = (f"start limit hit: restarted {burst} times within {interval:g} s{last}; "
+                                   f"`hive service start {instance.service.fqn}` tries again")
+            self._phases.note(instance, instance.last_error, LogLevel.ERROR)
+            instance.service.notify(instance)
+            return True
+        restarts.append(now)
+        return False
+
     async def _maybe_restart(self, instance: InstanceRuntime, status: ExitStatus, ran_for: float) -> bool:
         """After an exit or a failed start (``status`` unknown then): True to run again
         (its phase is then waiting, or stopping when a stop came during the delay)."""
@@ -304,6 +323,8 @@ class InstanceTasks:
         if self._registry.shutting_down:
             return False
         if policy == "never" or (policy == "on-failure" and status.success):
+            return False
+        if self._start_limit_hit(instance):
             return False
         if instance.backoff is None:
             defaults = self._restart_defaults()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hive_client import LogLevel, ServiceHealthChanged, ServiceStateChanged
+from hive_client import LogLevel, ServiceHealthChanged, ServiceStateChanged, ServiceWaiting
 
 from .machine import SETTLED, WIRE_STATE, Input, Phase, next_phase
 from .runtime import InstanceRuntime
@@ -58,6 +58,15 @@ class Phases:
         else:
             instance.service.notify(instance)
         return False
+
+    def waiting(self, instance: InstanceRuntime, reason: str | None) -> None:
+        """What a starting instance waits for (None: nothing any more), as its last error,
+        told to followers (`hive up`, `hive services`) by an event."""
+        if instance.last_error == reason:
+            return
+        instance.last_error = reason
+        self._bus.publish(ServiceWaiting(fqn=instance.fqn, reason=reason or ""))
+        instance.service.notify(instance)
 
     def start_failed(self, instance: InstanceRuntime, message: str) -> bool:
         return self.fail(instance, f"cannot start {instance.fqn}: {message}")

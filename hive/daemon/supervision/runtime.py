@@ -8,6 +8,7 @@ about: the handle of its process, its ports, the last error, the health monitor.
 from __future__ import annotations
 
 import random
+from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,9 @@ class InstanceRuntime:
         # Set to wake its task out of a wait (a backoff, its dependencies) after a command.
         self.wakeup = anyio.Event()
         self.backoff: Backoff | None = None
+        # When its restarts happened (monotonic), for the start limit; emptied by a start
+        # a command asks for.
+        self.restarts: deque[float] = deque()
         # The configuration its process was started from (see launch.config_digest), kept in
         # its process record: a later daemon does not adopt a process of an older one.
         self.config_digest = ""

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from ..events import EventBus
     from ..hooks import ContainerStepRunner
     from ..logs import LogHub
-    from ..settings import RestartSection
+    from ..settings import DaemonSettings
     from ..store import StateStore, StateWriter
 
 __all__ = ["SourceChange", "Supervisor"]
@@ -87,24 +87,25 @@ class SourceChange:
 class Supervisor:
     def __init__(
         self, *, tasks: anyio.abc.TaskGroup, runners: RunnerRegistry, bus: EventBus, logs: LogHub,
-        store: StateStore, writer: StateWriter, home: Path, restart_defaults: Callable[[], RestartSection],
+        store: StateStore, writer: StateWriter, home: Path, settings: Callable[[], DaemonSettings],
     ) -> None:
         """``tasks``: the daemon's task group (owners and instances run in it); ``home``:
-        HIVE_HOME; ``restart_defaults``: config.toml's restart section, read at each
-        restart (a settings reload changes it)."""
+        HIVE_HOME; ``settings``: config.toml's settings as they are now (read at each
+        restart and dependency wait: a reload replaces them)."""
         self._tasks = tasks
         self.runners = runners
         self._writer = writer
         self._registry = Registry()
         self._phases = Phases(bus, logs)
         self._launcher = Launcher(logs, runners, home)
-        self._dependencies = Dependencies(self._registry, self._phases)
+        self._dependencies = Dependencies(
+            self._registry, self._phases, timeout=lambda: settings().daemon.dependency_timeout)
         self._records = Records(store, writer, logs)
         self._stopper = Stopper(runners, self._phases, self._launcher)
         self._instances = InstanceTasks(
             tasks=tasks, runners=runners, registry=self._registry, phases=self._phases,
             launcher=self._launcher, dependencies=self._dependencies, stopper=self._stopper,
-            records=self._records, bus=bus, logs=logs, restart_defaults=restart_defaults,
+            records=self._records, bus=bus, logs=logs, restart_defaults=lambda: settings().restart,
         )
         self._actions = Actions(
             registry=self._registry, instances=self._instances, stopper=self._stopper, records=self._records,
@@ -144,7 +145,7 @@ class Supervisor:
 
     @dependency_timeout.setter
     def dependency_timeout(self, seconds: float) -> None:
-        self._dependencies.timeout = seconds
+        self._dependencies.timeout_of = lambda: seconds
 
     def get(self, fqn: str) -> ServiceRuntime:
         return self._registry.get(fqn)
