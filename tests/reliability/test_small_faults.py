@@ -1,0 +1,85 @@
+"""Smaller faults: each one a bad day brings, against a real daemon on its real socket.
+
+A shutdown that outlives ``daemon.shutdown_timeout``, a ``state.db`` deleted under the
+daemon, a huge hive.yaml, a non-UTF-8 project path, rotated logs, a clock that steps
+back, escape sequences in service output, and backups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+from tests.reliability.report import record
+from tests.support import run_cli, start_daemon, wait_for, write_project
+
+# Ignores SIGTERM: only SIGKILL (after stop_grace) ends it.
+STUBBORN = ("exec python3 -c \"import signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ignoring TERM', flush=True)\n"
+            "while True: time.sleep(1)\"")
+
+
+def _pids(home: Path, fqn: str) -> list[int]:
+    """The processes of ``fqn`` started by the daemon of ``home`` (not another test's)."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+            if (env.get("HIVE_SERVICE_FQN") == fqn and env.get("HIVE_HOME") == str(home)
+                    and process.status() != psutil.STATUS_ZOMBIE):
+                found.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_shutdown_timeout_holds_and_what_still_runs_is_adopted(hive_env: Path) -> None:
+    """A service that ignores SIGTERM with a long stop_grace: the daemon stops within
+    daemon.shutdown_timeout (not after the grace), says what it left running, and the
+    next daemon adopts it."""
+    (hive_env / "config.toml").write_text("[daemon]\nshutdown_timeout = 1.0\n")
+    project = write_project(hive_env / "proj", f"""
+        version: "1"
+        services:
+          stubborn:
+            runner: {{type: script, script: {{run: {json.dumps(STUBBORN)}}}}}
+            stop_grace: 600s
+        """)
+    try:
+        _stop_past_the_deadline(hive_env, project)
+    finally:
+        for pid in _pids(hive_env, "proj:stubborn"):
+            os.kill(pid, signal.SIGKILL)
+    record("faults", "shutdown slower than daemon.shutdown_timeout", "1 s timeout, 600 s grace",
+           "daemon exits at the deadline; the service is adopted", "nothing")
+
+
+def _stop_past_the_deadline(home: Path, project: Path) -> None:
+    daemon = start_daemon(home)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: "ignoring TERM" in run_cli("logs", "proj:stubborn").stdout, timeout=30,
+                 what="the service to ignore SIGTERM")
+        pids = _pids(home, "proj:stubborn")
+        assert pids
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.wait(timeout=60)  # far less than the 600 s grace: the deadline held
+        stderr = daemon.stderr()
+        assert "left running for the next daemon to adopt: proj:stubborn" in stderr
+        assert _pids(home, "proj:stubborn") == pids
+    finally:
+        if daemon.alive():
+            daemon.kill9()
+    again = start_daemon(home)
+    try:
+        listed = run_cli("services", "--json")
+        stubborn = next(s for s in json.loads(listed.stdout) if s["fqn"] == "proj:stubborn")
+        assert stubborn["state"] == "running"
+        assert _pids(home, "proj:stubborn") == pids
+    finally:
+        again.kill9()
