@@ -83,3 +83,76 @@ def _stop_past_the_deadline(home: Path, project: Path) -> None:
         assert _pids(home, "proj:stubborn") == pids
     finally:
         again.kill9()
+
+
+QUIET = "exec sleep 3600"
+
+
+def _quiet_project(home: Path) -> Path:
+    return write_project(home / "proj", f"""
+        version: "1"
+        services:
+          quiet:
+            runner: {{type: script, script: {{run: {json.dumps(QUIET)}}}}}
+        """)
+
+
+def _service_state(fqn: str) -> str:
+    listed = json.loads(run_cli("services", "--json").stdout)
+    return str(next(s["state"] for s in listed if s["fqn"] == fqn))
+
+
+def _kill_all(home: Path, fqn: str) -> None:
+    for pid in _pids(home, fqn):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_state_db_deleted_while_running_is_recreated_in_full(hive_env: Path) -> None:
+    """``rm state.db`` under a running daemon: status says so, the file is recreated from
+    the daemon's open copy, and what was written before and after survives a restart."""
+    project = _quiet_project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        (hive_env / "state.db").unlink()
+        status = run_cli("status")
+        assert status.returncode == 0, status.stderr
+        assert "state.db was deleted" in status.stdout and "recreated" in status.stdout
+        assert (hive_env / "state.db").exists()
+        # Written after the deletion: must land in the new file too.
+        assert run_cli("service", "stop", "proj:quiet").returncode == 0
+    finally:
+        daemon.kill9()
+    again = start_daemon(hive_env)
+    try:
+        sources = run_cli("source", "list", "--json")
+        assert "proj" in sources.stdout
+        assert _service_state("proj:quiet") == "stopped"  # the stop was saved, not lost
+    finally:
+        again.stop()
+        _kill_all(hive_env, "proj:quiet")
+    record("faults", "state.db deleted while the daemon runs", "rm state.db",
+           "status tells; the file is recreated in full", "nothing")
+
+
+def test_state_db_replaced_while_running_is_kept_aside(hive_env: Path) -> None:
+    """Another file moved onto state.db: the daemon's state goes back at the path (found
+    by a write, without a status), the other file is kept beside it."""
+    project = _quiet_project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("source", "add", str(project)).returncode == 0
+        other = hive_env / "other.db"
+        other.write_bytes(b"not the daemon's")
+        other.replace(hive_env / "state.db")
+        assert run_cli("service", "start", "proj:quiet").returncode == 0
+        assert next(iter(hive_env.glob("state.db.replaced-*"))).read_bytes() == b"not the daemon's"
+    finally:
+        daemon.kill9()
+    again = start_daemon(hive_env)
+    try:
+        assert _service_state("proj:quiet") == "running"
+        assert "recreated" not in run_cli("status").stdout
+    finally:
+        again.stop()
+        _kill_all(hive_env, "proj:quiet")
