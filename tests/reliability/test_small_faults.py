@@ -156,3 +156,44 @@ def test_state_db_replaced_while_running_is_kept_aside(hive_env: Path) -> None:
     finally:
         again.stop()
         _kill_all(hive_env, "proj:quiet")
+
+
+def test_rotated_log_files_stay_owner_only(hive_env: Path, tmp_path: Path) -> None:
+    """Service log files rotated by size, and the daemon's own log rotated: every file
+    is 0600, like the first one."""
+    (hive_env / "config.toml").write_text("[logs]\nmax_file_bytes = 4096\nkeep_files = 3\n")
+    project = write_project(hive_env / "proj", """
+        version: "1"
+        services:
+          talker:
+            runner: {type: script, script: {run: "while true; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; sleep 0.01; done"}}
+        """)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        logs = hive_env / "logs"
+        wait_for(lambda: any(p.name.endswith(".log.2") for p in logs.rglob("*")), timeout=60,
+                 what="the service's log to rotate twice")
+        files = [p for p in logs.rglob("*") if p.is_file()]
+        assert files
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}, files
+    finally:
+        daemon.stop()
+        _kill_all(hive_env, "proj:talker")
+    # The daemon's own log (daemon.log when it runs detached), rotated in-process.
+    import logging
+
+    from hive.daemon.logsetup import RotatingFile
+
+    umask = os.umask(0o022)  # the usual one: it made the daemon's log 0644
+    handler = RotatingFile(tmp_path / "daemon.log", max_bytes=100, keep=2)
+    try:
+        for n in range(20):
+            handler.emit(logging.LogRecord("hive", logging.INFO, __file__, 1, "line %d" * 5, (n,) * 5, None))
+    finally:
+        handler.close()
+        os.umask(umask)
+    rotated = sorted(tmp_path.glob("daemon.log*"))
+    assert len(rotated) == 3
+    assert {oct(p.stat().st_mode & 0o777) for p in rotated} == {"0o600"}
+    record("faults", "rotated log files", "service and daemon logs rotated", "all 0600", "nothing")
