@@ -197,3 +197,39 @@ def test_rotated_log_files_stay_owner_only(hive_env: Path, tmp_path: Path) -> No
     assert len(rotated) == 3
     assert {oct(p.stat().st_mode & 0o777) for p in rotated} == {"0o600"}
     record("faults", "rotated log files", "service and daemon logs rotated", "all 0600", "nothing")
+
+
+def test_a_non_utf8_project_path_gets_one_line(daemon: object, hive_env: Path) -> None:
+    """``hive up`` of a directory whose name is not UTF-8: one line saying so, no
+    traceback, and the daemon serves on."""
+    import subprocess
+    import sys
+
+    bad = os.path.join(os.fsencode(hive_env), b"caf\xe9")
+    os.mkdir(bad)
+    with open(os.path.join(bad, b"hive.yaml"), "w") as file:
+        file.write('version: "1"\nservices:\n  a:\n    runner: {type: script, script: {run: "sleep 60"}}\n')
+    for argv in ([b"up", bad], [b"source", b"add", bad], [b"logs", b"caf\xe9:a"]):
+        result = subprocess.run([sys.executable.encode(), b"-m", b"hive", *argv],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "caf\\xe9" in result.stderr and "not valid UTF-8" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert run_cli("status").returncode == 0
+
+
+def test_a_huge_hive_yaml_is_refused_with_the_limit(daemon: object, hive_env: Path) -> None:
+    """A 64 MiB hive.yaml: refused at once with the limit named, without reading it all;
+    the daemon serves on."""
+    project = write_project(hive_env / "big", 'version: "1"\nservices: {}\n')
+    with open(project / "hive.yaml", "a") as file:
+        line = "# " + "x" * 1021 + "\n"
+        for _ in range(64 * 1024):
+            file.write(line)
+    result = run_cli("up", str(project))
+    assert result.returncode != 0
+    assert "larger than 8 MiB" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert run_cli("status").returncode == 0
+    record("bad input", "hive.yaml of 64 MiB", "hive up", "refused: over the 8 MiB limit", "nothing")
