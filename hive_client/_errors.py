@@ -26,6 +26,7 @@ translated at the boundary, so callers only ever catch these.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
@@ -130,6 +131,21 @@ class FrameTooLarge(ProtocolError):
 
 class ProtocolVersionMismatch(ProtocolError):
     """The daemon speaks a protocol version this client does not."""
+
+
+class NotText(HiveError):
+    """A value to send is not valid UTF-8 (a file name in another encoding, say): the
+    protocol carries text, so the request was not sent."""
+
+    def __init__(self, value: str) -> None:
+        shown = repr(os.fsencode(value))[2:-1] if _surrogates(value) else value
+        self.value = shown
+        super().__init__(f"'{shown}' is not valid UTF-8 and Hive's protocol carries text; "
+                         "rename it (or use a path whose name is UTF-8) and try again")
+
+
+def _surrogates(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
 class RequestTimeout(HiveError):

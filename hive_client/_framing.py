@@ -12,7 +12,7 @@ from typing import Generic, TypeVar, Union
 
 import msgspec
 
-from ._errors import FrameTooLarge
+from ._errors import FrameTooLarge, NotText
 from ._messages import Request, RequestMessage, Response, ResponseMessage
 
 __all__ = [
@@ -88,7 +88,11 @@ def json_response_decoder() -> _Decoder[Response]:
 def encode_frame(msg_id: int, message: Request | Response) -> bytes:
     """One complete frame, header included."""
     buf = bytearray(HEADER_SIZE)
-    _msgpack_encoder.encode_into((msg_id, message), buf, HEADER_SIZE)
+    try:
+        _msgpack_encoder.encode_into((msg_id, message), buf, HEADER_SIZE)
+    except UnicodeEncodeError as exc:  # a str holding undecodable bytes (surrogateescape)
+        bad = exc.object if isinstance(exc.object, str) else str(exc.object)
+        raise NotText(bad) from None
     _HEADER.pack_into(buf, 0, len(buf) - HEADER_SIZE)
     return bytes(buf)
 

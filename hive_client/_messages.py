@@ -382,6 +382,8 @@ class DaemonStatus(Response, tag="status"):
     state_error: str | None = None
     state_unsaved: int = 0  # rows waiting to be written
     state_failures: int = 0  # failed writes since the daemon started
+    # What happened to state.db's file while the daemon ran (deleted, recreated), if anything.
+    state_note: str | None = None
     log_write_errors: int = 0  # failed writes of log files (their lines were dropped)
     log_subscriptions: int = 0  # live log streams open
     client_backlog_bytes: int = 0  # queued for clients, not yet taken (daemon.clients_backlog_total_bytes)

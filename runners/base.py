@@ -202,6 +202,12 @@ class ServiceHandle(ABC):
         """How many processes of the instance are still alive (0 when none)."""
         return 0
 
+    def detach(self) -> None:
+        """The daemon exits (its shutdown deadline passed) with this instance still up:
+        a stop under way, cancelled now, must leave it running for the next daemon to
+        adopt rather than kill it. The default has nothing to undo."""
+        return None
+
 
 class Runner(ABC):
     name: ClassVar[str]

@@ -129,7 +129,8 @@ class ScriptRunner(Runner):
                 await _sweep(list(zip(batch, members, strict=True)), table.last_pid)
         except BaseException:
             for handle in batch:
-                handle._kill_now()  # cancelled or failed half-way: leave nothing running
+                if not handle._detached:
+                    handle._kill_now()  # cancelled or failed half-way: leave nothing running
             raise
         finally:
             for handle in batch:
@@ -337,6 +338,7 @@ class ScriptHandle(ServiceHandle):
         self._status: ExitStatus | None = None
         self._watch = SharedWatch()
         self._stopping = False
+        self._detached = False  # the daemon left it running (see detach())
         self._stop_done: anyio.Event | None = None
         self._sweeper: _Sweeper | None = None
         self._tracked_lock = threading.Lock()
@@ -537,10 +539,14 @@ class ScriptHandle(ServiceHandle):
             await _sweep([(self, members)], table.last_pid)
             return self._status
         except BaseException:
-            self._kill_now()  # cancelled or failed half-way: leave nothing running
+            if not self._detached:
+                self._kill_now()  # cancelled or failed half-way: leave nothing running
             raise
         finally:
             self._untrack_all(in_loop=True)
+
+    def detach(self) -> None:
+        self._detached = True
 
     def _signal(self, table: proc.ProcessTable, stop_signal: int) -> list[proc.ProcInfo]:
         """Send the stop signal to every process of the instance; its members (tracked).

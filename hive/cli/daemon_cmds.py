@@ -202,6 +202,7 @@ def status(state: CliState) -> None:
             ("clients", str(info.clients)),
             ("state", "saved" if info.state_error is None else
              f"NOT SAVED ({info.state_unsaved} changes waiting, retrying): {info.state_error}"),
+            *([("state file", info.state_note)] if info.state_note else []),
             *([("log files", f"{info.log_write_errors} write errors (lines dropped)")]
               if info.log_write_errors else []),
         ],

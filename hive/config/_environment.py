@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ._issues import ConfigError, ConfigIssue
 from ._model import EnvironmentSpec, HiveConfig, ServiceConfig
+from ._read import read_capped
 from ._templates import DotenvSyntaxError, parse_dotenv, render_runtime
 
 if TYPE_CHECKING:
@@ -18,10 +19,10 @@ def read_dotenv_file(path: str | Path) -> dict[str, str]:
     """The variables of one dotenv file; a missing file is empty. Unreadable -> ConfigError."""
     file = Path(path)
     try:
-        raw = file.read_bytes()
+        raw = read_capped(file)
     except (FileNotFoundError, NotADirectoryError):
         return {}
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or over the cap
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise ConfigError(
             [ConfigIssue("error", str(file), None, "", f"cannot read dotenv file: {reason}")]

@@ -15,6 +15,7 @@ from ._decode import Decoder, describe
 from ._environment import read_dotenv_file
 from ._issues import ConfigError, ConfigIssue, IssueSink, KeyPath, format_path, sort_issues
 from ._model import HiveConfig, ProxySettings, ServiceConfig
+from ._read import read_capped
 from ._templates import interpolate
 from ._validate import check_services
 from ._yaml import MAX_DEPTH, parse_yaml
@@ -88,9 +89,11 @@ def load_project(
         file, root = path, _root_of(path)
     display = _display_name(file, root)
     try:
-        raw = file.read_bytes()
+        raw = read_capped(file)
     except OSError as exc:
         raise _fail(display, None, f"Failed to read config file: {exc.strerror or exc}") from None
+    except ValueError as exc:  # over the cap
+        raise _fail(display, None, f"Failed to read config file: {exc}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

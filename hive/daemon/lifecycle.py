@@ -277,7 +277,7 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
                 with anyio.move_on_after(settings.daemon.shutdown_timeout) as deadline:
                     await _stop_parts(app, request)
                 if deadline.cancelled_caught:
-                    log.error("shutdown took over %.0f s; cutting it short", settings.daemon.shutdown_timeout)
+                    await _leave_running(app, settings.daemon.shutdown_timeout)
                 app.bus.close()
                 with anyio.move_on_after(_DRAIN_SECONDS):
                     await server.drain()
@@ -301,6 +301,21 @@ async def _stop_parts(app: App, request: ShutdownRequest) -> None:
     await app.sources.shutdown(keep_services=request.keep_services)
     await app.sources.close()
     await app.state_writer.flush()
+
+
+async def _leave_running(app: App, timeout: float) -> None:
+    """The shutdown deadline passed: what still runs stays up, its records and log
+    offsets saved, for the next daemon to adopt (as after ``hive stop --keep-services``)."""
+    left = [f"{i.fqn} (pid {i.handle.pid})" if i.handle is not None and i.handle.pid else i.fqn
+            for i in app.services.all_records() if i.live]
+    log.error("shutdown took over %g s (daemon.shutdown_timeout); cutting it short; "
+              "left running for the next daemon to adopt: %s", timeout, ", ".join(left) or "nothing")
+    for instance in app.services.all_records():
+        if instance.live and instance.handle is not None:
+            instance.handle.detach()  # the stop cancelled next must not kill it
+    app.services.save_log_offsets()
+    with anyio.move_on_after(_DRAIN_SECONDS):
+        await app.state_writer.flush()
 
 
 async def _save_offsets(supervisor: Supervisor) -> None:

@@ -91,6 +91,11 @@ class RotatingFile(logging.FileHandler):
             os.replace(base, f"{base}.1")
         self.stream = self._open()
 
+    def _open(self) -> Any:
+        """Owner-only, the first file and every one rotated in (not the umask's 0644)."""
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)  # the handler owns it
+
 
 def configure_logging(level: str, fmt: str, file: Path | None) -> None:
     """Route the ``hive`` loggers; ``file`` None means stderr."""

@@ -503,13 +503,14 @@ class SourceRegistry:
     async def shutdown(self, *, keep_services: bool) -> None:
         """The daemon stops: its services stop too (unless kept), with the global down
         hooks of each source that had some running."""
+        # Not shielded here: the daemon runs this under its shutdown_timeout, which must
+        # hold; what is still running when it passes is left for the next daemon.
         running = [] if keep_services else [s for s in self.sources.values() if self._running(s)]
-        with anyio.CancelScope(shield=True):
-            for source in running:
-                await self._down_hooks(source, "pre-down", True)
-            await self.supervisor.shutdown(keep_services=keep_services)
-            for source in running:
-                await self._down_hooks(source, "post-down", True)
+        for source in running:
+            await self._down_hooks(source, "pre-down", True)
+        await self.supervisor.shutdown(keep_services=keep_services)
+        for source in running:
+            await self._down_hooks(source, "post-down", True)
 
     def _running(self, source: Source) -> bool:
         return self.supervisor.any_live(self._fqns(source))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from hive_client import ServiceState
 from hive_client.protocol import DaemonStatus, Ok, Ping, Pong, Reload, Shutdown, Status
 
 from ..app import ShutdownRequest
 from ..dispatch import RequestContext
+from ..store import StoreError
 
 _PONG = Pong()
 
@@ -18,6 +21,8 @@ async def ping(ctx: RequestContext, request: Ping) -> Pong:
 async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
     app = ctx.app
     writer = app.state_writer
+    with contextlib.suppress(StoreError):  # shown below, as state_error
+        await app.store.ensure_file()  # a state.db deleted since the last write shows now
     services = app.services.all_records()
     running = sum(
         1 for record in services if record.state in (ServiceState.RUNNING, ServiceState.UNHEALTHY)
@@ -36,7 +41,8 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         started_at=app.started_at,
         clients=len(app.server.connections) if app.server is not None else 0,
         event_seq=app.bus.last_seq,
-        state_error=writer.last_error,
+        state_error=app.store.file_error or writer.last_error,
+        state_note=app.store.file_note,
         state_unsaved=writer.unsaved,
         state_failures=writer.failures,
         log_write_errors=app.logs.write_errors,

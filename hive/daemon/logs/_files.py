@@ -113,7 +113,9 @@ class LogFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self._pruned:
                 self._prune()
-            self._fd = os.open(self.path, _OPEN_FLAGS, 0o640)
+            # 0600 like the first file of each service: output may hold secrets, and a
+            # file rotated in must not be more readable than the one it replaces.
+            self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
             self._size = os.fstat(self._fd).st_size
         return self._fd
 

@@ -8,12 +8,21 @@ none). It knows no table: what the rows mean, and every statement on them, is
 The schema is versioned with ``PRAGMA user_version``. Migrations only go forward, each
 in one transaction; a database written by a newer Hive is refused rather than guessed
 at, and a damaged one is refused with the way out.
+
+The file is watched: before each write transaction (and before ``hive status`` answers)
+the path's inode is compared with the one opened. A ``state.db`` deleted or replaced
+while the daemon runs would otherwise take every later write into an unlinked inode,
+lost at the next start; instead the daemon copies its open database (which still holds
+everything) to a new file at the path, moves a replacement aside, and writes there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,8 @@ import anyio.abc
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["StateStore", "StoreError"]
+
+log = logging.getLogger("hive.store")
 
 
 class StoreError(Exception):
@@ -47,6 +58,11 @@ class StateStore:
         self._db = db
         # One transaction at a time on the shared connection.
         self._tx_lock = anyio.Lock()
+        self._identity = _identity(path)
+        # Why the file at the path is not the database written (None while it is), and
+        # what was done the last time it was not: both shown by `hive status`.
+        self.file_error: str | None = None
+        self.file_note: str | None = None
 
     @classmethod
     async def open(cls, path: Path) -> StateStore:
@@ -104,6 +120,57 @@ class StateStore:
     async def close(self) -> None:
         await self._db.close()
 
+    # --- the file under the path ----------------------------------------------------------
+
+    async def ensure_file(self) -> None:
+        """Make sure the writes go to the file at the path: recreate it from the open
+        database when it was deleted or replaced. StoreError when that fails."""
+        async with self._tx_lock:
+            with anyio.CancelScope(shield=True):
+                await self._ensure_file()
+
+    async def _ensure_file(self) -> None:
+        current = _identity(self.path)
+        if current == self._identity and self.file_error is None:
+            return
+        what = "deleted" if current is None else "replaced"
+        try:
+            await self._recreate(replaced=current is not None)
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            detail = exc.message if isinstance(exc, StoreError) else str(exc)
+            self.file_error = (f"{self.path} was {what} while the daemon ran and cannot be "
+                               f"recreated ({detail}); changes are kept in memory only. Free the "
+                               f"directory (space, permissions); the next write tries again")
+            raise StoreError(self.file_error) from exc
+        self.file_error = None
+        self.file_note = (f"{self.path.name} was {what} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                          "while the daemon ran; recreated in full from the daemon's copy")
+        log.error("%s", self.file_note)
+
+    async def _recreate(self, *, replaced: bool) -> None:
+        """Copy the open database (still whole, even unlinked) to a new file, then put it
+        at the path and reopen: nothing written so far is lost."""
+        path = self.path
+        spare = path.with_name(f"{path.name}.recreate-{os.getpid()}")
+        spare.unlink(missing_ok=True)
+        copy = await aiosqlite.connect(spare, isolation_level=None)
+        try:
+            await self._db.backup(copy)
+        finally:
+            await copy.close()
+        os.chmod(spare, 0o600)
+        if replaced:  # someone's file: kept beside it, never overwritten
+            aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            log.error("%s was replaced while the daemon ran; the other file is kept as %s", path, aside)
+        await self._db.close()  # checkpoints into the old inode and drops its WAL
+        for leftover in (f"{path.name}-wal", f"{path.name}-shm"):
+            path.with_name(leftover).unlink(missing_ok=True)
+        os.replace(spare, path)
+        self._db = await aiosqlite.connect(path, isolation_level=None)
+        await self._prepare()
+        self._identity = _identity(path)
+
     @property
     async def schema_version(self) -> int:
         row = await (await self._db.execute("PRAGMA user_version")).fetchone()
@@ -129,6 +196,7 @@ class StateStore:
         # leaving it open on the shared connection; it is delivered once this is done.
         async with self._tx_lock:
             with anyio.CancelScope(shield=True):
+                await self._ensure_file()
                 await self._transaction(statements)
 
     async def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
@@ -164,6 +232,15 @@ class StateStore:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device, inode), or None when there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _runs(

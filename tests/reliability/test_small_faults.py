@@ -1,0 +1,235 @@
+"""Smaller faults: each one a bad day brings, against a real daemon on its real socket.
+
+A shutdown that outlives ``daemon.shutdown_timeout``, a ``state.db`` deleted under the
+daemon, a huge hive.yaml, a non-UTF-8 project path, rotated logs, a clock that steps
+back, escape sequences in service output, and backups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+from tests.reliability.report import record
+from tests.support import run_cli, start_daemon, wait_for, write_project
+
+# Ignores SIGTERM: only SIGKILL (after stop_grace) ends it.
+STUBBORN = ("exec python3 -c \"import signal, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ignoring TERM', flush=True)\n"
+            "while True: time.sleep(1)\"")
+
+
+def _pids(home: Path, fqn: str) -> list[int]:
+    """The processes of ``fqn`` started by the daemon of ``home`` (not another test's)."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+            if (env.get("HIVE_SERVICE_FQN") == fqn and env.get("HIVE_HOME") == str(home)
+                    and process.status() != psutil.STATUS_ZOMBIE):
+                found.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_shutdown_timeout_holds_and_what_still_runs_is_adopted(hive_env: Path) -> None:
+    """A service that ignores SIGTERM with a long stop_grace: the daemon stops within
+    daemon.shutdown_timeout (not after the grace), says what it left running, and the
+    next daemon adopts it."""
+    (hive_env / "config.toml").write_text("[daemon]\nshutdown_timeout = 1.0\n")
+    project = write_project(hive_env / "proj", f"""
+        version: "1"
+        services:
+          stubborn:
+            runner: {{type: script, script: {{run: {json.dumps(STUBBORN)}}}}}
+            stop_grace: 600s
+        """)
+    try:
+        _stop_past_the_deadline(hive_env, project)
+    finally:
+        for pid in _pids(hive_env, "proj:stubborn"):
+            os.kill(pid, signal.SIGKILL)
+    record("faults", "shutdown slower than daemon.shutdown_timeout", "1 s timeout, 600 s grace",
+           "daemon exits at the deadline; the service is adopted", "nothing")
+
+
+def _stop_past_the_deadline(home: Path, project: Path) -> None:
+    daemon = start_daemon(home)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: "ignoring TERM" in run_cli("logs", "proj:stubborn").stdout, timeout=30,
+                 what="the service to ignore SIGTERM")
+        pids = _pids(home, "proj:stubborn")
+        assert pids
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.wait(timeout=60)  # far less than the 600 s grace: the deadline held
+        stderr = daemon.stderr()
+        assert "left running for the next daemon to adopt: proj:stubborn" in stderr
+        assert _pids(home, "proj:stubborn") == pids
+    finally:
+        if daemon.alive():
+            daemon.kill9()
+    again = start_daemon(home)
+    try:
+        listed = run_cli("services", "--json")
+        stubborn = next(s for s in json.loads(listed.stdout) if s["fqn"] == "proj:stubborn")
+        assert stubborn["state"] == "running"
+        assert _pids(home, "proj:stubborn") == pids
+    finally:
+        again.kill9()
+
+
+QUIET = "exec sleep 3600"
+
+
+def _quiet_project(home: Path) -> Path:
+    return write_project(home / "proj", f"""
+        version: "1"
+        services:
+          quiet:
+            runner: {{type: script, script: {{run: {json.dumps(QUIET)}}}}}
+        """)
+
+
+def _service_state(fqn: str) -> str:
+    listed = json.loads(run_cli("services", "--json").stdout)
+    return str(next(s["state"] for s in listed if s["fqn"] == fqn))
+
+
+def _kill_all(home: Path, fqn: str) -> None:
+    for pid in _pids(home, fqn):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_state_db_deleted_while_running_is_recreated_in_full(hive_env: Path) -> None:
+    """``rm state.db`` under a running daemon: status says so, the file is recreated from
+    the daemon's open copy, and what was written before and after survives a restart."""
+    project = _quiet_project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        (hive_env / "state.db").unlink()
+        status = run_cli("status")
+        assert status.returncode == 0, status.stderr
+        assert "state.db was deleted" in status.stdout and "recreated" in status.stdout
+        assert (hive_env / "state.db").exists()
+        # Written after the deletion: must land in the new file too.
+        assert run_cli("service", "stop", "proj:quiet").returncode == 0
+    finally:
+        daemon.kill9()
+    again = start_daemon(hive_env)
+    try:
+        sources = run_cli("source", "list", "--json")
+        assert "proj" in sources.stdout
+        assert _service_state("proj:quiet") == "stopped"  # the stop was saved, not lost
+    finally:
+        again.stop()
+        _kill_all(hive_env, "proj:quiet")
+    record("faults", "state.db deleted while the daemon runs", "rm state.db",
+           "status tells; the file is recreated in full", "nothing")
+
+
+def test_state_db_replaced_while_running_is_kept_aside(hive_env: Path) -> None:
+    """Another file moved onto state.db: the daemon's state goes back at the path (found
+    by a write, without a status), the other file is kept beside it."""
+    project = _quiet_project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("source", "add", str(project)).returncode == 0
+        other = hive_env / "other.db"
+        other.write_bytes(b"not the daemon's")
+        other.replace(hive_env / "state.db")
+        assert run_cli("service", "start", "proj:quiet").returncode == 0
+        assert next(iter(hive_env.glob("state.db.replaced-*"))).read_bytes() == b"not the daemon's"
+    finally:
+        daemon.kill9()
+    again = start_daemon(hive_env)
+    try:
+        assert _service_state("proj:quiet") == "running"
+        assert "recreated" not in run_cli("status").stdout
+    finally:
+        again.stop()
+        _kill_all(hive_env, "proj:quiet")
+
+
+def test_rotated_log_files_stay_owner_only(hive_env: Path, tmp_path: Path) -> None:
+    """Service log files rotated by size, and the daemon's own log rotated: every file
+    is 0600, like the first one."""
+    (hive_env / "config.toml").write_text("[logs]\nmax_file_bytes = 4096\nkeep_files = 3\n")
+    project = write_project(hive_env / "proj", """
+        version: "1"
+        services:
+          talker:
+            runner: {type: script, script: {run: "while true; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; sleep 0.01; done"}}
+        """)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        logs = hive_env / "logs"
+        wait_for(lambda: any(p.name.endswith(".log.2") for p in logs.rglob("*")), timeout=60,
+                 what="the service's log to rotate twice")
+        files = [p for p in logs.rglob("*") if p.is_file()]
+        assert files
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}, files
+    finally:
+        daemon.stop()
+        _kill_all(hive_env, "proj:talker")
+    # The daemon's own log (daemon.log when it runs detached), rotated in-process.
+    import logging
+
+    from hive.daemon.logsetup import RotatingFile
+
+    umask = os.umask(0o022)  # the usual one: it made the daemon's log 0644
+    handler = RotatingFile(tmp_path / "daemon.log", max_bytes=100, keep=2)
+    try:
+        for n in range(20):
+            handler.emit(logging.LogRecord("hive", logging.INFO, __file__, 1, "line %d" * 5, (n,) * 5, None))
+    finally:
+        handler.close()
+        os.umask(umask)
+    rotated = sorted(tmp_path.glob("daemon.log*"))
+    assert len(rotated) == 3
+    assert {oct(p.stat().st_mode & 0o777) for p in rotated} == {"0o600"}
+    record("faults", "rotated log files", "service and daemon logs rotated", "all 0600", "nothing")
+
+
+def test_a_non_utf8_project_path_gets_one_line(daemon: object, hive_env: Path) -> None:
+    """``hive up`` of a directory whose name is not UTF-8: one line saying so, no
+    traceback, and the daemon serves on."""
+    import subprocess
+    import sys
+
+    bad = os.path.join(os.fsencode(hive_env), b"caf\xe9")
+    os.mkdir(bad)
+    with open(os.path.join(bad, b"hive.yaml"), "w") as file:
+        file.write('version: "1"\nservices:\n  a:\n    runner: {type: script, script: {run: "sleep 60"}}\n')
+    for argv in ([b"up", bad], [b"source", b"add", bad], [b"logs", b"caf\xe9:a"]):
+        result = subprocess.run([sys.executable.encode(), b"-m", b"hive", *argv],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "caf\\xe9" in result.stderr and "not valid UTF-8" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert run_cli("status").returncode == 0
+
+
+def test_a_huge_hive_yaml_is_refused_with_the_limit(daemon: object, hive_env: Path) -> None:
+    """A 64 MiB hive.yaml: refused at once with the limit named, without reading it all;
+    the daemon serves on."""
+    project = write_project(hive_env / "big", 'version: "1"\nservices: {}\n')
+    with open(project / "hive.yaml", "a") as file:
+        line = "# " + "x" * 1021 + "\n"
+        for _ in range(64 * 1024):
+            file.write(line)
+    result = run_cli("up", str(project))
+    assert result.returncode != 0
+    assert "larger than 8 MiB" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert run_cli("status").returncode == 0
+    record("bad input", "hive.yaml of 64 MiB", "hive up", "refused: over the 8 MiB limit", "nothing")
