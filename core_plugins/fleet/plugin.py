@@ -32,7 +32,7 @@ import anyio
 import msgspec
 
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
-from hive_client import DaemonError
+from hive_client import DaemonError, HiveError
 
 from .etcd import (
     EtcdClient,
@@ -220,6 +220,7 @@ class Fleet(CorePlugin[FleetSettings]):
     # --- the scheduler ----------------------------------------------------------------
 
     async def _scheduler(self) -> None:
+        await self.view.loaded.wait()
         while True:
             changed = self.view.changed
             leader = self.view.leader
@@ -262,13 +263,17 @@ class Fleet(CorePlugin[FleetSettings]):
         return wanted
 
     async def _agent(self) -> None:
+        await self.view.loaded.wait()  # an empty view would stop every adopted instance
         while True:
             changed = self.view.changed
             if not self.fenced:
                 try:
                     await self._reconcile()
-                except DaemonError as exc:
-                    log.warning("fleet: reconcile: %s", exc)
+                except (HiveError, EtcdError) as exc:
+                    log.warning("fleet: reconcile: %s; trying again", exc)
+                    with anyio.move_on_after(self.settings.lease_ttl / 3):  # or at the next change
+                        await changed.wait()
+                    continue
             await changed.wait()
 
     async def _reconcile(self) -> None:
@@ -318,7 +323,7 @@ class Fleet(CorePlugin[FleetSettings]):
         try:
             await self.client.stop_service(fqn)
             await self.client.delete_service(fqn)
-        except DaemonError as exc:
+        except HiveError as exc:
             log.warning("fleet: removing %s: %s", fqn, exc)
 
     # --- commands -----------------------------------------------------------------------

@@ -39,6 +39,7 @@ class FleetView:
     leader: tuple[str, int] | None = None  # (hive id, mod revision)
     revision: int = 0
     changed: anyio.Event = field(default_factory=anyio.Event)
+    loaded: anyio.Event = field(default_factory=anyio.Event)  # set once etcd's keys are in
 
     def load(self, revision: int, kvs: list[KeyValue]) -> None:
         self.hives.clear()
@@ -48,6 +49,7 @@ class FleetView:
         for kv in kvs:
             self.update(kv, deleted=False)
         self.revision = revision
+        self.loaded.set()
         self.notify()
 
     def notify(self) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from hive_client import BlockingClient, Unavailable
 from tests.support import DaemonProcess, start_daemon, wait_for
 
 ETCD = shutil.which("etcd")
@@ -148,9 +149,22 @@ class Fleet:
         if labels:
             text += "[plugins.fleet.settings.labels]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in labels.items()) + "\n"
         (home / "config.toml").write_text(text)
+        return self.restart_hive(hive_id, home)
+
+    def restart_hive(self, hive_id: str, home: Path) -> DaemonProcess:
+        """A daemon on ``home``, once its hive is registered in the fleet."""
         daemon = start_daemon(home, env={"LEDGER": str(self.ledger)})
         self.daemons[hive_id] = daemon
+        wait_for(lambda: self.registered(daemon, hive_id), timeout=30, what=f"{hive_id} registered")
         return daemon
+
+    @staticmethod
+    def registered(daemon: DaemonProcess, hive_id: str) -> bool:
+        try:
+            with BlockingClient(daemon.socket, timeout=30) as client:
+                return hive_id in client.plugin_call("fleet", "status")["hives"]
+        except Unavailable:
+            return False  # the plugin is still starting
 
     def service(self, name: str, replicas: int, **extra: Any) -> dict[str, Any]:
         return {"name": name, "replicas": replicas, **extra,
@@ -186,6 +200,14 @@ class Fleet:
             kind, instance, hive, pid, token, at = line.split()
             found.append((kind, instance, hive, int(pid), int(token), int(at)))
         return found
+
+    def wait(self, condition: Callable[[], object], what: str) -> None:
+        """``wait_for`` with the daemons' logs in the failure, to see why."""
+        try:
+            wait_for(condition, timeout=30, what=what)
+        except AssertionError as exc:
+            logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}" for hive, daemon in self.daemons.items())
+            raise AssertionError(f"{exc}\n{logs}") from None
 
     def running(self) -> dict[str, list[tuple[str, int]]]:
         """Instance -> [(hive, pid)] of the copies the ledger says run now."""

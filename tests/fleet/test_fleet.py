@@ -30,7 +30,7 @@ def test_placement_within_capacity_and_spread(etcd_cluster: type[EtcdCluster], f
     call(daemons[1], "apply", services=[fleet.service("web", 3), fleet.service("job", 4)])
 
     # 7 wanted, room for 6: every hive full, no instance twice, web spread over all three.
-    wait_for(lambda: sum(hives_of(fleet).values()) == 6, timeout=30, what="6 instances running")
+    fleet.wait(lambda: sum(hives_of(fleet).values()) == 6, "6 instances running")
     assert hives_of(fleet) == {"h0": 2, "h1": 2, "h2": 2}
     running = fleet.running()
     assert all(len(copies) == 1 for copies in running.values()), running
@@ -52,7 +52,7 @@ def test_killed_hive_instances_run_elsewhere(etcd_cluster: type[EtcdCluster], fl
     daemons = {f"h{n}": fleet.start_hive(f"h{n}", etcd.endpoints, capacity=3) for n in range(3)}
     wait_for(lambda: len(call(daemons["h0"], "status")["hives"]) == 3, timeout=30, what="3 hives registered")
     call(daemons["h0"], "apply", services=[fleet.service("web", 3)])
-    wait_for(lambda: len(fleet.running()) == 3, timeout=30, what="3 instances running")
+    fleet.wait(lambda: len(fleet.running()) == 3, "3 instances running")
     victim = fleet.running()["web-1"][0][0]
     survivor = next(h for h in daemons if h != victim)
 
@@ -71,7 +71,7 @@ def test_cut_off_hive_fences_before_takeover(etcd_cluster: type[EtcdCluster], fl
     others = [fleet.start_hive(f"h{n}", etcd.endpoints[1:], capacity=3, scheduler=(n == 1)) for n in (1, 2)]
     wait_for(lambda: len(call(others[0], "status")["hives"]) == 3, timeout=30, what="3 hives registered")
     call(others[0], "apply", services=[fleet.service("web", 6, spread=True)])
-    wait_for(lambda: len(fleet.running()) == 6, timeout=30, what="6 instances running")
+    fleet.wait(lambda: len(fleet.running()) == 6, "6 instances running")
     cut = {instance for instance, copies in fleet.running().items() if copies[0][0] == "h0"}
     assert cut  # spread put some on h0
 
