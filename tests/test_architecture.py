@@ -24,7 +24,8 @@ THIRD_PARTY = {
     "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop",
              "dotenv",  # .env files by python-dotenv's rules
              "httptools"},  # the proxy's HTTP/1.1 parser
-    "core_plugins": {"anyio", "msgspec", "websockets", "psutil"},
+    "core_plugins": {"anyio", "msgspec", "websockets", "psutil",
+                     "httpx"},  # the fleet plugin's etcd client
 }
 PROJECT = set(ALLOWED)
 

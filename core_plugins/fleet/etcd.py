@@ -1,0 +1,255 @@
+"""A small etcd v3 client over etcd's JSON gateway (``/v3/...``), through httpx.
+
+Why the gateway and httpx rather than gRPC (aetcd): httpx runs on anyio, so the client
+lives in the daemon's event loop whatever its backend, with per-request timeouts that
+cancel cleanly; the gateway ships with every etcd 3.x (Debian's 3.4 included) and the few
+calls the fleet needs (range, txn, lease grant/keepalive/time-to-live, watch) map to one
+POST each. grpcio would bring a second I/O engine into the daemon's process.
+
+Fail-over: the client holds a list of member URLs and talks to one at a time. A request
+that cannot connect or times out (``request_timeout``, short: a second) moves to the next
+member and is retried there, each member once per call; only then does the call fail
+with ``EtcdUnavailable``. Each switch sets a fresh ``switched`` event, so a watch on the
+old member (a long-lived stream that no timeout covers) can move too.
+
+Watches resume from the last revision they delivered, on whatever member answers; a
+revision etcd has compacted away raises ``WatchCompacted`` and the caller reloads.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+
+__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent",
+           "prefix_end"]
+
+log = logging.getLogger("hive.plugins.fleet.etcd")
+
+
+class EtcdError(Exception):
+    """etcd answered with an error (or something that is not its JSON)."""
+
+
+class EtcdUnavailable(EtcdError):
+    """No member answered within the timeouts."""
+
+
+class WatchCompacted(EtcdError):
+    """The revision to resume from is compacted: reload the range, then watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted up to {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str | None) -> str:
+    return base64.b64decode(text or "").decode()
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that covers every key starting with ``prefix``."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+class KeyValue:
+    """One key as etcd holds it."""
+
+    __slots__ = ("create_revision", "key", "lease", "mod_revision", "value")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.key = _unb64(raw.get("key"))
+        self.value = _unb64(raw.get("value"))
+        self.create_revision = int(raw.get("create_revision", 0))
+        self.mod_revision = int(raw.get("mod_revision", 0))
+        self.lease = int(raw.get("lease", 0))
+
+
+class WatchEvent:
+    """A put (``kv`` is the new value) or a delete (``kv.value`` is empty)."""
+
+    __slots__ = ("deleted", "kv")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.deleted = raw.get("type") == "DELETE"
+        self.kv = KeyValue(raw.get("kv", {}))
+
+
+def put_op(key: str, value: str, lease: int = 0) -> dict[str, Any]:
+    request: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    if lease:
+        request["lease"] = str(lease)
+    return {"request_put": request}
+
+
+def delete_op(key: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(key)}}
+
+
+def absent(key: str) -> dict[str, Any]:
+    """A compare that holds while ``key`` does not exist."""
+    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def present(key: str) -> dict[str, Any]:
+    """A compare that holds while ``key`` exists."""
+    return {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+
+
+def modified_at(key: str, revision: int) -> dict[str, Any]:
+    """A compare that holds while ``key`` was last written at ``revision``."""
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+class EtcdClient:
+    def __init__(self, endpoints: list[str], *, request_timeout: float = 1.0, connect_timeout: float = 0.5) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = [endpoint.rstrip("/") for endpoint in endpoints]
+        self.current = 0
+        self.switched = anyio.Event()
+        self._timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
+        self._http = httpx.AsyncClient(timeout=self._timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self.current]
+
+    def _fail_over(self, failed: int) -> None:
+        if self.current == failed and len(self.endpoints) > 1:
+            self.current = (failed + 1) % len(self.endpoints)
+            log.warning("etcd member %s does not answer; now using %s", self.endpoints[failed], self.endpoint)
+        switched, self.switched = self.switched, anyio.Event()
+        switched.set()
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/<path>`` on the current member, failing over as needed."""
+        errors = []
+        for _ in range(len(self.endpoints)):
+            index = self.current
+            try:
+                response = await self._http.post(f"{self.endpoints[index]}/v3/{path}", json=body)
+            except (httpx.TransportError, OSError) as exc:
+                errors.append(f"{self.endpoints[index]}: {type(exc).__name__} {exc}".rstrip())
+                self._fail_over(index)
+                continue
+            try:
+                answer: dict[str, Any] = response.json()
+            except ValueError:
+                raise EtcdError(f"{path}: HTTP {response.status_code}, not JSON: {response.text[:200]}") from None
+            if response.status_code != 200 or "error" in answer:
+                message = answer.get("message") or answer.get("error") or response.text[:200]
+                if response.status_code in (502, 503, 504) or "no leader" in str(message):
+                    errors.append(f"{self.endpoints[index]}: {message}")
+                    self._fail_over(index)
+                    continue
+                raise EtcdError(f"{path}: {message}")
+            return answer
+        raise EtcdUnavailable("no etcd member answered: " + "; ".join(errors))
+
+    # --- keys -----------------------------------------------------------------------
+
+    async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+        """(revision, keys) of everything under ``prefix``."""
+        answer = await self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        return int(answer["header"]["revision"]), [KeyValue(kv) for kv in answer.get("kvs", [])]
+
+    async def get(self, key: str) -> KeyValue | None:
+        answer = await self.call("kv/range", {"key": _b64(key)})
+        kvs = answer.get("kvs", [])
+        return KeyValue(kvs[0]) if kvs else None
+
+    async def put(self, key: str, value: str, lease: int = 0) -> int:
+        answer = await self.call("kv/put", put_op(key, value, lease)["request_put"])
+        return int(answer["header"]["revision"])
+
+    async def delete(self, key: str) -> None:
+        await self.call("kv/deleterange", {"key": _b64(key)})
+
+    async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+                  failure: list[dict[str, Any]] | None = None) -> tuple[bool, int]:
+        """(succeeded, revision after it)."""
+        answer = await self.call("kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+        return bool(answer.get("succeeded")), int(answer["header"]["revision"])
+
+    # --- leases ---------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        answer = await self.call("lease/grant", {"TTL": str(ttl)})
+        return int(answer["ID"])
+
+    async def keepalive(self, lease: int) -> int:
+        """The lease's TTL after renewing it; 0: it has expired (or never was)."""
+        answer = await self.call("lease/keepalive", {"ID": str(lease)})
+        return int(answer.get("result", {}).get("TTL", 0))
+
+    async def time_to_live(self, lease: int) -> int:
+        """Seconds the lease has left; -1 or 0: it is gone."""
+        answer = await self.call("lease/timetolive", {"ID": str(lease)})
+        return int(answer.get("TTL", -1))
+
+    async def revoke(self, lease: int) -> None:
+        await self.call("lease/revoke", {"ID": str(lease)})
+
+    # --- watch ----------------------------------------------------------------------
+
+    async def watch_prefix(self, prefix: str, start_revision: int,
+                           deliver: Callable[[int, list[WatchEvent]], Awaitable[None]]) -> None:
+        """Call ``deliver(revision, events)`` for every change from ``start_revision`` on, for ever.
+
+        A member that goes away (its stream ends, fails, or the client switched members
+        because another call timed out) is left and the watch resumes from the revision
+        after the last one delivered, on the next member.
+        """
+        next_revision = start_revision
+        while True:
+            index = self.current
+            switched = self.switched
+            body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+                                       "start_revision": str(next_revision)}}
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_cancel_on, switched, group.cancel_scope)
+                    timeout = httpx.Timeout(None, connect=self._timeout.connect)
+                    async with self._http.stream("POST", f"{self.endpoints[index]}/v3/watch", json=body,
+                                                 timeout=timeout) as response:
+                        async for line in response.aiter_lines():
+                            if not line.strip():
+                                continue
+                            message = json.loads(line)
+                            if "error" in message:
+                                raise EtcdError(f"watch: {message['error']}")
+                            result = message.get("result", {})
+                            compacted = int(result.get("compact_revision", 0))
+                            if compacted:
+                                raise WatchCompacted(compacted)
+                            events = [WatchEvent(raw) for raw in result.get("events", [])]
+                            if events:
+                                revision = max(event.kv.mod_revision for event in events)
+                                await deliver(revision, events)
+                                next_revision = revision + 1
+                    group.cancel_scope.cancel()
+            except (httpx.TransportError, OSError) as exc:
+                log.warning("watch on %s ended (%s); resuming from revision %d", self.endpoints[index],
+                            exc, next_revision)
+                self._fail_over(index)
+            await anyio.sleep(0.05)  # a member that ends streams at once is not hammered

@@ -1,0 +1,112 @@
+"""The fleet's settings, the records it keeps in etcd, and where it keeps them.
+
+Keys, under ``prefix`` (default ``/hive/fleet/``):
+
+- ``hives/<hive_id>``: a ``HiveRecord``, bound to the hive's lease (gone when it expires);
+- ``services/<name>``: a ``FleetService``, the desired state (no lease: it outlives hives);
+- ``assign/<name>/<index>``: an ``Assignment`` of instance ``index`` to a hive, bound to
+  that hive's lease, so a dead hive's assignments vanish with its lease and nothing else;
+  its create revision is the instance's fencing token;
+- ``leader``: the scheduler's leader (its hive id), bound to the leader's lease.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys"]
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,50}$")
+
+
+class FleetSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    endpoints: list[str]  # etcd client URLs, e.g. ["http://10.0.0.1:2379", ...]
+    hive_id: str = ""  # default: the host name
+    prefix: str = "/hive/fleet/"
+    lease_ttl: int = 3  # seconds
+    fence_after: float = 0.5  # of lease_ttl without a renewal: stop every fleet instance
+    capacity: int = 10  # fleet instances this hive runs at most
+    labels: dict[str, str] = {}
+    runners: list[str] = msgspec.field(default_factory=lambda: ["script"])
+    scheduler: bool = True  # this hive may lead placement
+    source: str = "fleet"  # the SQLite source that holds the instances this hive runs
+    request_timeout: float = 0.5  # per member; a failing call tries each
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError("endpoints must list at least one etcd client URL")
+        for endpoint in self.endpoints:
+            if not endpoint.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {endpoint!r} must start with http:// or https://")
+        if self.lease_ttl < 2:
+            raise ValueError("lease_ttl must be at least 2 s (etcd's leases are whole seconds)")
+        if not 0.1 <= self.fence_after <= 0.7:
+            raise ValueError("fence_after must be between 0.1 and 0.7 of lease_ttl, to stop before the lease ends")
+        if self.request_timeout * 2 > self.lease_ttl * self.fence_after:
+            raise ValueError("request_timeout must be at most half of lease_ttl x fence_after, "
+                             "or a slow member fences a healthy hive")
+        if self.capacity < 0:
+            raise ValueError("capacity must not be negative")
+        if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
+            raise ValueError("prefix must start and end with /")
+        if self.hive_id and not NAME_PATTERN.match(self.hive_id):
+            raise ValueError(f"hive_id {self.hive_id!r}: lower-case letters, digits, _ and -")
+
+
+class HiveRecord(msgspec.Struct, kw_only=True):
+    hive_id: str
+    lease: int
+    capacity: int
+    runners: list[str]
+    labels: dict[str, str]
+    scheduler: bool
+
+
+class FleetService(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A service the fleet keeps ``replicas`` instances of, anywhere it fits."""
+
+    name: str
+    config: dict[str, Any]  # the service's hive.yaml table (runner, environment, ...)
+    replicas: int = 1
+    labels: dict[str, str] = {}  # a hive must carry all of these
+    spread: bool = True  # instances on distinct hives while there are enough
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"service name {self.name!r}: lower-case letters, digits, _ and -")
+        if self.replicas < 0:
+            raise ValueError(f"{self.name}: replicas must not be negative")
+        runner = self.config.get("runner")
+        if not isinstance(runner, dict) or not isinstance(runner.get("type"), str):
+            raise ValueError(f"{self.name}: config.runner.type is required")
+
+    @property
+    def runner(self) -> str:
+        return str(self.config["runner"]["type"])
+
+
+class Assignment(msgspec.Struct, kw_only=True):
+    service: str
+    index: int
+    hive_id: str
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.hives = prefix + "hives/"
+        self.services = prefix + "services/"
+        self.assign = prefix + "assign/"
+        self.leader = prefix + "leader"
+
+    def hive(self, hive_id: str) -> str:
+        return self.hives + hive_id
+
+    def service(self, name: str) -> str:
+        return self.services + name
+
+    def assignment(self, service: str, index: int) -> str:
+        return f"{self.assign}{service}/{index}"

@@ -1,0 +1,367 @@
+"""The fleet core plugin: this hive as one agent of a fleet kept in etcd.
+
+Tasks (all in ``run``'s task group):
+
+- **membership**: a lease of ``lease_ttl`` seconds, renewed every third of it, and the
+  hive's record (capacity, runners, labels) bound to it;
+- **fence**: a timer that, when no renewal has succeeded for ``fence_after`` x the TTL
+  (counted from when the last successful renewal was *sent*, so before etcd can expire
+  the lease), stops every fleet instance here and starts none until a renewal succeeds;
+- **watch**: one watch on the fleet's prefix keeps a ``FleetView`` of etcd, resuming from
+  its last revision on any member;
+- **scheduler**: campaigns for the ``leader`` key (bound to its lease); the leader places
+  missing instances, each with a create-if-absent transaction bound to the target hive's
+  lease and conditional on still being the leader;
+- **agent**: runs the instances assigned to this hive and its current lease in the
+  ``source`` SQLite source, and stops and deletes the others.
+
+An instance gets ``HIVE_FLEET_TOKEN`` (the assignment's create revision: a fencing token
+that only grows), ``HIVE_FLEET_INSTANCE`` (``service-index``) and ``HIVE_FLEET_HIVE``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
+from hive_client import DaemonError, HiveError
+
+from .etcd import (
+    EtcdClient,
+    EtcdError,
+    WatchCompacted,
+    WatchEvent,
+    absent,
+    delete_op,
+    modified_at,
+    present,
+    put_op,
+)
+from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
+from .scheduler import FleetView, plan
+
+__all__ = ["Fleet"]
+
+log = logging.getLogger("hive.plugins.fleet")
+
+
+class Fleet(CorePlugin[FleetSettings]):
+    name = "fleet"
+    version = "1.0.0"
+    Settings = FleetSettings
+
+    async def init(self, client: DaemonClient) -> None:
+        self.client = client
+        settings = self.settings
+        self.hive_id = settings.hive_id or socket.gethostname().lower()
+        self.keys = Keys(settings.prefix)
+        self.etcd = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
+                               connect_timeout=min(0.5, settings.request_timeout))
+        self.view = FleetView(self.keys)
+        home = Path((await client.status()).home or ".")
+        self.state_path = home / "fleet-state.json"
+        self.lease = 0
+        self.renewed_at = float("-inf")
+        self.fenced = True  # nothing runs until the first lease is held
+        self.running: dict[str, int] = {}  # instance name -> the token it runs with
+        self._act = anyio.Lock()  # the agent's actions and the fence never interleave
+        self._renewed = anyio.Event()
+        self._source_ready = False
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        # Local instances stay: a daemon back within the lease adopts them.
+        await self.etcd.aclose()
+
+    # --- the local record of what runs (adoption after a restart) -------------------
+
+    def _save(self) -> None:
+        temporary = self.state_path.with_name(self.state_path.name + ".tmp")
+        temporary.write_text(json.dumps({"lease": self.lease, "running": self.running}))
+        os.replace(temporary, self.state_path)
+
+    def _load(self) -> tuple[int, dict[str, int]]:
+        try:
+            state = json.loads(self.state_path.read_text())
+            return int(state["lease"]), {str(k): int(v) for k, v in state["running"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return 0, {}
+
+    # --- run ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._register()
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._keep_lease)
+            group.start_soon(self._fence_timer)
+            group.start_soon(self._watch)
+            group.start_soon(self._agent)
+            if self.settings.scheduler:
+                group.start_soon(self._scheduler)
+
+    async def _register(self) -> None:
+        """Adopt the instances of a lease still alive; else stop them, then take a new lease."""
+        old_lease, running = self._load()
+        while True:
+            try:
+                alive = old_lease > 0 and await self.etcd.time_to_live(old_lease) > 0
+                if alive:
+                    self.lease, self.running = old_lease, running
+                    log.info("fleet: lease %x still alive, adopting %d instances", old_lease, len(running))
+                else:
+                    if running or await self._local_names():
+                        await self._stop_all("the lease of the previous run has expired")
+                    self.lease = await self.etcd.grant(self.settings.lease_ttl)
+                self.renewed_at = anyio.current_time()
+                await self._publish()
+                self._save()
+                self.fenced = False
+                return
+            except EtcdError as exc:
+                log.warning("fleet: cannot register with etcd (%s); retrying", exc)
+                await anyio.sleep(self.settings.lease_ttl / 3)
+
+    async def _publish(self) -> None:
+        settings = self.settings
+        record = HiveRecord(hive_id=self.hive_id, lease=self.lease, capacity=settings.capacity,
+                            runners=settings.runners, labels=settings.labels, scheduler=settings.scheduler)
+        await self.etcd.put(self.keys.hive(self.hive_id), msgspec.json.encode(record).decode(), lease=self.lease)
+
+    # --- membership and fencing -----------------------------------------------------
+
+    async def _keep_lease(self) -> None:
+        interval = self.settings.lease_ttl / 3
+        while True:
+            sent = anyio.current_time()
+            try:
+                ttl = await self.etcd.keepalive(self.lease)
+            except EtcdError as exc:
+                log.warning("fleet: lease renewal failed: %s", exc)
+            else:
+                if ttl > 0:
+                    self.renewed_at = sent
+                    if self.fenced:
+                        log.info("fleet: lease %x renewed again, unfencing", self.lease)
+                        self.fenced = False
+                        self.view.notify()
+                else:
+                    await self._renew_lost()
+            await anyio.sleep(max(0.0, sent + interval - anyio.current_time()))
+
+    async def _renew_lost(self) -> None:
+        """The lease expired: whatever ran under it may already run elsewhere."""
+        await self._fence("the lease expired")
+        try:
+            self.lease = await self.etcd.grant(self.settings.lease_ttl)
+            self.renewed_at = anyio.current_time()
+            await self._publish()
+        except EtcdError as exc:
+            log.warning("fleet: cannot take a new lease: %s", exc)
+            return
+        self._save()
+        self.fenced = False
+        self.view.notify()
+
+    async def _fence_timer(self) -> None:
+        limit = self.settings.lease_ttl * self.settings.fence_after
+        while True:
+            await anyio.sleep_until(self.renewed_at + limit)
+            if not self.fenced and anyio.current_time() >= self.renewed_at + limit:
+                await self._fence(f"no lease renewal for {limit:.1f} s")
+
+    async def _fence(self, why: str) -> None:
+        if not self.fenced:
+            log.warning("fleet: fencing: %s; stopping every fleet instance", why)
+        self.fenced = True
+        await self._stop_all(why)
+
+    async def _stop_all(self, why: str) -> None:
+        async with self._act:
+            names = set(self.running) | set(await self._local_names())
+            async with anyio.create_task_group() as group:
+                for name in names:
+                    group.start_soon(self._remove, name)
+            self.running.clear()
+            self._save()
+        if names:
+            await self.client.emit_event("fenced", f"stopped {len(names)} fleet instances: {why}",
+                                         data={"instances": sorted(names)})
+
+    # --- the view ---------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                revision, kvs = await self.etcd.range_prefix(self.keys.prefix)
+                self.view.load(revision, kvs)
+                await self.etcd.watch_prefix(self.keys.prefix, revision + 1, self._deliver)
+            except WatchCompacted:
+                continue
+            except EtcdError as exc:
+                log.warning("fleet: watch: %s; reloading", exc)
+                await anyio.sleep(self.settings.request_timeout / 2)
+
+    async def _deliver(self, revision: int, events: list[WatchEvent]) -> None:
+        for event in events:
+            self.view.update(event.kv, deleted=event.deleted)
+        self.view.revision = revision
+        self.view.notify()
+
+    # --- the scheduler ----------------------------------------------------------------
+
+    async def _scheduler(self) -> None:
+        await self.view.loaded.wait()
+        while True:
+            changed = self.view.changed
+            leader = self.view.leader
+            if not self.fenced and (leader is None or leader[0] == self.hive_id):
+                try:
+                    if leader is None:
+                        won, revision = await self.etcd.txn([absent(self.keys.leader)],
+                                                            [put_op(self.keys.leader, self.hive_id, self.lease)])
+                        if won:
+                            log.info("fleet: %s leads placement (revision %d)", self.hive_id, revision)
+                            await self._place(revision)
+                    else:
+                        await self._place(leader[1])
+                except EtcdError as exc:
+                    log.warning("fleet: placement: %s", exc)
+            await changed.wait()
+
+    async def _place(self, leader_revision: int) -> None:
+        """One round of placement, every write conditional on still leading."""
+        still_leading = modified_at(self.keys.leader, leader_revision)
+        decided = plan(self.view)
+        for name, index in decided.remove:
+            await self.etcd.txn([still_leading], [delete_op(self.keys.assignment(name, index))])
+        for name, index, hive_id in decided.place:
+            hive = self.view.hives[hive_id]
+            key = self.keys.assignment(name, index)
+            value = msgspec.json.encode(Assignment(service=name, index=index, hive_id=hive_id)).decode()
+            await self.etcd.txn([still_leading, absent(key), present(self.keys.hive(hive_id))],
+                                [put_op(key, value, hive.lease)])
+
+    # --- the agent ----------------------------------------------------------------------
+
+    def _wanted(self) -> dict[str, tuple[FleetService, int]]:
+        """Instance name -> (service, token) of what is assigned to this hive's lease."""
+        wanted = {}
+        for (name, index), placed in self.view.assignments.items():
+            service = self.view.services.get(name)
+            if placed.assignment.hive_id == self.hive_id and placed.lease == self.lease and service is not None:
+                wanted[f"{name}-{index}"] = (service, placed.token)
+        return wanted
+
+    async def _agent(self) -> None:
+        await self.view.loaded.wait()  # an empty view would stop every adopted instance
+        while True:
+            changed = self.view.changed
+            if not self.fenced:
+                try:
+                    await self._reconcile()
+                except (HiveError, EtcdError) as exc:
+                    log.warning("fleet: reconcile: %s; trying again", exc)
+                    with anyio.move_on_after(self.settings.lease_ttl / 3):  # or at the next change
+                        await changed.wait()
+                    continue
+            await changed.wait()
+
+    async def _reconcile(self) -> None:
+        async with self._act:
+            wanted = self._wanted()
+            for name in set(self.running) | set(await self._local_names()):
+                if name not in wanted or wanted[name][1] != self.running.get(name):
+                    await self._remove(name)
+                    self.running.pop(name, None)
+            self._save()
+            for name, (service, token) in wanted.items():
+                if self.fenced:
+                    return  # the fence came while we were busy: start nothing more
+                if name in self.running:
+                    continue
+                await self._start(name, service, token)
+                self.running[name] = token
+                self._save()
+
+    async def _local_names(self) -> list[str]:
+        try:
+            return [info.name for info in await self.client.list_services(self.settings.source) if "#" not in info.fqn]
+        except DaemonError:
+            return []  # no fleet source yet
+
+    async def _ensure_source(self) -> None:
+        if self._source_ready:
+            return
+        source = self.settings.source
+        if source not in [s.name for s in await self.client.list_sources()]:
+            home = (await self.client.status()).home or "."
+            await self.client.add_source(Path(home) / f"{source}.db", name=source)
+        self._source_ready = True
+
+    async def _start(self, name: str, service: FleetService, token: int) -> None:
+        await self._ensure_source()
+        config = json.loads(json.dumps(service.config))
+        environment = config.setdefault("environment", {})
+        static = environment.setdefault("static", {})
+        static.update(HIVE_FLEET_TOKEN=str(token), HIVE_FLEET_INSTANCE=name, HIVE_FLEET_HIVE=self.hive_id)
+        await self.client.create_service(self.settings.source, name, config, start=False)
+        await self.client.start_service(f"{self.settings.source}:{name}")
+        log.info("fleet: started %s (token %d)", name, token)
+
+    async def _remove(self, name: str) -> None:
+        fqn = f"{self.settings.source}:{name}"
+        try:
+            await self.client.stop_service(fqn)
+            await self.client.delete_service(fqn)
+        except HiveError as exc:
+            log.warning("fleet: removing %s: %s", fqn, exc)
+
+    # --- commands -----------------------------------------------------------------------
+
+    async def call(self, command: str, args: dict[str, Any]) -> Any:
+        try:
+            if command == "apply":
+                return await self._apply(args)
+            if command == "delete":
+                name = str(args.get("name") or "")
+                await self.etcd.delete(self.keys.service(name))
+                return {"deleted": name}
+            if command == "status":
+                return self._status()
+        except EtcdError as exc:
+            raise PluginCallError(f"etcd: {exc}; check the endpoints in [plugins.fleet.settings]") from None
+        raise PluginCallError(f"unknown command {command!r} (apply, delete, status)")
+
+    async def _apply(self, args: dict[str, Any]) -> dict[str, Any]:
+        raw = args.get("services")
+        if not isinstance(raw, list):
+            raise PluginCallError("apply needs services: a list of {name, config, replicas, labels, spread}")
+        try:
+            services = [msgspec.convert(item, FleetService) for item in raw]
+        except (msgspec.ValidationError, ValueError) as exc:
+            raise PluginCallError(f"invalid fleet service: {exc}") from None
+        for service in services:
+            await self.etcd.put(self.keys.service(service.name), msgspec.json.encode(service).decode())
+        return {"applied": [service.name for service in services]}
+
+    def _status(self) -> dict[str, Any]:
+        view = self.view
+        return {
+            "hive_id": self.hive_id, "lease": self.lease, "fenced": self.fenced, "revision": view.revision,
+            "leader": view.leader[0] if view.leader else None,
+            "hives": {name: msgspec.to_builtins(hive) for name, hive in view.hives.items()},
+            "services": {name: msgspec.to_builtins(service) for name, service in view.services.items()},
+            "assignments": {f"{name}-{index}": {"hive_id": placed.assignment.hive_id, "token": placed.token}
+                            for (name, index), placed in sorted(view.assignments.items())},
+            "running_here": dict(self.running),
+        }
