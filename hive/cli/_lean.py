@@ -97,6 +97,8 @@ def _text(info: dict[str, Any]) -> str:
         ("state", "saved" if saved else
          f"NOT SAVED ({info.get('state_unsaved', 0)} changes waiting, retrying): {info['state_error']}"),
     ]
+    if info.get("state_note"):
+        rows.append(("state file", info["state_note"]))
     if info.get("log_write_errors"):
         rows.append(("log files", f"{info['log_write_errors']} write errors (lines dropped)"))
     width = max(len(key) for key, _ in rows)
