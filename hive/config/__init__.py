@@ -41,7 +41,7 @@ from ._model import (
     TcpCheck,
     UsesSpec,
 )
-from ._runners import add_runner
+from ._runners import add_runner, remove_runner
 from ._templates import render_runtime
 
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "load_project",
     "parse_service_entry",
     "read_dotenv_file",
+    "remove_runner",
     "render_runtime",
     "service_fingerprint",
     "validate_services",

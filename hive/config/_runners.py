@@ -17,7 +17,7 @@ from runners.base import Runner
 
 from ..entry_points import EntryPoint, entry_points
 
-__all__ = ["GROUP", "add_runner", "installed_runners", "runner_schema"]
+__all__ = ["GROUP", "add_runner", "installed_runners", "remove_runner", "runner_schema"]
 
 GROUP = "hive.runners"
 
@@ -32,6 +32,12 @@ def add_runner(name: str, runner_class: type[Runner]) -> None:
     """Count ``runner_class`` as installed under ``name`` (the daemon's runner registry
     calls this for a runner added in-process, so validation and the daemon agree)."""
     _added[name] = runner_class
+    _schemas.pop(name, None)
+
+
+def remove_runner(name: str) -> None:
+    """Undo :func:`add_runner` (the in-process daemon that added it is gone)."""
+    _added.pop(name, None)
     _schemas.pop(name, None)
 
 

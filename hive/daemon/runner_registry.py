@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from hive.config import add_runner
+from hive.config import add_runner, remove_runner
 from runners.base import Runner, RunnerError
 
 from ..entry_points import entry_points
@@ -63,6 +63,11 @@ class RunnerRegistry:
         supervisor's in-process tests) rather than found through its entry point."""
         self._loaded[runner.name] = runner
         add_runner(runner.name, type(runner))  # hive.yaml may name it: validation knows it
+
+    def remove(self, name: str) -> None:
+        """Undo :meth:`add` (validation no longer knows the name either)."""
+        if self._loaded.pop(name, None) is not None:
+            remove_runner(name)
 
     def get(self, name: str) -> Runner:
         runner = self._loaded.get(name)

@@ -164,30 +164,33 @@ class InProcessHive:
         settings = DaemonSettings()
         runners = RunnerRegistry()
         runners.add(runner)
-        async with anyio.create_task_group() as tasks:
-            bus, writer = EventBus(), StateWriter(store)
-            logs = LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs)
-            supervisor = Supervisor(
-                tasks=tasks, runners=runners, bus=bus, logs=logs, store=store, writer=writer, home=home,
-                settings=lambda: settings,
-            )
-            # Shorter than a daemon's: every wait of the model-based test stays short.
-            supervisor.dependency_timeout = DEPENDENCY_TIMEOUT
-            supervisor.settle_timeout = SETTLE_TIMEOUT
-            registry = SourceRegistry(home=home, store=store, bus=bus, logs=logs, supervisor=supervisor)
-            app = App(
-                home=hive_home, settings=settings, socket_path=home / "hive.sock", bus=bus, store=store,
-                state_writer=writer, logs=logs, task_group=tasks, services=supervisor, sources=registry,
-            )
-            await tasks.start(writer.run)
-            await tasks.start(logs.run)
-            await supervisor.load_persisted()
-            await registry.load_all()
-            await supervisor.resume(registry.loaded)
-            try:
-                yield cls(app, supervisor, registry)
-            finally:
-                with anyio.CancelScope(shield=True), anyio.fail_after(30):
-                    await registry.shutdown(keep_services=keep_services)
-                    await registry.close()
-                tasks.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tasks:
+                bus, writer = EventBus(), StateWriter(store)
+                logs = LogHub(hive_home.logs_dir, hive_home.run_dir, settings.logs)
+                supervisor = Supervisor(
+                    tasks=tasks, runners=runners, bus=bus, logs=logs, store=store, writer=writer, home=home,
+                    settings=lambda: settings,
+                )
+                # Shorter than a daemon's: every wait of the model-based test stays short.
+                supervisor.dependency_timeout = DEPENDENCY_TIMEOUT
+                supervisor.settle_timeout = SETTLE_TIMEOUT
+                registry = SourceRegistry(home=home, store=store, bus=bus, logs=logs, supervisor=supervisor)
+                app = App(
+                    home=hive_home, settings=settings, socket_path=home / "hive.sock", bus=bus, store=store,
+                    state_writer=writer, logs=logs, task_group=tasks, services=supervisor, sources=registry,
+                )
+                await tasks.start(writer.run)
+                await tasks.start(logs.run)
+                await supervisor.load_persisted()
+                await registry.load_all()
+                await supervisor.resume(registry.loaded)
+                try:
+                    yield cls(app, supervisor, registry)
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.fail_after(30):
+                        await registry.shutdown(keep_services=keep_services)
+                        await registry.close()
+                    tasks.cancel_scope.cancel()
+        finally:
+            runners.remove(runner.name)  # hive.yaml validation in this process forgets it too
