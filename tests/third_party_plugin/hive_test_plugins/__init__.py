@@ -8,11 +8,14 @@
 - ``blocker`` never returns from ``on_event``.
 - ``flooder`` calls the daemon as fast as it can from ``run()``.
 - ``broken`` raises in ``init``; ``stuck`` never returns from it.
+- ``sleeper`` blocks its thread (``time.sleep``) in ``on_event(daemon_reloaded)``;
+  ``dozer`` in ``init``; ``spinner`` spins the CPU in ``run()``.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import anyio
@@ -114,3 +117,43 @@ class Stuck(CorePlugin[NoSettings]):
 
     async def init(self, client: DaemonClient) -> None:
         await anyio.sleep_forever()
+
+
+class SleeperSettings(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: float = 3600.0
+
+
+class Sleeper(CorePlugin[SleeperSettings]):
+    name = "sleeper"
+    version = "1.0.0"
+    Settings = SleeperSettings
+
+    async def init(self, client: DaemonClient) -> None:
+        pass
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        if event.__struct_config__.tag == "daemon_reloaded":
+            time.sleep(self.settings.seconds)  # the mistake under test: blocking in async code
+
+
+class Dozer(CorePlugin[SleeperSettings]):
+    name = "dozer"
+    version = "1.0.0"
+    Settings = SleeperSettings
+
+    async def init(self, client: DaemonClient) -> None:
+        time.sleep(self.settings.seconds)
+
+
+class Spinner(CorePlugin[NoSettings]):
+    name = "spinner"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        pass
+
+    async def run(self) -> None:
+        await anyio.sleep(0)
+        spins = 0
+        while True:  # never gives its loop back
+            spins += 1
