@@ -116,7 +116,7 @@ def _installed() -> dict[str, EntryPoint]:
 
 def _check_trust(name: str, entry: EntryPoint, trust: PluginTrust) -> None:
     """Refuse a plugin whose distribution, version or files match no allowlist entry."""
-    from hive.plugin_trust import pin_of
+    from hive.plugin_trust import bytecode_problems, pin_of
 
     try:
         pin = pin_of(entry)
@@ -125,7 +125,13 @@ def _check_trust(name: str, entry: EntryPoint, trust: PluginTrust) -> None:
                                 f"{entry.distribution}: {exc}") from None
     same_name = [a for a in trust.allow if _normalize(a.distribution) == _normalize(pin.distribution)]
     if any(a.version == pin.version and a.sha256 == pin.sha256 for a in same_name):
-        return
+        planted = bytecode_problems(entry)
+        if not planted:
+            return
+        raise PluginRefused(
+            f"[plugins.{name}]: refused by [plugin_trust]: {planted[0]}, so the code that would run is not "
+            f"the pinned code; delete that file (Python compiles a new one from the source) if you trust it"
+        )
     if not same_name:
         why = f"{pin.distribution} is not in the allowlist"
     elif not any(a.version == pin.version for a in same_name):
