@@ -451,6 +451,21 @@ class PluginHost:
                 self._trip("its thread is blocked" if self._blocked else f"{FAILURE_LIMIT} failures in a row")
                 return
 
+    def apply_limits(self) -> None:
+        """Give the live plugin its table's scope, rate and queue (a reload): what
+        ``hive plugins`` shows is what is enforced."""
+        from .server import RateLimit
+
+        server = self.manager.app.server
+        rate = self.table.max_rate
+        for connection in server.connections if server is not None else ():
+            if connection.plugin == self.name:
+                connection.scope = self.table.scope
+                if (connection.limit.rate if connection.limit else 0.0) != rate:
+                    connection.limit = RateLimit(rate, burst=rate) if rate > 0 else None
+        if self._subscription is not None:
+            self._subscription.resize(self.table.queue)
+
     def _trip(self, why: str) -> None:
         """Open the circuit breaker: the plugin is stopped (in the background) and failed."""
         log.error("plugin %s taken out of service: %s", self.name, why)
@@ -614,6 +629,7 @@ class PluginManager:
                 continue
             previous, host.table = host.table, table
             changed = table != previous
+            host.apply_limits()
             if not table.enabled:
                 await host.stop(PluginState.DISABLED, "disabled in config.toml")
             elif not previous.enabled:

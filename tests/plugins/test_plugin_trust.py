@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from hive.entry_points import entry_points
@@ -63,8 +64,9 @@ async def test_a_plugin_that_does_not_match_is_refused(start_with: StartWith, hi
 async def test_a_planted_bytecode_cache_is_refused(start_with: StartWith, hive_env: Path, tmp_path: Path) -> None:
     # A copy of the plugin package of its own (the one the other tests use stays clean).
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
-                    str(PACKAGE)], check=True, capture_output=True, timeout=300)
+    with anyio.fail_after(300):
+        await anyio.run_process([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                                 str(site), str(PACKAGE)])
     entry = next(e for e in entry_points("hive.core_plugins", path=[str(site)]) if e.name == "recorder")
     pin = pin_of(entry).toml()
     # Tampered code compiled into the cache, its header copied from the source's stat:
