@@ -5,7 +5,8 @@
 
 Two daemons: one without plugins (the floor), one with the test plugins that misbehave
 (``flooder`` calling ``list_services`` from 32 tasks without pause, ``blocker`` never
-returning from ``on_event``, ``raiser`` raising in it) and a ``recorder``. From a separate
+returning from ``on_event``, ``raiser`` raising in it, ``spinner`` spinning the CPU in
+``run()`` on its own thread (its watchdog deadline set past the run)) and a ``recorder``. From a separate
 client, the round trip of ``status``: p50 and p99 of each, and the ratio. Target: p50
 within 1.5x of the floor (the flooder gets its share of the loop, no more).
 
@@ -35,6 +36,8 @@ path = "{home}/recorder.jsonl"
 event_timeout = 0.5
 [plugins.flooder]
 scope = "read"
+[plugins.spinner]
+event_timeout = 60.0
 """
 
 
@@ -91,7 +94,7 @@ def main() -> int:
     print(f"{'status round trip':<34}{'p50 us':>10}{'p99 us':>10}")
     print(f"{'  daemon without plugins':<34}{statistics.median(floor_p50) * 1e6:>10.1f}"
           f"{statistics.median(floor_p99) * 1e6:>10.1f}")
-    print(f"{'  with flooder, blocker, raiser':<34}{statistics.median(hive_p50) * 1e6:>10.1f}"
+    print(f"{'  with flooder, blocker, raiser, spinner':<34}{statistics.median(hive_p50) * 1e6:>10.1f}"
           f"{statistics.median(hive_p99) * 1e6:>10.1f}")
     print(f"  ratio p50: {ratio:.2f}x (target <= 1.5x); plugin states after: "
           + ", ".join(f"{name} {state}" for name, state in sorted(states.items())))

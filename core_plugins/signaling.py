@@ -11,8 +11,11 @@ the server's requests:
 - ``terminate_cocoon``: the cocoon is stopped and deleted;
 - ``get_status``: the cocoons and their states.
 
-The connection is re-opened after the server goes away, with exponential backoff (and
-jitter), and the hive registers again listing the cocoons still running. The messages
+The connection is re-opened after any end of it (the server closing or killed, a frame
+over the size limit, a close in the middle of a spawn), with exponential backoff (and
+jitter), and the hive registers again listing the cocoons still running; answers that
+could not be sent go out after the registration. Cocoon state changes (started, crashed,
+restarting, exited, stopped) are pushed as ``cocoon_state`` without being asked. The messages
 are JSON objects with ``"v": 1`` and a ``type``; docs/signaling.md is their schema.
 
 Runner: ``runner`` in the settings, else ``$COCOON_RUNNER_TYPE``, else ``script``. A
@@ -27,15 +30,26 @@ import logging
 import os
 import random
 import re
+import shlex
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import msgspec
 
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent
-from hive_client import DaemonError, HiveError
+from hive_client import (
+    DaemonError,
+    HiveError,
+    ServiceCrashed,
+    ServiceExited,
+    ServiceRestarting,
+    ServiceStarted,
+    ServiceStopped,
+)
 
 __all__ = ["PROTOCOL", "Signaling", "SignalingSettings"]
 
@@ -54,6 +68,8 @@ class SignalingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     registry: str | None = None
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
+    token: str | None = None  # sent as "Authorization: Bearer <token>"
+    headers: dict[str, str] = {}  # more HTTP headers for the WebSocket handshake
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("ws://", "wss://")):
@@ -78,46 +94,99 @@ class Signaling(CorePlugin[SignalingSettings]):
         self.hive_id = self.settings.hive_id or socket.gethostname()
         self._send_lock = anyio.Lock()
         self._socket: Any = None
-        self._source_ready = False
+        self._source_lock = anyio.Lock()
+        self._capacity_lock = anyio.Lock()
+        self._spawning: set[str] = set()  # cocoon ids being spawned (capacity counts them)
+        self._unsent: list[dict[str, Any]] = []  # answers the connection ended under
+        self._requests: anyio.abc.TaskGroup | None = None
         self.connected = anyio.Event()
 
     async def on_event(self, event: DaemonEvent) -> None:
-        pass
+        """Push cocoon state changes to the server."""
+        states = {ServiceStarted: "running", ServiceCrashed: "crashed", ServiceRestarting: "restarting",
+                  ServiceExited: "exited", ServiceStopped: "stopped"}
+        state = states.get(type(event))
+        fqn = getattr(event, "fqn", "")
+        if state is None or not fqn.startswith(f"{SOURCE}:cocoon-"):
+            return
+        cocoon_id = fqn.removeprefix(f"{SOURCE}:cocoon-").partition("#")[0]
+        message: dict[str, Any] = {"type": "cocoon_state", "hive_id": self.hive_id, "cocoon_id": cocoon_id,
+                                   "fqn": fqn, "state": state}
+        if isinstance(event, ServiceCrashed | ServiceStopped | ServiceExited):
+            message["exit_code"] = event.exit_code
+        if isinstance(event, ServiceCrashed):
+            message.update(signal=event.signal, message=event.message)
+        await self._send(message, keep=False)
 
     # --- the connection -------------------------------------------------------------
 
     async def run(self) -> None:
-        from websockets.asyncio.client import connect
         from websockets.exceptions import WebSocketException
 
         delay = self.settings.reconnect_initial
-        while True:
-            try:
-                async with connect(self.settings.url, open_timeout=10, close_timeout=2) as websocket:
-                    self._socket = websocket
-                    await self._send(await self._register_message())
-                    delay = self.settings.reconnect_initial
-                    log.info("connected to %s as %s", self.settings.url, self.hive_id)
-                    async with anyio.create_task_group() as requests:
-                        async for raw in websocket:
-                            requests.start_soon(self._handle, raw)
-            except (OSError, WebSocketException, TimeoutError) as exc:
-                log.warning("signaling server %s: %s; reconnecting in %.1f s", self.settings.url, exc, delay)
-            finally:
-                self._socket = None
-            await anyio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(self.settings.reconnect_max, delay * 2)
+        # Requests outlive the connection they came on: a spawn in flight when it ends
+        # finishes, and its answer goes out after the next registration.
+        async with anyio.create_task_group() as requests:
+            self._requests = requests
+            while True:
+                try:
+                    if await self._connection():
+                        delay = self.settings.reconnect_initial
+                except* (OSError, WebSocketException, TimeoutError) as ended:
+                    # However the connection ended (the error may come in a group):
+                    # reconnect; anything else is a bug and fails the plugin.
+                    why = _first_leaf(ended)
+                    log.warning("signaling server %s: %s; reconnecting in %.1f s", self.settings.url,
+                                why or type(why).__name__, delay)
+                await anyio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(self.settings.reconnect_max, delay * 2)
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _connection(self) -> bool:
+        """One connection, until it ends; whether it got as far as registering."""
+        from websockets.asyncio.client import connect
+
+        headers = dict(self.settings.headers)
+        if self.settings.token:
+            headers["Authorization"] = f"Bearer {self.settings.token}"
+        registered = False
+        try:
+            async with connect(self.settings.url, open_timeout=10, close_timeout=2,
+                               additional_headers=headers or None) as websocket:
+                await websocket.send(json.dumps({"v": PROTOCOL, **await self._register_message()}))
+                self._socket = websocket  # answers go out only after the registration
+                registered = True
+                log.info("connected to %s as %s", self.settings.url, self.hive_id)
+                unsent, self._unsent = self._unsent, []
+                for message in unsent:
+                    await self._send(message)
+                assert self._requests is not None
+                async for raw in websocket:
+                    self._requests.start_soon(self._handle, raw)
+        finally:
+            self._socket = None
+        return registered
+
+    async def _send(self, message: dict[str, Any], *, keep: bool = True) -> None:
+        """Send ``message``; with ``keep``, an answer the connection ended under is sent
+        after the next registration. Never raises for a closed connection (the reader
+        sees the end and reconnects)."""
+        from websockets.exceptions import ConnectionClosed
+
         websocket = self._socket
         if websocket is None:
-            return  # the connection went away: the server learns the state on re-registration
-        async with self._send_lock:
-            await websocket.send(json.dumps({"v": PROTOCOL, **message}))
+            if keep and message.get("request_id") is not None:
+                self._unsent.append(message)
+            return
+        try:
+            async with self._send_lock:
+                await websocket.send(json.dumps({"v": PROTOCOL, **message}))
+        except ConnectionClosed:
+            if keep and message.get("request_id") is not None:
+                self._unsent.append(message)
 
     async def _register_message(self) -> dict[str, Any]:
         return {"type": "register", "hive_id": self.hive_id, "version": self.version,
-                "runners": ["script", "docker", "podman"], "capacity": self.settings.capacity,
+                "runners": _available_runners(), "capacity": self.settings.capacity,
                 "cocoons": await self._cocoons()}
 
     async def _cocoons(self) -> list[dict[str, Any]]:
@@ -173,9 +242,20 @@ class Signaling(CorePlugin[SignalingSettings]):
     async def _create(self, cocoon_id: str, message: dict[str, Any]) -> str:
         if not _COCOON_ID.match(cocoon_id):
             raise SpawnError(f"invalid cocoon_id {cocoon_id!r}: letters, digits, _ and -, 63 at most")
-        running = [c for c in await self._cocoons() if c["state"] in ("running", "starting", "unhealthy")]
-        if len(running) >= self.settings.capacity:
-            raise SpawnError(f"this hive is at its capacity of {self.settings.capacity} cocoons")
+        async with self._capacity_lock:  # concurrent spawns count each other
+            running = {c["cocoon_id"] for c in await self._cocoons()
+                       if c["state"] in ("running", "starting", "unhealthy")}
+            if cocoon_id in self._spawning:
+                raise SpawnError(f"cocoon {cocoon_id} is already being spawned")
+            if len(running | self._spawning) >= self.settings.capacity:
+                raise SpawnError(f"this hive is at its capacity of {self.settings.capacity} cocoons")
+            self._spawning.add(cocoon_id)
+        try:
+            return await self._create_reserved(cocoon_id, message)
+        finally:
+            self._spawning.discard(cocoon_id)
+
+    async def _create_reserved(self, cocoon_id: str, message: dict[str, Any]) -> str:
         env = message.get("env") or {}
         if not isinstance(env, dict) or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
             raise SpawnError("env must be an object of strings")
@@ -201,7 +281,7 @@ class Signaling(CorePlugin[SignalingSettings]):
                 raise SpawnError("no cocoon script: set COCOON_SCRIPT_PATH or script_path")
             if not os.path.isfile(path) or not os.access(path, os.X_OK):
                 raise SpawnError(f"cocoon script {path} does not exist or is not executable")
-            return {"runner": {"type": "script", "script": {"run": f"exec {path}"}},
+            return {"runner": {"type": "script", "script": {"run": f"exec {shlex.quote(path)}"}},
                     "environment": {"static": env}, "restart": "on-failure"}
         if runner not in ("docker", "podman"):
             raise SpawnError(f"unknown COCOON_RUNNER_TYPE {runner!r} (script, docker or podman)")
@@ -215,12 +295,12 @@ class Signaling(CorePlugin[SignalingSettings]):
                 "restart": "on-failure"}
 
     async def _ensure_source(self) -> None:
-        if self._source_ready:
-            return
-        if SOURCE not in [s.name for s in await self.client.list_sources()]:
-            home = (await self.client.status()).home or "."
-            await self.client.add_source(Path(home) / f"{SOURCE}.db", name=SOURCE)
-        self._source_ready = True
+        """Add the cocoons source if it is missing (checked each time: `hive source remove
+        cocoons` may have removed it)."""
+        async with self._source_lock:
+            if SOURCE not in [s.name for s in await self.client.list_sources()]:
+                home = (await self.client.status()).home or "."
+                await self.client.add_source(Path(home) / f"{SOURCE}.db", name=SOURCE)
 
     async def _terminate(self, message: dict[str, Any]) -> None:
         cocoon_id = str(message.get("cocoon_id") or "")
@@ -237,3 +317,15 @@ class Signaling(CorePlugin[SignalingSettings]):
     async def _remove(self, fqn: str) -> None:
         await self.client.stop_service(fqn)
         await self.client.delete_service(fqn)
+
+
+def _available_runners() -> list[str]:
+    """The runner kinds this hive can run: script always, a container engine if its
+    command is installed."""
+    return ["script", *(engine for engine in ("docker", "podman") if shutil.which(engine))]
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup) and group.exceptions:
+        group = group.exceptions[0]
+    return group

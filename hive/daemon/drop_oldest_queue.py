@@ -80,6 +80,14 @@ class DropOldestQueue(Generic[T]):
         if self._wakeup is not None:
             self._wakeup.set()
 
+    def resize(self, limit: int) -> None:
+        """A new bound (a reload); items over it, oldest first, are dropped and counted."""
+        self._limit = max(1, limit)
+        items = self._items
+        while items and (len(items) if self._cost is None else self._held) > self._limit:
+            self._take()
+            self.dropped += 1
+
     def take_dropped(self) -> int:
         """How many items were dropped since the last call; resets the count."""
         dropped, self.dropped = self.dropped, 0

@@ -2,6 +2,11 @@
 
 Each enabled plugin gets a :class:`PluginHost`, which owns everything of that plugin:
 
+- its **thread**: the plugin's code runs on an event loop of its own, in a thread of its
+  own (:mod:`.plugin_thread`), so a plugin that blocks cannot stall the daemon; every
+  callback is awaited from the daemon's loop with a deadline, and a callback that does
+  not end even when cancelled (a blocked loop), like a loop that stops answering the
+  watchdog, fails the plugin at once and its thread is given up;
 - its **client**: one end of a socket pair served by the daemon's own server as a
   connection limited to the plugin's scope (the same protocol as every client);
 - its **events**: a bus subscription of its own, bounded and dropping its oldest events
@@ -20,9 +25,11 @@ the plugin's ``Settings`` struct when the daemon starts and on every reload.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -44,13 +51,25 @@ from hive_client import (
 if TYPE_CHECKING:
     from .app import App
     from .events import Subscription
+    from .plugin_thread import PluginCall, PluginThread
     from .settings import DaemonSettings, PluginTrust
 
 __all__ = ["GROUP", "PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
 
 GROUP = "hive.core_plugins"
 DEFAULT_CALL_TIMEOUT = 30.0  # a plugin's calls to the daemon
+WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers
 log = logging.getLogger("hive.plugins")
+
+
+class PluginBlocked(Exception):
+    """A callback did not end even when cancelled: the plugin's loop is blocked (the
+    message says where its thread is)."""
+
+
+def _grace(timeout: float) -> float:
+    """How long a cancelled callback has to end before its loop counts as blocked."""
+    return max(1.0, timeout) if math.isfinite(timeout) else 1.0
 
 
 class PluginConfigError(Exception):
@@ -97,7 +116,7 @@ def _installed() -> dict[str, EntryPoint]:
 
 def _check_trust(name: str, entry: EntryPoint, trust: PluginTrust) -> None:
     """Refuse a plugin whose distribution, version or files match no allowlist entry."""
-    from hive.plugin_trust import pin_of
+    from hive.plugin_trust import bytecode_problems, pin_of
 
     try:
         pin = pin_of(entry)
@@ -106,7 +125,13 @@ def _check_trust(name: str, entry: EntryPoint, trust: PluginTrust) -> None:
                                 f"{entry.distribution}: {exc}") from None
     same_name = [a for a in trust.allow if _normalize(a.distribution) == _normalize(pin.distribution)]
     if any(a.version == pin.version and a.sha256 == pin.sha256 for a in same_name):
-        return
+        planted = bytecode_problems(entry)
+        if not planted:
+            return
+        raise PluginRefused(
+            f"[plugins.{name}]: refused by [plugin_trust]: {planted[0]}, so the code that would run is not "
+            f"the pinned code; delete that file (Python compiles a new one from the source) if you trust it"
+        )
     if not same_name:
         why = f"{pin.distribution} is not in the allowlist"
     elif not any(a.version == pin.version for a in same_name):
@@ -184,6 +209,9 @@ class PluginHost:
         self._lock = anyio.Lock()
         self._busy = False  # inside on_event
         self._caught_up = anyio.Event()  # set when the queue ran empty (drain waits on it)
+        self._thread: PluginThread | None = None
+        self._calls: set[PluginCall] = set()  # submitted to the plugin's thread, not ended
+        self._blocked: str | None = None  # where its thread was stuck when given up
 
     def info(self) -> PluginInfo:
         pending = self._subscription.dropped if self._subscription is not None else 0
@@ -253,10 +281,13 @@ class PluginHost:
             log.info("plugin %s %s running (scope %s)", self.name, plugin.version, self.table.scope)
 
     async def _life(self, plugin: CorePlugin[Any], *, task_status: anyio.abc.TaskStatus[bool]) -> None:
-        """The plugin's whole life, in one task (its client's connection lives here):
-        connect and ``init``, then the event worker and ``run()`` until stopped, then
-        ``shutdown()``. Reports whether ``init`` succeeded."""
+        """The plugin's whole life, in one task: start its thread, connect its client and
+        ``init``, then the event worker, ``run()`` and the watchdog until stopped, then
+        ``shutdown()``, and the thread ends (or is given up). Reports whether ``init``
+        succeeded."""
         from hive_client import DaemonClient
+
+        from .plugin_thread import HeldContext, PluginThread
 
         server = self.manager.app.server
         assert server is not None
@@ -264,45 +295,125 @@ class PluginHost:
         server.attach(ours, plugin=self.name, scope=self.table.scope, max_rate=self.table.max_rate)
         client = DaemonClient(self.manager.app.socket_path, connected=theirs,
                               client_name=f"plugin:{self.name}", timeout=self.table.init_timeout)
+        held = HeldContext(client)
+        self._thread, self._blocked, self._calls = PluginThread(self.name), None, set()
         started = False
         try:
-            async with client:
-                client.timeout = DEFAULT_CALL_TIMEOUT
-                try:
-                    with anyio.fail_after(self.table.init_timeout):
-                        await plugin.init(client)
-                except TimeoutError:
-                    self._failure("init", None, f"init did not finish within {self.table.init_timeout:g} s")
-                    return
-                except Exception as exc:
-                    self._failure("init failed", exc)
-                    return
-                started = True
-                task_status.started(True)
-                with anyio.CancelScope() as scope:
-                    self._scope = scope
-                    async with anyio.create_task_group() as tasks:
-                        tasks.start_soon(self._deliver, plugin)
-                        tasks.start_soon(self._run, plugin)
-                self._scope = None
-                await self._shutdown(plugin)
-        except Exception as exc:  # the connection could not be set up
-            if not started:
+            try:
+                await self._within(self.table.init_timeout, held.open)
+            except Exception as exc:
                 self._failure("cannot connect to the daemon", exc)
-            else:
-                log.exception("plugin %s: its client failed", self.name)
+                return
+            client.timeout = DEFAULT_CALL_TIMEOUT
+            limit = self.table.init_timeout
+            try:
+                await self._within(limit, plugin.init, client)
+            except PluginBlocked as exc:
+                self._failure("init", None, f"init did not finish within {limit:g} s and its thread is blocked at {exc}")
+                return
+            except TimeoutError:
+                self._failure("init", None, f"init did not finish within {limit:g} s")
+                return
+            except Exception as exc:
+                self._failure("init failed", exc)
+                return
+            started = True
+            task_status.started(True)
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._deliver, plugin)
+                    tasks.start_soon(self._run, plugin)
+                    tasks.start_soon(self._watch)
+            self._scope = None
+            if self._blocked is None:  # a blocked thread would not run it anyway
+                await self._shutdown(plugin)
         finally:
             self._scope = None
             if not started:
                 task_status.started(False)
+            with anyio.CancelScope(shield=True):
+                await self._release(held, theirs)
             self._stopped.set()
+
+    async def _within(self, timeout: float, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``function(*args)`` on the plugin's thread, its result within ``timeout``:
+        TimeoutError past it (the call is cancelled), PluginBlocked if the call does not
+        end even then, the plugin's own exception if it raised."""
+        thread = self._thread
+        assert thread is not None
+        if self._blocked is not None:
+            raise PluginBlocked(self._blocked)
+        call = thread.submit(function, *args)
+        self._calls.add(call)
+        try:
+            with anyio.move_on_after(timeout):
+                await call.finished.wait()
+            if not call.finished.is_set():
+                thread.cancel(call)
+                with anyio.move_on_after(_grace(timeout)):
+                    await call.finished.wait()
+                if not call.finished.is_set():
+                    self._blocked = self._blocked or thread.where()
+                    log.error("plugin %s: its thread is blocked:\n%s", self.name, thread.stack())
+                    raise PluginBlocked(self._blocked)
+                raise TimeoutError
+        except BaseException:
+            if not call.finished.is_set():
+                thread.cancel(call)  # the daemon stops waiting (the plugin is being stopped)
+            raise
+        self._calls.discard(call)
+        return call.result()
+
+    async def _release(self, held: Any, theirs: socket.socket) -> None:
+        """Close the plugin's client and end its thread, within ``shutdown_timeout``; a
+        thread that is blocked, or does not end its cancelled calls, is given up and its
+        connection cut (it can no longer act on the daemon)."""
+        thread = self._thread
+        if thread is None:
+            return
+        with anyio.move_on_after(self.table.shutdown_timeout):
+            for call in list(self._calls):
+                if self._blocked is None:
+                    await call.finished.wait()
+            self._calls = {call for call in self._calls if not call.finished.is_set()}
+            if self._blocked is None and not self._calls:
+                try:
+                    await self._within(self.table.shutdown_timeout, held.close)
+                except Exception:
+                    log.exception("plugin %s: closing its client failed", self.name)
+        if self._blocked is not None or any(not call.finished.is_set() for call in self._calls):
+            log.error("plugin %s: its thread is blocked (at %s); given up", self.name, self._blocked or thread.where())
+            thread.abandon()
+            with contextlib.suppress(OSError):
+                theirs.shutdown(socket.SHUT_RDWR)
+        else:
+            thread.stop()
 
     async def _run(self, plugin: CorePlugin[Any]) -> None:
         try:
-            await plugin.run()
+            await self._within(math.inf, plugin.run)
+        except PluginBlocked as exc:
+            self._failure("run", None, f"run() was cancelled and its thread is blocked at {exc}")
+            self._trip("its thread is blocked")
         except Exception as exc:
             self._failure("run failed", exc)
             self._trip("run() failed")
+
+    async def _watch(self) -> None:
+        """The watchdog: the plugin's loop must answer within ``event_timeout`` (and its
+        grace), or the plugin is failed (a blocking call or a CPU loop in its code)."""
+        while True:
+            await anyio.sleep(WATCH_INTERVAL)
+            try:
+                await self._within(self.table.event_timeout, _nothing)
+            except (PluginBlocked, TimeoutError):
+                where = self._blocked or "(unknown)"
+                self._failure("watchdog", None, f"the plugin's loop did not answer within "
+                              f"{self.table.event_timeout + _grace(self.table.event_timeout):g} s: "
+                              f"its thread is blocked at {where}")
+                self._trip("its thread is blocked")
+                return
 
     async def _deliver(self, plugin: CorePlugin[Any]) -> None:
         subscription = self._subscription
@@ -316,14 +427,18 @@ class PluginHost:
             if _about_itself(event, self.name):
                 continue  # its own failures would feed back into it
             self._busy = True
+            tag = event.__struct_config__.tag
+            limit = self.table.event_timeout
             try:
-                with anyio.fail_after(self.table.event_timeout):
-                    await plugin.on_event(event)
+                await self._within(limit, plugin.on_event, event)
+            except PluginBlocked as exc:
+                self._failure("on_event", None, f"on_event({tag}) did not finish within {limit:g} s "
+                              f"and its thread is blocked at {exc}")
+                tripped = True
             except TimeoutError:
-                tripped = self._failure("on_event", None, f"on_event({event.__struct_config__.tag}) "
-                                        f"did not finish within {self.table.event_timeout:g} s")
+                tripped = self._failure("on_event", None, f"on_event({tag}) did not finish within {limit:g} s")
             except Exception as exc:
-                tripped = self._failure(f"on_event({event.__struct_config__.tag}) failed", exc)
+                tripped = self._failure(f"on_event({tag}) failed", exc)
             else:
                 self.delivered += 1
                 self._failures_in_row = 0
@@ -333,8 +448,23 @@ class PluginHost:
                 if not subscription.pending:
                     self._caught_up.set()
             if tripped:
-                self._trip(f"{FAILURE_LIMIT} failures in a row")
+                self._trip("its thread is blocked" if self._blocked else f"{FAILURE_LIMIT} failures in a row")
                 return
+
+    def apply_limits(self) -> None:
+        """Give the live plugin its table's scope, rate and queue (a reload): what
+        ``hive plugins`` shows is what is enforced."""
+        from .server import RateLimit
+
+        server = self.manager.app.server
+        rate = self.table.max_rate
+        for connection in server.connections if server is not None else ():
+            if connection.plugin == self.name:
+                connection.scope = self.table.scope
+                if (connection.limit.rate if connection.limit else 0.0) != rate:
+                    connection.limit = RateLimit(rate, burst=rate) if rate > 0 else None
+        if self._subscription is not None:
+            self._subscription.resize(self.table.queue)
 
     def _trip(self, why: str) -> None:
         """Open the circuit breaker: the plugin is stopped (in the background) and failed."""
@@ -364,11 +494,13 @@ class PluginHost:
 
     async def _shutdown(self, plugin: CorePlugin[Any]) -> None:
         with anyio.CancelScope(shield=True):
+            limit = self.table.shutdown_timeout
             try:
-                with anyio.fail_after(self.table.shutdown_timeout):
-                    await plugin.shutdown()
+                await self._within(limit, plugin.shutdown)
+            except PluginBlocked as exc:
+                self._failure("shutdown", None, f"shutdown did not finish within {limit:g} s and its thread is blocked at {exc}")
             except TimeoutError:
-                self._failure("shutdown", None, f"shutdown did not finish within {self.table.shutdown_timeout:g} s")
+                self._failure("shutdown", None, f"shutdown did not finish within {limit:g} s")
             except Exception as exc:
                 self._failure("shutdown failed", exc)
 
@@ -377,6 +509,10 @@ class PluginHost:
             self.dropped += self._subscription.take_dropped()
             self._subscription.close()
             self._subscription = None
+
+
+async def _nothing() -> None:
+    return None
 
 
 class PluginManager:
@@ -425,8 +561,14 @@ class PluginManager:
             raise RequestError(ErrorCode.UNSUPPORTED, f"plugin {name!r} is {host.state}, not running"
                                + (f" ({host.last_error})" if host.last_error else ""))
         try:
-            with anyio.fail_after(host.table.call_timeout):
-                return await plugin.call(command, args)
+            return await host._within(host.table.call_timeout, plugin.call, command, args)
+        except PluginBlocked as exc:
+            host._failure(f"call({command})", None, f"call({command}) did not finish within "
+                          f"{host.table.call_timeout:g} s and its thread is blocked at {exc}")
+            host._trip("its thread is blocked")
+            raise RequestError(ErrorCode.TIMEOUT, f"{name} {command} did not finish within "
+                                                  f"{host.table.call_timeout:g} s; the plugin is blocked "
+                                                  f"and was taken out of service") from None
         except PluginCallError as exc:
             raise RequestError.invalid(f"{name} {command}: {exc}") from None
         except TimeoutError:
@@ -487,6 +629,7 @@ class PluginManager:
                 continue
             previous, host.table = host.table, table
             changed = table != previous
+            host.apply_limits()
             if not table.enabled:
                 await host.stop(PluginState.DISABLED, "disabled in config.toml")
             elif not previous.enabled:

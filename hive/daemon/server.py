@@ -538,6 +538,14 @@ class SocketServer:
             connection.backlog.close()
             await self._refuse(connection, stream)
             return
+        if plugin is None and peer.pid == os.getpid():
+            # Only a core plugin runs code in the daemon's process: it is not to shed its
+            # scope by connecting to the socket as an admin (docs/plugins.md, Trust).
+            connection.backlog.close()
+            await self._refuse(connection, stream, ErrorCode.FORBIDDEN,
+                               "a connection from the daemon's own process is refused: a core plugin "
+                               "uses the client it is given, limited to its scope")
+            return
         limited = plugin is None and peer.uid not in (self._uid, 0)
         if limited and self._per_uid.get(peer.uid, 0) >= self.app.settings.daemon.max_connections_per_uid:
             connection.backlog.close()

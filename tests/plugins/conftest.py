@@ -4,9 +4,9 @@ real daemons whose config.toml each test writes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -20,7 +20,8 @@ def installed() -> None:
     install_package(PACKAGE, "hive_test_plugins")
 
 
-StartWith = Callable[[str], DaemonProcess]
+class StartWith(Protocol):
+    def __call__(self, config: str, env: dict[str, str] | None = None) -> DaemonProcess: ...
 
 
 @pytest.fixture
@@ -30,12 +31,12 @@ def project_dir(home: Path) -> Path:
 
 @pytest.fixture
 def start_with(hive_env: Path) -> Iterator[StartWith]:
-    """``start_with(config_toml)``: a daemon whose config.toml is that text."""
+    """``start_with(config_toml, env=...)``: a daemon whose config.toml is that text."""
     started: list[DaemonProcess] = []
 
-    def start(config: str) -> DaemonProcess:
+    def start(config: str, env: dict[str, str] | None = None) -> DaemonProcess:
         (hive_env / "config.toml").write_text(config)
-        daemon = start_daemon(hive_env)
+        daemon = start_daemon(hive_env, env=env)
         started.append(daemon)
         return daemon
 

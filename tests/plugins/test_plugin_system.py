@@ -97,7 +97,13 @@ async def test_reload_gives_new_settings(start_with: StartWith, hive_env: Path) 
     assert {"what": "settings", "label": "third"} not in records(log)
 
 
-async def test_scope_limits_what_a_plugin_may_ask(start_with: StartWith, hive_env: Path, project_dir: Path) -> None:
+@pytest.mark.parametrize(("plugin", "refusal"), [
+    ("recorder", "'read' scope; stop_service needs 'operate'"),
+    # A client of its own on the daemon's socket is refused: no way around its scope.
+    ("sneaker", "a connection from the daemon's own process is refused"),
+])
+async def test_scope_limits_what_a_plugin_may_ask(start_with: StartWith, hive_env: Path, project_dir: Path,
+                                                  plugin: str, refusal: str) -> None:
     log = hive_env / "rec.jsonl"
     write_project(project_dir, """
         version: "1"
@@ -111,13 +117,31 @@ async def test_scope_limits_what_a_plugin_may_ask(start_with: StartWith, hive_en
     first.stop()
     # The next daemon resumes p:web before its plugins start; on daemon_started the
     # recorder, limited to `read`, tries to stop it.
-    daemon = start_with(recorder_table(log, extra='scope = "read"', settings='stop_on_start = "p:web"'))
+    daemon = start_with(recorder_table(log, name=plugin, extra='scope = "read"', settings='stop_on_start = "p:web"'))
     await wait_until(lambda: any(r["what"] == "stop" for r in records(log)), timeout=30, what="the stop answer")
     answer = next(r for r in records(log) if r["what"] == "stop")
-    assert answer["error"].startswith("PermissionDenied: FORBIDDEN: ")
-    assert "'read' scope; stop_service needs 'operate'" in answer["error"]
+    assert "FORBIDDEN: " in answer["error"]
+    assert refusal in answer["error"]
     async with DaemonClient(daemon.socket) as client:
         assert (await client.get_service_status("p:web")).state == "running"
+
+
+async def test_a_reload_applies_the_new_scope(start_with: StartWith, hive_env: Path, project_dir: Path) -> None:
+    log = hive_env / "rec.jsonl"
+    write_project(project_dir, 'version: "1"\nservices:\n  web:\n    runner: {type: script, script: {run: "exec sleep 1000"}}\n')
+    daemon = start_with(recorder_table(log, extra='scope = "operate"'))
+    await wait_until(lambda: "daemon_started" in _kinds(log), timeout=30, what="daemon_started")
+    async with DaemonClient(daemon.socket, timeout=30) as client:
+        await client.add_source(project_dir, name="p", start=True)
+        # Now `read`: on plugin_configured the recorder tries to stop p:web.
+        (hive_env / "config.toml").write_text(
+            recorder_table(log, extra='scope = "read"', settings='stop_on_start = "p:web"'))
+        await client.reload()
+        await wait_until(lambda: any(r["what"] == "stop" for r in records(log)), timeout=30, what="the stop answer")
+        answer = next(r for r in records(log) if r["what"] == "stop")
+        assert answer["error"] and "'read' scope; stop_service needs 'operate'" in answer["error"]
+        assert (await client.get_service_status("p:web")).state == "running"
+        assert {p.name: p for p in await client.list_plugins()}["recorder"].scope == "read"
 
 
 async def test_misbehaving_plugins_are_contained(start_with: StartWith, hive_env: Path, project_dir: Path) -> None:

@@ -6,6 +6,7 @@ re-opened, and the hive registers again with the cocoons it still runs."""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import anyio
 import psutil
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from hive_client import DaemonClient
 from tests.engines import require_engine
@@ -30,13 +32,19 @@ class SignalingServer:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.connections: list[ServerConnection] = []
+        self.authorizations: list[str | None] = []
         self._arrived = anyio.Event()
 
     async def handler(self, connection: ServerConnection) -> None:
         self.connections.append(connection)
-        async for raw in connection:
-            self.received.append(json.loads(raw))
-            self._arrived.set()
+        assert connection.request is not None
+        self.authorizations.append(connection.request.headers.get("Authorization"))
+        try:
+            async for raw in connection:
+                self.received.append(json.loads(raw))
+                self._arrived.set()
+        except ConnectionClosed:
+            pass  # the tests end connections in every way
 
     async def send(self, **message: Any) -> None:
         await self.connections[-1].send(json.dumps({"v": 1, **message}))
@@ -83,7 +91,8 @@ async def test_spawn_terminate_and_reconnect(start_with: StartWith, server: tupl
     daemon = start_with(_settings(url, runner="script", script_path=str(cocoon_script)))
     [register] = await fake.expect("register")
     assert (register["v"], register["hive_id"], register["capacity"], register["cocoons"]) == (1, "hive-1", 30, [])
-    assert set(register["runners"]) == {"script", "docker", "podman"}
+    # Only the runners this machine can run.
+    assert register["runners"] == ["script", *(e for e in ("docker", "podman") if shutil.which(e))]
 
     for n in range(20):
         await fake.send(type="spawn_cocoon", request_id=f"r{n}", cocoon_id=f"c{n}", env={"ROLE": "worker"})
@@ -143,3 +152,74 @@ async def test_a_bad_image_gets_an_error_result(start_with: StartWith, server: t
     [result] = await fake.expect("spawn_cocoon_result", timeout=120)
     assert result["ok"] is False and result["cocoon_id"] == "img1"
     assert "localhost/hive-test-missing:nope" in result["error"]
+
+
+async def _plugin(client: DaemonClient) -> Any:
+    return {p.name: p for p in await client.list_plugins()}["signaling"]
+
+
+async def test_any_end_of_the_connection_reconnects(start_with: StartWith, server: tuple[SignalingServer, str],
+                                                    cocoon_script: Path) -> None:
+    fake, url = server
+    daemon = start_with(_settings(url, runner="script", script_path=str(cocoon_script), token="s3cret"))
+    await fake.expect("register")
+    assert fake.authorizations == ["Bearer s3cret"]
+    # Dropped without a close frame (a server killed with SIGKILL looks like this).
+    fake.connections[-1].transport.abort()
+    await fake.expect("register")
+    # A frame over the client's size limit (1 MiB).
+    await fake.connections[-1].send("x" * (2**20 + 1))
+    await fake.expect("register")
+    # Closed while a spawn is in flight: its answer comes after the next registration.
+    await fake.send(type="spawn_cocoon", request_id="mid", cocoon_id="mid1")
+    await fake.connections[-1].close()
+    await fake.expect("register")
+    [result] = await fake.expect("spawn_cocoon_result")
+    assert result["ok"] is True and result["request_id"] == "mid"
+    assert len(fake.connections) == 4 and set(fake.authorizations) == {"Bearer s3cret"}
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        plugin = await _plugin(client)
+        assert plugin.state == "running" and plugin.failed == 0
+        assert [s.name for s in await client.list_services("cocoons")] == ["cocoon-mid1"]
+
+
+async def test_capacity_crashes_and_a_removed_source(start_with: StartWith, server: tuple[SignalingServer, str],
+                                                     home: Path) -> None:
+    fake, url = server
+    script = home / "dir with space" / "cocoon.sh"
+    script.parent.mkdir()
+    script.write_text('#!/bin/sh\nif [ -n "$CRASH" ]; then exit 3; fi\nexec sleep 1000\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    daemon = start_with(_settings(url, runner="script", script_path=str(script), capacity=3))
+    await fake.expect("register")
+    for n in range(2):
+        await fake.send(type="spawn_cocoon", request_id=f"a{n}", cocoon_id=f"a{n}")
+    assert all(r["ok"] for r in await fake.expect("spawn_cocoon_result", 2))
+    # Four at once with room for one: one runs, three are refused.
+    for n in range(4):
+        await fake.send(type="spawn_cocoon", request_id=f"b{n}", cocoon_id=f"b{n}")
+    results = await fake.expect("spawn_cocoon_result", 4)
+    assert sum(r["ok"] for r in results) == 1
+    assert all("capacity of 3" in r["error"] for r in results if not r["ok"])
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        running = [c for c in await client.list_services("cocoons") if c.state == "running"]
+        assert len(running) == 3
+
+        # A crash is pushed without being asked.
+        for name in [c.fqn for c in await client.list_services("cocoons")]:
+            await client.stop_service(name)
+            await client.delete_service(name)
+        await fake.send(type="spawn_cocoon", request_id="crash", cocoon_id="crash1", env={"CRASH": "1"})
+        with anyio.fail_after(60):
+            while True:
+                [state] = await fake.expect("cocoon_state")
+                if state["state"] == "crashed":
+                    break
+        assert state["cocoon_id"] == "crash1" and state["exit_code"] == 3
+
+        # `hive source remove cocoons`: the next spawn adds it again.
+        await client.remove_source("cocoons")
+        await fake.send(type="spawn_cocoon", request_id="after", cocoon_id="after1")
+        [after] = [r for r in await fake.expect("spawn_cocoon_result", 2) if r["request_id"] == "after"]
+        assert after["ok"] is True, after
+        assert (await client.get_service_status("cocoons:cocoon-after1")).state == "running"

@@ -3,16 +3,22 @@
 - ``recorder`` appends one JSON line per thing it sees to ``settings.path``: its init
   (with what the daemon answered to ``list_services``), each event, its settings on
   ``plugin_configured``, its shutdown. With ``stop_on_start`` it tries to stop that
-  service when the daemon has started and records the answer (scope tests).
+  service when the daemon has started (or its settings were reloaded) and records the
+  answer (scope tests).
 - ``raiser`` raises in every ``on_event``.
 - ``blocker`` never returns from ``on_event``.
 - ``flooder`` calls the daemon as fast as it can from ``run()``.
 - ``broken`` raises in ``init``; ``stuck`` never returns from it.
+- ``sleeper`` blocks its thread (``time.sleep``) in ``on_event(daemon_reloaded)``;
+  ``dozer`` in ``init``; ``spinner`` spins the CPU in ``run()``.
+- ``sneaker`` is a recorder that, on ``daemon_started``, opens a client of its own on the
+  daemon's socket to stop ``stop_on_start`` beyond its scope, and records the answer.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import anyio
@@ -47,7 +53,7 @@ class Recorder(CorePlugin[RecorderSettings]):
                     plugin=getattr(event, "plugin", None))
         if kind == "plugin_configured":
             self._write(what="settings", label=self.settings.label)
-        if kind == "daemon_started" and self.settings.stop_on_start:
+        if kind in ("daemon_started", "plugin_configured") and self.settings.stop_on_start:
             try:
                 await self.client.stop_service(self.settings.stop_on_start)
             except Exception as exc:  # the answer is what the test wants to see
@@ -114,3 +120,57 @@ class Stuck(CorePlugin[NoSettings]):
 
     async def init(self, client: DaemonClient) -> None:
         await anyio.sleep_forever()
+
+
+class SleeperSettings(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: float = 3600.0
+
+
+class Sleeper(CorePlugin[SleeperSettings]):
+    name = "sleeper"
+    version = "1.0.0"
+    Settings = SleeperSettings
+
+    async def init(self, client: DaemonClient) -> None:
+        pass
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        if event.__struct_config__.tag == "daemon_reloaded":
+            time.sleep(self.settings.seconds)  # noqa: ASYNC251 -- the mistake under test
+
+
+class Dozer(CorePlugin[SleeperSettings]):
+    name = "dozer"
+    version = "1.0.0"
+    Settings = SleeperSettings
+
+    async def init(self, client: DaemonClient) -> None:
+        time.sleep(self.settings.seconds)  # noqa: ASYNC251 -- the mistake under test
+
+
+class Spinner(CorePlugin[NoSettings]):
+    name = "spinner"
+    version = "1.0.0"
+
+    async def init(self, client: DaemonClient) -> None:
+        pass
+
+    async def run(self) -> None:
+        spins = 0
+        while True:  # never gives its loop back
+            spins += 1
+
+
+class Sneaker(Recorder):
+    name = "sneaker"
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        if event.__struct_config__.tag != "daemon_started" or not self.settings.stop_on_start:
+            return
+        try:
+            async with DaemonClient(self.client.socket_path, timeout=10) as own:
+                await own.stop_service(self.settings.stop_on_start)
+        except Exception as exc:  # the answer is what the test wants to see
+            self._write(what="stop", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._write(what="stop", error=None)
