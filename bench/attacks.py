@@ -159,7 +159,7 @@ def main() -> int:
     env = dict(os.environ, HIVE_HOME=str(home), PYTHONPATH=str(ROOT))
     with reader_user() as user:
         home.chmod(0o755)
-        config = "[daemon]\n[restart]\ndelay = 0.05\nmax_delay = 0.2\njitter = false\n"
+        config = "[daemon]\n[restart]\ndelay = 0.05\nmax_delay = 0.2\njitter = false\nstart_limit_burst = 0\n"
         if user is not None:
             config = f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\n' + config.removeprefix("[daemon]\n")
         (home / "config.toml").write_text(config)

@@ -93,7 +93,7 @@ RESPONSES: dict[str, tuple[dict[str, Any], set[str]]] = {
     "error": ({"code": str, "message": str}, {"outcomes"}),
     "status": ({}, {"socket", "home", "protocol", "started_at", "clients", "event_seq",
                     "state_error", "state_unsaved", "state_failures", "log_write_errors",
-                    "log_subscriptions", "client_backlog_bytes"}),
+                    "log_subscriptions", "client_backlog_bytes", "state_note"}),
     "sources": ({"sources": list[SourceInfo]}, set()),
     "services": ({"services": list[ServiceStatus]}, set()),
     "service": ({"service": ServiceStatus}, set()),

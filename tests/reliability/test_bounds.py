@@ -271,6 +271,7 @@ def test_clients_holding_descriptors_do_not_stop_a_restart(hive_env: Path) -> No
     and once the clients go, new ones are answered."""
     (hive_env / "config.toml").write_text(
         "[daemon]\nframe_timeout = 600.0\n[restart]\ndelay = 0.05\nmax_delay = 0.05\njitter = false\n"
+        "start_limit_burst = 0\n"
     )
     starts = hive_env / "starts"
     project = write_project(hive_env / "proj", f"""

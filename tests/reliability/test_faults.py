@@ -473,6 +473,8 @@ def test_full_disk_under_hive_home(hive_env: Path, tmp_path: Path) -> None:
     home = hive_env
     with small_filesystem(home, "24m"):
         project = write_project(tmp_path / "proj", DISK_PROJECT)
+        # The crasher must go on restarting throughout: no start limit.
+        (home / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n")
         daemon = start_daemon(home)
         try:
             with BlockingClient(daemon.socket, timeout=60) as client:
