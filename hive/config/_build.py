@@ -48,6 +48,7 @@ from ._model import (
     _CheckTiming,
 )
 from ._runners import installed_runners, runner_schema
+from ._shell import missing_shell
 from ._templates import check_runtime_templates, is_exact_port_reference
 
 V = TypeVar("V")
@@ -255,6 +256,7 @@ class Builder:
         self.built_services: dict[str, ServiceConfig] = {}
         # Services with errors, holding only the parts that decoded (for those checks).
         self.sketches: dict[str, ServiceConfig] = {}
+        self._default_shell_reported = False
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -712,11 +714,31 @@ class Builder:
                         working_dir=self._resolve(
                             self.root, typed.working_dir, (*block_path, "working_dir")
                         ),
+                        shell=self._script_shell(typed.shell, value[type_name], block_path),
                     )
         self._check_templates(block, block_path, scope)
         if self._error_count() > start:
             return None
         return RunnerSpec(type=type_name, config=config, script=script)
+
+    def _script_shell(self, shell: str | None, own: dict[str, Any], path: KeyPath) -> str | None:
+        """The shell a script block runs with (see :mod:`._shell`): a missing one is an error
+        when the block names it, a warning (once) and dropped when it comes from defaults."""
+        if shell is None:
+            return None
+        problem = missing_shell(shell, self.root)
+        if problem is None:
+            return shell
+        if "shell" in own:
+            self.sink.error((*path, "shell"), f"{problem}: install it, or leave 'shell' out "
+                            "(commands then run directly, or under $SHELL or /bin/sh)")
+            return shell
+        if not self._default_shell_reported:
+            self._default_shell_reported = True
+            self.sink.warning(("defaults", "hive.runner.script", "shell"), f"{problem}: script "
+                              "services run their commands without it (directly, or under $SHELL "
+                              "or /bin/sh), as Hive's original does; install it to use it")
+        return None
 
     def _runner_problems(self, config: msgspec.Struct, path: KeyPath) -> None:
         """What a runner's Config says is wrong beyond its types (``RunnerConfig.check``)."""
