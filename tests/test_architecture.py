@@ -22,7 +22,8 @@ THIRD_PARTY = {
     "hive_client": {"anyio", "msgspec", "sniffio"},
     "runners": {"anyio", "psutil", "msgspec"},
     "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop",
-             "dotenv"},  # .env files by python-dotenv's rules
+             "dotenv",  # .env files by python-dotenv's rules
+             "h2"},  # the grpc health check's HTTP/2
     "core_plugins": {"anyio", "msgspec", "websockets", "psutil"},
 }
 PROJECT = set(ALLOWED)

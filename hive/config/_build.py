@@ -26,18 +26,22 @@ from ._model import (
     EnvironmentSpec,
     EnvProvider,
     ExposeSpec,
+    GrpcCheck,
     HealthCheckSpec,
     HiveConfig,
     HooksSpec,
     HookStep,
     HttpCheck,
+    MysqlCheck,
     ObservabilitySpec,
     OnHookFailure,
     PluginSpec,
     PortBinding,
+    PostgresCheck,
     ProxyDns,
     ProxyEndpoint,
     ProxySettings,
+    RedisCheck,
     RestartSpec,
     RolloutSpec,
     RunnerSpec,
@@ -89,15 +93,11 @@ KNOWN_ENV_PROVIDERS = ("static", "dotenv", "vault", "1password", "aws-secrets")
 # Built-in types whose `{type: X, X: {...}}` block is required (an error when missing).
 _RUNNERS_WITH_REQUIRED_BLOCK = frozenset({"script", "docker", "podman", "compose"})
 _ROLLOUTS_WITH_REQUIRED_BLOCK = frozenset({"recreate", "blue-green"})
-_CHECKS_WITH_REQUIRED_BLOCK = frozenset({"http", "tcp", "cmd"})
+_CHECKS_WITH_REQUIRED_BLOCK = frozenset({"http", "tcp", "cmd", "postgres", "mysql", "redis", "grpc"})
 ROLLOUT_TYPES = ("recreate", "blue-green")
-HEALTH_TYPES = ("http", "tcp", "cmd")
-# Hive's health types this daemon does not probe: an error, never a check that always fails.
-_UNPROBED_HEALTH = {
-    "grpc": "grpc_health_probe -addr=localhost:PORT",
-    "postgres": "pg_isready -h localhost -p PORT",
-    "mysql": "mysqladmin ping -h 127.0.0.1 -P PORT",
-    "redis": "redis-cli -p PORT ping",
+HEALTH_TYPES = ("http", "tcp", "cmd", "postgres", "mysql", "redis", "grpc")
+_SERVER_CHECKS: dict[str, type[_CheckTiming]] = {
+    "postgres": PostgresCheck, "mysql": MysqlCheck, "redis": RedisCheck, "grpc": GrpcCheck,
 }
 # Hive's proxy plugins (the proxy is parsed and kept, not active yet): hint candidates only.
 PROXY_PLUGIN_TYPES = (
@@ -126,10 +126,8 @@ def _unknown_type(category: str, type_name: str) -> str | None:
     if category == "health":
         if type_name in HEALTH_TYPES:
             return None
-        if type_name in _UNPROBED_HEALTH or type_name == "mariadb":
-            example = _UNPROBED_HEALTH.get(type_name, _UNPROBED_HEALTH["mysql"])
-            return (f"health check type '{type_name}' is not implemented by this Hive: use a cmd "
-                    f"check, e.g. {{type: cmd, cmd: {{command: \"{example}\"}}}}")
+        if type_name == "mariadb":
+            return "unknown health check type 'mariadb': use type: mysql (it checks MariaDB too)"
         return (f"unknown health check type '{type_name}'{did_you_mean(type_name, HEALTH_TYPES)}: "
                 f"Hive has {', '.join(HEALTH_TYPES)} (health checks take no plugins)")
     return None
@@ -957,6 +955,7 @@ class Builder:
         type_name, block = found
         block_path = (*path, type_name)
         http = tcp = cmd = None
+        servers: dict[str, Any] = {}
         timing: _CheckTiming | None
         if type_name == "http":
             timing = http = self.decoder.decode(block, HttpCheck, block_path)
@@ -972,11 +971,14 @@ class Builder:
                     cmd,
                     working_dir=self._resolve(self.root, cmd.working_dir, (*block_path, "working_dir")),
                 )
+        elif type_name in _SERVER_CHECKS:
+            timing = self.decoder.decode(block, _SERVER_CHECKS[type_name], block_path)
+            servers[type_name] = timing
         else:
             timing = self.decoder.decode(block, _CheckTiming, block_path, warn_unknown=False)
         if timing is None:
             return None
-        port_check = http or tcp
+        port_check = http or tcp or servers.get(type_name)
         if port_check is not None:
             if not port_check.port:
                 self.sink.error((*block_path, "port"), "'port' is required")
@@ -995,6 +997,7 @@ class Builder:
             http=http,
             tcp=tcp,
             cmd=cmd,
+            **servers,
         )
 
     def depends_on(self, value: Any, path: KeyPath) -> list[str] | None:
