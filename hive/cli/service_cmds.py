@@ -14,6 +14,7 @@ import click
 from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, ServiceInfo
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
+from ._inactive import warn_inactive
 from ._output import Output, format_age
 
 # Config file names, as hive.config knows them (kept here so the CLI stays light).
@@ -110,6 +111,8 @@ def up(state: CliState, args: tuple[str, ...], name: str | None) -> None:
     client = state.client()
     client.timeout = max(client.timeout or 0, 120)
     added = client.add_source(path.absolute(), name=name)
+    if path.is_dir():  # a project directory (a SQLite source has no such parts)
+        warn_inactive(path.absolute(), added.name, services)
     not_started: DaemonError | None = None
     try:
         client.start_source(added.name, services)
