@@ -20,7 +20,7 @@ import tempfile
 from ._command import _is_executable_file
 from .base import RunnerError
 
-__all__ = ["is_script", "write_script"]
+__all__ = ["check_interpreter", "is_script", "write_script"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.#-]")
 # Where scripts go when a spec names no capture file (a runner used on its own): one private
@@ -43,7 +43,7 @@ def _script_dir(stdout_path: str, stderr_path: str) -> str:
     return _fallback_dir
 
 
-def _check_interpreter(command: str, cwd: str) -> None:
+def check_interpreter(command: str, cwd: str) -> None:
     """Say now, in words, when the ``#!`` program is missing: the kernel would only say
     ENOENT about the script file."""
     line = command[2:].split("\n", 1)[0].strip()
@@ -60,7 +60,7 @@ def _check_interpreter(command: str, cwd: str) -> None:
 
 def write_script(command: str, *, fqn: str, cwd: str, stdout_path: str, stderr_path: str) -> str:
     """Write ``command`` to its script file (0700) and return the file's absolute path."""
-    _check_interpreter(command, cwd)
+    check_interpreter(command, cwd)
     directory = _script_dir(stdout_path, stderr_path)
     name = _UNSAFE.sub("_", fqn) + ".script"
     try:
