@@ -45,6 +45,7 @@ from ._model import (
     TcpCheck,
     UsesSpec,
 )
+from ._runners import add_in_process_runner
 from ._templates import render_runtime
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "ServiceConfig",
     "TcpCheck",
     "UsesSpec",
+    "add_in_process_runner",
     "build_environment",
     "find_config_file",
     "find_project_root",

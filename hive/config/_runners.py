@@ -17,13 +17,15 @@ from runners.base import Runner
 
 from ..entry_points import EntryPoint, entry_points
 
-__all__ = ["GROUP", "installed_runners", "runner_schema"]
+__all__ = ["GROUP", "add_in_process_runner", "installed_runners", "runner_schema"]
 
 GROUP = "hive.runners"
 
 # Filled on first use: a project of docker services imports the docker runner once.
 _registered: dict[str, EntryPoint] | None = None
 _schemas: dict[str, type[msgspec.Struct] | None] = {}
+# Runners a daemon was given in-process (an embedding, the in-process tests): installed too.
+_in_process: dict[str, type[msgspec.Struct] | None] = {}
 
 
 def _points(*, refresh: bool = False) -> dict[str, EntryPoint]:
@@ -31,15 +33,25 @@ def _points(*, refresh: bool = False) -> dict[str, EntryPoint]:
     if _registered is None or refresh:
         _registered = {point.name: point for point in entry_points(GROUP)}
         _schemas.clear()
+        _schemas.update(_in_process)
     return _registered
+
+
+def add_in_process_runner(runner: Runner) -> None:
+    """A runner the daemon was handed rather than found through its entry point: its type is
+    known to validation, and its block is checked against its ``Config``."""
+    config = getattr(runner, "Config", None)
+    schema = config if isinstance(config, type) and issubclass(config, msgspec.Struct) else None
+    _in_process[runner.name] = schema
+    _schemas[runner.name] = schema
 
 
 def installed_runners(wanted: str = "") -> list[str]:
     """The runner types installed (built-in and plugins), sorted. If ``wanted`` is not
     among them, look again: a plugin may have been installed since the first look."""
-    if wanted and wanted not in _points():
+    if wanted and wanted not in _points() and wanted not in _in_process:
         _points(refresh=True)
-    return sorted(_points())
+    return sorted({*_points(), *_in_process})
 
 
 def runner_schema(type_name: str) -> type[msgspec.Struct] | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from runners.base import Runner, RunnerError
 
+from ..config import add_in_process_runner
 from ..entry_points import entry_points
 
 __all__ = ["RunnerRegistry", "UnknownRunner"]
@@ -59,8 +60,10 @@ class RunnerRegistry:
 
     def add(self, runner: Runner) -> None:
         """Use ``runner`` for its name: a runner built in-process (an embedding, the
-        supervisor's in-process tests) rather than found through its entry point."""
+        supervisor's in-process tests) rather than found through its entry point. Its type
+        is then a known runner type to ``hive.yaml`` validation too."""
         self._loaded[runner.name] = runner
+        add_in_process_runner(runner)
 
     def get(self, name: str) -> Runner:
         runner = self._loaded.get(name)
