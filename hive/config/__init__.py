@@ -45,7 +45,7 @@ from ._model import (
     TcpCheck,
     UsesSpec,
 )
-from ._runners import add_in_process_runner
+from ._runners import add_in_process_runner, forget_in_process_runner
 from ._templates import render_runtime
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
     "build_environment",
     "find_config_file",
     "find_project_root",
+    "forget_in_process_runner",
     "global_environment",
     "load_project",
     "parse_service_entry",

@@ -17,7 +17,7 @@ from runners.base import Runner
 
 from ..entry_points import EntryPoint, entry_points
 
-__all__ = ["GROUP", "add_in_process_runner", "installed_runners", "runner_schema"]
+__all__ = ["GROUP", "add_in_process_runner", "forget_in_process_runner", "installed_runners", "runner_schema"]
 
 GROUP = "hive.runners"
 
@@ -44,6 +44,12 @@ def add_in_process_runner(runner: Runner) -> None:
     schema = config if isinstance(config, type) and issubclass(config, msgspec.Struct) else None
     _in_process[runner.name] = schema
     _schemas[runner.name] = schema
+
+
+def forget_in_process_runner(name: str) -> None:
+    """Undo :func:`add_in_process_runner` (the embedding is gone)."""
+    _in_process.pop(name, None)
+    _schemas.pop(name, None)
 
 
 def installed_runners(wanted: str = "") -> list[str]:

@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from hive.config import forget_in_process_runner
 from hive.daemon.app import App
 from hive.daemon.events import EventBus
 from hive.daemon.home import HiveHome
@@ -191,3 +192,6 @@ class InProcessHive:
                     await registry.shutdown(keep_services=keep_services)
                     await registry.close()
                 tasks.cancel_scope.cancel()
+                # Its registry made the fake a known runner type of this process: not for
+                # the tests that run after.
+                forget_in_process_runner(runner.name)
