@@ -60,7 +60,7 @@ class Plan:
 
     executable: str
     argv: list[str]
-    mode: Literal["direct", "shell"]
+    mode: Literal["direct", "shell", "script"]
 
 
 def needs_shell(command: str) -> bool:

@@ -1,7 +1,9 @@
 """The script runner: a service is a local command, run in its own session.
 
-- **Start.** A command of plain words is executed directly; anything else runs under
-  ``<shell> -c`` (see :mod:`runners._command`). The child gets its own session and process
+- **Start.** A command of plain words is executed directly; a ``run`` that starts with
+  ``#!`` is written to a script file and executed, so its interpreter runs it (see
+  :mod:`runners._shebang`); anything else runs under ``<shell> -c`` (see
+  :mod:`runners._command`). The child gets its own session and process
   group, ``/dev/null`` as stdin, and appends its stdout and stderr to the capture files;
   it holds no pipe to the daemon and no parent-death signal, so it outlives a daemon that
   is killed, and a later daemon adopts it from :meth:`ScriptHandle.record`.
@@ -43,7 +45,8 @@ import msgspec
 from anyio.lowlevel import RunVar
 
 from . import _process as proc
-from ._command import plan_command
+from ._command import Plan, plan_command
+from ._shebang import is_script, write_script
 from ._watch import SharedWatch
 from .base import (
     ConfigProblem,
@@ -258,7 +261,12 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
     run_id = f"{spec.fqn}/{os.urandom(8).hex()}"
     env = dict(spec.env)
     env[RUN_ID_VAR] = run_id
-    plan = plan_command(spec.command, spec.shell, env, cwd)
+    if is_script(spec.command):
+        path = write_script(spec.command, fqn=spec.fqn, cwd=cwd,
+                            stdout_path=spec.stdout_path, stderr_path=spec.stderr_path)
+        plan = Plan(path, [path], "script")
+    else:
+        plan = plan_command(spec.command, spec.shell, env, cwd)
     stdout = proc.open_output(spec.stdout_path) if spec.stdout_path else subprocess.DEVNULL
     try:
         if not spec.stderr_path:
@@ -329,7 +337,7 @@ class ScriptHandle(ServiceHandle):
         self._ticks = ticks
         self.run_id = run_id
         self.adopted = adopted
-        self.mode = mode  # "direct" or "shell" for a start; None when adopted
+        self.mode = mode  # "direct", "shell" or "script" for a start; None when adopted
         # The spec without its environment: a handle lives as long as its service, and
         # the environment (often a hundred variables) is only needed to start it.
         self._spec = msgspec.structs.replace(spec, env={}) if spec.env else spec

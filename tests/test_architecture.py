@@ -23,7 +23,8 @@ THIRD_PARTY = {
     "runners": {"anyio", "psutil", "msgspec"},
     "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop",
              "dotenv",  # .env files by python-dotenv's rules
-             "httptools"},  # the proxy's HTTP/1.1 parser
+             "httptools",  # the proxy's HTTP/1.1 parser
+             "h2"},  # the grpc health check's HTTP/2
     "core_plugins": {"anyio", "msgspec", "websockets", "psutil",
                      "httpx"},  # the fleet plugin's etcd client
 }

@@ -26,18 +26,22 @@ from ._model import (
     EnvironmentSpec,
     EnvProvider,
     ExposeSpec,
+    GrpcCheck,
     HealthCheckSpec,
     HiveConfig,
     HooksSpec,
     HookStep,
     HttpCheck,
+    MysqlCheck,
     ObservabilitySpec,
     OnHookFailure,
     PluginSpec,
     PortBinding,
+    PostgresCheck,
     ProxyDns,
     ProxyEndpoint,
     ProxySettings,
+    RedisCheck,
     RestartSpec,
     RolloutSpec,
     RunnerSpec,
@@ -48,6 +52,7 @@ from ._model import (
     _CheckTiming,
 )
 from ._runners import installed_runners, runner_schema
+from ._shell import missing_shell
 from ._templates import check_runtime_templates, is_exact_port_reference
 
 V = TypeVar("V")
@@ -88,15 +93,11 @@ KNOWN_ENV_PROVIDERS = ("static", "dotenv", "vault", "1password", "aws-secrets")
 # Built-in types whose `{type: X, X: {...}}` block is required (an error when missing).
 _RUNNERS_WITH_REQUIRED_BLOCK = frozenset({"script", "docker", "podman", "compose"})
 _ROLLOUTS_WITH_REQUIRED_BLOCK = frozenset({"recreate", "blue-green"})
-_CHECKS_WITH_REQUIRED_BLOCK = frozenset({"http", "tcp", "cmd"})
+_CHECKS_WITH_REQUIRED_BLOCK = frozenset({"http", "tcp", "cmd", "postgres", "mysql", "redis", "grpc"})
 ROLLOUT_TYPES = ("recreate", "blue-green")
-HEALTH_TYPES = ("http", "tcp", "cmd")
-# Hive's health types this daemon does not probe: an error, never a check that always fails.
-_UNPROBED_HEALTH = {
-    "grpc": "grpc_health_probe -addr=localhost:PORT",
-    "postgres": "pg_isready -h localhost -p PORT",
-    "mysql": "mysqladmin ping -h 127.0.0.1 -P PORT",
-    "redis": "redis-cli -p PORT ping",
+HEALTH_TYPES = ("http", "tcp", "cmd", "postgres", "mysql", "redis", "grpc")
+_SERVER_CHECKS: dict[str, type[_CheckTiming]] = {
+    "postgres": PostgresCheck, "mysql": MysqlCheck, "redis": RedisCheck, "grpc": GrpcCheck,
 }
 # Hive's proxy plugins (the proxy is parsed and kept, not active yet): hint candidates only.
 PROXY_PLUGIN_TYPES = (
@@ -125,10 +126,8 @@ def _unknown_type(category: str, type_name: str) -> str | None:
     if category == "health":
         if type_name in HEALTH_TYPES:
             return None
-        if type_name in _UNPROBED_HEALTH or type_name == "mariadb":
-            example = _UNPROBED_HEALTH.get(type_name, _UNPROBED_HEALTH["mysql"])
-            return (f"health check type '{type_name}' is not implemented by this Hive: use a cmd "
-                    f"check, e.g. {{type: cmd, cmd: {{command: \"{example}\"}}}}")
+        if type_name == "mariadb":
+            return "unknown health check type 'mariadb': use type: mysql (it checks MariaDB too)"
         return (f"unknown health check type '{type_name}'{did_you_mean(type_name, HEALTH_TYPES)}: "
                 f"Hive has {', '.join(HEALTH_TYPES)} (health checks take no plugins)")
     return None
@@ -255,6 +254,7 @@ class Builder:
         self.built_services: dict[str, ServiceConfig] = {}
         # Services with errors, holding only the parts that decoded (for those checks).
         self.sketches: dict[str, ServiceConfig] = {}
+        self._default_shell_reported = False
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -712,11 +712,31 @@ class Builder:
                         working_dir=self._resolve(
                             self.root, typed.working_dir, (*block_path, "working_dir")
                         ),
+                        shell=self._script_shell(typed.shell, value[type_name], block_path),
                     )
         self._check_templates(block, block_path, scope)
         if self._error_count() > start:
             return None
         return RunnerSpec(type=type_name, config=config, script=script)
+
+    def _script_shell(self, shell: str | None, own: dict[str, Any], path: KeyPath) -> str | None:
+        """The shell a script block runs with (see :mod:`._shell`): a missing one is an error
+        when the block names it, a warning (once) and dropped when it comes from defaults."""
+        if shell is None:
+            return None
+        problem = missing_shell(shell, self.root)
+        if problem is None:
+            return shell
+        if "shell" in own:
+            self.sink.error((*path, "shell"), f"{problem}: install it, or leave 'shell' out "
+                            "(commands then run directly, or under $SHELL or /bin/sh)")
+            return shell
+        if not self._default_shell_reported:
+            self._default_shell_reported = True
+            self.sink.warning(("defaults", "hive.runner.script", "shell"), f"{problem}: script "
+                              "services run their commands without it (directly, or under $SHELL "
+                              "or /bin/sh), as Hive's original does; install it to use it")
+        return None
 
     def _runner_problems(self, config: msgspec.Struct, path: KeyPath) -> None:
         """What a runner's Config says is wrong beyond its types (``RunnerConfig.check``)."""
@@ -935,6 +955,7 @@ class Builder:
         type_name, block = found
         block_path = (*path, type_name)
         http = tcp = cmd = None
+        servers: dict[str, Any] = {}
         timing: _CheckTiming | None
         if type_name == "http":
             timing = http = self.decoder.decode(block, HttpCheck, block_path)
@@ -950,11 +971,14 @@ class Builder:
                     cmd,
                     working_dir=self._resolve(self.root, cmd.working_dir, (*block_path, "working_dir")),
                 )
+        elif type_name in _SERVER_CHECKS:
+            timing = self.decoder.decode(block, _SERVER_CHECKS[type_name], block_path)
+            servers[type_name] = timing
         else:
             timing = self.decoder.decode(block, _CheckTiming, block_path, warn_unknown=False)
         if timing is None:
             return None
-        port_check = http or tcp
+        port_check = http or tcp or servers.get(type_name)
         if port_check is not None:
             if not port_check.port:
                 self.sink.error((*block_path, "port"), "'port' is required")
@@ -973,6 +997,7 @@ class Builder:
             http=http,
             tcp=tcp,
             cmd=cmd,
+            **servers,
         )
 
     def depends_on(self, value: Any, path: KeyPath) -> list[str] | None:

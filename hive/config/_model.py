@@ -94,6 +94,45 @@ class CmdCheck(_CheckTiming, frozen=True, kw_only=True):
     working_dir: str = "."  # absolute after parsing
 
 
+class _ServerCheck(_CheckTiming, frozen=True, kw_only=True):
+    """A check that speaks a server's own protocol to ``host:port``."""
+
+    port: str  # "{{runtime.port.NAME}}" or digits
+    host: str = "127.0.0.1"
+
+
+class PostgresCheck(_ServerCheck, frozen=True, kw_only=True):
+    """As pg_isready: the server answering a startup message (even with a password
+    request or an authentication error) is up; "starting up" or "shutting down" is not."""
+
+    user: str = "postgres"
+    database: str = ""  # empty: the user's name, as the server assumes
+    password: str = ""  # accepted for Hive's files; never needed to tell if the server is up
+
+
+class MysqlCheck(_ServerCheck, frozen=True, kw_only=True):
+    """MySQL and MariaDB: the server's greeting (its handshake packet) means up; an error
+    packet instead (too many connections, host blocked) does not."""
+
+    user: str = "root"  # accepted for Hive's files; the greeting needs no login
+    password: str = ""
+    database: str = ""
+
+
+class RedisCheck(_ServerCheck, frozen=True, kw_only=True):
+    """PING answered by PONG (after AUTH and SELECT when set)."""
+
+    username: str = ""  # Redis 6 ACL user; empty: AUTH with the password alone
+    password: str = ""
+    db: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class GrpcCheck(_ServerCheck, frozen=True, kw_only=True):
+    """``grpc.health.v1.Health/Check``: passes when the answer is SERVING."""
+
+    service: str = ""  # empty: the server as a whole
+
+
 class HealthCheckSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One check. Timing fields are read from the type block for every type (plugins too)."""
 
@@ -106,6 +145,14 @@ class HealthCheckSpec(msgspec.Struct, frozen=True, kw_only=True):
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
     cmd: CmdCheck | None = None
+    postgres: PostgresCheck | None = None
+    mysql: MysqlCheck | None = None
+    redis: RedisCheck | None = None
+    grpc: GrpcCheck | None = None
+
+    def server(self) -> PostgresCheck | MysqlCheck | RedisCheck | GrpcCheck | None:
+        """The block of a check that speaks a server's protocol, if this is one."""
+        return self.postgres or self.mysql or self.redis or self.grpc
 
 
 # ---- proxy ---------------------------------------------------------------------------------

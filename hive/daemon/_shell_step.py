@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,8 @@ import anyio
 import anyio.abc
 import msgspec
 
+from runners._shebang import check_interpreter, is_script
+from runners.base import RunnerError
 from runners.output import pump_lines
 
 __all__ = [
@@ -321,6 +324,9 @@ async def run_shell_step(
     problem = _working_dir_problem(cwd)  # the first thing a step needs
     if problem is not None:
         return StepResult(error=problem)
+    if is_script(command):
+        return await _run_script_step(command, cwd=cwd, env=env, output=output, timeout=timeout,
+                                      kill_grace=kill_grace, tail_lines=tail_lines)
     executable, problem = resolve_shell(shell, env)
     if executable is None:
         return StepResult(error=problem)
@@ -328,3 +334,29 @@ async def run_shell_step(
         [executable, "-c", command], cwd=cwd, env=env, output=output, timeout=timeout,
         kill_grace=kill_grace, tail_lines=tail_lines,
     )
+
+
+async def _run_script_step(
+    command: str, *, cwd: str, env: Mapping[str, str], output: OutputSink | None,
+    timeout: float | None, kill_grace: float, tail_lines: int,
+) -> StepResult:
+    """A step that starts with ``#!``: written to a file of its own (0700, removed after the
+    step) and executed, so the interpreter it names runs it, as a service's ``run`` does."""
+    try:
+        check_interpreter(command, cwd)
+    except RunnerError as exc:
+        return StepResult(error=str(exc))
+    fd, path = tempfile.mkstemp(prefix="hive-step-", suffix=".script")
+    try:
+        try:
+            data = (command if command.endswith("\n") else command + "\n").encode()
+            while data:
+                data = data[os.write(fd, data):]
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+        return await run_step([path], cwd=cwd, env=env, output=output, timeout=timeout,
+                              kill_grace=kill_grace, tail_lines=tail_lines)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

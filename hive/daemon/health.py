@@ -26,9 +26,10 @@ Check types:
   session; when it times out, or when the monitor is cancelled, its whole process group is
   SIGKILLed (after a normal exit too, so nothing it started in the background lingers). The
   process plumbing is :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds.
-* any other type never gets here: ``hive.yaml`` validation refuses it (``grpc``, ``postgres``,
-  ``mysql`` and ``redis`` with a cmd check to use instead). Should one arrive anyway, the check
-  fails with ``health check type 'grpc' is not available``.
+* ``postgres``, ``mysql`` (MariaDB too), ``redis``, ``grpc``: the server's own protocol on
+  ``<host>:<port>``, bounded by the timeout (see :mod:`hive.daemon.health_probes`).
+* any other type never gets here: ``hive.yaml`` validation refuses it. Should one arrive
+  anyway, the check fails with ``health check type 'X' is not available``.
 
 Problems never escape :meth:`HealthMonitor.run`: a port template that cannot be rendered, a
 non-numeric port or a missing type block make that check fail with the reason as its message.
@@ -36,13 +37,13 @@ non-numeric port or a missing type block make that check fail with the reason as
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -50,6 +51,14 @@ import anyio.abc
 
 from hive.config import HealthCheckSpec, RuntimeTemplateError, render_runtime
 from hive.daemon._shell_step import cut_line, run_step
+from hive.daemon.health_probes import (
+    ProbeFailed,
+    connect_error,
+    grpc_probe,
+    mysql_probe,
+    postgres_probe,
+    redis_probe,
+)
 from hive_client import HealthCheckResult
 from runners.base import describe_exit
 
@@ -68,6 +77,11 @@ _HTTP_READ_CAP = 16 * 1024
 
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: [^\r\n]*)?")
 _PATH_SAFE = "/:@!$&'()*+,;=?%~-._"
+
+# The checks that speak a server's protocol: type → probe(port, the type's block).
+_SERVER_PROBES: dict[str, Callable[[int, Any], Awaitable[tuple[bool, str]]]] = {
+    "postgres": postgres_probe, "mysql": mysql_probe, "redis": redis_probe, "grpc": grpc_probe,
+}
 
 OnChange = Callable[[bool, str], None]
 OnResult = Callable[[HealthCheckResult], None]
@@ -272,6 +286,15 @@ class HealthMonitor:
                 check.problem = "missing 'cmd' configuration"
                 return check
             check.target = f"cmd: {spec.cmd.command}"
+        elif spec.type in _SERVER_PROBES:
+            server = spec.server()
+            if server is None:
+                check.problem = f"missing '{spec.type}' configuration"
+                return check
+            port_text = _port_text(server.port)
+            check.port, check.problem = _render_port(port_text, ports)
+            shown = check.port if check.port is not None else port_text
+            check.target = f"{spec.type} {server.host}:{shown}"
         else:
             check.problem = f"health check type '{spec.type}' is not available"
         return check
@@ -296,10 +319,15 @@ class HealthMonitor:
                     return await _tcp_probe(check.port)
             if spec.cmd is not None and spec.type == "cmd":
                 return await self._cmd_probe(spec.cmd.command, spec.cmd.working_dir, check.timeout)
+            server = spec.server()
+            if server is not None and spec.type in _SERVER_PROBES:
+                assert check.port is not None
+                with anyio.fail_after(check.timeout):
+                    return await _SERVER_PROBES[spec.type](check.port, server)
             return False, f"health check type '{spec.type}' is not available"
         except TimeoutError:
             return False, f"timed out after {format_seconds(check.timeout)}"
-        except _CheckFailed as exc:
+        except (_CheckFailed, ProbeFailed) as exc:
             return False, str(exc)
         except Exception as exc:  # a bug or an unexpected OS error: a failed check, not a crash
             log.exception("health check %s of %s failed unexpectedly", check.target, self.fqn)
@@ -355,23 +383,11 @@ def _request_path(path: str) -> str:
     return quote(path, safe=_PATH_SAFE)
 
 
-def _connect_error(exc: OSError, port: int) -> str:
-    """The most specific reason from anyio's "All connection attempts failed" wrapper."""
-    cause: BaseException | None = exc
-    while isinstance(cause, OSError) and cause.errno is None and cause.__cause__ is not None:
-        cause = cause.__cause__
-    code = cause.errno if isinstance(cause, OSError) else None
-    if code == errno.ECONNREFUSED:
-        return f"connection refused on {HOST}:{port}"
-    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
-    return f"cannot connect to {HOST}:{port}: {reason}"
-
-
 async def _connect(port: int) -> anyio.abc.SocketStream:
     try:
         return await anyio.connect_tcp(HOST, port)
     except OSError as exc:
-        raise _CheckFailed(_connect_error(exc, port)) from None
+        raise _CheckFailed(connect_error(exc, HOST, port)) from None
 
 
 async def _tcp_probe(port: int) -> tuple[bool, str]:

@@ -60,7 +60,8 @@ class RunnerRegistry:
 
     def add(self, runner: Runner) -> None:
         """Use ``runner`` for its name: a runner built in-process (an embedding, the
-        supervisor's in-process tests) rather than found through its entry point."""
+        supervisor's in-process tests) rather than found through its entry point. Its type
+        is then a known runner type to ``hive.yaml`` validation too."""
         self._loaded[runner.name] = runner
         add_runner(runner.name, type(runner))  # hive.yaml may name it: validation knows it
 

@@ -12,7 +12,7 @@ def test_runner_defaults_merge_into_existing_blocks(load_text: LoadText) -> None
         version: "1"
         defaults:
           hive.runner.script:
-            shell: zsh
+            shell: sh
           hive.runner.docker:
             image: postgres:16
             ports: ["5432:5432"]
@@ -21,7 +21,7 @@ def test_runner_defaults_merge_into_existing_blocks(load_text: LoadText) -> None
           web:
             runner: {type: script, script: {run: npm start}}
           pinned:
-            runner: {type: script, script: {run: npm start, shell: bash}}
+            runner: {type: script, script: {run: npm start, shell: /bin/sh}}
           db:
             runner:
               type: docker
@@ -32,9 +32,9 @@ def test_runner_defaults_merge_into_existing_blocks(load_text: LoadText) -> None
     )
     services = project.config.services
     assert services["web"].runner.script is not None
-    assert services["web"].runner.script.shell == "zsh"
+    assert services["web"].runner.script.shell == "sh"
     assert services["pinned"].runner.script is not None
-    assert services["pinned"].runner.script.shell == "bash"  # the service wins
+    assert services["pinned"].runner.script.shell == "/bin/sh"  # the service wins
     assert services["db"].runner.config == {
         "image": "postgres:16",
         "ports": ["5433:5432"],  # lists are replaced, never concatenated

@@ -109,18 +109,33 @@ def test_hints_never_offer_the_typo(tmp_path: Path) -> None:
     assert "did you mean type: cors?" in messages and "did you mean type: headers?" in messages
 
 
-def test_health_types_hive_does_not_probe_are_refused_with_what_to_use(tmp_path: Path) -> None:
+def test_server_health_types_are_checked_like_the_others(tmp_path: Path) -> None:
     root = write_project(tmp_path / "p", """\
         version: "1"
         services:
           db:
             runner: {type: script, script: {run: "exec sleep 100"}}
-            healthcheck: {type: postgres, postgres: {port: 5432}}
+            rollout: {type: recreate, recreate: {ports: {pg: 5432, redis: 6379}}}
+            healthcheck:
+              - {type: postgres, postgres: {port: "{{runtime.port.pg}}", user: app}}
+              - {type: redis, redis: {port: "{{runtime.port.redis}}", db: -1}}
+              - {type: grpc, grpc: {port: 50051, service: "api.v1", servce: x}}
+              - {type: mysql, mysql: {port: "{{runtime.port.mysql}}"}}
+              - {type: mariadb, mariadb: {port: 3306}}
         """)
-    result = run_cli("config", "validate", str(root))
+    result = run_cli("--json", "config", "validate", str(root))
     assert result.returncode != 0
-    assert "hive.yaml:5: services.db.healthcheck.type: health check type 'postgres' is not implemented" in result.stdout
-    assert "pg_isready" in result.stdout
+    issues = [(i["severity"], i["line"], i["path"], i["message"])
+              for i in json.loads(result.stdout)["issues"]]
+    assert issues == [
+        ("error", 8, "services.db.healthcheck[1].redis.db", "expected an integer >= 0"),
+        ("warning", 9, "services.db.healthcheck[2].grpc.servce",
+         "unknown key 'servce' (did you mean 'service'?)"),
+        ("error", 10, "services.db.healthcheck[3].mysql.port",
+         "Unresolved runtime port: {{runtime.port.mysql}} (ports: pg, redis)"),
+        ("error", 11, "services.db.healthcheck[4].type",
+         "unknown health check type 'mariadb': use type: mysql (it checks MariaDB too)"),
+    ], result.stdout
 
 
 def test_a_health_check_needs_no_rollout(tmp_path: Path) -> None:

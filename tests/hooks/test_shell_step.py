@@ -237,3 +237,25 @@ def test_exit_status_describes_with_the_same_words() -> None:
     assert ExitStatus(exit_code=7).describe() == "exited with code 7"
     assert ExitStatus().describe() == "exited (status unknown: adopted process)"
     assert ExitStatus(exit_code=0, cause="the engine went away").describe() == "the engine went away"
+
+
+async def test_a_step_that_starts_with_a_shebang_runs_under_its_interpreter(tmp_path: Path) -> None:
+    """As a service's run: a ``#!`` step is its interpreter's script, not shell input."""
+    import sys
+
+    sink = Sink()
+    script = f"#!{sys.executable}\nimport sys\nprint('python step', sys.argv[0])\n"
+    result = await run_shell_step(script, cwd=str(tmp_path), env=base_env(), output=sink)
+    assert result.ok, result
+    [(stream, line)] = sink.lines
+    assert stream == "stdout" and line.startswith("python step ")
+    path = line.removeprefix("python step ")
+    assert path.endswith(".script")
+    assert not Path(path).exists()  # the script file is gone with the step
+
+
+async def test_a_hook_with_a_missing_interpreter_says_so(tmp_path: Path) -> None:
+    steps = hook_steps(tmp_path, "pre-up", [{"run": "#!/no/such/ruby\nputs 1\n"}])
+    outcome = await run_hooks("pre-up", steps, env=base_env(), output=Sink())
+    assert not outcome.ok
+    assert "the #! interpreter /no/such/ruby of 'run' was not found" in outcome.message
