@@ -39,7 +39,10 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   prints the exit code: ``ExitStatus(exit_code=...)``, as the engine reports it (a main
   process killed by signal N is 128+N). Before ``wait()`` returns, the log follower is
   given a moment to copy the last lines. A container that exited by itself is left for
-  post-mortem inspection; the next start (or ``stop()``) removes it.
+  post-mortem inspection; the next start (or ``stop()``) removes it. One ``inspect``
+  follows: an engine that cannot be reached right after the exit is shutting down (a
+  graceful ``systemctl restart docker`` stops the containers, then closes its API), so the
+  exit has ``cause`` set (a failure, even with code 0) and is told once the engine is back.
 - **Stop.** The container is created with ``--stop-signal`` set to the spec's signal, so a
   stop with that signal is ``<engine> stop -t <grace>`` (the engine sends it, then SIGKILL
   after the grace). A stop with another signal sends it with ``<engine> kill --signal``,
@@ -834,7 +837,7 @@ class ContainerHandle(ServiceHandle):
             if code == 0:
                 words = output.decode(errors="replace").split()
                 with contextlib.suppress(ValueError, IndexError):
-                    return ExitStatus(exit_code=int(words[-1]))
+                    return await self._unless_engine_left(int(words[-1]))
             # `wait` ended without the exit code: the engine lost track of the container,
             # or went away (restarted, crashed). Ask what is there once it answers again:
             # its going away is not the container's exit.
@@ -869,6 +872,25 @@ class ContainerHandle(ServiceHandle):
             retries += 1
             await anyio.sleep(1.0)  # wait-ok: back off before reconnecting to the engine
         return ExitStatus()
+
+    async def _unless_engine_left(self, exit_code: int) -> ExitStatus:
+        """How the container ended, now that ``wait`` said ``exit_code``: its own exit, or,
+        when the engine cannot be reached right after, an end by the engine's shutdown
+        (``systemctl restart docker`` stops every container, then the engine). That is a
+        failure for the restart policy whatever the code, and it is told only once the
+        engine is back: a restart tried meanwhile could only fail and be counted."""
+        try:
+            await self.runner.inspect([self.container_id], self._socket)
+        except EngineUnreachable:
+            pass
+        except RunnerError:
+            return ExitStatus(exit_code=exit_code)
+        else:
+            return ExitStatus(exit_code=exit_code)
+        await self._inspect_when_back()
+        return ExitStatus(exit_code=exit_code, cause=(
+            f"stopped by the {self.runner.display} engine's shutdown "
+            f"({describe_exit(exit_code, code_phrase='exit code')})"))
 
     async def _stop_late(self, stop_signal: int, grace: float) -> ExitStatus | None:
         """The stop that failed while the engine was away, now that it is back: the
