@@ -28,8 +28,9 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   value (the service's own variables, Hive's ``HIVE_*`` variables and whatever a used
   service provides), then the block's ``environment`` on top. Values reach the engine
   through the environment of the CLI process (``-e KEY``) rather than its argv, so they do
-  not show in ``ps``; only a key the daemon's environment also has (with another value) is
-  written ``-e KEY=VALUE``, as the CLI would otherwise read the wrong one.
+  not show in ``ps``; a key the daemon's environment also has (with another value: the
+  CLI's own ``HOME``, ``PATH`` must stay) goes in an ``--env-file`` of mode 0600, removed
+  once the CLI has read it. No value is ever on a command line.
 - **Output.** A detached ``<engine> logs -f <id>`` in its own session appends the
   container's stdout and stderr to ``spec.stdout_path`` and ``spec.stderr_path`` (opened
   ``O_APPEND``): the daemon follows those files, and may die without the output stopping.
@@ -67,8 +68,9 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -251,6 +253,29 @@ def passed_environment(spec: RunSpec, config: ContainerConfig) -> dict[str, str]
     return env
 
 
+@contextlib.contextmanager
+def env_file(env: Mapping[str, str]) -> Iterator[str | None]:
+    """The variables of ``env`` the daemon's environment also has, in an ``--env-file``
+    (mode 0600, removed on exit) so their values are on no command line; None if there
+    are none. The format has one ``KEY=VALUE`` a line: a value with a newline is refused."""
+    clashing = {key: value for key, value in env.items() if key in os.environ}
+    if not clashing:
+        yield None
+        return
+    for key, value in clashing.items():
+        if "\n" in value or "\r" in value:
+            raise RunnerError(f"the value of {key} has a line break: a container cannot get it "
+                              "when the daemon's environment has a variable of that name")
+    fd, path = tempfile.mkstemp(prefix="hive-env-", suffix=".list")  # 0600, this user's
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(f"{key}={value}\n" for key, value in clashing.items())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def config_hash(spec: RunSpec, image: str, env: Mapping[str, str]) -> str:
     # The block as written, not as decoded: a default added to ContainerConfig must not
     # make every running container look changed.
@@ -415,9 +440,12 @@ class ContainerRunner(Runner):
     # --- start ----------------------------------------------------------------------
 
     def run_args(self, spec: RunSpec, config: ContainerConfig, env: Mapping[str, str], name: str,
-                 digest: str, *, hook: bool = False) -> tuple[list[str], dict[str, str]]:
+                 digest: str, *, hook: bool = False, env_file: str | None = None,
+                 ) -> tuple[list[str], dict[str, str]]:
         """``run -d ...`` (a hook step: ``run --rm``, attached) and the CLI's environment
-        carrying the variables' values."""
+        carrying the variables' values. A variable the daemon's environment also has
+        cannot go through the CLI's (it would change the CLI's own ``HOME``, ``PATH``,
+        ``DOCKER_HOST``): it is in ``env_file`` (see :func:`env_file`), never in argv."""
         source = spec.fqn.partition(":")[0]
         stop_signal = valid_stop_signal(spec.stop_signal)
         # A hook's container is not an instance: `discover` must not find it.
@@ -438,11 +466,13 @@ class ContainerRunner(Runner):
             args += ["--volume", parse_volume(entry, spec.working_dir or ".")]
         cli_env = dict(os.environ)
         for key, value in env.items():
-            if key in os.environ:
-                args += ["--env", f"{key}={value}"]
-            else:
+            if key not in os.environ:
                 args += ["--env", key]
                 cli_env[key] = value
+            elif env_file is None:
+                raise RunnerError(f"internal error: {key} needs an env file")
+        if env_file is not None:
+            args += ["--env-file", env_file]
         if config.network_mode:
             args += ["--network", config.network_mode]
         args += self.security_args(config.security or ContainerSecurity())
@@ -478,14 +508,15 @@ class ContainerRunner(Runner):
         name = config.container_name or container_name(spec.fqn)
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
             raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
-        args, cli_env = self.run_args(spec, config, env, name, digest)
         self.executable()
         handle: ContainerHandle | None = None
         try:
-            result = await self.call(args, socket, env=cli_env, timeout=None)
-            if result.returncode != 0 and not self.replace_flag and _name_conflict(result.stderr):
-                await self.call(["rm", "-f", "-v", name], socket)  # a stale container
+            with env_file(env) as path:
+                args, cli_env = self.run_args(spec, config, env, name, digest, env_file=path)
                 result = await self.call(args, socket, env=cli_env, timeout=None)
+                if result.returncode != 0 and not self.replace_flag and _name_conflict(result.stderr):
+                    await self.call(["rm", "-f", "-v", name], socket)  # a stale container
+                    result = await self.call(args, socket, env=cli_env, timeout=None)
             if result.returncode != 0:
                 raise await self._start_error(result.stderr, config, name)
             lines = result.stdout.decode(errors="replace").split()
@@ -514,8 +545,7 @@ class ContainerRunner(Runner):
         image, socket = config.image.strip(), config.socket
         env = passed_environment(spec, config)
         name = f"hive-hook-{secrets.token_hex(4)}"
-        args, cli_env = self.run_args(spec, config, env, name, config_hash(spec, image, env), hook=True)
-        argv = [self.executable(), *self.global_args(socket), *args]
+        digest = config_hash(spec, image, env)
         errors: list[str] = []
 
         def emit(stream: str, line: str) -> None:
@@ -524,11 +554,14 @@ class ContainerRunner(Runner):
                 del errors[:-20]
             output(stream, line)
 
-        try:
-            code = await run_streaming(argv, env=cli_env, output=emit, cap=HOOK_LINE_CAP)
-        except BaseException:
-            await self.remove(name, socket)  # the CLI's end does not end the container
-            raise
+        with env_file(env) as path:
+            args, cli_env = self.run_args(spec, config, env, name, digest, hook=True, env_file=path)
+            argv = [self.executable(), *self.global_args(socket), *args]
+            try:
+                code = await run_streaming(argv, env=cli_env, output=emit, cap=HOOK_LINE_CAP)
+            except BaseException:
+                await self.remove(name, socket)  # the CLI's end does not end the container
+                raise
         if code == ENGINE_FAILED:
             raise await self._start_error("\n".join(errors).encode(), config, name)
         return code
