@@ -24,9 +24,10 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   keeps only the engine's socket from it.
 - **Environment.** ``RunSpec.env`` is the complete environment a script would get, mostly
   the daemon's own (PATH, HOME, ...), which must not leak into a container. What is passed
-  is every entry of ``spec.env`` that is *not* in the daemon's ``os.environ`` with the same
-  value (the service's own variables, Hive's ``HIVE_*`` variables and whatever a used
-  service provides), then the block's ``environment`` on top. Values reach the engine
+  is every entry of ``spec.env`` the service sets itself (``spec.own_env``: its own
+  variables, even to the daemon's value, Hive's ``HIVE_*`` variables and whatever a used
+  service provides) or that is *not* in the daemon's ``os.environ`` with the same value,
+  then the block's ``environment`` on top. Values reach the engine
   through the environment of the CLI process (``-e KEY``) rather than its argv, so they do
   not show in ``ps``; a key the daemon's environment also has (with another value: the
   CLI's own ``HOME``, ``PATH`` must stay) goes in an ``--env-file`` of mode 0600, removed
@@ -245,7 +246,8 @@ def _within(path: str, root: str) -> bool:
 def passed_environment(spec: RunSpec, config: ContainerConfig) -> dict[str, str]:
     """The variables the container gets (see the module docstring)."""
     host = os.environ
-    env = {key: value for key, value in spec.env.items() if host.get(key) != value}
+    own = spec.own_env
+    env = {key: value for key, value in spec.env.items() if key in own or host.get(key) != value}
     env.update(config.environment)
     for key in env:
         if not key or "=" in key or "\0" in key:

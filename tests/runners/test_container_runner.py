@@ -138,6 +138,22 @@ async def test_only_the_services_own_environment_is_passed(
     assert os.environ["PATH"] not in line  # the daemon's PATH stays out
 
 
+async def test_a_variable_the_service_sets_to_the_daemons_value_is_passed(
+    runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    spec = cspec('echo "lang=${HIVE_TEST_LANG:-unset} host=${HIVE_TEST_HOST:-unset}"')
+    os.environ["HIVE_TEST_LANG"] = os.environ["HIVE_TEST_HOST"] = "C.UTF-8"
+    try:
+        spec.env["HIVE_TEST_LANG"] = spec.env["HIVE_TEST_HOST"] = "C.UTF-8"
+        spec.own_env = frozenset({"HIVE_TEST_LANG"})  # hive.yaml sets it; HOST is the daemon's
+        handle = await runner.start(spec)
+        with anyio.fail_after(30):
+            assert await handle.wait() == ExitStatus(exit_code=0)
+    finally:
+        del os.environ["HIVE_TEST_LANG"], os.environ["HIVE_TEST_HOST"]
+    assert "lang=C.UTF-8 host=unset" in read(spec.stdout_path)
+
+
 async def test_no_value_on_any_command_line(runner: ContainerRunner, cspec: ContainerSpec) -> None:
     """A variable the daemon's environment also has (``HOME`` here, an ``API_TOKEN`` for a
     user) reaches the container, and its value shows in no process's command line while
