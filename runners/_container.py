@@ -24,12 +24,14 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   keeps only the engine's socket from it.
 - **Environment.** ``RunSpec.env`` is the complete environment a script would get, mostly
   the daemon's own (PATH, HOME, ...), which must not leak into a container. What is passed
-  is every entry of ``spec.env`` that is *not* in the daemon's ``os.environ`` with the same
-  value (the service's own variables, Hive's ``HIVE_*`` variables and whatever a used
-  service provides), then the block's ``environment`` on top. Values reach the engine
+  is every entry of ``spec.env`` the service sets itself (``spec.own_env``: its own
+  variables, even to the daemon's value, Hive's ``HIVE_*`` variables and whatever a used
+  service provides) or that is *not* in the daemon's ``os.environ`` with the same value,
+  then the block's ``environment`` on top. Values reach the engine
   through the environment of the CLI process (``-e KEY``) rather than its argv, so they do
-  not show in ``ps``; only a key the daemon's environment also has (with another value) is
-  written ``-e KEY=VALUE``, as the CLI would otherwise read the wrong one.
+  not show in ``ps``; a key the daemon's environment also has (with another value: the
+  CLI's own ``HOME``, ``PATH`` must stay) goes in an ``--env-file`` of mode 0600, removed
+  once the CLI has read it. No value is ever on a command line.
 - **Output.** A detached ``<engine> logs -f <id>`` in its own session appends the
   container's stdout and stderr to ``spec.stdout_path`` and ``spec.stderr_path`` (opened
   ``O_APPEND``): the daemon follows those files, and may die without the output stopping.
@@ -39,7 +41,10 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   prints the exit code: ``ExitStatus(exit_code=...)``, as the engine reports it (a main
   process killed by signal N is 128+N). Before ``wait()`` returns, the log follower is
   given a moment to copy the last lines. A container that exited by itself is left for
-  post-mortem inspection; the next start (or ``stop()``) removes it.
+  post-mortem inspection; the next start (or ``stop()``) removes it. One ``inspect``
+  follows: an engine that cannot be reached right after the exit is shutting down (a
+  graceful ``systemctl restart docker`` stops the containers, then closes its API), so the
+  exit has ``cause`` set (a failure, even with code 0) and is told once the engine is back.
 - **Stop.** The container is created with ``--stop-signal`` set to the spec's signal, so a
   stop with that signal is ``<engine> stop -t <grace>`` (the engine sends it, then SIGKILL
   after the grace). A stop with another signal sends it with ``<engine> kill --signal``,
@@ -64,8 +69,9 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -240,12 +246,36 @@ def _within(path: str, root: str) -> bool:
 def passed_environment(spec: RunSpec, config: ContainerConfig) -> dict[str, str]:
     """The variables the container gets (see the module docstring)."""
     host = os.environ
-    env = {key: value for key, value in spec.env.items() if host.get(key) != value}
+    own = spec.own_env
+    env = {key: value for key, value in spec.env.items() if key in own or host.get(key) != value}
     env.update(config.environment)
     for key in env:
         if not key or "=" in key or "\0" in key:
             raise RunnerError(f"invalid environment variable name {key!r}")
     return env
+
+
+@contextlib.contextmanager
+def env_file(env: Mapping[str, str]) -> Iterator[str | None]:
+    """The variables of ``env`` the daemon's environment also has, in an ``--env-file``
+    (mode 0600, removed on exit) so their values are on no command line; None if there
+    are none. The format has one ``KEY=VALUE`` a line: a value with a newline is refused."""
+    clashing = {key: value for key, value in env.items() if key in os.environ}
+    if not clashing:
+        yield None
+        return
+    for key, value in clashing.items():
+        if "\n" in value or "\r" in value:
+            raise RunnerError(f"the value of {key} has a line break: a container cannot get it "
+                              "when the daemon's environment has a variable of that name")
+    fd, path = tempfile.mkstemp(prefix="hive-env-", suffix=".list")  # 0600, this user's
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(f"{key}={value}\n" for key, value in clashing.items())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def config_hash(spec: RunSpec, image: str, env: Mapping[str, str]) -> str:
@@ -412,9 +442,12 @@ class ContainerRunner(Runner):
     # --- start ----------------------------------------------------------------------
 
     def run_args(self, spec: RunSpec, config: ContainerConfig, env: Mapping[str, str], name: str,
-                 digest: str, *, hook: bool = False) -> tuple[list[str], dict[str, str]]:
+                 digest: str, *, hook: bool = False, env_file: str | None = None,
+                 ) -> tuple[list[str], dict[str, str]]:
         """``run -d ...`` (a hook step: ``run --rm``, attached) and the CLI's environment
-        carrying the variables' values."""
+        carrying the variables' values. A variable the daemon's environment also has
+        cannot go through the CLI's (it would change the CLI's own ``HOME``, ``PATH``,
+        ``DOCKER_HOST``): it is in ``env_file`` (see :func:`env_file`), never in argv."""
         source = spec.fqn.partition(":")[0]
         stop_signal = valid_stop_signal(spec.stop_signal)
         # A hook's container is not an instance: `discover` must not find it.
@@ -435,11 +468,13 @@ class ContainerRunner(Runner):
             args += ["--volume", parse_volume(entry, spec.working_dir or ".")]
         cli_env = dict(os.environ)
         for key, value in env.items():
-            if key in os.environ:
-                args += ["--env", f"{key}={value}"]
-            else:
+            if key not in os.environ:
                 args += ["--env", key]
                 cli_env[key] = value
+            elif env_file is None:
+                raise RunnerError(f"internal error: {key} needs an env file")
+        if env_file is not None:
+            args += ["--env-file", env_file]
         if config.network_mode:
             args += ["--network", config.network_mode]
         args += self.security_args(config.security or ContainerSecurity())
@@ -475,14 +510,15 @@ class ContainerRunner(Runner):
         name = config.container_name or container_name(spec.fqn)
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
             raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
-        args, cli_env = self.run_args(spec, config, env, name, digest)
         self.executable()
         handle: ContainerHandle | None = None
         try:
-            result = await self.call(args, socket, env=cli_env, timeout=None)
-            if result.returncode != 0 and not self.replace_flag and _name_conflict(result.stderr):
-                await self.call(["rm", "-f", "-v", name], socket)  # a stale container
+            with env_file(env) as path:
+                args, cli_env = self.run_args(spec, config, env, name, digest, env_file=path)
                 result = await self.call(args, socket, env=cli_env, timeout=None)
+                if result.returncode != 0 and not self.replace_flag and _name_conflict(result.stderr):
+                    await self.call(["rm", "-f", "-v", name], socket)  # a stale container
+                    result = await self.call(args, socket, env=cli_env, timeout=None)
             if result.returncode != 0:
                 raise await self._start_error(result.stderr, config, name)
             lines = result.stdout.decode(errors="replace").split()
@@ -511,8 +547,7 @@ class ContainerRunner(Runner):
         image, socket = config.image.strip(), config.socket
         env = passed_environment(spec, config)
         name = f"hive-hook-{secrets.token_hex(4)}"
-        args, cli_env = self.run_args(spec, config, env, name, config_hash(spec, image, env), hook=True)
-        argv = [self.executable(), *self.global_args(socket), *args]
+        digest = config_hash(spec, image, env)
         errors: list[str] = []
 
         def emit(stream: str, line: str) -> None:
@@ -521,11 +556,14 @@ class ContainerRunner(Runner):
                 del errors[:-20]
             output(stream, line)
 
-        try:
-            code = await run_streaming(argv, env=cli_env, output=emit, cap=HOOK_LINE_CAP)
-        except BaseException:
-            await self.remove(name, socket)  # the CLI's end does not end the container
-            raise
+        with env_file(env) as path:
+            args, cli_env = self.run_args(spec, config, env, name, digest, hook=True, env_file=path)
+            argv = [self.executable(), *self.global_args(socket), *args]
+            try:
+                code = await run_streaming(argv, env=cli_env, output=emit, cap=HOOK_LINE_CAP)
+            except BaseException:
+                await self.remove(name, socket)  # the CLI's end does not end the container
+                raise
         if code == ENGINE_FAILED:
             raise await self._start_error("\n".join(errors).encode(), config, name)
         return code
@@ -834,7 +872,7 @@ class ContainerHandle(ServiceHandle):
             if code == 0:
                 words = output.decode(errors="replace").split()
                 with contextlib.suppress(ValueError, IndexError):
-                    return ExitStatus(exit_code=int(words[-1]))
+                    return await self._unless_engine_left(int(words[-1]))
             # `wait` ended without the exit code: the engine lost track of the container,
             # or went away (restarted, crashed). Ask what is there once it answers again:
             # its going away is not the container's exit.
@@ -869,6 +907,25 @@ class ContainerHandle(ServiceHandle):
             retries += 1
             await anyio.sleep(1.0)  # wait-ok: back off before reconnecting to the engine
         return ExitStatus()
+
+    async def _unless_engine_left(self, exit_code: int) -> ExitStatus:
+        """How the container ended, now that ``wait`` said ``exit_code``: its own exit, or,
+        when the engine cannot be reached right after, an end by the engine's shutdown
+        (``systemctl restart docker`` stops every container, then the engine). That is a
+        failure for the restart policy whatever the code, and it is told only once the
+        engine is back: a restart tried meanwhile could only fail and be counted."""
+        try:
+            await self.runner.inspect([self.container_id], self._socket)
+        except EngineUnreachable:
+            pass
+        except RunnerError:
+            return ExitStatus(exit_code=exit_code)
+        else:
+            return ExitStatus(exit_code=exit_code)
+        await self._inspect_when_back()
+        return ExitStatus(exit_code=exit_code, cause=(
+            f"stopped by the {self.runner.display} engine's shutdown "
+            f"({describe_exit(exit_code, code_phrase='exit code')})"))
 
     async def _stop_late(self, stop_signal: int, grace: float) -> ExitStatus | None:
         """The stop that failed while the engine was away, now that it is back: the

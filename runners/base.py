@@ -139,6 +139,10 @@ class RunSpec(msgspec.Struct, kw_only=True):
     # The complete environment of the child. The script runner adds HIVE_RUN_ID (one per
     # start) to find every process of the instance, even ones that left its session.
     env: dict[str, str] = {}
+    # The names in ``env`` the service sets itself (hive.yaml, used services, Hive's own
+    # HIVE_*), even to the daemon's value: a container gets these and no other of the
+    # daemon's (its LANG or TZ reach it when the service sets them).
+    own_env: frozenset[str] = frozenset()
     shell: str | None = None  # None: exec directly when the command needs no shell
     stdout_path: str = ""  # capture files the child appends to (the daemon follows them)
     stderr_path: str = ""

@@ -19,8 +19,12 @@ exit learnt from ``wait``, stop with the grace then ``rm``, ``cmd`` checks throu
   instances do not recreate each other. The container is then found by compose's own
   labels (``com.docker.compose.project``, ``com.docker.compose.service``).
 - **Adoption.** The record keeps the container id, the project, the service, and a hash of
-  the compose file's content, the block and the environment; a later daemon adopts the
-  container if it runs with those labels and the hash is unchanged.
+  what defines the service: the compose file's content, the block, and the variables
+  that are not the daemon's own (those a container runner passes, see
+  :func:`runners._container.passed_environment`). The daemon's environment (its working
+  directory's ``PWD``, a shell's ``OLDPWD``, ...) is left out: a daemon started again from
+  another directory or shell adopts the container. A later daemon adopts the container if
+  it runs with those labels and the hash is unchanged.
 """
 
 from __future__ import annotations
@@ -174,8 +178,11 @@ class ComposeRunner(Runner):
                 content = hashlib.sha256(handle.read()).hexdigest()
         except OSError as exc:
             raise RunnerError(f"cannot read compose file {path}: {exc.strerror}") from None
+        # Only what defines the project: the daemon's own environment differs from one
+        # start of the daemon to the next (PWD, a login shell's variables).
+        own = {key: value for key, value in spec.env.items() if os.environ.get(key) != value}
         canonical = json.dumps(
-            {"config": spec.config, "file": content, "env": spec.env},
+            {"config": spec.config, "file": content, "env": own},
             sort_keys=True, separators=(",", ":"), default=str,
         )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

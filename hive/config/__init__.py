@@ -1,7 +1,12 @@
 """The ``hive.yaml`` configuration layer: parse, interpolate, validate and type a project's
 config (format version "1"). A pure library: it reads files and ``os.environ``, nothing else."""
 
-from ._environment import build_environment, global_environment, read_dotenv_file
+from ._environment import (
+    build_environment,
+    configured_environment,
+    global_environment,
+    read_dotenv_file,
+)
 from ._issues import ConfigError, ConfigIssue, RuntimeTemplateError
 from ._loader import (
     CONFIG_FILENAMES,
@@ -86,6 +91,7 @@ __all__ = [
     "UsesSpec",
     "add_runner",
     "build_environment",
+    "configured_environment",
     "find_config_file",
     "find_project_root",
     "global_environment",

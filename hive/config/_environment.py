@@ -76,6 +76,20 @@ def build_environment(
     the config are runtime-rendered (``{{runtime.port.X}}``; RuntimeTemplateError when
     unresolvable); ``base_env`` is never rendered.
     """
+    environment = dict(base_env)
+    environment.update(configured_environment(project, service, ports=ports, uses=uses))
+    return environment
+
+
+def configured_environment(
+    project: LoadedProject | HiveConfig | EnvironmentSpec | None,
+    service: ServiceConfig,
+    *,
+    ports: Mapping[str, int] | None = None,
+    uses: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, str]:
+    """The variables hive.yaml sets for the service (global, then its own; dotenv files
+    read now), without the base environment: see :func:`build_environment`."""
     if project is None:
         global_spec = EnvironmentSpec()
     elif isinstance(project, EnvironmentSpec):
@@ -91,6 +105,4 @@ def build_environment(
             key: render_runtime(value, ports=ports or {}, uses=uses)
             for key, value in configured.items()
         }
-    environment = dict(base_env)
-    environment.update(configured)
-    return environment
+    return configured

@@ -941,6 +941,80 @@ def test_docker_engine_restarted_under_running_containers(hive_env: Path, tmp_pa
            "(podman: daemonless, no engine to restart)")
 
 
+def _private_engine_or_skip() -> None:
+    from tests.engines import require_engine
+
+    require_engine("docker")
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        problem = "needs root and dockerd to run an engine of its own"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the test {problem}")
+        pytest.skip(f"the engine-restart test {problem}")
+
+
+def test_docker_engine_restarted_gracefully_under_running_containers(hive_env: Path, tmp_path: Path) -> None:
+    """``systemctl restart docker``: SIGTERM to dockerd stops every container (each traps
+    TERM and exits 0, as the docs recommend), then the engine. Hive counts that as a
+    failure, so the ``on-failure`` service comes back too; no restart is tried while the
+    engine is away, so each service is restarted once, when it answers again."""
+    from tests.engines import IMAGE
+
+    _private_engine_or_skip()
+    home = hive_env
+    fqns = ("eng:web", "eng:worker")
+    engine = PrivateDockerd(Path(tempfile.mkdtemp(prefix="hvd-", dir="/tmp")))
+    hive: DaemonProcess | None = None
+    try:
+        engine.start()
+        with subprocess.Popen(["docker", "save", IMAGE], stdout=subprocess.PIPE) as saved:
+            loaded = engine.docker("load", stdin=saved.stdout)
+        assert loaded.returncode == 0, loaded.stderr
+        (home / "config.toml").write_text(f'[runners.docker]\nsocket = "{engine.socket}"\n')
+        project = write_project(tmp_path / "proj", ENGINE_PROJECT.format(image=IMAGE))
+        daemon = hive = start_daemon(home)
+        up = run_cli("up", str(project), "--name", "eng")
+        assert up.returncode == 0, up.stdout + up.stderr
+        before = _services(daemon.socket)
+        assert all(before[f].state == "running" and before[f].container_id for f in fqns), before
+        noticed = {f: _log_text(daemon, f).count("lost the Docker engine") for f in fqns}
+
+        assert engine.process is not None
+        engine.process.terminate()  # what `systemctl stop docker` sends
+        engine.process.wait(120)
+        wait_for(functools.partial(_noticed, daemon, noticed, "lost the Docker engine"), timeout=30,
+                 what="Hive to notice the engine went away")
+        away = _services(daemon.socket)
+        for fqn in fqns:  # nothing tried, nothing counted, while the engine is away
+            assert away[fqn].restart_count == before[fqn].restart_count, (fqn, away[fqn])
+        engine.start()
+        back_at = time.monotonic()
+
+        def running_again() -> bool:
+            now = _services(daemon.socket)
+            return all(now[f].state == "running" and bool(now[f].container_id)
+                       and now[f].container_id != before[f].container_id for f in fqns)
+
+        wait_for(running_again, timeout=90, what="both services to run after the engine's restart")
+        settled_in = time.monotonic() - back_at
+        after = _services(daemon.socket)
+        for fqn in fqns:
+            assert after[fqn].restart_count == before[fqn].restart_count + 1, (fqn, after[fqn])
+            assert _containers(engine, fqn, running_only=False) == [after[fqn].container_id], fqn
+            text = _log_text(daemon, fqn)
+            assert "stopped by the Docker engine's shutdown (exit code 0)" in text, text[-2000:]
+        assert "Traceback" not in daemon.stderr()
+        assert daemon.stop() == 0
+    finally:
+        if hive is not None and hive.alive():
+            hive.stop()
+        engine.close()
+        shutil.rmtree(engine.root, ignore_errors=True)
+    print(f"graceful dockerd restart: both services running {settled_in:.1f} s after the engine answered")
+    record("faults", "dockerd stopped gracefully (SIGTERM) and started again under 2 running containers",
+           "1 engine restart", f"on-failure and always services restarted once each, "
+           f"{settled_in:.1f} s after the engine answered")
+
+
 def _output_since(daemon: DaemonProcess, fqn: str, word: str, mark: datetime) -> bool:
     return any(line.timestamp >= mark and word in line.message for line in _logs(daemon, fqn))
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.compose import ComposeHandle, ComposeRunner, project_name
 from tests.engines import IMAGE, require_engine
 from tests.runners.conftest import SpecFactory
-from tests.runners.helpers import output_contains, read
+from tests.runners.helpers import TAG_VAR, output_contains, read, tag_of
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +113,30 @@ async def test_stop_and_adopt(runner: ComposeRunner, cspec: ComposeSpec,
         assert await adopted.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
     result = await anyio.run_process([implementation[1], "ps", "-aq", "--filter", f"id={handle.container_id}"])
     assert result.stdout.strip() == b""  # stopped and removed
+
+
+async def test_adopted_by_a_daemon_started_elsewhere(
+    runner: ComposeRunner, cspec: ComposeSpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The next daemon starts from another directory, in another shell: its environment
+    (the whole base of every service's) differs, the project does not; it adopts."""
+    spec = cspec(f"echo up; {TRAPPING}", env={**os.environ, "GREETING": "hi"})
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "up", timeout=30)
+    record = handle.record()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("OLDPWD", "/")
+    monkeypatch.setenv("HIVE_TEST_SHELL_ONLY", "a variable of the new daemon's shell")
+    later = msgspec.structs.replace(spec, env={**os.environ, "GREETING": "hi", TAG_VAR: tag_of(spec)})
+    adopted = await ComposeRunner().adopt(later, record)
+    assert isinstance(adopted, ComposeHandle) and adopted.container_id == handle.container_id
+    # A variable of the service's own that changed is another configuration.
+    changed = msgspec.structs.replace(later, env={**later.env, "GREETING": "changed"})
+    assert await ComposeRunner().adopt(changed, record) is None
+    with anyio.fail_after(60):
+        assert await adopted.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
 
 
 async def test_an_orphan_is_stopped_through_its_engine(

@@ -7,11 +7,14 @@ daemon down, the test image missing) skips its tests, unless CI=true: then they 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -133,6 +136,54 @@ async def test_only_the_services_own_environment_is_passed(
     line = read(spec.stdout_path)
     assert "foo=overridden bar=from block" in line
     assert os.environ["PATH"] not in line  # the daemon's PATH stays out
+
+
+async def test_a_variable_the_service_sets_to_the_daemons_value_is_passed(
+    runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    spec = cspec('echo "lang=${HIVE_TEST_LANG:-unset} host=${HIVE_TEST_HOST:-unset}"')
+    os.environ["HIVE_TEST_LANG"] = os.environ["HIVE_TEST_HOST"] = "C.UTF-8"
+    try:
+        spec.env["HIVE_TEST_LANG"] = spec.env["HIVE_TEST_HOST"] = "C.UTF-8"
+        spec.own_env = frozenset({"HIVE_TEST_LANG"})  # hive.yaml sets it; HOST is the daemon's
+        handle = await runner.start(spec)
+        with anyio.fail_after(30):
+            assert await handle.wait() == ExitStatus(exit_code=0)
+    finally:
+        del os.environ["HIVE_TEST_LANG"], os.environ["HIVE_TEST_HOST"]
+    assert "lang=C.UTF-8 host=unset" in read(spec.stdout_path)
+
+
+async def test_no_value_on_any_command_line(runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    """A variable the daemon's environment also has (``HOME`` here, an ``API_TOKEN`` for a
+    user) reaches the container, and its value shows in no process's command line while
+    the container is started (every ``/proc/*/cmdline`` read over and over meanwhile)."""
+    secret = f"secret-{uuid.uuid4().hex}"
+    spec = cspec('echo "home=$HOME"')
+    spec.env["HOME"] = secret
+    seen: list[str] = []
+    starting = threading.Event()
+
+    def scan() -> None:
+        while starting.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):
+                    if secret.encode() in cmdline.read_bytes():
+                        seen.append(str(cmdline))
+
+    starting.set()
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    try:
+        handle = await runner.start(spec)
+    finally:
+        starting.clear()
+        scanner.join()
+    with anyio.fail_after(30):
+        assert await handle.wait() == ExitStatus(exit_code=0)
+    assert f"home={secret}" in read(spec.stdout_path)
+    assert seen == []
+    assert not list(Path(tempfile.gettempdir()).glob("hive-env-*"))  # the env file is gone
 
 
 async def test_exec_prefix_runs_a_command_inside(runner: ContainerRunner, cspec: ContainerSpec) -> None:

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hive.config import HookStep, RuntimeTemplateError, build_environment, render_runtime
+from hive.config import HookStep, RuntimeTemplateError, configured_environment, render_runtime
 from hive_client import __version__
 from runners.base import RunSpec
 
@@ -66,7 +66,7 @@ class Launcher:
         service = instance.service
         config = service.config
         instance.ports = self.instance_ports(instance)
-        env = self.environment(instance)
+        env, own = self._environment(instance)
         script = config.runner.script
         command = (
             render_runtime(script.run, ports=instance.ports, uses=instance.uses_ports) if script else ""
@@ -77,6 +77,7 @@ class Launcher:
             command=command,
             working_dir=config.working_dir(),
             env=env,
+            own_env=own,
             shell=script.shell if script else None,
             stdout_path=str(stdout_path),
             stderr_path=str(stderr_path),
@@ -98,18 +99,23 @@ class Launcher:
     def environment(self, instance: InstanceRuntime) -> dict[str, str]:
         """Layers, lowest first: the daemon's environment, what used services provide,
         the service's own (global, then service), then Hive's variables."""
+        return self._environment(instance)[0]
+
+    def _environment(self, instance: InstanceRuntime) -> tuple[dict[str, str], frozenset[str]]:
+        """The environment (see :meth:`environment`) and the names the service sets in
+        it itself (all but the daemon's own)."""
         service = instance.service
-        base = {**self.base_env, **instance.injected} if instance.injected else self.base_env
-        env = build_environment(
-            service.project, service.config, base, ports=instance.ports, uses=instance.uses_ports
+        configured = configured_environment(
+            service.project, service.config, ports=instance.ports, uses=instance.uses_ports
         )
-        env.update(
-            HIVE_SERVICE_FQN=service.fqn,
-            HIVE_SOURCE_NAME=service.source,
-            HIVE_SERVICE_NAME=service.name,
-            HIVE_INSTANCE=str(instance.index),
-        )
-        return env
+        hive = {
+            "HIVE_SERVICE_FQN": service.fqn,
+            "HIVE_SOURCE_NAME": service.source,
+            "HIVE_SERVICE_NAME": service.name,
+            "HIVE_INSTANCE": str(instance.index),
+        }
+        env = {**self.base_env, **instance.injected, **configured, **hive}
+        return env, frozenset(instance.injected) | frozenset(configured) | frozenset(hive)
 
     def health_env(self, instance: InstanceRuntime) -> dict[str, str]:
         """The environment of cmd health checks: the service's own (built again rather
