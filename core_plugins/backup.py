@@ -38,7 +38,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from hive.config import find_config_file
+from hive.config import CONFIG_FILENAMES, find_config_file
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
 from hive_client import ServiceCrashed, __version__
 
@@ -124,14 +124,40 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def _restore_target(source: dict[str, Any], registered: str | None, kept: tuple[Path, ...]) -> Path:
+    """Where a source's file may be written back: the source's own file (its SQLite
+    database; its hive.yaml, directly in its directory), the source's registered path
+    winning over the manifest's. An absolute path without ``..``, not a symlink nor
+    reached through one, none of the daemon's own files (``kept``: its config, state,
+    logs and backups): a manifest can name no other file (PluginCallError)."""
+    name, declared = source["name"], str(source["restore_to"])
+    target, root = Path(declared), Path(registered or source["path"])
+    problem = ""
+    if not target.is_absolute() or not root.is_absolute() or ".." in target.parts or ".." in root.parts:
+        problem = "is not an absolute path without '..'"
+    elif target != root and not (target.parent == root and target.name in CONFIG_FILENAMES):
+        problem = f"is not the source's own file (its path is {root})"
+    elif target.is_symlink() or target.parent.resolve() != target.parent:
+        problem = "is a symlink or reached through one"
+    elif any(target.is_relative_to(own) or (target.parent == own.parent and target.name.startswith(own.name + "-"))
+             for own in kept):
+        problem = "is one of the daemon's own files"
+    if problem:
+        raise PluginCallError(f"source {name}: restore_to {declared!r} {problem}; nothing restored")
+    return target
+
+
 class Backup(CorePlugin[BackupSettings]):
     name = "backup"
     version = "1.0.0"
     Settings = BackupSettings
+    # Snapshots and restores write files (and a restore adds sources): admin only.
+    call_scopes = {"list": "read", "verify": "read"}
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client
         home = (await client.status()).home or "."
+        self.home = Path(home)
         self.directory = Path(self.settings.directory or Path(home) / "backups")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._crashed = anyio.Event()
@@ -336,8 +362,10 @@ class Backup(CorePlugin[BackupSettings]):
             if "file" not in source:
                 continue
             data = contents[source["file"]]
-            name, restore_to = source["name"], Path(source["restore_to"])
+            name = source["name"]
             registered = name in current_sources
+            restore_to = _restore_target(source, current_sources[name].path if registered else None,
+                                         self._daemon_files())
             if not restore_to.exists():
                 steps.append((f"write {restore_to} (source {name})", ("write", restore_to, data)))
             if not registered:
@@ -356,8 +384,17 @@ class Backup(CorePlugin[BackupSettings]):
                 try:
                     await self._apply(step)
                 except Exception as exc:
-                    raise PluginCallError(f"restore stopped at `{label}`: {exc}") from None
+                    hint = (' (a restore adds sources and services: give the plugin scope = "admin" '
+                            "in [plugins.backup])" if "FORBIDDEN" in str(exc) else "")
+                    raise PluginCallError(f"restore stopped at `{label}`: {exc}{hint}") from None
         return {"id": archive_id, "plan": plan, "applied": not dry_run}
+
+    def _daemon_files(self) -> tuple[Path, ...]:
+        """What a restore never writes: the daemon's config, state (and its -wal, -shm),
+        socket, logs and backups (resolved, as restore targets are)."""
+        home = self.home.resolve()
+        return (home / "config.toml", home / "state.db", home / "hive.pid", home / "hive.sock",
+                home / "logs", self.directory.resolve())
 
     async def _apply(self, step: tuple[Any, ...]) -> None:
         action = step[0]

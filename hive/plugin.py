@@ -35,7 +35,7 @@ counted; after :data:`FAILURE_LIMIT` failures in a row the plugin is taken out o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -68,6 +68,9 @@ class CorePlugin(ABC, Generic[SettingsT]):
 
     name: ClassVar[str]
     version: ClassVar[str] = "0"
+    # The scope a client needs for each of :meth:`call`'s commands; one not listed needs
+    # ``admin`` (a command that writes files or changes what the daemon runs must).
+    call_scopes: ClassVar[dict[str, Literal["read", "operate", "admin"]]] = {}
     Settings: ClassVar[type[msgspec.Struct]] = NoSettings
     settings: SettingsT
 

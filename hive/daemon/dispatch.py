@@ -96,9 +96,11 @@ StreamCall = Callable[[RequestContext, Request, StreamSink], Awaitable[None]]
 
 
 Scope = Literal["read", "operate", "admin"]
-"""What a client may ask: ``read`` looks (status, lists, logs, events); ``operate`` runs
-services and sources (start, stop, scale, create, reload a source); ``admin`` also
-controls the daemon itself (shutdown, reload, plugins)."""
+"""What a client may ask: ``read`` looks (status, lists, logs, events); ``operate`` starts,
+stops, restarts and scales what is already configured; ``admin`` also changes what the
+daemon would run (add, remove or reload a source, create, update, delete or build a
+service, plugin commands that write files) and controls the daemon itself (shutdown,
+reload, plugins). docs/protocol.md has the table."""
 
 _SCOPE_RANK: dict[str, int] = {"read": 0, "operate": 1, "admin": 2}
 
@@ -155,9 +157,9 @@ def _build_routes() -> dict[type[Request], Route]:
         unary(p.Shutdown, daemon.shutdown, inline=True, scope="admin"),
         unary(p.Reload, daemon.reload, scope="admin"),
         unary(p.ListSources, sources.list_sources, inline=True, scope="read"),
-        unary(p.AddSource, sources.add_source),
-        unary(p.RemoveSource, sources.remove_source),
-        unary(p.ReloadSource, sources.reload_source),
+        unary(p.AddSource, sources.add_source, scope="admin"),
+        unary(p.RemoveSource, sources.remove_source, scope="admin"),
+        unary(p.ReloadSource, sources.reload_source, scope="admin"),
         unary(p.EnableSource, sources.enable_source),
         unary(p.DisableSource, sources.disable_source),
         unary(p.StartSource, sources.start_source),
@@ -168,16 +170,17 @@ def _build_routes() -> dict[type[Request], Route]:
         unary(p.StartService, services.start_service),
         unary(p.StopService, services.stop_service),
         unary(p.RestartService, services.restart_service),
-        unary(p.CreateService, services.create_service),
-        unary(p.UpdateService, services.update_service),
-        unary(p.DeleteService, services.delete_service),
+        unary(p.CreateService, services.create_service, scope="admin"),
+        unary(p.UpdateService, services.update_service, scope="admin"),
+        unary(p.DeleteService, services.delete_service, scope="admin"),
         unary(p.ScaleService, services.scale_service),
-        unary(p.BuildService, services.build_service),
+        unary(p.BuildService, services.build_service, scope="admin"),
         unary(p.ListExposed, services.list_exposed, inline=True, scope="read"),
         unary(p.ListPlugins, plugins.list_plugins, inline=True, scope="read"),
         unary(p.PluginAction, plugins.plugin_action, scope="admin"),
         unary(p.EmitEvent, plugins.emit_event, inline=True),
-        unary(p.PluginCall, plugins.plugin_call),
+        # Each command's scope is the plugin's (CorePlugin.call_scopes): checked by the handler.
+        unary(p.PluginCall, plugins.plugin_call, scope="read"),
         unary(p.GetLogs, streams.get_logs, scope="read"),
         stream(p.StreamLogs, streams.stream_logs, scope="read"),
         stream(p.SubscribeServices, streams.subscribe_services, scope="read"),

@@ -54,3 +54,11 @@ class RequestError(Exception):
     @classmethod
     def invalid(cls, message: str) -> RequestError:
         return cls(ErrorCode.INVALID_REQUEST, message)
+
+    @classmethod
+    def forbidden(cls, who: str, held: str, what: str, needed: str, *, group_member: bool) -> RequestError:
+        """``who`` (with scope ``held``) may not ask ``what``, which needs ``needed``."""
+        return cls(ErrorCode.FORBIDDEN, f"{who} has the {held!r} scope; {what} needs {needed!r}"
+                   # Only a group member's connection is limited without being a plugin's.
+                   + (" (the daemon's owner sets it: daemon.group_scope in config.toml)"
+                      if group_member else ""))

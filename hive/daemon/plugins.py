@@ -550,6 +550,15 @@ class PluginManager:
             await host.drain()
         await host.stop()
 
+    def call_scope(self, name: str, command: str) -> Literal["read", "operate", "admin"]:
+        """The scope a client needs for ``command`` of plugin ``name``: what the plugin
+        declares, ``admin`` when it does not (a plugin that is not running: ``read``,
+        so the caller learns that it is not running)."""
+        plugin = self.get(name).plugin
+        if plugin is None:
+            return "read"
+        return plugin.call_scopes.get(command, "admin")
+
     async def call(self, name: str, command: str, args: dict[str, Any]) -> Any:
         """Run a plugin's own command; RequestError for a refusal, a plugin not running,
         a failure or a timeout."""

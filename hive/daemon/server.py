@@ -15,6 +15,7 @@ import grp
 import itertools
 import logging
 import os
+import pwd
 import socket
 import struct
 import time
@@ -502,7 +503,7 @@ class SocketServer:
             return True
         if self._allowed_gid is None:
             return False
-        return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.pid)
+        return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.uid)
 
     def attach(self, sock: socket.socket, *, plugin: str, scope: Scope, max_rate: float = 0.0) -> None:
         """Serve one end of a socket pair as a client limited to ``scope`` and, if
@@ -744,14 +745,10 @@ class SocketServer:
             )
             return
         if not may(connection.scope, route.scope):
-            tag = request.__struct_config__.tag
-            await connection.send_error(
-                msg_id, ErrorCode.FORBIDDEN,
-                f"{connection.label} has the {connection.scope!r} scope; {tag} needs {route.scope!r}"
-                # Only a group member's connection is limited without being a plugin's.
-                + (" (the daemon's owner sets it: daemon.group_scope in config.toml)"
-                   if connection.plugin is None else ""),
-            )
+            refusal = RequestError.forbidden(connection.label, connection.scope,
+                                             str(request.__struct_config__.tag), route.scope,
+                                             group_member=connection.plugin is None)
+            await connection.send_error(msg_id, refusal.code, refusal.message)
             return
         ctx = RequestContext(self.app, connection, msg_id)
         if route.stream is not None:
@@ -894,13 +891,12 @@ def _describe(exc: msgspec.MsgspecError) -> str:
     return f"malformed message: {text}"
 
 
-def _groups_of(pid: int) -> set[int]:
-    """Supplementary groups of a process, from /proc."""
+def _groups_of(uid: int) -> set[int]:
+    """The groups of a uid from the user database (``getgrouplist``), not from
+    /proc/PID/status: the shipped unit's ``ProtectProc=invisible`` hides other users'
+    processes, and a group added with ``usermod -aG`` counts from the next connection."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+        user = pwd.getpwuid(uid)
+        return set(os.getgrouplist(user.pw_name, user.pw_gid))
+    except (KeyError, OSError):
+        return set()

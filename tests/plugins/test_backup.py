@@ -30,7 +30,8 @@ PROJECT = """
 
 def _settings(**extra: object) -> str:
     values = {"interval": 3600.0, "on_crash": False, **extra}
-    return "[plugins.backup.settings]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    # A restore adds sources and creates services: the plugin's client needs admin.
+    return '[plugins.backup]\nscope = "admin"\n[plugins.backup.settings]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 
 def _json(*args: str) -> object:
@@ -162,3 +163,48 @@ async def test_unknown_archive_and_plugin_not_running(start_with: StartWith) -> 
     assert run_cli("plugins", "disable", "backup").returncode == 0
     down = run_cli("backup", "now")
     assert down.returncode != 0 and "plugin 'backup' is disabled, not running" in down.stderr
+
+
+async def test_a_manifest_cannot_point_a_restore_elsewhere(start_with: StartWith, project_dir: Path,
+                                                           hive_env: Path, tmp_path: Path) -> None:
+    """A re-signed manifest whose restore_to names another file (outside the source, with
+    ``..``, through a symlink, the daemon's own config) is refused and writes nothing."""
+    daemon = start_with(_settings())
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        await _stack(client, project_dir, hive_env)
+        archive_id = _json("backup", "now")["id"]
+        await client.remove_source("proj")
+        (project_dir / "hive.yaml").unlink()
+        archive = hive_env / "backups" / f"{archive_id}.tar.gz"
+        with tarfile.open(archive, "r:gz") as source:
+            manifest = json.loads(source.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (tmp_path / "link").symlink_to(elsewhere)
+        (hive_env / "config.toml").rename(hive_env / "config.toml.kept")
+        attempts = {
+            str(elsewhere / ".bashrc"): "is not the source's own file",
+            f"{project_dir}/../{project_dir.name}/hive.yaml": "without '..'",
+            str(tmp_path / "link" / "hive.yaml"): "is a symlink or reached through one",
+            str(hive_env / "config.toml"): "is one of the daemon's own files",
+        }
+        try:
+            for target, why in attempts.items():
+                entry = next(s for s in manifest["sources"] if s["name"] == "proj")
+                entry["restore_to"] = target
+                if why == "is a symlink or reached through one":
+                    entry["path"] = str(Path(target).parent)  # the source "lives" there too
+                elif why == "is one of the daemon's own files":
+                    entry["path"] = target  # a source that is that one file
+                else:
+                    entry["path"] = str(project_dir)
+                _rewrite(archive, "manifest.json", json.dumps(manifest).encode())
+                refused = run_cli("backup", "restore", archive_id)
+                assert refused.returncode != 0, target
+                assert f"restore_to {target!r} " in refused.stderr and why in refused.stderr, refused.stderr
+                assert "nothing restored" in refused.stderr
+        finally:
+            (hive_env / "config.toml.kept").rename(hive_env / "config.toml")
+        assert not (elsewhere / ".bashrc").exists() and not (elsewhere / "hive.yaml").exists()
+        assert not (project_dir / "hive.yaml").exists()
+        assert "proj" not in [s.name for s in await client.list_sources()]

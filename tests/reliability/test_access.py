@@ -170,3 +170,82 @@ def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env:
                "EACCES by the file system, then PERMISSION_DENIED by SO_PEERCRED")
     finally:
         daemon.stop()
+
+
+def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_passwd, hive_env: Path) -> None:
+    """``operate`` starts, stops, restarts and scales; adding a source, creating a service,
+    reloading a source and a plugin command that writes files need ``admin``."""
+    (hive_env / "config.toml").write_text(
+        f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "operate"\n[plugins.backup]\n')
+    project = _project(hive_env)
+    # What a member would add: a project whose service runs as the daemon's user.
+    theirs = write_project(hive_env / "theirs", """
+        version: "1"
+        services:
+          evil:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+        """)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: pids_of_service("proj:web"), timeout=30, what="proj:web running")
+        backups = hive_env / "backups"
+        answers = _as_user(
+            member, daemon.socket,
+            {"type": "add_source", "path": str(theirs), "start": True},
+            {"type": "create_service", "source_id": "proj", "name": "evil",
+             "config": {"runner": {"type": "script", "script": {"run": "exec sleep 1000"}}}},
+            {"type": "reload_source", "name": "proj"},
+            {"type": "plugin_call", "plugin": "backup", "command": "now"},
+            {"type": "plugin_call", "plugin": "backup", "command": "list"},
+            {"type": "restart_service", "fqn": "proj:web"},
+            {"type": "scale_service", "fqn": "proj:web", "instances": 2},
+        )
+        add, create, reload, backup_now, backup_list, restart, scale = answers
+        for answer, what in ((add, "add_source"), (create, "create_service"), (reload, "reload_source"),
+                             (backup_now, "plugin_call backup now")):
+            assert answer["type"] == "error" and answer["code"] == "FORBIDDEN", (what, answer)
+            assert f"uid {member.pw_uid} has the 'operate' scope; {what} needs 'admin'" in answer["message"]
+        assert backup_list["type"] == "plugin_reply", backup_list
+        assert restart["type"] != "error", restart
+        assert scale["type"] != "error", scale
+        wait_for(lambda: len(pids_of_service("proj:web")) == 2, timeout=30, what="proj:web scaled to 2")
+        sources = json.loads(run_cli("source", "list", "--json").stdout)
+        assert [s["name"] for s in sources] == ["proj"]
+        assert not pids_of_service("theirs:evil") and not pids_of_service("proj:evil")
+        assert not list(backups.glob("*.tar.gz"))
+        assert daemon.alive()
+        record("access", "an operate-scope member adds a source, creates a service, reloads, backs up",
+               "4 requests", "each FORBIDDEN (needs admin); restart and scale answered")
+    finally:
+        daemon.stop()
+
+
+def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) -> None:
+    """Membership comes from the uid's group list, not from /proc/PID/status (hidden by
+    the unit's ProtectProc=invisible, and stale for a session older than ``usermod -aG``):
+    a member whose process does not carry the group still gets in."""
+    _need_root()
+    user, group = "hivetestsupp", "hivetestsuppg"
+    subprocess.run(["userdel", user], capture_output=True, check=False)
+    subprocess.run(["groupdel", group], capture_output=True, check=False)
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    subprocess.run(["useradd", "-M", "-U", "-G", group, "-s", "/usr/sbin/nologin", user],
+                   check=True, capture_output=True)
+    try:
+        supp = pwd.getpwnam(user)
+        (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{group}"\ngroup_scope = "read"\n')
+        daemon = start_daemon(hive_env)
+        try:
+            hive_env.chmod(0o711)  # the file system is not what is tested here
+            daemon.socket.chmod(0o666)
+            # _as_user drops supplementary groups: the process does not show the group.
+            (pong,) = _as_user(supp, daemon.socket, {"type": "ping"})
+            assert pong == {"type": "pong"}, pong
+            assert daemon.alive()
+        finally:
+            daemon.stop()
+    finally:
+        subprocess.run(["userdel", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", group], capture_output=True, check=False)

@@ -18,7 +18,7 @@ from hive_client.protocol import (
     PluginReply,
 )
 
-from ..dispatch import RequestContext
+from ..dispatch import RequestContext, may
 from ..errors import RequestError
 
 
@@ -68,4 +68,9 @@ async def plugin_call(ctx: RequestContext, request: PluginCall) -> PluginReply:
     plugins = ctx.app.plugins
     if plugins is None:
         raise RequestError.not_found(not_configured(request.plugin))
+    needed = plugins.call_scope(request.plugin, request.command)
+    if not may(ctx.connection.scope, needed):
+        raise RequestError.forbidden(ctx.connection.label, ctx.connection.scope,
+                                     f"plugin_call {request.plugin} {request.command}", needed,
+                                     group_member=ctx.connection.plugin is None)
     return PluginReply(result=await plugins.call(request.plugin, request.command, request.args))
