@@ -128,7 +128,7 @@ class Actions:
         """Blue-green: a new generation switched to once healthy, if one serves now
         (see rollout.py); else a restart."""
         rollout = service.config.rollout
-        settings = rollout.blue_green if rollout is not None else None
+        settings = rollout.blue_green if rollout is not None and service.blue_green else None
         serving = any(instance.phase in READY for instance in service.instances)
         if settings is None or not serving or self._registry.gone(service):
             left = await self._stopper.stop(service.instances)

@@ -172,8 +172,10 @@ class ServiceRuntime:
 
     @property
     def blue_green(self) -> bool:
+        """Whether a restart is a blue-green rollout. Script services only, so far: two
+        generations of a container would need two container names."""
         rollout = self.config.rollout
-        return rollout is not None and rollout.type == "blue-green"
+        return rollout is not None and rollout.type == "blue-green" and self.config.runner.type == "script"
 
     def current(self, instance: InstanceRuntime) -> bool:
         """Whether ``instance`` belongs to the generation that serves (not one starting
