@@ -29,6 +29,12 @@ __all__ = [
     "PluginNotice",
     "PluginState",
     "PluginStateChanged",
+    "RolloutCompleted",
+    "RolloutDrained",
+    "RolloutHealthy",
+    "RolloutRolledBack",
+    "RolloutStarted",
+    "RolloutSwitched",
     "ServiceCrashed",
     "ServiceExited",
     "ServiceHealthChanged",
@@ -57,6 +63,7 @@ class ServiceState(StrEnum):
     PORT_CONFLICT = "port_conflict"
     BACKOFF = "backoff"
     UNKNOWN = "unknown"  # its container engine is away: whether it still runs is not known
+    DRAINING = "draining"  # an old generation of a blue-green rollout: finishes what it has
 
 
 class LogLevel(StrEnum):
@@ -145,6 +152,10 @@ class ServiceInfo(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     health_checks: list[HealthCheckResult] = []
     instances: int = 1
+    # A blue-green service's generation (1 for the first start) and the colour of its ports:
+    # during a rollout both generations are listed.
+    generation: int | None = None
+    color: str | None = None
 
 
 class SourceInfo(msgspec.Struct, kw_only=True):
@@ -270,6 +281,56 @@ class ServiceStateChanged(Event, tag="service_state_changed"):
     previous: str
 
 
+# A blue-green rollout, step by step (docs/proxy.md). ``generation`` numbers a service's
+# generations of instances (1 for the first start); its ``color`` names the ports it runs on.
+
+
+class RolloutStarted(Event, tag="rollout_started"):
+    """Generation ``generation`` starts beside the one that serves, on its colour's ports."""
+
+    fqn: str
+    generation: int
+    color: str
+
+
+class RolloutHealthy(Event, tag="rollout_healthy"):
+    """Every instance of the new generation is up and healthy."""
+
+    fqn: str
+    generation: int
+
+
+class RolloutSwitched(Event, tag="rollout_switched"):
+    """The proxy sends new requests to ``generation``; ``previous`` drains."""
+
+    fqn: str
+    generation: int
+    previous: int
+
+
+class RolloutDrained(Event, tag="rollout_drained"):
+    """The old generation's grace period is over: it is being stopped."""
+
+    fqn: str
+    generation: int
+
+
+class RolloutCompleted(Event, tag="rollout_completed"):
+    """The old generation is stopped; ``generation`` serves alone."""
+
+    fqn: str
+    generation: int
+
+
+class RolloutRolledBack(Event, tag="rollout_rolled_back"):
+    """The new generation failed (``reason``) and was stopped; ``serving`` serves."""
+
+    fqn: str
+    generation: int
+    serving: int
+    reason: str
+
+
 class PluginFailed(Event, tag="plugin_failed"):
     """A plugin's ``init``, ``on_event`` or ``shutdown`` raised or timed out; ``disabled``:
     the circuit breaker took it out of service."""
@@ -339,6 +400,12 @@ DaemonEvent = (
     | ServiceWaiting
     | ServiceHealthChanged
     | ServiceStateChanged
+    | RolloutStarted
+    | RolloutHealthy
+    | RolloutSwitched
+    | RolloutDrained
+    | RolloutCompleted
+    | RolloutRolledBack
     | PluginFailed
     | PluginStateChanged
     | PluginConfigured

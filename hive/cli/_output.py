@@ -26,6 +26,7 @@ STATE_STYLES = {
     "starting": "cyan",
     "stopping": "cyan",
     "backoff": "yellow",
+    "draining": "yellow",
     "unhealthy": "yellow",
     "crashed": "red",
     "port_conflict": "red",

@@ -82,10 +82,16 @@ def _health(info: ServiceInfo) -> str:
     return "healthy" if info.healthy else "unhealthy"
 
 
+def _name(info: ServiceInfo) -> str:
+    """The instance's name; a blue-green one's generation and colour beside it (both
+    generations are listed during a rollout)."""
+    return f"{info.fqn} [{info.generation} {info.color}]" if info.generation is not None else info.fqn
+
+
 def print_services(out: Output, services: list[ServiceInfo]) -> None:
     rows = [
         [
-            s.fqn,
+            _name(s),
             s.state,
             _health(s),
             str(s.pid) if s.pid else "-",

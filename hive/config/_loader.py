@@ -300,9 +300,10 @@ def inactive_notes(config: HiveConfig) -> list[str]:
         notes.append("observability: not active yet (settings are kept)")
     for name, service in config.services.items():
         prefix = f"services.{name}"
-        if service.rollout is not None and service.rollout.type == "blue-green":
+        if service.rollout is not None and service.rollout.type == "blue-green" and service.runner.type != "script":
             notes.append(
-                f"{prefix}.rollout: blue-green rollout is not active yet; the service runs on its blue ports"
+                f"{prefix}.rollout: blue-green rollout is active for script services only yet; this "
+                f"{service.runner.type} service runs on its blue ports and restarts as recreate"
             )
     return notes
 

@@ -56,8 +56,13 @@ class PortBinding(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BlueGreenSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """``timeout``: how long the new generation has to become healthy; ``healthy_duration``:
+    after the switch, the window in which its failing health rolls back; ``drain``: how
+    long the old generation finishes what it has after the switch (docs/proxy.md)."""
+
     healthy_duration: Duration = 10.0
     timeout: Duration = 60.0
+    drain: Duration = 10.0
     on_failure: Literal["keep-old", "abort"] = "keep-old"
 
 

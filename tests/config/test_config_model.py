@@ -173,9 +173,7 @@ def test_full_file(load_text: LoadText) -> None:
         "proxy.bind, proxy.dns: not used by Hive's proxy, which listens on [proxy] listen in the "
         "daemon's config.toml (settings are kept)",
         "observability: not active yet (settings are kept)",
-        "services.web.rollout: blue-green rollout is not active yet; the service runs on its "
-        "blue ports",
-    ]
+    ]  # (web's blue-green rollout is active: it is a script service)
 
 
 def test_minimal_service_defaults(load_text: LoadText) -> None:

@@ -35,7 +35,8 @@ def test_the_docs_draw_the_table_as_it_is() -> None:
 
 
 def test_the_docs_list_the_merge_table_as_it_is() -> None:
-    rows = re.findall(r"^\| (start|stop|restart) \| (start|stop|restart) \| (start|stop|restart) \|$",
+    kinds = "(start|stop|restart|rollout)"
+    rows = re.findall(rf"^\| {kinds} \| {kinds} \| {kinds} \|$",
                       DOCS.read_text(), re.M)
     assert {(JobKind(a), JobKind(b)): JobKind(c) for a, b, c in rows} == MERGE
 

@@ -1,6 +1,6 @@
 """A small HTTP/1.1 + WebSocket server the proxy tests run as a real service.
 
-``python upstream_app.py PORT NAME``. Keep-alive, Content-Length and chunked bodies.
+``python upstream_app.py PORT NAME [sick]``. Keep-alive, Content-Length and chunked bodies.
 
 - ``GET /whoami``: ``NAME PORT``; ``GET /headers``: the request line and headers as JSON;
 - ``POST /echo``: the body back; ``GET /big?n=N``: N bytes, chunked;
@@ -23,7 +23,7 @@ PORT = int(sys.argv[1])
 NAME = sys.argv[2] if len(sys.argv) > 2 else "upstream"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 release = asyncio.Event()
-sick = False
+sick = len(sys.argv) > 3 and sys.argv[3] == "sick"  # ``PORT NAME sick``: unhealthy from the start
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], list[tuple[str, str]]] | None:

@@ -15,9 +15,11 @@ from hive.config import HiveConfig, ServiceConfig
 
 from .instance_task import InstanceTasks
 from .jobs import Job, JobKind
+from .machine import READY
 from .outcomes import JobResult, Launched
 from .records import Records
 from .registry import Registry
+from .rollout import Rollouts
 from .runtime import ServiceRuntime
 from .stopping import Left, Stopper
 
@@ -31,9 +33,10 @@ __all__ = ["Actions"]
 class Actions:
     def __init__(
         self, *, registry: Registry, instances: InstanceTasks, stopper: Stopper, records: Records,
-        writer: StateWriter, logs: LogHub,
+        writer: StateWriter, logs: LogHub, rollouts: Rollouts,
     ) -> None:
         self._registry = registry
+        self._rollouts = rollouts
         self._instances = instances
         self._stopper = stopper
         self._records = records
@@ -55,9 +58,11 @@ class Actions:
         if kind is JobKind.SCALE:
             return JobResult(launched=await self._scale(service, job.argument))
         if kind is JobKind.REPLACE:
-            return JobResult(launched=await self._replace(service, *job.argument))
+            return await self._replace(service, *job.argument)
         if kind is JobKind.REMOVE:
             return JobResult(left=await self._remove(service, forget=job.argument))
+        if kind is JobKind.ROLLOUT:
+            return await self._rollout(service)
         raise AssertionError(f"unknown job {kind}")
 
     async def stop_together(self, services: list[ServiceRuntime]) -> dict[ServiceRuntime, Left]:
@@ -131,11 +136,30 @@ class Actions:
             return {}
         return {instance: self._instances.start(instance) for instance in service.wanted()}
 
+    async def _rollout(self, service: ServiceRuntime) -> JobResult:
+        """Blue-green: a new generation switched to once healthy, if one serves now
+        (see rollout.py); else a restart."""
+        rollout = service.config.rollout
+        settings = rollout.blue_green if rollout is not None and service.blue_green else None
+        serving = any(instance.phase in READY for instance in service.instances)
+        if settings is None or not serving or self._registry.gone(service):
+            left = await self._stopper.stop(service.instances)
+            return JobResult(launched=await self._start(service), left=left)
+        self.mark_desired([service], "running")
+        await self._writer.flush()
+        return await self._rollouts.run(service, settings)
+
     async def _replace(
         self, service: ServiceRuntime, config: ServiceConfig, project: HiveConfig | None, fingerprint: bytes
-    ) -> Launched:
+    ) -> JobResult:
         """A new configuration: stopped if it ran, then started again with it if it ran
-        or was wanted running."""
+        or was wanted running. A blue-green service that serves, and stays blue-green,
+        rolls out to it instead."""
+        if service.blue_green and any(instance.phase in READY for instance in service.instances):
+            service.config, service.project, service.fingerprint = config, project, fingerprint
+            service.notify()
+            self._registry.index_exposes()
+            return await self._rollout(service)
         was_live = any(instance.live for instance in service.instances)
         if was_live:
             await self._stopper.stop(service.instances)
@@ -143,8 +167,8 @@ class Actions:
         service.notify()
         self._registry.index_exposes()
         if (was_live or service.desired == "running") and not self._registry.gone(service):
-            return await self._start(service)
-        return {}
+            return JobResult(launched=await self._start(service))
+        return JobResult()
 
     async def _remove(self, service: ServiceRuntime, *, forget: bool) -> Left:
         left = await self._stopper.stop(service.instances)

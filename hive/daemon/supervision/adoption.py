@@ -181,6 +181,8 @@ class Adoption:
         if record is not None:
             # The ports it was started with (the daemon picked them, for instances > 0).
             instance.ports = dict(record.ports)
+            if service.blue_green and instance.index == 0 and record.ports == service.config.ports("green"):
+                service.color = instance.color = "green"  # a rollout left it on its green ports
         try:
             spec = self._launcher.run_spec(instance)
         except RuntimeTemplateError:

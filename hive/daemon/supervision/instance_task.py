@@ -155,7 +155,8 @@ class InstanceTasks:
     async def _ended(self, instance: InstanceRuntime) -> None:
         """After a process stopped before its supervision began: its output read."""
         await self._logs.drain(instance.fqn)
-        self._logs.unfollow(instance.fqn)
+        if not _shared(instance):
+            self._logs.unfollow(instance.fqn)
 
     async def _spawn(self, instance: InstanceRuntime) -> ServiceHandle | None:
         """Start one instance; None (state and last_error set) if it could not."""
@@ -224,7 +225,8 @@ class InstanceTasks:
         # record needs the process's start time, which the kernel gives once its exec is
         # done; by then it is. Running (a start's answer) once recorded.
         await anyio.lowlevel.checkpoint()
-        self._records.record(instance, handle)
+        if service.current(instance):  # a rollout's new generation is recorded at its switch
+            self._records.record(instance, handle)
         if fresh and not instance.stopping:  # (an adopted one is running already)
             phases.apply(instance, Input.SPAWNED_WITH_POST_UP if post_up else Input.SPAWNED)
         if service.config.healthchecks:
@@ -251,8 +253,10 @@ class InstanceTasks:
         instance.handle = None
         instance.exit_code = status.exit_code
         await self._logs.drain(instance.fqn)  # not cut short by a cancel
-        self._logs.unfollow(instance.fqn)
-        self._records.forget(service.fqn, instance.index)
+        if not _shared(instance):  # (the other generation writes the same files)
+            self._logs.unfollow(instance.fqn)
+        if service.current(instance):  # the record slot is the serving generation's
+            self._records.forget(service.fqn, instance.index)
         return status
 
     async def _post_up(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
@@ -320,8 +324,8 @@ class InstanceTasks:
         (its phase is then waiting, or stopping when a stop came during the delay)."""
         service = instance.service
         policy = service.config.restart.policy
-        if self._registry.shutting_down:
-            return False
+        if self._registry.shutting_down or not service.current(instance):
+            return False  # (a rollout's generation that fails is rolled back, not restarted)
         if policy == "never" or (policy == "on-failure" and status.success):
             return False
         if self._start_limit_hit(instance):
@@ -349,3 +353,10 @@ class InstanceTasks:
         if not instance.stopping:
             self._phases.apply(instance, Input.WAIT)
         return True
+
+
+def _shared(instance: InstanceRuntime) -> bool:
+    """Whether another generation of the same instance runs (during a rollout): its
+    output goes to the same capture files, which must stay followed."""
+    return any(other is not instance and other.index == instance.index and other.handle is not None
+               for other in instance.service.generations())

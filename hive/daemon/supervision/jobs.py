@@ -1,7 +1,7 @@
 """Commands against one service, queued and run one at a time by its owner.
 
 Every command that acts on a service's instances (start, stop, restart, scale, remove,
-replace) is a :class:`Job` handed to the service's :class:`Owner`. The owner runs its
+replace, rollout) is a :class:`Job` handed to the service's :class:`Owner`. The owner runs its
 jobs in order, one at a time, in a task of its own; so two commands never interleave
 on one service, and each command sees the instances as the previous one left them.
 
@@ -38,6 +38,7 @@ class JobKind(StrEnum):
     SCALE = "scale"  # to job.argument instances
     REPLACE = "replace"  # run job.argument (a new configuration): stop, swap, start again
     REMOVE = "remove"  # stop, then the service is gone
+    ROLLOUT = "rollout"  # blue-green: a new generation beside the old, switched once healthy
 
 
 K = JobKind
@@ -53,6 +54,12 @@ MERGE: dict[tuple[JobKind, JobKind], JobKind] = {
     (K.RESTART, K.START): K.RESTART,  # a restart starts it too
     (K.RESTART, K.STOP): K.STOP,
     (K.RESTART, K.RESTART): K.RESTART,
+    # A rollout starts a service that does not run, and restarts one that does.
+    (K.START, K.ROLLOUT): K.ROLLOUT,
+    (K.STOP, K.ROLLOUT): K.ROLLOUT,
+    (K.ROLLOUT, K.START): K.ROLLOUT,
+    (K.ROLLOUT, K.STOP): K.STOP,
+    (K.ROLLOUT, K.ROLLOUT): K.ROLLOUT,
 }
 
 

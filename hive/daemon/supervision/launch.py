@@ -87,9 +87,9 @@ class Launcher:
         )
 
     def instance_ports(self, instance: InstanceRuntime) -> dict[str, int]:
-        """The first instance takes the configured ports; the others get free ports the
-        daemon picks once and keeps while it can."""
-        configured = instance.service.config.ports()
+        """The first instance takes the configured ports (of its colour, for blue-green);
+        the others get free ports the daemon picks once and keeps while it can."""
+        configured = instance.service.config.ports("green" if instance.color == "green" else "blue")
         if instance.index == 0:
             return configured
         if set(instance.ports) == set(configured):
@@ -132,9 +132,8 @@ class Launcher:
         env = self.environment(instance)
         env.pop(MARKER_ENV, None)
         env["HIVE_ROLLOUT_TYPE"] = config.rollout.type if config.rollout else "none"
-        # Blue-green runs on its blue ports until its switching is active; others have no colour.
-        blue_green = config.rollout is not None and config.rollout.type == "blue-green"
-        env["HIVE_ROLLOUT_COLOR"] = "blue" if blue_green else ""
+        # Blue-green generations alternate between the blue and the green ports; others have no colour.
+        env["HIVE_ROLLOUT_COLOR"] = instance.color if instance.service.blue_green else ""
         for name, port in instance.ports.items():
             env[f"HIVE_PORT_{name.upper()}"] = str(port)
         return env

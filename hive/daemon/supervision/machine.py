@@ -48,6 +48,7 @@ class Phase(StrEnum):
     EXITED = "exited"  # ended with success; not restarted
     CRASHED = "crashed"  # ended with a failure, or could not start; not restarted
     PORT_CONFLICT = "port_conflict"  # could not start: one of its ports is taken
+    DRAINING = "draining"  # an old generation after a rollout's switch: runs, gets no new requests
 
 
 class Input(StrEnum):
@@ -72,6 +73,9 @@ class Input(StrEnum):
     EXITED_FAILED = "exited_failed"  # its process ended with a failure
     RETRY_LATER = "retry_later"  # the restart policy wants it again after a delay
     ENDED = "ended"  # a stopping task is over: nothing of the instance runs
+    # From a rollout (its service's owner runs it, see rollout.py).
+    DRAIN = "drain"  # the new generation took its traffic: it finishes what it has
+    RESTORE = "restore"  # the new generation failed: it takes its traffic back
 
 
 S, I = Phase, Input  # noqa: E741 (the table reads better with short names)
@@ -90,6 +94,12 @@ TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
     **{(p, I.STOP): S.STOPPING
        for p in (S.WAITING, S.STARTING, *_UP, S.UNREACHABLE, S.BACKOFF, S.STOPPING_TO_START)},
     **{(p, I.STOP): p for p in (*_ENDED, S.STOPPING, S.FAILING)},
+    # a rollout's switch: the old generation drains (a start leaves it so); its rollback
+    # gives it the traffic back.
+    **{(p, I.DRAIN): S.DRAINING for p in (S.RUNNING, S.UNHEALTHY)},
+    (S.DRAINING, I.START): S.DRAINING,
+    (S.DRAINING, I.STOP): S.STOPPING,
+    (S.DRAINING, I.RESTORE): S.RUNNING,
     # its own task
     **{(p, I.WAIT): S.WAITING for p in (S.WAITING, S.BACKOFF, S.CRASHED, S.EXITED, S.PORT_CONFLICT)},
     (S.WAITING, I.DEPENDENCIES_READY): S.STARTING,
@@ -103,8 +113,8 @@ TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
     (S.POST_UP, I.POST_UP_FAILED): S.FAILING,
     (S.RUNNING, I.UNHEALTHY): S.UNHEALTHY,
     (S.UNHEALTHY, I.HEALTHY): S.RUNNING,
-    **{(p, I.EXITED_OK): S.EXITED for p in (*_UP, S.UNREACHABLE)},
-    **{(p, I.EXITED_FAILED): S.CRASHED for p in (*_UP, S.UNREACHABLE)},
+    **{(p, I.EXITED_OK): S.EXITED for p in (*_UP, S.UNREACHABLE, S.DRAINING)},
+    **{(p, I.EXITED_FAILED): S.CRASHED for p in (*_UP, S.UNREACHABLE, S.DRAINING)},
     **{(p, I.ENGINE_AWAY): S.UNREACHABLE for p in (*_UP, S.UNREACHABLE)},
     (S.UNREACHABLE, I.ENGINE_BACK): S.RUNNING,
     **{(p, I.RETRY_LATER): S.BACKOFF for p in (S.CRASHED, S.EXITED, S.PORT_CONFLICT)},
@@ -117,14 +127,14 @@ TRANSITIONS: dict[tuple[Phase, Input], Phase] = {
 # runner's to carry out: such an input moves no phase. (A process just spawned is
 # recorded before it counts as running: its engine may go away meanwhile.)
 for _phase in (S.STARTING, S.POST_UP, S.RUNNING, S.UNHEALTHY, S.UNREACHABLE, S.STOPPING, S.FAILING,
-               S.STOPPING_TO_START):
+               S.STOPPING_TO_START, S.DRAINING):
     for _given in (I.HEALTHY, I.UNHEALTHY, I.ENGINE_AWAY, I.ENGINE_BACK):
         TRANSITIONS.setdefault((_phase, _given), _phase)
 del _phase, _given
 
 # Phases in which the instance's supervision task is alive.
 LIVE = frozenset({S.WAITING, S.STARTING, *_UP, S.UNREACHABLE, S.BACKOFF, S.STOPPING, S.STOPPING_TO_START,
-                  S.FAILING})
+                  S.FAILING, S.DRAINING})
 # Up: what dependents and users wait for (with health and post-up hooks judged apart).
 READY = frozenset({S.RUNNING, S.UNHEALTHY})
 # Where a start has its answer: up, or failed (and maybe retrying), or stopped meanwhile.
@@ -145,6 +155,7 @@ WIRE_STATE: dict[Phase, ServiceState] = {
     S.EXITED: ServiceState.EXITED,
     S.CRASHED: ServiceState.CRASHED,
     S.PORT_CONFLICT: ServiceState.PORT_CONFLICT,
+    S.DRAINING: ServiceState.DRAINING,
 }
 
 

@@ -25,10 +25,12 @@ Launched = dict[InstanceRuntime, int | None]
 
 @dataclass
 class JobResult:
-    """What a job did: the instances it started, and those it could not stop now."""
+    """What a job did: the instances it started, those it could not stop now, and the
+    outcomes it judged itself (a rollout rolled back)."""
 
     launched: Launched = field(default_factory=dict)
     left: Left = field(default_factory=list)
+    answered: list[InstanceOutcome] = field(default_factory=list)
 
 
 def judge(instance: InstanceRuntime, seen: int | None) -> InstanceOutcome:

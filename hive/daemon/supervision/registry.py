@@ -53,7 +53,8 @@ class Registry:
         return [instance for service in self.services.values() for instance in service.instances]
 
     def in_order(self, source: str | None = None) -> list[InstanceRuntime]:
-        """Every instance (of ``source``): services by fqn, each one's by index."""
+        """Every instance (of ``source``): services by fqn, each one's by index (during
+        a rollout, the serving generation's, then the other's)."""
         services = self.services
         fqns = list(services)
         if fqns != self._fqns:  # a service came or went: sort again (not per listing)
@@ -62,7 +63,7 @@ class Registry:
             instance
             for fqn in self._fqns_sorted
             if source is None or services[fqn].source == source
-            for instance in services[fqn].instances
+            for instance in services[fqn].generations()
         ]
 
     def index_exposes(self) -> None:

@@ -51,9 +51,14 @@ class Backoff:
 class InstanceRuntime:
     """One copy of a service, and everything runtime-only about it."""
 
-    def __init__(self, service: ServiceRuntime, index: int) -> None:
+    def __init__(self, service: ServiceRuntime, index: int, generation: int = 0, color: str = "") -> None:
         self.service = service
         self.index = index
+        # Which generation of its service it belongs to (a blue-green rollout runs two at
+        # once; see rollout.py), and the colour of the rollout ports it runs on. Both
+        # generations share the instance's name, its logs and its process record slot.
+        self.generation = generation or service.generation
+        self.color = color or service.color
         # ``source:service`` for the first instance (whatever the scale, so its name and
         # logs stay put), ``source:service#N`` for the others. Both parts are fixed.
         self.fqn = service.fqn if index == 0 else f"{service.fqn}#{index}"
@@ -146,7 +151,14 @@ class ServiceRuntime:
         self.desired = "stopped"
         self.scale = 1
         self.restart_count = 0
+        # The generation that serves (blue-green: +1 at each rollout's switch).
+        self.generation = 1
+        self.color = "blue"  # the rollout ports the serving generation runs on
         self.instances: list[InstanceRuntime] = [InstanceRuntime(self, 0)]
+        # During a blue-green rollout: the new generation starting beside ``instances``
+        # (``incoming``), then the old one draining after the switch (``retiring``).
+        self.incoming: list[InstanceRuntime] = []
+        self.retiring: list[InstanceRuntime] = []
         self._changed: anyio.Event | None = None
         # One build for the instances that start together: the lock, and a counter of
         # the builds that succeeded (a start that waited for one does not build again).
@@ -162,10 +174,28 @@ class ServiceRuntime:
             self._changed = anyio.Event()
         return self._changed
 
+    @property
+    def blue_green(self) -> bool:
+        """Whether a restart is a blue-green rollout. Script services only, so far: two
+        generations of a container would need two container names."""
+        rollout = self.config.rollout
+        return rollout is not None and rollout.type == "blue-green" and self.config.runner.type == "script"
+
+    def current(self, instance: InstanceRuntime) -> bool:
+        """Whether ``instance`` belongs to the generation that serves (not one starting
+        beside it, nor one draining): only that one is restarted and recorded."""
+        return instance.generation == self.generation
+
+    def generations(self) -> list[InstanceRuntime]:
+        """Every instance of every generation: the serving one first."""
+        if not self.incoming and not self.retiring:
+            return self.instances
+        return [*self.instances, *self.incoming, *self.retiring]
+
     def notify(self, instance: InstanceRuntime | None = None) -> None:
         """Something shown changed: of ``instance`` (its cached info is dropped), or of
         the service (every instance's is); whoever waits for a change is woken."""
-        for each in (instance,) if instance is not None else self.instances:
+        for each in (instance,) if instance is not None else self.generations():
             each.info_cache = None
         changed, self._changed = self._changed, None
         if changed is not None:

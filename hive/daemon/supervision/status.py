@@ -40,6 +40,8 @@ def instance_info(instance: InstanceRuntime) -> ServiceInfo:
         last_error=instance.last_error,
         health_checks=instance.health.results() if instance.health else [],
         instances=service.scale,
+        generation=instance.generation if service.blue_green else None,
+        color=instance.color if service.blue_green else None,
     )
     instance.info_cache = (health_version, info)
     return info

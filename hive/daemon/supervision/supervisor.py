@@ -50,6 +50,7 @@ from .outcomes import JobResult, Launched, done, judge, pending, superseded
 from .phases import Phases
 from .records import Records
 from .registry import Registry
+from .rollout import Rollouts
 from .runtime import InstanceRuntime, ServiceRuntime
 from .status import instance_info
 from .stopping import Left, Stopper
@@ -107,9 +108,11 @@ class Supervisor:
             launcher=self._launcher, dependencies=self._dependencies, stopper=self._stopper,
             records=self._records, bus=bus, logs=logs, restart_defaults=lambda: settings().restart,
         )
+        rollouts = Rollouts(registry=self._registry, instances=self._instances, stopper=self._stopper,
+                            phases=self._phases, records=self._records, bus=bus)
         self._actions = Actions(
             registry=self._registry, instances=self._instances, stopper=self._stopper, records=self._records,
-            writer=writer, logs=logs,
+            writer=writer, logs=logs, rollouts=rollouts,
         )
         self._adoption = Adoption(
             tasks=tasks, runners=runners, registry=self._registry, phases=self._phases,
@@ -274,9 +277,10 @@ class Supervisor:
         return await self._started(jobs, wait)
 
     async def restart(self, fqn: str) -> list[InstanceOutcome]:
-        """Stop, then start (the service and what it depends on)."""
+        """Stop, then start (the service and what it depends on). A blue-green service
+        that serves rolls out instead: a new generation, switched to once healthy."""
         service = self.get(fqn)
-        jobs = [(service, self._submit(service, JobKind.RESTART))]
+        jobs = [(service, self._submit(service, JobKind.ROLLOUT if service.blue_green else JobKind.RESTART))]
         jobs += [(dep, self._submit(dep, JobKind.START)) for dep in self._closure([fqn]) if dep is not service]
         return await self._started(jobs, self.settle_timeout)
 
@@ -288,6 +292,7 @@ class Supervisor:
             if job.kind is JobKind.STOP:  # a stop came before it ran, and took its place
                 replaced += [superseded(i, "a stop came before the start ran") for i in service.wanted()]
             launched.update(result.launched)
+            replaced += result.answered
         return replaced + await self._outcomes(launched, wait)
 
     async def scale(self, fqn: str, count: int) -> list[InstanceOutcome]:

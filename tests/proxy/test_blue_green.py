@@ -1,0 +1,182 @@
+"""Blue-green rollouts of a script service behind the real proxy: zero failed requests
+under continuous load, rollback of a green that never becomes healthy, and a WebSocket
+that stays on blue until blue is drained."""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from hive_client import (
+    BlockingClient,
+    InstanceOutcome,
+    RolloutCompleted,
+    RolloutDrained,
+    RolloutRolledBack,
+    RolloutSwitched,
+    ServiceFailed,
+)
+from tests.proxy.conftest import APP, Proxy, free_port, write_yaml
+
+
+def blue_green_yaml(*, drain: str = "0.2s", healthy: str = "0.2s", timeout: str = "20s") -> str:
+    """A service named after its port (``web-PORT``), so a response says which colour served it."""
+    blue, green = free_port(), free_port()
+    return f"""
+  web:
+    runner: {{type: script, script: {{run: "exec {sys.executable} {APP} {{{{runtime.port.http}}}} web-{{{{runtime.port.http}}}}"}}}}
+    rollout: {{type: blue-green, blue-green: {{ports: {{http: {{blue: {blue}, green: {green}}}}}, drain: {drain}, healthy_duration: {healthy}, timeout: {timeout}}}}}
+    healthcheck: {{type: http, http: {{port: "{{{{runtime.port.http}}}}", path: /health, interval: 0.1s, retries: 1}}}}
+    proxy: {{path: /web, strip_prefix: true}}
+"""
+
+
+@contextmanager
+def load(proxy: Proxy) -> Iterator[tuple[list[str], list[int]]]:
+    """Requests sent continuously (a kept-alive connection, and a new connection per
+    request) until the block ends: the failures, and how many were answered."""
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+
+    def run(keep_alive: bool) -> None:
+        connection: http.client.HTTPConnection | None = None
+        while not stop.is_set():
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+            try:
+                connection.request("GET", "/web/load")
+                answer = connection.getresponse()
+                body = answer.read()
+                if answer.status != 200:
+                    failures.append(f"{answer.status}: {body[:200]!r}")
+                served[0] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                failures.append(repr(exc))
+                connection.close()
+                connection = None
+            if not keep_alive and connection is not None:
+                connection.close()
+                connection = None
+
+    threads = [threading.Thread(target=run, args=(keep,), daemon=True) for keep in (True, False)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield failures, served
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def make_sick(project: Path) -> None:
+    """The next generation answers 503 to its health check."""
+    path = project / "hive.yaml"
+    path.write_text(path.read_text().replace("web-{{runtime.port.http}}", "web-{{runtime.port.http}} sick"))
+
+
+def started(proxy: Proxy, project: Path) -> BlockingClient:
+    client = proxy.client()
+    client.add_source(str(project))
+    client.start_source("p")
+    proxy.wait_serving("/web/", b"web-")
+    return client
+
+
+def test_twenty_rollouts_under_load_fail_no_request(proxy: Proxy, tmp_path: Path) -> None:
+    project = write_yaml(tmp_path / "p", blue_green_yaml())
+    with started(proxy, project) as client, load(proxy) as (failures, served):
+        first = client.get_service_status("p:web")
+        assert (first.generation, first.color) == (1, "blue")
+        pids = {first.pid}
+        for number in range(2, 22):
+            before = served[0]
+            outcomes = client.restart_service("p:web")
+            assert [o.result for o in outcomes] == ["done"], outcomes
+            info = client.get_service_status("p:web")
+            assert info.generation == number and info.color == ("blue" if number % 2 else "green")
+            assert info.pid not in pids
+            pids.add(info.pid)
+            assert proxy.get("/web/")[1].startswith(f"web-{info.ports['http']} ".encode())
+            assert served[0] > before  # requests flowed during each rollout
+        states = {s.fqn: s.state for s in client.list_services("p")}
+    assert failures == []
+    assert states == {"p:web": "running"}  # one generation left
+
+
+def test_a_green_that_never_becomes_healthy_is_rolled_back(proxy: Proxy, tmp_path: Path) -> None:
+    project = write_yaml(tmp_path / "p", blue_green_yaml(timeout="2s"))
+    with started(proxy, project) as client, load(proxy) as (failures, served):
+        blue = client.get_service_status("p:web")
+        with BlockingClient(proxy.daemon.socket, timeout=30) as watcher, \
+                watcher.subscribe_events(["rollout_rolled_back"], fqn="p:web") as events:
+            # A reload of a changed service rolls out too: this green answers 503 to /health.
+            make_sick(project)
+            client.reload_source("p")
+            rolled_back = next(iter(events))
+        assert isinstance(rolled_back, RolloutRolledBack)
+        assert rolled_back.generation == 2 and rolled_back.serving == 1
+        assert "not healthy within 2 s" in rolled_back.reason
+        after = client.get_service_status("p:web")
+        assert (after.pid, after.generation, after.state) == (blue.pid, 1, "running")
+        assert proxy.get("/web/")[1].startswith(f"web-{blue.ports['http']} ".encode())
+        assert [s.fqn for s in client.list_services("p")] == ["p:web"]  # the green is gone
+    assert failures == []
+    assert served[0] > 0
+
+
+def test_a_websocket_stays_on_blue_until_blue_is_drained(proxy: Proxy, tmp_path: Path) -> None:
+    project = write_yaml(tmp_path / "p", blue_green_yaml(drain="5s"))
+    with started(proxy, project) as client:
+        blue_port = client.get_service_status("p:web").ports["http"]
+        with connect(f"ws://127.0.0.1:{proxy.port}/web/ws", open_timeout=10) as ws, \
+                BlockingClient(proxy.daemon.socket, timeout=30) as watcher, \
+                watcher.subscribe_events(["rollout_switched", "rollout_drained", "rollout_completed"],
+                                         fqn="p:web") as events:
+            ws.send("before")
+            assert ws.recv(timeout=10) == f"web-{blue_port}: before"
+            answers: list[list[InstanceOutcome]] = []
+
+            def restart_in_background() -> None:
+                with proxy.client() as own:  # (a client serves one thread)
+                    answers.append(own.restart_service("p:web"))
+
+            restart = threading.Thread(target=restart_in_background, daemon=True)
+            restart.start()
+            stream = iter(events)
+            assert isinstance(next(stream), RolloutSwitched)
+            # New requests go to green; the WebSocket is still blue's.
+            green_port = client.get_service_status("p:web").ports["http"]
+            assert green_port != blue_port
+            assert proxy.get("/web/")[1].startswith(f"web-{green_port} ".encode())
+            ws.send("during")
+            assert ws.recv(timeout=10) == f"web-{blue_port}: during"
+            drained = next(stream)
+            assert isinstance(drained, RolloutDrained) and drained.generation == 1
+            # Blue is stopped once drained: then, and only then, its WebSocket ends.
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            assert isinstance(next(stream), RolloutCompleted)
+            restart.join(timeout=30)
+            assert [o.result for o in answers[0]] == ["done"]
+
+
+def test_a_failed_rollout_answers_why(proxy: Proxy, tmp_path: Path) -> None:
+    project = write_yaml(tmp_path / "p", blue_green_yaml(timeout="1s"))
+    with started(proxy, project) as client:
+        make_sick(project)
+        client.reload_source("p")  # (rolled back: see above)
+        with pytest.raises(ServiceFailed) as failed:
+            client.restart_service("p:web")
+        [outcome] = failed.value.outcomes
+        assert outcome.result == "failed" and "rolled back (generation 1 serves on)" in (outcome.reason or "")
+        assert client.get_service_status("p:web").state == "running"
