@@ -24,7 +24,9 @@ THIRD_PARTY = {
     "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop",
              "dotenv",  # .env files by python-dotenv's rules
              "httptools",  # the proxy's HTTP/1.1 parser
-             "h2"},  # the grpc health check's HTTP/2
+             "h2",  # the grpc health check's HTTP/2
+             "watchfiles",  # `hive up --watch` (CLI side)
+             "textual"},  # `hive ui` (the [ui] extra, imported only by that command)
     "core_plugins": {"anyio", "msgspec", "websockets", "psutil",
                      "httpx"},  # the fleet plugin's etcd client
 }

@@ -30,6 +30,7 @@ _COMMANDS: dict[str, str] = {
     "reload": "daemon_cmds:reload",
     "events": "daemon_cmds:events",
     "up": "up_cmd:up",
+    "ui": "ui_cmd:ui",
     "down": "service_cmds:down",
     "services": "service_cmds:services",
     "service": "service_cmds:service",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from ._bringup import BringUp, bring_up
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
 from ._output import Output
 from ._reasons import Verdict
+from ._watch_plan import DEFAULT_DEBOUNCE_MS, WatchPlan
 from .daemon_cmds import START_TIMEOUT, daemon_home, spawn_daemon
 from .service_cmds import complete_fqn, find_project_root
 
@@ -132,12 +134,22 @@ def _wait_limit(ctx: click.Context, state: CliState, given: float | None) -> flo
 @click.option("--name", help="Source name (default: the directory name).")
 @click.option("--timeout", "wait", type=float, metavar="SECONDS",
               help=f"How long to wait for the services to come up (default {UP_TIMEOUT:.0f}, or hive --timeout).")
+@click.option("--watch", is_flag=True,
+              help="Then restart the services when files under the project (or --watch-path) change, until Ctrl-C.")
+@click.option("--watch-path", "watch_paths", multiple=True, type=click.Path(exists=True, file_okay=True),
+              metavar="PATH", help="What --watch watches (repeatable; default: the project root).")
+@click.option("--ignore", "ignores", multiple=True, metavar="GLOB",
+              help="Changes --watch ignores (repeatable): `tmp/*` from the root, `*.log` anywhere.")
+@click.option("--debounce", type=click.IntRange(10, 60_000), default=DEFAULT_DEBOUNCE_MS, show_default=True,
+              metavar="MS", help="--watch restarts once no change came for this long.")
 @json_option
 @pass_state
 @click.pass_context
-def up(ctx: click.Context, state: CliState, args: tuple[str, ...], name: str | None, wait: float | None) -> None:
+def up(ctx: click.Context, state: CliState, args: tuple[str, ...], name: str | None, wait: float | None,
+       watch: bool, watch_paths: tuple[str, ...], ignores: tuple[str, ...], debounce: int) -> None:
     """Add a project as a source and start it (or only the SERVICEs named), starting the
-    daemon first if none runs. Shows each service come up; exits 1 naming those that did not."""
+    daemon first if none runs. Shows each service come up; exits 1 naming those that did not.
+    With --watch it stays, restarting the services each time their files change."""
     path: Path | None = None
     names = list(args)
     if names and (Path(names[0]).exists() or "/" in names[0]):
@@ -178,8 +190,58 @@ def up(ctx: click.Context, state: CliState, args: tuple[str, ...], name: str | N
         })
     else:
         _report(out, progress, limit)
+    if watch:
+        root = path.absolute()
+        plan = WatchPlan(
+            root=root, paths=tuple(Path(p).absolute() for p in watch_paths) or (root,),
+            ignore=ignores, debounce_ms=debounce, services=tuple(s.fqn for s in progress.targets()),
+        )
+        _watch(state, plan)
     if not_up:
         sys.exit(EXIT_FAILURE)
+
+
+def _watch(state: CliState, plan: WatchPlan) -> None:
+    """Restart on changes until Ctrl-C (which ends the command with 130, quietly)."""
+    import anyio
+
+    from ._watch import watch_and_restart
+
+    out = state.out
+    if not plan.services:
+        fail("nothing to watch for: the project has no services")
+
+    def ready() -> None:
+        if state.json_mode:
+            out.json({"watching": [str(p) for p in plan.paths], "services": list(plan.services)})
+        else:
+            where = ", ".join(plan.relative(str(p)) if p != plan.root else str(p) for p in plan.paths)
+            out.line(f"watching {where} for changes (Ctrl-C to stop)", style="dim")
+        sys.stdout.flush()
+
+    def report(line: str, ok: bool) -> None:
+        if state.json_mode:
+            out.json({"watch": line, "ok": ok})
+        else:
+            out.line(line, style="green" if ok else "red")
+        sys.stdout.flush()
+
+    async def until_interrupted() -> None:
+        # Ctrl-C is taken as a signal here, so it ends the watch between two steps (a
+        # KeyboardInterrupt could land inside a restart request or watchfiles' thread).
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    await watch_and_restart(state.socket, plan, report, ready)
+
+                group.start_soon(watch)
+                async for _ in signals:
+                    group.cancel_scope.cancel()
+                    break
+
+    anyio.run(until_interrupted)
+    sys.exit(130)  # what shells expect of an interrupted command, quietly
 
 
 def _report(out: Output, progress: BringUp, limit: float) -> None:

@@ -1,0 +1,243 @@
+"""`hive ui`: a terminal dashboard (textual) of the daemon's services.
+
+Everything on it comes from the daemon's streams, never from polling: the table follows
+the service stream (each change is pushed), the log pane follows the selected service's
+log stream. The one timer is local: it redraws the uptime column from each start time.
+Imported only by `hive ui`, so textual costs nothing to the other commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.widgets import DataTable, Footer, Header, Input, Log
+
+from hive_client import DaemonClient, DaemonError, HiveError, ServiceInfo
+
+from ._output import format_age
+from ._reasons import reason
+
+__all__ = ["COLUMNS", "Dashboard"]
+
+COLUMNS = ("service", "state", "health", "pid", "restarts", "uptime", "reason")
+LOG_TAIL = 200  # lines of history the log pane starts with
+_HEALTH = {True: "healthy", False: "unhealthy", None: "-"}
+
+
+def _cells(info: ServiceInfo, services: dict[str, ServiceInfo]) -> dict[str, str]:
+    return {
+        "service": info.fqn,
+        "state": info.state,
+        "health": _HEALTH[info.healthy],
+        "pid": str(info.pid) if info.pid else "-",
+        "restarts": str(info.restart_count),
+        "uptime": format_age(info.started_at) if info.pid else "-",
+        "reason": reason(info, services),
+    }
+
+
+class Dashboard(App[None]):
+    """Services above, the selected one's logs below; keys act on the selected service."""
+
+    TITLE = "Hive"
+    CSS = """
+    #services { height: 1fr; }
+    #logs { height: 1fr; border-top: solid $accent; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("r", "restart", "Restart"),
+        Binding("plus", "scale(1)", "Scale +1", key_display="+"),
+        Binding("minus", "scale(-1)", "Scale -1", key_display="-"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, socket: str | None = None) -> None:
+        super().__init__()
+        self.socket = socket
+        self.services: dict[str, ServiceInfo] = {}
+        self.client: DaemonClient | None = None
+        self.selected: str | None = None
+        self.filter_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical():
+            box = Input(placeholder="filter services (Enter to apply, Esc to clear)", id="filter")
+            box.display = False
+            yield box
+            yield DataTable(id="services", cursor_type="row", zebra_stripes=True)
+            yield Log(id="logs", max_lines=5_000)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#services", DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        table.focus()  # keys act on services; the filter takes them only after `/`
+        self.follow_services()
+        self.set_interval(1.0, self._redraw_uptime)
+
+    # --- the service stream -------------------------------------------------------------
+
+    @work(exclusive=True, group="services")
+    async def follow_services(self) -> None:
+        """The daemon connection for the app's life; each pushed change redraws its row."""
+        try:
+            async with DaemonClient(self.socket, timeout=None, client_name="hive-ui") as client:
+                self.client = client
+                async with client.subscribe_services() as stream:
+                    async for info in stream:
+                        self.services[info.fqn] = info
+                        self._show(info)
+        except HiveError as exc:
+            self.sub_title = f"disconnected: {exc}"
+            self.notify(f"{exc}", title="daemon", severity="error", timeout=30)
+        finally:
+            self.client = None
+
+    def _visible(self, fqn: str) -> bool:
+        return self.filter_text.lower() in fqn.lower()
+
+    def _show(self, info: ServiceInfo) -> None:
+        table = self.query_one("#services", DataTable)
+        cells = _cells(info, self.services)
+        if not self._visible(info.fqn):
+            if info.fqn in table.rows:
+                table.remove_row(info.fqn)
+            return
+        if info.fqn in table.rows:
+            for column, value in cells.items():
+                table.update_cell(info.fqn, column, value)
+        else:
+            table.add_row(*(cells[c] for c in COLUMNS), key=info.fqn)
+            table.sort("service")
+            self._follow_cursor()
+
+    def _under_cursor(self) -> str | None:
+        table = self.query_one("#services", DataTable)
+        if not table.row_count:
+            return None
+        key: str | None = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return key
+
+    def _follow_cursor(self) -> None:
+        """The selected service is the one under the cursor (rows move as they sort in)."""
+        fqn = self._under_cursor()
+        if fqn is not None:
+            self._select(fqn)
+
+    def _redraw_uptime(self) -> None:
+        table = self.query_one("#services", DataTable)
+        for fqn, info in self.services.items():
+            if info.pid and fqn in table.rows:
+                table.update_cell(fqn, "uptime", format_age(info.started_at))
+
+    def _rebuild(self) -> None:
+        table = self.query_one("#services", DataTable)
+        table.clear()
+        for info in sorted(self.services.values(), key=lambda s: s.fqn):
+            if self._visible(info.fqn):
+                table.add_row(*(_cells(info, self.services)[c] for c in COLUMNS), key=info.fqn)
+        self._follow_cursor()
+
+    # --- the selected service's logs ----------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self._select(event.row_key.value)
+
+    def _select(self, fqn: str) -> None:
+        if fqn == self.selected:
+            return
+        self.selected = fqn
+        log = self.query_one("#logs", Log)
+        log.clear()
+        log.border_title = f"logs: {fqn}"
+        self.follow_logs(fqn)
+
+    @work(exclusive=True, group="logs")
+    async def follow_logs(self, fqn: str) -> None:
+        log = self.query_one("#logs", Log)
+        # The service stream's worker opens the connection; the logs share it.
+        client = self.client
+        if client is None:
+            async with DaemonClient(self.socket, timeout=None, client_name="hive-ui-logs") as own:
+                await self._copy_logs(own, fqn, log)
+        else:
+            await self._copy_logs(client, fqn, log)
+
+    @staticmethod
+    async def _copy_logs(client: DaemonClient, fqn: str, log: Log) -> None:
+        try:
+            async with client.stream_logs(fqn, tail=LOG_TAIL) as stream:
+                async for line in stream:
+                    log.write_line(f"{line.timestamp:%H:%M:%S} {line.message}")
+        except HiveError as exc:
+            log.write_line(f"-- log stream ended: {exc}")
+
+    # --- keys ---------------------------------------------------------------------------
+
+    # A key acts on the row under the cursor now: a cursor move's highlight message may
+    # not have been handled yet when the next key comes.
+
+    def action_start(self) -> None:
+        self._act("start", self._under_cursor())
+
+    def action_stop(self) -> None:
+        self._act("stop", self._under_cursor())
+
+    def action_restart(self) -> None:
+        self._act("restart", self._under_cursor())
+
+    def action_scale(self, step: int) -> None:
+        self._act("scale", self._under_cursor(), step)
+
+    @work(group="actions")
+    async def _act(self, action: str, fqn: str | None, step: int = 0) -> None:
+        client = self.client
+        if fqn is None or client is None:
+            return
+        try:
+            call: Any
+            if action == "start":
+                call = client.start_service(fqn)
+            elif action == "stop":
+                call = client.stop_service(fqn)
+            elif action == "restart":
+                call = client.restart_service(fqn)
+            else:
+                count = max(0, self.services[fqn].instances + step)
+                call = client.scale_service(fqn, count)
+            await call
+        except DaemonError as exc:
+            self.notify(f"{fqn}: {exc.message}", title=f"{action} failed", severity="error")
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self._apply_filter("")
+        self.query_one("#services", DataTable).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._apply_filter(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#services", DataTable).focus()
+
+    def _apply_filter(self, text: str) -> None:
+        self.filter_text = text
+        self._rebuild()

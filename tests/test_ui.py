@@ -1,0 +1,93 @@
+"""`hive ui` headless (textual's pilot) against a real daemon: services appear from the
+service stream, the log pane follows the selected one, keys stop/start/restart it and the
+table follows the daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Log
+
+from hive.cli._dashboard import Dashboard
+from hive_client import BlockingClient
+from tests.support import DaemonProcess, run_cli, wait_until, write_project
+
+pytestmark = pytest.mark.anyio
+
+PROJECT = """
+    version: "1"
+    services:
+      web:
+        runner: {type: script, script: {run: "echo hello from web; exec sleep 1000"}}
+      worker:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+"""
+
+
+@pytest.fixture
+def project(daemon: DaemonProcess, home: Path) -> Path:
+    root = write_project(home / "dash", PROJECT)
+    with BlockingClient(daemon.socket) as client:
+        client.add_source(root)
+        client.start_source("dash")
+    return root
+
+
+def _cell(app: Dashboard, fqn: str, column: str) -> str | None:
+    table = app.query_one("#services", DataTable)
+    if fqn not in table.rows:
+        return None
+    return str(table.get_cell(fqn, column))
+
+
+async def test_dashboard_shows_services_and_keys_act(daemon: DaemonProcess, project: Path) -> None:
+    app = Dashboard(str(daemon.socket))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_until(lambda: _cell(app, "dash:web", "state") == "running", what="web in the table")
+        await wait_until(lambda: _cell(app, "dash:worker", "state") == "running", what="worker in the table")
+        with BlockingClient(daemon.socket) as client:
+            web = client.get_service_status("dash:web")
+        assert _cell(app, "dash:web", "pid") == str(web.pid)
+        assert _cell(app, "dash:web", "restarts") == "0"
+        assert _cell(app, "dash:web", "reason") == ""
+
+        # The first row is selected: its logs are in the pane.
+        assert app.selected == "dash:web"
+        log = app.query_one("#logs", Log)
+        await wait_until(lambda: any("hello from web" in line for line in log.lines), what="web's log line")
+
+        await pilot.press("x")
+        await wait_until(lambda: _cell(app, "dash:web", "state") == "stopped", what="web stopped in the table")
+        assert _cell(app, "dash:web", "pid") == "-"
+        assert "not asked to run" in (_cell(app, "dash:web", "reason") or "")
+        with BlockingClient(daemon.socket) as client:
+            assert client.get_service_status("dash:web").state == "stopped"
+        assert _cell(app, "dash:worker", "state") == "running"  # only the selected one
+
+        await pilot.press("s")
+        await wait_until(lambda: _cell(app, "dash:web", "state") == "running", what="web running again")
+        started = _cell(app, "dash:web", "pid")
+        assert started not in (None, "-", str(web.pid))
+
+        # The cursor moves to worker: r restarts it, and its row gets a new pid.
+        await pilot.press("down")
+        assert app.selected == "dash:worker"
+        worker_pid = _cell(app, "dash:worker", "pid")
+        await pilot.press("r")
+        await wait_until(lambda: _cell(app, "dash:worker", "pid") not in (None, "-", worker_pid),
+                         what="worker's new pid")
+
+        # The filter hides what does not match, Escape brings it back.
+        await pilot.press("slash", "w", "o", "r")
+        assert _cell(app, "dash:web", "state") is None
+        assert _cell(app, "dash:worker", "state") == "running"
+        await pilot.press("escape")
+        assert _cell(app, "dash:web", "state") == "running"
+
+
+def test_ui_without_a_daemon_is_one_line(hive_env: Path) -> None:
+    result = run_cli("ui")
+    assert result.returncode == 3
+    assert result.stderr.startswith("hive: error: the Hive daemon is not running")
+    assert "Traceback" not in result.stderr
