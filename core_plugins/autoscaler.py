@@ -12,8 +12,13 @@ with the thresholds:
   set): one fewer, down to ``min_instances``;
 
 never twice within ``cooldown`` of the service's last change, and with fresh samples
-after each change. Every decision — a scale, or a scale a limit held back — is published
-as a ``plugin_notice`` event (``kind`` ``scaled`` / ``held``) with its reason and figures.
+after each change. A count it did not set (a manual ``hive scale``) is a change too: it is
+respected for a ``cooldown`` (``kind`` ``manual``). ``min_instances`` and
+``max_instances`` apply at once, whatever the load, outside a cooldown: a service
+outside them is brought inside on the next round. Every decision — a scale, or a scale a
+limit held back — is published as a ``plugin_notice`` event (``kind`` ``scaled`` /
+``held``) with its reason and figures; ``held`` once per limit reached, until the count
+changes.
 
 Settings (``[plugins.autoscaler.settings]``)::
 
@@ -82,6 +87,7 @@ class _Tracked:
     last_change: float = float("-inf")
     cpu_seen: dict[int, tuple[float, float]] = field(default_factory=dict)  # pid -> (wall, cpu s)
     held: str = ""  # the limit last reported held ("maximum 3"), not repeated
+    count: int | None = None  # the instance count last seen or set
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -169,6 +175,21 @@ class Autoscaler(CorePlugin[AutoscalerSettings]):
         now = time.monotonic()
         running = [info for info in instances if info.state in ("running", "unhealthy")]
         count = max((info.instances for info in instances), default=len(instances))
+        if tracked.count is not None and count != tracked.count:  # scaled by someone else
+            tracked.count, tracked.last_change, tracked.held = count, now, ""
+            tracked.samples.clear()
+            tracked.cpu_seen.clear()
+            await self.client.emit_event(
+                "manual", f"{base} was scaled to {count} by hand: respected for {settings.cooldown:g} s",
+                fqn=base, data={"instances": count})
+            return
+        tracked.count = count
+        bounded = min(settings.max_instances, max(settings.min_instances, count))
+        if bounded != count and now - tracked.last_change >= settings.cooldown:
+            limit = "minimum" if bounded > count else "maximum"
+            await self._scale(base, tracked, count, bounded, f"{count} is outside the {limit} of {bounded}",
+                              {"instances": count})
+            return
         cores, memory, measured = 0.0, 0.0, 0
         seen: dict[int, tuple[float, float]] = {}
         for info in running:
@@ -198,7 +219,6 @@ class Autoscaler(CorePlugin[AutoscalerSettings]):
         up_reason = self._up_reason(cpu_avg, mem_avg)
         down_reason = None if up_reason else self._down_reason(cpu_avg, mem_avg)
         if up_reason is None and down_reason is None:
-            tracked.held = ""
             return
         if now - tracked.last_change < settings.cooldown:
             return  # inside the cooldown: no decision, no flapping
@@ -216,9 +236,12 @@ class Autoscaler(CorePlugin[AutoscalerSettings]):
                 await self.client.emit_event("held", f"{reason}, but {base} is at its {limit} of {count}",
                                              fqn=base, data=figures)
             return
-        tracked.held = ""
+        await self._scale(base, tracked, count, target, reason, figures)
+
+    async def _scale(self, base: str, tracked: _Tracked, count: int, target: int, reason: str,
+                     figures: dict[str, float]) -> None:
         await self.client.scale_service(base, target)
-        tracked.last_change = time.monotonic()
+        tracked.count, tracked.last_change, tracked.held = target, time.monotonic(), ""
         tracked.samples.clear()
         tracked.cpu_seen.clear()
         message = f"scaled {base} from {count} to {target}: {reason}"

@@ -8,15 +8,22 @@ enabled), every service's desired state and instance count, and the SHA-256 of e
 ``<id>.sha256`` beside the archive holds the archive's own (``sha256sum`` format). Both are
 written to a temporary name and renamed, so a crash leaves no half archive.
 
-Snapshots are taken every ``interval`` (an hour), after a service crash (once per
-``crash_debounce`` window, however many crash), and on ``hive backup now``; the newest
-``keep`` are kept.
+Snapshots are taken every ``interval`` (an hour; a reload that changes it applies at
+once), after a service crash (once per ``crash_debounce`` window, however many crash), and
+on ``hive backup now``. Retention keeps the newest ``keep`` scheduled and manual snapshots
+and, apart, the newest ``keep_crash`` crash snapshots, so a crash loop never pushes out
+the periodic ones. It only ever deletes its own archives: a name of the id pattern and a
+``manifest.json`` inside whose ``id`` is that name; anything else in the directory is the
+user's and is left alone (and not listed).
 
 ``hive backup verify ID`` recomputes every checksum; ``hive backup restore ID`` verifies
 first and refuses a damaged archive, then shows its plan (``--dry-run`` stops there) and
 puts back what is missing: a deleted ``hive.yaml`` or database file, an unregistered
-source, a deleted SQLite service, and starts what was running. What exists is left as it
-is: a restore adds back, it never overwrites.
+source, a deleted SQLite service, starts what was running and scales back up what has
+fewer instances than it had. What exists is left as it is: a restore adds back, it never
+overwrites. A registered SQLite source whose file was deleted is still open in the
+daemon, whose copy is newer than any archive: the restore has the daemon write that copy
+back (a source reload) instead of an archived one.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ import io
 import json
 import logging
 import os
+import re
 import sqlite3
 import tarfile
 import tempfile
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,11 +49,14 @@ import msgspec
 
 from hive.config import CONFIG_FILENAMES, find_config_file
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
-from hive_client import ServiceCrashed, __version__
+from hive_client import PluginConfigured, ServiceCrashed, __version__
 
 __all__ = ["Backup", "BackupSettings"]
 
 FORMAT = 1
+ARCHIVE_NAME = re.compile(r"^\d{8}T\d{6}Z(-\d+)?\.tar\.gz$")
+# What a damaged archive raises when read (a truncated gzip stream: EOFError or zlib.error).
+DAMAGED = (OSError, EOFError, zlib.error, tarfile.TarError, ValueError, KeyError)
 log = logging.getLogger("hive.plugins.backup")
 
 
@@ -52,14 +64,15 @@ class BackupSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     directory: str = ""  # default: $HIVE_HOME/backups
     interval: float = 3600.0
     keep: int = 24
+    keep_crash: int = 6
     on_crash: bool = True
     crash_debounce: float = 30.0
 
     def __post_init__(self) -> None:
         if self.interval < 0.1:
             raise ValueError("interval must be at least 0.1 s")
-        if self.keep < 1:
-            raise ValueError("keep must be at least 1")
+        if self.keep < 1 or self.keep_crash < 1:
+            raise ValueError("keep and keep_crash must be at least 1")
         if self.crash_debounce < 0:
             raise ValueError("crash_debounce must not be negative")
 
@@ -160,26 +173,33 @@ class Backup(CorePlugin[BackupSettings]):
         self.home = Path(home)
         self.directory = Path(self.settings.directory or Path(home) / "backups")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._crashed = anyio.Event()
+        self._crashed = False
+        self._wake = anyio.Event()  # a crash or new settings
         self._lock = anyio.Lock()
+        self._kinds: dict[tuple[str, int, int], str | None] = {}  # (name, mtime, size) → reason
 
     async def on_event(self, event: DaemonEvent) -> None:
         if isinstance(event, ServiceCrashed) and self.settings.on_crash:
-            self._crashed.set()
+            self._crashed = True
+            self._wake.set()
+        elif isinstance(event, PluginConfigured):
+            self._wake.set()  # the interval may have changed: the next due time with it
 
     async def run(self) -> None:
-        due = anyio.current_time() + self.settings.interval
+        last = anyio.current_time()  # of the last scheduled snapshot
         while True:
-            with anyio.move_on_after(max(0.0, due - anyio.current_time())):
-                await self._crashed.wait()
-            if self._crashed.is_set():
-                debounce = self.settings.crash_debounce
-                await anyio.sleep(debounce)  # the crashes of this window make one backup
-                self._crashed = anyio.Event()
+            with anyio.move_on_after(max(0.0, last + self.settings.interval - anyio.current_time())):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            if self._crashed:
+                await anyio.sleep(self.settings.crash_debounce)  # the crashes of this window make one backup
+                self._crashed = False
                 reason = "crash"
-            else:
-                due = anyio.current_time() + self.settings.interval
+            elif anyio.current_time() >= last + self.settings.interval:
+                last = anyio.current_time()
                 reason = "scheduled"
+            else:
+                continue  # new settings: wait again, for the new interval
             try:
                 await self.snapshot(reason)
             except Exception as exc:
@@ -271,39 +291,80 @@ class Backup(CorePlugin[BackupSettings]):
         return {"id": archive_id, "reason": manifest["reason"], "created": manifest["created"],
                 "size": len(data), "sources": len(manifest["sources"]), "services": len(manifest["services"])}
 
-    def _archives(self) -> list[Path]:
-        """Oldest first (by write time: ids of the same second differ by a suffix)."""
-        return sorted(self.directory.glob("*.tar.gz"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+    def _archives(self) -> list[tuple[Path, os.stat_result]]:
+        """The files named like an archive, oldest first (by write time: ids of the same
+        second differ by a suffix); a file that goes away meanwhile is left out."""
+        found = []
+        for path in self.directory.glob("*.tar.gz"):
+            if not ARCHIVE_NAME.match(path.name):
+                continue
+            try:
+                found.append((path, path.stat()))
+            except FileNotFoundError:
+                continue
+        return sorted(found, key=lambda item: (item[1].st_mtime_ns, item[0].name))
+
+    def _reason(self, path: Path, status: os.stat_result) -> str | None:
+        """The reason in the archive's manifest, or None: not one of ours (or unreadable),
+        so retention never deletes it. Remembered per file version: read once."""
+        key = (path.name, status.st_mtime_ns, status.st_size)
+        if key not in self._kinds:
+            try:
+                manifest = self._manifest(path)
+                ours = manifest.get("format") == FORMAT and manifest.get("id") == path.name.removesuffix(".tar.gz")
+                self._kinds[key] = str(manifest.get("reason")) if ours else None
+            except DAMAGED:
+                self._kinds[key] = None
+        return self._kinds[key]
 
     def _prune(self) -> None:
-        archives = self._archives()
-        for old in archives[: max(0, len(archives) - self.settings.keep)]:
-            old.unlink(missing_ok=True)
-            old.with_name(old.name.removesuffix(".tar.gz") + ".sha256").unlink(missing_ok=True)
+        pools: dict[bool, list[Path]] = {True: [], False: []}  # crash or not → oldest first
+        for path, status in self._archives():
+            reason = self._reason(path, status)
+            if reason is not None:
+                pools[reason == "crash"].append(path)
+        for crash, archives in pools.items():
+            keep = self.settings.keep_crash if crash else self.settings.keep
+            for old in archives[: max(0, len(archives) - keep)]:
+                old.unlink(missing_ok=True)
+                old.with_name(old.name.removesuffix(".tar.gz") + ".sha256").unlink(missing_ok=True)
 
     # --- list and verify ------------------------------------------------------------
 
     def _list(self) -> list[dict[str, Any]]:
         found = []
-        for path in reversed(self._archives()):
+        for path, status in reversed(self._archives()):
             archive_id = path.name.removesuffix(".tar.gz")
-            item: dict[str, Any] = {"id": archive_id, "size": path.stat().st_size}
+            item: dict[str, Any] = {"id": archive_id, "size": status.st_size}
             try:
-                manifest = self._manifest(path)
+                manifest = self._manifest(path, whole=True)
                 item.update(reason=manifest.get("reason"), created=manifest.get("created"),
                             sources=len(manifest.get("sources", [])), services=len(manifest.get("services", [])))
-            except (OSError, tarfile.TarError, ValueError, KeyError) as exc:
-                item.update(error=f"unreadable: {exc}")
+            except DAMAGED as exc:
+                item.update(error=f"damaged (`hive backup verify {archive_id}` says more): "
+                                  f"{exc or type(exc).__name__}")
             found.append(item)
         return found
 
     @staticmethod
-    def _manifest(path: Path) -> dict[str, Any]:
+    def _manifest(path: Path, *, whole: bool = False) -> dict[str, Any]:
+        """The manifest: the first member (read as a stream, so only that much is
+        decompressed), or wherever it is in an archive written another way. ``whole``
+        reads every header too, so a truncated archive raises."""
+        if not whole:
+            with tarfile.open(path, mode="r|gz") as stream:
+                first = stream.next()
+                if first is not None and first.name == "manifest.json":
+                    handle = stream.extractfile(first)
+                    if handle is not None:
+                        manifest: dict[str, Any] = json.loads(handle.read())
+                        return manifest
         with tarfile.open(path, mode="r:gz") as archive:
+            archive.getmembers()
             member = archive.extractfile("manifest.json")
             if member is None:
                 raise KeyError("manifest.json")
-            manifest: dict[str, Any] = json.loads(member.read())
+            manifest = json.loads(member.read())
             return manifest
 
     def _archive(self, archive_id: str) -> Path:
@@ -356,7 +417,9 @@ class Backup(CorePlugin[BackupSettings]):
             raise PluginCallError(f"backup {archive_id} is damaged, nothing restored: " + "; ".join(problems))
         manifest = json.loads(contents["manifest.json"])
         current_sources = {s.name: s for s in await self.client.list_sources()}
-        current_services = {s.fqn: s.state for s in await self.client.list_services()}
+        listed = [s for s in await self.client.list_services() if "#" not in s.fqn]
+        current_services = {s.fqn: s.state for s in listed}
+        current_instances = {s.fqn: s.instances for s in listed}
         steps: list[tuple[str, Any]] = []
         for source in manifest["sources"]:
             if "file" not in source:
@@ -366,7 +429,9 @@ class Backup(CorePlugin[BackupSettings]):
             registered = name in current_sources
             restore_to = _restore_target(source, current_sources[name].path if registered else None,
                                          self._daemon_files())
-            if not restore_to.exists():
+            if not restore_to.exists() and registered and source["type"] == "sqlite":
+                steps.append((f"write {restore_to} from the daemon's open copy (source {name})", ("reload", name)))
+            elif not restore_to.exists():
                 steps.append((f"write {restore_to} (source {name})", ("write", restore_to, data)))
             if not registered:
                 steps.append((f"add source {name} ({source['path']})", ("add", source["path"], name)))
@@ -378,6 +443,9 @@ class Backup(CorePlugin[BackupSettings]):
             running_now = current_services.get(service["fqn"]) in ("running", "unhealthy", "starting")
             if service["desired"] == "running" and not running_now:
                 steps.append((f"start {service['fqn']}", ("start", service["fqn"])))
+            if service["desired"] == "running" and service["instances"] > current_instances.get(service["fqn"], 1):
+                steps.append((f"scale {service['fqn']} to {service['instances']}",
+                              ("scale", service["fqn"], service["instances"])))
         plan = [label for label, _ in steps]
         if not dry_run:
             for label, step in steps:
@@ -406,5 +474,9 @@ class Backup(CorePlugin[BackupSettings]):
             await self.client.add_source(step[1], name=step[2])
         elif action == "create":
             await self.client.create_service(step[1], step[2], step[3], start=False)
+        elif action == "reload":
+            await self.client.reload_source(step[1])  # the daemon's access writes its copy back
         elif action == "start":
             await self.client.start_service(step[1])
+        elif action == "scale":
+            await self.client.scale_service(step[1], step[2])

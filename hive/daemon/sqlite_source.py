@@ -8,6 +8,7 @@ Every change is validated before it is written: a bad config never reaches the f
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -43,13 +44,27 @@ class SqliteSourceError(Exception):
     pass
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 class SqliteSourceFile:
-    """One open source database. All writes are single transactions."""
+    """One open source database. All writes are single transactions.
+
+    The connection stays open, so the file on disk can change under it: deleted (the open
+    copy is then the only one: it is written back to the path) or replaced, by a restore
+    for one (the new file is opened). Every access checks first, so no write goes to a file
+    nobody can see any more."""
 
     def __init__(self, path: Path, db: aiosqlite.Connection) -> None:
         self.path = path
         self._db = db
         self._lock = anyio.Lock()
+        self._identity = _identity(path)
 
     @classmethod
     async def open(cls, path: Path, *, create: bool) -> SqliteSourceFile:
@@ -89,8 +104,30 @@ class SqliteSourceFile:
     async def close(self) -> None:
         await self._db.close()
 
+    async def _follow_file(self) -> None:
+        """Open what is at the path now if it is not the file the connection has open."""
+        now = _identity(self.path)
+        if now is not None and now == self._identity:
+            return
+        try:
+            if now is None:  # deleted: the open copy goes back to the path
+                scratch = self.path.with_name(f".{self.path.name}.recreate")
+                scratch.unlink(missing_ok=True)
+                await self._db.execute("VACUUM INTO ?", (str(scratch),))
+                await self._db.close()  # removes the old -wal/-shm that belong to it
+                os.replace(scratch, self.path)
+            else:
+                await self._db.close()
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._identity = _identity(self.path)
+            await self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise SqliteSourceError(f"{self.path} changed on disk and cannot be reopened: {exc}") from exc
+
     async def services(self) -> dict[str, tuple[bool, Any]]:
         """name → (enabled, config as plain data)."""
+        async with self._lock:
+            await self._follow_file()
         try:
             cursor = await self._db.execute("SELECT name, enabled, config FROM services ORDER BY name")
             rows = await cursor.fetchall()
@@ -106,6 +143,7 @@ class SqliteSourceFile:
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         async with self._lock:
+            await self._follow_file()
             try:
                 cursor = await self._db.execute(sql, params)
                 return cursor.rowcount

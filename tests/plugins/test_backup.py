@@ -152,8 +152,9 @@ async def test_a_crash_triggers_one_backup_and_retention_keeps_n(start_with: Sta
         for _ in range(3):
             _json("backup", "now")
         listed = _json("backup", "list")
-        assert len(listed) == 2 and all(b["reason"] == "manual" for b in listed)
-        assert len(list((project_dir.parent / "backups").glob("*.sha256"))) == 2
+        # keep=2 scheduled and manual ones; the crash snapshot is kept apart (keep_crash)
+        assert [b["reason"] for b in listed] == ["manual", "manual", "crash"]
+        assert len(list((project_dir.parent / "backups").glob("*.sha256"))) == 3
 
 
 async def test_unknown_archive_and_plugin_not_running(start_with: StartWith) -> None:

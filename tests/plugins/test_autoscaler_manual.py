@@ -1,0 +1,55 @@
+"""The autoscaler respects a manual `hive scale` for a cooldown, and its minimum and
+maximum apply at once whatever the load (real idle services, a real daemon)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hive_client import DaemonClient
+from tests.plugins.conftest import StartWith
+from tests.plugins.test_autoscaler import _notices
+from tests.support import write_project
+
+pytestmark = pytest.mark.anyio
+
+PROJECT = """
+    version: "1"
+    services:
+      idle:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+"""
+
+
+def _settings(**values: object) -> str:
+    base = {"check_interval": 0.1, "window": 1, "cpu_scale_up_threshold": 0.9, "cooldown": 600.0, **values}
+    return '[plugins.autoscaler.settings]\nservices = ["p:idle"]\n' + "".join(
+        f"{key} = {value}\n" for key, value in base.items())
+
+
+async def test_a_manual_scale_is_respected(start_with: StartWith, project_dir: Path) -> None:
+    # Idle is far below the scale-down threshold: the autoscaler wants 1 instance.
+    daemon = start_with(_settings(cpu_scale_down_threshold=0.5, min_instances=1, max_instances=5))
+    write_project(project_dir, PROJECT)
+    async with DaemonClient(daemon.socket, timeout=60) as client, \
+            client.subscribe_events(kinds=["plugin_notice"]) as notices:
+        await client.add_source(project_dir, name="p", start=True)
+        [held] = await _notices(notices, 1)  # it has seen the service at 1 and wants no fewer
+        assert held.kind == "held" and "minimum of 1" in held.message, held.message
+        await client.scale_service("p:idle", 3)
+        [notice] = await _notices(notices, 1)
+        assert (notice.kind, notice.data["instances"]) == ("manual", 3), notice.message
+        assert (await client.get_service_status("p:idle")).instances == 3
+
+
+async def test_the_minimum_applies_whatever_the_load(start_with: StartWith, project_dir: Path) -> None:
+    # A down threshold of 0 is never crossed: the old code raised to the minimum only then.
+    daemon = start_with(_settings(cpu_scale_down_threshold=0.0, min_instances=2, max_instances=5))
+    write_project(project_dir, PROJECT)
+    async with DaemonClient(daemon.socket, timeout=60) as client, \
+            client.subscribe_events(kinds=["plugin_notice"]) as notices:
+        await client.add_source(project_dir, name="p", start=True)
+        [notice] = await _notices(notices, 1)
+        assert notice.kind == "scaled" and "from 1 to 2" in notice.message, notice.message
+        assert (await client.get_service_status("p:idle")).instances == 2
