@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -133,8 +134,8 @@ def test_scale_cli(daemon, project_dir: Path) -> None:
     for fqn in ("proj:web", "proj:web#1", "proj:web#2"):
         assert fqn in result.stdout
     assert run_cli("scale", "web", "0").returncode == 0
-    states = {line.split()[0]: line.split()[1] for line in run_cli("services").stdout.splitlines()[1:] if line.strip()}
-    assert states == {"proj:web": "stopped"}
+    listed = json.loads(run_cli("--json", "services").stdout)
+    assert {row["fqn"]: row["state"] for row in listed} == {"proj:web": "stopped"}
     refused = run_cli("scale", "web", "-1")
     assert refused.returncode == 2
 
