@@ -156,6 +156,9 @@ class ServiceInfo(msgspec.Struct, kw_only=True):
     # during a rollout both generations are listed.
     generation: int | None = None
     color: str | None = None
+    # Seconds it has run, measured on the daemon's monotonic clock when it answered (a
+    # wall clock stepped back never makes it negative); None when not running.
+    uptime_secs: float | None = None
 
 
 class SourceInfo(msgspec.Struct, kw_only=True):

@@ -14,7 +14,7 @@ import click
 from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, ServiceInfo
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
-from ._output import Output, format_age
+from ._output import Output, format_uptime
 from ._reasons import reason
 
 # Config file names, as hive.config knows them (kept here so the CLI stays light).
@@ -97,7 +97,7 @@ def print_services(out: Output, services: list[ServiceInfo]) -> None:
             str(s.pid) if s.pid else "-",
             _ports(s),
             str(s.restart_count),
-            format_age(s.started_at) if s.state in ("running", "unhealthy") else "-",
+            format_uptime(s) if s.state in ("running", "unhealthy") else "-",
         ]
         for s in services
     ]
@@ -253,7 +253,7 @@ def service_status(state: CliState, fqn: str) -> None:
         ("pid", str(info.pid) if info.pid else "-"),
         ("ports", _ports(info)),
         ("restarts", str(info.restart_count)),
-        ("uptime", format_age(info.started_at) if info.pid else "-"),
+        ("uptime", format_uptime(info) if info.pid else "-"),
     ]
     if info.exit_code is not None:
         rows.append(("last exit", str(info.exit_code)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -181,6 +182,8 @@ class Adoption:
         if record is not None:
             # The ports it was started with (the daemon picked them, for instances > 0).
             instance.ports = dict(record.ports)
+            if record.started_at > 0:  # its uptime counts from there (a wall clock reading)
+                instance.started_at = datetime.fromtimestamp(record.started_at, UTC)
             if service.blue_green and instance.index == 0 and record.ports == service.config.ports("green"):
                 service.color = instance.color = "green"  # a rollout left it on its green ports
         try:
