@@ -269,3 +269,56 @@ def test_uptime_never_goes_negative_when_the_clock_steps_back(hive_env: Path, re
         _kill_all(hive_env, "proj:quiet")
     record("faults", "wall clock stepped back 2 h", "adopted process recorded in the future",
            "uptime from the monotonic clock, never negative", "nothing")
+
+
+SPOOF = "\x1b]0;pwned\x07\x1b[2K\rother:svc | forged\x9b"
+
+
+def _logs_on_a_terminal(*args: str) -> str:
+    """``hive logs ARGS`` with its stdout on a pseudo-terminal: what the terminal got."""
+    import subprocess
+    import sys
+
+    primary, secondary = os.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "200"}
+    with subprocess.Popen([sys.executable, "-m", "hive", "logs", *args], stdout=secondary,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env) as process:
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=60)
+    os.close(primary)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_control_sequences_in_output_are_neutralised_on_a_terminal(daemon: object, hive_env: Path) -> None:
+    """A service writing escape sequences (a title change, erase line, carriage return):
+    on a terminal ``hive logs`` shows them escaped, ``--raw`` passes them, a pipe gets
+    them as written."""
+    script = "printf '\\033]0;pwned\\007\\033[2K\\rother:svc | forged\\302\\233\\n'; exec sleep 3600"
+    project = write_project(hive_env / "esc", f"""
+        version: "1"
+        services:
+          svc:
+            runner: {{type: script, script: {{run: {json.dumps(script)}}}}}
+        """)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: "forged" in run_cli("logs", "esc:svc").stdout, timeout=30, what="the line")
+        shown = _logs_on_a_terminal("esc:svc")
+        assert "\\x1b]0;pwned\\x07\\x1b[2K\\x0dother:svc | forged\\x9b" in shown, repr(shown)
+        assert "\x1b]0;pwned" not in shown and "\r" not in shown.replace("\r\n", "\n")
+        assert "\x1b]0;pwned\x07" in _logs_on_a_terminal("--raw", "esc:svc")
+        assert SPOOF.replace("\r", "\n") in run_cli("logs", "esc:svc").stdout  # (text mode reads CR as a newline)
+    finally:
+        run_cli("down", str(project))
+        _kill_all(hive_env, "esc:svc")
+    record("faults", "escape sequences in service output", "title change, erase line, CR",
+           "shown escaped on a terminal; --raw and pipes unchanged", "nothing")
