@@ -203,11 +203,12 @@ def test_a_green_left_by_a_killed_daemon_is_stopped_by_the_next(proxy: Proxy, tm
             threading.Thread(target=_reload_quietly, args=(proxy,), daemon=True).start()
             assert isinstance(next(iter(events)), RolloutStarted)
     green = wait_for(lambda: _listener(green_port), timeout=30, what="green to listen")
+    assert green is not None
     proxy.daemon.kill9()
     (project / "hive.yaml").write_text(original)  # so the next daemon's blue is current
     proxy.daemon = start_daemon(hive_env)
     wait_for(lambda: not _alive(green), timeout=30, what=f"the stray green (pid {green.pid}) to be stopped")
-    assert _alive(blue.pid)
+    assert blue.pid is not None and _alive(blue.pid)
     with proxy.client() as client:
         adopted = client.get_service_status("p:web")
         assert (adopted.pid, adopted.state, adopted.color) == (blue.pid, "running", "blue")
@@ -226,7 +227,8 @@ def _reload_quietly(proxy: Proxy) -> None:
 
 def _listener(port: int) -> psutil.Process | None:
     for connection in psutil.net_connections("tcp"):
-        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port \
+                and connection.pid:
             return psutil.Process(connection.pid)
     return None
 
