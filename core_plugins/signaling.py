@@ -88,6 +88,7 @@ class Signaling(CorePlugin[SignalingSettings]):
     name = "signaling"
     version = "1.0.0"
     Settings = SignalingSettings
+    default_scope = "admin"  # it adds a source, creates and deletes services
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client

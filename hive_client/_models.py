@@ -379,6 +379,7 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     distribution: str = ""
     state: PluginState
     scope: str = "operate"
+    scope_from: str = "config"  # "config": [plugins.NAME] scope; "plugin": the plugin's default_scope
     delivered: int = 0  # events on_event handled
     dropped: int = 0  # events lost because its queue was full
     failed: int = 0  # on_event calls that raised or timed out

@@ -57,6 +57,7 @@ class Fleet(CorePlugin[FleetSettings]):
     name = "fleet"
     version = "1.0.0"
     Settings = FleetSettings
+    default_scope = "admin"  # it adds a source, creates and deletes services
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client

@@ -82,8 +82,8 @@ def _settings(url: str, **extra: Any) -> str:
     lines = [f"{key} = {json.dumps(value)}" for key, value in
              {"url": url, "hive_id": "hive-1", "capacity": 30, "reconnect_initial": 0.1,
               "reconnect_max": 0.5, **extra}.items()]
-    # Spawning adds a source and creates services: the plugin needs admin.
-    return "[plugins.signaling]\nscope = \"admin\"\n[plugins.signaling.settings]\n" + "\n".join(lines) + "\n"
+    # No scope: spawning adds a source and creates services, and the plugin's default is admin.
+    return "[plugins.signaling]\n[plugins.signaling.settings]\n" + "\n".join(lines) + "\n"
 
 
 async def test_spawn_terminate_and_reconnect(start_with: StartWith, server: tuple[SignalingServer, str],
