@@ -8,7 +8,7 @@ from typing import Any
 from hive_client import BlockingClient
 from tests.fleet.conftest import EtcdCluster, Fleet
 from tests.fleet.test_fleet import call
-from tests.support import DaemonProcess, wait_for
+from tests.support import DaemonProcess
 
 
 def plugin_state(daemon: DaemonProcess) -> str:
