@@ -166,6 +166,7 @@ class Backup(CorePlugin[BackupSettings]):
     Settings = BackupSettings
     # Snapshots and restores write files (and a restore adds sources): admin only.
     call_scopes = {"list": "read", "verify": "read"}
+    default_scope = "admin"  # a restore adds sources and creates services
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client
@@ -452,8 +453,9 @@ class Backup(CorePlugin[BackupSettings]):
                 try:
                     await self._apply(step)
                 except Exception as exc:
-                    hint = (' (a restore adds sources and services: give the plugin scope = "admin" '
-                            "in [plugins.backup])" if "FORBIDDEN" in str(exc) else "")
+                    hint = (" (a restore adds sources and services, which needs the admin scope: "
+                            "remove `scope` from [plugins.backup], or set it to \"admin\")"
+                            if "FORBIDDEN" in str(exc) else "")
                     raise PluginCallError(f"restore stopped at `{label}`: {exc}{hint}") from None
         return {"id": archive_id, "plan": plan, "applied": not dry_run}
 

@@ -88,6 +88,7 @@ class Signaling(CorePlugin[SignalingSettings]):
     name = "signaling"
     version = "1.0.0"
     Settings = SignalingSettings
+    default_scope = "admin"  # it adds a source, creates and deletes services
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client
@@ -97,6 +98,7 @@ class Signaling(CorePlugin[SignalingSettings]):
         self._source_lock = anyio.Lock()
         self._capacity_lock = anyio.Lock()
         self._spawning: set[str] = set()  # cocoon ids being spawned (capacity counts them)
+        self._ports: dict[str, int] = {}  # cocoon id -> the http port it was given
         self._unsent: list[dict[str, Any]] = []  # answers the connection ended under
         self._requests: anyio.abc.TaskGroup | None = None
         self.connected = anyio.Event()
@@ -250,8 +252,12 @@ class Signaling(CorePlugin[SignalingSettings]):
             if len(running | self._spawning) >= self.settings.capacity:
                 raise SpawnError(f"this hive is at its capacity of {self.settings.capacity} cocoons")
             self._spawning.add(cocoon_id)
+            self._ports[cocoon_id] = _free_port(set(self._ports.values()))
         try:
             return await self._create_reserved(cocoon_id, message)
+        except BaseException:
+            self._ports.pop(cocoon_id, None)
+            raise
         finally:
             self._spawning.discard(cocoon_id)
 
@@ -259,8 +265,9 @@ class Signaling(CorePlugin[SignalingSettings]):
         env = message.get("env") or {}
         if not isinstance(env, dict) or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
             raise SpawnError("env must be an object of strings")
-        env = {str(k): str(v) for k, v in env.items()} | {"COCOON_ID": cocoon_id}
-        config = self._service_config(message, env)
+        port = self._ports[cocoon_id]
+        env = {str(k): str(v) for k, v in env.items()} | {"COCOON_ID": cocoon_id, "PORT": str(port)}
+        config = self._service_config(message, env, port)
         await self._ensure_source()
         name = f"cocoon-{cocoon_id}"
         fqn = f"{SOURCE}:{name}"
@@ -273,7 +280,9 @@ class Signaling(CorePlugin[SignalingSettings]):
             raise SpawnError(status.last_error or exc.message) from None
         return fqn
 
-    def _service_config(self, message: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    def _service_config(self, message: dict[str, Any], env: dict[str, str], port: int) -> dict[str, Any]:
+        # The `http` port is where the proxy's /cocoon/{id}/* goes.
+        rollout = {"type": "recreate", "recreate": {"ports": {"http": port}}}
         runner = self.settings.runner or os.environ.get("COCOON_RUNNER_TYPE") or "script"
         if runner == "script":
             path = self.settings.script_path or os.environ.get("COCOON_SCRIPT_PATH")
@@ -282,7 +291,7 @@ class Signaling(CorePlugin[SignalingSettings]):
             if not os.path.isfile(path) or not os.access(path, os.X_OK):
                 raise SpawnError(f"cocoon script {path} does not exist or is not executable")
             return {"runner": {"type": "script", "script": {"run": f"exec {shlex.quote(path)}"}},
-                    "environment": {"static": env}, "restart": "on-failure"}
+                    "environment": {"static": env}, "rollout": rollout, "restart": "on-failure"}
         if runner not in ("docker", "podman"):
             raise SpawnError(f"unknown COCOON_RUNNER_TYPE {runner!r} (script, docker or podman)")
         image = message.get("image")
@@ -291,8 +300,10 @@ class Signaling(CorePlugin[SignalingSettings]):
         registry = self.settings.registry or os.environ.get("COCOON_REGISTRY")
         if registry:
             image = f"{registry.rstrip('/')}/{image}"
-        return {"runner": {"type": runner, runner: {"image": image, "environment": env}},
-                "restart": "on-failure"}
+        # The container listens on $PORT, published on the same host port.
+        return {"runner": {"type": runner, runner: {"image": image, "environment": env,
+                                                    "ports": [f"{port}:{port}"]}},
+                "rollout": rollout, "restart": "on-failure"}
 
     async def _ensure_source(self) -> None:
         """Add the cocoons source if it is missing (checked each time: `hive source remove
@@ -317,12 +328,23 @@ class Signaling(CorePlugin[SignalingSettings]):
     async def _remove(self, fqn: str) -> None:
         await self.client.stop_service(fqn)
         await self.client.delete_service(fqn)
+        self._ports.pop(fqn.removeprefix(f"{SOURCE}:cocoon-"), None)
 
 
 def _available_runners() -> list[str]:
     """The runner kinds this hive can run: script always, a container engine if its
     command is installed."""
     return ["script", *(engine for engine in ("docker", "podman") if shutil.which(engine))]
+
+
+def _free_port(given: set[int]) -> int:
+    """A port nothing listens on now (the kernel's pick) and no other cocoon was given."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in given:
+            return port
 
 
 def _first_leaf(group: BaseException) -> BaseException:

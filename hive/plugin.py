@@ -5,6 +5,7 @@ group, loaded into the daemon when ``config.toml`` enables it::
 
     [plugins.greeter]             # enabled = true is the default
     scope = "read"                # read | operate | admin: what its client may ask
+                                  # (default: the plugin's default_scope)
     [plugins.greeter.settings]    # validated against the plugin's Settings struct
     greeting = "hello"
 
@@ -71,6 +72,9 @@ class CorePlugin(ABC, Generic[SettingsT]):
     # The scope a client needs for each of :meth:`call`'s commands; one not listed needs
     # ``admin`` (a command that writes files or changes what the daemon runs must).
     call_scopes: ClassVar[dict[str, Literal["read", "operate", "admin"]]] = {}
+    # The scope its own client gets when ``[plugins.NAME]`` sets none: what the plugin's
+    # work needs (``admin`` to add sources or create services); ``scope`` there wins.
+    default_scope: ClassVar[Literal["read", "operate", "admin"]] = "operate"
     Settings: ClassVar[type[msgspec.Struct]] = NoSettings
     settings: SettingsT
 

@@ -156,6 +156,9 @@ class ServiceInfo(msgspec.Struct, kw_only=True):
     # during a rollout both generations are listed.
     generation: int | None = None
     color: str | None = None
+    # Seconds it has run, measured on the daemon's monotonic clock when it answered (a
+    # wall clock stepped back never makes it negative); None when not running.
+    uptime_secs: float | None = None
 
 
 class SourceInfo(msgspec.Struct, kw_only=True):
@@ -379,6 +382,7 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     distribution: str = ""
     state: PluginState
     scope: str = "operate"
+    scope_from: str = "config"  # "config": [plugins.NAME] scope; "plugin": the plugin's default_scope
     delivered: int = 0  # events on_event handled
     dropped: int = 0  # events lost because its queue was full
     failed: int = 0  # on_event calls that raised or timed out

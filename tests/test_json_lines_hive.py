@@ -107,7 +107,8 @@ RESPONSES: dict[str, tuple[dict[str, Any], set[str]]] = {
 }
 # Our fields beyond Hive's, inside its data types.
 EXTRA = {
-    "ServiceStatus": {"instance", "runner", "desired", "exit_code", "last_error", "health_checks", "instances"},
+    "ServiceStatus": {"instance", "runner", "desired", "exit_code", "last_error", "health_checks", "instances",
+                      "generation", "color", "uptime_secs"},
     "SourceInfo": {"error"},
     "ExposedServiceInfo": {"has_secret", "consumers"},
     "LogLine": {"stream"},

@@ -221,6 +221,7 @@ class EtcdClient:
         after the last one delivered, on the next member.
         """
         next_revision = start_revision
+        failures = 0  # in a row; a whole round of members failing is raised as EtcdUnavailable
         while True:
             index = self.current
             switched = self.switched
@@ -235,13 +236,17 @@ class EtcdClient:
                         async for line in response.aiter_lines():
                             if not line.strip():
                                 continue
-                            message = json.loads(line)
+                            try:
+                                message = json.loads(line)
+                            except ValueError:
+                                raise EtcdError(f"watch: not JSON: {line[:200]}") from None
                             if "error" in message:
                                 raise EtcdError(f"watch: {message['error']}")
                             result = message.get("result", {})
                             compacted = int(result.get("compact_revision", 0))
                             if compacted:
                                 raise WatchCompacted(compacted)
+                            failures = 0
                             events = [WatchEvent(raw) for raw in result.get("events", [])]
                             if events:
                                 revision = max(event.kv.mod_revision for event in events)
@@ -249,7 +254,10 @@ class EtcdClient:
                                 next_revision = revision + 1
                     group.cancel_scope.cancel()
             except (httpx.TransportError, OSError) as exc:
-                log.warning("watch on %s ended (%s); resuming from revision %d", self.endpoints[index],
-                            exc, next_revision)
+                log.debug("watch on %s ended (%s); resuming from revision %d", self.endpoints[index],
+                          exc, next_revision)
                 self._fail_over(index)
+                failures += 1
+                if failures >= len(self.endpoints):
+                    raise EtcdUnavailable(f"no etcd member serves the watch: {exc}") from None
             await anyio.sleep(0.05)  # a member that ends streams at once is not hammered

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -32,7 +33,7 @@ import anyio
 import msgspec
 
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
-from hive_client import DaemonError, HiveError
+from hive_client import HiveError, NotFound
 
 from .etcd import (
     EtcdClient,
@@ -46,6 +47,7 @@ from .etcd import (
     put_op,
 )
 from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
+from .retry import EXPECTED, Episode
 from .scheduler import FleetView, plan
 
 __all__ = ["Fleet"]
@@ -57,6 +59,7 @@ class Fleet(CorePlugin[FleetSettings]):
     name = "fleet"
     version = "1.0.0"
     Settings = FleetSettings
+    default_scope = "admin"  # it adds a source, creates and deletes services
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client
@@ -71,10 +74,14 @@ class Fleet(CorePlugin[FleetSettings]):
         self.lease = 0
         self.renewed_at = float("-inf")
         self.fenced = True  # nothing runs until the first lease is held
+        self.fences = 0  # times this hive has fenced itself (status)
         self.running: dict[str, int] = {}  # instance name -> the token it runs with
         self._act = anyio.Lock()  # the agent's actions and the fence never interleave
-        self._renewed = anyio.Event()
+        self._renewal = anyio.Event()  # set (and replaced) at each renewal and unfencing
         self._source_ready = False
+        first, cap = settings.request_timeout / 5, settings.lease_ttl / 3
+        self.episodes = {what: Episode(what, first=first, cap=cap)
+                         for what in ("registration", "lease renewal", "fencing", "watch", "placement", "instances")}
 
     async def on_event(self, event: DaemonEvent) -> None:
         pass
@@ -113,6 +120,7 @@ class Fleet(CorePlugin[FleetSettings]):
         """Adopt the instances of a lease still alive; else stop them, then take a new lease."""
         old_lease, running = self._load()
         while True:
+            sent = anyio.current_time()
             try:
                 alive = old_lease > 0 and await self.etcd.time_to_live(old_lease) > 0
                 if alive:
@@ -122,14 +130,14 @@ class Fleet(CorePlugin[FleetSettings]):
                     if running or await self._local_names():
                         await self._stop_all("the lease of the previous run has expired")
                     self.lease = await self.etcd.grant(self.settings.lease_ttl)
-                self.renewed_at = anyio.current_time()
                 await self._publish()
                 self._save()
-                self.fenced = False
+                self._renewed(sent, unfence=True)
+                self.episodes["registration"].ok()
                 return
-            except EtcdError as exc:
-                log.warning("fleet: cannot register with etcd (%s); retrying", exc)
-                await anyio.sleep(self.settings.lease_ttl / 3)
+            except EXPECTED as exc:
+                self.episodes["registration"].failed(exc)
+                await self.episodes["registration"].backoff()
 
     async def _publish(self) -> None:
         settings = self.settings
@@ -140,59 +148,89 @@ class Fleet(CorePlugin[FleetSettings]):
     # --- membership and fencing -----------------------------------------------------
 
     async def _keep_lease(self) -> None:
+        """Renew every third of the TTL; after a failure, retry at once with a short
+        backoff (not a whole interval later), to renew before the fence comes."""
         interval = self.settings.lease_ttl / 3
+        episode = self.episodes["lease renewal"]
         while True:
             sent = anyio.current_time()
             try:
                 ttl = await self.etcd.keepalive(self.lease)
-            except EtcdError as exc:
-                log.warning("fleet: lease renewal failed: %s", exc)
-            else:
                 if ttl > 0:
-                    self.renewed_at = sent
                     if self.fenced:
                         log.info("fleet: lease %x renewed again, unfencing", self.lease)
-                        self.fenced = False
-                        self.view.notify()
+                    self._renewed(sent, unfence=True)
                 else:
                     await self._renew_lost()
+            except EXPECTED as exc:
+                episode.failed(exc)
+                await episode.backoff()
+                continue
+            episode.ok()
             await anyio.sleep(max(0.0, sent + interval - anyio.current_time()))
 
     async def _renew_lost(self) -> None:
         """The lease expired: whatever ran under it may already run elsewhere."""
         await self._fence("the lease expired")
-        try:
-            self.lease = await self.etcd.grant(self.settings.lease_ttl)
-            self.renewed_at = anyio.current_time()
-            await self._publish()
-        except EtcdError as exc:
-            log.warning("fleet: cannot take a new lease: %s", exc)
-            return
+        sent = anyio.current_time()
+        self.lease = await self.etcd.grant(self.settings.lease_ttl)
+        await self._publish()
         self._save()
-        self.fenced = False
-        self.view.notify()
+        self._renewed(sent, unfence=True)
 
     async def _fence_timer(self) -> None:
+        """Fence when renewals stop; a fence whose stops fail (the daemon does not answer)
+        is tried again until every fleet instance here is stopped."""
         limit = self.settings.lease_ttl * self.settings.fence_after
+        episode = self.episodes["fencing"]
         while True:
-            await anyio.sleep_until(self.renewed_at + limit)
-            if not self.fenced and anyio.current_time() >= self.renewed_at + limit:
+            renewal = self._renewal
+            now = anyio.current_time()
+            if self.fenced or now < self.renewed_at + limit:  # fenced: wait for a renewal, not spin
+                with anyio.move_on_after(math.inf if self.fenced else self.renewed_at + limit - now):
+                    await renewal.wait()
+                continue
+            try:
                 await self._fence(f"no lease renewal for {limit:.1f} s")
+            except EXPECTED as exc:
+                episode.failed(exc)
+                while episode.open and self.fenced:  # a renewal that lifts the fence ends it too
+                    await episode.backoff()
+                    try:
+                        await self._stop_all("retrying the fence")
+                    except EXPECTED as again:
+                        episode.failed(again)
+                    else:
+                        episode.ok()
+                episode.ok()
+
+    def _renewed(self, sent: float, *, unfence: bool = False) -> None:
+        self.renewed_at = sent
+        if unfence and self.fenced:
+            self.fenced = False
+            self.view.notify()
+        renewal, self._renewal = self._renewal, anyio.Event()
+        renewal.set()
 
     async def _fence(self, why: str) -> None:
         if not self.fenced:
             log.warning("fleet: fencing: %s; stopping every fleet instance", why)
+            self.fences += 1
         self.fenced = True
         await self._stop_all(why)
 
     async def _stop_all(self, why: str) -> None:
         async with self._act:
             names = set(self.running) | set(await self._local_names())
+            failed: list[str] = []
             async with anyio.create_task_group() as group:
                 for name in names:
-                    group.start_soon(self._remove, name)
-            self.running.clear()
+                    group.start_soon(self._remove, name, failed)
+            for name in names.difference(failed):
+                self.running.pop(name, None)
             self._save()
+        if failed:
+            raise HiveError(f"could not stop {', '.join(sorted(failed))}")
         if names:
             await self.client.emit_event("fenced", f"stopped {len(names)} fleet instances: {why}",
                                          data={"instances": sorted(names)})
@@ -200,16 +238,24 @@ class Fleet(CorePlugin[FleetSettings]):
     # --- the view ---------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        """Load the view once (and after a compaction); otherwise resume the watch from
+        the revision after the last one delivered."""
+        episode = self.episodes["watch"]
+        reload = True
         while True:
             try:
-                revision, kvs = await self.etcd.range_prefix(self.keys.prefix)
-                self.view.load(revision, kvs)
-                await self.etcd.watch_prefix(self.keys.prefix, revision + 1, self._deliver)
+                if reload:
+                    revision, kvs = await self.etcd.range_prefix(self.keys.prefix)
+                    self.view.load(revision, kvs)
+                    reload = False
+                episode.ok()
+                await self.etcd.watch_prefix(self.keys.prefix, self.view.revision + 1, self._deliver)
             except WatchCompacted:
+                reload = True
                 continue
-            except EtcdError as exc:
-                log.warning("fleet: watch: %s; reloading", exc)
-                await anyio.sleep(self.settings.request_timeout / 2)
+            except EXPECTED as exc:
+                episode.failed(exc)
+                await episode.backoff()
 
     async def _deliver(self, revision: int, events: list[WatchEvent]) -> None:
         for event in events:
@@ -221,6 +267,7 @@ class Fleet(CorePlugin[FleetSettings]):
 
     async def _scheduler(self) -> None:
         await self.view.loaded.wait()
+        episode = self.episodes["placement"]
         while True:
             changed = self.view.changed
             leader = self.view.leader
@@ -234,8 +281,12 @@ class Fleet(CorePlugin[FleetSettings]):
                             await self._place(revision)
                     else:
                         await self._place(leader[1])
-                except EtcdError as exc:
-                    log.warning("fleet: placement: %s", exc)
+                    episode.ok()
+                except EXPECTED as exc:
+                    episode.failed(exc)
+                    with anyio.move_on_after(episode.next_delay()):  # or at the next change
+                        await changed.wait()
+                    continue
             await changed.wait()
 
     async def _place(self, leader_revision: int) -> None:
@@ -266,12 +317,14 @@ class Fleet(CorePlugin[FleetSettings]):
         await self.view.loaded.wait()  # an empty view would stop every adopted instance
         while True:
             changed = self.view.changed
+            episode = self.episodes["instances"]
             if not self.fenced:
                 try:
                     await self._reconcile()
-                except (HiveError, EtcdError) as exc:
-                    log.warning("fleet: reconcile: %s; trying again", exc)
-                    with anyio.move_on_after(self.settings.lease_ttl / 3):  # or at the next change
+                    episode.ok()
+                except EXPECTED as exc:
+                    episode.failed(exc)
+                    with anyio.move_on_after(episode.next_delay()):  # or at the next change
                         await changed.wait()
                     continue
             await changed.wait()
@@ -284,19 +337,26 @@ class Fleet(CorePlugin[FleetSettings]):
                     await self._remove(name)
                     self.running.pop(name, None)
             self._save()
+            failed: list[str] = []  # one instance the daemon refuses does not hold back the others
             for name, (service, token) in wanted.items():
                 if self.fenced:
                     return  # the fence came while we were busy: start nothing more
                 if name in self.running:
                     continue
-                await self._start(name, service, token)
+                try:
+                    await self._start(name, service, token)
+                except HiveError as exc:
+                    failed.append(f"{name}: {exc}")
+                    continue
                 self.running[name] = token
                 self._save()
+            if failed:
+                raise HiveError("; ".join(failed))
 
     async def _local_names(self) -> list[str]:
         try:
             return [info.name for info in await self.client.list_services(self.settings.source) if "#" not in info.fqn]
-        except DaemonError:
+        except NotFound:
             return []  # no fleet source yet
 
     async def _ensure_source(self) -> None:
@@ -318,13 +378,20 @@ class Fleet(CorePlugin[FleetSettings]):
         await self.client.start_service(f"{self.settings.source}:{name}")
         log.info("fleet: started %s (token %d)", name, token)
 
-    async def _remove(self, name: str) -> None:
+    async def _remove(self, name: str, failed: list[str] | None = None) -> None:
+        """Stop and delete one instance; one already gone is fine. Other daemon errors are
+        raised, or, with ``failed``, noted there (a fence stops the others all the same)."""
         fqn = f"{self.settings.source}:{name}"
         try:
             await self.client.stop_service(fqn)
             await self.client.delete_service(fqn)
+        except NotFound:
+            return
         except HiveError as exc:
-            log.warning("fleet: removing %s: %s", fqn, exc)
+            if failed is None:
+                raise
+            log.warning("fleet: stopping %s: %s", fqn, exc)
+            failed.append(name)
 
     # --- commands -----------------------------------------------------------------------
 
@@ -364,4 +431,7 @@ class Fleet(CorePlugin[FleetSettings]):
             "assignments": {f"{name}-{index}": {"hive_id": placed.assignment.hive_id, "token": placed.token}
                             for (name, index), placed in sorted(view.assignments.items())},
             "running_here": dict(self.running),
+            "fences": self.fences,
+            "problems": {episode.what: {"error": episode.error, "failures": episode.failures}
+                         for episode in self.episodes.values() if episode.open},
         }

@@ -2,12 +2,14 @@
 
 Everything on it comes from the daemon's streams, never from polling: the table follows
 the service stream (each change is pushed), the log pane follows the selected service's
-log stream. The one timer is local: it redraws the uptime column from each start time.
+log stream. The one timer is local: it redraws the uptime column from
+each uptime the daemon sent, plus the time passed since.
 Imported only by `hive ui`, so textual costs nothing to the other commands.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from textual import work
@@ -18,7 +20,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Log
 
 from hive_client import DaemonClient, DaemonError, HiveError, ServiceInfo
 
-from ._output import format_age
+from ._output import format_uptime
 from ._reasons import reason
 
 __all__ = ["COLUMNS", "Dashboard"]
@@ -35,7 +37,7 @@ def _cells(info: ServiceInfo, services: dict[str, ServiceInfo]) -> dict[str, str
         "health": _HEALTH[info.healthy],
         "pid": str(info.pid) if info.pid else "-",
         "restarts": str(info.restart_count),
-        "uptime": format_age(info.started_at) if info.pid else "-",
+        "uptime": format_uptime(info) if info.pid else "-",
         "reason": reason(info, services),
     }
 
@@ -63,6 +65,7 @@ class Dashboard(App[None]):
         super().__init__()
         self.socket = socket
         self.services: dict[str, ServiceInfo] = {}
+        self.received: dict[str, float] = {}  # monotonic time each service's info came
         self.client: DaemonClient | None = None
         self.selected: str | None = None
         self.filter_text = ""
@@ -96,6 +99,7 @@ class Dashboard(App[None]):
                 async with client.subscribe_services() as stream:
                     async for info in stream:
                         self.services[info.fqn] = info
+                        self.received[info.fqn] = time.monotonic()
                         self._show(info)
         except HiveError as exc:
             self.sub_title = f"disconnected: {exc}"
@@ -136,9 +140,11 @@ class Dashboard(App[None]):
 
     def _redraw_uptime(self) -> None:
         table = self.query_one("#services", DataTable)
+        now = time.monotonic()
         for fqn, info in self.services.items():
             if info.pid and fqn in table.rows:
-                table.update_cell(fqn, "uptime", format_age(info.started_at))
+                since = now - self.received.get(fqn, now)
+                table.update_cell(fqn, "uptime", format_uptime(info, since))
 
     def _rebuild(self) -> None:
         table = self.query_one("#services", DataTable)

@@ -16,7 +16,9 @@ import msgspec
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Output", "format_age", "format_duration"]
+    from hive_client import ServiceInfo
+
+__all__ = ["Output", "format_age", "format_duration", "format_uptime"]
 
 _json = msgspec.json.Encoder()
 
@@ -55,7 +57,15 @@ def format_duration(seconds: float) -> str:
 def format_age(moment: datetime | None) -> str:
     if moment is None:
         return "-"
-    return format_duration((datetime.now(UTC) - moment).total_seconds())
+    return format_duration(max(0.0, (datetime.now(UTC) - moment).total_seconds()))
+
+
+def format_uptime(info: ServiceInfo, since: float = 0.0) -> str:
+    """The uptime the daemon measured on its monotonic clock (plus ``since``, seconds
+    passed here since it answered); from the start time for a daemon that sends none."""
+    if info.uptime_secs is None:
+        return format_age(info.started_at)
+    return format_duration(info.uptime_secs + since)
 
 
 class Output:

@@ -42,6 +42,7 @@ _COMMANDS: dict[str, str] = {
     "config": "config_cmds:config",
     "plugins": "plugin_cmds:plugins",
     "backup": "backup_cmds:backup",
+    "fleet": "fleet_cmds:fleet",
 }
 
 

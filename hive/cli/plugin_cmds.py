@@ -11,9 +11,14 @@ from ._common import CliState, json_option, pass_state
 _STATE_STYLE = {"running": "green", "starting": "yellow", "disabled": "dim", "failed": "red"}
 
 
+def _scope(plugin: PluginInfo) -> str:
+    # Say when the scope is the plugin's own default: config.toml did not choose it.
+    return plugin.scope if plugin.scope_from == "config" else f"{plugin.scope} (plugin default)"
+
+
 def _rows(plugins: list[PluginInfo]) -> list[list[str]]:
     return [
-        [p.name, p.version or "-", str(p.state), p.scope, str(p.delivered), str(p.dropped),
+        [p.name, p.version or "-", str(p.state), _scope(p), str(p.delivered), str(p.dropped),
          str(p.failed), p.last_error or "-"]
         for p in plugins
     ]

@@ -14,7 +14,7 @@ import click
 from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, ServiceInfo
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
-from ._output import Output, format_age
+from ._output import Output, format_uptime
 from ._reasons import reason
 
 # Config file names, as hive.config knows them (kept here so the CLI stays light).
@@ -97,7 +97,7 @@ def print_services(out: Output, services: list[ServiceInfo]) -> None:
             str(s.pid) if s.pid else "-",
             _ports(s),
             str(s.restart_count),
-            format_age(s.started_at) if s.state in ("running", "unhealthy") else "-",
+            format_uptime(s) if s.state in ("running", "unhealthy") else "-",
         ]
         for s in services
     ]
@@ -253,7 +253,7 @@ def service_status(state: CliState, fqn: str) -> None:
         ("pid", str(info.pid) if info.pid else "-"),
         ("ports", _ports(info)),
         ("restarts", str(info.restart_count)),
-        ("uptime", format_age(info.started_at) if info.pid else "-"),
+        ("uptime", format_uptime(info) if info.pid else "-"),
     ]
     if info.exit_code is not None:
         rows.append(("last exit", str(info.exit_code)))
@@ -373,7 +373,13 @@ def service_colour(fqn: str) -> str:
     return colour
 
 
-def _print_line(out: Output, line: LogLine, width: int) -> None:
+# C0 controls but tab, DEL and C1 controls, shown as ``\x1b``: on a terminal, a service's
+# escape sequences could erase Hive's prefix and pass a line off as another's (journalctl does the same).
+_NEUTRALISE = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0a, 0x20), *range(0x7f, 0xa0))}
+
+
+def _print_line(out: Output, line: LogLine, width: int, raw: bool = False) -> None:
+    message = line.message.translate(_NEUTRALISE) if out.tty and not raw else line.message
     when = line.timestamp.astimezone().strftime("%H:%M:%S.%f")[:-3]
     name = line.service_fqn.ljust(width)
     if out.tty:
@@ -381,10 +387,15 @@ def _print_line(out: Output, line: LogLine, width: int) -> None:
 
         style = _LEVEL_STYLES.get(line.level, "")
         marker = "[dim]hive[/] " if line.stream == "hive" else ""
-        text = f"[{style}]{escape(line.message)}[/]" if style else escape(line.message)
-        out.console.print(f"[dim]{when}[/] [{service_colour(line.service_fqn)}]{escape(name)} |[/] {marker}{text}")
+        text = f"[{style}]{escape(message)}[/]" if style else escape(message)
+        prefix = f"[dim]{when}[/] [{service_colour(line.service_fqn)}]{escape(name)} |[/] {marker}"
+        if raw:  # as written: rich would drop BEL, CR and others
+            out.console.print(prefix, end="")
+            out.console.file.write(message + "\n")
+        else:
+            out.console.print(prefix + text)
     else:
-        sys.stdout.write(f"{when} {name} {line.level:<5} {line.message}\n")
+        sys.stdout.write(f"{when} {name} {line.level:<5} {message}\n")
 
 
 class _Selection:
@@ -433,10 +444,11 @@ def _history(client: BlockingClient, selection: _Selection, tail: int, since: da
 @click.option("--until", help="Only lines before: a duration (5m: five minutes ago) or an ISO timestamp.")
 @click.option("--grep", metavar="REGEX", help="Only lines whose text matches (Python regular expression).")
 @click.option("--level", help="Minimum level: trace debug info notice warn error fatal.")
+@click.option("--raw", is_flag=True, help="On a terminal, pass control sequences through (shown escaped otherwise).")
 @json_option
 @pass_state
 def logs(state: CliState, fqns: tuple[str, ...], follow: bool, tail: int, since: str | None,
-         until: str | None, grep: str | None, level: str | None) -> None:
+         until: str | None, grep: str | None, level: str | None, raw: bool) -> None:
     """Show service output: everything, a source `proj:*`, or services `web db`, merged in
     time order, each service in its own colour on a terminal."""
     client = state.client()
@@ -448,7 +460,7 @@ def logs(state: CliState, fqns: tuple[str, ...], follow: bool, tail: int, since:
     history = _history(client, selection, tail, since_time, until_time, level)
     width = max((len(line.service_fqn) for line in history), default=0)
     for line in history:
-        out.json(line) if state.json_mode else _print_line(out, line, width)
+        out.json(line) if state.json_mode else _print_line(out, line, width, raw)
     if not follow or until_time is not None:
         return
     sys.stdout.flush()
@@ -458,7 +470,7 @@ def logs(state: CliState, fqns: tuple[str, ...], follow: bool, tail: int, since:
             if not selection(line):
                 continue
             width = max(width, len(line.service_fqn))
-            out.json(line) if state.json_mode else _print_line(out, line, width)
+            out.json(line) if state.json_mode else _print_line(out, line, width, raw)
             sys.stdout.flush()
 
 

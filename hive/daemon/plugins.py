@@ -19,7 +19,7 @@ Each enabled plugin gets a :class:`PluginHost`, which owns everything of that pl
   enabled again.
 
 ``[plugins.NAME]`` in config.toml enables a plugin (``enabled``, ``scope``, the timeouts,
-the queue size) and carries its settings (``[plugins.NAME.settings]``), validated against
+the queue size; without ``scope`` its client gets the plugin class's ``default_scope``) and carries its settings (``[plugins.NAME.settings]``), validated against
 the plugin's ``Settings`` struct when the daemon starts and on every reload.
 """
 
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["GROUP", "PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
 
 GROUP = "hive.core_plugins"
+Scope = Literal["read", "operate", "admin"]
 DEFAULT_CALL_TIMEOUT = 30.0  # a plugin's calls to the daemon
 WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers
 log = logging.getLogger("hive.plugins")
@@ -83,7 +84,7 @@ class PluginRefused(PluginConfigError):
 
 class PluginTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
-    scope: Literal["read", "operate", "admin"] = "operate"
+    scope: Scope | None = None  # None: the plugin class's default_scope
     init_timeout: float = 10.0
     event_timeout: float = 5.0
     shutdown_timeout: float = 10.0
@@ -196,6 +197,7 @@ class PluginHost:
         self.name = name
         self.table = table
         self.plugin: CorePlugin[Any] | None = None
+        self.default_scope: Scope = CorePlugin.default_scope  # the class's, once loaded
         self.distribution = ""
         self.state = PluginState.DISABLED
         self.delivered = 0
@@ -213,11 +215,17 @@ class PluginHost:
         self._calls: set[PluginCall] = set()  # submitted to the plugin's thread, not ended
         self._blocked: str | None = None  # where its thread was stuck when given up
 
+    @property
+    def scope(self) -> Scope:
+        """The scope its client gets: config.toml's ``scope``, else the plugin's default."""
+        return self.table.scope or self.default_scope
+
     def info(self) -> PluginInfo:
         pending = self._subscription.dropped if self._subscription is not None else 0
         return PluginInfo(
             name=self.name, version=self.plugin.version if self.plugin else "",
-            distribution=self.distribution, state=self.state, scope=self.table.scope,
+            distribution=self.distribution, state=self.state, scope=self.scope,
+            scope_from="config" if self.table.scope else "plugin",
             delivered=self.delivered, dropped=self.dropped + pending, failed=self.failed,
             last_error=self.last_error,
         )
@@ -255,6 +263,7 @@ class PluginHost:
             try:
                 installed = _installed()
                 plugin_class = _load(self.name, installed, self.manager.app.settings.plugin_trust)
+                self.default_scope = plugin_class.default_scope
                 settings = _settings(self.name, plugin_class, self.table.settings)
                 self.distribution = installed[self.name].distribution
                 plugin = plugin_class()
@@ -278,7 +287,8 @@ class PluginHost:
                 self._set_state(PluginState.FAILED, self.last_error or "")
                 return
             self._set_state(PluginState.RUNNING)
-            log.info("plugin %s %s running (scope %s)", self.name, plugin.version, self.table.scope)
+            log.info("plugin %s %s running (scope %s, %s)", self.name, plugin.version, self.scope,
+                     "from config.toml" if self.table.scope else "the plugin's default")
 
     async def _life(self, plugin: CorePlugin[Any], *, task_status: anyio.abc.TaskStatus[bool]) -> None:
         """The plugin's whole life, in one task: start its thread, connect its client and
@@ -292,7 +302,7 @@ class PluginHost:
         server = self.manager.app.server
         assert server is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.attach(ours, plugin=self.name, scope=self.table.scope, max_rate=self.table.max_rate)
+        server.attach(ours, plugin=self.name, scope=self.scope, max_rate=self.table.max_rate)
         client = DaemonClient(self.manager.app.socket_path, connected=theirs,
                               client_name=f"plugin:{self.name}", timeout=self.table.init_timeout)
         held = HeldContext(client)
@@ -460,7 +470,7 @@ class PluginHost:
         rate = self.table.max_rate
         for connection in server.connections if server is not None else ():
             if connection.plugin == self.name:
-                connection.scope = self.table.scope
+                connection.scope = self.scope
                 if (connection.limit.rate if connection.limit else 0.0) != rate:
                     connection.limit = RateLimit(rate, burst=rate) if rate > 0 else None
         if self._subscription is not None:
@@ -550,7 +560,7 @@ class PluginManager:
             await host.drain()
         await host.stop()
 
-    def call_scope(self, name: str, command: str) -> Literal["read", "operate", "admin"]:
+    def call_scope(self, name: str, command: str) -> Scope:
         """The scope a client needs for ``command`` of plugin ``name``: what the plugin
         declares, ``admin`` when it does not (a plugin that is not running: ``read``,
         so the caller learns that it is not running)."""
@@ -627,7 +637,8 @@ class PluginManager:
             try:
                 table = _table(name, plugins[name])
                 trust = self.app.settings.plugin_trust
-                settings = _settings(name, _load(name, installed, trust), table.settings) if table.enabled else None
+                plugin_class = _load(name, installed, trust) if table.enabled else None
+                settings = _settings(name, plugin_class, table.settings) if plugin_class else None
             except PluginConfigError as exc:
                 problems.append(str(exc))
                 continue
@@ -637,6 +648,8 @@ class PluginManager:
                     await host.start()
                 continue
             previous, host.table = host.table, table
+            if plugin_class is not None:
+                host.default_scope = plugin_class.default_scope
             changed = table != previous
             host.apply_limits()
             if not table.enabled:

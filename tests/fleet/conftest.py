@@ -145,7 +145,7 @@ class Fleet:
         table = {"endpoints": endpoints, "hive_id": hive_id, "lease_ttl": 3, "capacity": 10, **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]
         labels = table.get("labels") or {}
-        text = "[plugins.fleet]\nscope = \"admin\"\n[plugins.fleet.settings]\n" + "\n".join(lines) + "\n"
+        text = "[plugins.fleet]\n[plugins.fleet.settings]\n" + "\n".join(lines) + "\n"
         if labels:
             text += "[plugins.fleet.settings.labels]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in labels.items()) + "\n"
         (home / "config.toml").write_text(text)

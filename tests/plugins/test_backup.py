@@ -30,8 +30,8 @@ PROJECT = """
 
 def _settings(**extra: object) -> str:
     values = {"interval": 3600.0, "on_crash": False, **extra}
-    # A restore adds sources and creates services: the plugin's client needs admin.
-    return '[plugins.backup]\nscope = "admin"\n[plugins.backup.settings]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    # No scope: a restore adds sources and creates services, and the plugin's default is admin.
+    return '[plugins.backup]\n[plugins.backup.settings]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 
 def _json(*args: str) -> object:
@@ -49,7 +49,10 @@ async def _stack(client: DaemonClient, project_dir: Path, home: Path) -> None:
 
 
 async def test_snapshot_delete_restore(start_with: StartWith, project_dir: Path, hive_env: Path) -> None:
-    daemon = start_with(_settings())
+    daemon = start_with(_settings())  # no scope: the plugin's default_scope (admin) applies
+    shown = {p["name"]: p for p in _json("plugins")}["backup"]  # type: ignore[index]
+    assert (shown["scope"], shown["scope_from"]) == ("admin", "plugin")
+    assert "admin (plugin default)" in run_cli("plugins").stdout
     async with DaemonClient(daemon.socket, timeout=60) as client:
         await _stack(client, project_dir, hive_env)
         original = (project_dir / "hive.yaml").read_text()
@@ -82,6 +85,33 @@ async def test_snapshot_delete_restore(start_with: StartWith, project_dir: Path,
         assert states == {"proj:web": "running", "db:job": "running", "db:other": "running"}
         again = _json("backup", "restore", taken["id"], "--dry-run")
         assert again["plan"] == []  # everything is back
+
+
+async def test_an_explicit_scope_wins(start_with: StartWith, project_dir: Path, hive_env: Path) -> None:
+    # scope = "operate" in config.toml beats the plugin's admin default: the restore is refused.
+    operate = _settings().replace("[plugins.backup]\n", '[plugins.backup]\nscope = "operate"\n')
+    daemon = start_with(operate)
+    shown = {p["name"]: p for p in _json("plugins")}["backup"]  # type: ignore[index]
+    assert (shown["scope"], shown["scope_from"]) == ("operate", "config")
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        await _stack(client, project_dir, hive_env)
+        taken = _json("backup", "now")["id"]  # type: ignore[index]
+        await client.delete_service("db:job")
+        refused = run_cli("backup", "restore", taken)
+        assert refused.returncode != 0
+        assert "restore stopped at `create service db:job`" in refused.stderr, refused.stderr
+        assert "FORBIDDEN" in refused.stderr and "[plugins.backup]" in refused.stderr
+        assert "db:job" not in {s.fqn for s in await client.list_services()}
+
+        # Without the key (a reload), the default applies to the running plugin at once.
+        (hive_env / "config.toml").write_text(_settings())
+        reloaded = run_cli("reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        shown = {p["name"]: p for p in _json("plugins")}["backup"]  # type: ignore[index]
+        assert (shown["scope"], shown["scope_from"]) == ("admin", "plugin")
+        restored = run_cli("backup", "restore", taken)
+        assert restored.returncode == 0, restored.stderr
+        assert (await client.get_service_status("db:job")).state == "running"
 
 
 def _rewrite(archive: Path, member: str, data: bytes) -> None:

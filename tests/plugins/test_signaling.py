@@ -5,9 +5,12 @@ re-opened, and the hive registers again with the cocoons it still runs."""
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import shutil
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from hive_client import DaemonClient
 from tests.engines import require_engine
 from tests.plugins.conftest import StartWith
+from tests.proxy.conftest import free_port
 from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -82,8 +86,8 @@ def _settings(url: str, **extra: Any) -> str:
     lines = [f"{key} = {json.dumps(value)}" for key, value in
              {"url": url, "hive_id": "hive-1", "capacity": 30, "reconnect_initial": 0.1,
               "reconnect_max": 0.5, **extra}.items()]
-    # Spawning adds a source and creates services: the plugin needs admin.
-    return "[plugins.signaling]\nscope = \"admin\"\n[plugins.signaling.settings]\n" + "\n".join(lines) + "\n"
+    # No scope: spawning adds a source and creates services, and the plugin's default is admin.
+    return "[plugins.signaling]\n[plugins.signaling.settings]\n" + "\n".join(lines) + "\n"
 
 
 async def test_spawn_terminate_and_reconnect(start_with: StartWith, server: tuple[SignalingServer, str],
@@ -224,3 +228,51 @@ async def test_capacity_crashes_and_a_removed_source(start_with: StartWith, serv
         [after] = [r for r in await fake.expect("spawn_cocoon_result", 2) if r["request_id"] == "after"]
         assert after["ok"] is True, after
         assert (await client.get_service_status("cocoons:cocoon-after1")).state == "running"
+
+
+async def test_a_spawned_cocoon_is_reached_through_the_proxy(start_with: StartWith, server: tuple[SignalingServer, str],
+                                                             home: Path) -> None:
+    """Each cocoon gets a free `http` port (PORT in its environment), and the proxy's
+    /cocoon/{id}/* reaches it there."""
+    fake, url = server
+    app = Path(__file__).parent.parent / "proxy" / "upstream_app.py"
+    script = home / "http-cocoon.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {app} "$PORT" "$COCOON_ID"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    proxy_port = free_port()
+    daemon = start_with(f'[proxy]\nlisten = ["127.0.0.1:{proxy_port}"]\n'
+                        + _settings(url, runner="script", script_path=str(script)))
+    await fake.expect("register")
+    for n in range(3):
+        await fake.send(type="spawn_cocoon", request_id=f"r{n}", cocoon_id=f"web{n}")
+    assert all(r["ok"] for r in await fake.expect("spawn_cocoon_result", 3))
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        ports = {s.name: s.ports.get("http") for s in await client.list_services("cocoons")}
+    assert len({p for p in ports.values() if p}) == 3, ports
+
+    for n in range(3):
+        port = ports[f"cocoon-web{n}"]
+        expected = f"web{n} {port} GET /hello?q=1".encode()
+        await wait_until(functools.partial(_serves, proxy_port, f"/cocoon/web{n}/hello?q=1", expected), timeout=30,
+                         what=f"cocoon web{n} to answer through the proxy")
+    await fake.send(type="terminate_cocoon", request_id="t0", cocoon_id="web0")
+    assert (await fake.expect("terminate_cocoon_result"))[0]["ok"]
+    status, body = await anyio.to_thread.run_sync(_answer, proxy_port, "/cocoon/web0/hello")
+    assert status == 503 and b"cocoons:cocoon-web0 is not known to hive" in body
+
+
+def _answer(port: int, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _serves(port: int, path: str, expected: bytes) -> bool:
+    try:
+        return _answer(port, path) == (200, expected)
+    except ConnectionRefusedError:  # the proxy is not listening yet
+        return False

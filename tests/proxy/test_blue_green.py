@@ -4,6 +4,7 @@ that stays on blue until blue is drained."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import sys
 import threading
@@ -11,20 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from hive_client import (
     BlockingClient,
+    HiveError,
     InstanceOutcome,
     RolloutCompleted,
     RolloutDrained,
     RolloutRolledBack,
+    RolloutStarted,
     RolloutSwitched,
     ServiceFailed,
 )
 from tests.proxy.conftest import APP, Proxy, free_port, write_yaml
+from tests.support import start_daemon, wait_for
 
 
 def blue_green_yaml(*, drain: str = "0.2s", healthy: str = "0.2s", timeout: str = "20s") -> str:
@@ -180,3 +185,57 @@ def test_a_failed_rollout_answers_why(proxy: Proxy, tmp_path: Path) -> None:
         [outcome] = failed.value.outcomes
         assert outcome.result == "failed" and "rolled back (generation 1 serves on)" in (outcome.reason or "")
         assert client.get_service_status("p:web").state == "running"
+
+
+def test_a_green_left_by_a_killed_daemon_is_stopped_by_the_next(proxy: Proxy, tmp_path: Path,
+                                                                 hive_env: Path) -> None:
+    """The daemon is killed (SIGKILL) while green starts: the next daemon adopts blue, finds
+    the green process by Hive's environment marker and stops it, so the next rollout gets
+    the green ports."""
+    project = write_yaml(tmp_path / "p", blue_green_yaml(timeout="60s"))
+    original = (project / "hive.yaml").read_text()
+    with started(proxy, project) as client:
+        blue = client.get_service_status("p:web")
+        green_port = int(original.split("green: ")[2].split("}")[0])
+        make_sick(project)  # this green never becomes healthy: the rollout waits
+        with BlockingClient(proxy.daemon.socket, timeout=30) as watcher, \
+                watcher.subscribe_events(["rollout_started"], fqn="p:web") as events:
+            threading.Thread(target=_reload_quietly, args=(proxy,), daemon=True).start()
+            assert isinstance(next(iter(events)), RolloutStarted)
+    green = wait_for(lambda: _listener(green_port), timeout=30, what="green to listen")
+    assert green is not None
+    proxy.daemon.kill9()
+    (project / "hive.yaml").write_text(original)  # so the next daemon's blue is current
+    proxy.daemon = start_daemon(hive_env)
+    wait_for(lambda: not _alive(green), timeout=30, what=f"the stray green (pid {green.pid}) to be stopped")
+    assert blue.pid is not None and _alive(blue.pid)
+    with proxy.client() as client:
+        adopted = client.get_service_status("p:web")
+        assert (adopted.pid, adopted.state, adopted.color) == (blue.pid, "running", "blue")
+        outcomes = client.restart_service("p:web")
+        assert [o.result for o in outcomes] == ["done"], outcomes
+        after = client.get_service_status("p:web")
+        assert (after.color, after.ports["http"]) == ("green", green_port)
+    assert proxy.get("/web/")[1].startswith(f"web-{green_port} ".encode())
+
+
+def _reload_quietly(proxy: Proxy) -> None:
+    """Reload the project (a rollout); the daemon is killed under it."""
+    with contextlib.suppress(HiveError), proxy.client() as own:
+        own.reload_source("p")
+
+
+def _listener(port: int) -> psutil.Process | None:
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port \
+                and connection.pid:
+            return psutil.Process(connection.pid)
+    return None
+
+
+def _alive(process: psutil.Process | int) -> bool:
+    try:
+        found = psutil.Process(process) if isinstance(process, int) else process
+        return found.is_running() and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.reliability.report import record
 from tests.support import run_cli, start_daemon, wait_for, write_project
@@ -233,3 +234,91 @@ def test_a_huge_hive_yaml_is_refused_with_the_limit(daemon: object, hive_env: Pa
     assert "Traceback" not in result.stderr
     assert run_cli("status").returncode == 0
     record("bad input", "hive.yaml of 64 MiB", "hive up", "refused: over the 8 MiB limit", "nothing")
+
+
+@pytest.mark.parametrize("recorded_ahead", [7200, -7200])
+def test_uptime_never_goes_negative_when_the_clock_steps_back(hive_env: Path, recorded_ahead: int) -> None:
+    """An adopted process's uptime counts from its recorded start, then on the daemon's
+    monotonic clock. Recorded two hours "in the future" (the wall clock stepped back
+    since): uptime starts at 0, never negative. Recorded two hours ago: 2 h."""
+    import sqlite3
+    import time
+
+    project = _quiet_project(hive_env)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+    finally:
+        daemon.kill9()
+    with sqlite3.connect(hive_env / "state.db") as db:
+        changed = db.execute("UPDATE processes SET started_at = ?", (time.time() + recorded_ahead,)).rowcount
+    assert changed == 1
+    again = start_daemon(hive_env)
+    try:
+        wait_for(lambda: _service_state("proj:quiet") == "running", timeout=30, what="the adoption")
+        uptime = json.loads(run_cli("services", "--json").stdout)[0]["uptime_secs"]
+        shown = run_cli("services").stdout + run_cli("service", "status", "proj:quiet").stdout
+        if recorded_ahead > 0:
+            assert 0 <= uptime < 600
+            assert "-" not in shown.split("uptime")[-1], shown
+        else:
+            assert 7200 <= uptime < 7800
+            assert shown.count("2h 0") == 2, shown
+    finally:
+        again.stop()
+        _kill_all(hive_env, "proj:quiet")
+    record("faults", "wall clock stepped back 2 h", "adopted process recorded in the future",
+           "uptime from the monotonic clock, never negative", "nothing")
+
+
+SPOOF = "\x1b]0;pwned\x07\x1b[2K\rother:svc | forged\x9b"
+
+
+def _logs_on_a_terminal(*args: str) -> str:
+    """``hive logs ARGS`` with its stdout on a pseudo-terminal: what the terminal got."""
+    import subprocess
+    import sys
+
+    primary, secondary = os.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "200"}
+    with subprocess.Popen([sys.executable, "-m", "hive", "logs", *args], stdout=secondary,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env) as process:
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=60)
+    os.close(primary)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_control_sequences_in_output_are_neutralised_on_a_terminal(daemon: object, hive_env: Path) -> None:
+    """A service writing escape sequences (a title change, erase line, carriage return):
+    on a terminal ``hive logs`` shows them escaped, ``--raw`` passes them, a pipe gets
+    them as written."""
+    script = "printf '\\033]0;pwned\\007\\033[2K\\rother:svc | forged\\302\\233\\n'; exec sleep 3600"
+    project = write_project(hive_env / "esc", f"""
+        version: "1"
+        services:
+          svc:
+            runner: {{type: script, script: {{run: {json.dumps(script)}}}}}
+        """)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: "forged" in run_cli("logs", "esc:svc").stdout, timeout=30, what="the line")
+        shown = _logs_on_a_terminal("esc:svc")
+        assert "\\x1b]0;pwned\\x07\\x1b[2K\\x0dother:svc | forged\\x9b" in shown, repr(shown)
+        assert "\x1b]0;pwned" not in shown and "\r" not in shown.replace("\r\n", "\n")
+        assert "\x1b]0;pwned\x07" in _logs_on_a_terminal("--raw", "esc:svc")
+        assert SPOOF.replace("\r", "\n") in run_cli("logs", "esc:svc").stdout  # (text mode reads CR as a newline)
+    finally:
+        run_cli("down", str(project))
+        _kill_all(hive_env, "esc:svc")
+    record("faults", "escape sequences in service output", "title change, erase line, CR",
+           "shown escaped on a terminal; --raw and pipes unchanged", "nothing")

@@ -4,7 +4,9 @@ Each instance's process record (see :mod:`.records`) names how its runner finds 
 process again; an instance with no record is looked for by the environment marker
 (a daemon killed before it recorded a start). What is found is adopted and supervised,
 or stopped when no one wants it any more (its stop or scale-down was cut short), or
-replaced when it runs an older configuration. Records of services that no longer exist
+replaced when it runs an older configuration. Only the serving generation of a blue-green
+service has a record: the other generation's processes (a rollout cut short) are found by
+the marker and stopped, so they do not hold their colour's ports. Records of services that no longer exist
 are orphans: their processes are stopped in the background.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -74,12 +77,15 @@ class Adoption:
         # Stopped together at the end: the start takes one stop grace, not one per service.
         unwanted: _Found = []
         outdated: _Found = []
+        strays: _Found = []
         for service in list(self._registry.services.values()):
             service.grow(recorded.get(service.fqn, 0))
             wanted = service.wanted() if service.desired == "running" else []
             replaced: set[InstanceRuntime] = set()  # this service's, started once stopped
             for instance in service.instances:
                 adopted, older = await self._adopt(instance)
+                if service.blue_green:
+                    strays += await self._strays(instance, adopted)
                 if adopted is None:
                     continue
                 if instance not in wanted:
@@ -96,8 +102,8 @@ class Adoption:
                 for instance in service.wanted():
                     if instance not in replaced and not instance.live:
                         self._instances.start(instance)
-        if unwanted or outdated:
-            kept = await self._stop_adopted(unwanted, outdated)
+        if unwanted or outdated or strays:
+            kept = await self._stop_adopted(unwanted, outdated, strays)
             for instance, handle in outdated:
                 if instance in kept:
                     self._adopted(instance, handle)
@@ -110,11 +116,11 @@ class Adoption:
         self._phases.apply(instance, Input.ADOPTED)
         self._instances.spawn_task(instance, handle)
 
-    async def _stop_adopted(self, unwanted: _Found, outdated: _Found) -> set[InstanceRuntime]:
-        """Stop, together, adopted processes no one wants any more and those of an older
+    async def _stop_adopted(self, unwanted: _Found, outdated: _Found, strays: _Found) -> set[InstanceRuntime]:
+        """Stop, together, adopted processes no one wants any more, those of an older
         configuration (never supervised: a stop must not race the start of their
-        supervision). The outdated ones that would not stop: kept, and supervised as they
-        are rather than run twice."""
+        supervision) and the generation a killed daemon's rollout left. The outdated ones
+        that would not stop: kept, and supervised as they are rather than run twice."""
         kept: set[InstanceRuntime] = set()
 
         async def stop(instance: InstanceRuntime, handle: ServiceHandle, replacing: bool) -> None:
@@ -133,7 +139,18 @@ class Adoption:
             if not replacing:
                 self._phases.note(instance, "stopped: not wanted (its stop or scale-down was cut short)")
 
+        async def stop_stray(instance: InstanceRuntime, handle: ServiceHandle) -> None:
+            config = instance.service.config
+            try:
+                await handle.stop(config.stop_signum(), config.stop_grace)
+            except RunnerError as exc:
+                log.error("cannot stop %s (pid %s), left by a rollout cut short: %s", instance.fqn, handle.pid, exc)
+                return
+            log.warning("stopped %s (pid %s): a rollout cut short left it running", instance.fqn, handle.pid)
+
         async with anyio.create_task_group() as stops:
+            for instance, handle in strays:
+                stops.start_soon(stop_stray, instance, handle)
             for instance, handle in unwanted:
                 stops.start_soon(stop, instance, handle, False)
             for instance, handle in outdated:
@@ -169,6 +186,27 @@ class Adoption:
             return
         self._records.forget(fqn, index)
 
+    async def _strays(self, instance: InstanceRuntime, adopted: ServiceHandle | None) -> _Found:
+        """The instance's processes an earlier daemon started that are not ``adopted``:
+        the generation a rollout was starting (or draining) when that daemon was killed."""
+        service = instance.service
+        try:
+            runner = self._runners.get(service.config.runner.type)
+            spec = self._launcher.run_spec(instance)
+        except (UnknownRunner, RuntimeTemplateError):
+            return []
+        found: _Found = []
+        try:
+            for record in await runner.discover(spec, self._launcher.marker):
+                if adopted is not None and record.get("pid") == adopted.pid:
+                    continue
+                handle = await runner.adopt(spec, record)
+                if handle is not None:
+                    found.append((instance, handle))
+        except RunnerError as exc:
+            log.warning("cannot look for processes a rollout of %s left: %s", instance.fqn, exc)
+        return found
+
     async def _adopt(self, instance: InstanceRuntime) -> tuple[ServiceHandle | None, bool]:
         """The instance's process left by an earlier daemon, if it still runs, and whether
         it was started from an older configuration (then to be replaced)."""
@@ -181,6 +219,8 @@ class Adoption:
         if record is not None:
             # The ports it was started with (the daemon picked them, for instances > 0).
             instance.ports = dict(record.ports)
+            if record.started_at > 0:  # its uptime counts from there (a wall clock reading)
+                instance.started_at = datetime.fromtimestamp(record.started_at, UTC)
             if service.blue_green and instance.index == 0 and record.ports == service.config.ports("green"):
                 service.color = instance.color = "green"  # a rollout left it on its green ports
         try:

@@ -217,8 +217,13 @@ class InstanceTasks:
 
         handle.engine = engine
         instance.last_error = None
-        instance.started_at = datetime.now(UTC)
-        instance.started_monotonic = time.monotonic()
+        now = datetime.now(UTC)
+        if fresh or instance.started_at is None:
+            instance.started_at = now
+            instance.started_monotonic = time.monotonic()
+        else:  # adopted: it started when its record says (never later than now)
+            ran = max(0.0, (now - instance.started_at).total_seconds())
+            instance.started_monotonic = time.monotonic() - ran
         phases.note(instance, f"started (pid {handle.pid})" if handle.pid else "started")
         self._bus.publish(ServiceStarted(fqn=instance.fqn, pid=handle.pid, container_id=handle.container_id))
         # Record it for adoption after the other starts of this batch have spawned: the

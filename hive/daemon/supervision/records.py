@@ -67,7 +67,7 @@ class Records:
             runner=instance.service.config.runner.type,
             pid=handle.pid,
             start_time=float(start_time) if isinstance(start_time, int | float) else None,
-            started_at=time.time(),
+            started_at=instance.started_at.timestamp() if instance.started_at else time.time(),
             ports=dict(instance.ports),
             log_offsets=offsets,
             config_digest=instance.config_digest,

@@ -7,6 +7,10 @@ again only after something it shows changed, or the health monitor has new resul
 
 from __future__ import annotations
 
+import time
+
+import msgspec
+
 from hive_client import ServiceInfo
 
 from .runtime import InstanceRuntime
@@ -15,7 +19,15 @@ __all__ = ["instance_info"]
 
 
 def instance_info(instance: InstanceRuntime) -> ServiceInfo:
-    """What the daemon shows of ``instance``."""
+    """What the daemon shows of ``instance``, its uptime measured now."""
+    info = _cached_info(instance)
+    if instance.handle is None or instance.started_at is None:
+        return info
+    uptime = max(0.0, time.monotonic() - instance.started_monotonic)
+    return msgspec.structs.replace(info, uptime_secs=round(uptime, 3))
+
+
+def _cached_info(instance: InstanceRuntime) -> ServiceInfo:
     health_version = instance.health.results_version if instance.health else 0
     cached = instance.info_cache
     if cached is not None and cached[0] == health_version:

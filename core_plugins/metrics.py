@@ -1,0 +1,141 @@
+"""The metrics core plugin: the daemon and its services in Prometheus' text format.
+
+    [plugins.metrics]
+    [plugins.metrics.settings]
+    listen = "127.0.0.1:9464"     # host:port of the HTTP endpoint (port 0: any free port)
+
+``GET /metrics`` answers with, per service instance, its state (``hive_service_state``,
+1 for the current state), restarts, and the CPU seconds and resident bytes of its process
+tree; and for the daemon, its uptime, sources, services and connected clients.
+
+The service list is refreshed when a service event arrives (not on a timer); CPU and
+memory are read with psutil when Prometheus scrapes, from the pids that list holds, on
+the HTTP server's thread. Container services without a host pid report no CPU or memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from wsgiref.simple_server import WSGIServer
+
+import msgspec
+import psutil
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from hive.plugin import CorePlugin, DaemonEvent, PluginCallError
+
+if TYPE_CHECKING:
+    from hive_client import DaemonClient, DaemonStatus, ServiceInfo
+
+__all__ = ["Metrics", "MetricsSettings"]
+
+log = logging.getLogger("hive.plugins.metrics")
+STATES = ("stopped", "starting", "running", "unhealthy", "stopping", "crashed", "failed")
+
+
+class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    listen: str = "127.0.0.1:9464"
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen must be host:port, not {self.listen!r}")
+
+
+def _usage(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of the process tree of ``pid``; None if it is gone."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    cpu, rss = 0.0, 0
+    for process in tree:
+        try:
+            with process.oneshot():
+                times = process.cpu_times()
+                cpu += times.user + times.system
+                rss += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return cpu, rss
+
+
+class _Snapshot(Collector):
+    """What a scrape reports: the last service list and status (replaced whole, so the
+    HTTP thread reads a consistent pair), plus CPU and memory read at scrape time."""
+
+    def __init__(self) -> None:
+        self.services: list[ServiceInfo] = []
+        self.status: DaemonStatus | None = None
+
+    def collect(self) -> Iterator[Any]:
+        services, status = self.services, self.status
+        labels = ["service", "instance"]
+        state = GaugeMetricFamily("hive_service_state", "1 for the service instance's current state",
+                                  labels=[*labels, "state"])
+        restarts = CounterMetricFamily("hive_service_restarts", "restarts of the service instance", labels=labels)
+        cpu = CounterMetricFamily("hive_service_cpu_seconds", "CPU time of the instance's process tree", labels=labels)
+        memory = GaugeMetricFamily("hive_service_memory_bytes", "resident memory of the instance's process tree",
+                                   labels=labels)
+        for info in services:
+            key = [info.fqn.partition("#")[0], str(info.instance or 0)]
+            for name in sorted({*STATES, info.state}):
+                state.add_metric([*key, name], 1.0 if name == info.state else 0.0)
+            restarts.add_metric(key, info.restart_count)
+            usage = _usage(info.pid) if info.pid else None
+            if usage is not None:
+                cpu.add_metric(key, usage[0])
+                memory.add_metric(key, usage[1])
+        yield from (state, restarts, cpu, memory)
+        if status is not None:
+            yield GaugeMetricFamily("hive_daemon_uptime_seconds", "seconds since the daemon started",
+                                    value=status.uptime_secs)
+            yield GaugeMetricFamily("hive_daemon_sources", "registered sources", value=status.source_count)
+            yield GaugeMetricFamily("hive_daemon_services", "services", value=status.total_services)
+            yield GaugeMetricFamily("hive_daemon_clients", "connected clients", value=status.clients)
+
+
+class Metrics(CorePlugin[MetricsSettings]):
+    name = "metrics"
+    version = "1.0.0"
+    Settings = MetricsSettings
+    default_scope: ClassVar[Literal["read", "operate", "admin"]] = "read"  # it only reads
+    call_scopes = {"address": "read"}
+
+    async def init(self, client: DaemonClient) -> None:
+        self.client = client
+        self.snapshot = _Snapshot()
+        await self._refresh()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.snapshot)
+        host, _, port = self.settings.listen.rpartition(":")
+        self.server: WSGIServer
+        self.thread: threading.Thread
+        self.server, self.thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        self.address = f"{host}:{self.server.server_port}"
+        log.info("metrics on http://%s/metrics", self.address)
+
+    async def _refresh(self) -> None:
+        services = await self.client.list_services()
+        self.snapshot.services, self.snapshot.status = services, await self.client.status()
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        if event.__struct_config__.tag in ("daemon_started", "plugin_configured") or hasattr(event, "fqn"):
+            await self._refresh()
+
+    async def call(self, command: str, args: dict[str, Any]) -> Any:
+        if command == "address":
+            return {"url": f"http://{self.address}/metrics"}
+        raise PluginCallError(f"unknown command {command!r} (known: address)")
+
+    async def shutdown(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -1,0 +1,67 @@
+"""The metrics plugin: a real daemon, a real service, its endpoint scraped over HTTP and
+read with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hive_client import DaemonClient
+from tests.plugins.conftest import StartWith
+from tests.support import StartFailed, run_cli, wait_until, write_project
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = '[plugins.metrics]\n[plugins.metrics.settings]\nlisten = "127.0.0.1:0"\n'
+
+
+def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def test_scrape_shows_services_and_daemon(start_with: StartWith, project_dir: Path) -> None:
+    daemon = start_with(CONFIG)
+    assert "read (plugin default)" in run_cli("plugins").stdout
+    write_project(project_dir, """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+        """)
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        url = (await client.plugin_call("metrics", "address"))["url"]
+        await client.add_source(project_dir, name="p", start=True)
+        web = dict(service="p:web", instance="0")
+
+        def running() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+            samples = _scrape(url)
+            return samples if _value(samples, "hive_service_state", **web, state="running") == 1.0 else None
+
+        samples = await wait_until(running, timeout=30, what="p:web running in the scrape")
+        assert _value(samples, "hive_service_state", **web, state="stopped") == 0.0
+        assert _value(samples, "hive_service_restarts_total", **web) == 0.0
+        memory = _value(samples, "hive_service_memory_bytes", **web)
+        assert memory is not None and memory > 0
+        assert _value(samples, "hive_service_cpu_seconds_total", **web) is not None
+        assert _value(samples, "hive_daemon_sources") == 1.0
+        assert _value(samples, "hive_daemon_services") == 1.0
+
+        await client.stop_service("p:web")
+        await wait_until(lambda: _value(_scrape(url), "hive_service_state", **web, state="stopped") == 1.0,
+                         timeout=30, what="p:web stopped in the scrape")
+
+
+async def test_a_bad_listen_address_is_named(start_with: StartWith) -> None:
+    with pytest.raises(StartFailed) as caught:
+        start_with('[plugins.metrics]\n[plugins.metrics.settings]\nlisten = "nowhere"\n')
+    assert "[plugins.metrics.settings]" in str(caught.value) and "host:port" in str(caught.value)
