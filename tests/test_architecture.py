@@ -28,7 +28,8 @@ THIRD_PARTY = {
              "watchfiles",  # `hive up --watch` (CLI side)
              "textual"},  # `hive ui` (the [ui] extra, imported only by that command)
     "core_plugins": {"anyio", "msgspec", "websockets", "psutil",
-                     "httpx"},  # the fleet plugin's etcd client
+                     "httpx",  # the fleet plugin's etcd client
+                     "prometheus_client"},  # the metrics plugin's exposition (the [metrics] extra)
 }
 PROJECT = set(ALLOWED)
 
