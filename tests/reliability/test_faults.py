@@ -1058,7 +1058,9 @@ async def test_plugin_failing_in_a_loop_is_contained_without_leaks(hive_env: Pat
 
     home = hive_env
     recorded = home / "rec.jsonl"
-    (home / "config.toml").write_text(recorder_table(recorded) + "[plugins.raiser]\n")
+    # The crasher restarts throughout (no start limit).
+    (home / "config.toml").write_text(recorder_table(recorded) + "[plugins.raiser]\n"
+                                      "[restart]\nstart_limit_burst = 0\n")
     project = write_project(tmp_path / "proj", """
         version: "1"
         services:
