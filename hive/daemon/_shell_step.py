@@ -318,27 +318,29 @@ async def run_shell_step(
     timeout: float | None = None,
     kill_grace: float = KILL_GRACE,
     tail_lines: int = 20,
+    merge_stderr: bool = False,
 ) -> StepResult:
     """:func:`run_step` of ``<shell> -c command``, the shell found by :func:`resolve_shell`
-    (a shell that cannot be found is a result with ``error`` set)."""
+    (a shell that cannot be found is a result with ``error`` set); a command that starts
+    with ``#!`` runs as a script of the interpreter it names."""
     problem = _working_dir_problem(cwd)  # the first thing a step needs
     if problem is not None:
         return StepResult(error=problem)
     if is_script(command):
         return await _run_script_step(command, cwd=cwd, env=env, output=output, timeout=timeout,
-                                      kill_grace=kill_grace, tail_lines=tail_lines)
+                                      kill_grace=kill_grace, tail_lines=tail_lines, merge_stderr=merge_stderr)
     executable, problem = resolve_shell(shell, env)
     if executable is None:
         return StepResult(error=problem)
     return await run_step(
         [executable, "-c", command], cwd=cwd, env=env, output=output, timeout=timeout,
-        kill_grace=kill_grace, tail_lines=tail_lines,
+        kill_grace=kill_grace, tail_lines=tail_lines, merge_stderr=merge_stderr,
     )
 
 
 async def _run_script_step(
     command: str, *, cwd: str, env: Mapping[str, str], output: OutputSink | None,
-    timeout: float | None, kill_grace: float, tail_lines: int,
+    timeout: float | None, kill_grace: float, tail_lines: int, merge_stderr: bool,
 ) -> StepResult:
     """A step that starts with ``#!``: written to a file of its own (0700, removed after the
     step) and executed, so the interpreter it names runs it, as a service's ``run`` does."""
@@ -356,7 +358,7 @@ async def _run_script_step(
         finally:
             os.close(fd)
         return await run_step([path], cwd=cwd, env=env, output=output, timeout=timeout,
-                              kill_grace=kill_grace, tail_lines=tail_lines)
+                              kill_grace=kill_grace, tail_lines=tail_lines, merge_stderr=merge_stderr)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -22,7 +22,8 @@ Check types:
 * ``http``: ``GET``/``HEAD``/``POST http://127.0.0.1:<port><path>`` with a minimal HTTP/1.1 client;
   any 2xx passes when ``status`` is unset, else exactly ``status``.
 * ``tcp``: a TCP connection to ``127.0.0.1:<port>`` within the timeout.
-* ``cmd``: ``[*exec_prefix, "sh", "-c", command]``; exit status 0 passes. The process runs in a new
+* ``cmd``: ``[*exec_prefix, "sh", "-c", command]`` (without a prefix, a command that starts
+  with ``#!`` runs as a script of its interpreter); exit status 0 passes. The process runs in a new
   session; when it times out, or when the monitor is cancelled, its whole process group is
   SIGKILLed (after a normal exit too, so nothing it started in the background lingers). The
   process plumbing is :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds.
@@ -50,7 +51,7 @@ import anyio
 import anyio.abc
 
 from hive.config import HealthCheckSpec, RuntimeTemplateError, render_runtime
-from hive.daemon._shell_step import cut_line, run_step
+from hive.daemon._shell_step import cut_line, run_shell_step, run_step
 from hive.daemon.health_probes import (
     ProbeFailed,
     connect_error,
@@ -337,15 +338,16 @@ class HealthMonitor:
         # With a prefix the command runs elsewhere (a container): the working dir is not ours.
         # No grace on a kill: a check is a probe, not a service with state to save. One pipe
         # for both streams: the message quotes the last line printed, whichever stream it was.
-        result = await run_step(
-            [*self._exec_prefix, "sh", "-c", command],
-            cwd=None if self._exec_prefix else working_dir,
-            env=self._env,
-            timeout=timeout,
-            kill_grace=0,
-            tail_lines=1,
-            merge_stderr=True,
-        )
+        if self._exec_prefix:
+            result = await run_step(
+                [*self._exec_prefix, "sh", "-c", command], cwd=None, env=self._env, timeout=timeout,
+                kill_grace=0, tail_lines=1, merge_stderr=True,
+            )
+        else:  # (a command that starts with #! runs as a script of its interpreter)
+            result = await run_shell_step(
+                command, cwd=working_dir, env=self._env, shell="sh", timeout=timeout, kill_grace=0,
+                tail_lines=1, merge_stderr=True,
+            )
         if result.error is not None:
             raise _CheckFailed(result.error)
         last = cut_line(result.tail[-1].strip()) if result.tail else ""

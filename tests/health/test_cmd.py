@@ -45,6 +45,23 @@ async def test_exit_zero_passes(tmp_path: Path) -> None:
     )
 
 
+async def test_a_command_that_starts_with_a_shebang_runs_as_that_interpreters_script(tmp_path: Path) -> None:
+    # Python syntax: through `sh -c` this fails ("import: command not found").
+    passing = f"#!{sys.executable}\nimport sys\nprint('python ok', file=sys.stderr)\nsys.exit(0)\n"
+    failing = f"#!{sys.executable}\nimport sys\nprint('python says no')\nsys.exit(4)\n"
+    monitor, recorder = make_monitor([cmd_check(passing, working_dir=tmp_path)])
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is True, change.message
+    assert change.results[0].message == "exit status 0: python ok"
+    monitor, recorder = make_monitor([cmd_check(failing, working_dir=tmp_path)])
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is False
+    assert change.results[0].message == "exit status 4: python says no"
+    assert not list(tmp_path.glob("hive-step-*"))  # (its script file lives elsewhere, and goes)
+
+
 async def test_failure_message_carries_the_last_line_of_output(tmp_path: Path) -> None:
     command = 'echo checking; echo "db not ready" >&2; echo; exit 3'
     monitor, recorder = make_monitor([cmd_check(command, working_dir=tmp_path, retries=2)])
