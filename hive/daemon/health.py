@@ -95,6 +95,11 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:g}ms"
 
 
+# Before a check first passes, it is tried again after this long, doubling (see
+# HealthMonitor._until_first_pass).
+_FIRST_PASS_RETRY = 0.1
+
+
 class _CheckFailed(Exception):
     """A probe failed; the message says why."""
 
@@ -192,7 +197,10 @@ class HealthMonitor:
     async def _loop(self, check: _Check, t0: float) -> None:
         tick = 0
         while True:
-            await anyio.sleep_until(t0 + tick * check.interval)
+            scheduled = t0 + tick * check.interval
+            if tick > 0 and not check.started:
+                await self._until_first_pass(check, scheduled)
+            await anyio.sleep_until(scheduled)
             begun = anyio.current_time()
             in_start_period = not check.started and begun - t0 < check.start_period
             passed, message = await self._probe(check)
@@ -200,6 +208,19 @@ class HealthMonitor:
             # The next tick after now: a probe that overran skips the ticks it missed.
             elapsed = anyio.current_time() - t0
             tick = max(tick + 1, math.floor(elapsed / check.interval) + 1)
+
+    async def _until_first_pass(self, check: _Check, scheduled: float) -> None:
+        """Before a check has ever passed, probe again soon (0.1 s, doubling) until its next
+        scheduled probe: a service is seen ready moments after it is, not an interval later
+        (a web + worker stack waited 10 s). These extra probes count only when they pass, so
+        ``retries`` keeps its meaning in time."""
+        delay = _FIRST_PASS_RETRY
+        while not check.started and anyio.current_time() + delay < scheduled:
+            await anyio.sleep(delay)
+            delay *= 2
+            passed, message = await self._probe(check)
+            if passed:
+                self._record(check, passed, message, counted=True)
 
     def _record(self, check: _Check, passed: bool, message: str, *, counted: bool) -> None:
         if passed:

@@ -84,6 +84,20 @@ async def test_silent_failure_and_recovery(tmp_path: Path) -> None:
         assert (change.healthy, change.results[0].message) == (True, "exit status 0")
 
 
+async def test_a_check_not_passed_yet_is_tried_again_soon_not_an_interval_later(tmp_path: Path) -> None:
+    # An interval far past the recorder's deadline: only the early retries can see it ready.
+    flag = tmp_path / "ready"
+    monitor, recorder = make_monitor([cmd_check("test -f ready", working_dir=tmp_path, interval=3600)])
+    async with running(monitor):
+        first = await recorder.wait_results(lambda r: not r.healthy)
+        assert first[0].consecutive_failures == 1
+        flag.touch()
+        change, seen = await recorder.next_change()
+    assert change.healthy is True
+    # The early retries that failed were not counted: retries keeps its meaning in time.
+    assert [r.consecutive_failures for r in seen] == [0]
+
+
 async def test_runs_in_working_dir_with_env(tmp_path: Path) -> None:
     (tmp_path / "marker").touch()
     env = {**os.environ, "HEALTH_TOKEN": "s3cret"}
