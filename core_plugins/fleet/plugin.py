@@ -293,14 +293,22 @@ class Fleet(CorePlugin[FleetSettings]):
         """One round of placement, every write conditional on still leading."""
         still_leading = modified_at(self.keys.leader, leader_revision)
         decided = plan(self.view)
+        written = 0  # the revision of the last write: the next round plans from a view with it
         for name, index in decided.remove:
-            await self.etcd.txn([still_leading], [delete_op(self.keys.assignment(name, index))])
+            done, revision = await self.etcd.txn([still_leading], [delete_op(self.keys.assignment(name, index))])
+            written = revision if done else written
         for name, index, hive_id in decided.place:
             hive = self.view.hives[hive_id]
             key = self.keys.assignment(name, index)
             value = msgspec.json.encode(Assignment(service=name, index=index, hive_id=hive_id)).decode()
-            await self.etcd.txn([still_leading, absent(key), present(self.keys.hive(hive_id))],
-                                [put_op(key, value, hive.lease)])
+            done, revision = await self.etcd.txn([still_leading, absent(key), present(self.keys.hive(hive_id))],
+                                                 [put_op(key, value, hive.lease)])
+            written = revision if done else written
+        # A round planned before the watch brought this one's writes back would count the
+        # hives' load without them, and fill a hive past its capacity.
+        with anyio.move_on_after(self.settings.lease_ttl):
+            while self.view.revision < written:
+                await self.view.changed.wait()
 
     # --- the agent ----------------------------------------------------------------------
 
