@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["lean_status", "socket_path"]
+__all__ = ["format_duration", "lean_status", "socket_path"]
 
 _FORMS = (["status"], ["status", "--json"], ["--json", "status"])
 EXIT_NOT_RUNNING = 3
@@ -68,8 +68,8 @@ def _ask(path: str) -> bytes | None:
         sock.close()
 
 
-def _duration(seconds: float) -> str:
-    """As hive.cli._output.format_duration."""
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``1m 15s`` (the full CLI uses this one too: it imports only the standard library)."""
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -88,7 +88,7 @@ def _text(info: dict[str, Any]) -> str:
     saved = info.get("state_error") is None
     rows = [
         ("pid", str(info["pid"])),
-        ("uptime", _duration(info.get("uptime_secs", 0))),
+        ("uptime", format_duration(info.get("uptime_secs", 0))),
         ("socket", info.get("socket", "")),
         ("home", info.get("home", "")),
         ("sources", str(info["source_count"])),
