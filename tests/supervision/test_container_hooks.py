@@ -108,11 +108,12 @@ async def test_a_failing_container_step_keeps_the_service_down(
 async def test_a_hanging_container_step_is_cut_and_removed(
     client: DaemonClient, events: Events, kind: str, project_dir: Path
 ) -> None:
-    step = _step(kind, project_dir, "echo started > /work/started; exec sleep 1000", timeout="2s")
+    # Long enough for a container to start on a busy machine (the step must have run).
+    step = _step(kind, project_dir, "echo started > /work/started; exec sleep 1000", timeout="8s")
     _web_after(project_dir, step, "exec sleep 1000")
     await client.add_source(project_dir, name="p", start=True)
     status = await client.get_service_status("p:web")
     assert status.state == "crashed"
-    assert status.last_error is not None and "timed out after 2s" in status.last_error
+    assert status.last_error is not None and "timed out after 8s" in status.last_error
     assert (project_dir / "started").exists()
     assert _hook_containers(kind) == []

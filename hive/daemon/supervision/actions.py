@@ -65,7 +65,20 @@ class Actions:
             return await self._rollout(service)
         raise AssertionError(f"unknown job {kind}")
 
-    async def stop_together(self, services: list[ServiceRuntime]) -> dict[ServiceRuntime, Left]:
+    async def start_together(self, services: list[ServiceRuntime]) -> dict[ServiceRuntime, JobResult]:
+        """A start job of each service (claimed from its idle owner), run as one: one
+        save of what was asked, then each service's instances launched."""
+        for service in services:
+            self._reset_restarts(service)
+        self.mark_desired(services, "running")
+        await self._writer.flush()
+        return {
+            service: JobResult(launched={} if self._registry.gone(service) else
+                               {instance: self._instances.start(instance) for instance in service.wanted()})
+            for service in services
+        }
+
+    async def stop_together(self, services: list[ServiceRuntime]) -> dict[ServiceRuntime, JobResult]:
         """A stop job of each service (claimed from its idle owner), run as one: one save
         of what was asked, one sweep of their instances. What each could not stop now."""
         self.mark_desired(services, "stopped")
@@ -74,7 +87,7 @@ class Actions:
         by_service: dict[ServiceRuntime, Left] = {service: [] for service in services}
         for instance, why in left:
             by_service[instance.service].append((instance, why))
-        return by_service
+        return {service: JobResult(left=service_left) for service, service_left in by_service.items()}
 
     def mark_desired(self, services: list[ServiceRuntime], desired: str) -> None:
         """Mark the services wanted ``desired`` ("running" or "stopped") and queue the

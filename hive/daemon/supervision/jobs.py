@@ -84,7 +84,8 @@ class Job:
 
     async def wait(self) -> Any:
         """The job's result (its error raised), once it has run."""
-        await self._done.wait()
+        if not self._done.is_set():  # a command of many services collects many done jobs
+            await self._done.wait()
         if self.error is not None:
             raise self.error
         return self.result
