@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 import httpx
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent",
-           "prefix_end"]
+__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent", "absent",
+           "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op"]
 
 log = logging.getLogger("hive.plugins.fleet.etcd")
 
@@ -105,6 +105,11 @@ def absent(key: str) -> dict[str, Any]:
 def present(key: str) -> dict[str, Any]:
     """A compare that holds while ``key`` exists."""
     return {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+
+
+def leased_by(key: str, lease: int) -> dict[str, Any]:
+    """A compare that holds while ``key`` exists, bound to ``lease``."""
+    return {"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
 
 
 def modified_at(key: str, revision: int) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from .etcd import (
     WatchEvent,
     absent,
     delete_op,
+    leased_by,
     modified_at,
-    present,
     put_op,
 )
 from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
@@ -297,12 +297,13 @@ class Fleet(CorePlugin[FleetSettings]):
         for name, index in decided.remove:
             done, revision = await self.etcd.txn([still_leading], [delete_op(self.keys.assignment(name, index))])
             written = revision if done else written
-        for name, index, hive_id in decided.place:
-            hive = self.view.hives[hive_id]
+        for name, index, hive_id, lease in decided.place:
+            # The hive may have gone (or come back with a new lease) since the plan: then
+            # the compare fails, nothing is written, and the next round plans again.
             key = self.keys.assignment(name, index)
             value = msgspec.json.encode(Assignment(service=name, index=index, hive_id=hive_id)).decode()
-            done, revision = await self.etcd.txn([still_leading, absent(key), present(self.keys.hive(hive_id))],
-                                                 [put_op(key, value, hive.lease)])
+            done, revision = await self.etcd.txn([still_leading, absent(key), leased_by(self.keys.hive(hive_id), lease)],
+                                                 [put_op(key, value, lease)])
             written = revision if done else written
         # A round planned before the watch brought this one's writes back would count the
         # hives' load without them, and fill a hive past its capacity.

@@ -87,7 +87,7 @@ class FleetView:
 
 @dataclass
 class Plan:
-    place: list[tuple[str, int, str]] = field(default_factory=list)  # (service, index, hive id)
+    place: list[tuple[str, int, str, int]] = field(default_factory=list)  # (service, index, hive id, its lease)
     remove: list[tuple[str, int]] = field(default_factory=list)
     unplaced: list[tuple[str, int, str]] = field(default_factory=list)  # (service, index, why)
 
@@ -125,5 +125,5 @@ def plan(view: FleetView) -> Plan:
                 best = min(candidates, key=lambda h: (load[h.hive_id], h.hive_id))
             load[best.hive_id] += 1
             per_service[name][best.hive_id] += 1
-            result.place.append((name, index, best.hive_id))
+            result.place.append((name, index, best.hive_id, best.lease))
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ def as_json(daemon: DaemonProcess, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def test_fleet_commands(etcd_cluster: type[EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
+def test_fleet_commands(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
     etcd = etcd_cluster(1)
     first = fleet.start_hive("h0", etcd.endpoints, capacity=2, labels={"zone": "a"})
     second = fleet.start_hive("h1", etcd.endpoints, capacity=2)
@@ -55,7 +56,7 @@ services:
     assert "hive      h0" in text.stdout and "2 placed of 2 wanted" in text.stdout
 
 
-def test_fleet_apply_bad_files(etcd_cluster: type[EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
+def test_fleet_apply_bad_files(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
     etcd = etcd_cluster(1)
     daemon = fleet.start_hive("h0", etcd.endpoints)
     cases = {
