@@ -43,7 +43,7 @@ import anyio  # noqa: E402
 import msgspec  # noqa: E402
 import psutil  # noqa: E402
 
-from core_plugins.fleet.etcd import EtcdClient, WatchEvent, _b64, absent, put_op  # noqa: E402
+from core_plugins.fleet.etcd import EtcdClient, EtcdError, WatchEvent, _b64, absent, put_op  # noqa: E402
 from core_plugins.fleet.model import FleetService, HiveRecord, Keys  # noqa: E402
 from hive_client import BlockingClient  # noqa: E402
 from tests.fleet.harness import EtcdCluster, Fleet  # noqa: E402
@@ -84,7 +84,7 @@ async def relay(endpoints: list[str], prefix: str) -> None:
 
 async def simulate(endpoints: list[str], prefix: str, count: int, capacity: int) -> None:
     """``count`` hives: a lease each, renewed every TTL/3 (spread over the interval), and a
-    hive record bound to it. Prints ``ready``; at the end, how many leases were lost."""
+    hive record bound to it. Prints ``ready``; at the end, how many leases expired (each hive registers again)."""
     etcd = EtcdClient(endpoints, request_timeout=1.0)
     keys = Keys(prefix)
     limit = anyio.Semaphore(64)
@@ -99,10 +99,20 @@ async def simulate(endpoints: list[str], prefix: str, count: int, capacity: int)
             await etcd.put(keys.hive(record.hive_id), msgspec.json.encode(record).decode(), lease=leases[n])
 
     async def renew(n: int) -> None:
+        """Renew; a lease found expired (a renewal came too late) is replaced, as a hive does."""
         nonlocal lost
-        async with limit:
-            if await etcd.keepalive(leases[n]) <= 0:
+        try:
+            if not leases[n]:
+                await register(n)
+                return
+            async with limit:
+                alive = await etcd.keepalive(leases[n]) > 0
+            if not alive:
                 lost += 1
+                leases[n] = 0
+                await register(n)
+        except EtcdError:
+            return  # the next interval tries again
 
     async def keep_alive() -> None:  # from the start: registering 1,000 takes longer than a TTL
         interval = TTL / 3
@@ -111,8 +121,7 @@ async def simulate(endpoints: list[str], prefix: str, count: int, capacity: int)
                 start = anyio.current_time()
                 for n in range(count):
                     await anyio.sleep_until(start + interval * n / count)
-                    if leases[n]:
-                        renewals.start_soon(renew, n)
+                    renewals.start_soon(renew, n)
                 await anyio.sleep_until(start + interval)
 
     async with anyio.create_task_group() as group:
@@ -285,7 +294,7 @@ def scheduler_daemon(fleet: Fleet, cluster: EtcdCluster, prefix: str, hive_id: s
 def placement_phase(fleet: Fleet, cluster: EtcdCluster, name: str, hives: int, args: argparse.Namespace,
                     results: dict[str, Any]) -> None:
     prefix = f"/bench/{name}/"
-    capacity = math.ceil((args.singles + 5 + BURST * args.rounds) * 1.5 / hives)
+    capacity = math.ceil((args.singles + 5 + BURST * args.rounds) * 3 / hives)
     simulated = Helper("--simulate", prefix, str(hives), str(capacity), *cluster.endpoints)
     relay_process = Helper("--relay", f"/bench/{name}-floor/", *cluster.endpoints)
     daemon = None
@@ -406,6 +415,8 @@ def failover_phase(fleet: Fleet, cluster: EtcdCluster, rounds: int) -> dict[str,
         else:
             partition_round()
     found["overlaps"] = [float(len(fleet.overlaps()))]
+    for overlap in fleet.overlaps():
+        print(f"overlap: {overlap}", file=sys.stderr)
     return found
 
 
@@ -420,25 +431,26 @@ def line(label: str, values: list[float], floor: list[float] | None = None, unit
     return text
 
 
-def report(results: dict[str, Any], args: argparse.Namespace) -> bool:
-    print(f"machine: {os.cpu_count()} cpus, {sys.version.split()[0]}, etcd 3 members on loopback, lease TTL {TTL} s")
+def placement_report(results: dict[str, Any], args: argparse.Namespace) -> bool:
     print(f"{'placement (put -> assignment seen)':<36}{'p50 ms':>10}{'p99 ms':>10}{'n':>6}{'ratio':>10}")
-    ok = True
     for name, hives in (("twenty", 20), ("sim", args.sim)):
         figures = results[name]
         for size in (1, BURST):
             tag = "one at a time" if size == 1 else f"{BURST} at once"
             print(line(f"floor: relay, {tag}", figures[f"floor {size}"]))
             print(line(f"fleet, {hives} hives, {tag}", figures[f"fleet {size}"], figures[f"floor {size}"]))
-        print(f"  simulated hives' leases lost: {results[f'{name} lost'].removeprefix('lost ')}")
+        print(f"  simulated hives' leases expired and renewed: {results[f'{name} lost'].removeprefix('lost ')}")
     p50 = percentile(results["twenty"]["fleet 1"], 0.5) * 1e3
-    ok &= p50 <= 20
     print(f"  target: p50 with 20 hives <= 20 ms: {p50:.1f} ms, {'met' if p50 <= 20 else 'MISSED'}")
     print(f"etcd CPU (3 members, % of one core over {args.window:.0f} s)")
     print(f"  floor: idle{results['etcd cpu idle'] * 100:>27.1f} %")
     print(f"  {args.sim} hives renewing every {TTL / 3:.0f} s{results['etcd cpu hives'] * 100:>14.1f} %"
           f"   (the simulator itself: {results['simulator cpu'] * 100:.0f} %)")
     print(f"  {args.sim} hives, while placing{results['sim']['etcd cpu'] * 100:>18.1f} %")
+    return p50 <= 20
+
+
+def failover_report(results: dict[str, Any]) -> bool:
     failover = results["failover"]
     floor = results["lease floor"]
     print(f"{'failover (s)':<36}{'p50':>10}{'max':>10}{'n':>6}{'ratio':>10}")
@@ -454,7 +466,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> bool:
           f"{'met' if worst <= 2 * TTL + 1 else 'MISSED'}")
     print(f"  cut hive stopped before the start elsewhere: {'every time' if fenced_first else 'NOT ALWAYS'}; "
           f"overlapping copies in the ledger: {int(failover['overlaps'][0])}")
-    return ok and worst <= 2 * TTL + 1 and fenced_first and not failover["overlaps"][0]
+    return worst <= 2 * TTL + 1 and fenced_first and not failover["overlaps"][0]
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> bool:
+    print(f"machine: {os.cpu_count()} cpus, {sys.version.split()[0]}, etcd 3 members on loopback, lease TTL {TTL} s")
+    ok = placement_report(results, args) if "twenty" in results else True
+    return failover_report(results) and ok
 
 
 def main() -> int:
@@ -468,6 +486,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bursts of 250, kills and partitions (each)")
     parser.add_argument("--singles", type=int, default=100, help="placements one at a time")
     parser.add_argument("--sim", type=int, default=1000, help="simulated hives of the large run")
+    parser.add_argument("--failover-only", action="store_true", help="skip the placement runs")
     parser.add_argument("--window", type=float, default=10.0, help="seconds of each CPU measurement")
     args = parser.parse_args()
 
@@ -475,9 +494,10 @@ def main() -> int:
     fleet = Fleet.create()
     results: dict[str, Any] = {}
     try:
-        results["etcd cpu idle"] = cpu_over(cluster, args.window)
-        placement_phase(fleet, cluster, "twenty", 20, args, results)
-        placement_phase(fleet, cluster, "sim", args.sim, args, results)
+        if not args.failover_only:
+            results["etcd cpu idle"] = cpu_over(cluster, args.window)
+            placement_phase(fleet, cluster, "twenty", 20, args, results)
+            placement_phase(fleet, cluster, "sim", args.sim, args, results)
         results["lease floor"] = lease_floor(cluster, args.rounds * 2)
         results["failover"] = failover_phase(fleet, cluster, args.rounds)
     finally:
