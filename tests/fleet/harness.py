@@ -105,6 +105,28 @@ class EtcdCluster:
         assert self.members[n].process is not None
         self.members[n].process.send_signal(signal.SIGCONT)
 
+    def leader(self) -> int:
+        """The index of the member that leads the raft group now (asked of a live member)."""
+        for member in self.members:
+            if member.process is None or member.process.poll() is not None:
+                continue
+            try:
+                status = etcd_call(member.client_url, "maintenance/status", {})
+            except httpx.HTTPError:
+                continue
+            ids = {int(etcd_call(m.client_url, "maintenance/status", {})["header"]["member_id"]): n
+                   for n, m in enumerate(self.members) if m.process is not None and m.process.poll() is None}
+            if int(status.get("leader", 0)) in ids:
+                return ids[int(status["leader"])]
+        raise AssertionError("no etcd member knows a leader")
+
+    def kill(self, n: int) -> None:
+        """The member dies (SIGKILL); the others keep their quorum."""
+        process = self.members[n].process
+        assert process is not None
+        process.kill()
+        process.wait()
+
     def stop(self) -> None:
         for member in self.members:
             if member.process is not None and member.process.poll() is None:
