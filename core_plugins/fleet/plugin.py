@@ -44,6 +44,7 @@ from .etcd import (
     delete_op,
     leased_by,
     modified_at,
+    present,
     put_op,
 )
 from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
@@ -456,14 +457,19 @@ class Fleet(CorePlugin[FleetSettings]):
         raise PluginCallError(f"unknown command {command!r} (apply, delete, rebalance, status)")
 
     async def _delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Remove a fleet service; the leader then deletes its assignments and each hive
-        stops its instances."""
-        name = args.get("name")
-        if not isinstance(name, str) or not name:
-            raise PluginCallError("delete needs name: the fleet service to remove")
-        if not await self.etcd.delete(self.keys.service(name), patience=_COMMAND_PATIENCE):
-            raise PluginCallError(f"no fleet service {name!r}; `hive fleet services` lists them")
-        return {"deleted": name}
+        """Remove fleet services, all or none; the leader then deletes their assignments and
+        each hive stops their instances."""
+        names = args.get("names", [args["name"]] if "name" in args else None)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise PluginCallError("delete needs name (a fleet service) or names (a list of them)")
+        keys = [self.keys.service(name) for name in names]
+        done, _ = await self.etcd.txn([present(key) for key in keys], [delete_op(key) for key in keys],
+                                      patience=_COMMAND_PATIENCE)
+        if not done:
+            missing = [name for name, key in zip(names, keys, strict=True) if await self.etcd.get(key) is None]
+            raise PluginCallError(f"no fleet service {', '.join(map(repr, missing))}, nothing deleted; "
+                                  "`hive fleet services` lists them")
+        return {"deleted": names}
 
     async def _rebalance(self, args: dict[str, Any]) -> dict[str, Any]:
         """Mark the instances ``rebalance`` moves as draining, each with its target: its hive
