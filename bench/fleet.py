@@ -65,13 +65,13 @@ def percentile(values: list[float], q: float) -> float:
 async def relay(endpoints: list[str], prefix: str) -> None:
     """The floor of a placement: each put of ``in/<k>`` answered with one create-if-absent
     ``out/<k>``, each in its own task (nothing serialises them)."""
-    etcd = EtcdClient(endpoints)
+    etcd = EtcdClient(endpoints, request_timeout=10.0)  # a burst queues for the connection pool
     revision, _ = await etcd.range_prefix(prefix)
     print("ready", flush=True)
     async with anyio.create_task_group() as group:
         async def answer(key: str) -> None:
             out = key.replace("/in/", "/out/", 1)
-            await etcd.txn([absent(out)], [put_op(out, "placed")])
+            await etcd.txn([absent(out)], [put_op(out, "placed")], patience=60)
 
         async def deliver(_revision: int, events: list[WatchEvent]) -> None:
             for event in events:
@@ -237,7 +237,7 @@ async def measure_placements(endpoints: list[str], keys: Keys, floor_prefix: str
                              rounds: int, cpu: Callable[[], float] | None = None) -> dict[str, Any]:
     """Singles and bursts, the fleet and the floor interleaved; with ``cpu``, etcd's CPU
     seconds over the whole measurement too."""
-    etcd = EtcdClient(endpoints, request_timeout=2.0)
+    etcd = EtcdClient(endpoints, request_timeout=10.0)  # a burst queues for the connection pool
     figures: dict[str, Any] = {"fleet 1": [], "floor 1": [], f"fleet {BURST}": [], f"floor {BURST}": []}
     revision, _ = await etcd.range_prefix("/")
     placements = Placements(etcd, keys, floor_prefix)

@@ -35,6 +35,7 @@ import msgspec
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
 from hive_client import HiveError, NotFound
 
+from . import commands
 from .etcd import (
     EtcdClient,
     EtcdError,
@@ -44,19 +45,17 @@ from .etcd import (
     delete_op,
     leased_by,
     modified_at,
-    present,
     put_op,
 )
 from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
 from .retry import EXPECTED, Episode
-from .scheduler import FleetView, Placed, plan, rebalance
+from .scheduler import FleetView, Placed, plan
 
 __all__ = ["Fleet"]
 
 log = logging.getLogger("hive.plugins.fleet")
 
 _WRITES_AT_ONCE = 16  # a placement round's transactions in flight together
-_COMMAND_PATIENCE = 5.0  # s a user's command waits for etcd (an election takes 1-2 s)
 
 
 class Fleet(CorePlugin[FleetSettings]):
@@ -445,64 +444,16 @@ class Fleet(CorePlugin[FleetSettings]):
     async def call(self, command: str, args: dict[str, Any]) -> Any:
         try:
             if command == "apply":
-                return await self._apply(args)
+                return await commands.apply(self.etcd, self.keys, args)
             if command == "delete":
-                return await self._delete(args)
+                return await commands.delete(self.etcd, self.keys, args)
             if command == "rebalance":
-                return await self._rebalance(args)
+                return await commands.rebalance(self.etcd, self.keys, self.view, args)
             if command == "status":
                 return self._status()
         except EtcdError as exc:
             raise PluginCallError(f"etcd: {exc}; check the endpoints in [plugins.fleet.settings]") from None
         raise PluginCallError(f"unknown command {command!r} (apply, delete, rebalance, status)")
-
-    async def _delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Remove fleet services, all or none; the leader then deletes their assignments and
-        each hive stops their instances."""
-        names = args.get("names", [args["name"]] if "name" in args else None)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-            raise PluginCallError("delete needs name (a fleet service) or names (a list of them)")
-        keys = [self.keys.service(name) for name in names]
-        done, _ = await self.etcd.txn([present(key) for key in keys], [delete_op(key) for key in keys],
-                                      patience=_COMMAND_PATIENCE)
-        if not done:
-            missing = [name for name, key in zip(names, keys, strict=True) if await self.etcd.get(key) is None]
-            raise PluginCallError(f"no fleet service {', '.join(map(repr, missing))}, nothing deleted; "
-                                  "`hive fleet services` lists them")
-        return {"deleted": names}
-
-    async def _rebalance(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Mark the instances ``rebalance`` moves as draining, each with its target: its hive
-        stops it and releases it, then the leader places it on the target. Each mark holds
-        only if the assignment is unchanged since this hive's view of it."""
-        only = args.get("service")
-        if only is not None and only not in self.view.services:
-            raise PluginCallError(f"no fleet service {only!r}; `hive fleet services` lists them")
-        moves = []
-        for move in rebalance(self.view, only):
-            placed = self.view.assignments[(move.service, move.index)]
-            key = self.keys.assignment(move.service, move.index)
-            drained = msgspec.structs.replace(placed.assignment, drain=True)
-            done, _ = await self.etcd.txn(
-                [modified_at(key, placed.mod_revision)],
-                [put_op(key, msgspec.json.encode(drained).decode(), placed.lease),
-                 put_op(self.keys.move(move.service, move.index), move.target)], patience=_COMMAND_PATIENCE)
-            if done:
-                moves.append({"instance": f"{move.service}-{move.index}", "from": move.source, "to": move.target})
-        return {"moves": moves}
-
-    async def _apply(self, args: dict[str, Any]) -> dict[str, Any]:
-        raw = args.get("services")
-        if not isinstance(raw, list):
-            raise PluginCallError("apply needs services: a list of {name, config, replicas, labels, spread}")
-        try:
-            services = [msgspec.convert(item, FleetService) for item in raw]
-        except (msgspec.ValidationError, ValueError) as exc:
-            raise PluginCallError(f"invalid fleet service: {exc}") from None
-        for service in services:
-            await self.etcd.put(self.keys.service(service.name), msgspec.json.encode(service).decode(),
-                                patience=_COMMAND_PATIENCE)
-        return {"applied": [service.name for service in services]}
 
     def _status(self) -> dict[str, Any]:
         view = self.view
