@@ -238,8 +238,23 @@ class Fleet:
         try:
             wait_for(condition, timeout=30, what=what)
         except AssertionError as exc:
-            logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}" for hive, daemon in self.daemons.items())
-            raise AssertionError(f"{exc}\n{logs}") from None
+            logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}\n{self._status_line(daemon)}"
+                             for hive, daemon in self.daemons.items())
+            raise AssertionError(f"{exc}\nledger running: {self.running()}\n{logs}") from None
+
+    @staticmethod
+    def _status_line(daemon: DaemonProcess) -> str:
+        """The plugin's view, to tell a watch that fell behind from an agent that is stuck."""
+        if not daemon.alive():
+            return "(daemon not running)"
+        try:
+            with BlockingClient(daemon.socket, timeout=5) as client:
+                status = client.plugin_call("fleet", "status")
+        except Exception as exc:  # a diagnostic: whatever happens, the test's own error is raised
+            return f"(no status: {exc})"
+        return json.dumps({key: status[key] for key in ("revision", "lease", "fenced", "leader", "running_here",
+                                                        "problems")} | {"services": sorted(status["services"]),
+                                                                        "assignments": sorted(status["assignments"])})
 
     def running(self) -> dict[str, list[tuple[str, int]]]:
         """Instance -> [(hive, pid)] of the copies the ledger says run now."""
