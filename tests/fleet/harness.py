@@ -29,6 +29,13 @@ from tests.support import DaemonProcess, start_daemon, wait_for
 ETCD = shutil.which("etcd")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -168,7 +175,10 @@ class Fleet:
             if daemon.alive():
                 daemon.stop()
             for pid in self.instance_pids(hive_id):
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue  # it ended between the listing and the kill
             shutil.rmtree(daemon.home, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -257,15 +267,17 @@ class Fleet:
                                                                         "assignments": sorted(status["assignments"])})
 
     def running(self) -> dict[str, list[tuple[str, int]]]:
-        """Instance -> [(hive, pid)] of the copies the ledger says run now."""
+        """Instance -> [(hive, pid)] of the copies the ledger says run now, and that do run
+        (a copy a stop killed before it wrote its stop line, on a loaded machine, is gone)."""
         live: dict[int, tuple[str, str]] = {}
         for kind, instance, hive, pid, _token, _at in self.entries():
             if kind == "start":
                 live[pid] = (instance, hive)
             else:
                 live.pop(pid, None)
-        for pid in self.killed:
-            live.pop(pid, None)
+        for pid in [*self.killed, *live]:
+            if pid in self.killed or not _alive(pid):
+                live.pop(pid, None)
         found: dict[str, list[tuple[str, int]]] = {}
         for pid, (instance, hive) in live.items():
             found.setdefault(instance, []).append((hive, pid))
