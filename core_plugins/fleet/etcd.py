@@ -9,8 +9,8 @@ POST each. grpcio would bring a second I/O engine into the daemon's process.
 Fail-over: the client holds a list of member URLs and talks to one at a time. A request
 that cannot connect or times out (``request_timeout``, short: a second) moves to the next
 member and is retried there, each member once per call; only then does the call fail
-with ``EtcdUnavailable``. Each switch sets a fresh ``switched`` event, so a watch on the
-old member (a long-lived stream that no timeout covers) can move too.
+with ``EtcdUnavailable``. Each switch cancels the streams of the watches, so a watch on the
+old member (a long-lived stream that no timeout covers) moves too.
 
 Watches resume from the last revision they delivered, on whatever member answers; a
 revision etcd has compacted away raises ``WatchCompacted`` and the caller reloads.
@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 import httpx
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent",
-           "prefix_end"]
+__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent", "absent",
+           "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op"]
 
 log = logging.getLogger("hive.plugins.fleet.etcd")
 
@@ -107,14 +107,14 @@ def present(key: str) -> dict[str, Any]:
     return {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
 
 
+def leased_by(key: str, lease: int) -> dict[str, Any]:
+    """A compare that holds while ``key`` exists, bound to ``lease``."""
+    return {"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
+
+
 def modified_at(key: str, revision: int) -> dict[str, Any]:
     """A compare that holds while ``key`` was last written at ``revision``."""
     return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
-
-
-async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 class EtcdClient:
@@ -123,7 +123,7 @@ class EtcdClient:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [endpoint.rstrip("/") for endpoint in endpoints]
         self.current = 0
-        self.switched = anyio.Event()
+        self._streams: set[anyio.CancelScope] = set()  # the watches' streams, moved at a switch
         self._timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
         self._http = httpx.AsyncClient(timeout=self._timeout)
 
@@ -138,11 +138,23 @@ class EtcdClient:
         if self.current == failed and len(self.endpoints) > 1:
             self.current = (failed + 1) % len(self.endpoints)
             log.warning("etcd member %s does not answer; now using %s", self.endpoints[failed], self.endpoint)
-        switched, self.switched = self.switched, anyio.Event()
-        switched.set()
+        for stream in self._streams:
+            stream.cancel()
 
-    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to ``/v3/<path>`` on the current member, failing over as needed."""
+    async def call(self, path: str, body: dict[str, Any], *, patience: float = 0.0) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/<path>`` on the current member, failing over as needed;
+        with ``patience``, rounds of every member are tried again for that many seconds
+        (a user's command rides out an election, 1-2 s; background loops retry themselves)."""
+        deadline = anyio.current_time() + patience
+        while True:
+            try:
+                return await self._call_round(path, body)
+            except EtcdUnavailable:
+                if anyio.current_time() >= deadline:
+                    raise
+            await anyio.sleep(0.1)
+
+    async def _call_round(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         errors = []
         for _ in range(len(self.endpoints)):
             index = self.current
@@ -178,17 +190,20 @@ class EtcdClient:
         kvs = answer.get("kvs", [])
         return KeyValue(kvs[0]) if kvs else None
 
-    async def put(self, key: str, value: str, lease: int = 0) -> int:
-        answer = await self.call("kv/put", put_op(key, value, lease)["request_put"])
+    async def put(self, key: str, value: str, lease: int = 0, *, patience: float = 0.0) -> int:
+        answer = await self.call("kv/put", put_op(key, value, lease)["request_put"], patience=patience)
         return int(answer["header"]["revision"])
 
-    async def delete(self, key: str) -> None:
-        await self.call("kv/deleterange", {"key": _b64(key)})
+    async def delete(self, key: str, *, patience: float = 0.0) -> int:
+        """How many keys it deleted (0 or 1)."""
+        answer = await self.call("kv/deleterange", {"key": _b64(key)}, patience=patience)
+        return int(answer.get("deleted", 0))
 
     async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
-                  failure: list[dict[str, Any]] | None = None) -> tuple[bool, int]:
+                  failure: list[dict[str, Any]] | None = None, *, patience: float = 0.0) -> tuple[bool, int]:
         """(succeeded, revision after it)."""
-        answer = await self.call("kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+        answer = await self.call("kv/txn", {"compare": compare, "success": success, "failure": failure or []},
+                                 patience=patience)
         return bool(answer.get("succeeded")), int(answer["header"]["revision"])
 
     # --- leases ---------------------------------------------------------------------
@@ -224,12 +239,13 @@ class EtcdClient:
         failures = 0  # in a row; a whole round of members failing is raised as EtcdUnavailable
         while True:
             index = self.current
-            switched = self.switched
             body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                        "start_revision": str(next_revision)}}
-            try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(_cancel_on, switched, group.cancel_scope)
+            # A cancel scope, not a task group: the errors below reach the caller as they
+            # are (a task group would wrap them in an ExceptionGroup no ``except`` here catches).
+            with anyio.CancelScope() as stream_scope:
+                self._streams.add(stream_scope)
+                try:
                     timeout = httpx.Timeout(None, connect=self._timeout.connect)
                     async with self._http.stream("POST", f"{self.endpoints[index]}/v3/watch", json=body,
                                                  timeout=timeout) as response:
@@ -252,12 +268,13 @@ class EtcdClient:
                                 revision = max(event.kv.mod_revision for event in events)
                                 await deliver(revision, events)
                                 next_revision = revision + 1
-                    group.cancel_scope.cancel()
-            except (httpx.TransportError, OSError) as exc:
-                log.debug("watch on %s ended (%s); resuming from revision %d", self.endpoints[index],
-                          exc, next_revision)
-                self._fail_over(index)
-                failures += 1
-                if failures >= len(self.endpoints):
-                    raise EtcdUnavailable(f"no etcd member serves the watch: {exc}") from None
+                except (httpx.TransportError, OSError) as exc:  # a member killed mid-stream, refused, reset
+                    log.debug("watch on %s ended (%s); resuming from revision %d", self.endpoints[index],
+                              exc, next_revision)
+                    self._fail_over(index)
+                    failures += 1
+                    if failures >= len(self.endpoints):
+                        raise EtcdUnavailable(f"no etcd member serves the watch: {exc}") from None
+                finally:
+                    self._streams.discard(stream_scope)
             await anyio.sleep(0.05)  # a member that ends streams at once is not hammered

@@ -7,6 +7,8 @@ Keys, under ``prefix`` (default ``/hive/fleet/``):
 - ``assign/<name>/<index>``: an ``Assignment`` of instance ``index`` to a hive, bound to
   that hive's lease, so a dead hive's assignments vanish with its lease and nothing else;
   its create revision is the instance's fencing token;
+- ``moves/<name>/<index>``: where ``hive fleet rebalance`` wants a draining instance to go
+  (a hive id); the leader places it there and deletes the hint;
 - ``leader``: the scheduler's leader (its hive id), bound to the leader's lease.
 """
 
@@ -92,6 +94,7 @@ class Assignment(msgspec.Struct, kw_only=True):
     service: str
     index: int
     hive_id: str
+    drain: bool = False  # a rebalance moves it: the hive stops it, then deletes this key
 
 
 class Keys:
@@ -100,6 +103,7 @@ class Keys:
         self.hives = prefix + "hives/"
         self.services = prefix + "services/"
         self.assign = prefix + "assign/"
+        self.moves = prefix + "moves/"
         self.leader = prefix + "leader"
 
     def hive(self, hive_id: str) -> str:
@@ -110,3 +114,6 @@ class Keys:
 
     def assignment(self, service: str, index: int) -> str:
         return f"{self.assign}{service}/{index}"
+
+    def move(self, service: str, index: int) -> str:
+        return f"{self.moves}{service}/{index}"

@@ -35,6 +35,7 @@ import msgspec
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
 from hive_client import HiveError, NotFound
 
+from . import commands
 from .etcd import (
     EtcdClient,
     EtcdError,
@@ -42,17 +43,19 @@ from .etcd import (
     WatchEvent,
     absent,
     delete_op,
+    leased_by,
     modified_at,
-    present,
     put_op,
 )
 from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
 from .retry import EXPECTED, Episode
-from .scheduler import FleetView, plan
+from .scheduler import FleetView, Placed, plan
 
 __all__ = ["Fleet"]
 
 log = logging.getLogger("hive.plugins.fleet")
+
+_WRITES_AT_ONCE = 16  # a placement round's transactions in flight together
 
 
 class Fleet(CorePlugin[FleetSettings]):
@@ -290,20 +293,42 @@ class Fleet(CorePlugin[FleetSettings]):
             await changed.wait()
 
     async def _place(self, leader_revision: int) -> None:
-        """One round of placement, every write conditional on still leading."""
+        """One round of placement, every write conditional on still leading. The writes of
+        a round are independent (one plan, one key each), so they go out together, a few
+        at a time: a burst of 250 takes a few round trips, not 250."""
         still_leading = modified_at(self.keys.leader, leader_revision)
         decided = plan(self.view)
         written = 0  # the revision of the last write: the next round plans from a view with it
-        for name, index in decided.remove:
-            done, revision = await self.etcd.txn([still_leading], [delete_op(self.keys.assignment(name, index))])
-            written = revision if done else written
-        for name, index, hive_id in decided.place:
-            hive = self.view.hives[hive_id]
-            key = self.keys.assignment(name, index)
-            value = msgspec.json.encode(Assignment(service=name, index=index, hive_id=hive_id)).decode()
-            done, revision = await self.etcd.txn([still_leading, absent(key), present(self.keys.hive(hive_id))],
-                                                 [put_op(key, value, hive.lease)])
-            written = revision if done else written
+        limit = anyio.Semaphore(_WRITES_AT_ONCE)
+
+        failures: list[EtcdError] = []  # raised once the round is over, as one error
+
+        async def write(compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> None:
+            nonlocal written
+            try:
+                async with limit:
+                    done, revision = await self.etcd.txn(compare, success)
+            except EtcdError as exc:
+                failures.append(exc)
+                return
+            if done:
+                written = max(written, revision)
+
+        async with anyio.create_task_group() as group:  # removals first: the plan counted their room
+            for name, index in decided.remove:
+                group.start_soon(write, [still_leading], [delete_op(self.keys.assignment(name, index))])
+            for name, index in decided.stale_moves:
+                group.start_soon(write, [still_leading], [delete_op(self.keys.move(name, index))])
+        async with anyio.create_task_group() as group:
+            for name, index, hive_id, lease in decided.place:
+                # The hive may have gone (or come back with a new lease) since the plan: then
+                # the compare fails, nothing is written, and the next round plans again.
+                key = self.keys.assignment(name, index)
+                value = msgspec.json.encode(Assignment(service=name, index=index, hive_id=hive_id)).decode()
+                group.start_soon(write, [still_leading, absent(key), leased_by(self.keys.hive(hive_id), lease)],
+                                 [put_op(key, value, lease), delete_op(self.keys.move(name, index))])
+        if failures:
+            raise failures[0]
         # A round planned before the watch brought this one's writes back would count the
         # hives' load without them, and fill a hive past its capacity.
         with anyio.move_on_after(self.settings.lease_ttl):
@@ -312,14 +337,26 @@ class Fleet(CorePlugin[FleetSettings]):
 
     # --- the agent ----------------------------------------------------------------------
 
+    def _mine(self, placed: Placed) -> bool:
+        return placed.assignment.hive_id == self.hive_id and placed.lease == self.lease
+
     def _wanted(self) -> dict[str, tuple[FleetService, int]]:
-        """Instance name -> (service, token) of what is assigned to this hive's lease."""
+        """Instance name -> (service, token) of what is assigned to this hive's lease and
+        not draining (a rebalance moves it elsewhere)."""
         wanted = {}
         for (name, index), placed in self.view.assignments.items():
             service = self.view.services.get(name)
-            if placed.assignment.hive_id == self.hive_id and placed.lease == self.lease and service is not None:
+            if self._mine(placed) and not placed.assignment.drain and service is not None:
                 wanted[f"{name}-{index}"] = (service, placed.token)
         return wanted
+
+    async def _release_drained(self) -> None:
+        """Give up the drained assignments whose instance has stopped here: only then may
+        the leader place them elsewhere (a new key, a higher token)."""
+        for (name, index), placed in list(self.view.assignments.items()):
+            if self._mine(placed) and placed.assignment.drain and f"{name}-{index}" not in self.running:
+                key = self.keys.assignment(name, index)
+                await self.etcd.txn([modified_at(key, placed.mod_revision)], [delete_op(key)])
 
     async def _agent(self) -> None:
         await self.view.loaded.wait()  # an empty view would stop every adopted instance
@@ -345,6 +382,7 @@ class Fleet(CorePlugin[FleetSettings]):
                     await self._remove(name)
                     self.running.pop(name, None)
             self._save()
+            await self._release_drained()
             failed: list[str] = []  # one instance the daemon refuses does not hold back the others
             for name, (service, token) in wanted.items():
                 if self.fenced:
@@ -406,28 +444,16 @@ class Fleet(CorePlugin[FleetSettings]):
     async def call(self, command: str, args: dict[str, Any]) -> Any:
         try:
             if command == "apply":
-                return await self._apply(args)
+                return await commands.apply(self.etcd, self.keys, args)
             if command == "delete":
-                name = str(args.get("name") or "")
-                await self.etcd.delete(self.keys.service(name))
-                return {"deleted": name}
+                return await commands.delete(self.etcd, self.keys, args)
+            if command == "rebalance":
+                return await commands.rebalance(self.etcd, self.keys, self.view, args)
             if command == "status":
                 return self._status()
         except EtcdError as exc:
             raise PluginCallError(f"etcd: {exc}; check the endpoints in [plugins.fleet.settings]") from None
-        raise PluginCallError(f"unknown command {command!r} (apply, delete, status)")
-
-    async def _apply(self, args: dict[str, Any]) -> dict[str, Any]:
-        raw = args.get("services")
-        if not isinstance(raw, list):
-            raise PluginCallError("apply needs services: a list of {name, config, replicas, labels, spread}")
-        try:
-            services = [msgspec.convert(item, FleetService) for item in raw]
-        except (msgspec.ValidationError, ValueError) as exc:
-            raise PluginCallError(f"invalid fleet service: {exc}") from None
-        for service in services:
-            await self.etcd.put(self.keys.service(service.name), msgspec.json.encode(service).decode())
-        return {"applied": [service.name for service in services]}
+        raise PluginCallError(f"unknown command {command!r} (apply, delete, rebalance, status)")
 
     def _status(self) -> dict[str, Any]:
         view = self.view
@@ -436,7 +462,8 @@ class Fleet(CorePlugin[FleetSettings]):
             "leader": view.leader[0] if view.leader else None,
             "hives": {name: msgspec.to_builtins(hive) for name, hive in view.hives.items()},
             "services": {name: msgspec.to_builtins(service) for name, service in view.services.items()},
-            "assignments": {f"{name}-{index}": {"hive_id": placed.assignment.hive_id, "token": placed.token}
+            "assignments": {f"{name}-{index}": {"hive_id": placed.assignment.hive_id, "token": placed.token,
+                                                "draining": placed.assignment.drain}
                             for (name, index), placed in sorted(view.assignments.items())},
             "running_here": dict(self.running),
             "fences": self.fences,

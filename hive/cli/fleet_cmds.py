@@ -129,3 +129,34 @@ def fleet_services(state: CliState) -> None:
             for name, service in sorted(status["services"].items())]
     state.out.table(["SERVICE", "PLACED", "RUNNER", "LABELS", "HIVES"], rows,
                     empty="no fleet service (`hive fleet apply hive.yaml` adds them)")
+
+
+@fleet.command("delete")
+@click.argument("names", nargs=-1, required=True)
+@json_option
+@pass_state
+def fleet_delete(state: CliState, names: tuple[str, ...]) -> None:
+    """Remove fleet services (all of NAMES, or none): each hive stops their instances."""
+    deleted = _call(state, "delete", names=list(names))["deleted"]
+    if state.json_mode:
+        state.out.json({"deleted": deleted})
+        return
+    state.out.line(f"deleted {len(deleted)} fleet services: {', '.join(deleted)} (their instances stop)")
+
+
+@fleet.command("rebalance")
+@click.argument("service", required=False)
+@json_option
+@pass_state
+def fleet_rebalance(state: CliState, service: str | None) -> None:
+    """Even out the fleet (or one SERVICE): spread first, then each hive's load.
+
+    A moved instance stops on its hive before it starts on the new one."""
+    result = _call(state, "rebalance", **({"service": service} if service else {}))
+    if state.json_mode:
+        state.out.json(result)
+        return
+    if not result["moves"]:
+        state.out.line("the fleet is balanced: nothing to move")
+        return
+    state.out.table(["INSTANCE", "FROM", "TO"], [[m["instance"], m["from"], m["to"]] for m in result["moves"]])

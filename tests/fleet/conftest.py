@@ -1,265 +1,33 @@
-"""Fleet fixtures: real etcd members (Debian's etcd-server, scripts/ci-etcd.sh) on free
-ports in temporary directories, real daemons with a HIVE_HOME each, and a ledger that every
-fleet instance writes when it starts and stops."""
+"""Fleet fixtures: the harness (tests/fleet/harness.py) started and removed around each test."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import socket
-import stat
-import subprocess
-import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 
-from hive_client import BlockingClient, Unavailable
-from tests.support import DaemonProcess, start_daemon, wait_for
+from tests.fleet.harness import ETCD, EtcdCluster, Fleet
 
-ETCD = shutil.which("etcd")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Member:
-    name: str
-    client_url: str
-    peer_url: str
-    data_dir: Path
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-
-@dataclass
-class EtcdCluster:
-    """``size`` members on one machine (``--pre-vote``), each on free ports."""
-
-    root: Path
-    size: int
-    members: list[Member] = field(default_factory=list)
-
-    def start(self) -> None:
-        for n in range(self.size):
-            self.members.append(Member(f"m{n}", f"http://127.0.0.1:{_free_port()}",
-                                       f"http://127.0.0.1:{_free_port()}", self.root / f"m{n}",
-                                       self.root / f"m{n}.log"))
-        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        for member in self.members:
-            assert ETCD is not None
-            argv = [ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
-                    "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
-                    "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
-                    "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                    "--initial-cluster-token", self.root.name, "--pre-vote=true",
-                    "--heartbeat-interval", "100", "--election-timeout", "1000"]
-            with open(member.log, "wb") as log:
-                member.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        for member in self.members:
-            wait_for(lambda member=member: self.healthy(member), timeout=30, what=f"etcd {member.name} healthy")
-
-    def healthy(self, member: Member) -> bool:
-        try:
-            with urllib.request.urlopen(member.client_url + "/health", timeout=1) as answer:
-                return bool(json.loads(answer.read()).get("health") == "true")
-        except OSError:
-            return False
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [m.client_url for m in self.members]
-
-    def pause(self, n: int) -> None:
-        assert self.members[n].process is not None
-        self.members[n].process.send_signal(signal.SIGSTOP)
-
-    def resume(self, n: int) -> None:
-        assert self.members[n].process is not None
-        self.members[n].process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        for member in self.members:
-            if member.process is not None and member.process.poll() is None:
-                member.process.send_signal(signal.SIGCONT)
-                member.process.kill()
-                member.process.wait()
+__all__ = ["EtcdCluster", "Fleet"]
 
 
 @pytest.fixture
-def etcd_cluster() -> Iterator[type[EtcdCluster]]:
+def etcd_cluster() -> Iterator[Callable[[int], EtcdCluster]]:
     """``etcd_cluster(size)`` -> a started cluster, removed after the test."""
     if ETCD is None:
         pytest.fail("etcd is not installed: run scripts/ci-etcd.sh")
     started: list[EtcdCluster] = []
-    roots: list[Path] = []
 
     def start(size: int) -> EtcdCluster:
-        root = Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp"))
-        roots.append(root)
-        cluster = EtcdCluster(root, size)
-        started.append(cluster)
-        cluster.start()
-        return cluster
+        return EtcdCluster.launch(size, started)
 
-    yield start  # type: ignore[misc]
+    yield start
     for cluster in started:
-        cluster.stop()
-    for root in roots:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-LEDGER_SCRIPT = """#!/bin/sh
-# A fleet instance: says when it starts and stops, in the shared ledger.
-entry() { echo "$1 $HIVE_FLEET_INSTANCE $HIVE_FLEET_HIVE $$ $HIVE_FLEET_TOKEN $(date +%s%N)" >> "$LEDGER"; }
-trap 'entry stop; kill $child 2>/dev/null; exit 0' TERM INT
-entry start
-sleep 100000 &
-child=$!
-wait $child
-"""
-
-
-@dataclass
-class Fleet:
-    root: Path
-    ledger: Path
-    script: Path
-    daemons: dict[str, DaemonProcess] = field(default_factory=dict)
-    killed: dict[int, int] = field(default_factory=dict)  # pid -> when it was killed (ns)
-
-    def start_hive(self, hive_id: str, endpoints: list[str], *, home: Path | None = None, **settings: Any) -> DaemonProcess:
-        home = home or Path(tempfile.mkdtemp(prefix=f"hv-{hive_id}-", dir="/tmp"))
-        table = {"endpoints": endpoints, "hive_id": hive_id, "lease_ttl": 3, "capacity": 10, **settings}
-        lines = [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]
-        labels = table.get("labels") or {}
-        text = "[plugins.fleet]\n[plugins.fleet.settings]\n" + "\n".join(lines) + "\n"
-        if labels:
-            text += "[plugins.fleet.settings.labels]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in labels.items()) + "\n"
-        (home / "config.toml").write_text(text)
-        return self.restart_hive(hive_id, home)
-
-    def restart_hive(self, hive_id: str, home: Path) -> DaemonProcess:
-        """A daemon on ``home``, once its hive is registered in the fleet."""
-        daemon = start_daemon(home, env={"LEDGER": str(self.ledger)})
-        self.daemons[hive_id] = daemon
-        wait_for(lambda: self.registered(daemon, hive_id), timeout=30, what=f"{hive_id} registered")
-        return daemon
-
-    @staticmethod
-    def registered(daemon: DaemonProcess, hive_id: str) -> bool:
-        try:
-            with BlockingClient(daemon.socket, timeout=30) as client:
-                return hive_id in client.plugin_call("fleet", "status")["hives"]
-        except Unavailable:
-            return False  # the plugin is still starting
-
-    def service(self, name: str, replicas: int, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "replicas": replicas, **extra,
-                "config": {"runner": {"type": "script", "script": {"run": f"exec {self.script}"}},
-                           "stop_grace": "1s"}}
-
-    def instance_pids(self, hive_id: str) -> list[int]:
-        found = []
-        for process in psutil.process_iter(["pid"]):
-            try:
-                if process.environ().get("HIVE_FLEET_HIVE") == hive_id and process.status() != psutil.STATUS_ZOMBIE:
-                    found.append(process.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return found
-
-    def kill_hive(self, hive_id: str) -> None:
-        """The machine dies: its daemon and its instances, at once (SIGKILL)."""
-        daemon = self.daemons[hive_id]
-        daemon.kill9()
-        for pid in self.instance_pids(hive_id):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            self.killed[pid] = time.time_ns()
-
-    def entries(self) -> list[tuple[str, str, str, int, int, int]]:
-        if not self.ledger.exists():
-            return []
-        found = []
-        for line in self.ledger.read_text().splitlines():
-            kind, instance, hive, pid, token, at = line.split()
-            found.append((kind, instance, hive, int(pid), int(token), int(at)))
-        return found
-
-    def wait(self, condition: Callable[[], object], what: str) -> None:
-        """``wait_for`` with the daemons' logs in the failure, to see why."""
-        try:
-            wait_for(condition, timeout=30, what=what)
-        except AssertionError as exc:
-            logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}" for hive, daemon in self.daemons.items())
-            raise AssertionError(f"{exc}\n{logs}") from None
-
-    def running(self) -> dict[str, list[tuple[str, int]]]:
-        """Instance -> [(hive, pid)] of the copies the ledger says run now."""
-        live: dict[int, tuple[str, str]] = {}
-        for kind, instance, hive, pid, _token, _at in self.entries():
-            if kind == "start":
-                live[pid] = (instance, hive)
-            else:
-                live.pop(pid, None)
-        for pid in self.killed:
-            live.pop(pid, None)
-        found: dict[str, list[tuple[str, int]]] = {}
-        for pid, (instance, hive) in live.items():
-            found.setdefault(instance, []).append((hive, pid))
-        return found
-
-    def overlaps(self) -> list[str]:
-        """Two copies of one instance alive at the same moment, from the ledger's times."""
-        spans: dict[int, list[Any]] = {}
-        now = time.time_ns()
-        for kind, instance, hive, pid, token, at in self.entries():
-            if kind == "start":
-                spans[pid] = [instance, hive, token, at, now]
-            elif pid in spans:
-                spans[pid][4] = at
-        for pid, at in self.killed.items():
-            if pid in spans:
-                spans[pid][4] = min(spans[pid][4], at)
-        found = []
-        latest: dict[str, list[Any]] = {}  # instance -> the copy that ends last so far
-        for span in sorted(spans.values(), key=lambda span: (span[0], span[3])):
-            before = latest.get(span[0])
-            if before is not None and span[3] < before[4]:
-                found.append(f"{span[0]}: {before[1]} (token {before[2]}) until {before[4]}, "
-                             f"{span[1]} (token {span[2]}) from {span[3]}")
-            if before is None or span[4] > before[4]:
-                latest[span[0]] = span
-        return found
+        cluster.remove()
 
 
 @pytest.fixture
 def fleet() -> Iterator[Fleet]:
-    root = Path(tempfile.mkdtemp(prefix="fleet-", dir="/tmp"))
-    script = root / "instance.sh"
-    script.write_text(LEDGER_SCRIPT)
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    state = Fleet(root, root / "ledger", script)
+    state = Fleet.create()
     yield state
-    for hive_id, daemon in state.daemons.items():
-        if daemon.alive():
-            daemon.stop()
-        for pid in state.instance_pids(hive_id):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(daemon.home, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
+    state.close()

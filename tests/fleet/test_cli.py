@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from tests.fleet.cli_helpers import as_json, hive
 from tests.fleet.conftest import EtcdCluster, Fleet
-from tests.support import DaemonProcess, run_cli, wait_for
+from tests.fleet.test_fleet import call
+from tests.support import wait_for
 
 
-def hive(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, env={"HIVE_HOME": str(daemon.home), "HIVE_SOCKET": str(daemon.socket)})
-
-
-def as_json(daemon: DaemonProcess, *args: str) -> Any:
-    result = hive(daemon, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def test_fleet_commands(etcd_cluster: type[EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
+def test_fleet_commands(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
     etcd = etcd_cluster(1)
     first = fleet.start_hive("h0", etcd.endpoints, capacity=2, labels={"zone": "a"})
     second = fleet.start_hive("h1", etcd.endpoints, capacity=2)
@@ -55,7 +45,7 @@ services:
     assert "hive      h0" in text.stdout and "2 placed of 2 wanted" in text.stdout
 
 
-def test_fleet_apply_bad_files(etcd_cluster: type[EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
+def test_fleet_apply_bad_files(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet, tmp_path: Path) -> None:
     etcd = etcd_cluster(1)
     daemon = fleet.start_hive("h0", etcd.endpoints)
     cases = {
@@ -74,3 +64,25 @@ def test_fleet_apply_bad_files(etcd_cluster: type[EtcdCluster], fleet: Fleet, tm
         assert expected[name] in result.stderr, (name, result.stderr)
         assert "Traceback" not in result.stderr
     assert as_json(daemon, "fleet", "services") == []  # nothing half-applied
+
+
+def test_fleet_delete(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
+    etcd = etcd_cluster(1)
+    daemon = fleet.start_hive("h0", etcd.endpoints, capacity=4)
+    call(daemon, "apply", services=[fleet.service("web", 2), fleet.service("job", 1)])
+    fleet.wait(lambda: len(fleet.running()) == 3, "web and job running")
+
+    # One name unknown: nothing is deleted, and the error names it.
+    refused = hive(daemon, "fleet", "delete", "web", "nope")
+    assert refused.returncode != 0
+    assert "no fleet service 'nope', nothing deleted" in refused.stderr and "Traceback" not in refused.stderr
+    assert [s["name"] for s in as_json(daemon, "fleet", "services")] == ["job", "web"]
+
+    deleted = hive(daemon, "fleet", "delete", "web")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "deleted 1 fleet services: web" in deleted.stdout
+    fleet.wait(lambda: set(fleet.running()) == {"job-0"}, "web's instances stopped, job still running")
+    assert as_json(daemon, "fleet", "delete", "job") == {"deleted": ["job"]}
+    fleet.wait(lambda: fleet.running() == {}, "job's instance stopped")
+    assert as_json(daemon, "fleet", "services") == []
+    assert fleet.overlaps() == []

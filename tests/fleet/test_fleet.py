@@ -7,6 +7,7 @@ may ever overlap in it."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hive_client import BlockingClient
@@ -23,7 +24,7 @@ def hives_of(fleet: Fleet) -> Counter[str]:
     return Counter(hive for copies in fleet.running().values() for hive, _pid in copies)
 
 
-def test_placement_within_capacity_and_spread(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_placement_within_capacity_and_spread(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(1)
     daemons = [fleet.start_hive(f"h{n}", etcd.endpoints, capacity=2) for n in range(3)]
     wait_for(lambda: len(call(daemons[0], "status")["hives"]) == 3, timeout=30, what="3 hives registered")
@@ -47,7 +48,7 @@ def test_placement_within_capacity_and_spread(etcd_cluster: type[EtcdCluster], f
     assert fleet.overlaps() == []
 
 
-def test_killed_hive_instances_run_elsewhere(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_killed_hive_instances_run_elsewhere(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(1)
     daemons = {f"h{n}": fleet.start_hive(f"h{n}", etcd.endpoints, capacity=3) for n in range(3)}
     wait_for(lambda: len(call(daemons["h0"], "status")["hives"]) == 3, timeout=30, what="3 hives registered")
@@ -64,7 +65,7 @@ def test_killed_hive_instances_run_elsewhere(etcd_cluster: type[EtcdCluster], fl
     assert fleet.overlaps() == []
 
 
-def test_cut_off_hive_fences_before_takeover(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_cut_off_hive_fences_before_takeover(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(3)
     # h0 reaches etcd only through member 0; h1 and h2 through the others.
     isolated = fleet.start_hive("h0", etcd.endpoints[:1], capacity=3)

@@ -3,6 +3,7 @@ episode, retries with backoff, and the plugin keeps running (real etcd, real dae
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hive_client import BlockingClient
@@ -21,7 +22,7 @@ def problems(daemon: DaemonProcess) -> dict[str, Any]:
     return found
 
 
-def test_etcd_outage_shorter_than_the_fence_stops_nothing(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_etcd_outage_shorter_than_the_fence_stops_nothing(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(1)
     # Renewals every 2 s, fence after 4.2 s without one; a request times out after 0.5 s.
     daemon = fleet.start_hive("h0", etcd.endpoints, lease_ttl=6, fence_after=0.7, request_timeout=0.5)
@@ -53,7 +54,7 @@ def test_etcd_outage_shorter_than_the_fence_stops_nothing(etcd_cluster: type[Etc
     assert fleet.overlaps() == []
 
 
-def test_daemon_errors_do_not_end_the_loops(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_daemon_errors_do_not_end_the_loops(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(1)
     daemon = fleet.start_hive("h0", etcd.endpoints)
     # The daemon refuses this service (its script runner has nothing to run): every start fails.

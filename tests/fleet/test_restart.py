@@ -3,12 +3,14 @@ while its lease lives, and stops them before registering again once the lease is
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tests.fleet.conftest import EtcdCluster, Fleet
 from tests.fleet.test_fleet import call
 from tests.support import wait_for
 
 
-def test_restart_within_the_lease_keeps_instances(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_restart_within_the_lease_keeps_instances(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(1)
     daemon = fleet.start_hive("h0", etcd.endpoints, lease_ttl=10)
     call(daemon, "apply", services=[fleet.service("web", 2)])
@@ -24,7 +26,7 @@ def test_restart_within_the_lease_keeps_instances(etcd_cluster: type[EtcdCluster
     assert fleet.overlaps() == []
 
 
-def test_restart_after_the_lease_stops_them_first(etcd_cluster: type[EtcdCluster], fleet: Fleet) -> None:
+def test_restart_after_the_lease_stops_them_first(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
     etcd = etcd_cluster(1)
     daemon = fleet.start_hive("h0", etcd.endpoints, lease_ttl=2, fence_after=0.5)
     call(daemon, "apply", services=[fleet.service("web", 1)])
