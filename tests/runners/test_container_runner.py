@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
+from runners._api_container import ApiContainerRunner
 from runners._container import ContainerHandle, ContainerRunner, container_name, parse_port
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.docker import DockerRunner
@@ -197,6 +199,21 @@ async def test_exec_prefix_runs_a_command_inside(runner: ContainerRunner, cspec:
         await handle.stop(signal.SIGTERM, 10)
 
 
+async def test_no_helper_process_per_container(engine: str, runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    """On the engine's API, supervising containers (their output and their exits) costs no
+    process: the test's process has no child while three run and print."""
+    if not isinstance(runner, ApiContainerRunner):
+        pytest.skip(f"the {engine} runner still uses its CLI")
+    specs = [cspec(f"echo up {index}; {TRAPPING}", service=f"svc{index}") for index in range(3)]
+    handles = [await runner.start(spec) for spec in specs]
+    for index, spec in enumerate(specs):
+        await output_contains(spec.stdout_path, f"up {index}\n", timeout=20)
+    assert psutil.Process().children(recursive=True) == []
+    with anyio.fail_after(30):
+        for handle in handles:
+            assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
+
+
 # --- stop ------------------------------------------------------------------------------------
 
 
@@ -278,7 +295,10 @@ async def test_adopt_restarts_a_dead_log_follower(runner: ContainerRunner, cspec
     await handle.close_logs()  # as if the follower had died with the daemon
     adopted = await runner.adopt(spec, record)
     assert adopted is not None
-    assert adopted.record()["logs_pid"] not in (None, record["logs_pid"])
+    if isinstance(runner, ApiContainerRunner):  # copied by the daemon's engine thread: no process
+        assert adopted.record()["logs_pid"] is None
+    else:
+        assert adopted.record()["logs_pid"] not in (None, record["logs_pid"])
     with anyio.fail_after(30):
         await adopted.stop(signal.SIGTERM, 10)
     content = read(spec.stdout_path)
