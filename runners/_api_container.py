@@ -13,8 +13,8 @@ the same runner contract and with the same messages:
 - **Stop** is ``POST /containers/{id}/stop?t=GRACE`` (the container's stop signal, then
   SIGKILL), or ``/kill`` with another signal; then ``DELETE /containers/{id}?force=1&v=1``.
 - **The engine going away**: the event stream's end tells every handle at once; each
-  then waits for the engine (asking again after 0.1 s, doubling up to 1 s) and settles as
-  the CLI handle does. A stop that could not be sent is carried out on the engine's
+  then waits for the engine's thread to connect again (it tries after 0.1 s, doubling up
+  to 0.5 s) and settles as the CLI handle does. A stop that could not be sent is carried out on the engine's
   return, and a container that ended meanwhile is removed then.
 
 Hook steps (``run_once``) and ``cmd`` checks (``exec``) still use the engine's CLI: they
@@ -29,7 +29,7 @@ import math
 import signal as signals
 import time
 from concurrent.futures import Future
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 import psutil
@@ -54,6 +54,10 @@ from ._engine_watch import EngineWatch, Watched
 from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_signal
 
 __all__ = ["ApiContainerHandle", "ApiContainerRunner"]
+
+# A container the engine signalled itself, then ended: if the engine's event stream ends
+# within this long, the engine was shutting down (a failure, whatever the exit code).
+SHUTDOWN_WINDOW = 2.0
 
 
 class ApiContainerRunner(ContainerRunner):
@@ -265,8 +269,6 @@ def _signal_text(number: int) -> str:
 class ApiContainerHandle(ContainerHandle):
     """One container supervised through the engine's API and its thread (no process)."""
 
-    retry_first: ClassVar[float] = 0.1
-    retry_max: ClassVar[float] = 1.0
     runner: ApiContainerRunner
 
     def __init__(self, **kwargs: Any) -> None:
@@ -339,6 +341,11 @@ class ApiContainerHandle(ContainerHandle):
             if watched.exited:
                 if watched.exit_code is None:
                     return ExitStatus()
+                if watched.killed and self._stop_asked is None and await self._engine_leaves(seen_lost):
+                    await self._inspect_when_back()
+                    return ExitStatus(exit_code=watched.exit_code, cause=(
+                        f"stopped by the {self.runner.display} engine's shutdown "
+                        f"({describe_exit(watched.exit_code, code_phrase='exit code')})"))
                 return await self._unless_engine_left(watched.exit_code)
             seen_lost, lost_time = watched.lost, time.time()
             found, lost_at = await self._inspect_when_back()
@@ -361,6 +368,28 @@ class ApiContainerHandle(ContainerHandle):
                 stopped = await self._stop_late(*self._stop_asked)
                 if stopped is not None:
                     return stopped
+
+    def _engine_mark(self) -> int:
+        return self.watched().back
+
+    async def _engine_return(self, delay: float, mark: int) -> float:
+        """Wait for the engine's thread to connect again (one connection attempt per
+        engine, not one per container); ask anyway after a while."""
+        watched = self.watched()
+        with anyio.move_on_after(5.0):
+            while watched.back == mark:
+                await watched.changed()
+        return delay
+
+    async def _engine_leaves(self, seen_lost: int) -> bool:
+        """Whether the engine goes away within :data:`SHUTDOWN_WINDOW` of a container it
+        signalled (and Hive did not ask to stop): a graceful engine shutdown
+        (``systemctl restart docker``) stops every container, then closes its API."""
+        watched = self.watched()
+        with anyio.move_on_after(SHUTDOWN_WINDOW):
+            while watched.lost == seen_lost:
+                await watched.changed()
+        return watched.lost != seen_lost
 
     # --- stop -----------------------------------------------------------------------
 

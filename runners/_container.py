@@ -951,6 +951,7 @@ class ContainerHandle(ServiceHandle):
         delay = self.retry_first
         lost_at: float | None = None
         while True:
+            mark = self._engine_mark()
             try:
                 found = await self.runner.inspect([self.container_id], self._socket)
             except RunnerError as exc:
@@ -960,9 +961,7 @@ class ContainerHandle(ServiceHandle):
                                  "waiting for it to come back")
                     if self.engine is not None:
                         self.engine(False)
-                # Its return has no event to wait for: ask again, less and less often.
-                await anyio.sleep(delay)  # wait-ok: backoff while the engine is away
-                delay = min(self.retry_max, delay * 2)
+                delay = await self._engine_return(delay, mark)
                 continue
             if lost_at is not None:
                 state = (found[0].get("State") or {}) if found else {}
@@ -974,6 +973,16 @@ class ContainerHandle(ServiceHandle):
                 if self.engine is not None:
                     self.engine(True)
             return found, lost_at
+
+    def _engine_mark(self) -> int:
+        """What :meth:`_engine_return` compares with to tell a return (none here)."""
+        return 0
+
+    async def _engine_return(self, delay: float, mark: int) -> float:
+        """Wait before asking the engine again; the next delay. The CLI has no event for
+        the engine's return: ask again, less and less often."""
+        await anyio.sleep(delay)  # wait-ok: backoff while the engine is away
+        return min(self.retry_max, delay * 2)
 
     def _report(self, message: str) -> None:
         log.warning("%s: %s", self._spec.fqn, message)

@@ -3,11 +3,12 @@
 Without it, every supervised container cost two engine CLI processes (``wait`` and
 ``logs -f``). Here one thread per engine socket runs an event loop holding:
 
-- **one** ``GET /events`` stream (``die`` and ``destroy`` of containers) that tells each
-  watched container's :class:`Watched` its exit code. Its end is the engine going away:
-  every watched container is told ``lost`` at once; the stream is opened again after
-  0.1 s, doubling up to 1 s, and on each (re)connection every watched container is
-  inspected (one that ended while nothing listened is told its exit);
+- **one** ``GET /events`` stream (``kill``, ``die`` and ``destroy`` of containers) that
+  tells each watched container's :class:`Watched` its exit code, and whether the engine
+  signalled it first. Its end is the engine going away: every watched container is
+  told ``lost`` at once; the stream is opened again after 0.1 s, doubling up to 0.5 s,
+  and on each (re)connection every watched container is told ``back`` and inspected
+  (one that ended while nothing listened is told its exit);
 - one ``GET /containers/{id}/logs?follow=1`` stream per followed container, whose
   frames (an 8-byte header: stream, size) are appended to the capture files.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import threading
 from concurrent.futures import Future
@@ -38,8 +40,10 @@ from .base import RunnerError
 
 __all__ = ["EngineWatch", "Watched"]
 
+log = logging.getLogger("hive.runners.container")
+
 RECONNECT_FIRST = 0.1
-RECONNECT_MAX = 1.0
+RECONNECT_MAX = 0.5
 
 
 class Watched:
@@ -52,11 +56,13 @@ class Watched:
         self.exited = False
         self.exit_code: int | None = None
         self.lost = 0  # how many times the engine went away while it was watched
+        self.killed = False  # the engine sent it a signal (a stop by the engine or a user)
+        self.back = 0  # how many times the event stream (re)connected while it was watched
         self.following = False  # its output is being copied
 
     def tell(self, kind: str, value: int | None = None) -> None:
         """From the engine's thread: ``exit`` (value: the code, None if unknown), ``lost``,
-        ``logs_end``."""
+        ``kill``, ``back`` (the event stream connected again), ``logs_end``."""
         with contextlib.suppress(RuntimeError):  # the daemon's loop is closed: nobody listens
             self._loop.call_soon_threadsafe(self._apply, kind, value)
 
@@ -65,6 +71,10 @@ class Watched:
             self.exited, self.exit_code = True, value
         elif kind == "lost":
             self.lost += 1
+        elif kind == "kill":
+            self.killed = True
+        elif kind == "back":
+            self.back += 1
         elif kind == "logs_end":
             self.following = False
         changed, self._changed = self._changed, anyio.Event()
@@ -153,16 +163,19 @@ class EngineWatch:
                 connected = False
                 try:
                     async with self._api.stream(
-                        "/events", filters(type=["container"], event=["die", "destroy"])
+                        "/events", filters(type=["container"], event=["kill", "die", "destroy"])
                     ) as response:
                         connected, delay = True, RECONNECT_FIRST
-                        async with anyio.create_task_group() as checks:
-                            for container_id, watched in list(self._watched.items()):
-                                checks.start_soon(self._check, container_id, watched)
-                            async for line in response.aiter_lines():
-                                self._event(line)
+                        assert self._tasks is not None
+                        for container_id, watched in list(self._watched.items()):
+                            watched.tell("back")
+                            self._tasks.start_soon(self._check, container_id, watched)
+                        async for line in response.aiter_lines():
+                            self._event(line)
                 except RunnerError:
-                    pass
+                    pass  # the engine went away
+                except Exception:  # this thread must outlive whatever an engine answers
+                    log.exception("the %s engine's event stream at %s failed", self.display, self.path)
                 if connected:
                     for watched in list(self._watched.values()):
                         watched.tell("lost")
@@ -183,7 +196,10 @@ class EngineWatch:
         code: int | None = None
         with contextlib.suppress(KeyError, TypeError, ValueError):
             code = int(event["Actor"]["Attributes"]["exitCode"])
-        if event.get("Action") == "die" or event.get("status") == "die":
+        action = event.get("Action") or event.get("status")
+        if action == "kill":
+            watched.tell("kill")
+        elif action == "die":
             watched.tell("exit", code)
         else:  # destroyed without a die seen: its exit is not known
             watched.tell("exit", None)
@@ -197,8 +213,8 @@ class EngineWatch:
             if getattr(exc, "status", None) == 404:
                 watched.tell("exit", None)
             return
-        state = (info or {}).get("State") or {}
-        if not state.get("Running"):
+        state = (info or {}).get("State") or {} if isinstance(info, dict) else {}
+        if not state.get("Running") and state.get("Status") != "created":
             code = state.get("ExitCode")
             watched.tell("exit", code if isinstance(code, int) else None)
 
@@ -218,6 +234,8 @@ class EngineWatch:
                     _write_frames(pending, out, err)
         except RunnerError:
             pass  # the engine went away (its return is the event stream's business) or it is gone
+        except Exception:
+            log.exception("copying the output of container %s failed", container_id)
         finally:
             for fd in {out, err} - {None}:
                 assert fd is not None
