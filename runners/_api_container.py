@@ -28,7 +28,6 @@ import json
 import math
 import signal as signals
 import time
-from concurrent.futures import Future
 from typing import Any
 
 import anyio
@@ -50,7 +49,7 @@ from ._container import (
     passed_environment,
 )
 from ._engine_api import ApiError, EngineApi, EngineUnreachable, api_for, filters, socket_path
-from ._engine_watch import EngineWatch, Watched
+from ._engine_watch import Copy, EngineWatch, Watched
 from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_signal
 
 __all__ = ["ApiContainerHandle", "ApiContainerRunner"]
@@ -274,7 +273,7 @@ class ApiContainerHandle(ContainerHandle):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._watched: Watched | None = None
-        self._copy: Future[None] | None = None
+        self._copy: Copy | None = None
 
     def watched(self) -> Watched:
         """The container's state as the engine's thread tells it (registered on first use;

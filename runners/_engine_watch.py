@@ -27,18 +27,16 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import Future
 from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.from_thread import BlockingPortal
 
 from ._engine_api import EngineApi, filters
 from ._process import open_output
 from .base import RunnerError
 
-__all__ = ["EngineWatch", "Watched"]
+__all__ = ["Copy", "EngineWatch", "Watched"]
 
 log = logging.getLogger("hive.runners.container")
 
@@ -85,6 +83,18 @@ class Watched:
         await self._changed.wait()
 
 
+class Copy:
+    """One container's output being copied; :meth:`cancel` stops it, from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # the engine's
+        self.scope = anyio.CancelScope()
+
+    def cancel(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.scope.cancel)
+
+
 class EngineWatch:
     """The thread of one engine socket (see the module docstring); :meth:`of` shares it."""
 
@@ -106,7 +116,6 @@ class EngineWatch:
         self._events_running = False
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._portal: BlockingPortal | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._api: EngineApi | None = None
         thread = threading.Thread(target=anyio.run, args=(self._main,), name=f"hive-engine {path}", daemon=True)
@@ -114,12 +123,12 @@ class EngineWatch:
         self._ready.wait()
 
     async def _main(self) -> None:
-        async with BlockingPortal() as portal, anyio.create_task_group() as tasks:
-            self._portal, self._tasks = portal, tasks
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
             self._loop = asyncio.get_running_loop()
             self._api = EngineApi(self.path, self.display)
             self._ready.set()
-            await portal.sleep_until_stopped()
+            await anyio.sleep_forever()
 
     # --- from the daemon's loop -------------------------------------------------------
 
@@ -135,13 +144,15 @@ class EngineWatch:
             self._loop.call_soon_threadsafe(self._watched.pop, container_id, None)
 
     def follow(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
-               since: float | None) -> Future[None]:
+               since: float | None) -> Copy:
         """Copy the container's output (since ``since``, a Unix time; None: all of it) to
-        the capture files until it ends; cancel the future to stop copying."""
-        assert self._portal is not None
+        the capture files until it ends; :meth:`Copy.cancel` stops it. Returns at once."""
+        assert self._loop is not None and self._tasks is not None
+        copy = Copy(self._loop)
         watched.following = True
-        return self._portal.start_task_soon(self._copy_logs, container_id, watched, stdout_path,
-                                            stderr_path, since)
+        self._loop.call_soon_threadsafe(self._tasks.start_soon, self._copy_logs, container_id, watched,
+                                        stdout_path, stderr_path, since, copy)
+        return copy
 
     # --- on the engine's loop ---------------------------------------------------------
 
@@ -219,7 +230,12 @@ class EngineWatch:
             watched.tell("exit", code if isinstance(code, int) else None)
 
     async def _copy_logs(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
-                         since: float | None) -> None:
+                         since: float | None, copy: Copy) -> None:
+        with copy.scope:
+            await self._copy_frames(container_id, watched, stdout_path, stderr_path, since)
+
+    async def _copy_frames(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
+                           since: float | None) -> None:
         assert self._api is not None
         out = open_output(stdout_path) if stdout_path else None
         err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
