@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal as signals
 import time
 from typing import Any
@@ -258,6 +259,16 @@ class ApiContainerRunner(ContainerRunner):
         return await super().adopt(spec, record)
 
 
+def _last_writes(*paths: str) -> list[float]:
+    """When each of the files that exist was last written (a Unix time)."""
+    found = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path:
+                found.append(os.stat(path).st_mtime)
+    return found
+
+
 def _signal_text(number: int) -> str:
     try:
         return signals.Signals(number).name
@@ -290,9 +301,16 @@ class ApiContainerHandle(ContainerHandle):
     # --- output ---------------------------------------------------------------------
 
     async def follow_logs(self, since: float | None) -> None:
+        """Copy the output from ``since`` on (None: all of it); never from later than the
+        capture files' last write: what the container printed while nothing copied (the
+        daemon was down, the engine away) is copied now. The mtime is the kernel's coarse
+        clock (a few ms behind): the last line copied before may come again, none is lost."""
         spec = self._spec
         if not spec.stdout_path and not spec.stderr_path:
             return
+        written = _last_writes(spec.stdout_path, spec.stderr_path)
+        if since is not None and written:
+            since = min(since, max(written))  # the last line copied, to stdout or stderr
         self._copy = self.runner.watch(self._socket).follow(
             self.container_id, self.watched(), spec.stdout_path, spec.stderr_path, since)
 

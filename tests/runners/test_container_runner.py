@@ -306,6 +306,37 @@ async def test_adopt_restarts_a_dead_log_follower(runner: ContainerRunner, cspec
     assert "after" in content
 
 
+async def test_output_printed_while_nothing_followed_is_copied_after_adoption(
+    engine: str, runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    # A daemon killed, then started again: what the container printed in between reaches
+    # the capture file, none of it lost. The last line copied before may come twice: a
+    # file's mtime (where the copy resumes) is the kernel's coarse clock, a few ms behind.
+    if not isinstance(runner, ApiContainerRunner):
+        pytest.skip(f"the {engine} runner's follower is a process that outlives the daemon")
+    spec = cspec("i=0; trap 'exit 0' TERM; while :; do i=$((i+1)); echo tick $i; sleep 0.1 & wait $!; done")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "tick 3\n", timeout=20)
+    record = handle.record()
+    await handle.close_logs()  # the daemon is gone: nothing copies
+    copied = read(spec.stdout_path).count("tick")
+
+    def printed() -> int:
+        logs = subprocess.run([engine, "logs", handle.container_id], capture_output=True, text=True, check=False)
+        return logs.stdout.count("tick")
+
+    await until(lambda: printed() >= copied + 10, timeout=30, what="ten lines printed while nothing copied")
+    adopted = await runner.adopt(spec, record)
+    assert adopted is not None
+    with anyio.fail_after(30):
+        await adopted.stop(signal.SIGTERM, 10)
+    numbers = [int(line.split()[1]) for line in read(spec.stdout_path).splitlines()]
+    once = sorted(set(numbers))
+    assert once == list(range(1, len(once) + 1))  # nothing lost
+    assert len(numbers) - len(once) <= 1 and numbers[:copied] == once[:copied]
+    assert len(once) >= copied + 10
+
+
 async def test_an_orphan_is_stopped_and_removed_without_its_configuration(
     runner: ContainerRunner, cspec: ContainerSpec, engine: str, caplog: pytest.LogCaptureFixture
 ) -> None:
