@@ -42,7 +42,6 @@ from ._container import (
     ContainerHandle,
     ContainerRunner,
     ContainerSecurity,
-    _container_record,
     config_hash,
     container_name,
     parse_port,
@@ -253,10 +252,6 @@ class ApiContainerRunner(ContainerRunner):
             }))
         records.sort(key=lambda item: item[0], reverse=True)
         return [record for _, record in records]
-
-    async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ContainerHandle | None:
-        _container_record(record, self.name)
-        return await super().adopt(spec, record)
 
 
 def _last_writes(*paths: str) -> list[float]:

@@ -57,10 +57,11 @@ class Watched:
         self.killed = False  # the engine sent it a signal (a stop by the engine or a user)
         self.back = 0  # how many times the event stream (re)connected while it was watched
         self.following = False  # its output is being copied
+        self.copy = 0  # which copy of its output is the current one (an earlier one may end late)
 
     def tell(self, kind: str, value: int | None = None) -> None:
         """From the engine's thread: ``exit`` (value: the code, None if unknown), ``lost``,
-        ``kill``, ``back`` (the event stream connected again), ``logs_end``."""
+        ``kill``, ``back`` (the event stream connected again), ``logs_end`` (value: which copy)."""
         with contextlib.suppress(RuntimeError):  # the daemon's loop is closed: nobody listens
             self._loop.call_soon_threadsafe(self._apply, kind, value)
 
@@ -73,7 +74,7 @@ class Watched:
             self.killed = True
         elif kind == "back":
             self.back += 1
-        elif kind == "logs_end":
+        elif kind == "logs_end" and value == self.copy:
             self.following = False
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
@@ -86,8 +87,9 @@ class Watched:
 class Copy:
     """One container's output being copied; :meth:`cancel` stops it, from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
         self._loop = loop  # the engine's
+        self.number = number
         self.scope = anyio.CancelScope()
 
     def cancel(self) -> None:
@@ -148,7 +150,8 @@ class EngineWatch:
         """Copy the container's output (since ``since``, a Unix time; None: all of it) to
         the capture files until it ends; :meth:`Copy.cancel` stops it. Returns at once."""
         assert self._loop is not None and self._tasks is not None
-        copy = Copy(self._loop)
+        watched.copy += 1
+        copy = Copy(self._loop, watched.copy)
         watched.following = True
         self._loop.call_soon_threadsafe(self._tasks.start_soon, self._copy_logs, container_id, watched,
                                         stdout_path, stderr_path, since, copy)
@@ -224,6 +227,9 @@ class EngineWatch:
             if getattr(exc, "status", None) == 404:
                 watched.tell("exit", None)
             return
+        except Exception:  # this thread must outlive whatever an engine answers
+            log.exception("inspecting container %s failed", container_id)
+            return
         state = (info or {}).get("State") or {} if isinstance(info, dict) else {}
         if not state.get("Running") and state.get("Status") != "created":
             code = state.get("ExitCode")
@@ -231,18 +237,22 @@ class EngineWatch:
 
     async def _copy_logs(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
                          since: float | None, copy: Copy) -> None:
-        with copy.scope:
-            await self._copy_frames(container_id, watched, stdout_path, stderr_path, since)
+        try:
+            with copy.scope:
+                await self._copy_frames(container_id, stdout_path, stderr_path, since)
+        finally:
+            watched.tell("logs_end", copy.number)
 
-    async def _copy_frames(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
+    async def _copy_frames(self, container_id: str, stdout_path: str, stderr_path: str,
                            since: float | None) -> None:
         assert self._api is not None
-        out = open_output(stdout_path) if stdout_path else None
-        err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
+        out = err = None
         params: dict[str, Any] = {"follow": "1", "stdout": "1", "stderr": "1"}
         if since is not None:
             params["since"] = f"{since:.9f}"
         try:
+            out = open_output(stdout_path) if stdout_path else None
+            err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
             async with self._api.stream(f"/containers/{container_id}/logs", params) as response:
                 pending = bytearray()
                 async for chunk in response.aiter_raw():
@@ -250,13 +260,12 @@ class EngineWatch:
                     _write_frames(pending, out, err)
         except RunnerError:
             pass  # the engine went away (its return is the event stream's business) or it is gone
-        except Exception:
+        except Exception:  # this thread must outlive whatever happens to one copy
             log.exception("copying the output of container %s failed", container_id)
         finally:
-            for fd in {out, err} - {None}:
-                assert fd is not None
-                os.close(fd)
-            watched.tell("logs_end")
+            for fd in {out, err}:
+                if fd is not None:
+                    os.close(fd)
 
 
 def _write_frames(pending: bytearray, out: int | None, err: int | None) -> None:
