@@ -79,6 +79,7 @@ import anyio.abc
 import msgspec
 import psutil
 
+from ._engine_api import EngineUnreachable
 from ._process import open_output
 from ._watch import SharedWatch
 from .base import (
@@ -336,6 +337,7 @@ class ContainerRunner(Runner):
     )
 
     def __init__(self, binary: str | None = None) -> None:
+        self.handle_class: type[ContainerHandle] = ContainerHandle  # what start and adopt return
         self.binary = binary or self.engine
         self.socket: str | None = None  # [runners.NAME] socket; a block's `socket` wins
         self._path: str | None = None
@@ -525,7 +527,7 @@ class ContainerRunner(Runner):
             if not lines:
                 raise RunnerError(f"{self.binary} run printed no container id")
             container_id = lines[-1]
-            handle = ContainerHandle(
+            handle = self.handle_class(
                 runner=self, spec=spec, container_id=container_id, name=name, config_hash=digest,
                 run_signal=valid_stop_signal(spec.stop_signal), socket=socket,
             )
@@ -605,7 +607,7 @@ class ContainerRunner(Runner):
             run_signal = int(labels.get("hive.stop-signal") or spec.stop_signal)
         except ValueError:
             run_signal = 0  # unknown: stop() sends the signal itself
-        handle = ContainerHandle(
+        handle = self.handle_class(
             runner=self, spec=spec, container_id=str(info.get("Id") or container_id),
             name=str(info.get("Name") or record.get("name") or "").lstrip("/"),
             config_hash=digest, run_signal=run_signal, adopted=True, socket=config.socket,
@@ -689,10 +691,6 @@ class ContainerRunner(Runner):
         return [record for _, record in records]
 
 
-class EngineUnreachable(RunnerError):
-    """The engine's daemon cannot be reached (not running, restarting, wrong socket)."""
-
-
 def _container_record(record: dict[str, Any], engine: str) -> str:
     """The container id of a record of ``engine``; RunnerError if it is not one."""
     try:
@@ -712,6 +710,9 @@ class ContainerHandle(ServiceHandle):
     """One running container. ``container_id`` is its full id."""
 
     container_id: str
+    # While the engine cannot be reached, it is asked again after this long, doubling to the cap.
+    retry_first: ClassVar[float] = ENGINE_RETRY_FIRST
+    retry_max: ClassVar[float] = ENGINE_RETRY_MAX
 
     def __init__(
         self, *, runner: ContainerRunner, spec: RunSpec, container_id: str, name: str,
@@ -947,9 +948,10 @@ class ContainerHandle(ServiceHandle):
     async def _inspect_when_back(self) -> tuple[list[dict[str, Any]], float | None]:
         """The engine's description of the container, waiting (and saying so, once) while
         the engine cannot be reached; and since when it could not be, if it could not."""
-        delay = ENGINE_RETRY_FIRST
+        delay = self.retry_first
         lost_at: float | None = None
         while True:
+            mark = self._engine_mark()
             try:
                 found = await self.runner.inspect([self.container_id], self._socket)
             except RunnerError as exc:
@@ -959,9 +961,7 @@ class ContainerHandle(ServiceHandle):
                                  "waiting for it to come back")
                     if self.engine is not None:
                         self.engine(False)
-                # Its return has no event to wait for: ask again, less and less often.
-                await anyio.sleep(delay)  # wait-ok: backoff while the engine is away
-                delay = min(ENGINE_RETRY_MAX, delay * 2)
+                delay = await self._engine_return(delay, mark)
                 continue
             if lost_at is not None:
                 state = (found[0].get("State") or {}) if found else {}
@@ -973,6 +973,16 @@ class ContainerHandle(ServiceHandle):
                 if self.engine is not None:
                     self.engine(True)
             return found, lost_at
+
+    def _engine_mark(self) -> int:
+        """What :meth:`_engine_return` compares with to tell a return (none here)."""
+        return 0
+
+    async def _engine_return(self, delay: float, mark: int) -> float:
+        """Wait before asking the engine again; the next delay. The CLI has no event for
+        the engine's return: ask again, less and less often."""
+        await anyio.sleep(delay)  # wait-ok: backoff while the engine is away
+        return min(self.retry_max, delay * 2)
 
     def _report(self, message: str) -> None:
         log.warning("%s: %s", self._spec.fqn, message)

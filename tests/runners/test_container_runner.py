@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
+from runners._api_container import ApiContainerRunner
 from runners._container import ContainerHandle, ContainerRunner, container_name, parse_port
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.docker import DockerRunner
@@ -197,6 +199,21 @@ async def test_exec_prefix_runs_a_command_inside(runner: ContainerRunner, cspec:
         await handle.stop(signal.SIGTERM, 10)
 
 
+async def test_no_helper_process_per_container(engine: str, runner: ContainerRunner, cspec: ContainerSpec) -> None:
+    """On the engine's API, supervising containers (their output and their exits) costs no
+    process: the test's process has no child while three run and print."""
+    if not isinstance(runner, ApiContainerRunner):
+        pytest.skip(f"the {engine} runner still uses its CLI")
+    specs = [cspec(f"echo up {index}; {TRAPPING}", service=f"svc{index}") for index in range(3)]
+    handles = [await runner.start(spec) for spec in specs]
+    for index, spec in enumerate(specs):
+        await output_contains(spec.stdout_path, f"up {index}\n", timeout=20)
+    assert psutil.Process().children(recursive=True) == []
+    with anyio.fail_after(30):
+        for handle in handles:
+            assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
+
+
 # --- stop ------------------------------------------------------------------------------------
 
 
@@ -278,12 +295,46 @@ async def test_adopt_restarts_a_dead_log_follower(runner: ContainerRunner, cspec
     await handle.close_logs()  # as if the follower had died with the daemon
     adopted = await runner.adopt(spec, record)
     assert adopted is not None
-    assert adopted.record()["logs_pid"] not in (None, record["logs_pid"])
+    if isinstance(runner, ApiContainerRunner):  # copied by the daemon's engine thread: no process
+        assert adopted.record()["logs_pid"] is None
+    else:
+        assert adopted.record()["logs_pid"] not in (None, record["logs_pid"])
     with anyio.fail_after(30):
         await adopted.stop(signal.SIGTERM, 10)
     content = read(spec.stdout_path)
     assert content.count("before") == 1  # followed again since the adoption only
     assert "after" in content
+
+
+async def test_output_printed_while_nothing_followed_is_copied_after_adoption(
+    engine: str, runner: ContainerRunner, cspec: ContainerSpec
+) -> None:
+    # A daemon killed, then started again: what the container printed in between reaches
+    # the capture file, none of it lost. The last line copied before may come twice: a
+    # file's mtime (where the copy resumes) is the kernel's coarse clock, a few ms behind.
+    if not isinstance(runner, ApiContainerRunner):
+        pytest.skip(f"the {engine} runner's follower is a process that outlives the daemon")
+    spec = cspec("i=0; trap 'exit 0' TERM; while :; do i=$((i+1)); echo tick $i; sleep 0.1 & wait $!; done")
+    handle = await runner.start(spec)
+    await output_contains(spec.stdout_path, "tick 3\n", timeout=20)
+    record = handle.record()
+    await handle.close_logs()  # the daemon is gone: nothing copies
+    copied = read(spec.stdout_path).count("tick")
+
+    def printed() -> int:
+        logs = subprocess.run([engine, "logs", handle.container_id], capture_output=True, text=True, check=False)
+        return logs.stdout.count("tick")
+
+    await until(lambda: printed() >= copied + 10, timeout=30, what="ten lines printed while nothing copied")
+    adopted = await runner.adopt(spec, record)
+    assert adopted is not None
+    with anyio.fail_after(30):
+        await adopted.stop(signal.SIGTERM, 10)
+    numbers = [int(line.split()[1]) for line in read(spec.stdout_path).splitlines()]
+    once = sorted(set(numbers))
+    assert once == list(range(1, len(once) + 1))  # nothing lost
+    assert len(numbers) - len(once) <= 1 and numbers[:copied] == once[:copied]
+    assert len(once) >= copied + 10
 
 
 async def test_an_orphan_is_stopped_and_removed_without_its_configuration(
