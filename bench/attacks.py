@@ -219,7 +219,8 @@ def main() -> int:
             log_text = (home / "logs" / "daemon.log").read_text(errors="replace")
             if os.environ.get("HIVE_BENCH_VERBOSE"):
                 print(log_text[-3000:])
-            print(f"daemon log: {log_text.count('cut off')} cut off, {log_text.count('refused')} refused, "
+            # (refusals and timeouts are logged once a minute per uid, with a count)
+            print(f"daemon log lines: {log_text.count('cut off')} cut off, {log_text.count('refused')} refused, "
                   f"{log_text.count('closed connection')} timed out, {log_text.count('turned away')} turned away")
             worst = max(r[1]["peak"] - idle for r in rows)
             print(f"worst RSS above idle: {worst / MIB:.0f} MiB (bound 200); "

@@ -45,7 +45,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
-from .client_limits import AcceptBackoff, Backlog, ClientBudget, descriptors_left
+from .client_limits import AcceptBackoff, Backlog, ClientBudget, ReportsPerUid, descriptors_left
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
 from .json_lines import hive_shape, new_stream_id, stream_key
@@ -460,6 +460,8 @@ class SocketServer:
         daemon = app.settings.daemon
         self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes)
         self._per_uid: dict[int, int] = {}  # connections of each (limited) uid
+        self._refusals = ReportsPerUid()
+        self._timeouts = ReportsPerUid()
         # Taken to encode an answer outside the inline routes: each waiter gets its own
         # turn of the loop, and what other clients sent meanwhile is read in between.
         self._encode_turn = anyio.Lock(fast_acquire=False)
@@ -641,7 +643,10 @@ class SocketServer:
             with anyio.move_on_at(deadline):
                 return await stream.receive(_RECEIVE_SIZE)
             if partial or not connection.busy:
-                log.info("closed %s (uid %d): %s", connection.label, connection.peer.uid, why)
+                unreported = self._timeouts.report(connection.peer.uid)
+                if unreported is not None:
+                    more = f" ({unreported} more closed since the last report)" if unreported else ""
+                    log.info("closed %s (uid %d): %s%s", connection.label, connection.peer.uid, why, more)
                 await connection.send_error(0, ErrorCode.TIMEOUT, why)
                 connection.closed = True
                 return None
@@ -649,8 +654,11 @@ class SocketServer:
     async def _refuse(self, connection: Connection, stream: RawStream,
                       code: ErrorCode = ErrorCode.PERMISSION_DENIED, message: str = "") -> None:
         message = message or f"uid {connection.peer.uid} may not use this daemon (it belongs to uid {self._uid})"
-        log.warning("refused a connection from uid %d (pid %d): %s",
-                    connection.peer.uid, connection.peer.pid, message)
+        unreported = self._refusals.report(connection.peer.uid)
+        if unreported is not None:
+            more = f" ({unreported} more refused since the last report)" if unreported else ""
+            log.warning("refused a connection from uid %d (pid %d): %s%s",
+                        connection.peer.uid, connection.peer.pid, message, more)
         # Answer in the client's own transport if it says something quickly.
         with anyio.move_on_after(_REFUSAL_READ_TIMEOUT):
             try:

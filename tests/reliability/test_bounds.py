@@ -331,6 +331,34 @@ def test_connections_per_uid_are_capped(member: pwd.struct_passwd, hive_env: Pat
         daemon.stop()
 
 
+def test_refusals_of_a_uid_are_logged_once_not_once_per_connection(member: pwd.struct_passwd,  # noqa: F811
+                                                                     hive_env: Path) -> None:
+    """A uid over its connection cap that keeps connecting: every connection is refused,
+    the daemon's log says so once (then at most once a minute, with a count), not 40 times."""
+    (hive_env / "config.toml").write_text(
+        f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\nmax_connections_per_uid = 3\n'
+    )
+    daemon = start_daemon(hive_env)
+    try:
+        def demote() -> None:
+            os.setgroups([])
+            os.setgid(member.pw_gid)
+            os.setuid(member.pw_uid)
+
+        result = subprocess.run([SYSTEM_PYTHON, "-c", MEMBER_CHILD, str(daemon.socket), "43"],
+                                capture_output=True, text=True, timeout=120, preexec_fn=demote, cwd="/",
+                                env={"PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        answers = json.loads(result.stdout)
+        assert [a.get("code") for a in answers[3:]] == ["LIMIT_EXCEEDED"] * 40
+        # Each refusal is logged before it is answered: the log is complete by now.
+        refusals = [line for line in daemon.stderr().splitlines() if "refused a connection" in line]
+        assert len(refusals) == 1, refusals
+        assert f"uid {member.pw_uid}" in refusals[0]
+    finally:
+        daemon.stop()
+
+
 def _limit_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
