@@ -6,7 +6,12 @@ A snapshot is one archive ``<directory>/<id>.tar.gz`` (the id is its UTC time,
 write in progress never tears it). The manifest lists the sources (name, type, path,
 enabled), every service's desired state and instance count, and the SHA-256 of each file;
 ``<id>.sha256`` beside the archive holds the archive's own (``sha256sum`` format). Both are
-written to a temporary name and renamed, so a crash leaves no half archive.
+written to a temporary name and renamed, so a crash leaves no half archive. A database is
+copied to a scratch directory beside the archives and streamed from there into the archive,
+which is written to disk as it is compressed: the plugin never holds a database, or an
+archive, in memory. Temporary files a failed snapshot leaves are removed at once, those of
+a killed daemon when the plugin next starts (only names of its own: ``.<archive>.tmp`` and
+``.scratch-*``).
 
 Snapshots are taken every ``interval`` (an hour; a reload that changes it applies at
 once), after a service crash (once per ``crash_debounce`` window, however many crash), and
@@ -34,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import tarfile
 import tempfile
@@ -55,6 +61,9 @@ __all__ = ["Backup", "BackupSettings"]
 
 FORMAT = 1
 ARCHIVE_NAME = re.compile(r"^\d{8}T\d{6}Z(-\d+)?\.tar\.gz$")
+# What a snapshot writes before it is complete: an archive or its sidecar under a temporary
+# name, and the scratch directory that holds database copies.
+LEFTOVER_NAME = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?\.(tar\.gz|sha256)\.tmp|scratch-[A-Za-z0-9_]+)$")
 # What a damaged archive raises when read (a truncated gzip stream: EOFError or zlib.error).
 DAMAGED = (OSError, EOFError, zlib.error, tarfile.TarError, ValueError, KeyError)
 log = logging.getLogger("hive.plugins.backup")
@@ -89,20 +98,32 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _copy_database(path: str) -> bytes:
-    """A consistent copy of a SQLite database (the online backup API)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        target = os.path.join(scratch, "copy.db")
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def _copy_database(path: str, target: Path) -> str:
+    """A consistent copy of a SQLite database at ``target`` (the online backup API, page by
+    page: never the whole database in memory); the copy's SHA-256."""
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(target)
         try:
-            copy = sqlite3.connect(target)
-            try:
-                source.backup(copy)
-            finally:
-                copy.close()
+            source.backup(copy)
         finally:
-            source.close()
-        return Path(target).read_bytes()
+            copy.close()
+    finally:
+        source.close()
+    return _file_sha256(target)
+
+
+def _remove_leftovers(directory: Path) -> list[str]:
+    """Remove what snapshots cut short left in ``directory`` (names of our own only)."""
+    removed = []
+    for path in directory.iterdir():
+        if LEFTOVER_NAME.match(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def _services_of(database: bytes) -> list[tuple[str, Any]]:
@@ -130,11 +151,15 @@ def _read_archive(path: Path) -> dict[str, bytes]:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _restore_target(source: dict[str, Any], registered: str | None, kept: tuple[Path, ...]) -> Path:
@@ -174,6 +199,9 @@ class Backup(CorePlugin[BackupSettings]):
         self.home = Path(home)
         self.directory = Path(self.settings.directory or Path(home) / "backups")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        removed = await anyio.to_thread.run_sync(_remove_leftovers, self.directory)
+        if removed:
+            log.warning("removed what a backup cut short left in %s: %s", self.directory, ", ".join(removed))
         self._crashed = False
         self._wake = anyio.Event()  # a crash or new settings
         self._lock = anyio.Lock()
@@ -228,43 +256,56 @@ class Backup(CorePlugin[BackupSettings]):
 
     async def snapshot(self, reason: str) -> dict[str, Any]:
         async with self._lock:
-            sources = await self.client.list_sources()
-            services = await self.client.list_services()
-            files: dict[str, bytes] = {}
-            entries = []
-            for source in sources:
-                entry: dict[str, Any] = {"name": source.name, "type": source.source_type,
-                                         "path": source.path, "enabled": source.enabled}
-                member = f"sources/{source.name}"
-                try:
-                    if source.source_type == "sqlite":
-                        data = await anyio.to_thread.run_sync(_copy_database, source.path)
-                        entry["file"], entry["restore_to"] = f"{member}/source.db", source.path
-                    else:
-                        root = Path(source.path)
-                        config = root if root.is_file() else find_config_file(root)
-                        if config is None:
-                            raise OSError(f"no hive.yaml in {root}")
-                        data = config.read_bytes()
-                        entry["file"], entry["restore_to"] = f"{member}/{config.name}", str(config)
-                except (OSError, sqlite3.Error) as exc:
-                    entry["error"] = f"not saved: {exc}"
-                    entries.append(entry)
-                    continue
-                files[entry["file"]] = data
-                entry["sha256"] = _sha256(data)
-                entries.append(entry)
-            archive_id = self._new_id()
-            saved = [{"fqn": s.fqn, "desired": s.desired, "instances": s.instances}
-                     for s in services if "#" not in s.fqn]
-            manifest: dict[str, Any] = {
-                "format": FORMAT, "id": archive_id, "reason": reason, "hive_version": __version__,
-                "created": datetime.now(UTC).isoformat(), "sources": entries, "services": saved,
-            }
-            info = await anyio.to_thread.run_sync(self._write, archive_id, manifest, files)
-        await self.client.emit_event("backup_taken", f"backup {archive_id} ({reason}): {len(entries)} sources, "
-                                     f"{len(saved)} services", data=info)
+            scratch = Path(await anyio.to_thread.run_sync(
+                lambda: tempfile.mkdtemp(prefix=".scratch-", dir=self.directory)))
+            try:
+                info = await self._snapshot(reason, scratch)
+            finally:
+                await anyio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+        await self.client.emit_event("backup_taken", f"backup {info['id']} ({reason}): {info['sources']} sources, "
+                                     f"{info['services']} services", data=info)
         return info
+
+    async def _snapshot(self, reason: str, scratch: Path) -> dict[str, Any]:
+        """A snapshot, database copies made in ``scratch`` (the caller removes it)."""
+        sources = await self.client.list_sources()
+        services = await self.client.list_services()
+        files: dict[str, bytes | Path] = {}
+        entries = []
+        for source in sources:
+            entry: dict[str, Any] = {"name": source.name, "type": source.source_type,
+                                     "path": source.path, "enabled": source.enabled}
+            member = f"sources/{source.name}"
+            try:
+                data: bytes | Path
+                if source.source_type == "sqlite":
+                    data = scratch / f"{len(files)}.db"
+                    digest = await anyio.to_thread.run_sync(_copy_database, source.path, data)
+                    entry["file"], entry["restore_to"] = f"{member}/source.db", source.path
+                else:
+                    root = Path(source.path)
+                    config = root if root.is_file() else find_config_file(root)
+                    if config is None:
+                        raise OSError(f"no hive.yaml in {root}")
+                    data = config.read_bytes()
+                    digest = _sha256(data)
+                    entry["file"], entry["restore_to"] = f"{member}/{config.name}", str(config)
+            except (OSError, sqlite3.Error) as exc:
+                entry["error"] = f"not saved: {exc}"
+                entries.append(entry)
+                continue
+            files[entry["file"]] = data
+            entry["sha256"] = digest
+            entries.append(entry)
+        archive_id = self._new_id()
+        saved = [{"fqn": s.fqn, "desired": s.desired, "instances": s.instances}
+                 for s in services if "#" not in s.fqn]
+        manifest: dict[str, Any] = {
+            "format": FORMAT, "id": archive_id, "reason": reason, "hive_version": __version__,
+            "created": datetime.now(UTC).isoformat(), "sources": entries, "services": saved,
+        }
+        result: dict[str, Any] = await anyio.to_thread.run_sync(self._write, archive_id, manifest, files)
+        return result
 
     def _new_id(self) -> str:
         base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -274,23 +315,37 @@ class Backup(CorePlugin[BackupSettings]):
             candidate = f"{base}-{n}"
         return candidate
 
-    def _write(self, archive_id: str, manifest: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            members = {"manifest.json": json.dumps(manifest, indent=2).encode(), **files}
-            for name, data in members.items():
-                header = tarfile.TarInfo(name)
-                header.size = len(data)
-                header.mtime = int(time.time())
-                header.mode = 0o600
-                archive.addfile(header, io.BytesIO(data))
-        data = buffer.getvalue()
+    def _write(self, archive_id: str, manifest: dict[str, Any], files: dict[str, bytes | Path]) -> dict[str, Any]:
+        """The archive, compressed straight to a temporary file (members given as a path are
+        streamed from it), then its sidecar; each renamed into place once complete."""
         path = self.directory / f"{archive_id}.tar.gz"
-        _write_atomically(path, data)
-        _write_atomically(self.directory / f"{archive_id}.sha256", f"{_sha256(data)}  {path.name}\n".encode())
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(temporary, "wb") as raw:
+                with tarfile.open(fileobj=raw, mode="w:gz") as archive:
+                    members = {"manifest.json": json.dumps(manifest, indent=2).encode(), **files}
+                    for name, data in members.items():
+                        header = tarfile.TarInfo(name)
+                        header.mtime = int(time.time())
+                        header.mode = 0o600
+                        if isinstance(data, Path):
+                            header.size = data.stat().st_size
+                            with open(data, "rb") as member:
+                                archive.addfile(header, member)
+                        else:
+                            header.size = len(data)
+                            archive.addfile(header, io.BytesIO(data))
+                raw.flush()
+                os.fsync(raw.fileno())
+            digest, size = _file_sha256(temporary), temporary.stat().st_size
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _write_atomically(self.directory / f"{archive_id}.sha256", f"{digest}  {path.name}\n".encode())
         self._prune()
         return {"id": archive_id, "reason": manifest["reason"], "created": manifest["created"],
-                "size": len(data), "sources": len(manifest["sources"]), "services": len(manifest["services"])}
+                "size": size, "sources": len(manifest["sources"]), "services": len(manifest["services"])}
 
     def _archives(self) -> list[tuple[Path, os.stat_result]]:
         """The files named like an archive, oldest first (by write time: ids of the same

@@ -40,6 +40,7 @@ __all__ = [
     "cached_table",
     "classify_spawn_error",
     "create_time",
+    "created_since",
     "env_value",
     "forget_own_leader",
     "killpg",

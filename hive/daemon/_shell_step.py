@@ -5,8 +5,11 @@ checks (:mod:`hive.daemon.health`) all run a short-lived command the same way, t
 :func:`run_step`:
 
 * **Its own session.** The command starts with ``start_new_session``, so its process group id
-  is its pid and one ``killpg`` reaches everything it started — except a process that left the
-  group itself (``setsid``), which is out of reach.
+  is its pid and one ``killpg`` reaches everything it started. A process that left the group
+  itself (``setsid``) is found as the script runner finds a service's: by a mark in its
+  environment (``HIVE_STEP_ID``, one value per step), among the processes created since the
+  step began. Only one that both left the session and scrubbed its environment is out of
+  reach.
 * **Output line by line.** stdout and stderr are read as they come and each line goes to the
   caller's sink as ``(stream, line)``; the last non-blank lines of both, in arrival order, are
   kept for the failure message. ``merge_stderr`` sends both through one pipe (stream
@@ -14,7 +17,8 @@ checks (:mod:`hive.daemon.health`) all run a short-lived command the same way, t
 * **The step is the whole group.** It ends when the command exits, and whatever the command
   left in its group is stopped then: nothing a step starts outlives it. On timeout or
   cancellation the group is stopped too: SIGTERM, up to ``kill_grace`` for the command to exit
-  and the pipes to close, then SIGKILL (``kill_grace`` 0: SIGKILL at once).
+  and the pipes to close, then SIGKILL (``kill_grace`` 0: SIGKILL at once). What left the
+  group (the mark above) gets SIGKILL with it.
 * **Cleanup that holds.** Stopping is shielded and every wait in it has its own deadline, so a
   cancelled caller still gets its group killed and reaped, and waits for that at most about
   ``kill_grace`` plus a few seconds. Spawning is shielded too: cancelled half-way, asyncio would
@@ -23,7 +27,8 @@ checks (:mod:`hive.daemon.health`) all run a short-lived command the same way, t
   :class:`StepResult` with ``error`` set; only cancellation propagates.
 
 A process outside the group that still holds a pipe (the ``setsid`` case) cannot hold the step:
-once the command has exited, its output gets :data:`_DRAIN_SECONDS` to reach its end.
+once the command has exited, its output gets :data:`_DRAIN_SECONDS` to reach its end (and it
+is swept with the group).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -43,6 +49,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from runners._process import created_since, open_verified, read_environ, read_stat
 from runners._shebang import check_interpreter, is_script
 from runners.base import RunnerError
 from runners.output import pump_lines
@@ -50,6 +57,7 @@ from runners.output import pump_lines
 __all__ = [
     "KILL_GRACE",
     "LINE_CAP",
+    "STEP_ID_VAR",
     "OutputSink",
     "StepResult",
     "cut_line",
@@ -77,6 +85,8 @@ LINE_CAP = 64 * 1024
 _DRAIN_SECONDS = 1.0
 # How long reaping a SIGKILLed process may take before we give up on it.
 _REAP_SECONDS = 5.0
+# In a step's environment, one value per step: how what left its group is found (see above).
+STEP_ID_VAR = "HIVE_STEP_ID"
 # Output lines in failure messages are cut to this many characters.
 _MESSAGE_LINE_CAP = 200
 _COMMAND_CAP = 80
@@ -169,15 +179,48 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _sweep_escaped(pid: int, ticks: int, mark: bytes) -> int:
+    """SIGKILL every process created since the step's command (``pid``, started at
+    ``ticks``) that carries the step's ``mark`` in its environment; how many. Blocking
+    (reads /proc): run it in a worker thread."""
+    found = created_since(pid, ticks)
+    if found is None:  # the pid numbers may have come round: look at every process
+        found = [info for info in map(read_stat, _all_pids()) if info is not None and info.ticks >= ticks]
+    killed = 0
+    for info in found:
+        if info.zombie or info.pid == pid:
+            continue
+        environ = read_environ(info.pid)
+        if environ is None or mark not in environ.split(b"\0"):
+            continue
+        pidfd = open_verified(info.pid, info.ticks)
+        if pidfd is None:
+            continue
+        try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                killed += 1
+        finally:
+            os.close(pidfd)
+    return killed
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
 class _ProcessGroup:
     """The running command, the group it leads, and whether its output has reached its end."""
 
-    def __init__(self, process: anyio.abc.Process, kill_grace: float) -> None:
+    def __init__(self, process: anyio.abc.Process, kill_grace: float, mark: bytes) -> None:
         self.process = process
         self.pgid = process.pid  # its own session: the group id is the leader's pid
         self.kill_grace = kill_grace
         self.output_closed = anyio.Event()
         self.stopped = False
+        self.mark = mark  # HIVE_STEP_ID=<value>, as it shows in /proc/PID/environ
+        stat = read_stat(process.pid)  # (unreaped: its entry is there, a zombie at worst)
+        self.ticks = stat.ticks if stat is not None else None
 
     async def stop(self) -> None:
         """Stop the whole group: SIGTERM, up to ``kill_grace`` for the command to exit and the
@@ -193,6 +236,11 @@ class _ProcessGroup:
                         await process.wait()
                     await self.output_closed.wait()
             _signal_group(self.pgid, signal.SIGKILL)
+            if self.ticks is not None:
+                with anyio.move_on_after(_REAP_SECONDS):
+                    swept = await anyio.to_thread.run_sync(_sweep_escaped, self.pgid, self.ticks, self.mark)
+                    if swept:
+                        log.info("killed %d process(es) that left the group of step %d (setsid)", swept, self.pgid)
             if process.returncode is None:
                 with anyio.move_on_after(_REAP_SECONDS):
                     await process.wait()
@@ -250,6 +298,8 @@ async def run_step(
     problem = None if cwd is None else _working_dir_problem(cwd)
     if problem is not None:
         return result(error=problem)
+    step_id = secrets.token_hex(8)
+    env = {**env, STEP_ID_VAR: step_id}
     try:
         # Shielded: a cancellation is seen at the next checkpoint instead, inside the
         # try/finally that stops the whole group.
@@ -272,7 +322,7 @@ async def run_step(
         if output is not None:
             deliver(output, stream, line)
 
-    group = _ProcessGroup(process, kill_grace)
+    group = _ProcessGroup(process, kill_grace, f"{STEP_ID_VAR}={step_id}".encode())
     pipes = [(process.stdout, "stdout"), (process.stderr, "stderr")]
     open_pipes = len(pipes)
 

@@ -21,7 +21,7 @@ import resource
 import time
 from collections.abc import Callable
 
-__all__ = ["AcceptBackoff", "Backlog", "ClientBudget", "descriptors_left"]
+__all__ = ["AcceptBackoff", "Backlog", "ClientBudget", "ReportsPerUid", "descriptors_left"]
 
 log = logging.getLogger("hive.server")
 
@@ -135,3 +135,28 @@ class AcceptBackoff:
                 log.info("accept works again after %d failures", self.failures)
             self.failures = 0
             self.delay = 0.0
+
+
+class ReportsPerUid:
+    """Whether to log one event of a kind (a refused connection, a timed-out one): a uid's
+    first is logged, then at most one line a minute for it, saying how many came meanwhile.
+    A client that keeps connecting is refused (or closed) every time, but cannot flood the
+    daemon's log."""
+
+    REPORT_EVERY = 60.0
+    _KEEP = 4096  # uids remembered; past it, those not refused in the last minute go
+
+    def __init__(self) -> None:
+        self._uids: dict[int, tuple[float, int]] = {}  # uid -> (last logged, refused since)
+
+    def report(self, uid: int) -> int | None:
+        """None: do not log this refusal; else log it, with this many not logged before it."""
+        now = time.monotonic()
+        last = self._uids.get(uid)
+        if last is not None and now - last[0] < self.REPORT_EVERY:
+            self._uids[uid] = (last[0], last[1] + 1)
+            return None
+        if last is None and len(self._uids) >= self._KEEP:
+            self._uids = {u: v for u, v in self._uids.items() if now - v[0] < self.REPORT_EVERY}
+        self._uids[uid] = (now, 0)
+        return last[1] if last is not None else 0

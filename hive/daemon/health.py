@@ -25,7 +25,8 @@ Check types:
 * ``cmd``: ``[*exec_prefix, "sh", "-c", command]`` (without a prefix, a command that starts
   with ``#!`` runs as a script of its interpreter); exit status 0 passes. The process runs in a new
   session; when it times out, or when the monitor is cancelled, its whole process group is
-  SIGKILLed (after a normal exit too, so nothing it started in the background lingers). The
+  SIGKILLed (after a normal exit too, so nothing it started in the background lingers), with
+  what left the group (``setsid``) but carries the run's ``HIVE_STEP_ID``. The
   process plumbing is :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds.
 * ``postgres``, ``mysql`` (MariaDB too), ``redis``, ``grpc``: the server's own protocol on
   ``<host>:<port>``, bounded by the timeout (see :mod:`hive.daemon.health_probes`).

@@ -27,8 +27,8 @@ propagates.
   to ``output("hive", ...)``.
 * Nothing a hook starts outlives the step: when the step's shell exits, whatever is left in its
   process group is stopped too (SIGTERM, then SIGKILL). Cancellation stops running steps the same
-  way, shielded, before it propagates. A process that left the group (``setsid``) is out of
-  reach. The process plumbing is :mod:`hive.daemon._shell_step`, shared with builds and ``cmd``
+  way, shielded, before it propagates. A process that left the group (``setsid``) is killed
+  with it, found by the step's ``HIVE_STEP_ID``. The process plumbing is :mod:`hive.daemon._shell_step`, shared with builds and ``cmd``
   health checks; this module is the policy around it.
 """
 

@@ -45,7 +45,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
-from .client_limits import AcceptBackoff, Backlog, ClientBudget, descriptors_left
+from .client_limits import AcceptBackoff, Backlog, ClientBudget, ReportsPerUid, descriptors_left
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
 from .json_lines import hive_shape, new_stream_id, stream_key
@@ -266,17 +266,47 @@ class Connection:
         self.cut_done = anyio.Event()  # set once a cut-off client has been told and closed
         self.frame_began = 0.0  # when the first byte of the unfinished frame came
         self.busy = 0  # requests in flight and streams open: not idle
+        # Answers (not stream items) that wait for this client to read. While one waits,
+        # no further request of this client is served: its requests stay in the socket,
+        # so a client that asks much and reads nothing holds one answer, not dozens, and
+        # takes no more of the daemon's loop than its share.
+        self._answers_unsent = 0
+        self._answers_taken = anyio.Event()
         # Bytes queued for this client (stream queues, unsent frames), under the budget.
         self.backlog: Backlog = server.budget.backlog(self._cut_off)
 
-    async def send(self, msg_id: int, message: Response) -> bool:
+    async def answers_taken(self) -> None:
+        """Return once no answer waits for this client to read (it took them, or is gone)."""
+        while self._answers_unsent and not self.closed:
+            self._answers_taken = anyio.Event()
+            await self._answers_taken.wait()
+
+    def answer_pending(self) -> None:
+        """An answer exists that this client has not taken yet (see ``answers_taken``)."""
+        self._answers_unsent += 1
+
+    def answer_done(self) -> None:
+        self._answers_unsent -= 1
+        if not self._answers_unsent:
+            self._answers_taken.set()
+
+    def encode(self, msg_id: int, message: Response) -> bytes:
+        """``message`` as this connection's transport carries it."""
+        return encode_json_line(hive_shape(message)) if self.json else encode_frame(msg_id, message)
+
+    async def send(self, msg_id: int, message: Response, *, answer: bool = True) -> bool:
         """Send one message; False (and the connection marked closed) if the peer is gone
-        or has been cut off for falling behind."""
+        or has been cut off for falling behind. ``answer``: the answer to a request (a
+        stream's items are not), which holds the client's next request while it waits."""
         if self.closed or self.backlog.cut_reason:
             return False
-        data: bytes | memoryview = (
-            encode_json_line(hive_shape(message)) if self.json else encode_frame(msg_id, message)
-        )
+        return await self.send_encoded(self.encode(msg_id, message), answer=answer)
+
+    async def send_encoded(self, encoded: bytes, *, answer: bool = True) -> bool:
+        """:meth:`send` of a message already encoded (:meth:`encode`)."""
+        if self.closed or self.backlog.cut_reason:
+            return False
+        data: bytes | memoryview = encoded
         torn = False  # some of this frame went out, not all of it
         queued = 0  # bytes of this frame charged to the backlog while they wait
         try:
@@ -290,6 +320,8 @@ class Connection:
                 torn = len(data) < size
             queued = len(data)
             self.backlog.charge(queued)
+            if answer:
+                self.answer_pending()
             if self.backlog.cut_reason and not torn:
                 return False  # over its budget: this frame is dropped, the cut-off follows
             # A cut-off ends this wait at once (and frees the frame) unless it is torn.
@@ -325,6 +357,8 @@ class Connection:
         finally:
             if queued:
                 self.backlog.release(queued)
+                if answer:
+                    self.answer_done()
         return True
 
     def hold_incoming(self, size: int) -> None:
@@ -403,7 +437,7 @@ class _Sink:
     async def send(self, item: Response) -> bool:
         if not self.started and not await self.start():
             return False
-        return await self._connection.send(self._msg_id, item)
+        return await self._connection.send(self._msg_id, item, answer=False)
 
 
 class SocketServer:
@@ -426,6 +460,11 @@ class SocketServer:
         daemon = app.settings.daemon
         self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes)
         self._per_uid: dict[int, int] = {}  # connections of each (limited) uid
+        self._refusals = ReportsPerUid()
+        self._timeouts = ReportsPerUid()
+        # Taken to encode an answer outside the inline routes: each waiter gets its own
+        # turn of the loop, and what other clients sent meanwhile is read in between.
+        self._encode_turn = anyio.Lock(fast_acquire=False)
         self._last_turned_away_log = -60.0
         self._turned_away = 0
 
@@ -604,7 +643,10 @@ class SocketServer:
             with anyio.move_on_at(deadline):
                 return await stream.receive(_RECEIVE_SIZE)
             if partial or not connection.busy:
-                log.info("closed %s (uid %d): %s", connection.label, connection.peer.uid, why)
+                unreported = self._timeouts.report(connection.peer.uid)
+                if unreported is not None:
+                    more = f" ({unreported} more closed since the last report)" if unreported else ""
+                    log.info("closed %s (uid %d): %s%s", connection.label, connection.peer.uid, why, more)
                 await connection.send_error(0, ErrorCode.TIMEOUT, why)
                 connection.closed = True
                 return None
@@ -612,8 +654,11 @@ class SocketServer:
     async def _refuse(self, connection: Connection, stream: RawStream,
                       code: ErrorCode = ErrorCode.PERMISSION_DENIED, message: str = "") -> None:
         message = message or f"uid {connection.peer.uid} may not use this daemon (it belongs to uid {self._uid})"
-        log.warning("refused a connection from uid %d (pid %d): %s",
-                    connection.peer.uid, connection.peer.pid, message)
+        unreported = self._refusals.report(connection.peer.uid)
+        if unreported is not None:
+            more = f" ({unreported} more refused since the last report)" if unreported else ""
+            log.warning("refused a connection from uid %d (pid %d): %s%s",
+                        connection.peer.uid, connection.peer.pid, message, more)
         # Answer in the client's own transport if it says something quickly.
         with anyio.move_on_after(_REFUSAL_READ_TIMEOUT):
             try:
@@ -771,6 +816,8 @@ class SocketServer:
             return
         assert route.unary is not None  # a route has one handler, stream or unary
         if route.inline or slots is None:
+            if slots is not None and not await self._answers_taken(connection):
+                return
             self._begin()
             connection.busy += 1
             try:
@@ -779,10 +826,26 @@ class SocketServer:
                 connection.busy -= 1
                 self._end()
         else:
-            await slots.acquire()
+            await slots.acquire()  # (a pause: the request started last reaches its answer)
+            try:
+                served = await self._answers_taken(connection)
+            finally:
+                if not served:
+                    slots.release()
+            if not served:
+                return
             self._begin()
             connection.busy += 1
             task_group.start_soon(self._run_unary, ctx, request, route.unary, slots)
+
+    @staticmethod
+    async def _answers_taken(connection: Connection) -> bool:
+        """Binary frames: a unary request is served once the client took its last answer
+        (JSON lines answers one line at a time already); False if it is gone meanwhile,
+        and what it had pipelined is not worth computing. Stream requests are not held:
+        their answer is small and their number capped (max_streams_per_connection)."""
+        await connection.answers_taken()
+        return not (connection.closed or connection.backlog.cut_reason)
 
     async def _hello(self, connection: Connection, msg_id: int, hello: Hello) -> None:
         if hello.protocol != PROTOCOL_VERSION:
@@ -805,7 +868,20 @@ class SocketServer:
         slots: anyio.Semaphore,
     ) -> None:
         try:
-            await ctx.connection.send(ctx.request_id, await _answer(ctx, request, handler))
+            answer = await _answer(ctx, request, handler)
+            connection = ctx.connection
+            # From here until the client took it, the answer holds the client's next request.
+            connection.answer_pending()
+            try:
+                # One answer encoded per turn of the event loop (a 6 MiB one takes
+                # milliseconds): clients asking for big answers at once do not hold up a
+                # quick request of another client for the sum of them.
+                async with self._encode_turn:
+                    encoded = None if connection.closed else connection.encode(ctx.request_id, answer)
+                if encoded is not None:
+                    await connection.send_encoded(encoded, answer=False)
+            finally:
+                connection.answer_done()
         finally:
             slots.release()
             ctx.connection.busy -= 1

@@ -207,3 +207,67 @@ async def test_cancelling_the_monitor_kills_a_running_check(tmp_path: Path) -> N
         kill_quietly(pid)  # do not leave them behind when the test fails
         kill_quietly(child_pid)
         raise
+
+
+# Backgrounds a process that leaves the check's group and session (setsid) and, once out,
+# writes its pid to ./escaped; the check goes on once that file is there.
+ESCAPER = ("setsid sh -c 'echo $$ > escaped.new; mv escaped.new escaped; exec sleep 300' >/dev/null 2>&1 & "
+           "while [ ! -f escaped ]; do sleep 0.01; done; ")
+
+
+async def _escaped_pid(directory: Path) -> int:
+    return int((directory / "escaped").read_text())
+
+
+async def test_a_process_that_left_the_group_of_a_finished_check_is_swept(tmp_path: Path) -> None:
+    monitor, recorder = make_monitor(
+        [cmd_check(ESCAPER + "exit 0", working_dir=tmp_path, timeout=DEADLINE, interval=60)]
+    )
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is True
+    escaped = await _escaped_pid(tmp_path)
+    try:
+        assert os.getsid(escaped) == escaped  # it did leave the check's session
+        await wait_gone(escaped)
+    except BaseException:
+        kill_quietly(escaped)  # do not leave it behind when the test fails
+        raise
+
+
+async def test_a_process_that_left_the_group_of_a_timed_out_check_is_swept(tmp_path: Path) -> None:
+    monitor, recorder = make_monitor(
+        [cmd_check(ESCAPER + "echo waiting; sleep 300", working_dir=tmp_path, timeout=0.5, retries=1, interval=60)]
+    )
+    async with running(monitor):
+        change, _ = await recorder.next_change()
+    assert change.healthy is False
+    assert change.results[0].message == "timed out after 500ms (last output: waiting)"
+    escaped = await _escaped_pid(tmp_path)
+    try:
+        await wait_gone(escaped)
+    except BaseException:
+        kill_quietly(escaped)
+        raise
+
+
+async def test_a_process_that_left_the_group_of_a_cancelled_check_is_swept(tmp_path: Path) -> None:
+    script = tmp_path / "reporter.py"
+    script.write_text(REPORTER)
+    async with pid_reports() as (port, reports):
+        command = f"setsid {shlex.quote(sys.executable)} {shlex.quote(str(script))} {port} >/dev/null 2>&1 & sleep 300"
+        monitor, _ = make_monitor(
+            [cmd_check(command, working_dir=tmp_path, timeout=DEADLINE * 4, interval=60)]
+        )
+        async with running(monitor):
+            with anyio.fail_after(DEADLINE):
+                pid, pgid, child_pid = await reports.receive()
+        # The monitor is cancelled (as when the service stops) while the check still runs.
+    try:
+        assert pgid == pid  # it left the check's group (and session)
+        await wait_gone(pid)
+        await wait_gone(child_pid)  # what it started carries the mark too
+    except BaseException:
+        kill_quietly(pid)  # do not leave them behind when the test fails
+        kill_quietly(child_pid)
+        raise

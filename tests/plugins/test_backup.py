@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import sqlite3
 import tarfile
 from pathlib import Path
 
@@ -239,3 +241,50 @@ async def test_a_manifest_cannot_point_a_restore_elsewhere(start_with: StartWith
         assert not (elsewhere / ".bashrc").exists() and not (elsewhere / "hive.yaml").exists()
         assert not (project_dir / "hive.yaml").exists()
         assert "proj" not in [s.name for s in await client.list_sources()]
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's RSS high-water mark (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+async def test_a_large_database_is_streamed_to_the_archive_not_held(start_with: StartWith,
+                                                                   hive_env: Path) -> None:
+    """A 64 MiB SQLite source (incompressible): the daemon's peak RSS grows by far less than
+    the database (it used to hold the copy and the whole archive: twice the database)."""
+    daemon = start_with(_settings())
+    async with DaemonClient(daemon.socket, timeout=120) as client:
+        await client.add_source(hive_env / "data.db", name="db")
+        with sqlite3.connect(hive_env / "data.db") as db:
+            db.execute("CREATE TABLE ballast (data BLOB)")
+            db.executemany("INSERT INTO ballast VALUES (?)", ((os.urandom(1 << 20),) for _ in range(64)))
+        before = _peak_rss(daemon.pid)
+        taken = _json("backup", "now")
+        grown = _peak_rss(daemon.pid) - before
+        assert taken["size"] > 64 << 20  # type: ignore[index]
+        assert grown < 16 << 20, f"peak RSS grew by {grown >> 20} MiB for a 64 MiB database"
+        assert _json("backup", "verify", taken["id"])["ok"] is True  # type: ignore[index]
+    assert not [p.name for p in (hive_env / "backups").iterdir() if p.name.startswith(".")]
+
+
+async def test_leftovers_of_a_killed_backup_are_removed_at_start(start_with: StartWith, hive_env: Path) -> None:
+    """A backup killed while writing leaves its temporary files; the next start removes
+    them, and only them (anything else in the directory is the user's)."""
+    backups = hive_env / "backups"
+    backups.mkdir(mode=0o700)
+    leftovers = [backups / ".20261207T101500Z.tar.gz.tmp", backups / ".20261207T101500Z-2.sha256.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    scratch = backups / ".scratch-1a2b3c"
+    scratch.mkdir()
+    (scratch / "source.db").write_bytes(b"half a copy")
+    users = [backups / ".notes.tmp", backups / "mine.tar.gz"]
+    for path in users:
+        path.write_bytes(b"the user's")
+    start_with(_settings())
+    assert _json("backup", "list") == []  # the plugin is up (its start ran)
+    assert [p for p in [*leftovers, scratch] if p.exists()] == []
+    assert all(p.read_bytes() == b"the user's" for p in users)

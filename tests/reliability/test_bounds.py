@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import resource
+import select
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +20,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hive_client.protocol import PROTOCOL_VERSION, GetLogs, Hello, StreamLogs, encode_frame
+from hive_client.protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    FrameReader,
+    GetLogs,
+    Hello,
+    LogBatch,
+    Response,
+    StreamLogs,
+    Welcome,
+    decode_envelope,
+    decode_response,
+    encode_frame,
+)
 from tests.reliability.report import record
 from tests.reliability.test_access import GROUP, SYSTEM_PYTHON, member  # noqa: F401 (a fixture)
 from tests.support import DaemonProcess, run_cli, start_daemon, wait_for, write_project
@@ -109,28 +123,84 @@ def test_a_log_stream_never_read_is_cut_off_and_memory_stays_bounded(chatty: Dae
            f"cut off (SLOW_CONSUMER) after a lost queue; RSS +{(peak - idle) / MIB:.0f} MiB")
 
 
-def test_pipelined_get_logs_never_read_are_cut_off(chatty: DaemonProcess) -> None:
-    """12 connections of 64 pipelined ``get_logs`` each, never read: each connection is
-    cut off at daemon.client_backlog_bytes; the daemon's memory stays bounded."""
+def _pipelined_get_logs(sock: socket.socket, count: int, lines: int) -> None:
+    frames = [encode_frame(1, Hello(protocol=PROTOCOL_VERSION))]
+    frames += [encode_frame(2 + i, GetLogs(fqn="proj:chatty", lines=lines)) for i in range(count)]
+    sock.sendall(b"".join(frames))
+
+
+def _answer_begun(sock: socket.socket, timeout: float = 60.0) -> None:
+    """Wait until the daemon has begun sending (the socket turns readable)."""
+    readable, _, _ = select.select([sock], [], [], timeout)
+    assert readable, f"no answer began within {timeout} s"
+
+
+def _read_answers(sock: socket.socket, count: int, timeout: float = 60.0) -> list[Response]:
+    """The next ``count`` messages from the daemon, fewer if it closes the connection."""
+    sock.settimeout(timeout)
+    reader = FrameReader(64 * MIB)
+    answers: list[Response] = []
+    while len(answers) < count:
+        payload = reader.next_payload()
+        if payload is None:
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reader.feed(chunk)
+            continue
+        answers.append(decode_response(decode_envelope(payload)[1]))
+    return answers
+
+
+def test_a_client_that_reads_late_gets_every_pipelined_answer(hive_env: Path) -> None:
+    """64 pipelined ``get_logs`` of ~1 MB each, with a budget of 1.6 MB a client: the
+    daemon serves a client's next request only once it took the last answer, so the
+    client holds one answer at a time, is never cut off, and gets all 64 when it reads."""
+    (hive_env / "config.toml").write_text("[daemon]\nclient_backlog_bytes = 1600000\n")
+    project = _chatty_project(hive_env)
+    daemon = start_daemon(hive_env)
+    sock = _connect(daemon.socket)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        _lines_written(daemon, "proj:chatty", 500)
+        _pipelined_get_logs(sock, 64, lines=500)
+        _answer_begun(sock)
+        answers = _read_answers(sock, 65)
+    finally:
+        sock.close()
+        daemon.stop()
+    assert not [a for a in answers if isinstance(a, Error)], "the client was told an error"
+    assert isinstance(answers[0], Welcome)
+    batches = [a for a in answers[1:] if isinstance(a, LogBatch)]
+    assert len(batches) == 64 and all(len(b.logs) == 500 for b in batches)
+    assert "cut off" not in daemon.stderr()
+
+
+def test_pipelined_get_logs_never_read_hold_one_answer_each(chatty: DaemonProcess) -> None:
+    """12 connections of 64 pipelined ``get_logs`` each, never read: each has one 6 MiB
+    answer begun and no further request served, under every budget: nobody is cut off,
+    the daemon's memory stays bounded and it keeps serving."""
     _lines_written(chatty, "proj:chatty", 2500)
     idle = _rss(chatty)
     socks = [_connect(chatty.socket) for _ in range(12)]
     try:
         for sock in socks:
-            frames = [encode_frame(1, Hello(protocol=PROTOCOL_VERSION))]
-            frames += [encode_frame(2 + i, GetLogs(fqn="proj:chatty", lines=50_000)) for i in range(64)]
-            sock.sendall(b"".join(frames))
-        wait_for(lambda: chatty.stderr().count("cut off") >= 12, timeout=120, what="12 cut-offs")
-        peak = _rss(chatty)
+            _pipelined_get_logs(sock, 64, lines=50_000)
         for sock in socks:
-            _read_to_end(sock)  # each one ends: the daemon closed it
+            _answer_begun(sock)
+        assert run_cli("status").returncode == 0
+        peak = _rss(chatty)
     finally:
         for sock in socks:
             sock.close()
     assert peak - idle < RSS_ABOVE_IDLE
+    assert "cut off" not in chatty.stderr()
     assert run_cli("status").returncode == 0
     record("bounds", "12 connections x 64 pipelined get_logs, never read", "768 requests",
-           f"each connection cut off (SLOW_CONSUMER); RSS +{(peak - idle) / MIB:.0f} MiB")
+           f"one answer begun per connection, the rest wait unread; RSS +{(peak - idle) / MIB:.0f} MiB")
 
 
 @pytest.mark.parametrize("opening", [b"{", b"\x00\x80\x00\x00"], ids=["json", "binary"])
@@ -257,6 +327,34 @@ def test_connections_per_uid_are_capped(member: pwd.struct_passwd, hive_env: Pat
         assert run_cli("status").returncode == 0
         record("bounds", "a read-scope uid opens more connections than allowed", "4 connections (limit 3)",
                "the 4th refused with LIMIT_EXCEEDED; the owner served")
+    finally:
+        daemon.stop()
+
+
+def test_refusals_of_a_uid_are_logged_once_not_once_per_connection(member: pwd.struct_passwd,  # noqa: F811
+                                                                     hive_env: Path) -> None:
+    """A uid over its connection cap that keeps connecting: every connection is refused,
+    the daemon's log says so once (then at most once a minute, with a count), not 40 times."""
+    (hive_env / "config.toml").write_text(
+        f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\nmax_connections_per_uid = 3\n'
+    )
+    daemon = start_daemon(hive_env)
+    try:
+        def demote() -> None:
+            os.setgroups([])
+            os.setgid(member.pw_gid)
+            os.setuid(member.pw_uid)
+
+        result = subprocess.run([SYSTEM_PYTHON, "-c", MEMBER_CHILD, str(daemon.socket), "43"],
+                                capture_output=True, text=True, timeout=120, preexec_fn=demote, cwd="/",
+                                env={"PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, result.stderr
+        answers = json.loads(result.stdout)
+        assert [a.get("code") for a in answers[3:]] == ["LIMIT_EXCEEDED"] * 40
+        # Each refusal is logged before it is answered: the log is complete by now.
+        refusals = [line for line in daemon.stderr().splitlines() if "refused a connection" in line]
+        assert len(refusals) == 1, refusals
+        assert f"uid {member.pw_uid}" in refusals[0]
     finally:
         daemon.stop()
 

@@ -322,3 +322,41 @@ def test_control_sequences_in_output_are_neutralised_on_a_terminal(daemon: objec
         _kill_all(hive_env, "esc:svc")
     record("faults", "escape sequences in service output", "title change, erase line, CR",
            "shown escaped on a terminal; --raw and pipes unchanged", "nothing")
+
+
+# Each run of the check backgrounds a process that leaves its group and session (setsid)
+# and writes its pid to esc.<the check's pid> once out; the check passes after that.
+ESCAPING_CHECK = ("setsid sh -c 'echo $$ > esc.new.$PPID; mv esc.new.$PPID esc.$PPID; exec sleep 300' "
+                  ">/dev/null 2>&1 & while [ ! -f esc.$$ ]; do sleep 0.01; done; exit 0")
+
+
+def test_what_a_health_check_started_with_setsid_does_not_outlive_it(daemon: object, hive_env: Path) -> None:
+    """A cmd check that backgrounds a ``setsid`` process on every run: each one is killed
+    when its run ends (found by the run's HIVE_STEP_ID), none is left after ``hive down``."""
+    project = write_project(hive_env / "hc", f"""
+        version: "1"
+        services:
+          svc:
+            runner: {{type: script, script: {{run: "exec sleep 3600"}}}}
+            healthcheck: {{type: cmd, cmd: {{command: {json.dumps(ESCAPING_CHECK)}}}, interval: 200ms}}
+        """)
+
+    def escaped() -> list[int]:
+        return [int(path.read_text()) for path in project.glob("esc.[0-9]*")]
+
+    def alive(pids: list[int]) -> list[int]:
+        return [pid for pid in pids if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        wait_for(lambda: len(escaped()) >= 3, timeout=30, what="3 runs of the check")
+        assert run_cli("down", str(project)).returncode == 0
+        runs = escaped()
+        wait_for(lambda: not alive(runs), timeout=15, what="the setsid processes of the check to be gone")
+    finally:
+        run_cli("down", str(project))
+        for pid in alive(escaped()):
+            os.kill(pid, signal.SIGKILL)  # do not leave them behind when the test fails
+    record("faults", "a health check that backgrounds a setsid process", f"{len(runs)} runs",
+           "each one killed when its run ended; none after hive down", "nothing")

@@ -83,12 +83,12 @@ async def get_logs(ctx: RequestContext, request: GetLogs) -> LogBatch:
         raise RequestError.invalid("lines must be 0 or more")
     lines = min(request.lines, MAX_BATCH_LINES) if request.lines is not None else MAX_BATCH_LINES
     logs = ctx.app.logs.query(fqn_pattern(request.fqn), lines, request.since, _level(request.level))
-    # Trim the oldest lines until the answer fits in one frame.
-    size = sum(len(line.message) + 100 for line in logs)
-    start = 0
-    while size > MAX_BATCH_BYTES and start < len(logs):
-        size -= len(logs[start].message) + 100
-        start += 1
+    # Keep the newest lines that fit in one frame (counted from the end: only what is kept).
+    size = 0
+    start = len(logs)
+    while start and size + len(logs[start - 1].message) + 100 <= MAX_BATCH_BYTES:
+        start -= 1
+        size += len(logs[start].message) + 100
     return LogBatch(logs=logs[start:])
 
 
