@@ -118,6 +118,8 @@ class Exchange:
         if not self.request_done and (self.facts.content_length > 0 or self.facts.chunked):
             self.keep_alive = False  # the rest of its body is not read: the connection ends
         body, content_type = pages.render(status, message, detail, pages.wants_json(self.facts.accept.decode("latin-1")))
+        if self.extra_headers:  # a plugin's (CORS): the proxy's own answers get them too
+            extra = [*(extra or ()), *self.extra_headers]
         lines = b"".join(b"%b: %b\r\n" % pair for pair in extra) if extra else b""
         self.local = pages.response_bytes(status, body, content_type, keep_alive=self.keep_alive, extra=lines)
         self.pending = None
