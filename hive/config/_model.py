@@ -66,6 +66,10 @@ class BlueGreenSettings(msgspec.Struct, frozen=True, kw_only=True):
     on_failure: Literal["keep-old", "abort"] = "keep-old"
 
 
+# The runners a blue-green rollout works for: a process, or one container per generation.
+BLUE_GREEN_RUNNERS = frozenset({"script", "docker", "podman"})
+
+
 class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     config: dict[str, Any] = {}
