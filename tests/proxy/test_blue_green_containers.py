@@ -1,17 +1,21 @@
 """Blue-green rollouts of docker and podman services behind the real proxy: each colour's
 generation is its own container (``<name>.blue``, ``<name>.green``), and a docker service
-rolled out 20 times under continuous load fails no request."""
+rolled out 20 times under continuous load fails no request; a killed daemon's green
+container is stopped by the next daemon."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
+from hive_client import BlockingClient, RolloutStarted
 from tests.engines import IMAGE, require_engine
 from tests.proxy.conftest import Proxy, free_port, write_yaml
-from tests.proxy.test_blue_green import load, started
+from tests.proxy.test_blue_green import _reload_quietly, load, started
+from tests.support import start_daemon, wait_for
 
 # busybox httpd serves what the container's start wrote: its host port (its colour's). The
 # shell (PID 1) ends on SIGTERM at once (PID 1 has no default handler in a container).
@@ -81,4 +85,32 @@ def test_twenty_rollouts_of_a_docker_service_under_load_fail_no_request(proxy: P
             assert served[0] > before  # requests flowed during each rollout
     assert failures == []
     with proxy.client() as client:
+        client.stop_service("p:web")
+
+
+def test_a_green_container_left_by_a_killed_daemon_is_stopped_by_the_next(proxy: Proxy, tmp_path: Path,
+                                                                          hive_env: Path) -> None:
+    """The daemon is killed (SIGKILL) while green starts: the next one adopts blue's
+    container and stops green's (found by its label and Hive's environment marker)."""
+    require_engine("podman")
+    project = write_yaml(tmp_path / "p", container_yaml("podman"))
+    original = (project / "hive.yaml").read_text()
+    with started(proxy, project) as client:
+        blue = client.get_service_status("p:web")
+        # The next generation never becomes healthy (no /health): the rollout waits.
+        (project / "hive.yaml").write_text(original.replace("echo ok > /www/health && ", ""))
+        with BlockingClient(proxy.daemon.socket, timeout=30) as watcher, \
+                watcher.subscribe_events(["rollout_started"], fqn="p:web") as events:
+            threading.Thread(target=_reload_quietly, args=(proxy,), daemon=True).start()
+            assert isinstance(next(iter(events)), RolloutStarted)
+    wait_for(lambda: containers("podman") == {"hive-p.web.blue", "hive-p.web.green"}, timeout=30,
+             what="the green container to run beside blue")
+    proxy.daemon.kill9()
+    (project / "hive.yaml").write_text(original)  # so the next daemon's blue is current
+    proxy.daemon = start_daemon(hive_env)
+    wait_for(lambda: containers("podman") == {"hive-p.web.blue"}, timeout=60,
+             what="the stray green container to be stopped")
+    with proxy.client() as client:
+        adopted = client.get_service_status("p:web")
+        assert (adopted.container_id, adopted.state, adopted.color) == (blue.container_id, "running", "blue")
         client.stop_service("p:web")

@@ -203,6 +203,11 @@ class Adoption:
                 handle = await runner.adopt(spec, record)
                 if handle is not None:
                     found.append((instance, handle))
+                elif await runner.stop_orphan(spec.fqn, record, spec.stop_grace):
+                    # Not adoptable (a container of another configuration: the rollout's
+                    # new one, or its other colour's ports), stopped by its name alone.
+                    log.warning("stopped %s (%s): a rollout cut short left it running", instance.fqn,
+                                record.get("name") or record.get("container_id") or record.get("pid"))
         except RunnerError as exc:
             log.warning("cannot look for processes a rollout of %s left: %s", instance.fqn, exc)
         return found
