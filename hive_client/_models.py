@@ -312,7 +312,7 @@ class RolloutSwitched(Event, tag="rollout_switched"):
 
 
 class RolloutDrained(Event, tag="rollout_drained"):
-    """The old generation's grace period is over: it is being stopped."""
+    """The old generation has nothing in flight, or its grace period is over: it is being stopped."""
 
     fqn: str
     generation: int
@@ -326,7 +326,8 @@ class RolloutCompleted(Event, tag="rollout_completed"):
 
 
 class RolloutRolledBack(Event, tag="rollout_rolled_back"):
-    """The new generation failed (``reason``) and was stopped; ``serving`` serves."""
+    """The new generation failed (``reason``) and was stopped; ``serving`` serves (0: none,
+    ``on_failure: abort`` stopped the old one too)."""
 
     fqn: str
     generation: int

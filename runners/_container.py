@@ -14,7 +14,9 @@ parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` nam
   taken) is removed.
 - **Identity.** The container is named ``container_name`` or, by default,
   ``hive-<source>.<service>[.<N>]`` (the ``.`` cannot occur in Hive names, so two sources
-  never collide; a name that needed sanitising gets a hash of the FQN appended). It
+  never collide; a name that needed sanitising gets a hash of the FQN appended), and
+  ``.blue`` or ``.green`` after it for a blue-green generation (``RunSpec.color``: the
+  next generation starts while the old one runs, so they need two names). It
   carries the labels ``hive.fqn``, ``hive.source``, ``hive.config-hash`` (the first 16 hex
   of the sha256 of the canonical JSON of the block, the image and the environment passed)
   and ``hive.stop-signal``.
@@ -510,6 +512,8 @@ class ContainerRunner(Runner):
         env = passed_environment(spec, config)
         digest = config_hash(spec, image, env)
         name = config.container_name or container_name(spec.fqn)
+        if spec.color:
+            name = f"{name}.{spec.color}"
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
             raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
         self.executable()

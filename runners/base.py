@@ -149,6 +149,9 @@ class RunSpec(msgspec.Struct, kw_only=True):
     stop_signal: int = int(signal.SIGTERM)
     stop_grace: float = 10.0
     config: dict[str, Any] = {}  # the runner's own block from hive.yaml (docker, …)
+    # A blue-green generation's colour ("blue", "green"), "" otherwise: two generations
+    # run at once, so a container runner names each colour's container apart.
+    color: str = ""
 
 
 class ExitStatus(msgspec.Struct, frozen=True):

@@ -31,17 +31,17 @@ def test_up_warns_once_per_service(daemon: DaemonProcess, home: Path) -> None:
     project = write_project(home / "proj", PROJECT)
     up = run_cli("up", str(project))
     assert up.returncode == 0, up.stdout + up.stderr
+    # Routes and a script service's blue-green rollout are active: no warning for them.
     assert up.stderr.splitlines() == [
-        "warning: proj: not active yet, kept for later: proxy settings (no proxy runs yet)",
-        "warning: proj:web: not active yet: proxy routes (no proxy runs yet), "
-        "blue-green rollout (it runs on its blue ports)",
-        "warning: proj:api: not active yet: proxy routes (no proxy runs yet)",
+        "warning: proj: not active yet, kept for later: "
+        "proxy.bind (the proxy listens on [proxy] listen of the daemon's config.toml)",
     ]
     # The data on stdout stays data.
     again = run_cli("--json", "up", str(project), "worker")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["source"] == "proj"
-    assert again.stderr == "warning: proj: not active yet, kept for later: proxy settings (no proxy runs yet)\n"
+    assert again.stderr == ("warning: proj: not active yet, kept for later: "
+                            "proxy.bind (the proxy listens on [proxy] listen of the daemon's config.toml)\n")
     run_cli("down", "proj")
 
 

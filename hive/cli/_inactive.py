@@ -29,7 +29,7 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
             continue
     if not any(marker in text for text in texts for marker in _MARKERS):
         return []
-    from hive.config import ConfigError, ProxySettings, load_project
+    from hive.config import BLUE_GREEN_RUNNERS, ConfigError, ProxySettings, load_project
 
     try:
         config = load_project(root, source_name=source).config
@@ -37,8 +37,10 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
         return []  # the daemon has said what is wrong with it
     lines = []
     project = []
-    if config.proxy != ProxySettings():
-        project.append("proxy settings (no proxy runs yet)")
+    default = ProxySettings()
+    unused = [key for key in ("bind", "ssl", "dns", "debug") if getattr(config.proxy, key) != getattr(default, key)]
+    if unused:
+        project.append(f"proxy.{', proxy.'.join(unused)} (the proxy listens on [proxy] listen of the daemon's config.toml)")
     if config.observability is not None:
         project.append("observability")
     if project:
@@ -47,10 +49,9 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
         if services and name not in services:
             continue
         features = []
-        if service.proxy:
-            features.append("proxy routes (no proxy runs yet)")
-        if service.rollout is not None and service.rollout.type == "blue-green":
-            features.append("blue-green rollout (it runs on its blue ports)")
+        if service.rollout is not None and service.rollout.type == "blue-green" \
+                and service.runner.type not in BLUE_GREEN_RUNNERS:
+            features.append(f"blue-green rollout of a {service.runner.type} service (it runs on its blue ports)")
         if features:
             lines.append(f"warning: {source}:{name}: not active yet: {', '.join(features)}")
     return lines

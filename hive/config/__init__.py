@@ -19,6 +19,7 @@ from ._loader import (
     validate_services,
 )
 from ._model import (
+    BLUE_GREEN_RUNNERS,
     BlueGreenSettings,
     BuildSpec,
     CmdCheck,
@@ -54,6 +55,7 @@ from ._runners import add_runner, remove_runner
 from ._templates import render_runtime
 
 __all__ = [
+    "BLUE_GREEN_RUNNERS",
     "CONFIG_FILENAMES",
     "BlueGreenSettings",
     "BuildSpec",

@@ -19,6 +19,7 @@ from runners.base import RunnerConfig
 from ._decode import Decoder, describe, did_you_mean, parse_port
 from ._issues import KeyPath, format_path
 from ._model import (
+    PROXY_PLUGIN_BLOCKS,
     BlueGreenSettings,
     BuildSpec,
     CmdCheck,
@@ -99,7 +100,7 @@ HEALTH_TYPES = ("http", "tcp", "cmd", "postgres", "mysql", "redis", "grpc")
 _SERVER_CHECKS: dict[str, type[_CheckTiming]] = {
     "postgres": PostgresCheck, "mysql": MysqlCheck, "redis": RedisCheck, "grpc": GrpcCheck,
 }
-# Hive's proxy plugins (the proxy is parsed and kept, not active yet): hint candidates only.
+# Hive's proxy plugins: hint candidates (rate-limit and cors are built in: PROXY_PLUGIN_BLOCKS).
 PROXY_PLUGIN_TYPES = (
     "auth-api-key", "auth-basic", "auth-jwt", "auth-oidc", "cache", "compress", "cors",
     "headers", "ip-filter", "rate-limit", "rewrite",
@@ -498,6 +499,9 @@ class Builder:
             self.sink.error(
                 (*path, "skip"), f"expected a boolean (true/false), got {describe(skip)}"
             )
+            return None
+        block = PROXY_PLUGIN_BLOCKS.get(type_name) if category == "proxy" else None
+        if block is not None and self.decoder.decode(config, block, (*path, type_name)) is None:
             return None
         return PluginSpec(type=type_name, config=config, skip=skip)
 

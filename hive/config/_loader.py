@@ -14,7 +14,7 @@ from ._build import Builder
 from ._decode import Decoder, describe
 from ._environment import read_dotenv_file
 from ._issues import ConfigError, ConfigIssue, IssueSink, KeyPath, format_path, sort_issues
-from ._model import HiveConfig, ProxySettings, ServiceConfig
+from ._model import BLUE_GREEN_RUNNERS, HiveConfig, ProxySettings, ServiceConfig
 from ._read import read_capped
 from ._templates import interpolate
 from ._validate import check_services
@@ -300,10 +300,11 @@ def inactive_notes(config: HiveConfig) -> list[str]:
         notes.append("observability: not active yet (settings are kept)")
     for name, service in config.services.items():
         prefix = f"services.{name}"
-        if service.rollout is not None and service.rollout.type == "blue-green" and service.runner.type != "script":
+        if service.rollout is not None and service.rollout.type == "blue-green" \
+                and service.runner.type not in BLUE_GREEN_RUNNERS:
             notes.append(
-                f"{prefix}.rollout: blue-green rollout is active for script services only yet; this "
-                f"{service.runner.type} service runs on its blue ports and restarts as recreate"
+                f"{prefix}.rollout: blue-green rollout is active for script, docker and podman services; "
+                f"this {service.runner.type} service runs on its blue ports and restarts as recreate"
             )
     return notes
 

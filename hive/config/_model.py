@@ -66,6 +66,35 @@ class BlueGreenSettings(msgspec.Struct, frozen=True, kw_only=True):
     on_failure: Literal["keep-old", "abort"] = "keep-old"
 
 
+# ---- the proxy's built-in plugins (their blocks; the proxy reads them: docs/proxy.md) ----
+
+
+_POSITIVE = msgspec.Meta(gt=0)
+
+
+class RateLimitSettings(msgspec.Struct, frozen=True, kw_only=True):
+    requests: Annotated[float, _POSITIVE] = 100.0
+    per: Annotated[float, _POSITIVE] = 1.0  # seconds
+    burst: Annotated[float, _POSITIVE] | None = None  # None: ``requests``
+
+
+class CorsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    origins: list[str] | str = "*"
+    methods: list[str] | str = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+    headers: list[str] | str = "*"
+    credentials: bool = False
+    max_age: Annotated[float, _POSITIVE] = 600.0
+
+
+# A built-in proxy plugin's type -> its block: a bad block is an error in validation (the
+# proxy would leave the plugin out).
+PROXY_PLUGIN_BLOCKS: dict[str, type[msgspec.Struct]] = {"rate-limit": RateLimitSettings, "cors": CorsSettings}
+
+
+# The runners a blue-green rollout works for: a process, or one container per generation.
+BLUE_GREEN_RUNNERS = frozenset({"script", "docker", "podman"})
+
+
 class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     config: dict[str, Any] = {}

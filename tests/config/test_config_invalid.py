@@ -752,6 +752,28 @@ services:
             "hive.yaml:7: services.b.restart: invalid restart policy 'sometimes': expected one of never, on-failure, always, unless-stopped",
         ],
     ),
+    (
+        # A bad block of a built-in proxy plugin is an error: the proxy would leave the
+        # plugin out, and a route meant to be rate limited would not be.
+        "proxy_plugin_blocks",
+        """
+version: "1"
+proxy:
+  plugins:
+    - {type: rate-limit, rate-limit: {requests: -5, per: 1}}
+services:
+  a:
+    runner: {type: script, script: {run: a}}
+    rollout: {type: recreate, recreate: {ports: {http: 8080}}}
+    proxy:
+      path: /a
+      plugins: [{type: cors, cors: {origins: [1], credentials: "yes"}}]
+""",
+        [
+            "hive.yaml:4: proxy.plugins[0].rate-limit.requests: expected a number > 0.0",
+            "hive.yaml:11: services.a.proxy.plugins[0].cors.credentials: expected a boolean (true/false), got a string ('yes')",
+        ],
+    ),
 ]
 
 

@@ -32,13 +32,14 @@ from tests.proxy.conftest import APP, Proxy, free_port, write_yaml
 from tests.support import start_daemon, wait_for
 
 
-def blue_green_yaml(*, drain: str = "0.2s", healthy: str = "0.2s", timeout: str = "20s") -> str:
+def blue_green_yaml(*, drain: str = "0.2s", healthy: str = "0.2s", timeout: str = "20s",
+                    on_failure: str = "keep-old") -> str:
     """A service named after its port (``web-PORT``), so a response says which colour served it."""
     blue, green = free_port(), free_port()
     return f"""
   web:
     runner: {{type: script, script: {{run: "exec {sys.executable} {APP} {{{{runtime.port.http}}}} web-{{{{runtime.port.http}}}}"}}}}
-    rollout: {{type: blue-green, blue-green: {{ports: {{http: {{blue: {blue}, green: {green}}}}}, drain: {drain}, healthy_duration: {healthy}, timeout: {timeout}}}}}
+    rollout: {{type: blue-green, blue-green: {{ports: {{http: {{blue: {blue}, green: {green}}}}}, drain: {drain}, healthy_duration: {healthy}, timeout: {timeout}, on_failure: {on_failure}}}}}
     healthcheck: {{type: http, http: {{port: "{{{{runtime.port.http}}}}", path: /health, interval: 0.1s, retries: 1}}}}
     proxy: {{path: /web, strip_prefix: true}}
 """

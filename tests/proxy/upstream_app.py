@@ -8,6 +8,7 @@
   (to the same instance: tests call it on the instance's own port);
 - ``GET /health``: 200, or 503 after ``GET /sick`` (``GET /well`` undoes it);
 - ``GET /close``: a body delimited by closing the connection;
+- ``GET /own-cors``: an answer with its own ``Access-Control-Allow-Origin: *`` and ``Vary``;
 - ``GET /ws``: a WebSocket that echoes text frames with ``NAME: `` before them.
 """
 
@@ -125,6 +126,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             elif path in ("/sick", "/well"):
                 sick = path == "/sick"
                 writer.write(response(200, path.encode()))
+            elif path == "/own-cors":
+                writer.write(b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\nvary: Accept-Encoding\r\n"
+                             b"content-length: 3\r\n\r\nown")
             elif path == "/close":
                 writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the close")
                 await writer.drain()

@@ -39,7 +39,7 @@ _NO_BODY = (204, 304)
 
 class Exchange:
     __slots__ = (
-        "_connecting", "_targets", "body_bytes", "chunked_out", "client", "core", "extra_headers",
+        "_connecting", "_reserved", "_targets", "body_bytes", "chunked_out", "client", "core", "extra_headers",
         "facts", "keep_alive", "local", "method", "pending", "pending_size", "replay",
         "request_done", "response_started", "route", "timer", "until_close", "upgrade", "upstream",
     )
@@ -69,6 +69,7 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._targets: list[Target] = []
+        self._reserved: list[Target] | None = None  # counted in flight while it connects
         self._decide(target, headers)
 
     # --- decided at the head -------------------------------------------------------------
@@ -117,6 +118,8 @@ class Exchange:
         if not self.request_done and (self.facts.content_length > 0 or self.facts.chunked):
             self.keep_alive = False  # the rest of its body is not read: the connection ends
         body, content_type = pages.render(status, message, detail, pages.wants_json(self.facts.accept.decode("latin-1")))
+        if self.extra_headers:  # a plugin's (CORS): the proxy's own answers get them too
+            extra = [*(extra or ()), *self.extra_headers]
         lines = b"".join(b"%b: %b\r\n" % pair for pair in extra) if extra else b""
         self.local = pages.response_bytes(status, body, content_type, keep_alive=self.keep_alive, extra=lines)
         self.pending = None
@@ -155,10 +158,28 @@ class Exchange:
         if connection is not None:
             self._attach(connection)
             return
+        self._begin_connect(targets)
+
+    def _begin_connect(self, targets: list[Target]) -> None:
+        """Connect in a task; meanwhile ``targets`` count as in flight (a drain waits)."""
+        self._unreserve()
         self._targets = targets
+        self._reserved = targets
+        self.core.pool.reserve(targets)
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _connect(self, fresh_only: bool = False) -> None:
+    def _unreserve(self) -> None:
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            self.core.pool.release(reserved)
+
+    async def _connect(self) -> None:
+        try:
+            await self._connect_to_one()
+        finally:
+            self._unreserve()  # the connection made, if any, counts itself
+
+    async def _connect_to_one(self) -> None:
         assert self.route is not None
         errors = []
         for target in self._targets:
@@ -294,9 +315,8 @@ class Exchange:
         replay, self.replay = self.replay, None
         assert replay is not None
         self.pending, self.pending_size = replay, sum(map(len, replay))
-        self._targets = [target]
         self._cancel_timer()
-        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        self._begin_connect([target])
 
     def upstream_failed(self, message: str) -> None:
         self.upstream = None
@@ -325,6 +345,7 @@ class Exchange:
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
+            self._unreserve()  # (a task cancelled before it ran runs no finally)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()

@@ -3,7 +3,10 @@
 hive.yaml names them as ``{type: X, X: {...}}`` in ``proxy.plugins`` (every route of the
 file) and in an endpoint's ``plugins`` (that route: the same type replaces the global
 entry, ``skip: true`` turns it off, a new type is appended). A plugin may answer a request
-itself (a 429, a CORS preflight) or add headers to its response.
+itself (a 429, a CORS preflight) or add headers to its response, whoever gives it: the
+instance, or the proxy (its 429, 502, 503 and 504 pages; a browser reads an answer to
+another origin only with the CORS headers). When a plugin answers, the plugins after it
+in the chain still add their headers (:meth:`ProxyPlugin.annotate`).
 
 Built in: ``rate-limit`` and ``cors``. A type the proxy does not know is logged once and
 left out; the routes still work.
@@ -38,6 +41,10 @@ class ProxyPlugin(Protocol):
         """None to let the request through (maybe adding ``exchange.extra_headers``)."""
         ...
 
+    def annotate(self, exchange: Exchange) -> None:
+        """An earlier plugin answers the request: add headers to that answer, if any."""
+        ...
+
 
 class RateLimit:
     """``rate-limit: {requests: 100, per: 1, burst: 100}``: a token bucket per client
@@ -68,6 +75,9 @@ class RateLimit:
         self._buckets[peer] = (tokens - 1.0, now)
         return None
 
+    def annotate(self, exchange: Exchange) -> None:
+        return None
+
 
 class Cors:
     """``cors: {origins: ["https://app.example"], methods: [...], headers: [...],
@@ -93,10 +103,8 @@ class Cors:
         allowed = self._allowed(origin)
         if allowed is None:
             return (403, "this origin is not allowed (cors)", []) if exchange.method == b"OPTIONS" else None
-        headers = [(b"access-control-allow-origin", allowed), (b"vary", b"Origin")]
-        if self.credentials:
-            headers.append((b"access-control-allow-credentials", b"true"))
-        if exchange.method == b"OPTIONS":
+        headers = self._headers(allowed)
+        if exchange.method == b"OPTIONS" and exchange.facts.preflight:
             headers += [(b"access-control-allow-methods", self.methods),
                         (b"access-control-allow-headers", self.headers),
                         (b"access-control-max-age", self.max_age)]
@@ -104,21 +112,35 @@ class Cors:
         exchange.extra_headers = headers
         return None
 
+    def annotate(self, exchange: Exchange) -> None:
+        allowed = self._allowed(exchange.facts.origin) if exchange.facts.origin else None
+        if allowed is not None:
+            exchange.extra_headers = self._headers(allowed)
+
+    def _headers(self, allowed: bytes) -> list[tuple[bytes, bytes]]:
+        headers = [(b"access-control-allow-origin", allowed), (b"vary", b"Origin")]
+        if self.credentials:
+            headers.append((b"access-control-allow-credentials", b"true"))
+        return headers
+
 
 BUILT_IN: dict[str, Callable[[dict[str, Any]], ProxyPlugin]] = {"rate-limit": RateLimit, "cors": Cors}
 
 
 class Chain:
-    def __init__(self, plugins: list[ProxyPlugin]) -> None:
+    def __init__(self, plugins: list[ProxyPlugin], specs: list[PluginSpec] | None = None) -> None:
         self.plugins = plugins
+        self.specs = specs or []  # what it was built from: a rebuild keeps it if they are the same
 
     def __bool__(self) -> bool:
         return bool(self.plugins)
 
     def on_request(self, exchange: Exchange) -> Refusal | None:
-        for plugin in self.plugins:
+        for index, plugin in enumerate(self.plugins):
             refusal = plugin.on_request(exchange)
             if refusal is not None:
+                for later in self.plugins[index + 1 :]:
+                    later.annotate(exchange)
                 return refusal
         return None
 
@@ -131,9 +153,15 @@ def effective(global_specs: Iterable[PluginSpec], route_specs: Iterable[PluginSp
     return [spec for spec in chain.values() if not spec.skip]
 
 
-def build_chain(global_specs: Iterable[PluginSpec], route_specs: Iterable[PluginSpec], where: str) -> Chain:
+def build_chain(global_specs: Iterable[PluginSpec], route_specs: Iterable[PluginSpec], where: str,
+                previous: Chain | None = None) -> Chain:
+    """The route's chain; ``previous`` (the route's chain in the table being replaced) is
+    kept when built from the same entries, so a rate limit keeps its counts."""
+    specs = effective(global_specs, route_specs)
+    if previous is not None and previous.specs == specs:
+        return previous
     plugins: list[ProxyPlugin] = []
-    for spec in effective(global_specs, route_specs):
+    for spec in specs:
         make = BUILT_IN.get(spec.type)
         if make is None:
             log.warning("%s: proxy plugin %r is not built in; the route works without it", where, spec.type)
@@ -142,7 +170,7 @@ def build_chain(global_specs: Iterable[PluginSpec], route_specs: Iterable[Plugin
             plugins.append(make(spec.config))
         except PluginError as exc:
             log.error("%s: proxy plugin %r left out: %s", where, spec.type, exc)
-    return Chain(plugins)
+    return Chain(plugins, specs)
 
 
 def _number(config: dict[str, Any], key: str, default: float) -> float:

@@ -64,7 +64,8 @@ class Route:
         return rest
 
 
-def _service_routes(fqn: str, config: ServiceConfig, global_plugins: list[PluginSpec]) -> list[Route]:
+def _service_routes(fqn: str, config: ServiceConfig, global_plugins: list[PluginSpec],
+                    chains: dict[tuple[str, str | None, str], Chain]) -> list[Route]:
     return [
         Route(
             service=fqn,
@@ -75,7 +76,9 @@ def _service_routes(fqn: str, config: ServiceConfig, global_plugins: list[Plugin
             timeout=endpoint.timeout,
             buffer_size=endpoint.buffer_size,
             headers=endpoint.headers,
-            chain=build_chain(global_plugins, endpoint.plugins, f"{fqn} {endpoint.path}"),
+            chain=build_chain(global_plugins, endpoint.plugins, f"{fqn} {endpoint.path}",
+                              chains.get((fqn, endpoint.host.lower() if endpoint.host else None,
+                                          _normal_path(endpoint.path)))),
         )
         for endpoint in config.proxy
     ]
@@ -95,16 +98,18 @@ class RouteTable:
                 self._by_host.setdefault(route.host, []).append(route)
 
     @classmethod
-    def build(cls, services: Iterable[tuple[str, str, ServiceConfig, list[PluginSpec]]]) -> RouteTable:
+    def build(cls, services: Iterable[tuple[str, str, ServiceConfig, list[PluginSpec]]],
+              previous: RouteTable | None = None) -> RouteTable:
         """From ``(fqn, source, config, the file's global proxy plugins)`` of every service;
         the first of two services with the same route wins (validation refuses that
-        within a source)."""
+        within a source). A route's plugins in ``previous`` are kept if unchanged."""
+        chains = {(r.service, r.host, r.path): r.chain for r in previous.routes} if previous else {}
         routes: list[Route] = []
         seen: set[tuple[str | None, str]] = set()
         cocoons = False
         for fqn, source, config, global_plugins in services:
             cocoons = cocoons or source == COCOON_SOURCE
-            for route in _service_routes(fqn, config, global_plugins):
+            for route in _service_routes(fqn, config, global_plugins, chains):
                 if (route.host, route.path) not in seen:
                     seen.add((route.host, route.path))
                     routes.append(route)

@@ -84,8 +84,9 @@ class ProxyServer:
         """Build the table from the services' configs; listen if it has routes."""
         services = list(self.app.services.services.values())
         self.core.table = RouteTable.build(
-            (s.fqn, s.source, s.config, list(s.project.proxy.plugins) if s.project else [])
-            for s in services
+            ((s.fqn, s.source, s.config, list(s.project.proxy.plugins) if s.project else [])
+             for s in services),
+            previous=self.core.table,
         )
         self._known = {s.fqn: s.config for s in services}
         if self.core.table:

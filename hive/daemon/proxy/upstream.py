@@ -5,11 +5,18 @@ exchange gives it and parses the response (httptools), handing the head, body pi
 end back. After a complete response on a keep-alive connection it goes back to the pool,
 so a busy route pays for a TCP connect once, not per request. After a ``101`` it becomes
 a byte tunnel to the client (WebSocket).
+
+The pool also counts, per instance port, what is in flight there: connections carrying an
+exchange or a tunnel, and exchanges connecting (reserved before the connect task runs, so
+no request is between counts). A blue-green drain waits for its old generation's ports to
+reach zero (:meth:`Pool.quiet`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -41,6 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.reused = False
         self.open = False
+        self.busy = False  # counted in flight by the pool (an exchange or a tunnel holds it)
         self._headers: list[tuple[bytes, bytes]] = []
 
     # --- asyncio ---------------------------------------------------------------------
@@ -151,6 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
 class Pool:
     def __init__(self) -> None:
         self._idle: dict[Target, list[UpstreamConnection]] = {}
+        self._in_flight: Counter[int] = Counter()  # instance port -> exchanges and tunnels there
+        self._quiet: asyncio.Event | None = None  # set when a port's count drops to zero
 
     def take(self, target: Target) -> UpstreamConnection | None:
         idle = self._idle.get(target)
@@ -158,18 +168,22 @@ class Pool:
             connection = idle.pop()
             if connection.open:
                 connection.reused = True
+                self._mark_busy(connection)
                 return connection
         return None
 
     async def open(self, target: Target) -> UpstreamConnection:
+        """A new connection, busy (its caller holds a :meth:`reserve` while it connects)."""
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
             lambda: UpstreamConnection(self, target), target.host, target.port
         )
+        self._mark_busy(connection)
         return connection
 
     def put(self, connection: UpstreamConnection) -> None:
         connection.exchange = None
+        self._mark_idle(connection)
         idle = self._idle.setdefault(connection.target, [])
         if len(idle) < _IDLE_PER_TARGET and connection.open:
             idle.append(connection)
@@ -177,9 +191,51 @@ class Pool:
             connection.close()
 
     def discard(self, connection: UpstreamConnection) -> None:
+        """``connection`` is closed: no longer idle, nor in flight."""
+        self._mark_idle(connection)
         idle = self._idle.get(connection.target)
         if idle and connection in idle:
             idle.remove(connection)
+
+    # --- what is in flight ---------------------------------------------------------------
+
+    def reserve(self, targets: Collection[Target]) -> None:
+        """An exchange is about to connect to one of ``targets``: they count as in flight."""
+        self._in_flight.update(target.port for target in targets)
+
+    def release(self, targets: Collection[Target]) -> None:
+        for target in targets:
+            self._less(target.port)
+
+    def in_flight(self, ports: Collection[int]) -> int:
+        return sum(self._in_flight[port] for port in ports)
+
+    async def quiet(self, ports: Collection[int]) -> None:
+        """Until nothing is in flight to ``ports`` (a blue-green drain: rollout.py)."""
+        while self.in_flight(ports):
+            if self._quiet is None:
+                self._quiet = asyncio.Event()
+            await self._quiet.wait()
+
+    def _mark_busy(self, connection: UpstreamConnection) -> None:
+        if not connection.busy:
+            connection.busy = True
+            self._in_flight[connection.target.port] += 1
+
+    def _mark_idle(self, connection: UpstreamConnection) -> None:
+        if connection.busy:
+            connection.busy = False
+            self._less(connection.target.port)
+
+    def _less(self, port: int) -> None:
+        left = self._in_flight[port] - 1
+        if left > 0:
+            self._in_flight[port] = left
+            return
+        self._in_flight.pop(port, None)
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None:
+            quiet.set()
 
     def close(self) -> None:
         for idle in self._idle.values():

@@ -32,12 +32,13 @@ def chunk(data: bytes) -> bytes:
 class RequestFacts:
     """What the proxy reads from a request's headers, in one pass over them."""
 
-    __slots__ = ("accept", "chunked", "content_length", "dropped", "forwarded_for", "host", "origin")
+    __slots__ = ("accept", "chunked", "content_length", "dropped", "forwarded_for", "host", "origin", "preflight")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.host = b""
         self.accept = b""
         self.origin = b""
+        self.preflight = False  # Access-Control-Request-Method came (a CORS preflight, with OPTIONS)
         self.forwarded_for = b""
         self.content_length = -1
         self.chunked = False
@@ -56,6 +57,8 @@ class RequestFacts:
                 self.origin = value
             elif lower == b"x-forwarded-for":
                 self.forwarded_for = value
+            elif lower == b"access-control-request-method":
+                self.preflight = True
             elif lower == b"connection":
                 # Headers a Connection header names are hop-by-hop too.
                 tokens = {t.strip().lower() for t in value.split(b",")} - _CONNECTION_WORDS
@@ -102,11 +105,13 @@ def response_head(
     status: int, headers: list[tuple[bytes, bytes]], *, keep_alive: bool, chunked: bool,
     upgrade: bool, extra: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
-    """The status line and headers the client gets."""
+    """The status line and headers the client gets. ``extra`` (a plugin's: CORS) replaces
+    the instance's headers of those names, but for ``Vary``, which lists both."""
     out = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b""))]
+    replaced = {name for name, _ in extra if name != b"vary"} if extra else ()
     for name, value in headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP:
+        if lower in HOP_BY_HOP or lower in replaced:
             if upgrade and lower == b"upgrade":
                 out.append(b"upgrade: %b\r\n" % value)
             continue

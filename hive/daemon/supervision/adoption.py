@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -198,11 +198,16 @@ class Adoption:
         found: _Found = []
         try:
             for record in await runner.discover(spec, self._launcher.marker):
-                if adopted is not None and record.get("pid") == adopted.pid:
+                if adopted is not None and _same(record, adopted):
                     continue
                 handle = await runner.adopt(spec, record)
                 if handle is not None:
                     found.append((instance, handle))
+                elif await runner.stop_orphan(spec.fqn, record, spec.stop_grace):
+                    # Not adoptable (a container of another configuration: the rollout's
+                    # new one, or its other colour's ports), stopped by its name alone.
+                    log.warning("stopped %s (%s): a rollout cut short left it running", instance.fqn,
+                                record.get("name") or record.get("container_id") or record.get("pid"))
         except RunnerError as exc:
             log.warning("cannot look for processes a rollout of %s left: %s", instance.fqn, exc)
         return found
@@ -263,3 +268,11 @@ class Adoption:
             log.info("adopted %s (pid %s)", instance.fqn, handle.pid)
             self._phases.note(instance, f"adopted by the daemon (pid {handle.pid})")
         return handle, older
+
+
+def _same(record: dict[str, Any], handle: ServiceHandle) -> bool:
+    """Whether a discovered ``record`` is the process (pid) or container (id) of ``handle``."""
+    if record.get("pid") is not None:
+        return bool(record.get("pid") == handle.pid)
+    container = record.get("container_id")
+    return container is not None and container == handle.record().get("container_id")

@@ -84,6 +84,7 @@ class Launcher:
             stop_signal=config.stop_signum(),
             stop_grace=config.stop_grace,
             config=_render_config(config.runner.config, instance) if not script else {},
+            color=instance.color if service.blue_green else "",
         )
 
     def instance_ports(self, instance: InstanceRuntime) -> dict[str, int]:

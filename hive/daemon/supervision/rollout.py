@@ -13,10 +13,14 @@ is which list each generation is in (:class:`~.runtime.ServiceRuntime`):
    reads a service's instances at each request, so the next request goes to the new one,
    and requests already forwarded stay on their connection; the old instances go to
    ``retiring`` and ``drain`` (phase ``draining``);
-4. the drain: the old generation keeps running for ``drain`` seconds, and for
-   ``healthy_duration`` the new one must stay healthy, else the old one takes the
-   traffic back (``restore``) and the new one is stopped;
+4. the drain: the old generation keeps running until the proxy has nothing in flight to
+   it (:class:`Traffic`), for ``drain`` seconds at most; and for ``healthy_duration`` the
+   new one must stay healthy, else the old one takes the traffic back (``restore``) and
+   the new one is stopped;
 5. the old generation is stopped.
+
+A rollback with ``on_failure: abort`` stops the old generation too, and the service is
+then wanted stopped.
 
 Each step is an event (``rollout_*``). A new generation is not restarted by its restart
 policy before its switch (a failure is the rollout's to judge), and its process record
@@ -27,7 +31,8 @@ generation, so a daemon killed meanwhile adopts the generation that served.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -55,17 +60,27 @@ from .stopping import Stopper
 if TYPE_CHECKING:
     from ..events import EventBus
 
-__all__ = ["Rollouts"]
+__all__ = ["Rollouts", "Traffic"]
 
 log = logging.getLogger("hive.supervisor")
+
+
+class Traffic(Protocol):
+    """What the proxy has in flight to instances (the daemon's proxy sets it)."""
+
+    async def quiet(self, ports: Collection[int]) -> None:
+        """Until no request or tunnel through the proxy is under way to ``ports``."""
 
 
 class Rollouts:
     def __init__(
         self, *, registry: Registry, instances: InstanceTasks, stopper: Stopper, phases: Phases,
-        records: Records, bus: EventBus,
+        records: Records, bus: EventBus, traffic: Callable[[], Traffic | None],
     ) -> None:
+        """``traffic``: the proxy's, once it exists (without it a drain lasts its whole
+        grace period)."""
         self._registry = registry
+        self._traffic = traffic
         self._instances = instances
         self._stopper = stopper
         self._phases = phases
@@ -87,7 +102,7 @@ class Rollouts:
 
         problem = await self._wait_ready(service, green, settings.timeout)
         if problem is not None:
-            return await self._give_up(service, green, problem, switched=False)
+            return await self._give_up(service, green, problem, settings, switched=False)
         self._bus.publish(RolloutHealthy(fqn=service.fqn, generation=generation))
 
         # The switch: one assignment (the proxy reads ``instances`` per request).
@@ -104,9 +119,9 @@ class Rollouts:
         self._bus.publish(RolloutSwitched(fqn=service.fqn, generation=generation, previous=previous))
         await self._stopper.stop([i for i in blue if i.live and i.phase is not Phase.DRAINING])
 
-        problem = await self._watch(service, green, settings)
+        problem = await self._watch(service, green, blue, settings)
         if problem is not None and any(i.phase is Phase.DRAINING for i in blue):
-            return await self._give_up(service, green, problem, switched=True)
+            return await self._give_up(service, green, problem, settings, switched=True)
         self._bus.publish(RolloutDrained(fqn=service.fqn, generation=previous))
         await self._stopper.stop(blue)
         service.retiring = []
@@ -129,10 +144,10 @@ class Rollouts:
                 await service.changed.wait()
         return f"generation {green[0].generation} was not healthy within {timeout:g} s"
 
-    async def _watch(self, service: ServiceRuntime, green: list[InstanceRuntime],
+    async def _watch(self, service: ServiceRuntime, green: list[InstanceRuntime], blue: list[InstanceRuntime],
                      settings: BlueGreenSettings) -> str | None:
-        """The drain: ``drain`` seconds for the old generation, during which (for the
-        first ``healthy_duration``) the new one must stay ready; why not, if it did not."""
+        """After the switch: the new generation must stay ready for ``healthy_duration``
+        (why not, if it did not), and the old one drains. Both must be over."""
         started = anyio.current_time()
         with anyio.move_on_after(settings.healthy_duration):
             while all(i.ready for i in green):
@@ -143,13 +158,25 @@ class Rollouts:
             return f"{failed.fqn} of generation {failed.generation} turned {failed.state} after the switch"
         rest = settings.drain - (anyio.current_time() - started)
         if rest > 0 and not self._registry.gone(service):
-            await anyio.sleep(rest)  # the grace period itself: requests in flight finish on it
+            with anyio.move_on_after(rest):
+                await self._drained(blue)
         return None
 
-    async def _give_up(self, service: ServiceRuntime, green: list[InstanceRuntime], problem: str, *,
-                       switched: bool) -> JobResult:
-        """Roll back: the old generation serves (again), the new one is stopped."""
+    async def _drained(self, blue: list[InstanceRuntime]) -> None:
+        """Until the proxy has nothing in flight to the old generation: its requests are
+        answered, its WebSockets closed (never, without a proxy: the grace period ends it)."""
+        traffic = self._traffic()
+        if traffic is None:
+            await anyio.sleep_forever()
+        else:
+            await traffic.quiet({port for instance in blue for port in instance.ports.values()})
+
+    async def _give_up(self, service: ServiceRuntime, green: list[InstanceRuntime], problem: str,
+                       settings: BlueGreenSettings, *, switched: bool) -> JobResult:
+        """Roll back: the old generation serves (again), the new one is stopped; with
+        ``on_failure: abort``, the old one is stopped too and the service wanted stopped."""
         generation = green[0].generation
+        abort = settings.on_failure == "abort"
         if switched:
             blue = service.retiring
             for instance in blue:
@@ -165,14 +192,19 @@ class Rollouts:
             service.notify()
         else:
             service.incoming, service.retiring = [], green
+        if abort:
+            problem = f"{problem}; generation {service.generation} stopped too (on_failure: abort)"
+            service.desired = "stopped"  # before the stop: nothing restarts it
+            self._records.save_desired(service)
         log.warning("rollout of %s rolled back: %s", service.fqn, problem)
         for instance in green:
             self._phases.note(instance, f"rollout rolled back: {problem}", LogLevel.ERROR)
-        self._bus.publish(RolloutRolledBack(fqn=service.fqn, generation=generation, serving=service.generation,
-                                            reason=problem))
-        await self._stopper.stop(green)
+        self._bus.publish(RolloutRolledBack(fqn=service.fqn, generation=generation,
+                                            serving=0 if abort else service.generation, reason=problem))
+        await self._stopper.stop([*green, *service.instances] if abort else green)
         service.retiring = []
         service.notify()
-        reason = f"rolled back (generation {service.generation} serves on): {problem}"
+        reason = f"rolled back: {problem}" if abort else \
+            f"rolled back (generation {service.generation} serves on): {problem}"
         return JobResult(answered=[InstanceOutcome(fqn=i.fqn, result="failed", state=str(i.state), reason=reason)
                                    for i in green])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from hive.config import HiveConfig, ServiceConfig
+from hive.config import BLUE_GREEN_RUNNERS, HiveConfig, ServiceConfig
 from hive_client import ServiceInfo, ServiceState
 from runners.base import ServiceHandle
 
@@ -176,10 +176,10 @@ class ServiceRuntime:
 
     @property
     def blue_green(self) -> bool:
-        """Whether a restart is a blue-green rollout. Script services only, so far: two
-        generations of a container would need two container names."""
+        """Whether a restart is a blue-green rollout: script, docker and podman services
+        (a container per colour); a compose project has no two names for its containers."""
         rollout = self.config.rollout
-        return rollout is not None and rollout.type == "blue-green" and self.config.runner.type == "script"
+        return rollout is not None and rollout.type == "blue-green" and self.config.runner.type in BLUE_GREEN_RUNNERS
 
     def current(self, instance: InstanceRuntime) -> bool:
         """Whether ``instance`` belongs to the generation that serves (not one starting

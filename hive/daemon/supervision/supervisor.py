@@ -50,7 +50,7 @@ from .outcomes import JobResult, Launched, done, judge, pending, superseded
 from .phases import Phases
 from .records import Records
 from .registry import Registry
-from .rollout import Rollouts
+from .rollout import Rollouts, Traffic
 from .runtime import InstanceRuntime, ServiceRuntime
 from .status import instance_info
 from .stopping import Stopper
@@ -109,7 +109,7 @@ class Supervisor:
             records=self._records, bus=bus, logs=logs, restart_defaults=lambda: settings().restart,
         )
         rollouts = Rollouts(registry=self._registry, instances=self._instances, stopper=self._stopper,
-                            phases=self._phases, records=self._records, bus=bus)
+                            phases=self._phases, records=self._records, bus=bus, traffic=lambda: self.traffic)
         self._actions = Actions(
             registry=self._registry, instances=self._instances, stopper=self._stopper, records=self._records,
             writer=writer, logs=logs, rollouts=rollouts,
@@ -120,6 +120,9 @@ class Supervisor:
         )
         # How long a start waits for its instances to settle (dependency_timeout: for a dependency).
         self.settle_timeout = SETTLE_TIMEOUT
+        # What the proxy has in flight to instances (set once it exists): a blue-green
+        # drain ends when the old generation has nothing left.
+        self.traffic: Traffic | None = None
 
     # --- what the rest of the daemon reads ------------------------------------------------
 
