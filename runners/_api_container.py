@@ -43,10 +43,10 @@ from ._container import (
     ContainerRunner,
     ContainerSecurity,
     config_hash,
-    container_name,
     parse_port,
     parse_volume,
     passed_environment,
+    spec_container_name,
 )
 from ._engine_api import ApiError, EngineApi, EngineUnreachable, api_for, filters, socket_path
 from ._engine_watch import Copy, EngineWatch, Watched
@@ -170,7 +170,7 @@ class ApiContainerRunner(ContainerRunner):
         image, socket = config.image.strip(), config.socket
         env = passed_environment(spec, config)
         digest = config_hash(spec, image, env)
-        name = config.container_name or container_name(spec.fqn)
+        name = spec_container_name(spec, config)
         self.executable()  # cmd checks and hook steps still need the CLI: say so now
         body = self.create_body(spec, config, env, digest)
         api = self.api(socket)

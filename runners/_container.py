@@ -198,6 +198,16 @@ def container_name(fqn: str) -> str:
     return clean
 
 
+def spec_container_name(spec: RunSpec, config: ContainerConfig) -> str:
+    """The container's name: ``container_name`` or the FQN's, with the blue-green colour."""
+    name = config.container_name or container_name(spec.fqn)
+    if spec.color:
+        name = f"{name}.{spec.color}"
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+        raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
+    return name
+
+
 def parse_port(entry: str, bind_ip: str) -> str | None:
     """``HOST:CONTAINER[/proto]`` as a ``--publish`` value bound to ``bind_ip``; None for
     an entry without ``:``, which the format ignores (``hive config validate`` warns)."""
@@ -511,11 +521,7 @@ class ContainerRunner(Runner):
         image, socket = config.image.strip(), config.socket
         env = passed_environment(spec, config)
         digest = config_hash(spec, image, env)
-        name = config.container_name or container_name(spec.fqn)
-        if spec.color:
-            name = f"{name}.{spec.color}"
-        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
-            raise RunnerError(f"invalid container_name {name!r}: use letters, digits, _ . -")
+        name = spec_container_name(spec, config)
         self.executable()
         handle: ContainerHandle | None = None
         try:
