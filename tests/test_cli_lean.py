@@ -67,6 +67,7 @@ def test_lean_socket_is_the_clients(env: dict[str, str], monkeypatch: pytest.Mon
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert socket_path() == str(resolve_socket_path())
+    assert socket_path("~/explicit.sock") == str(resolve_socket_path("~/explicit.sock"))
 
 
 # --- `hive services` and `hive service status X` ------------------------------------------
@@ -177,5 +178,23 @@ def test_lean_services_load_neither_click_nor_msgspec(daemon: DaemonProcess, hom
 def test_lean_services_without_a_daemon(hive_env: Path) -> None:
     for args in (["services"], ["service", "status", "web", "--json"]):
         lean, full = run_cli(*args), run_cli(*FULL, *args)
+        assert (lean.returncode, lean.stdout, lean.stderr) == (full.returncode, full.stdout, full.stderr)
+        assert lean.returncode == 3
+
+
+def test_lean_path_takes_home_and_socket_options(daemon: DaemonProcess, home: Path) -> None:
+    assert run_cli("up", str(write_project(home / "stack", OTHER))).returncode == 0
+    elsewhere = {"HIVE_HOME": str(home / "nowhere")}
+    for options in (["--home", str(home)], ["--socket", str(daemon.socket)]):
+        for form in (["services"], ["service", "status", "idle"], ["status"]):
+            lean = run_cli(*options, *form, env=elsewhere)
+            full = run_cli(*FULL, *options, *form, env=elsewhere)
+            assert lean.returncode == 0, lean.stderr
+            assert _without_clocks(lean.stdout) == _without_clocks(full.stdout), form
+        assert "stack:idle" in run_cli(*options, "--json", "services", env=elsewhere).stdout
+    # Not running there: the same words as the full CLI's.
+    for form in (["status"], ["services"]):
+        lean = run_cli("--home", str(home / "nowhere"), *form)
+        full = run_cli(*FULL, "--home", str(home / "nowhere"), *form)
         assert (lean.returncode, lean.stdout, lean.stderr) == (full.returncode, full.stdout, full.stderr)
         assert lean.returncode == 3

@@ -30,13 +30,16 @@ TIMEOUT = 30.0  # the full CLI's default --timeout
 _SYSTEM_SOCKETS = ("/run/hive/hive.sock", "/var/lib/hive/hive.sock")
 
 
-def socket_path() -> str:
-    """As hive_client.resolve_socket_path without an explicit path (tests keep them
-    equal); os.path, not pathlib, whose import costs more than this whole module."""
+def socket_path(explicit: str | None = None, home: str | None = None) -> str:
+    """As hive_client.resolve_socket_path (tests keep them equal), ``explicit`` being
+    ``--socket`` and ``home`` ``--home``; os.path, not pathlib, whose import costs more
+    than this whole module."""
+    if explicit:
+        return os.path.expanduser(explicit)
     env_socket = os.environ.get("HIVE_SOCKET")
     if env_socket:
         return os.path.expanduser(env_socket)
-    home = os.environ.get("HIVE_HOME")
+    home = home or os.environ.get("HIVE_HOME")
     if home:
         return os.path.join(os.path.expanduser(home), "hive.sock")
     user_socket = os.path.join(os.path.expanduser("~"), ".hive", "hive.sock")
@@ -199,10 +202,30 @@ def _service_status(conn: _Connection, text: str, json_mode: bool) -> str | byte
     return plain_fields(info["fqn"], service_fields(info))
 
 
-def _parse(argv: list[str]) -> tuple[str, list[str], bool, bool] | None:
-    """(command, its arguments, --json, --states) for a form this path answers."""
-    json_mode = argv[:1] == ["--json"]
-    args = argv[1:] if json_mode else argv
+class _Form:
+    """A command line this path answers."""
+
+    def __init__(self) -> None:
+        self.command = ""
+        self.positional: list[str] = []
+        self.json_mode = False
+        self.states = False
+        self.socket: str | None = None  # --socket
+        self.home: str | None = None  # --home
+
+
+def _parse(argv: list[str]) -> _Form | None:
+    """The form, when this path answers it; None for anything else."""
+    form = _Form()
+    args = argv
+    while args[:1] and args[0].startswith("-"):  # the root options this path knows
+        if args[0] == "--json":
+            form.json_mode, args = True, args[1:]
+        elif args[0] in ("--socket", "--home") and len(args) > 1 and args[1] and not args[1].startswith("-"):
+            setattr(form, args[0][2:], args[1])
+            args = args[2:]
+        else:
+            return None
     if args[:2] == ["service", "status"]:
         command, rest, most, least = "service status", args[2:], 1, 1
     elif args[:1] == ["services"]:
@@ -211,33 +234,32 @@ def _parse(argv: list[str]) -> tuple[str, list[str], bool, bool] | None:
         command, rest, most, least = "status", args[1:], 0, 0
     else:
         return None
-    positional: list[str] = []
-    states = False
+    form.command = command
     for arg in rest:
         if arg == "--json":
-            json_mode = True
+            form.json_mode = True
         elif arg == "--states" and command == "services":
-            states = True
+            form.states = True
         elif arg.startswith("-") or not arg:
             return None
         else:
-            positional.append(arg)
-    if not least <= len(positional) <= most:
+            form.positional.append(arg)
+    if not least <= len(form.positional) <= most:
         return None
-    return command, positional, json_mode, states
+    return form
 
 
 def lean_main(argv: list[str]) -> None:
     """Answer one of this path's commands and exit; return (nothing done) for anything
     else, for text on a terminal (the full CLI draws it with rich), and for anything
     this path does not expect."""
-    parsed = _parse(argv)
-    if parsed is None:
+    form = _parse(argv)
+    if form is None:
         return
-    command, positional, json_mode, states = parsed
+    command, positional, json_mode = form.command, form.positional, form.json_mode
     if not json_mode and sys.stdout.isatty():
         return
-    path = socket_path()
+    path = socket_path(form.socket, form.home)
     try:
         conn: _Connection | None = _Connection(path)
     except _Refused:
@@ -250,7 +272,7 @@ def lean_main(argv: list[str]) -> None:
             out = _status(conn, path, json_mode)
         elif conn is not None:  # no daemon: the full CLI's error and hint
             if command == "services":
-                out = _services(conn, positional[0] if positional else None, states, json_mode)
+                out = _services(conn, positional[0] if positional else None, form.states, json_mode)
             else:
                 out = _service_status(conn, positional[0], json_mode)
     except OSError:
