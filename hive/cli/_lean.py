@@ -144,10 +144,12 @@ def _status(conn: _Connection | None, path: str, json_mode: bool) -> str | None:
     return line.decode() if json_mode else _text(info)
 
 
-def _payload(line: bytes, kind: str, field: str) -> bytes:
+def _payload(line: bytes, kind: str, field: str) -> bytes | None:
     """``{"type":kind,field:X}`` -> ``X``, as the bytes the daemon wrote (the full CLI
-    prints the same value through the same encoder)."""
+    prints the same value through the same encoder); None for any other layout."""
     head = b'{"type":"%s","%s":' % (kind.encode(), field.encode())
+    if not (line.startswith(head) and line.endswith(b"}\n")):
+        return None
     return line[len(head):-2] + b"\n"
 
 
