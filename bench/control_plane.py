@@ -5,12 +5,15 @@
    against a bare msgspec echo server on a Unix socket (asyncio, the daemon's loop).
 2. Wall time of ``hive status`` (a fresh process each time) against a bare
    ``python -c`` client that sends the same request with only ``socket`` and ``msgspec``,
-   and against ``python -c pass`` of the same interpreter (the floor no CLI can beat).
+   and against ``python -c pass`` of the same interpreter (the floor no CLI can beat);
+   with 100 services running, the wall time of ``hive service status s42`` and of
+   ``hive services`` (all 100), piped, against the same floor.
 
     python bench/control_plane.py [--requests 20000] [--runs 40]
 
-Targets: status p50 <= 2x the echo; ``hive status`` <= 1.5x the bare client and
-<= 1.6x ``python -c pass``.
+Targets: status p50 <= 2x the echo; ``hive status`` <= 1.5x the bare client;
+``hive status`` and ``hive service status X`` <= 1.6x ``python -c pass``, ``hive
+services`` with 100 services <= 2.5x.
 """
 
 from __future__ import annotations
@@ -114,6 +117,21 @@ def wall_times(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
     return times
 
 
+SERVICES = 100
+
+
+def add_services(env: dict[str, str], work: Path) -> None:
+    """A project of SERVICES sleepers, all running (``hive up`` returns once they are)."""
+    project = work / "bench"
+    project.mkdir()
+    lines = ['version: "1"', "services:"]
+    for index in range(SERVICES):
+        lines += [f"  s{index}:", '    runner: {type: script, script: {run: "exec sleep 1000"}}']
+    (project / "hive.yaml").write_text("\n".join(lines) + "\n")
+    subprocess.run([sys.executable, "-m", "hive", "up", str(project)], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000)
@@ -145,22 +163,32 @@ def main() -> int:
             hive_times += round_trips(hive_socket, block)
         echo_stats, hive_stats = summary(echo_times), summary(hive_times)
 
+        add_services(env, work)
         hive_cmd = [str(Path(sys.executable).parent / "hive"), "status"]
         if not Path(hive_cmd[0]).exists():
             hive_cmd = [sys.executable, "-m", "hive", "status"]
+        one_cmd = [*hive_cmd[:-1], "service", "status", "s42"]
+        all_cmd = [*hive_cmd[:-1], "services"]
         bare_cmd = [sys.executable, "-c", BARE_CLIENT, hive_socket]
         pass_cmd = [sys.executable, "-c", "pass"]
         wall_times(hive_cmd, env, 3)
         wall_times(bare_cmd, env, 3)
         wall_times(pass_cmd, env, 3)
+        wall_times(one_cmd, env, 3)
+        wall_times(all_cmd, env, 3)
         hive_wall: list[float] = []
         bare_wall: list[float] = []
         pass_wall: list[float] = []
+        one_wall: list[float] = []
+        all_wall: list[float] = []
         for _ in range(args.runs):  # interleaved: drift on a shared machine hits all alike
             pass_wall += wall_times(pass_cmd, env, 1)
             bare_wall += wall_times(bare_cmd, env, 1)
             hive_wall += wall_times(hive_cmd, env, 1)
+            one_wall += wall_times(one_cmd, env, 1)
+            all_wall += wall_times(all_cmd, env, 1)
     finally:
+        subprocess.run([sys.executable, "-m", "hive", "down", "bench"], env=env, stdout=subprocess.DEVNULL)
         subprocess.run([sys.executable, "-m", "hive", "stop"], env=env, stdout=subprocess.DEVNULL)
         echo.send_signal(signal.SIGTERM)
         echo.wait()
@@ -168,7 +196,10 @@ def main() -> int:
 
     p50_ratio = hive_stats["p50_us"] / echo_stats["p50_us"]
     cli_ratio = statistics.median(hive_wall) / statistics.median(bare_wall)
-    pass_ratio = statistics.median(hive_wall) / statistics.median(pass_wall)
+    floor = statistics.median(pass_wall)
+    pass_ratio = statistics.median(hive_wall) / floor
+    one_ratio = statistics.median(one_wall) / floor
+    all_ratio = statistics.median(all_wall) / floor
     print(f"machine: {os.cpu_count()} cpus, {sys.version.split()[0]}, {sys.platform}")
     print(f"{'status round trip':<26}{'p50 us':>10}{'p99 us':>10}{'req/s':>10}")
     print(f"{'  bare msgspec echo':<26}{echo_stats['p50_us']:>10.1f}{echo_stats['p99_us']:>10.1f}{echo_stats['rps']:>10.0f}")
@@ -178,9 +209,14 @@ def main() -> int:
     print(f"{'  python -c pass':<26}{statistics.median(pass_wall) * 1e3:>10.1f}{percentile(pass_wall, 0.9) * 1e3:>10.1f}")
     print(f"{'  bare python -c client':<26}{statistics.median(bare_wall) * 1e3:>10.1f}{percentile(bare_wall, 0.9) * 1e3:>10.1f}")
     print(f"{'  hive status':<26}{statistics.median(hive_wall) * 1e3:>10.1f}{percentile(hive_wall, 0.9) * 1e3:>10.1f}")
+    print(f"{'  hive service status X':<26}{statistics.median(one_wall) * 1e3:>10.1f}{percentile(one_wall, 0.9) * 1e3:>10.1f}")
+    print(f"{f'  hive services ({SERVICES})':<26}{statistics.median(all_wall) * 1e3:>10.1f}{percentile(all_wall, 0.9) * 1e3:>10.1f}")
     print(f"  ratio hive status/bare: {cli_ratio:.2f}x (target <= 1.5x)")
     print(f"  ratio hive status/python -c pass: {pass_ratio:.2f}x (target <= 1.6x)")
-    return 0 if p50_ratio <= 2.0 and cli_ratio <= 1.5 and pass_ratio <= 1.6 else 1
+    print(f"  ratio hive service status X/python -c pass: {one_ratio:.2f}x (target <= 1.6x)")
+    print(f"  ratio hive services ({SERVICES})/python -c pass: {all_ratio:.2f}x (target <= 2.5x)")
+    met = p50_ratio <= 2.0 and cli_ratio <= 1.5 and pass_ratio <= 1.6 and one_ratio <= 1.6 and all_ratio <= 2.5
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

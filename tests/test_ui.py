@@ -91,3 +91,63 @@ def test_ui_without_a_daemon_is_one_line(hive_env: Path) -> None:
     assert result.returncode == 3
     assert result.stderr.startswith("hive: error: the Hive daemon is not running")
     assert "Traceback" not in result.stderr
+
+
+LOAD = """
+    version: "1"
+    services:
+      busy:
+        runner: {type: script, script: {run: "echo spinning; while :; do :; done"}}
+      quiet:
+        runner: {type: script, script: {run: "echo quiet line one; echo a needle in quiet; exec sleep 1000"}}
+      web:
+        runner: {type: script, script: {run: "echo hello from web; exec sleep 1000"}}
+"""
+
+
+def _percent(cell: str | None) -> float:
+    return float(cell.rstrip("%")) if cell and cell.endswith("%") else -1.0
+
+
+async def test_dashboard_cpu_memory_and_merged_log_search(daemon: DaemonProcess, home: Path) -> None:
+    root = write_project(home / "load", LOAD)
+    with BlockingClient(daemon.socket) as client:
+        client.add_source(root)
+        client.start_source("load")
+    app = Dashboard(str(daemon.socket))
+    async with app.run_test(size=(160, 50)) as pilot:
+        # CPU: the spinning shell is busy, the sleeper idle; memory for each running one.
+        await wait_until(lambda: _percent(_cell(app, "load:busy", "cpu")) > 5, timeout=30, what="busy's CPU")
+        await wait_until(lambda: _percent(_cell(app, "load:quiet", "cpu")) >= 0, what="quiet's CPU")
+        assert _percent(_cell(app, "load:quiet", "cpu")) < _percent(_cell(app, "load:busy", "cpu"))
+        for fqn in ("load:busy", "load:quiet", "load:web"):
+            assert (_cell(app, fqn, "mem") or "").endswith("MiB"), fqn
+
+        # Merged: every service's lines, each with its name.
+        log = app.query_one("#logs", Log)
+        await pilot.press("m")
+        await wait_until(lambda: {"load:quiet | a needle in quiet", "load:web | hello from web"}
+                         <= {line.partition(" ")[2] for line in log.lines}, what="merged lines")
+        assert "all services" in str(log.border_title)
+
+        # Search: only matching lines (any case); a pattern that does not compile keeps the last.
+        await pilot.press("f", *"NEEDLE")
+        await wait_until(lambda: len(log.lines) == 1, what="one matching line")
+        assert log.lines[0].endswith("load:quiet | a needle in quiet")
+        await pilot.press("[")
+        assert "not a regular expression" in str(app.query_one("#log-search").border_title)
+        assert len(log.lines) == 1
+        await pilot.press("escape")
+        await wait_until(lambda: any("hello from web" in line for line in log.lines), what="all lines back")
+
+        # The service filter narrows the merged pane too.
+        await pilot.press("slash", *"web", "enter")
+        await wait_until(lambda: all("load:web |" in line for line in log.lines) and len(log.lines) > 0,
+                         what="only web's lines")
+        await pilot.press("escape")
+
+        # Back to the selected service's lines alone, without prefixes.
+        await pilot.press("m")
+        await wait_until(lambda: len(log.lines) > 0 and not any(" | " in line for line in log.lines),
+                         what="one service's lines")
+        assert app.selected is not None and app.selected in str(log.border_title)

@@ -1,7 +1,8 @@
 """The ``hive`` command line.
 
-``hive status`` (the commonest command, run by scripts and prompts) takes a lean path
-of the standard library only (:mod:`._lean`); every other command, and ``status`` with
+``hive status``, ``hive services`` and ``hive service status X`` (the commonest
+commands, run by scripts and prompts) take a lean path of the standard library only
+(:mod:`._lean`) when piped or with ``--json``; every other command, and these with other
 options, loads click and ``hive_client`` (:mod:`.app`), each command's module only when
 that command runs.
 """
@@ -14,9 +15,9 @@ __all__ = ["main"]
 
 
 def main() -> None:
-    from ._lean import lean_status
+    from ._lean import lean_main
 
-    lean_status(sys.argv[1:])  # exits when it answered
+    lean_main(sys.argv[1:])  # exits when it answered
     from .app import main as full
 
     full()

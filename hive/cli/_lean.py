@@ -1,18 +1,21 @@
-"""``hive status`` on the standard library alone: the daemon's JSON-lines mode.
+"""The commonest commands on the standard library alone: the daemon's JSON-lines mode.
 
 The full CLI costs its imports (click, msgspec, the protocol: tens of milliseconds)
 on every call; a status asked by a script or a shell prompt needs none of them. This
-path answers ``hive status`` and ``hive [--json] status [--json]`` and nothing else;
-whatever it does not expect (other options, an error answer, a refused socket) goes
-back to the full CLI, which asks again and reports it. Its output is the full CLI's,
-byte for byte (tests compare them).
+path answers ``hive status``, ``hive services [SOURCE] [--states]`` and ``hive service
+status SERVICE``, each with or without ``--json``, and nothing else; whatever it does
+not expect (other options, an error answer, a refused socket, a name it cannot resolve
+alone) goes back to the full CLI, which asks again and reports it. Its output is the
+full CLI's, byte for byte (tests compare them). On a terminal the full CLI draws with
+rich, so only ``--json`` takes this path there.
 """
 
 from __future__ import annotations
 
+# _socket, not socket: the wrapper's enums and selectors cost a few milliseconds to import.
+import _socket
 import json
 import os
-import socket
 import sys
 
 # typing costs a few milliseconds to import; the checker alone needs it.
@@ -20,21 +23,23 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["format_duration", "lean_status", "socket_path"]
+__all__ = ["format_duration", "lean_main", "socket_path"]
 
-_FORMS = (["status"], ["status", "--json"], ["--json", "status"])
 EXIT_NOT_RUNNING = 3
 TIMEOUT = 30.0  # the full CLI's default --timeout
 _SYSTEM_SOCKETS = ("/run/hive/hive.sock", "/var/lib/hive/hive.sock")
 
 
-def socket_path() -> str:
-    """As hive_client.resolve_socket_path without an explicit path (tests keep them
-    equal); os.path, not pathlib, whose import costs more than this whole module."""
+def socket_path(explicit: str | None = None, home: str | None = None) -> str:
+    """As hive_client.resolve_socket_path (tests keep them equal), ``explicit`` being
+    ``--socket`` and ``home`` ``--home``; os.path, not pathlib, whose import costs more
+    than this whole module."""
+    if explicit:
+        return os.path.expanduser(explicit)
     env_socket = os.environ.get("HIVE_SOCKET")
     if env_socket:
         return os.path.expanduser(env_socket)
-    home = os.environ.get("HIVE_HOME")
+    home = home or os.environ.get("HIVE_HOME")
     if home:
         return os.path.join(os.path.expanduser(home), "hive.sock")
     user_socket = os.path.join(os.path.expanduser("~"), ".hive", "hive.sock")
@@ -45,27 +50,37 @@ def socket_path() -> str:
     return user_socket
 
 
-def _ask(path: str) -> bytes | None:
-    """The status line; b"" when no daemon listens; None for anything else."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(TIMEOUT)
+class _Refused(Exception):
+    """No daemon listens on the socket."""
+
+
+class _Connection:
+    """One JSON-lines connection: a request line out, its answer line back."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.sock.settimeout(TIMEOUT)
+        self.pending = b""
         try:
-            sock.connect(path)
+            self.sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            return b""
-        sock.sendall(b'{"type":"status"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
+            self.sock.close()
+            raise _Refused from None
+
+    def ask(self, request: dict[str, Any]) -> bytes:
+        """The answer line, newline included; OSError when the connection breaks."""
+        self.sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        data = self.pending
+        while b"\n" not in data:
+            chunk = self.sock.recv(65536)
             if not chunk:
-                return None
+                raise OSError("the daemon closed the connection")
             data += chunk
-        return data
-    except OSError:
-        return None
-    finally:
-        sock.close()
+        line, _, self.pending = data.partition(b"\n")
+        return line + b"\n"
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def format_duration(seconds: float) -> str:
@@ -105,31 +120,173 @@ def _text(info: dict[str, Any]) -> str:
     return "\n".join([f"Hive {info['version']} is running"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]) + "\n"
 
 
-def lean_status(argv: list[str]) -> None:
-    """Answer ``hive status`` and exit; return (nothing done) for anything else, and on
-    a terminal, where the full CLI draws with rich."""
-    if argv not in _FORMS:
-        return
-    json_mode = "--json" in argv
-    if not json_mode and sys.stdout.isatty():
-        return
-    path = socket_path()
-    answer = _ask(path)
-    if answer is None:
-        return
-    if not answer:
-        if json_mode:
-            sys.stdout.write(json.dumps({"running": False, "socket": path}, separators=(",", ":")) + "\n")
-        else:
-            sys.stdout.write(f"Hive is not running (no daemon on {path})\n")
+def _answer(line: bytes, kind: str) -> Any:
+    """The answer's payload when it is a ``kind`` answer; None otherwise (an error)."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("type") != kind:
+        return None
+    return message
+
+
+def _status(conn: _Connection | None, path: str, json_mode: bool) -> str | None:
+    if conn is None:
+        sys.stdout.write(json.dumps({"running": False, "socket": path}, separators=(",", ":")) + "\n"
+                         if json_mode else f"Hive is not running (no daemon on {path})\n")
         sys.stdout.flush()
         sys.exit(EXIT_NOT_RUNNING)
-    try:
-        info = json.loads(answer)
-    except ValueError:
+    line = conn.ask({"type": "status"})
+    info = _answer(line, "status")
+    if info is None:
+        return None
+    return line.decode() if json_mode else _text(info)
+
+
+def _payload(line: bytes, kind: str, field: str) -> bytes | None:
+    """``{"type":kind,field:X}`` -> ``X``, as the bytes the daemon wrote (the full CLI
+    prints the same value through the same encoder); None for any other layout."""
+    head = b'{"type":"%s","%s":' % (kind.encode(), field.encode())
+    if not (line.startswith(head) and line.endswith(b"}\n")):
+        return None
+    return line[len(head):-2] + b"\n"
+
+
+def _services(conn: _Connection, source: str | None, states: bool, json_mode: bool) -> str | bytes | None:
+    kind, field = ("states", "states") if states else ("services", "services")
+    request: dict[str, Any] = {"type": f"list_{kind}"}
+    if source is not None:
+        request["source"] = source
+    line = conn.ask(request)
+    answer = _answer(line, kind)
+    if answer is None:
+        return None
+    if json_mode:
+        return _payload(line, kind, field)
+    if states:
+        return "".join(f"{fqn} {state}\n" for fqn, state in answer["states"].items())
+    from ._service_text import NO_SERVICES, SERVICE_COLUMNS, plain_table, reason_lines, service_rows
+
+    listed = answer["services"]
+    if not listed:
+        return NO_SERVICES + "\n"
+    return plain_table(SERVICE_COLUMNS, service_rows(listed)) + "".join(
+        line + "\n" for line, _ in reason_lines(listed))
+
+
+def _resolve(conn: _Connection, text: str) -> str | None:
+    """``web`` -> ``proj:web`` when one source has it; None (the full CLI decides) when
+    none or several do: it reports the one, and breaks the tie by the project here."""
+    if ":" in text:
+        return text
+    answer = _answer(conn.ask({"type": "list_services"}), "services")
+    if answer is None:
+        return None
+    name = text.partition("#")[0]
+    matches = {s["source"] for s in answer["services"] if s["name"] == name}
+    return f"{matches.pop()}:{text}" if len(matches) == 1 else None
+
+
+def _service_status(conn: _Connection, text: str, json_mode: bool) -> str | bytes | None:
+    fqn = _resolve(conn, text)
+    if fqn is None:
+        return None
+    line = conn.ask({"type": "get_service_status", "fqn": fqn})
+    answer = _answer(line, "service")
+    if answer is None:
+        return None
+    if json_mode:
+        return _payload(line, "service", "service")
+    from ._service_text import plain_fields, service_fields
+
+    info = answer["service"]
+    return plain_fields(info["fqn"], service_fields(info))
+
+
+class _Form:
+    """A command line this path answers."""
+
+    def __init__(self) -> None:
+        self.command = ""
+        self.positional: list[str] = []
+        self.json_mode = False
+        self.states = False
+        self.socket: str | None = None  # --socket
+        self.home: str | None = None  # --home
+
+
+def _parse(argv: list[str]) -> _Form | None:
+    """The form, when this path answers it; None for anything else."""
+    form = _Form()
+    args = argv
+    while args[:1] and args[0].startswith("-"):  # the root options this path knows
+        if args[0] == "--json":
+            form.json_mode, args = True, args[1:]
+        elif args[0] in ("--socket", "--home") and len(args) > 1 and args[1] and not args[1].startswith("-"):
+            setattr(form, args[0][2:], args[1])
+            args = args[2:]
+        else:
+            return None
+    if args[:2] == ["service", "status"]:
+        command, rest, most, least = "service status", args[2:], 1, 1
+    elif args[:1] == ["services"]:
+        command, rest, most, least = "services", args[1:], 1, 0
+    elif args[:1] == ["status"]:
+        command, rest, most, least = "status", args[1:], 0, 0
+    else:
+        return None
+    form.command = command
+    for arg in rest:
+        if arg == "--json":
+            form.json_mode = True
+        elif arg == "--states" and command == "services":
+            form.states = True
+        elif arg.startswith("-") or not arg:
+            return None
+        else:
+            form.positional.append(arg)
+    if not least <= len(form.positional) <= most:
+        return None
+    return form
+
+
+def lean_main(argv: list[str]) -> None:
+    """Answer one of this path's commands and exit; return (nothing done) for anything
+    else, for text on a terminal (the full CLI draws it with rich), and for anything
+    this path does not expect."""
+    form = _parse(argv)
+    if form is None:
         return
-    if not isinstance(info, dict) or info.get("type") != "status":
-        return  # an error answer: the full CLI reports it
-    sys.stdout.write(answer.decode() if json_mode else _text(info))
+    command, positional, json_mode = form.command, form.positional, form.json_mode
+    if not json_mode and sys.stdout.isatty():
+        return
+    path = socket_path(form.socket, form.home)
+    try:
+        conn: _Connection | None = _Connection(path)
+    except _Refused:
+        conn = None
+    except OSError:
+        return
+    out: str | bytes | None = None
+    try:
+        if command == "status":
+            out = _status(conn, path, json_mode)
+        elif conn is not None:  # no daemon: the full CLI's error and hint
+            if command == "services":
+                out = _services(conn, positional[0] if positional else None, form.states, json_mode)
+            else:
+                out = _service_status(conn, positional[0], json_mode)
+    except OSError:
+        return
+    finally:
+        if conn is not None:
+            conn.close()
+    if out is None:
+        return
+    if isinstance(out, bytes):
+        sys.stdout.buffer.write(out)
+    else:
+        sys.stdout.write(out)
     sys.stdout.flush()
     sys.exit(0)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._lean import format_duration
+from ._service_text import plain_fields, plain_table, uptime
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,11 +52,8 @@ def format_age(moment: datetime | None) -> str:
 
 
 def format_uptime(info: ServiceInfo, since: float = 0.0) -> str:
-    """The uptime the daemon measured on its monotonic clock (plus ``since``, seconds
-    passed here since it answered); from the start time for a daemon that sends none."""
-    if info.uptime_secs is None:
-        return format_age(info.started_at)
-    return format_duration(info.uptime_secs + since)
+    """The uptime the daemon measured (plus ``since``, seconds passed here since it answered)."""
+    return uptime({"uptime_secs": info.uptime_secs, "started_at": info.started_at}, since)
 
 
 class Output:
@@ -95,7 +93,6 @@ class Output:
 
     def fields(self, title: str, rows: Sequence[tuple[str, str]], title_style: str = "bold") -> None:
         """A titled block of ``key  value`` lines."""
-        width = max((len(key) for key, _ in rows), default=0)
         if self.tty:
             from rich.table import Table
 
@@ -107,8 +104,7 @@ class Output:
             self.console.print(title, style=title_style, markup=False)
             self.console.print(table)
         else:
-            lines = [title] + [f"  {key.ljust(width)}  {value}" for key, value in rows]
-            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.write(plain_fields(title, rows))
 
     def table(
         self,
@@ -138,12 +134,7 @@ class Output:
                 table.add_row(*cells)
             self.console.print(table)
             return
-        widths = [len(c) for c in columns]
-        for row in rows:
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-        out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-        sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.write(plain_table(columns, rows))
 
     def error(self, message: str, hint: str = "") -> None:
         text = f"hive: error: {message}"

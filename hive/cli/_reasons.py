@@ -8,16 +8,19 @@ found here from the same listing, so one request answers both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
+
+import msgspec
 
 from hive_client import ServiceInfo
+
+from ._service_text import reason as service_reason
 
 __all__ = ["Verdict", "reason", "verdict"]
 
 Verdict = Literal["up", "failed", "pending"]
 
 _FAILED_STATES = ("crashed", "port_conflict", "error")
-_WAITING = "waiting for "
 
 
 def verdict(info: ServiceInfo) -> Verdict:
@@ -34,46 +37,11 @@ def verdict(info: ServiceInfo) -> Verdict:
     return "pending"
 
 
-def _failing_check(info: ServiceInfo) -> str:
-    for check in info.health_checks:
-        if check.healthy is False:
-            return f"{check.kind} check: {check.message}".rstrip(": ") if check.message else f"{check.kind} check failed"
-    return ""
-
-
-def _awaited(info: ServiceInfo, services: Mapping[str, ServiceInfo]) -> str:
-    """What the service a ``waiting for X`` names is doing, in parentheses."""
-    assert info.last_error is not None
-    target = info.last_error.removeprefix(_WAITING).split(" ", 1)[0]
-    other = services.get(target)
-    if other is None:
-        return ""
-    if other.healthy is False or other.state == "unhealthy":
-        check = _failing_check(other)
-        return f" (unhealthy: {check})" if check else " (unhealthy)"
-    if other.state == "running":
-        return " (its health checks have not passed yet)" if other.health_checks else ""
-    detail = f": {other.last_error}" if other.last_error else ""
-    return f" ({other.state}{detail})"
-
-
 def reason(info: ServiceInfo, services: Mapping[str, ServiceInfo]) -> str:
-    """Why ``info`` is not simply running; "" when it is."""
-    if info.state == "running" and info.healthy is not False:
-        return ""
-    if info.last_error and info.last_error.startswith(_WAITING):
-        return info.last_error + _awaited(info, services)
-    if info.healthy is False or info.state == "unhealthy":
-        check = _failing_check(info)
-        return f"unhealthy: {check}" if check else "unhealthy"
-    if info.last_error:
-        return info.last_error
-    if info.state == "exited":
-        return f"exited with code {info.exit_code or 0}"
-    if info.state == "stopped":
-        return "not asked to run (`hive service start` starts it)" if info.desired == "stopped" else "stopped"
-    if info.state == "backoff":
-        return "waiting to restart"
-    if info.state == "unknown":
-        return "its container engine does not answer"
-    return info.state
+    """Why ``info`` is not simply running; "" when it is (in words the lean CLI shares)."""
+
+    def lookup(fqn: str) -> dict[str, Any] | None:
+        other = services.get(fqn)
+        return None if other is None else msgspec.to_builtins(other)
+
+    return service_reason(msgspec.to_builtins(info), lookup)

@@ -2,10 +2,12 @@
 
 The watch lives in the CLI, for as long as the `hive up --watch` that asked for it (as
 `docker compose watch` does): it belongs to the person editing the files, ends with their
-Ctrl-C, and needs nothing new from the daemon; the restarts are ordinary restart requests.
-Changes come from inotify through watchfiles (no polling); a burst of them (an editor's
-save, a `git checkout`) is one batch once no new change came for ``debounce`` ms, and one
-batch is one restart of each service.
+Ctrl-C, and needs nothing new from the daemon; the rebuilds and restarts are ordinary
+build and restart requests. Each plan (a service's own `watch:` in hive.yaml, or the
+project's) is watched on its own. Changes come from inotify through watchfiles (no
+polling); a burst of them (an editor's save, a `git checkout`) is one batch once no new
+change came for ``debounce`` ms, and one batch is one restart (after one build, for a
+plan that rebuilds) of each of the plan's services.
 """
 
 from __future__ import annotations
@@ -42,45 +44,56 @@ def describe(plan: WatchPlan, changes: set[tuple[watchfiles.Change, str]]) -> st
 
 async def watch_and_restart(
     socket: str | None,
-    plan: WatchPlan,
+    plans: Sequence[WatchPlan],
     report: Callable[[str, bool], None],
     ready: Callable[[], None] = lambda: None,
 ) -> None:
-    """Until cancelled: each batch of changes restarts every service of ``plan`` (at once),
-    then ``report(line, ok)`` says what changed and how each restart went. A failed restart
-    is reported, and watching goes on (the next save may fix it)."""
+    """Until cancelled: each batch of changes under a plan's paths restarts every service
+    of that plan (at once; rebuilt first when it says so), then ``report(line, ok)`` says
+    what changed and how each went. A failure is reported, and watching goes on (the next
+    save may fix it)."""
     async with DaemonClient(socket, timeout=None, client_name="hive-watch") as client:
 
-        async def follow() -> None:
+        async def follow(plan: WatchPlan) -> None:
             async for changes in watchfiles.awatch(
                 *plan.paths, watch_filter=_Filter(plan), step=plan.debounce_ms,
                 debounce=max(MAX_BATCH_MS, plan.debounce_ms),
             ):
-                failures = await _restart_all(client, plan.services)
+                failures = await _restart_all(client, plan)
                 words = describe(plan, changes)
+                done = "rebuilt and restarted" if plan.rebuild else "restarted"
                 if failures:
                     report(f"{words}: {'; '.join(failures)}", False)
                 else:
-                    report(f"{words}: restarted {', '.join(plan.services)}", True)
+                    report(f"{words}: {done} {', '.join(plan.services)}", True)
 
         async with anyio.create_task_group() as group:
-            group.start_soon(follow)
+            for plan in plans:
+                group.start_soon(follow, plan)
             # watchfiles adds its inotify watches on the generator's first step, before it
             # blocks in its thread: once every task here is blocked, a change is seen.
             await anyio.wait_all_tasks_blocked()
             ready()
 
 
-async def _restart_all(client: DaemonClient, fqns: Sequence[str]) -> list[str]:
+async def _restart_all(client: DaemonClient, plan: WatchPlan) -> list[str]:
     failures: list[str] = []
 
     async def restart(fqn: str) -> None:
+        if plan.rebuild:
+            try:
+                await client.build_service(fqn)
+            except DaemonError as exc:
+                # Not restarted: what runs now keeps running rather than a broken build.
+                failures.append(f"{fqn} not restarted, its build failed: {exc.message}")
+                return
         try:
             await client.restart_service(fqn)
         except DaemonError as exc:
             failures.append(f"{fqn} not restarted: {exc.message}")
 
     async with anyio.create_task_group() as group:
-        for fqn in fqns:
+        for fqn in plan.services:
             group.start_soon(restart, fqn)
     return failures
+

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from hive_client import BlockingClient, DaemonError, InstanceOutcome, LogLine, ServiceInfo
 
 from ._common import EXIT_FAILURE, CliState, fail, json_option, pass_state
-from ._output import Output, format_uptime
-from ._reasons import reason
+from ._output import Output
+from ._service_text import NO_SERVICES, SERVICE_COLUMNS, reason_lines, service_fields, service_rows
 
 # Config file names, as hive.config knows them (kept here so the CLI stays light).
 CONFIG_FILES = ("hive.yaml", ".hive/hive.yaml", ".adi/hive.yaml")
@@ -72,46 +73,11 @@ def expand_fqns(client: BlockingClient, text: str) -> list[str]:
     return matched
 
 
-def _ports(info: ServiceInfo) -> str:
-    return ",".join(f"{name}={port}" for name, port in sorted(info.ports.items())) or "-"
-
-
-def _health(info: ServiceInfo) -> str:
-    if info.healthy is None:
-        return "-"
-    return "healthy" if info.healthy else "unhealthy"
-
-
-def _name(info: ServiceInfo) -> str:
-    """The instance's name; a blue-green one's generation and colour beside it (both
-    generations are listed during a rollout)."""
-    return f"{info.fqn} [{info.generation} {info.color}]" if info.generation is not None else info.fqn
-
-
 def print_services(out: Output, services: list[ServiceInfo]) -> None:
-    rows = [
-        [
-            _name(s),
-            s.state,
-            _health(s),
-            str(s.pid) if s.pid else "-",
-            _ports(s),
-            str(s.restart_count),
-            format_uptime(s) if s.state in ("running", "unhealthy") else "-",
-        ]
-        for s in services
-    ]
-    out.table(
-        ["SERVICE", "STATE", "HEALTH", "PID", "PORTS", "RESTARTS", "UPTIME"],
-        rows,
-        state_column=1,
-        empty="no services (add a project with `hive up PATH`)",
-    )
-    by_fqn = {s.fqn: s for s in services}
-    for s in services:
-        why = reason(s, by_fqn)
-        if why:
-            out.line(f"  {s.fqn}: {why}", style="dim" if s.state == "stopped" and not s.last_error else "red")
+    listed = msgspec.to_builtins(services)
+    out.table(SERVICE_COLUMNS, service_rows(listed), state_column=1, empty=NO_SERVICES)
+    for line, quiet in reason_lines(listed):
+        out.line(line, style="dim" if quiet else "red")
 
 
 @click.command()
@@ -246,22 +212,7 @@ def service_status(state: CliState, fqn: str) -> None:
     if state.json_mode:
         state.out.json(info)
         return
-    rows = [
-        ("state", info.state + (f" (wanted: {info.desired})" if info.desired else "")),
-        ("health", _health(info)),
-        ("runner", info.runner),
-        ("pid", str(info.pid) if info.pid else "-"),
-        ("ports", _ports(info)),
-        ("restarts", str(info.restart_count)),
-        ("uptime", format_uptime(info) if info.pid else "-"),
-    ]
-    if info.exit_code is not None:
-        rows.append(("last exit", str(info.exit_code)))
-    if info.last_error:
-        rows.append(("error", info.last_error))
-    for check in info.health_checks:
-        verdict = "-" if check.healthy is None else ("pass" if check.healthy else "FAIL")
-        rows.append((f"check {check.kind}", f"{verdict} {check.target} {check.message}".rstrip()))
+    rows = service_fields(msgspec.to_builtins(info))
     state.out.fields(info.fqn, rows)
 
 

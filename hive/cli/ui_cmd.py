@@ -13,8 +13,9 @@ __all__ = ["ui"]
 @click.command()
 @pass_state
 def ui(state: CliState) -> None:
-    """A live dashboard: every service (state, health, pid, restarts, uptime, reason), the
-    selected one's logs; keys s start, x stop, r restart, +/- scale, / filter, q quit."""
+    """A live dashboard: every service (state, health, pid, CPU, memory, restarts, uptime,
+    reason), the selected one's logs or all merged; keys s start, x stop, r restart, +/-
+    scale, / filter, m all logs, f search logs, q quit."""
     try:
         from ._dashboard import Dashboard
     except ModuleNotFoundError as exc:

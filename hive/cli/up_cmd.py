@@ -135,13 +135,16 @@ def _wait_limit(ctx: click.Context, state: CliState, given: float | None) -> flo
 @click.option("--timeout", "wait", type=float, metavar="SECONDS",
               help=f"How long to wait for the services to come up (default {UP_TIMEOUT:.0f}, or hive --timeout).")
 @click.option("--watch", is_flag=True,
-              help="Then restart the services when files under the project (or --watch-path) change, until Ctrl-C.")
+              help="Then restart (or rebuild and restart) the services when their files change, until Ctrl-C: "
+                   "each service's `watch:` in hive.yaml, else the project root (or --watch-path).")
 @click.option("--watch-path", "watch_paths", multiple=True, type=click.Path(exists=True, file_okay=True),
-              metavar="PATH", help="What --watch watches (repeatable; default: the project root).")
+              metavar="PATH", help="What --watch watches for the services without a `watch:` "
+                                   "(repeatable; default: the project root).")
 @click.option("--ignore", "ignores", multiple=True, metavar="GLOB",
               help="Changes --watch ignores (repeatable): `tmp/*` from the root, `*.log` anywhere.")
 @click.option("--debounce", type=click.IntRange(10, 60_000), default=DEFAULT_DEBOUNCE_MS, show_default=True,
-              metavar="MS", help="--watch restarts once no change came for this long.")
+              metavar="MS", help="--watch restarts once no change came for this long "
+                                 "(a `watch: debounce` overrides it for its service).")
 @json_option
 @pass_state
 @click.pass_context
@@ -191,31 +194,33 @@ def up(ctx: click.Context, state: CliState, args: tuple[str, ...], name: str | N
     else:
         _report(out, progress, limit)
     if watch:
-        root = path.absolute()
-        plan = WatchPlan(
-            root=root, paths=tuple(Path(p).absolute() for p in watch_paths) or (root,),
-            ignore=ignores, debounce_ms=debounce, services=tuple(s.fqn for s in progress.targets()),
-        )
-        _watch(state, plan)
+        from ._watch_plan import plans_for
+
+        plans = plans_for(path.absolute(), added.name, progress.targets(),
+                          tuple(Path(p).absolute() for p in watch_paths), ignores, debounce)
+        _watch(state, plans)
     if not_up:
         sys.exit(EXIT_FAILURE)
 
 
-def _watch(state: CliState, plan: WatchPlan) -> None:
+def _watch(state: CliState, plans: list[WatchPlan]) -> None:
     """Restart on changes until Ctrl-C (which ends the command with 130, quietly)."""
     import anyio
 
     from ._watch import watch_and_restart
 
     out = state.out
-    if not plan.services:
+    if not any(plan.services for plan in plans):
         fail("nothing to watch for: the project has no services")
+    paths = list(dict.fromkeys(p for plan in plans for p in plan.paths))
+    services = list(dict.fromkeys(fqn for plan in plans for fqn in plan.services))
 
     def ready() -> None:
         if state.json_mode:
-            out.json({"watching": [str(p) for p in plan.paths], "services": list(plan.services)})
+            out.json({"watching": [str(p) for p in paths], "services": services})
         else:
-            where = ", ".join(plan.relative(str(p)) if p != plan.root else str(p) for p in plan.paths)
+            root = plans[0].root
+            where = ", ".join(plans[0].relative(str(p)) if p != root else str(p) for p in paths)
             out.line(f"watching {where} for changes (Ctrl-C to stop)", style="dim")
         sys.stdout.flush()
 
@@ -233,7 +238,7 @@ def _watch(state: CliState, plan: WatchPlan) -> None:
             async with anyio.create_task_group() as group:
 
                 async def watch() -> None:
-                    await watch_and_restart(state.socket, plan, report, ready)
+                    await watch_and_restart(state.socket, plans, report, ready)
 
                 group.start_soon(watch)
                 async for _ in signals:

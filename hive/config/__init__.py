@@ -50,6 +50,7 @@ from ._model import (
     ServiceConfig,
     TcpCheck,
     UsesSpec,
+    WatchSpec,
 )
 from ._runners import add_runner, remove_runner
 from ._templates import render_runtime
@@ -91,6 +92,7 @@ __all__ = [
     "ServiceConfig",
     "TcpCheck",
     "UsesSpec",
+    "WatchSpec",
     "add_runner",
     "build_environment",
     "configured_environment",

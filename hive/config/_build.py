@@ -50,6 +50,7 @@ from ._model import (
     ServiceConfig,
     TcpCheck,
     UsesSpec,
+    WatchSpec,
     _CheckTiming,
 )
 from ._runners import installed_runners, runner_schema
@@ -86,6 +87,7 @@ SERVICE_KEYS = (
     "uses",
     "stop_signal",
     "stop_grace",
+    "watch",
 )
 HOOK_EVENTS = ("pre-up", "post-up", "pre-down", "post-down")
 RESTART_POLICIES = ("never", "on-failure", "always", "unless-stopped")
@@ -636,6 +638,9 @@ class Builder:
         stop_grace = self.decoder.decode(
             entry.get("stop_grace", 10.0), Duration, (*path, "stop_grace")
         )
+        watch = None
+        if entry.get("watch") is not None:
+            watch = self.watch(entry["watch"], (*path, "watch"), has_build=build is not None)
 
         has_proxy = entry.get("proxy") not in (None, [])
         has_checks = entry.get("healthcheck") not in (None, [])
@@ -684,6 +689,7 @@ class Builder:
             uses=uses,
             stop_signal=stop_signal,
             stop_grace=stop_grace,
+            watch=watch,
         )
 
     def runner(self, value: Any, path: KeyPath, scope: _TemplateScope | None) -> RunnerSpec | None:
@@ -1033,6 +1039,24 @@ class Builder:
         )
         output = self._resolve(build_dir, spec.output, (*path, "output")) if spec.output else None
         return msgspec.structs.replace(spec, working_dir=build_dir, output=output)
+
+    def watch(self, value: Any, path: KeyPath, *, has_build: bool) -> WatchSpec | None:
+        """Paths resolved against the root; `rebuild` needs the build it runs."""
+        if isinstance(value, (str, list)):  # `watch: src` or `watch: [src, lib]`: paths alone
+            value = {"paths": [value] if isinstance(value, str) else value}
+        spec = self.decoder.decode(value, WatchSpec, path)
+        if spec is None:
+            return None
+        if not spec.paths:
+            self.sink.error((*path, "paths"), "no paths: leave 'paths' out to watch the project root")
+            return None
+        if spec.action == "rebuild" and not has_build:
+            self.sink.error((*path, "action"),
+                            "action 'rebuild' runs the service's build, and it has none: add a 'build' "
+                            "(command: ...) or use action 'restart'")
+            return None
+        paths = [self._resolve(self.root, entry, (*path, "paths")) for entry in spec.paths]
+        return msgspec.structs.replace(spec, paths=paths)
 
     def restart(self, value: Any, path: KeyPath) -> RestartSpec | None:
         if isinstance(value, str):

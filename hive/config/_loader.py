@@ -399,7 +399,10 @@ def service_fingerprint(svc: ServiceConfig, *, project: HiveConfig | None = None
     """
     # Routes are left out: the proxy applies a route change on the fly, so it is no
     # reason to restart the service (and drop the requests it is serving).
-    payload: list[Any] = [msgspec.structs.replace(svc, proxy=[]) if svc.proxy else svc]
+    # So is watch: only `hive up --watch` reads it.
+    if svc.proxy or svc.watch is not None:
+        svc = msgspec.structs.replace(svc, proxy=[], watch=None)
+    payload: list[Any] = [svc]
     if project is not None:
         payload += [project.environment, project.hooks]
     return _FINGERPRINT_ENCODER.encode(payload)

@@ -265,6 +265,16 @@ class BuildSpec(msgspec.Struct, frozen=True, kw_only=True):
     output: str | None = None  # absolute; relative paths are resolved against working_dir
 
 
+class WatchSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What `hive up --watch` watches for this service; the daemon itself ignores it."""
+
+    # absolute once built; relative ones are from the project root (default: the root)
+    paths: list[str] = msgspec.field(default_factory=lambda: ["."])
+    ignore: list[str] = []  # globs: `tmp/*` from the root, `*.log` anywhere
+    debounce: Duration | None = None  # None: `hive up --debounce` (300 ms)
+    action: Literal["restart", "rebuild"] = "restart"  # rebuild: its `build` first, then restart
+
+
 class HookStep(msgspec.Struct, frozen=True, kw_only=True):
     """One hook step, normalised: ``kind`` says which of run/runner/parallel is set.
     The flat forms ``{type: script, run}`` and ``{type: docker, docker: {...}}`` become run/runner."""
@@ -360,6 +370,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     uses: list[UsesSpec] = []
     stop_signal: str = "SIGTERM"
     stop_grace: float = 10.0
+    watch: WatchSpec | None = None
 
     def ports(self, color: Literal["blue", "green"] = "blue") -> dict[str, int]:
         """Rollout ports by name: recreate ports, or one colour of a blue-green rollout."""

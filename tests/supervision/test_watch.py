@@ -134,3 +134,113 @@ def test_watch_path_must_exist(daemon: DaemonProcess, project: Path) -> None:
     assert result.returncode == 2
     assert "nope" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+KEYED = """
+    version: "1"
+    services:
+      web:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+        watch: {paths: [src], ignore: ["*.tmp"], debounce: 100ms}
+      worker:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+        build: {command: "cat lib/conf > built.txt && ! grep -q broken lib/conf", when: always}
+        watch: {paths: [lib], action: rebuild}
+      idle:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+"""
+
+
+def _pids(daemon: DaemonProcess) -> dict[str, int | None]:
+    with BlockingClient(daemon.socket) as client:
+        return {s.name: s.pid for s in client.list_services("kp")}
+
+
+def test_watch_keys_in_hive_yaml_restart_or_rebuild_their_service(daemon: DaemonProcess, home: Path) -> None:
+    root = write_project(home / "kp", KEYED)
+    (root / "src").mkdir()
+    (root / "lib").mkdir()
+    (root / "lib" / "conf").write_text("v1\n")
+    running = Watcher(str(root), "--watch")
+    try:
+        watching = running.line_with("watching ")
+        assert "src" in watching and "lib" in watching
+        before = _pids(daemon)
+        assert (root / "built.txt").read_text() == "v1\n"
+
+        # web: its own paths and ignore globs; nobody else restarts.
+        (root / "src" / "scratch.tmp").write_text("x")
+        (root / "src" / "app.py").write_text("print('v2')\n")
+        assert running.line_with("restarted") == "1 file changed (src/app.py): restarted kp:web"
+        after_web = _pids(daemon)
+        assert after_web["web"] not in (None, before["web"])
+        assert (after_web["worker"], after_web["idle"]) == (before["worker"], before["idle"])
+
+        # worker: rebuilt, then restarted.
+        (root / "lib" / "conf").write_text("v2\n")
+        assert running.line_with("restarted") == "1 file changed (lib/conf): rebuilt and restarted kp:worker"
+        assert (root / "built.txt").read_text() == "v2\n"
+        after_build = _pids(daemon)
+        assert after_build["worker"] not in (None, before["worker"])
+
+        # A build that fails: no restart, the reason, and watching goes on.
+        (root / "lib" / "conf").write_text("broken\n")
+        line = running.line_with("build failed")
+        assert line.startswith("1 file changed (lib/conf): kp:worker not restarted, its build failed: ")
+        assert "exit code 1" in line
+        assert _pids(daemon)["worker"] == after_build["worker"]
+        (root / "lib" / "conf").write_text("v3\n")
+        assert running.line_with("restarted").endswith("rebuilt and restarted kp:worker")
+
+        # idle has no watch: of its own and no --watch-path was given: it was never restarted.
+        assert _pids(daemon)["idle"] == before["idle"]
+        assert running.interrupt() == 130
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait(10)
+
+
+def test_watch_keys_that_cannot_work_are_one_clear_error(daemon: DaemonProcess, home: Path) -> None:
+    root = write_project(home / "bad", """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+            watch: {action: rebuild, debounce: soon}
+        """)
+    result = subprocess.run([sys.executable, "-m", "hive", "up", str(root), "--watch"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "services.web.watch.debounce: invalid duration 'soon'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    missing = write_project(home / "gone", """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+            watch: {paths: [nowhere]}
+        """)
+    result = subprocess.run([sys.executable, "-m", "hive", "up", str(missing), "--watch"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"gone:web: watch path {missing / 'nowhere'} does not exist" in result.stderr
+    assert "services.web.watch.paths" in result.stderr
+
+
+def test_watch_keys_are_no_reason_to_restart_on_reload(tmp_path: Path) -> None:
+    from hive.config import load_project, service_fingerprint
+
+    def fingerprint(watch: str) -> bytes:
+        write_project(tmp_path, f"""
+            version: "1"
+            services:
+              web:
+                runner: {{type: script, script: {{run: "exec sleep 1000"}}}}
+                {watch}
+            """)
+        return service_fingerprint(load_project(tmp_path, environ={}).config.services["web"])
+
+    assert fingerprint("") == fingerprint("watch: {paths: [.], debounce: 1s}") == fingerprint("watch: .")
+    assert load_project(tmp_path, environ={}).config.services["web"].watch is not None
