@@ -6,36 +6,42 @@
 
 ``GET /metrics`` answers with, per service instance, its state (``hive_service_state``,
 1 for the current state), restarts, and the CPU seconds and resident bytes of its process
-tree; and for the daemon, its uptime, sources, services and connected clients.
+tree; for the daemon, its uptime, sources, services and connected clients, and the
+requests it answered (``request_stats``): a count per request type, the errors among them,
+and their durations as a histogram.
 
 The service list is refreshed when a service event arrives (not on a timer); CPU and
 memory are read with psutil when Prometheus scrapes, from the pids that list holds, on
-the HTTP server's thread. Container services without a host pid report no CPU or memory.
+the HTTP server's thread, which also asks the daemon for its request counts then (through
+the plugin's client, on the plugin's loop). Container services without a host pid report no CPU or memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from wsgiref.simple_server import WSGIServer
 
 import msgspec
 import psutil
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from hive.plugin import CorePlugin, DaemonEvent, PluginCallError
 
 if TYPE_CHECKING:
     from hive_client import DaemonClient, DaemonStatus, ServiceInfo
+    from hive_client.protocol import RequestStatsReply
 
 __all__ = ["Metrics", "MetricsSettings"]
 
 log = logging.getLogger("hive.plugins.metrics")
 STATES = ("stopped", "starting", "running", "unhealthy", "stopping", "crashed", "failed")
+ASK_TIMEOUT = 5.0  # a scrape waits this long for the daemon's request counts
 
 
 class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,9 +76,10 @@ class _Snapshot(Collector):
     """What a scrape reports: the last service list and status (replaced whole, so the
     HTTP thread reads a consistent pair), plus CPU and memory read at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, request_stats: Callable[[], RequestStatsReply | None]) -> None:
         self.services: list[ServiceInfo] = []
         self.status: DaemonStatus | None = None
+        self.request_stats = request_stats
 
     def collect(self) -> Iterator[Any]:
         services, status = self.services, self.status
@@ -99,6 +106,23 @@ class _Snapshot(Collector):
             yield GaugeMetricFamily("hive_daemon_sources", "registered sources", value=status.source_count)
             yield GaugeMetricFamily("hive_daemon_services", "services", value=status.total_services)
             yield GaugeMetricFamily("hive_daemon_clients", "connected clients", value=status.clients)
+        yield from _requests(self.request_stats())
+
+
+def _requests(stats: RequestStatsReply | None) -> Iterator[Any]:
+    """The daemon's requests: a counter of errors and a histogram of durations, per type."""
+    if stats is None:
+        return
+    errors = CounterMetricFamily("hive_daemon_request_errors", "requests answered with an error",
+                                 labels=["request"])
+    durations = HistogramMetricFamily("hive_daemon_request_duration_seconds",
+                                      "time the daemon took to answer, per request type", labels=["request"])
+    for stat in stats.requests:
+        errors.add_metric([stat.request], stat.errors)
+        buckets = [(f"{bound:g}", count) for bound, count in zip(stats.bounds, stat.buckets, strict=True)]
+        durations.add_metric([stat.request], [*buckets, ("+Inf", stat.count)], sum_value=stat.seconds)
+    yield errors
+    yield durations
 
 
 class Metrics(CorePlugin[MetricsSettings]):
@@ -110,7 +134,8 @@ class Metrics(CorePlugin[MetricsSettings]):
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client
-        self.snapshot = _Snapshot()
+        self.loop = asyncio.get_running_loop()
+        self.snapshot = _Snapshot(self._request_stats)
         await self._refresh()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.snapshot)
@@ -124,6 +149,16 @@ class Metrics(CorePlugin[MetricsSettings]):
     async def _refresh(self) -> None:
         services = await self.client.list_services()
         self.snapshot.services, self.snapshot.status = services, await self.client.status()
+
+    def _request_stats(self) -> RequestStatsReply | None:
+        """The daemon's request counts, asked from the HTTP server's thread (a scrape)."""
+        asked = asyncio.run_coroutine_threadsafe(self.client.request_stats(), self.loop)
+        try:
+            return asked.result(ASK_TIMEOUT)
+        except Exception as exc:  # the scrape still reports the rest
+            asked.cancel()
+            log.warning("metrics: cannot read the daemon's request counts: %s", exc)
+            return None
 
     async def on_event(self, event: DaemonEvent) -> None:
         if event.__struct_config__.tag in ("daemon_started", "plugin_configured") or hasattr(event, "fqn"):
