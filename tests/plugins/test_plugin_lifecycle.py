@@ -152,12 +152,12 @@ async def test_a_log_level_change_is_an_event(start_with: StartWith, hive_env: P
     table = recorder_table(log)
     daemon = start_with(table)
     await wait_until(lambda: _what(log, "init"), timeout=30, what="init")
-    async with DaemonClient(daemon.socket, timeout=30) as client:
-        async with client.subscribe_events(kinds=["log_level_changed"]) as changes:
-            (hive_env / "config.toml").write_text('[daemon]\nlog_level = "debug"\n' + table)
-            await client.reload()
-            with anyio.fail_after(30):
-                change = await changes.__anext__()
+    async with DaemonClient(daemon.socket, timeout=30) as client, \
+            client.subscribe_events(kinds=["log_level_changed"]) as changes:
+        (hive_env / "config.toml").write_text('[daemon]\nlog_level = "debug"\n' + table)
+        await client.reload()
+        with anyio.fail_after(30):
+            change = await changes.__anext__()
     assert (change.level, change.previous) == ("debug", "info")
     await wait_until(lambda: any(r.get("kind") == "log_level_changed" for r in records(log)), timeout=30,
                      what="the plugin to get the event")
