@@ -37,13 +37,11 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import msgspec
 
-from hive.entry_points import EntryPoint, entry_points
 from hive.plugin import FAILURE_LIMIT, CorePlugin, PluginCallError
 from hive_client import (
     DaemonEvent,
@@ -55,18 +53,25 @@ from hive_client import (
     PluginStateChanged,
 )
 
-from .plugin_manifest import check_api_version, forget_modules, shutdown_waves
+from .plugin_loading import (
+    PluginConfigError,
+    PluginTable,
+    Scope,
+    check_plugin_settings,
+    installed_plugins,
+    load_plugin,
+    plugin_settings,
+    plugin_table,
+)
+from .plugin_manifest import forget_modules, shutdown_waves
 
 if TYPE_CHECKING:
     from .app import App
     from .events import Subscription
     from .plugin_thread import PluginCall, PluginThread
-    from .settings import DaemonSettings, PluginTrust
 
-__all__ = ["GROUP", "PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
+__all__ = ["PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
 
-GROUP = "hive.core_plugins"
-Scope = Literal["read", "operate", "admin"]
 DEFAULT_CALL_TIMEOUT = 30.0  # a plugin's calls to the daemon
 WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers (the heartbeat)
 RECOVERY_CAP = 600.0  # the longest the breaker stays open before a trial
@@ -83,124 +88,6 @@ class PluginBlocked(Exception):
 def _grace(timeout: float) -> float:
     """How long a cancelled callback has to end before its loop counts as blocked."""
     return max(1.0, timeout) if math.isfinite(timeout) else 1.0
-
-
-class PluginConfigError(Exception):
-    """A ``[plugins.NAME]`` table is wrong; the message names the plugin and the key."""
-
-
-class PluginRefused(PluginConfigError):
-    """``[plugin_trust]`` refuses the installed plugin. Not a reason to refuse the daemon's
-    start (the services must be supervised): the plugin alone shows ``failed``."""
-
-
-class PluginTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    enabled: bool = True
-    scope: Scope | None = None  # None: the plugin class's default_scope
-    init_timeout: float = 10.0
-    event_timeout: float = 5.0
-    shutdown_timeout: float = 10.0
-    queue: int = 1000  # events held for a plugin that is behind
-    max_rate: float = 200.0  # requests a second its client may send on average (0: no limit)
-    call_timeout: float = 300.0  # a command of its own (plugin_call)
-    recovery_timeout: float = 30.0  # breaker open this long before a trial (0: until enabled by hand)
-    settings: dict[str, Any] = {}
-
-
-def _table(name: str, raw: Any) -> PluginTable:
-    try:
-        table = msgspec.convert(raw, PluginTable)
-    except msgspec.ValidationError as exc:
-        raise PluginConfigError(f"[plugins.{name}]: {exc}") from None
-    if table.queue < 1:
-        raise PluginConfigError(f"[plugins.{name}]: queue must be at least 1")
-    if table.recovery_timeout < 0:
-        raise PluginConfigError(f"[plugins.{name}]: recovery_timeout must be 0 (no automatic recovery) or more")
-    return table
-
-
-def _settings(name: str, plugin_class: type[CorePlugin[Any]], raw: Mapping[str, Any]) -> msgspec.Struct:
-    try:
-        return msgspec.convert(dict(raw), plugin_class.Settings, str_keys=True)
-    except msgspec.ValidationError as exc:
-        raise PluginConfigError(f"[plugins.{name}.settings]: {exc}") from None
-
-
-def _installed() -> dict[str, EntryPoint]:
-    return {entry.name: entry for entry in entry_points(GROUP)}
-
-
-def _check_trust(name: str, entry: EntryPoint, trust: PluginTrust) -> None:
-    """Refuse a plugin whose distribution, version or files match no allowlist entry."""
-    from hive.plugin_trust import bytecode_problems, pin_of
-
-    try:
-        pin = pin_of(entry)
-    except OSError as exc:
-        raise PluginRefused(f"[plugins.{name}]: refused by [plugin_trust]: cannot hash the files of "
-                                f"{entry.distribution}: {exc}") from None
-    same_name = [a for a in trust.allow if _normalize(a.distribution) == _normalize(pin.distribution)]
-    if any(a.version == pin.version and a.sha256 == pin.sha256 for a in same_name):
-        planted = bytecode_problems(entry)
-        if not planted:
-            return
-        raise PluginRefused(
-            f"[plugins.{name}]: refused by [plugin_trust]: {planted[0]}, so the code that would run is not "
-            f"the pinned code; delete that file (Python compiles a new one from the source) if you trust it"
-        )
-    if not same_name:
-        why = f"{pin.distribution} is not in the allowlist"
-    elif not any(a.version == pin.version for a in same_name):
-        pinned = ", ".join(sorted(a.version for a in same_name))
-        why = f"{pin.distribution} {pin.version} is installed, the allowlist pins {pinned}"
-    else:
-        why = f"the installed files of {pin.distribution} {pin.version} do not match the pinned sha256 (they hash to {pin.sha256})"
-    raise PluginRefused(
-        f"[plugins.{name}]: refused by [plugin_trust]: {why}; `hive plugins pin {name}` prints the pin of what is installed"
-    )
-
-
-def _normalize(distribution: str) -> str:
-    return distribution.replace("_", "-").replace(".", "-").lower()
-
-
-def _load(name: str, installed: Mapping[str, EntryPoint], trust: PluginTrust | None) -> type[CorePlugin[Any]]:
-    entry = installed.get(name)
-    if entry is None:
-        known = ", ".join(sorted(installed)) or "none"
-        raise PluginConfigError(
-            f"[plugins.{name}]: no core plugin named {name!r} is installed (installed: {known}); "
-            f"install a package that registers it in the {GROUP!r} entry-point group"
-        )
-    if trust is not None:
-        _check_trust(name, entry, trust)  # before importing: untrusted code never runs
-    try:
-        loaded = entry.load()
-    except Exception as exc:
-        raise PluginConfigError(f"[plugins.{name}]: the plugin failed to import: {exc}") from None
-    if not (isinstance(loaded, type) and issubclass(loaded, CorePlugin)):
-        raise PluginConfigError(f"[plugins.{name}]: {entry.value} is not a hive.plugin.CorePlugin")
-    refused = check_api_version(name, loaded)
-    if refused is not None:
-        raise PluginRefused(refused)
-    return loaded
-
-
-def check_plugin_settings(settings: DaemonSettings) -> list[str]:
-    """Every problem of the ``[plugins.*]`` tables (the plugins are imported to validate
-    their settings); run before the daemon starts, so a typo stops the start."""
-    problems = []
-    installed = _installed()
-    for name, raw in settings.plugins.items():
-        try:
-            table = _table(name, raw)
-            if table.enabled:
-                _settings(name, _load(name, installed, settings.plugin_trust), table.settings)
-        except PluginRefused:
-            continue  # reported by the plugin's state once the daemon runs
-        except PluginConfigError as exc:
-            problems.append(str(exc))
-    return problems
 
 
 def _about_itself(event: DaemonEvent, name: str) -> bool:
@@ -338,13 +225,13 @@ class PluginHost:
         self._failures_in_row = 0
         self.retry_at = None
         try:
-            installed = _installed()
-            plugin_class = _load(self.name, installed, self.manager.app.settings.plugin_trust)
+            installed = installed_plugins()
+            plugin_class = load_plugin(self.name, installed, self.manager.app.settings.plugin_trust)
             self.default_scope = plugin_class.default_scope
             self.api_version = plugin_class.api_version
             self.capabilities = tuple(plugin_class.capabilities)
             self.depends_on = tuple(plugin_class.depends_on)
-            settings = _settings(self.name, plugin_class, self.table.settings)
+            settings = plugin_settings(self.name, plugin_class, self.table.settings)
             self.distribution = installed[self.name].distribution
         except PluginConfigError as exc:  # its configuration or its manifest: no retry helps
             self._fail_to_start(str(exc), retry=False)
@@ -687,7 +574,7 @@ class PluginManager:
         """Start every enabled plugin, together; returns when each is up or failed."""
         for name, raw in self.app.settings.plugins.items():
             try:
-                table = _table(name, raw)
+                table = plugin_table(name, raw)
             except PluginConfigError as exc:  # checked before the start: only on reload
                 log.error("%s", exc)
                 continue
@@ -807,7 +694,7 @@ class PluginManager:
         if action == "restart":
             host.delivered = host.dropped = host.failed = 0
             host.last_error = None
-            entry = _installed().get(name)
+            entry = installed_plugins().get(name)
             if entry is not None:  # its code as it is on disk now (checked against the pin again)
                 log.info("plugin %s: re-importing its code (%s)", name, ", ".join(forget_modules(entry)) or "not loaded")
         if action in ("enable", "restart"):
@@ -820,7 +707,7 @@ class PluginManager:
         disabled ones stop, changed settings are set and announced with PluginConfigured.
         A wrong table is refused (the plugin keeps its settings); the problems."""
         problems: list[str] = []
-        installed = _installed()
+        installed = installed_plugins()
         starts: list[PluginHost] = []  # started together at the end: one may depend on another
         for name in sorted(set(self.hosts) | set(plugins)):
             host = self.hosts.get(name)
@@ -830,10 +717,10 @@ class PluginManager:
                     del self.hosts[name]
                 continue
             try:
-                table = _table(name, plugins[name])
+                table = plugin_table(name, plugins[name])
                 trust = self.app.settings.plugin_trust
-                plugin_class = _load(name, installed, trust) if table.enabled else None
-                settings = _settings(name, plugin_class, table.settings) if plugin_class else None
+                plugin_class = load_plugin(name, installed, trust) if table.enabled else None
+                settings = plugin_settings(name, plugin_class, table.settings) if plugin_class else None
             except PluginConfigError as exc:
                 problems.append(str(exc))
                 continue
