@@ -70,8 +70,7 @@ async def test_a_bad_listen_address_is_named(start_with: StartWith) -> None:
 
 async def test_request_counts_are_readable_and_scraped(start_with: StartWith) -> None:
     daemon = start_with(CONFIG)
-    await wait_until(lambda: json.loads(run_cli("plugins", "--json").stdout)[0]["state"] == "running",
-                     timeout=30, what="the metrics plugin to run")
+    await wait_until(lambda: _states().get("metrics") == "running", timeout=30, what="the metrics plugin to run")
     async with DaemonClient(daemon.socket, timeout=60) as client:
         for _ in range(7):
             await client.ping()
@@ -91,3 +90,28 @@ async def test_request_counts_are_readable_and_scraped(start_with: StartWith) ->
     assert _value(samples, "hive_daemon_request_errors_total", request="get_service_status") == 1.0
     assert _value(samples, "hive_daemon_request_duration_seconds_sum", request="ping") == pytest.approx(
         stats["ping"].seconds)
+
+
+def _states() -> dict[str, str]:
+    return {p["name"]: p["state"] for p in json.loads(run_cli("plugins", "--json").stdout)}
+
+
+async def test_plugins_and_events_are_scraped(start_with: StartWith) -> None:
+    daemon = start_with(CONFIG + "[plugins.raiser]\nrecovery_timeout = 0\n")
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        await wait_until(lambda: _states().get("metrics") == "running", timeout=30, what="the metrics plugin to run")
+        for _ in range(5):  # five failures of the raiser: its breaker opens (and stays open)
+            await client.reload()
+        await wait_until(lambda: _states().get("raiser") == "failed", timeout=30, what="the raiser to fail")
+        url = (await client.plugin_call("metrics", "address"))["url"]
+        plugins = {p.name: p for p in await client.list_plugins()}
+        samples = _scrape(url)
+    assert plugins["raiser"].state == "failed"
+    assert _value(samples, "hive_plugin_state", plugin="raiser", state="failed") == 1.0
+    assert _value(samples, "hive_plugin_state", plugin="raiser", state="running") == 0.0
+    assert _value(samples, "hive_plugin_state", plugin="metrics", state="running") == 1.0
+    assert _value(samples, "hive_plugin_failures_total", plugin="raiser") == plugins["raiser"].failed == 5
+    assert _value(samples, "hive_plugin_events_dropped_total", plugin="metrics") == 0.0
+    assert _value(samples, "hive_events_total", kind="daemon_reloaded") == 5.0
+    delivered = _value(samples, "hive_plugin_events_delivered_total", plugin="metrics")
+    assert delivered is not None and delivered >= 5
