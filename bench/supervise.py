@@ -61,12 +61,12 @@ def write_project(directory: Path, count: int, command: str = "sleep 1000") -> N
 
 
 class Daemon:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, config: str = "") -> None:
         self.home = home
         self.env = dict(os.environ, HIVE_HOME=str(home), PYTHONPATH=str(ROOT))
         home.mkdir(parents=True, exist_ok=True)
         # The crash loops measured must run to the end: no start limit.
-        (home / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n")
+        (home / "config.toml").write_text("[restart]\nstart_limit_burst = 0\n" + config)
         subprocess.run([sys.executable, "-m", "hive", "start"], env=self.env, check=True,
                        stdout=subprocess.DEVNULL)
         self.socket = home / "hive.sock"

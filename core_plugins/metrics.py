@@ -6,36 +6,44 @@
 
 ``GET /metrics`` answers with, per service instance, its state (``hive_service_state``,
 1 for the current state), restarts, and the CPU seconds and resident bytes of its process
-tree; and for the daemon, its uptime, sources, services and connected clients.
+tree; for the daemon, its uptime, sources, services and connected clients, and the
+requests it answered (``request_stats``): a count per request type, the errors among them,
+and their durations as a histogram; for each core plugin, its state, the events delivered
+to it and dropped, its failures; and the events of each kind this plugin received.
 
 The service list is refreshed when a service event arrives (not on a timer); CPU and
 memory are read with psutil when Prometheus scrapes, from the pids that list holds, on
-the HTTP server's thread. Container services without a host pid report no CPU or memory.
+the HTTP server's thread, which also asks the daemon for its request counts and plugins
+then (through the plugin's client, on the plugin's loop). Container services without a host pid report no CPU or memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from wsgiref.simple_server import WSGIServer
 
 import msgspec
 import psutil
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from hive.plugin import CorePlugin, DaemonEvent, PluginCallError
 
 if TYPE_CHECKING:
-    from hive_client import DaemonClient, DaemonStatus, ServiceInfo
+    from hive_client import DaemonClient, DaemonStatus, PluginInfo, ServiceInfo
+    from hive_client.protocol import RequestStatsReply
 
 __all__ = ["Metrics", "MetricsSettings"]
 
 log = logging.getLogger("hive.plugins.metrics")
 STATES = ("stopped", "starting", "running", "unhealthy", "stopping", "crashed", "failed")
+PLUGIN_STATES = ("starting", "running", "degraded", "unhealthy", "half_open", "disabled", "failed")
+ASK_TIMEOUT = 5.0  # a scrape waits this long for the daemon's request counts and plugins
 
 
 class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,9 +78,11 @@ class _Snapshot(Collector):
     """What a scrape reports: the last service list and status (replaced whole, so the
     HTTP thread reads a consistent pair), plus CPU and memory read at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, ask: Callable[[], tuple[RequestStatsReply, list[PluginInfo]] | None]) -> None:
         self.services: list[ServiceInfo] = []
         self.status: DaemonStatus | None = None
+        self.events: dict[str, int] = {}  # by kind; replaced whole on each event (read by another thread)
+        self.ask = ask
 
     def collect(self) -> Iterator[Any]:
         services, status = self.services, self.status
@@ -99,6 +109,43 @@ class _Snapshot(Collector):
             yield GaugeMetricFamily("hive_daemon_sources", "registered sources", value=status.source_count)
             yield GaugeMetricFamily("hive_daemon_services", "services", value=status.total_services)
             yield GaugeMetricFamily("hive_daemon_clients", "connected clients", value=status.clients)
+        events = CounterMetricFamily("hive_events", "events of each kind this plugin received", labels=["kind"])
+        for kind, count in sorted(self.events.items()):
+            events.add_metric([kind], count)
+        yield events
+        asked = self.ask()
+        if asked is not None:
+            yield from _requests(asked[0])
+            yield from _plugins(asked[1])
+
+
+def _plugins(plugins: list[PluginInfo]) -> Iterator[Any]:
+    state = GaugeMetricFamily("hive_plugin_state", "1 for the plugin's current state", labels=["plugin", "state"])
+    delivered = CounterMetricFamily("hive_plugin_events_delivered", "events its on_event handled", labels=["plugin"])
+    dropped = CounterMetricFamily("hive_plugin_events_dropped", "events lost because its queue was full",
+                                  labels=["plugin"])
+    failures = CounterMetricFamily("hive_plugin_failures", "its calls that raised or timed out", labels=["plugin"])
+    for plugin in plugins:
+        for name in sorted({*PLUGIN_STATES, str(plugin.state)}):
+            state.add_metric([plugin.name, name], 1.0 if name == plugin.state else 0.0)
+        delivered.add_metric([plugin.name], plugin.delivered)
+        dropped.add_metric([plugin.name], plugin.dropped)
+        failures.add_metric([plugin.name], plugin.failed)
+    yield from (state, delivered, dropped, failures)
+
+
+def _requests(stats: RequestStatsReply) -> Iterator[Any]:
+    """The daemon's requests: a counter of errors and a histogram of durations, per type."""
+    errors = CounterMetricFamily("hive_daemon_request_errors", "requests answered with an error",
+                                 labels=["request"])
+    durations = HistogramMetricFamily("hive_daemon_request_duration_seconds",
+                                      "time the daemon took to answer, per request type", labels=["request"])
+    for stat in stats.requests:
+        errors.add_metric([stat.request], stat.errors)
+        buckets = [(f"{bound:g}", count) for bound, count in zip(stats.bounds, stat.buckets, strict=True)]
+        durations.add_metric([stat.request], [*buckets, ("+Inf", stat.count)], sum_value=stat.seconds)
+    yield errors
+    yield durations
 
 
 class Metrics(CorePlugin[MetricsSettings]):
@@ -110,7 +157,8 @@ class Metrics(CorePlugin[MetricsSettings]):
 
     async def init(self, client: DaemonClient) -> None:
         self.client = client
-        self.snapshot = _Snapshot()
+        self.loop = asyncio.get_running_loop()
+        self.snapshot = _Snapshot(self._ask)
         await self._refresh()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.snapshot)
@@ -125,7 +173,23 @@ class Metrics(CorePlugin[MetricsSettings]):
         services = await self.client.list_services()
         self.snapshot.services, self.snapshot.status = services, await self.client.status()
 
+    def _ask(self) -> tuple[RequestStatsReply, list[PluginInfo]] | None:
+        """The daemon's request counts and plugins, asked from the HTTP server's thread (a
+        scrape) on the plugin's loop."""
+        asked = asyncio.run_coroutine_threadsafe(self._ask_daemon(), self.loop)
+        try:
+            return asked.result(ASK_TIMEOUT)
+        except Exception as exc:  # the scrape still reports the rest
+            asked.cancel()
+            log.warning("metrics: cannot read the daemon's request counts and plugins: %s", exc)
+            return None
+
+    async def _ask_daemon(self) -> tuple[RequestStatsReply, list[PluginInfo]]:
+        return await self.client.request_stats(), await self.client.list_plugins()
+
     async def on_event(self, event: DaemonEvent) -> None:
+        kind = str(event.__struct_config__.tag)
+        self.snapshot.events = {**self.snapshot.events, kind: self.snapshot.events.get(kind, 0) + 1}
         if event.__struct_config__.tag in ("daemon_started", "plugin_configured") or hasattr(event, "fqn"):
             await self._refresh()
 

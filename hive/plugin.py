@@ -29,8 +29,14 @@ The daemon creates the plugin (no arguments), sets :attr:`CorePlugin.settings`, 
 ``call_timeout``.
 
 An exception or a timeout in any of these is caught, logged with the plugin's name and
-counted; after :data:`FAILURE_LIMIT` failures in a row the plugin is taken out of service
-(state ``failed``) until ``hive plugins enable NAME``.
+counted (state ``degraded``); after :data:`FAILURE_LIMIT` failures in a row the circuit
+breaker takes the plugin out of service (state ``failed``) and, after the table's
+``recovery_timeout``, starts it again on trial (``half_open``).
+
+The manifest is a set of class attributes: :attr:`CorePlugin.api_version` (the daemon
+refuses a plugin written for an API it does not speak, see :data:`SUPPORTED_API_VERSIONS`),
+:attr:`CorePlugin.capabilities` (what it provides, shown by ``hive plugins``) and
+:attr:`CorePlugin.depends_on` (plugins that must be running before its ``init``).
 """
 
 from __future__ import annotations
@@ -45,10 +51,16 @@ from hive_client import DaemonEvent
 if TYPE_CHECKING:
     from hive_client import DaemonClient
 
-__all__ = ["FAILURE_LIMIT", "CorePlugin", "DaemonClient", "DaemonEvent", "NoSettings", "PluginCallError"]
+__all__ = [
+    "API_VERSION", "FAILURE_LIMIT", "SUPPORTED_API_VERSIONS", "CorePlugin", "DaemonClient", "DaemonEvent",
+    "NoSettings", "PluginCallError",
+]
 
 # Failures in a row (raised or timed out) after which a plugin is taken out of service.
 FAILURE_LIMIT = 5
+# The plugin API this module describes; a plugin declares the one it is written for.
+API_VERSION = 1
+SUPPORTED_API_VERSIONS = frozenset({1})
 
 
 class PluginCallError(Exception):
@@ -77,6 +89,14 @@ class CorePlugin(ABC, Generic[SettingsT]):
     default_scope: ClassVar[Literal["read", "operate", "admin"]] = "operate"
     Settings: ClassVar[type[msgspec.Struct]] = NoSettings
     settings: SettingsT
+    # The manifest. The plugin API it is written for: a daemon that does not support it
+    # refuses the plugin (it shows failed) rather than run it against another API.
+    api_version: ClassVar[int] = API_VERSION
+    # What it provides ("metrics", "backup"): shown by `hive plugins`, for people and tools.
+    capabilities: ClassVar[tuple[str, ...]] = ()
+    # Plugins (their [plugins.NAME] names) that must be running before its init; it is
+    # shut down before them. A dependency not configured or failed fails this plugin alone.
+    depends_on: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     async def init(self, client: DaemonClient) -> None:

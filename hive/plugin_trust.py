@@ -107,9 +107,15 @@ def pin_of(entry: EntryPoint) -> Pin:
     return Pin(entry.distribution, _version(entry.metadata_dir), digest.hexdigest())
 
 
+# (cache path) -> the SHA-256 of a cache and of its source found to match: compiling the
+# source again is what costs (all of Hive's files for a built-in plugin), hashing is cheap.
+_matched: dict[str, tuple[bytes, bytes]] = {}
+
+
 def bytecode_problems(entry: EntryPoint) -> list[str]:
     """The bytecode caches Python would run instead of a pinned source that were not
-    compiled from it (planted, with the source's mtime and size in their header)."""
+    compiled from it (planted, with the source's mtime and size in their header). A
+    cache and source whose contents were found to match before are not compiled again."""
     problems = []
     for _, path in code_files(entry):
         if not path.endswith(".py"):
@@ -125,11 +131,16 @@ def bytecode_problems(entry: EntryPoint) -> list[str]:
             continue  # no cache: the source runs
         if not _would_run(data, source, stat):
             continue
+        known = (hashlib.sha256(data).digest(), hashlib.sha256(source).digest())
+        if _matched.get(cache) == known:
+            continue
         try:
             matches = marshal.loads(data[16:]) == compile(source, path, "exec", dont_inherit=True)
         except (ValueError, EOFError, TypeError, SyntaxError):
             matches = False
-        if not matches:
+        if matches:
+            _matched[cache] = known
+        else:
             problems.append(f"{cache} is not compiled from {path}")
     return problems
 

@@ -18,6 +18,7 @@ from ._models import (
     InstanceOutcome,
     LogLine,
     PluginInfo,
+    RequestStat,
     ServiceInfo,
     SourceInfo,
 )
@@ -61,6 +62,8 @@ __all__ = [
     "RemoveSource",
     "Request",
     "RequestMessage",
+    "RequestStats",
+    "RequestStatsReply",
     "Response",
     "ResponseMessage",
     "RestartService",
@@ -121,6 +124,10 @@ class Status(Request, tag="status"):
 class Shutdown(Request, tag="shutdown"):
     graceful: bool = True
     keep_services: bool = False
+
+
+class RequestStats(Request, tag="request_stats"):
+    """How many requests of each type the daemon answered, and how long they took."""
 
 
 class Reload(Request, tag="reload"):
@@ -298,6 +305,7 @@ RequestMessage = (
     | Status
     | Shutdown
     | Reload
+    | RequestStats
     | ListSources
     | AddSource
     | RemoveSource
@@ -425,6 +433,11 @@ class ExposedList(Response, tag="exposed"):
     exposed: list[ExposedInfo]
 
 
+class RequestStatsReply(Response, tag="request_stats"):
+    bounds: list[float]  # the histogram's upper bounds, in seconds (each stat's buckets follow them)
+    requests: list[RequestStat]
+
+
 class PluginList(Response, tag="plugins"):
     plugins: list[PluginInfo]
 
@@ -503,6 +516,7 @@ ResponseMessage = (
     | PluginList
     | PluginDetail
     | PluginReply
+    | RequestStatsReply
     | LogBatch
     | StreamStarted
     | LogLineItem

@@ -43,6 +43,8 @@ from ._messages import (
     ReloadSource,
     RemoveSource,
     Request,
+    RequestStats,
+    RequestStatsReply,
     Response,
     RestartService,
     ScaleService,
@@ -95,6 +97,11 @@ class AsyncRequestMethods:
 
     async def status(self, *, timeout: float | None = None) -> DaemonStatus:
         return await self._call(Status(), DaemonStatus, timeout)
+
+    async def request_stats(self, *, timeout: float | None = None) -> RequestStatsReply:
+        """How many requests of each type the daemon answered (errors among them) and
+        how long they took: a cumulative histogram over ``bounds``."""
+        return await self._call(RequestStats(), RequestStatsReply, timeout)
 
     async def shutdown(
         self, *, graceful: bool = True, keep_services: bool = False, timeout: float | None = None

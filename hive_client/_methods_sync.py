@@ -45,6 +45,8 @@ from ._messages import (
     ReloadSource,
     RemoveSource,
     Request,
+    RequestStats,
+    RequestStatsReply,
     Response,
     RestartService,
     ScaleService,
@@ -97,6 +99,11 @@ class SyncRequestMethods:
 
     def status(self, *, timeout: float | None = None) -> DaemonStatus:
         return self._call(Status(), DaemonStatus, timeout)
+
+    def request_stats(self, *, timeout: float | None = None) -> RequestStatsReply:
+        """How many requests of each type the daemon answered (errors among them) and
+        how long they took: a cumulative histogram over ``bounds``."""
+        return self._call(RequestStats(), RequestStatsReply, timeout)
 
     def shutdown(
         self, *, graceful: bool = True, keep_services: bool = False, timeout: float | None = None

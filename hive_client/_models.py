@@ -22,6 +22,7 @@ __all__ = [
     "HealthCheckResult",
     "InstanceOutcome",
     "LogLevel",
+    "LogLevelChanged",
     "LogLine",
     "PluginConfigured",
     "PluginFailed",
@@ -29,6 +30,7 @@ __all__ = [
     "PluginNotice",
     "PluginState",
     "PluginStateChanged",
+    "RequestStat",
     "RolloutCompleted",
     "RolloutDrained",
     "RolloutHealthy",
@@ -368,9 +370,19 @@ class PluginNotice(Event, tag="plugin_notice"):
     data: dict[str, Any] = {}
 
 
+class LogLevelChanged(Event, tag="log_level_changed"):
+    """A reload changed ``[daemon] log_level`` (plugins may follow it)."""
+
+    level: str
+    previous: str
+
+
 class PluginState(StrEnum):
     STARTING = "starting"
-    RUNNING = "running"
+    RUNNING = "running"  # healthy: its loop answers the heartbeat, its last call succeeded
+    DEGRADED = "degraded"  # its last call failed, or its heartbeat is late
+    UNHEALTHY = "unhealthy"  # its loop has not answered for event_timeout (failed soon after)
+    HALF_OPEN = "half_open"  # started again by the circuit breaker, on trial: one failure opens it again
     DISABLED = "disabled"  # by the user (`hive plugins disable`, enabled = false)
     FAILED = "failed"  # init failed, or the circuit breaker opened
 
@@ -388,6 +400,22 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     dropped: int = 0  # events lost because its queue was full
     failed: int = 0  # on_event calls that raised or timed out
     last_error: str | None = None
+    reason: str = ""  # why it is degraded, unhealthy, half open or failed
+    heartbeat: float | None = None  # seconds since its loop last answered the watchdog
+    retry_in: float | None = None  # failed: seconds until the breaker tries it again
+    api_version: int = 0  # the manifest: the plugin API it is written for,
+    capabilities: list[str] = []  # what it provides,
+    depends_on: list[str] = []  # the plugins it needs running before its init
+
+
+class RequestStat(msgspec.Struct, kw_only=True):
+    """The requests of one type the daemon answered since it started (``request_stats``)."""
+
+    request: str  # its tag: "status", "list_services", ...
+    count: int = 0
+    errors: int = 0  # answered with an error
+    seconds: float = 0.0  # their durations, summed
+    buckets: list[int] = []  # cumulative: how many took at most each of the reply's bounds
 
 
 DaemonEvent = (
@@ -415,6 +443,7 @@ DaemonEvent = (
     | PluginStateChanged
     | PluginConfigured
     | PluginNotice
+    | LogLevelChanged
 )
 
 

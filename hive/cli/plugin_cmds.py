@@ -8,7 +8,8 @@ from hive_client import PluginInfo
 
 from ._common import CliState, json_option, pass_state
 
-_STATE_STYLE = {"running": "green", "starting": "yellow", "disabled": "dim", "failed": "red"}
+_STATE_STYLE = {"running": "green", "starting": "yellow", "degraded": "yellow", "unhealthy": "red",
+                "half_open": "yellow", "disabled": "dim", "failed": "red"}
 
 
 def _scope(plugin: PluginInfo) -> str:
@@ -16,9 +17,18 @@ def _scope(plugin: PluginInfo) -> str:
     return plugin.scope if plugin.scope_from == "config" else f"{plugin.scope} (plugin default)"
 
 
+def _state(plugin: PluginInfo) -> str:
+    # Why it is not simply running: the line its thread is stuck on, the breaker's next try.
+    if plugin.retry_in is not None:
+        return f"{plugin.state} (retry in {plugin.retry_in:.0f} s)"
+    if str(plugin.state) in ("degraded", "unhealthy") and plugin.reason:
+        return f"{plugin.state}: {plugin.reason}"
+    return str(plugin.state)
+
+
 def _rows(plugins: list[PluginInfo]) -> list[list[str]]:
     return [
-        [p.name, p.version or "-", str(p.state), _scope(p), str(p.delivered), str(p.dropped),
+        [p.name, p.version or "-", _state(p), _scope(p), str(p.delivered), str(p.dropped),
          str(p.failed), p.last_error or "-"]
         for p in plugins
     ]

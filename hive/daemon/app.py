@@ -17,6 +17,7 @@ from hive_client import __version__
 
 from .events import EventBus
 from .home import HiveHome
+from .request_stats import RequestStats
 from .settings import DaemonSettings
 from .store import StateStore, StateWriter
 
@@ -58,6 +59,7 @@ class App:
     plugins: PluginManager | None = None  # once a plugin is configured
     proxy: ProxyServer | None = None  # the HTTP proxy (listens once a source has routes)
     reloader: Callable[[], Awaitable[str]] | None = None
+    request_stats: RequestStats = field(default_factory=RequestStats)  # what it answered, how fast
     _shutdown: anyio.Event = field(default_factory=anyio.Event)
     shutdown_request: ShutdownRequest | None = None
 

@@ -154,6 +154,7 @@ def _build_routes() -> dict[type[Request], Route]:
     routes = [
         unary(p.Ping, daemon.ping, inline=True, scope="read"),
         unary(p.Status, daemon.status, inline=True, scope="read"),
+        unary(p.RequestStats, daemon.request_stats, inline=True, scope="read"),
         unary(p.Shutdown, daemon.shutdown, inline=True, scope="admin"),
         unary(p.Reload, daemon.reload, scope="admin"),
         unary(p.ListSources, sources.list_sources, inline=True, scope="read"),

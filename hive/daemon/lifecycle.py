@@ -23,7 +23,14 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from hive_client import DaemonReloaded, DaemonShutdown, DaemonStarted, ErrorCode, __version__
+from hive_client import (
+    DaemonReloaded,
+    DaemonShutdown,
+    DaemonStarted,
+    ErrorCode,
+    LogLevelChanged,
+    __version__,
+)
 
 from .app import App, ShutdownRequest
 from .errors import RequestError
@@ -338,7 +345,10 @@ def _make_reloader(app: App, notifier: Notifier, runners: RunnerRegistry) -> Cal
             app.bus.publish(DaemonReloaded(ok=False, message=str(exc)))
             raise RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from exc
         set_level(settings.daemon.log_level)
+        previous_level = app.settings.daemon.log_level
         app.settings = settings
+        if settings.daemon.log_level != previous_level:
+            app.bus.publish(LogLevelChanged(level=settings.daemon.log_level, previous=previous_level))
         app.logs.reconfigure(settings.logs)
         if app.proxy is not None:
             await app.proxy.reconfigure(settings.proxy)

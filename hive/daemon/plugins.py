@@ -13,10 +13,17 @@ Each enabled plugin gets a :class:`PluginHost`, which owns everything of that pl
   when the plugin falls behind (counted as ``dropped``), read by the host's worker task,
   which calls ``on_event`` one event at a time under ``event_timeout``;
 - its **tasks**: the worker and the plugin's ``run()``, in a cancel scope of the host's;
-- its **health**: every exception or timeout is logged with the plugin's name, counted,
-  kept as ``last_error`` and published (``PluginFailed``); :data:`FAILURE_LIMIT` failures
-  in a row open the circuit breaker: the plugin is shut down and shown ``failed`` until
-  enabled again.
+- its **health**: ``running`` (healthy), ``degraded`` (its last call failed, or its loop
+  is late answering the watchdog's heartbeat), ``unhealthy`` (its loop has not answered
+  for ``event_timeout``; the reason says where its thread is). Every exception or timeout
+  is logged with the plugin's name, counted, kept as ``last_error`` and published
+  (``PluginFailed``);
+- its **circuit breaker**: :data:`FAILURE_LIMIT` failures in a row (or a blocked loop)
+  open it: the plugin is shut down and shown ``failed``; after ``recovery_timeout`` it is
+  started again on trial (``half_open``): its first success closes the breaker, its first
+  failure opens it again for twice as long (up to :data:`RECOVERY_CAP`);
+- its **manifest** (:mod:`.plugin_manifest`): a plugin API version the daemon does not
+  support is refused; ``depends_on`` orders the starts and the shutdown.
 
 ``[plugins.NAME]`` in config.toml enables a plugin (``enabled``, ``scope``, the timeouts,
 the queue size; without ``scope`` its client gets the plugin class's ``default_scope``) and carries its settings (``[plugins.NAME.settings]``), validated against
@@ -30,13 +37,11 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import msgspec
 
-from hive.entry_points import EntryPoint, entry_points
 from hive.plugin import FAILURE_LIMIT, CorePlugin, PluginCallError
 from hive_client import (
     DaemonEvent,
@@ -48,18 +53,30 @@ from hive_client import (
     PluginStateChanged,
 )
 
+from .plugin_loading import (
+    PluginConfigError,
+    PluginTable,
+    Scope,
+    check_plugin_settings,
+    installed_plugins,
+    load_plugin,
+    plugin_settings,
+    plugin_table,
+)
+from .plugin_manifest import forget_modules, shutdown_waves
+
 if TYPE_CHECKING:
     from .app import App
     from .events import Subscription
     from .plugin_thread import PluginCall, PluginThread
-    from .settings import DaemonSettings, PluginTrust
 
-__all__ = ["GROUP", "PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
+__all__ = ["PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
 
-GROUP = "hive.core_plugins"
-Scope = Literal["read", "operate", "admin"]
 DEFAULT_CALL_TIMEOUT = 30.0  # a plugin's calls to the daemon
-WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers
+WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers (the heartbeat)
+RECOVERY_CAP = 600.0  # the longest the breaker stays open before a trial
+# A plugin in one of these states is up: its tasks run, it gets events and calls.
+LIVE = frozenset({PluginState.RUNNING, PluginState.DEGRADED, PluginState.UNHEALTHY, PluginState.HALF_OPEN})
 log = logging.getLogger("hive.plugins")
 
 
@@ -71,118 +88,6 @@ class PluginBlocked(Exception):
 def _grace(timeout: float) -> float:
     """How long a cancelled callback has to end before its loop counts as blocked."""
     return max(1.0, timeout) if math.isfinite(timeout) else 1.0
-
-
-class PluginConfigError(Exception):
-    """A ``[plugins.NAME]`` table is wrong; the message names the plugin and the key."""
-
-
-class PluginRefused(PluginConfigError):
-    """``[plugin_trust]`` refuses the installed plugin. Not a reason to refuse the daemon's
-    start (the services must be supervised): the plugin alone shows ``failed``."""
-
-
-class PluginTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    enabled: bool = True
-    scope: Scope | None = None  # None: the plugin class's default_scope
-    init_timeout: float = 10.0
-    event_timeout: float = 5.0
-    shutdown_timeout: float = 10.0
-    queue: int = 1000  # events held for a plugin that is behind
-    max_rate: float = 200.0  # requests a second its client may send on average (0: no limit)
-    call_timeout: float = 300.0  # a command of its own (plugin_call)
-    settings: dict[str, Any] = {}
-
-
-def _table(name: str, raw: Any) -> PluginTable:
-    try:
-        table = msgspec.convert(raw, PluginTable)
-    except msgspec.ValidationError as exc:
-        raise PluginConfigError(f"[plugins.{name}]: {exc}") from None
-    if table.queue < 1:
-        raise PluginConfigError(f"[plugins.{name}]: queue must be at least 1")
-    return table
-
-
-def _settings(name: str, plugin_class: type[CorePlugin[Any]], raw: Mapping[str, Any]) -> msgspec.Struct:
-    try:
-        return msgspec.convert(dict(raw), plugin_class.Settings, str_keys=True)
-    except msgspec.ValidationError as exc:
-        raise PluginConfigError(f"[plugins.{name}.settings]: {exc}") from None
-
-
-def _installed() -> dict[str, EntryPoint]:
-    return {entry.name: entry for entry in entry_points(GROUP)}
-
-
-def _check_trust(name: str, entry: EntryPoint, trust: PluginTrust) -> None:
-    """Refuse a plugin whose distribution, version or files match no allowlist entry."""
-    from hive.plugin_trust import bytecode_problems, pin_of
-
-    try:
-        pin = pin_of(entry)
-    except OSError as exc:
-        raise PluginRefused(f"[plugins.{name}]: refused by [plugin_trust]: cannot hash the files of "
-                                f"{entry.distribution}: {exc}") from None
-    same_name = [a for a in trust.allow if _normalize(a.distribution) == _normalize(pin.distribution)]
-    if any(a.version == pin.version and a.sha256 == pin.sha256 for a in same_name):
-        planted = bytecode_problems(entry)
-        if not planted:
-            return
-        raise PluginRefused(
-            f"[plugins.{name}]: refused by [plugin_trust]: {planted[0]}, so the code that would run is not "
-            f"the pinned code; delete that file (Python compiles a new one from the source) if you trust it"
-        )
-    if not same_name:
-        why = f"{pin.distribution} is not in the allowlist"
-    elif not any(a.version == pin.version for a in same_name):
-        pinned = ", ".join(sorted(a.version for a in same_name))
-        why = f"{pin.distribution} {pin.version} is installed, the allowlist pins {pinned}"
-    else:
-        why = f"the installed files of {pin.distribution} {pin.version} do not match the pinned sha256 (they hash to {pin.sha256})"
-    raise PluginRefused(
-        f"[plugins.{name}]: refused by [plugin_trust]: {why}; `hive plugins pin {name}` prints the pin of what is installed"
-    )
-
-
-def _normalize(distribution: str) -> str:
-    return distribution.replace("_", "-").replace(".", "-").lower()
-
-
-def _load(name: str, installed: Mapping[str, EntryPoint], trust: PluginTrust | None) -> type[CorePlugin[Any]]:
-    entry = installed.get(name)
-    if entry is None:
-        known = ", ".join(sorted(installed)) or "none"
-        raise PluginConfigError(
-            f"[plugins.{name}]: no core plugin named {name!r} is installed (installed: {known}); "
-            f"install a package that registers it in the {GROUP!r} entry-point group"
-        )
-    if trust is not None:
-        _check_trust(name, entry, trust)  # before importing: untrusted code never runs
-    try:
-        loaded = entry.load()
-    except Exception as exc:
-        raise PluginConfigError(f"[plugins.{name}]: the plugin failed to import: {exc}") from None
-    if not (isinstance(loaded, type) and issubclass(loaded, CorePlugin)):
-        raise PluginConfigError(f"[plugins.{name}]: {entry.value} is not a hive.plugin.CorePlugin")
-    return loaded
-
-
-def check_plugin_settings(settings: DaemonSettings) -> list[str]:
-    """Every problem of the ``[plugins.*]`` tables (the plugins are imported to validate
-    their settings); run before the daemon starts, so a typo stops the start."""
-    problems = []
-    installed = _installed()
-    for name, raw in settings.plugins.items():
-        try:
-            table = _table(name, raw)
-            if table.enabled:
-                _settings(name, _load(name, installed, settings.plugin_trust), table.settings)
-        except PluginRefused:
-            continue  # reported by the plugin's state once the daemon runs
-        except PluginConfigError as exc:
-            problems.append(str(exc))
-    return problems
 
 
 def _about_itself(event: DaemonEvent, name: str) -> bool:
@@ -214,6 +119,22 @@ class PluginHost:
         self._thread: PluginThread | None = None
         self._calls: set[PluginCall] = set()  # submitted to the plugin's thread, not ended
         self._blocked: str | None = None  # where its thread was stuck when given up
+        # The manifest, once the class is loaded.
+        self.api_version = 0
+        self.capabilities: tuple[str, ...] = ()
+        self.depends_on: tuple[str, ...] = ()
+        # Health and the breaker.
+        self.reason = ""  # why it is not simply running
+        self.heartbeat_at: float | None = None  # when its loop last answered
+        self._late: str | None = None  # the heartbeat is late: where its thread is
+        self._late_for = 0.0
+        self._trial = False  # half open: started again by the breaker
+        self._recovery_delay = table.recovery_timeout
+        self._recovery: anyio.CancelScope | None = None  # the breaker's wait before a trial
+        self.retry_at: float | None = None
+        # Set when a start attempt has ended (a dependent waits on it); None: none pending.
+        self.start_done: anyio.Event | None = None
+        self.waiting_for: str | None = None  # the dependency its start waits on
 
     @property
     def scope(self) -> Scope:
@@ -222,19 +143,50 @@ class PluginHost:
 
     def info(self) -> PluginInfo:
         pending = self._subscription.dropped if self._subscription is not None else 0
+        now = anyio.current_time()
         return PluginInfo(
             name=self.name, version=self.plugin.version if self.plugin else "",
             distribution=self.distribution, state=self.state, scope=self.scope,
             scope_from="config" if self.table.scope else "plugin",
             delivered=self.delivered, dropped=self.dropped + pending, failed=self.failed,
-            last_error=self.last_error,
+            last_error=self.last_error, reason=self.reason,
+            heartbeat=now - self.heartbeat_at if self.state in LIVE and self.heartbeat_at is not None else None,
+            retry_in=max(0.0, self.retry_at - now) if self.retry_at is not None else None,
+            api_version=self.api_version, capabilities=list(self.capabilities), depends_on=list(self.depends_on),
         )
 
     def _set_state(self, state: PluginState, message: str = "") -> None:
         previous, self.state = self.state, state
+        self.reason = message if state != PluginState.RUNNING else ""
         if previous != state:
             self.manager.app.bus.publish(PluginStateChanged(
                 plugin=self.name, state=state.value, previous=previous.value, message=message))
+
+    def _refresh(self) -> None:
+        """The state of a live plugin from its heartbeat, its failures and its breaker."""
+        if self.state not in LIVE:
+            return
+        if self._late is not None and self._late_for >= self.table.event_timeout:
+            self._set_state(PluginState.UNHEALTHY, f"its loop has not answered for {self._late_for:g} s: "
+                                                   f"its thread is at {self._late}")
+        elif self._late is not None:
+            self._set_state(PluginState.DEGRADED, f"its heartbeat is {self._late_for:g} s late: "
+                                                  f"its thread is at {self._late}")
+        elif self._failures_in_row:
+            self._set_state(PluginState.DEGRADED, f"{self._failures_in_row} failure(s) in a row: {self.last_error}")
+        elif self._trial:
+            self._set_state(PluginState.HALF_OPEN, "started again by the circuit breaker, on trial")
+        else:
+            self._set_state(PluginState.RUNNING)
+
+    def _succeeded(self) -> None:
+        """A callback ended well: failures in a row end, a trial closes the breaker."""
+        self._failures_in_row = 0
+        if self._trial:
+            self._trial = False
+            self._recovery_delay = self.table.recovery_timeout
+            log.info("plugin %s recovered: the circuit breaker is closed", self.name)
+        self._refresh()
 
     def _failure(self, what: str, exc: BaseException | None, message: str | None = None) -> bool:
         """Count a failure; True if the circuit breaker opened."""
@@ -246,49 +198,108 @@ class PluginHost:
         self._failures_in_row += 1
         self.last_error = text
         log.error("plugin %s: %s", self.name, text, exc_info=exc if isinstance(exc, Exception) else None)
-        tripped = self._failures_in_row >= FAILURE_LIMIT
+        tripped = self._failures_in_row >= FAILURE_LIMIT or self._trial  # on trial, one failure opens it
         self.manager.app.bus.publish(PluginFailed(plugin=self.name, message=text, disabled=tripped))
+        if not tripped:
+            self._refresh()
         return tripped
 
     # --- start and stop -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load, configure, connect and ``init`` the plugin; on failure it is ``failed``
-        with the reason in ``last_error`` (the daemon carries on)."""
+        """Load, configure, connect and ``init`` the plugin, once its dependencies run; on
+        failure it is ``failed`` with the reason in ``last_error`` (the daemon carries on)
+        and, unless the failure is its configuration's, the breaker tries it again later."""
         async with self._lock:
-            if self.state in (PluginState.RUNNING, PluginState.STARTING):
-                return
-            self._set_state(PluginState.STARTING)
-            self._failures_in_row = 0
+            if self.start_done is None or self.start_done.is_set():
+                self.start_done = anyio.Event()
             try:
-                installed = _installed()
-                plugin_class = _load(self.name, installed, self.manager.app.settings.plugin_trust)
-                self.default_scope = plugin_class.default_scope
-                settings = _settings(self.name, plugin_class, self.table.settings)
-                self.distribution = installed[self.name].distribution
-                plugin = plugin_class()
-                plugin.settings = settings
-                self.plugin = plugin
-            except PluginConfigError as exc:
-                self.last_error = str(exc)
-                log.error("plugin %s: %s", self.name, exc)
-                self._set_state(PluginState.FAILED, str(exc))
-                return
-            except Exception as exc:  # the plugin's constructor
-                self.last_error = f"cannot create the plugin: {exc}"
-                log.exception("plugin %s: cannot create it", self.name)
-                self._set_state(PluginState.FAILED, self.last_error)
-                return
-            self._subscription = self.manager.app.bus.subscribe(maxlen=self.table.queue)
-            self._stopped = anyio.Event()
-            ok = await self.manager.task_group.start(self._life, plugin)
-            if not ok:
-                self._close_subscription()
-                self._set_state(PluginState.FAILED, self.last_error or "")
-                return
+                if self.state not in LIVE and self.state != PluginState.STARTING:
+                    await self._start()
+            finally:
+                self.waiting_for = None
+                self.start_done.set()
+
+    async def _start(self) -> None:
+        self._set_state(PluginState.STARTING)
+        self._failures_in_row = 0
+        self.retry_at = None
+        try:
+            installed = installed_plugins()
+            plugin_class = load_plugin(self.name, installed, self.manager.app.settings.plugin_trust)
+            self.default_scope = plugin_class.default_scope
+            self.api_version = plugin_class.api_version
+            self.capabilities = tuple(plugin_class.capabilities)
+            self.depends_on = tuple(plugin_class.depends_on)
+            settings = plugin_settings(self.name, plugin_class, self.table.settings)
+            self.distribution = installed[self.name].distribution
+        except PluginConfigError as exc:  # its configuration or its manifest: no retry helps
+            self._fail_to_start(str(exc), retry=False)
+            return
+        unmet = await self.manager.wait_for_dependencies(self)
+        if unmet is not None:
+            self._fail_to_start(unmet[0], retry=unmet[1])
+            return
+        try:
+            plugin = plugin_class()
+            plugin.settings = settings
+            self.plugin = plugin
+        except Exception as exc:  # the plugin's constructor
+            log.exception("plugin %s: cannot create it", self.name)
+            self._fail_to_start(f"cannot create the plugin: {exc}", retry=True)
+            return
+        self._subscription = self.manager.app.bus.subscribe(maxlen=self.table.queue)
+        self._stopped = anyio.Event()
+        self._late, self.heartbeat_at = None, anyio.current_time()
+        ok = await self.manager.task_group.start(self._life, plugin)
+        if not ok:
+            self._close_subscription()
+            self._fail_to_start(self.last_error or "init failed", retry=True, logged=True)
+            return
+        if self._trial:
+            self._set_state(PluginState.HALF_OPEN, "started again by the circuit breaker, on trial")
+        else:
             self._set_state(PluginState.RUNNING)
-            log.info("plugin %s %s running (scope %s, %s)", self.name, plugin.version, self.scope,
-                     "from config.toml" if self.table.scope else "the plugin's default")
+        log.info("plugin %s %s %s (scope %s, %s)", self.name, plugin.version,
+                 "on trial (half open)" if self._trial else "running", self.scope,
+                 "from config.toml" if self.table.scope else "the plugin's default")
+
+    def _fail_to_start(self, why: str, *, retry: bool, logged: bool = False) -> None:
+        self.last_error = why
+        if not logged:
+            log.error("plugin %s: %s", self.name, why)
+        self._set_state(PluginState.FAILED, why)
+        if retry:
+            self._schedule_recovery()
+
+    # --- the circuit breaker ----------------------------------------------------------
+
+    def _schedule_recovery(self) -> None:
+        """The breaker is open: start the plugin again on trial after the recovery delay,
+        which doubles with every failed trial (up to RECOVERY_CAP)."""
+        if self.table.recovery_timeout <= 0 or self._recovery is not None:
+            return
+        delay = self._recovery_delay or self.table.recovery_timeout
+        self._recovery_delay = min(RECOVERY_CAP, max(delay * 2, self.table.recovery_timeout))
+        self.retry_at = anyio.current_time() + delay
+        self._recovery = anyio.CancelScope()
+        log.info("plugin %s: circuit breaker open; trying it again in %g s", self.name, delay)
+        self.manager.task_group.start_soon(self._recover, self._recovery, delay)
+
+    async def _recover(self, scope: anyio.CancelScope, delay: float) -> None:
+        with scope:
+            await anyio.sleep(delay)
+            self._recovery, self.retry_at = None, None
+            if self.state == PluginState.FAILED:
+                self._trial = True
+                await self.start()
+
+    def reset_breaker(self) -> None:
+        """A start or stop by hand: no trial pending, the recovery delay back to its start."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+        self._recovery, self.retry_at, self._trial = None, None, False
+        self._recovery_delay = self.table.recovery_timeout
 
     async def _life(self, plugin: CorePlugin[Any], *, task_status: anyio.abc.TaskStatus[bool]) -> None:
         """The plugin's whole life, in one task: start its thread, connect its client and
@@ -411,19 +422,40 @@ class PluginHost:
             self._trip("run() failed")
 
     async def _watch(self) -> None:
-        """The watchdog: the plugin's loop must answer within ``event_timeout`` (and its
-        grace), or the plugin is failed (a blocking call or a CPU loop in its code)."""
+        """The heartbeat: every WATCH_INTERVAL the plugin's loop must answer. Late, the
+        plugin is ``degraded``; not answering for ``event_timeout``, ``unhealthy`` (the
+        reason says where its thread is, the log has its stack); not even after the grace
+        that follows, failed (a blocking call or a CPU loop in its code)."""
+        thread = self._thread
+        assert thread is not None
+        limit = self.table.event_timeout
+        marks = (min(WATCH_INTERVAL, limit / 2), limit, limit + _grace(limit))
         while True:
             await anyio.sleep(WATCH_INTERVAL)
-            try:
-                await self._within(self.table.event_timeout, _nothing)
-            except (PluginBlocked, TimeoutError):
-                where = self._blocked or "(unknown)"
+            sent = anyio.current_time()
+            call = thread.responds()
+            self._calls.add(call)
+            for mark in marks:
+                with anyio.move_on_after(sent + mark - anyio.current_time()):
+                    await call.finished.wait()
+                if call.finished.is_set():
+                    break
+                self._late, self._late_for = thread.where(), mark
+                if mark == limit:
+                    log.error("plugin %s: its loop has not answered for %g s; its thread:\n%s",
+                              self.name, mark, thread.stack())
+                self._refresh()
+            if not call.finished.is_set():
+                self._blocked = self._blocked or thread.where()
                 self._failure("watchdog", None, f"the plugin's loop did not answer within "
-                              f"{self.table.event_timeout + _grace(self.table.event_timeout):g} s: "
-                              f"its thread is blocked at {where}")
+                              f"{marks[-1]:g} s: its thread is blocked at {self._blocked}")
                 self._trip("its thread is blocked")
                 return
+            self._calls.discard(call)
+            self.heartbeat_at = anyio.current_time()
+            if self._late is not None:
+                self._late = None
+                self._refresh()
 
     async def _deliver(self, plugin: CorePlugin[Any]) -> None:
         subscription = self._subscription
@@ -451,7 +483,7 @@ class PluginHost:
                 tripped = self._failure(f"on_event({tag}) failed", exc)
             else:
                 self.delivered += 1
-                self._failures_in_row = 0
+                self._succeeded()
                 tripped = False
             finally:
                 self._busy = False
@@ -477,21 +509,30 @@ class PluginHost:
             self._subscription.resize(self.table.queue)
 
     def _trip(self, why: str) -> None:
-        """Open the circuit breaker: the plugin is stopped (in the background) and failed."""
+        """Open the circuit breaker: the plugin is stopped (in the background) and failed,
+        and tried again after the recovery delay."""
         log.error("plugin %s taken out of service: %s", self.name, why)
-        self.manager.task_group.start_soon(self.stop, PluginState.FAILED, why)
+        self.manager.task_group.start_soon(self._open, why)
+
+    async def _open(self, why: str) -> None:
+        await self.stop(PluginState.FAILED, why)
+        if self.state == PluginState.FAILED:
+            self._schedule_recovery()
 
     async def drain(self) -> None:
         """Wait until the plugin has handled what its queue holds (shutdown)."""
-        while self.state == PluginState.RUNNING and (self._busy or (
+        while self.state in LIVE and (self._busy or (
                 self._subscription is not None and self._subscription.pending)):
             self._caught_up = anyio.Event()
             await self._caught_up.wait()
 
     async def stop(self, final: PluginState = PluginState.DISABLED, why: str = "") -> None:
-        """Cancel the plugin's tasks, then ``shutdown()`` under its deadline; shielded."""
+        """Cancel the plugin's tasks, then ``shutdown()`` under its deadline; shielded.
+        Stopped by hand (``final`` disabled), no trial of the breaker follows."""
+        if final == PluginState.DISABLED:
+            self.reset_breaker()
         async with self._lock:
-            if self.state not in (PluginState.RUNNING, PluginState.STARTING):
+            if self.state not in LIVE and self.state != PluginState.STARTING:
                 if final == PluginState.DISABLED and self.state == PluginState.FAILED:
                     self._set_state(final, why)
                 return
@@ -521,10 +562,6 @@ class PluginHost:
             self._subscription = None
 
 
-async def _nothing() -> None:
-    return None
-
-
 class PluginManager:
     """Every configured plugin; ``app.plugins``."""
 
@@ -537,28 +574,66 @@ class PluginManager:
         """Start every enabled plugin, together; returns when each is up or failed."""
         for name, raw in self.app.settings.plugins.items():
             try:
-                table = _table(name, raw)
+                table = plugin_table(name, raw)
             except PluginConfigError as exc:  # checked before the start: only on reload
                 log.error("%s", exc)
                 continue
             self.hosts[name] = PluginHost(self, name, table)
+        enabled = [host for host in self.hosts.values() if host.table.enabled]
+        for host in enabled:
+            host.start_done = anyio.Event()  # a dependent may look before this start begins
         async with anyio.create_task_group() as starts:
-            for host in self.hosts.values():
-                if host.table.enabled:
-                    starts.start_soon(host.start)
+            for host in enabled:
+                starts.start_soon(host.start)
+
+    async def wait_for_dependencies(self, host: PluginHost) -> tuple[str, bool] | None:
+        """Wait until every plugin ``host`` depends on has started; if one is not
+        configured, is part of a cycle or did not start, why (and whether a retry of the
+        breaker could help)."""
+        for name in host.depends_on:
+            needed = self.hosts.get(name)
+            head = f"[plugins.{host.name}]: depends on {name!r}"
+            if needed is None or not needed.table.enabled:
+                what = "not configured" if needed is None else "disabled (enabled = false)"
+                return f"{head}, which is {what} in config.toml; add [plugins.{name}] or remove {host.name}", False
+            if needed is host or self._waits_on(needed, host.name):
+                return f"{head}, which depends on {host.name!r} in turn; break the cycle of depends_on", False
+            if needed.state not in LIVE and needed.start_done is not None:
+                host.waiting_for = name
+                await needed.start_done.wait()
+                host.waiting_for = None
+            if needed.state not in LIVE:
+                why = f" ({needed.last_error})" if needed.last_error else ""
+                return f"{head}, which is {needed.state}{why}", True
+        return None
+
+    def _waits_on(self, host: PluginHost, name: str) -> bool:
+        seen = set()
+        while host.waiting_for is not None and host.name not in seen:
+            if host.waiting_for == name:
+                return True
+            seen.add(host.name)
+            following = self.hosts.get(host.waiting_for)
+            if following is None:
+                return False
+            host = following
+        return False
 
     async def shutdown(self, deadline: float) -> None:
-        """Let each plugin handle ``DaemonShutdown`` (and what precedes it), then stop it;
-        everything within ``deadline`` seconds per plugin."""
-        async with anyio.create_task_group() as stops:
+        """Let each plugin handle ``DaemonShutdown`` (and what precedes it), within
+        ``deadline`` seconds, then stop them: dependents before what they depend on."""
+        async with anyio.create_task_group() as drains:
             for host in self.hosts.values():
-                stops.start_soon(self._shutdown_one, host, deadline)
+                drains.start_soon(self._drain_one, host, deadline)
+        for wave in shutdown_waves({name: host.depends_on for name, host in self.hosts.items()}):
+            async with anyio.create_task_group() as stops:
+                for name in wave:
+                    stops.start_soon(self.hosts[name].stop)
 
     @staticmethod
-    async def _shutdown_one(host: PluginHost, deadline: float) -> None:
+    async def _drain_one(host: PluginHost, deadline: float) -> None:
         with anyio.move_on_after(deadline):
             await host.drain()
-        await host.stop()
 
     def call_scope(self, name: str, command: str) -> Scope:
         """The scope a client needs for ``command`` of plugin ``name``: what the plugin
@@ -576,11 +651,11 @@ class PluginManager:
 
         host = self.get(name)
         plugin = host.plugin
-        if host.state != PluginState.RUNNING or plugin is None:
+        if host.state not in LIVE or plugin is None:
             raise RequestError(ErrorCode.UNSUPPORTED, f"plugin {name!r} is {host.state}, not running"
                                + (f" ({host.last_error})" if host.last_error else ""))
         try:
-            return await host._within(host.table.call_timeout, plugin.call, command, args)
+            result = await host._within(host.table.call_timeout, plugin.call, command, args)
         except PluginBlocked as exc:
             host._failure(f"call({command})", None, f"call({command}) did not finish within "
                           f"{host.table.call_timeout:g} s and its thread is blocked at {exc}")
@@ -596,6 +671,8 @@ class PluginManager:
         except Exception as exc:
             host._failure(f"call({command}) failed", exc)
             raise RequestError(ErrorCode.INTERNAL, f"{name} {command} failed: {exc}") from None
+        host._succeeded()
+        return result
 
     def get(self, name: str) -> PluginHost:
         host = self.hosts.get(name)
@@ -617,7 +694,11 @@ class PluginManager:
         if action == "restart":
             host.delivered = host.dropped = host.failed = 0
             host.last_error = None
+            entry = installed_plugins().get(name)
+            if entry is not None:  # its code as it is on disk now (checked against the pin again)
+                log.info("plugin %s: re-importing its code (%s)", name, ", ".join(forget_modules(entry)) or "not loaded")
         if action in ("enable", "restart"):
+            host.reset_breaker()
             await host.start()
         return host.info()
 
@@ -626,7 +707,8 @@ class PluginManager:
         disabled ones stop, changed settings are set and announced with PluginConfigured.
         A wrong table is refused (the plugin keeps its settings); the problems."""
         problems: list[str] = []
-        installed = _installed()
+        installed = installed_plugins()
+        starts: list[PluginHost] = []  # started together at the end: one may depend on another
         for name in sorted(set(self.hosts) | set(plugins)):
             host = self.hosts.get(name)
             if name not in plugins:
@@ -635,17 +717,17 @@ class PluginManager:
                     del self.hosts[name]
                 continue
             try:
-                table = _table(name, plugins[name])
+                table = plugin_table(name, plugins[name])
                 trust = self.app.settings.plugin_trust
-                plugin_class = _load(name, installed, trust) if table.enabled else None
-                settings = _settings(name, plugin_class, table.settings) if plugin_class else None
+                plugin_class = load_plugin(name, installed, trust) if table.enabled else None
+                settings = plugin_settings(name, plugin_class, table.settings) if plugin_class else None
             except PluginConfigError as exc:
                 problems.append(str(exc))
                 continue
             if host is None:
                 host = self.hosts[name] = PluginHost(self, name, table)
                 if table.enabled:
-                    await host.start()
+                    starts.append(host)
                 continue
             previous, host.table = host.table, table
             if plugin_class is not None:
@@ -655,9 +737,14 @@ class PluginManager:
             if not table.enabled:
                 await host.stop(PluginState.DISABLED, "disabled in config.toml")
             elif not previous.enabled:
-                await host.start()  # enabled in config.toml (a run-time disable stays)
+                starts.append(host)  # enabled in config.toml (a run-time disable stays)
             elif changed and host.plugin is not None and settings is not None:
                 host.plugin.settings = settings
                 self.app.bus.publish(PluginConfigured(plugin=name))
+        for host in starts:
+            host.start_done = anyio.Event()
+        async with anyio.create_task_group() as started:
+            for host in starts:
+                started.start_soon(host.start)
         return problems
 

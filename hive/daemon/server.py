@@ -928,7 +928,16 @@ class SocketServer:
 
 
 async def _answer(ctx: RequestContext, request: Request, handler: UnaryCall) -> Response:
-    """Run a unary handler and turn every outcome into a response."""
+    """Run a unary handler and turn every outcome into a response (counted, with its
+    duration, in the daemon's request stats)."""
+    began = time.perf_counter()
+    answer = await _outcome(ctx, request, handler)
+    ctx.app.request_stats.record(str(request.__struct_config__.tag), time.perf_counter() - began,
+                                 error=isinstance(answer, Error))
+    return answer
+
+
+async def _outcome(ctx: RequestContext, request: Request, handler: UnaryCall) -> Response:
     try:
         return await handler(ctx, request)
     except RequestError as exc:

@@ -1,5 +1,6 @@
 """The autoscaler respects a manual `hive scale` for a cooldown, and its minimum and
-maximum apply at once whatever the load (real idle services, a real daemon)."""
+maximum apply at once whatever the load, and its held notice comes once per limit reached
+(real idle services, a real daemon)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hive_client import DaemonClient
+from hive_client import BlockingClient, DaemonClient
 from tests.plugins.conftest import StartWith
 from tests.plugins.test_autoscaler import _notices
-from tests.support import write_project
+from tests.support import wait_until, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +54,23 @@ async def test_the_minimum_applies_whatever_the_load(start_with: StartWith, proj
         [notice] = await _notices(notices, 1)
         assert notice.kind == "scaled" and "from 1 to 2" in notice.message, notice.message
         assert (await client.get_service_status("p:idle")).instances == 2
+
+
+async def test_the_held_notice_is_not_repeated(start_with: StartWith, project_dir: Path) -> None:
+    daemon = start_with(_settings(cpu_scale_down_threshold=0.5, min_instances=1, max_instances=5))
+    write_project(project_dir, PROJECT)
+    async with DaemonClient(daemon.socket, timeout=60) as client, \
+            client.subscribe_events(kinds=["plugin_notice"]) as notices:
+        await client.add_source(project_dir, name="p", start=True)
+        [held] = await _notices(notices, 1)
+        assert held.kind == "held" and held.message.endswith("but p:idle is at its minimum of 1"), held.message
+
+        def rounds() -> int:  # each of the autoscaler's rounds lists the services once
+            with BlockingClient(daemon.socket, timeout=30) as reader:
+                return {s.request: s.count for s in reader.request_stats().requests}["list_services"]
+
+        seen = rounds()  # twenty more rounds, all still wanting fewer:
+        await wait_until(lambda: rounds() >= seen + 20, timeout=60, what="twenty more autoscaler rounds")
+        await client.scale_service("p:idle", 2)
+        [after] = await _notices(notices, 1)  # the held notice came once: the next is the manual scale
+        assert after.kind == "manual", after.message

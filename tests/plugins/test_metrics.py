@@ -3,13 +3,14 @@ read with prometheus_client's own text parser."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hive_client import DaemonClient
+from hive_client import DaemonClient, NotFound
 from tests.plugins.conftest import StartWith
 from tests.support import StartFailed, run_cli, wait_until, write_project
 
@@ -65,3 +66,52 @@ async def test_a_bad_listen_address_is_named(start_with: StartWith) -> None:
     with pytest.raises(StartFailed) as caught:
         start_with('[plugins.metrics]\n[plugins.metrics.settings]\nlisten = "nowhere"\n')
     assert "[plugins.metrics.settings]" in str(caught.value) and "host:port" in str(caught.value)
+
+
+async def test_request_counts_are_readable_and_scraped(start_with: StartWith) -> None:
+    daemon = start_with(CONFIG)
+    await wait_until(lambda: _states().get("metrics") == "running", timeout=30, what="the metrics plugin to run")
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        for _ in range(7):
+            await client.ping()
+        with pytest.raises(NotFound):
+            await client.get_service_status("nowhere:nothing")
+        stats = {s.request: s for s in (await client.request_stats()).requests}
+        url = (await client.plugin_call("metrics", "address"))["url"]
+        samples = _scrape(url)
+    # Read by a client: this connection's seven pings (the plugin sends none), one error.
+    assert stats["ping"].count == 7 and stats["ping"].errors == 0
+    assert stats["ping"].buckets[-1] <= 7 and stats["ping"].seconds > 0
+    assert stats["get_service_status"].count == 1 and stats["get_service_status"].errors == 1
+    # Scraped: the same counts, as a histogram per request type (the scrape's own
+    # request_stats call comes after the client's).
+    assert _value(samples, "hive_daemon_request_duration_seconds_count", request="ping") == 7.0
+    assert _value(samples, "hive_daemon_request_duration_seconds_bucket", request="ping", le="+Inf") == 7.0
+    assert _value(samples, "hive_daemon_request_errors_total", request="get_service_status") == 1.0
+    assert _value(samples, "hive_daemon_request_duration_seconds_sum", request="ping") == pytest.approx(
+        stats["ping"].seconds)
+
+
+def _states() -> dict[str, str]:
+    return {p["name"]: p["state"] for p in json.loads(run_cli("plugins", "--json").stdout)}
+
+
+async def test_plugins_and_events_are_scraped(start_with: StartWith) -> None:
+    daemon = start_with(CONFIG + "[plugins.raiser]\nrecovery_timeout = 0\n")
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        await wait_until(lambda: _states().get("metrics") == "running", timeout=30, what="the metrics plugin to run")
+        for _ in range(5):  # five failures of the raiser: its breaker opens (and stays open)
+            await client.reload()
+        await wait_until(lambda: _states().get("raiser") == "failed", timeout=30, what="the raiser to fail")
+        url = (await client.plugin_call("metrics", "address"))["url"]
+        plugins = {p.name: p for p in await client.list_plugins()}
+        samples = _scrape(url)
+    assert plugins["raiser"].state == "failed"
+    assert _value(samples, "hive_plugin_state", plugin="raiser", state="failed") == 1.0
+    assert _value(samples, "hive_plugin_state", plugin="raiser", state="running") == 0.0
+    assert _value(samples, "hive_plugin_state", plugin="metrics", state="running") == 1.0
+    assert _value(samples, "hive_plugin_failures_total", plugin="raiser") == plugins["raiser"].failed == 5
+    assert _value(samples, "hive_plugin_events_dropped_total", plugin="metrics") == 0.0
+    assert _value(samples, "hive_events_total", kind="daemon_reloaded") == 5.0
+    delivered = _value(samples, "hive_plugin_events_delivered_total", plugin="metrics")
+    assert delivered is not None and delivered >= 5

@@ -102,3 +102,21 @@ def test_the_pin_of_an_editable_install_covers_its_sources(tmp_path: Path) -> No
     module = source_tree / "hive_test_plugins" / "__init__.py"
     module.write_text(module.read_text() + "\nTAMPERED = True\n")
     assert pin_of(entry).sha256 != before  # the edited source is what would run
+
+
+def test_a_cache_planted_after_a_good_check_is_still_refused(tmp_path: Path) -> None:
+    import compileall
+
+    from hive.plugin_trust import bytecode_problems
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    str(PACKAGE)], check=True, capture_output=True, timeout=300)
+    entry = next(e for e in entry_points("hive.core_plugins", path=[str(site)]) if e.name == "recorder")
+    source = site / "hive_test_plugins" / "__init__.py"
+    assert compileall.compile_file(str(source), quiet=1)  # the genuine cache, as an import writes it
+    assert bytecode_problems(entry) == [] and bytecode_problems(entry) == []  # the second from what it learnt
+    cache = Path(importlib.util.cache_from_source(str(source)))
+    header = cache.read_bytes()[:16]  # the source's mtime and size: the import system would load it
+    cache.write_bytes(header + marshal.dumps(compile(source.read_text() + "\nTAMPERED = 1\n", str(source), "exec")))
+    assert bytecode_problems(entry) == [f"{cache} is not compiled from {source}"]

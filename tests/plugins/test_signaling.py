@@ -1,7 +1,8 @@
 """The signaling plugin against a real WebSocket server (the `websockets` library) standing
 in for the signaling server: spawns become real cocoon processes, each answered; terminate
 removes them; a spawn that cannot run gets an error result; a dropped connection is
-re-opened, and the hive registers again with the cocoons it still runs."""
+re-opened, and the hive registers again with the cocoons it still runs; a server process
+killed (SIGKILL, SIGTERM) and started again loses no spawn and runs none twice."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import functools
 import http.client
 import json
 import shutil
+import signal
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -276,3 +279,86 @@ def _serves(port: int, path: str, expected: bytes) -> bool:
         return _answer(port, path) == (200, expected)
     except ConnectionRefusedError:  # the proxy is not listening yet
         return False
+
+
+SERVER_SCRIPT = Path(__file__).parent / "signaling_server.py"
+
+
+class ServerProcess:
+    """tests/plugins/signaling_server.py run as a process of its own (so it can be killed)."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log = port, log
+
+    async def __aenter__(self) -> ServerProcess:
+        self.process = await anyio.open_process([sys.executable, str(SERVER_SCRIPT), str(self.port), str(self.log)])
+        assert self.process.stdout is not None
+        self.lines = BufferedByteReceiveStream(self.process.stdout)
+        await self._expect(b"listening")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        with anyio.CancelScope(shield=True):
+            await self.process.wait()
+
+    async def _expect(self, line: bytes) -> None:
+        with anyio.fail_after(60):
+            assert await self.lines.receive_until(b"\n", 1000) == line
+
+    async def send(self, **message: Any) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send((json.dumps({"v": 1, **message}) + "\n").encode())
+        await self._expect(b"sent")  # written to the hive's connection
+
+    async def kill(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+        await self.process.wait()
+
+    def received(self, kind: str) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [m for line in self.log.read_text().splitlines() if (m := json.loads(line))["type"] == kind]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+async def test_a_server_process_killed_and_started_again(start_with: StartWith, cocoon_script: Path,
+                                                         hive_env: Path, signum: signal.Signals) -> None:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    wanted = {f"k{n}" for n in range(6)}
+    async with ServerProcess(port, hive_env / "first.jsonl") as first:
+        daemon = start_with(_settings(url, runner="script", script_path=str(cocoon_script)))
+        await wait_until(lambda: first.received("register"), timeout=60, what="the first registration")
+        for cocoon in sorted(wanted):
+            await first.send(type="spawn_cocoon", request_id=cocoon, cocoon_id=cocoon)
+        await first.kill(signum)  # the spawns are the hive's now; their answers went out, or not yet
+    async with ServerProcess(port, hive_env / "second.jsonl") as second, \
+            DaemonClient(daemon.socket, timeout=60) as client:
+
+        def accounted() -> bool:
+            # Each spawn answered (to the first server or, after the registration, the
+            # second), or listed by the registration (its answer died with the first).
+            registered = {c["cocoon_id"] for r in second.received("register") for c in r["cocoons"]}
+            answered = {r["request_id"] for s in (first, second) for r in s.received("spawn_cocoon_result")}
+            return bool(registered | answered >= wanted)
+
+        await wait_until(accounted, timeout=60, what="every spawn answered or registered")
+        cocoons = await client.list_services("cocoons")
+        assert sorted(c.name for c in cocoons) == sorted(f"cocoon-{c}" for c in wanted)  # none lost, none twice
+        # The second server asks again for the spawns it has no answer for: none runs twice.
+        for cocoon in sorted(wanted):
+            await second.send(type="spawn_cocoon", request_id=f"{cocoon}-again", cocoon_id=cocoon)
+        await wait_until(lambda: len([r for r in second.received("spawn_cocoon_result")
+                                      if r["request_id"].endswith("-again")]) == len(wanted),
+                         timeout=60, what="the repeated spawns to be answered")
+        answers = [r for s in (first, second) for r in s.received("spawn_cocoon_result")]
+        again = [r for r in answers if r["request_id"].endswith("-again")]
+        assert not any(r["ok"] for r in again)
+        firsts = [r["request_id"] for r in answers if not r["request_id"].endswith("-again")]
+        assert len(firsts) == len(set(firsts)) and all(r["ok"] for r in answers if r not in again)
+        assert len(second.received("register")) == 1
+        assert len(await client.list_services("cocoons")) == len(wanted)
+        plugin = await _plugin(client)
+        assert plugin.state == "running" and plugin.failed == 0

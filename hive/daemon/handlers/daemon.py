@@ -1,11 +1,21 @@
-"""The daemon family: ping, status, shutdown, reload."""
+"""The daemon family: ping, status, request_stats, shutdown, reload."""
 
 from __future__ import annotations
 
 import contextlib
 
 from hive_client import ServiceState
-from hive_client.protocol import DaemonStatus, Ok, Ping, Pong, Reload, Shutdown, Status
+from hive_client.protocol import (
+    DaemonStatus,
+    Ok,
+    Ping,
+    Pong,
+    Reload,
+    RequestStats,
+    RequestStatsReply,
+    Shutdown,
+    Status,
+)
 
 from ..app import ShutdownRequest
 from ..dispatch import RequestContext
@@ -16,6 +26,10 @@ _PONG = Pong()
 
 async def ping(ctx: RequestContext, request: Ping) -> Pong:
     return _PONG
+
+
+async def request_stats(ctx: RequestContext, request: RequestStats) -> RequestStatsReply:
+    return ctx.app.request_stats.reply()
 
 
 async def status(ctx: RequestContext, request: Status) -> DaemonStatus:

@@ -13,11 +13,17 @@
   ``dozer`` in ``init``; ``spinner`` spins the CPU in ``run()``.
 - ``sneaker`` is a recorder that, on ``daemon_started``, opens a client of its own on the
   daemon's socket to stop ``stop_on_start`` beyond its scope, and records the answer.
+- ``follower`` is a recorder whose manifest depends on ``recorder``; ``future`` one
+  written for a plugin API no daemon supports yet.
+- ``wedge`` is a recorder that blocks its thread in its first ``on_event(daemon_reloaded)``,
+  opening the FIFO ``fifo`` until something writes to it.
+- ``flaky`` is a recorder whose ``on_event`` raises while the file ``fail_while`` exists.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -31,6 +37,9 @@ class RecorderSettings(msgspec.Struct, forbid_unknown_fields=True):
     path: str
     label: str = "recorder"
     stop_on_start: str | None = None
+    init_delay: float = 0.0  # seconds its init takes
+    fifo: str = ""  # wedge
+    fail_while: str = ""  # flaky
 
 
 class Recorder(CorePlugin[RecorderSettings]):
@@ -45,6 +54,7 @@ class Recorder(CorePlugin[RecorderSettings]):
     async def init(self, client: DaemonClient) -> None:
         self.client = client
         services = await client.list_services()
+        await anyio.sleep(self.settings.init_delay)
         self._write(what="init", label=self.settings.label, services=[s.fqn for s in services])
 
     async def on_event(self, event: DaemonEvent) -> None:
@@ -62,7 +72,7 @@ class Recorder(CorePlugin[RecorderSettings]):
                 self._write(what="stop", error=None)
 
     async def shutdown(self) -> None:
-        self._write(what="shutdown")
+        self._write(what="shutdown", label=self.settings.label)
 
 
 class Raiser(CorePlugin[NoSettings]):
@@ -174,3 +184,34 @@ class Sneaker(Recorder):
             self._write(what="stop", error=f"{type(exc).__name__}: {exc}")
         else:
             self._write(what="stop", error=None)
+
+
+class Follower(Recorder):
+    name = "follower"
+    capabilities = ("following",)
+    depends_on = ("recorder",)
+
+
+class Future(Recorder):
+    name = "future"
+    api_version = 99
+
+
+class Wedge(Recorder):
+    name = "wedge"
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        await super().on_event(event)
+        if event.__struct_config__.tag == "daemon_reloaded" and not getattr(self, "wedged", False):
+            self.wedged = True  # once
+            with open(self.settings.fifo, encoding="utf-8") as fifo:  # noqa: ASYNC230 -- the mistake under test
+                fifo.read()
+
+
+class Flaky(Recorder):
+    name = "flaky"
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        if os.path.exists(self.settings.fail_while):
+            raise RuntimeError(f"flaky cannot take {event.__struct_config__.tag}")
+        await super().on_event(event)
