@@ -35,6 +35,7 @@ _COMMANDS: dict[str, str] = {
     "services": "service_cmds:services",
     "service": "service_cmds:service",
     "logs": "service_cmds:logs",
+    "restart": "service_cmds:restart",
     "scale": "service_cmds:scale",
     "exposed": "service_cmds:exposed",
     "secret": "service_cmds:secret",
@@ -48,7 +49,6 @@ _COMMANDS: dict[str, str] = {
 
 # Commands people type from other tools (compose, pm2, systemctl), and Hive's for them.
 _FOREIGN: dict[str, str] = {
-    "restart": "hive service restart SERVICE",
     "ps": "hive services",
     "ls": "hive services",
     "list": "hive services",
@@ -104,6 +104,7 @@ def cli(ctx: click.Context, socket: str | None, home: str | None, json_mode: boo
     \b
     hive start                  start the daemon
     hive up [PATH]              add a project (hive.yaml) and start its services
+    hive restart SERVICE...     restart services (a bare name: this project's)
     hive services               what runs, its health, pids, ports
     hive logs -f [SERVICE]      follow the output
     hive events                 follow what happens

@@ -1,4 +1,5 @@
-"""``hive start | stop | status | ping | reload | events``: the daemon itself."""
+"""``hive start | stop | status | ping | reload | events``: the daemon itself
+(``hive start|stop SERVICE...`` hand over to the service commands)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,30 @@ def daemon_home(state: CliState) -> Path:
     return hive_home(state.home).absolute()
 
 
+def _services_instead(state: CliState, names: tuple[str, ...], verb: str, daemon_flag: str | None) -> bool:
+    """`hive start|stop NAME...` act on services (this project's, as compose does); with
+    no NAME, on the daemon. True when the services were acted on."""
+    if not names:
+        return False
+    if daemon_flag is not None:
+        raise click.UsageError(f"{daemon_flag} is for the daemon: give it without a SERVICE")
+    from .service_cmds import act_in_project  # the daemon commands stay light
+
+    act_in_project(state, names, verb)
+    return True
+
+
 @click.command()
+@click.argument("names", nargs=-1, metavar="[SERVICE]...")
 @click.option("--foreground", is_flag=True, help="Run in this process, logging to stderr (systemd, containers).")
 @click.option("--timeout", type=float, default=START_TIMEOUT, show_default=True, help="Seconds to wait for the daemon to answer.")
 @json_option
 @pass_state
-def start(state: CliState, foreground: bool, timeout: float) -> None:
-    """Start the daemon (detached unless --foreground)."""
+def start(state: CliState, names: tuple[str, ...], foreground: bool, timeout: float) -> None:
+    """Start the daemon (detached unless --foreground); with SERVICEs, start those instead
+    (a bare NAME is this project's, SOURCE:NAME or a pattern as `hive service start`)."""
+    if _services_instead(state, names, "start", "--foreground" if foreground else None):
+        return
     home = daemon_home(state)
     if foreground:
         from hive.daemon.lifecycle import run_daemon
@@ -126,12 +144,16 @@ def _read_ready_line(fd: int, timeout: float) -> str:
 
 
 @click.command()
+@click.argument("names", nargs=-1, metavar="[SERVICE]...")
 @click.option("--keep-services", is_flag=True, help="Leave the services running for the next daemon.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the daemon to exit.")
 @json_option
 @pass_state
-def stop(state: CliState, keep_services: bool, timeout: float) -> None:
-    """Stop the daemon gracefully (and its services, unless --keep-services)."""
+def stop(state: CliState, names: tuple[str, ...], keep_services: bool, timeout: float) -> None:
+    """Stop the daemon gracefully (and its services, unless --keep-services); with
+    SERVICEs, stop only those and leave the daemon running (a bare NAME is this project's)."""
+    if _services_instead(state, names, "stop", "--keep-services" if keep_services else None):
+        return
     try:
         client = state.client()
         client.status()

@@ -60,6 +60,22 @@ def resolve_fqn(client: BlockingClient, text: str) -> str:
          hint="name the source: SOURCE:SERVICE")
 
 
+def in_project(client: BlockingClient, text: str) -> str:
+    """What `hive restart|start|stop|logs NAME` act on: a bare NAME is this project's
+    (the source `hive up` here would use), as compose does; ``SOURCE:NAME`` and patterns
+    pass through. Outside any project, a bare NAME is any source's when unambiguous."""
+    if ":" in text or any(char in text for char in "*?["):
+        return text
+    if find_project_root(Path.cwd()) is None:
+        return resolve_fqn(client, text)
+    source = source_for(client, None)
+    names = sorted({s.name for s in client.list_services(source)})
+    if text.partition("#")[0] not in names:
+        fail(f"no service {text!r} in project {source} (it has: {', '.join(names) or 'none'})",
+             hint=f"name another project's as SOURCE:{text}", code=4)
+    return f"{source}:{text}"
+
+
 def expand_fqns(client: BlockingClient, text: str) -> list[str]:
     """A pattern (``proj:*``, ``web*``) → every service it names; a name → its fqn."""
     if not any(char in text for char in "*?["):
@@ -142,7 +158,7 @@ def service() -> None:
     """Act on one service: start, stop, restart, status, create, update, delete."""
 
 
-def _act(state: CliState, fqns: tuple[str, ...], verb: str) -> None:
+def act(state: CliState, fqns: tuple[str, ...], verb: str) -> None:
     """Start, stop or restart each service; with --json, what became of each instance
     (``result``: done, failed or pending, with the reason), exit 1 unless all are done."""
     client = state.client()
@@ -180,7 +196,7 @@ _PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
 @pass_state
 def service_start(state: CliState, fqns: tuple[str, ...]) -> None:
     """Start services (and what they depend on)."""
-    _act(state, fqns, "start")
+    act(state, fqns, "start")
 
 
 @service.command("stop")
@@ -189,7 +205,7 @@ def service_start(state: CliState, fqns: tuple[str, ...]) -> None:
 @pass_state
 def service_stop(state: CliState, fqns: tuple[str, ...]) -> None:
     """Stop services (signal, grace period, kill); they stay stopped."""
-    _act(state, fqns, "stop")
+    act(state, fqns, "stop")
 
 
 @service.command("restart")
@@ -198,7 +214,22 @@ def service_stop(state: CliState, fqns: tuple[str, ...]) -> None:
 @pass_state
 def service_restart(state: CliState, fqns: tuple[str, ...]) -> None:
     """Stop, then start services."""
-    _act(state, fqns, "restart")
+    act(state, fqns, "restart")
+
+
+def act_in_project(state: CliState, names: tuple[str, ...], verb: str) -> None:
+    """`hive start|stop|restart NAME...`: `hive service VERB`, bare names in this project."""
+    client = state.client()
+    act(state, tuple(in_project(client, name) for name in names), verb)
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True, metavar="SERVICE...", shell_complete=complete_fqn)
+@json_option
+@pass_state
+def restart(state: CliState, names: tuple[str, ...]) -> None:
+    """Stop, then start services: NAME of this project, SOURCE:NAME, or a pattern (proj:*)."""
+    act_in_project(state, names, "restart")
 
 
 @service.command("status")
@@ -400,10 +431,10 @@ def _history(client: BlockingClient, selection: _Selection, tail: int, since: da
 @pass_state
 def logs(state: CliState, fqns: tuple[str, ...], follow: bool, tail: int, since: str | None,
          until: str | None, grep: str | None, level: str | None, raw: bool) -> None:
-    """Show service output: everything, a source `proj:*`, or services `web db`, merged in
-    time order, each service in its own colour on a terminal."""
+    """Show service output: everything, a source `proj:*`, or services `web db` (a bare
+    name is this project's), merged in time order, each service in its own colour on a terminal."""
     client = state.client()
-    patterns = [text if ":" in text or "*" in text else resolve_fqn(client, text) for text in fqns]
+    patterns = [in_project(client, text) for text in fqns]
     selection = _Selection(patterns, grep)
     out = state.out
     since_time = parse_since(since) if since else None

@@ -45,7 +45,7 @@ def test_service_commands_take_patterns(daemon: DaemonProcess, project_dir: Path
 
 def test_other_tools_commands_get_a_hint_in_one_line(hive_env: Path) -> None:
     cases = {
-        ("restart", "web"): "hive: error: no command 'restart'; did you mean `hive service restart web`?",
+        ("kill", "web"): "hive: error: no command 'kill'; did you mean `hive service stop web`?",
         ("ps",): "hive: error: no command 'ps'; did you mean `hive services`?",
         ("statsu",): "hive: error: no command 'statsu'; did you mean `hive status`?",
         ("up", "--bogus"): "hive: error: No such option '--bogus'. (see `hive up --help`)",
