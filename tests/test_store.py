@@ -169,9 +169,11 @@ async def test_a_flush_cancelled_mid_write_loses_no_row(home: Path) -> None:
 
 async def test_a_request_that_hits_the_store_is_answered_storage() -> None:
     """StoreError is the store's, not a request's: the server translates it."""
+    from types import SimpleNamespace
     from typing import Any, cast
 
     from hive.daemon.errors import RequestError
+    from hive.daemon.request_stats import RequestStats
     from hive.daemon.server import _answer
     from hive_client import ErrorCode
     from hive_client import protocol as p
@@ -181,6 +183,9 @@ async def test_a_request_that_hits_the_store_is_answered_storage() -> None:
     async def handler(ctx: Any, request: Any) -> Any:
         raise StoreError("cannot write state.db: database or disk is full")
 
-    answer = await _answer(cast(Any, None), p.Ping(), handler)
+    stats = RequestStats()
+    ctx = SimpleNamespace(app=SimpleNamespace(request_stats=stats))
+    answer = await _answer(cast(Any, ctx), p.Ping(), handler)
     assert isinstance(answer, p.Error)
     assert (answer.code, answer.message) == (ErrorCode.STORAGE, "cannot write state.db: database or disk is full")
+    assert [(s.request, s.count, s.errors) for s in stats.reply().requests] == [("ping", 1, 1)]

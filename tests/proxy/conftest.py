@@ -83,8 +83,8 @@ def proxy(hive_env: Path) -> Iterator[Proxy]:
         f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nheader_timeout = 1.0\nmax_body = 100000\n'
         "max_header_bytes = 4096\nerror_log_lines = 5\n"
     )
-    daemon = start_daemon(hive_env)
+    proxy = Proxy(start_daemon(hive_env), port)
     try:
-        yield Proxy(daemon, port)
+        yield proxy
     finally:
-        daemon.stop()
+        proxy.daemon.stop()  # the one running now: a test may have started the next daemon
