@@ -32,7 +32,11 @@ def test_routes_by_host_then_longest_path_and_sets_forwarded_headers(proxy: Prox
     with proxy.client() as client:
         client.add_source(str(tmp_path / "p"))
         client.start_source("p")
+    # Each app listens a moment after its process starts: wait for all four.
     proxy.wait_serving("/api/x", b"api")
+    proxy.wait_serving("/api/admin/x", b"admin")
+    proxy.wait_serving("/x", b"site", host="site.test")
+    proxy.wait_serving("/other", b"fallback")
 
     assert proxy.get("/api/users?id=1")[1].split()[::2] == [b"api", b"GET"]
     assert proxy.get("/api/users?id=1")[1].endswith(b" /users?id=1")  # the prefix stripped
