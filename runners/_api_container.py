@@ -237,21 +237,7 @@ class ApiContainerRunner(ContainerRunner):
         except RunnerError as exc:
             raise self.api_error("list", exc) from None
         ids = [str(item["Id"]) for item in listed or [] if isinstance(item, dict) and "Id" in item]
-        keys = [key for key, value in spec.env.items() if value == marker]
-        wanted = {f"{key}={marker}" for key in keys}
-        records = []
-        for info in await self.inspect(ids, socket):
-            environ = (info.get("Config") or {}).get("Env") or []
-            if wanted and not wanted & set(environ):
-                continue
-            labels = (info.get("Config") or {}).get("Labels") or {}
-            records.append((str(info.get("Created") or ""), {
-                "engine": self.name, "container_id": str(info.get("Id")),
-                "name": str(info.get("Name") or "").lstrip("/"),
-                "config_hash": labels.get("hive.config-hash"), "logs_pid": None,
-            }))
-        records.sort(key=lambda item: item[0], reverse=True)
-        return [record for _, record in records]
+        return await self._marked_records(ids, spec, marker, socket)
 
 
 def _last_writes(*paths: str) -> list[float]:

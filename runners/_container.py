@@ -682,6 +682,10 @@ class ContainerRunner(Runner):
         ids = listed.stdout.decode(errors="replace").split()
         if not ids:
             return []
+        return await self._marked_records(ids, spec, marker, socket)
+
+    async def _marked_records(self, ids: list[str], spec: RunSpec, marker: str, socket: str | None) -> list[dict[str, Any]]:
+        """Records of the containers ``ids`` whose environment carries ``marker``, newest first."""
         keys = [key for key, value in spec.env.items() if value == marker]
         wanted = {f"{key}={marker}" for key in keys}
         records = []
