@@ -262,7 +262,7 @@ async def _serve(home: HiveHome, settings: DaemonSettings, pipe: _ReadyPipe, run
             from .proxy import ProxyServer  # after the services: its routes are theirs
 
             app.proxy = ProxyServer(app)
-            supervisor.traffic = app.proxy.core.pool  # a blue-green drain ends when blue is quiet
+            supervisor.traffic = app.proxy.traffic  # a blue-green drain ends when blue is quiet
             await daemon_tasks.start(app.proxy.run)
             await daemon_tasks.start(server.serve)
             daemon_tasks.start_soon(notifier.run_watchdog)

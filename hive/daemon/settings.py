@@ -91,6 +91,10 @@ class ProxySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_timeout: float = 75.0  # a kept-alive client connection with no request is closed
     connect_timeout: float = 3.0  # to connect to an instance; else the next one, or 502
     error_log_lines: int = 20  # log lines on the 502/503 page (0: none)
+    # Who serves the routes: the daemon itself, or a caddy it starts and configures
+    # through caddy's admin API (docs/proxy.md, "The Caddy backend").
+    backend: Literal["embedded", "caddy"] = "embedded"
+    caddy_command: str = "caddy"  # the caddy binary (a name on PATH, or a path)
 
 
 class TrustedPlugin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

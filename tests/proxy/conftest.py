@@ -88,3 +88,29 @@ def proxy(hive_env: Path) -> Iterator[Proxy]:
         yield proxy
     finally:
         proxy.daemon.stop()  # the one running now: a test may have started the next daemon
+
+
+def caddy_or_skip() -> None:
+    """Caddy is installed by scripts/install-caddy.sh; on CI its absence is a failure."""
+    import os
+    import shutil
+
+    if shutil.which("caddy") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("caddy is not installed: run scripts/install-caddy.sh")
+        pytest.skip("caddy is not installed (scripts/install-caddy.sh)")
+
+
+@pytest.fixture
+def caddy_proxy(hive_env: Path) -> Iterator[Proxy]:
+    """A daemon whose routes are served by the caddy it starts (``backend = "caddy"``)."""
+    caddy_or_skip()
+    port = free_port()
+    (hive_env / "config.toml").write_text(
+        f'[proxy]\nbackend = "caddy"\nlisten = ["127.0.0.1:{port}"]\nerror_log_lines = 5\n'
+    )
+    proxy = Proxy(start_daemon(hive_env), port)
+    try:
+        yield proxy
+    finally:
+        proxy.daemon.stop()

@@ -20,7 +20,7 @@ from hive.config import PluginSpec, ProxyHeaders, ServiceConfig
 
 from .plugins import Chain, build_chain
 
-__all__ = ["COCOON_PREFIX", "COCOON_SOURCE", "Route", "RouteTable", "port_name"]
+__all__ = ["COCOON_PREFIX", "COCOON_SOURCE", "Route", "RouteTable", "cocoon_route", "port_name"]
 
 COCOON_SOURCE = "cocoons"
 COCOON_PREFIX = "/cocoon/"
@@ -115,6 +115,11 @@ class RouteTable:
                     routes.append(route)
         return cls(routes, cocoons)
 
+    def ordered(self) -> list[Route]:
+        """The routes in the order :meth:`match` tries them (host routes first, each
+        group longest path first): a backend that matches in order matches the same."""
+        return [route for routes in self._by_host.values() for route in routes] + self._any
+
     def __bool__(self) -> bool:
         return bool(self.routes) or self.cocoons
 
@@ -149,6 +154,11 @@ def _cocoon_route(target: str) -> Route | None:
     cocoon_id = rest[:end]
     if not cocoon_id:
         return None
+    return cocoon_route(cocoon_id)
+
+
+def cocoon_route(cocoon_id: str) -> Route:
+    """The route of ``/cocoon/{cocoon_id}/*`` (its prefix stripped)."""
     return Route(
         service=f"{COCOON_SOURCE}:cocoon-{cocoon_id}",
         path=COCOON_PREFIX + cocoon_id,

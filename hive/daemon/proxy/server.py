@@ -8,6 +8,9 @@ source's new service); the new table replaces the old one in one assignment, so 
 connection, and no request in flight, notices a reload. A changed ``listen`` opens the new
 addresses and closes the old listeners; their open connections finish.
 
+With ``[proxy] backend = "caddy"`` the daemon does not listen itself: a caddy it starts
+(:mod:`.caddy`) gets the routes and the instances that are up, again after each change.
+
 Shutdown: the listeners close, idle connections close, requests under way get a grace
 period (``drain``), then what is left is cut.
 """
@@ -25,9 +28,12 @@ from hive_client import Event
 
 from ..settings import ProxySection
 from . import pages
+from .caddy import CaddyBackend
+from .caddy_config import caddy_document
 from .client import ClientConnection
 from .core import ProxyCore
 from .routes import RouteTable
+from .upstream import Pool
 from .upstreams import Upstreams
 
 if TYPE_CHECKING:
@@ -39,6 +45,9 @@ __all__ = ["ProxyServer"]
 log = logging.getLogger("hive.proxy")
 
 _TABLE_EVENTS = ("source_added", "source_removed", "source_changed", "service_state_changed", "daemon_reloaded")
+# Caddy gets the instances that are up with the routes: these change them.
+_CADDY_EVENTS = (*_TABLE_EVENTS, "rollout_started", "rollout_switched", "rollout_drained",
+                 "rollout_rolled_back", "rollout_completed", "service_health_changed")
 
 
 class ProxyServer:
@@ -52,10 +61,26 @@ class ProxyServer:
         self._servers: dict[str, asyncio.Server] = {}
         self._known: dict[str, object] = {}  # fqn -> the config the table was built from
         self.error: str | None = None  # why it does not listen, when it should
+        self.caddy: CaddyBackend | None = None
+        if app.settings.proxy.backend == "caddy":
+            self.caddy = CaddyBackend(app.home.root / "caddy", app.settings.proxy, self._caddy_document)
+        self._caddy_started = False
+        self._tasks: anyio.abc.TaskGroup | None = None  # run()'s: caddy runs in it
 
     @property
     def addresses(self) -> list[str]:
+        if self.caddy is not None:
+            return list(self.core.settings.listen) if self._caddy_started and self.caddy.error is None else []
         return list(self._servers)
+
+    @property
+    def traffic(self) -> CaddyBackend | Pool:
+        """What a blue-green drain waits on: the in-flight counts of whoever proxies."""
+        return self.caddy if self.caddy is not None else self.core.pool
+
+    def _caddy_document(self, admin_socket: str) -> dict[str, object]:
+        return caddy_document(admin_socket=admin_socket, settings=self.core.settings, table=self.core.table,
+                              services=self.app.services.services, report=self._report)
 
     @property
     def table(self) -> RouteTable:
@@ -66,12 +91,17 @@ class ProxyServer:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the events that change routes, until cancelled."""
-        with self.app.bus.subscribe(kinds=_TABLE_EVENTS, maxlen=4096) as events:
-            await self.refresh()
-            task_status.started()
-            async for event in events:
-                if self._changes_table(event):
-                    await self.refresh()
+        kinds = _CADDY_EVENTS if self.caddy is not None else _TABLE_EVENTS
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            with self.app.bus.subscribe(kinds=kinds, maxlen=4096) as events:
+                await self.refresh()
+                task_status.started()
+                async for event in events:
+                    if self._changes_table(event):
+                        await self.refresh()
+                    elif self.caddy is not None:
+                        self.caddy.update()
 
     def _changes_table(self, event: Event) -> bool:
         fqn = getattr(event, "fqn", None)
@@ -89,13 +119,25 @@ class ProxyServer:
             previous=self.core.table,
         )
         self._known = {s.fqn: s.config for s in services}
-        if self.core.table:
+        if not self.core.table:
+            return
+        if self.caddy is None:
             await self._listen(self.core.settings.listen)
+        elif not self._caddy_started and self._tasks is not None:
+            self._caddy_started = True
+            await self._tasks.start(self.caddy.run)
+        else:
+            self.caddy.update()
 
     async def reconfigure(self, settings: ProxySection) -> None:
         """A reload's new ``[proxy]``: limits apply to the next request; a changed
         ``listen`` moves the listeners (connections on the old ones finish)."""
         self.core.settings = settings
+        if self.caddy is not None:
+            if settings.backend != "caddy" or settings.caddy_command != self.caddy.settings.caddy_command:
+                log.warning("proxy: a changed [proxy] backend or caddy_command applies when the daemon restarts")
+            self.caddy.update()  # a changed listen or timeout is a new document
+            return
         if self._servers and set(settings.listen) != set(self._servers):
             await self._listen(settings.listen)
 
@@ -123,6 +165,9 @@ class ProxyServer:
 
     async def close(self, drain: float) -> None:
         """Stop listening; let requests under way finish for up to ``drain`` seconds."""
+        if self.caddy is not None:
+            await self.caddy.close()  # caddy's own grace period is the same 5 s
+            return
         for server in self._servers.values():
             server.close()
         self._servers.clear()

@@ -1,0 +1,163 @@
+"""The Caddy backend's configuration: the route table and the services' instances as one
+JSON document for caddy's ``POST /load`` (docs/proxy.md, "The Caddy backend").
+
+The document is rebuilt whole from the current state and loaded whole: caddy applies a
+new config atomically (a request is served by the old config or the new one, never a
+mix), keeps its listeners, and lets requests under way on the old config finish. So the
+blue-green switch is one load, like the embedded proxy's one assignment.
+
+Routes keep the embedded proxy's order: host routes first, longest path first, then
+host-less ones; ``/cocoon/{id}/*`` for the signaling plugin's cocoons; then a ``404``.
+A service with no instance up gets a ``503`` with its state page as of this load.
+
+A draining generation's addresses stay in the document, in routes after the final
+``404`` that no request reaches: caddy keeps in-flight counts per upstream address only
+while a loaded config names that address, and the drain reads those counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import pages
+from .routes import COCOON_SOURCE, Route, RouteTable, cocoon_route
+from .upstreams import instance_port
+
+if TYPE_CHECKING:
+    from ..settings import ProxySection
+    from ..supervision import InstanceRuntime, ServiceRuntime
+
+__all__ = ["SERVER_NAME", "admin_config", "caddy_document", "dial"]
+
+SERVER_NAME = "hive"
+ADMIN_ORIGIN = "hive"  # the Host the daemon sends to the admin socket; caddy checks it
+_NS = 1_000_000_000  # caddy's JSON durations are nanoseconds
+_GRACE_SECONDS = 5  # requests under way when caddy stops (as the embedded proxy's drain)
+
+Report = Callable[[str, "ServiceRuntime | None"], pages.ServiceReport]
+
+
+def dial(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def admin_config(socket: str) -> dict[str, Any]:
+    """The admin endpoint: a Unix socket in Hive's home, so only its owner reconfigures it."""
+    return {"listen": f"unix/{socket}", "origins": [ADMIN_ORIGIN]}
+
+
+def _match(route: Route) -> dict[str, Any]:
+    match: dict[str, Any] = {}
+    if route.host is not None:
+        match["host"] = [route.host]
+    if route.path:
+        match["path"] = [route.path, route.path + "/*"]
+    return match
+
+
+def _header_edits(route: Route) -> list[dict[str, Any]]:
+    edits = route.headers
+    if not (edits.remove or edits.set or edits.add):
+        return []
+    request: dict[str, Any] = {}
+    if edits.remove:
+        request["delete"] = list(edits.remove)
+    if edits.set:
+        request["set"] = {name: [value] for name, value in edits.set.items()}
+    if edits.add:
+        request["add"] = {name: [value] for name, value in edits.add.items()}
+    return [{"handler": "headers", "request": request}]
+
+
+def _reverse_proxy(ports: Iterable[int], settings: ProxySection, timeout: float) -> dict[str, Any]:
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": dial(port)} for port in ports],
+        # A refused connect moves on to the next instance, for up to connect_timeout.
+        "load_balancing": {
+            "selection_policy": {"policy": "round_robin"},
+            "try_duration": int(settings.connect_timeout * _NS),
+        },
+        "transport": {
+            "protocol": "http",
+            "dial_timeout": int(settings.connect_timeout * _NS),
+            "response_header_timeout": int(timeout * _NS),
+        },
+    }
+
+
+def _unavailable(route: Route, service: ServiceRuntime | None, report: Report) -> list[dict[str, Any]]:
+    """The 503 page, as JSON for an ``Accept`` that asks for it, else as text."""
+    message = f"service {route.service} has no instance up" if service is not None \
+        else f"no service {route.service}"
+    detail = report(route.service, service)
+    answers = []
+    for as_json in (True, False):
+        body, content_type = pages.render(503, message, detail, as_json)
+        answer: dict[str, Any] = {
+            "handle": [{"handler": "static_response", "status_code": 503, "body": body.decode(),
+                        "headers": {"Content-Type": [content_type.decode()]}}],
+        }
+        if as_json:
+            answer["match"] = [{"header": {"Accept": ["*json*"]}}]
+        answers.append(answer)
+    return [{"handler": "subroute", "routes": answers}]
+
+
+def _handlers(route: Route, service: ServiceRuntime | None, settings: ProxySection,
+              report: Report) -> list[dict[str, Any]]:
+    ports = [port for instance in (service.instances if service else ()) if instance.up
+             and (port := instance_port(instance, route.port)) is not None]
+    if not ports:
+        return _unavailable(route, service, report)
+    handlers = _header_edits(route)
+    if route.strip_prefix and route.path:
+        handlers.append({"handler": "rewrite", "strip_path_prefix": route.path})
+    handlers.append(_reverse_proxy(ports, settings, route.timeout))
+    return handlers
+
+
+def _draining(services: Iterable[ServiceRuntime], routes: list[Route]) -> list[dict[str, Any]]:
+    """Unreachable routes naming each draining instance's addresses (see the module doc)."""
+    ports: set[int] = set()
+    for service in services:
+        retiring: list[InstanceRuntime] = [i for i in service.retiring if i.live]
+        for route in routes:
+            if route.service == service.fqn:
+                ports.update(p for i in retiring if (p := instance_port(i, route.port)) is not None)
+    return [{"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": dial(p)}]}]} for p in sorted(ports)]
+
+
+def caddy_document(*, admin_socket: str, settings: ProxySection, table: RouteTable,
+                   services: Mapping[str, ServiceRuntime], report: Report) -> dict[str, Any]:
+    """The whole config for ``POST /load``."""
+    routes = table.ordered()
+    if table.cocoons:
+        routes += [cocoon_route(fqn.partition(":cocoon-")[2])
+                   for fqn, s in services.items() if s.source == COCOON_SOURCE and ":cocoon-" in fqn]
+        routes.sort(key=lambda r: r.service.startswith(f"{COCOON_SOURCE}:cocoon-"), reverse=True)
+    json_routes: list[dict[str, Any]] = []
+    for route in routes:
+        json_route: dict[str, Any] = {
+            "handle": _handlers(route, services.get(route.service), settings, report), "terminal": True}
+        match = _match(route)
+        if match:
+            json_route["match"] = [match]
+        json_routes.append(json_route)
+    if table.cocoons:
+        json_routes.append({"match": [{"path": ["/cocoon/*"]}], "terminal": True, "handle": [
+            {"handler": "static_response", "status_code": 503, "body": "503 Service Unavailable: no such cocoon\n"}]})
+    json_routes.append({"handle": [{"handler": "static_response", "status_code": 404,
+                                    "body": "404 Not Found: no route for {http.request.host}{http.request.uri.path}\n"}]})
+    json_routes += _draining(services.values(), routes)
+    server: dict[str, Any] = {
+        "listen": list(settings.listen),
+        "routes": json_routes,
+        "automatic_https": {"disable": True},
+    }
+    return {
+        "admin": admin_config(admin_socket),
+        "logging": {"logs": {"default": {"level": "WARN"}}},
+        "apps": {"http": {"grace_period": _GRACE_SECONDS * _NS, "servers": {SERVER_NAME: server}}},
+    }

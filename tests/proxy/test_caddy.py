@@ -1,0 +1,130 @@
+"""The Caddy backend (``[proxy] backend = "caddy"``): a real caddy, started by the daemon,
+serves the routes; blue-green switches through it with no failed request and drains blue;
+a route change on reload reaches it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from hive_client import BlockingClient, InstanceOutcome, RolloutDrained, RolloutSwitched
+from tests.proxy.conftest import Proxy, free_port, service_yaml, write_yaml
+from tests.proxy.test_blue_green import blue_green_yaml, load, started
+from tests.support import wait_for
+
+
+def _caddy_processes(proxy: Proxy) -> list[psutil.Process]:
+    daemon = psutil.Process(proxy.daemon.pid)
+    return [p for p in daemon.children() if p.name() == "caddy"]
+
+
+def test_caddy_serves_host_and_path_routes_and_the_503_page(caddy_proxy: Proxy, tmp_path: Path) -> None:
+    proxy = caddy_proxy
+    services = (
+        service_yaml("api", free_port(), "{path: /api, strip_prefix: true}")
+        + service_yaml("admin", free_port(), "{path: /api/admin}")
+        + service_yaml("site", free_port(), "[{host: Site.Test, path: /}]")
+        + service_yaml("fallback", free_port(), "{path: /fallback}")
+    )
+    write_yaml(tmp_path / "p", services)
+    with proxy.client() as client:
+        client.add_source(str(tmp_path / "p"))
+        client.start_source("p")
+        proxy.wait_serving("/api/x", b"api")
+        proxy.wait_serving("/api/admin/x", b"admin")
+        proxy.wait_serving("/x", b"site", host="site.test")
+        proxy.wait_serving("/fallback", b"fallback")
+        assert [p.name() for p in _caddy_processes(proxy)] == ["caddy"]
+        assert client.status().proxy_addresses == [f"127.0.0.1:{proxy.port}"]
+
+        assert proxy.get("/api/users?id=1")[1].endswith(b" /users?id=1")  # the prefix stripped
+        assert proxy.get("/api")[1].endswith(b" /")
+        assert proxy.get("/api/admin/keys")[1].startswith(b"admin ")  # the longest prefix wins
+        assert proxy.get("/api/x", Host="site.test:8080")[1].startswith(b"site ")  # host routes first
+        status, body = proxy.get("/apix")  # a prefix ends at a segment
+        assert status == 404 and b"no route" in body
+
+        status, _, body = proxy.request("GET", "/fallback/headers", headers={"X-Forwarded-For": "10.0.0.9"})
+        seen = {name.lower(): value for name, value in json.loads(body)["headers"]}
+        assert status == 200 and seen["x-forwarded-for"].endswith("127.0.0.1")
+        assert seen["x-forwarded-proto"] == "http"
+
+        client.stop_service("p:api")
+        wait_for(lambda: proxy.get("/api/x")[0] == 503, timeout=30, what="/api to answer 503")
+        status, headers, body = proxy.request("GET", "/api/x", headers={"Accept": "application/json"})
+        page = json.loads(body)
+        assert status == 503 and headers["content-type"].startswith("application/json")
+        assert page["service"]["fqn"] == "p:api" and page["service"]["desired"] == "stopped"
+        assert b"p:api has no instance up" in proxy.get("/api/x")[1]  # text by default
+
+
+def test_blue_green_through_caddy_fails_no_request(caddy_proxy: Proxy, tmp_path: Path) -> None:
+    proxy = caddy_proxy
+    project = write_yaml(tmp_path / "p", blue_green_yaml())
+    with started(proxy, project) as client, load(proxy) as (failures, served):
+        for number in range(2, 8):
+            before = served[0]
+            outcomes = client.restart_service("p:web")
+            assert [o.result for o in outcomes] == ["done"], outcomes
+            info = client.get_service_status("p:web")
+            assert info.generation == number
+            assert proxy.get("/web/")[1].startswith(f"web-{info.ports['http']} ".encode())
+            wait_for(lambda before=before: served[0] > before, timeout=30, what="requests to flow")  # type: ignore[misc]
+    assert failures == []
+
+
+def test_caddy_drains_blue_until_its_request_is_answered(caddy_proxy: Proxy, tmp_path: Path) -> None:
+    """A slow request to blue is under way at the switch: blue is stopped only once it is
+    answered (drain 30 s: stopping blue sooner would cut the response)."""
+    proxy = caddy_proxy
+    project = write_yaml(tmp_path / "p", blue_green_yaml(drain="30s"))
+    with started(proxy, project) as client:
+        blue_port = client.get_service_status("p:web").ports["http"]
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+        connection.request("GET", "/web/slow")
+        slow = connection.getresponse()  # the head and a first piece: blue holds the rest
+        assert slow.status == 200
+        answers: list[list[InstanceOutcome]] = []
+
+        def restart_in_background() -> None:
+            with proxy.client() as own:
+                answers.append(own.restart_service("p:web"))
+
+        with BlockingClient(proxy.daemon.socket, timeout=60) as watcher, \
+                watcher.subscribe_events(["rollout_switched", "rollout_drained"], fqn="p:web") as events:
+            restart = threading.Thread(target=restart_in_background, daemon=True)
+            restart.start()
+            stream = iter(events)
+            assert isinstance(next(stream), RolloutSwitched)
+            green_port = client.get_service_status("p:web").ports["http"]
+            assert proxy.get("/web/")[1].startswith(f"web-{green_port} ".encode())
+            assert answers == []  # blue is draining: its request is under way
+            urllib.request.urlopen(f"http://127.0.0.1:{blue_port}/release", timeout=10).read()
+            body = slow.read()
+            assert body.endswith(b"done\n") or body, body
+            drained = next(stream)
+            assert isinstance(drained, RolloutDrained) and drained.generation == 1
+        restart.join(timeout=60)
+        assert [o.result for o in answers[0]] == ["done"]
+        connection.close()
+
+
+def test_a_route_change_on_reload_reaches_caddy(caddy_proxy: Proxy, tmp_path: Path) -> None:
+    proxy = caddy_proxy
+    project = write_yaml(tmp_path / "p", service_yaml("api", free_port(), "{path: /old}"))
+    with proxy.client() as client:
+        client.add_source(str(project))
+        client.start_source("p")
+        proxy.wait_serving("/old/x", b"api")
+        pid = client.get_service_status("p:api").pid
+        path = project / "hive.yaml"
+        path.write_text(path.read_text().replace("{path: /old}", "{path: /new}"))
+        client.reload_source("p")
+        proxy.wait_serving("/new/x", b"api")
+        assert proxy.get("/old/x")[0] == 404
+        assert client.get_service_status("p:api").pid == pid  # a route change restarts nothing
