@@ -46,12 +46,24 @@ def blue_green_yaml(*, drain: str = "0.2s", healthy: str = "0.2s", timeout: str 
 
 
 @contextmanager
-def load(proxy: Proxy) -> Iterator[tuple[list[str], list[int]]]:
+def load(proxy: Proxy, *, retries: list[str] | None = None) -> Iterator[tuple[list[str], list[int]]]:
     """Requests sent continuously (a kept-alive connection, and a new connection per
-    request) until the block ends: the failures, and how many were answered."""
+    request) until the block ends: the failures, and how many were answered.
+
+    With ``retries``, a request whose connection closed before any answer is sent once
+    more on a new connection (as browsers and most HTTP clients do for a GET); the first
+    error goes to ``retries``, and only a second one is a failure."""
     failures: list[str] = []
     served = [0]
     stop = threading.Event()
+
+    def once(connection: http.client.HTTPConnection) -> None:
+        connection.request("GET", "/web/load")
+        answer = connection.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            failures.append(f"{answer.status}: {body[:200]!r}")
+        served[0] += 1
 
     def run(keep_alive: bool) -> None:
         connection: http.client.HTTPConnection | None = None
@@ -59,16 +71,22 @@ def load(proxy: Proxy) -> Iterator[tuple[list[str], list[int]]]:
             if connection is None:
                 connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
             try:
-                connection.request("GET", "/web/load")
-                answer = connection.getresponse()
-                body = answer.read()
-                if answer.status != 200:
-                    failures.append(f"{answer.status}: {body[:200]!r}")
-                served[0] += 1
+                once(connection)
             except (OSError, http.client.HTTPException) as exc:
-                failures.append(repr(exc))
                 connection.close()
                 connection = None
+                what = f"{'kept-alive' if keep_alive else 'new'} connection: {exc!r}"
+                if retries is None or not isinstance(exc, _UNANSWERED):
+                    failures.append(what)
+                    continue
+                retries.append(what)
+                again = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+                try:
+                    once(again)
+                except (OSError, http.client.HTTPException) as second:
+                    failures.append(f"{what}, then on a new connection: {second!r}")
+                finally:
+                    again.close()
             if not keep_alive and connection is not None:
                 connection.close()
                 connection = None
@@ -82,6 +100,10 @@ def load(proxy: Proxy) -> Iterator[tuple[list[str], list[int]]]:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
+
+
+# A connection closed before any byte of the answer: the request may be sent again.
+_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def make_sick(project: Path) -> None:

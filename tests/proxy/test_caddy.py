@@ -29,7 +29,7 @@ def test_caddy_serves_host_and_path_routes_and_the_503_page(caddy_proxy: Proxy, 
         service_yaml("api", free_port(), "{path: /api, strip_prefix: true}")
         + service_yaml("admin", free_port(), "{path: /api/admin}")
         + service_yaml("site", free_port(), "[{host: Site.Test, path: /}]")
-        + service_yaml("fallback", free_port(), "{path: /fallback}")
+        + service_yaml("fallback", free_port(), "{path: /fallback, strip_prefix: true}")
     )
     write_yaml(tmp_path / "p", services)
     with proxy.client() as client:
@@ -66,7 +66,10 @@ def test_caddy_serves_host_and_path_routes_and_the_503_page(caddy_proxy: Proxy, 
 def test_blue_green_through_caddy_fails_no_request(caddy_proxy: Proxy, tmp_path: Path) -> None:
     proxy = caddy_proxy
     project = write_yaml(tmp_path / "p", blue_green_yaml())
-    with started(proxy, project) as client, load(proxy) as (failures, served):
+    # Each config load closes caddy's idle kept-alive connections (docs/proxy.md): a
+    # request sent on one at that moment is unanswered, and a client sends it again.
+    retries: list[str] = []
+    with started(proxy, project) as client, load(proxy, retries=retries) as (failures, served):
         for number in range(2, 8):
             before = served[0]
             outcomes = client.restart_service("p:web")
@@ -75,7 +78,7 @@ def test_blue_green_through_caddy_fails_no_request(caddy_proxy: Proxy, tmp_path:
             assert info.generation == number
             assert proxy.get("/web/")[1].startswith(f"web-{info.ports['http']} ".encode())
             wait_for(lambda before=before: served[0] > before, timeout=30, what="requests to flow")  # type: ignore[misc]
-    assert failures == []
+    assert failures == [], failures
 
 
 def test_caddy_drains_blue_until_its_request_is_answered(caddy_proxy: Proxy, tmp_path: Path) -> None:
@@ -105,8 +108,7 @@ def test_caddy_drains_blue_until_its_request_is_answered(caddy_proxy: Proxy, tmp
             assert proxy.get("/web/")[1].startswith(f"web-{green_port} ".encode())
             assert answers == []  # blue is draining: its request is under way
             urllib.request.urlopen(f"http://127.0.0.1:{blue_port}/release", timeout=10).read()
-            body = slow.read()
-            assert body.endswith(b"done\n") or body, body
+            assert slow.read() == b"first-done"  # whole: blue was not stopped under it
             drained = next(stream)
             assert isinstance(drained, RolloutDrained) and drained.generation == 1
         restart.join(timeout=60)

@@ -35,7 +35,7 @@ import anyio.abc
 import httpx
 
 from ..settings import ProxySection
-from .caddy_config import ADMIN_ORIGIN, admin_config, dial
+from .caddy_config import ADMIN_ORIGIN, DRAIN_ID, admin_config, dial
 
 __all__ = ["CaddyBackend", "CaddyError"]
 
@@ -61,7 +61,7 @@ class CaddyBackend:
         self._document = document
         self._process: asyncio.subprocess.Process | None = None
         self._client: httpx.AsyncClient | None = None
-        self._loaded: bytes | None = None  # the document caddy has now
+        self._loaded: tuple[str, set[str]] | None = None  # caddy's document: what serves, what drains
         self._wanted = 0  # update() calls so far
         self._pushed = 0  # the update() count the loaded document reflects
         self._wake = asyncio.Event()
@@ -211,15 +211,19 @@ class CaddyBackend:
             self._wake.clear()
             await self._ready.wait()
             wanted = self._wanted
-            body = json.dumps(self._document(str(self.socket)), sort_keys=True).encode()
-            if body != self._loaded:
+            document = self._document(str(self.socket))
+            serving, draining = _split(document)
+            # Each load closes caddy's idle client connections: a drain route that is no
+            # longer needed goes with the next load that changes what serves.
+            if self._loaded is None or serving != self._loaded[0] or not draining <= self._loaded[1]:
+                body = json.dumps(document, sort_keys=True).encode()
                 try:
                     await self._admin("POST", "/load", body)
                 except CaddyError as exc:
                     self.error = str(exc)
                     log.error("proxy: caddy refused the routes: %s", exc)
                     continue
-                self._loaded = body
+                self._loaded = (serving, draining)
                 self.error = None
             self._pushed = wanted
             done, self._pushed_event = self._pushed_event, asyncio.Event()
@@ -235,3 +239,12 @@ class CaddyBackend:
         if response.status_code >= 400:
             raise CaddyError(f"caddy's admin API: {method} {path}: {response.status_code} {response.text.strip()}")
         return response.json() if response.content else None
+
+
+def _split(document: dict[str, Any]) -> tuple[str, set[str]]:
+    """A document as (its serving part, as JSON; the ids of its drain routes)."""
+    routes = document["apps"]["http"]["servers"]["hive"]["routes"]
+    draining = {r["@id"] for r in routes if str(r.get("@id", "")).startswith(DRAIN_ID)}
+    serving = [r for r in routes if r.get("@id") not in draining]
+    return json.dumps({**document, "apps": {"http": {**document["apps"]["http"], "servers": {
+        "hive": {**document["apps"]["http"]["servers"]["hive"], "routes": serving}}}}}, sort_keys=True), draining

@@ -210,6 +210,9 @@ class Pool:
     def in_flight(self, ports: Collection[int]) -> int:
         return sum(self._in_flight[port] for port in ports)
 
+    async def synced(self) -> None:
+        """The embedded proxy reads the instances at each request: always in sync."""
+
     async def quiet(self, ports: Collection[int]) -> None:
         """Until nothing is in flight to ``ports`` (a blue-green drain: rollout.py)."""
         while self.in_flight(ports):

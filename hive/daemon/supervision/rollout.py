@@ -71,6 +71,10 @@ class Traffic(Protocol):
     async def quiet(self, ports: Collection[int]) -> None:
         """Until no request or tunnel through the proxy is under way to ``ports``."""
 
+    async def synced(self) -> None:
+        """Until new requests go to the instances the services list now (a proxy that
+        is configured from outside, such as caddy, takes a moment)."""
+
 
 class Rollouts:
     def __init__(
@@ -116,6 +120,7 @@ class Rollouts:
             if instance.handle is not None:
                 self._records.record(instance, instance.handle)
         service.notify()
+        await self._synced()
         self._bus.publish(RolloutSwitched(fqn=service.fqn, generation=generation, previous=previous))
         await self._stopper.stop([i for i in blue if i.live and i.phase is not Phase.DRAINING])
 
@@ -162,6 +167,11 @@ class Rollouts:
                 await self._drained(blue)
         return None
 
+    async def _synced(self) -> None:
+        traffic = self._traffic()
+        if traffic is not None:
+            await traffic.synced()
+
     async def _drained(self, blue: list[InstanceRuntime]) -> None:
         """Until the proxy has nothing in flight to the old generation: its requests are
         answered, its WebSockets closed (never, without a proxy: the grace period ends it)."""
@@ -190,6 +200,7 @@ class Rollouts:
                 if instance.handle is not None:
                     self._records.record(instance, instance.handle)
             service.notify()
+            await self._synced()
         else:
             service.incoming, service.retiring = [], green
         if abort:
