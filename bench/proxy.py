@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The embedded proxy against direct requests and against Debian's nginx, in one run.
+"""The embedded proxy against direct requests and against Debian's nginx, in one run;
+and Hive's Caddy backend against a Caddy configured by hand.
 
-    scripts/install-nginx.sh && python bench/proxy.py [--seconds 5] [--connections 32]
+    scripts/install-nginx.sh && scripts/install-caddy.sh && python bench/proxy.py [--seconds 5] [--connections 32]
 
 One upstream for all three paths: an nginx answering a fixed 13-byte body (fast, so the
 proxies are what is measured), run by Hive as a script service with a route ``/``.
@@ -13,11 +14,17 @@ wrk drives each path:
 
 nginx proxies with one worker and upstream keep-alive: one core, as Hive's proxy (one
 event loop) has. Targets: Hive's added p50 <= 0.5 ms; its throughput >= 30 % of nginx's.
+
+With caddy installed, a second daemon (``[proxy] backend = "caddy"``) runs a second such
+upstream behind the caddy it starts (``hive-caddy``), and a caddy started by hand with a
+plain ``reverse_proxy`` to that upstream is measured too (``caddy``). Target: hive-caddy's
+throughput within 10 % of caddy's. Both caddies use all cores (Go's default).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -35,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from hive_client import BlockingClient  # noqa: E402
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+CADDY = shutil.which("caddy")
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 
 _UPSTREAM = """
@@ -52,6 +60,40 @@ http {{ access_log off; keepalive_requests 1000000;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}
 """
+
+
+def _caddy_by_hand(port: int, upstream: int) -> str:
+    return json.dumps({"admin": {"disabled": True}, "logging": {"logs": {"default": {"level": "WARN"}}},
+                       "apps": {"http": {"servers": {"bench": {
+                           "listen": [f"127.0.0.1:{port}"], "automatic_https": {"disable": True},
+                           "routes": [{"handle": [{"handler": "reverse_proxy",
+                                                   "upstreams": [{"dial": f"127.0.0.1:{upstream}"}]}]}]}}}}})
+
+
+def start_daemon(work: Path, proxy_port: int, upstream_port: int, backend: str) -> subprocess.Popen[bytes]:
+    """A daemon in ``work`` whose project runs an nginx upstream on ``upstream_port``."""
+    (work / "up.conf").write_text(_UPSTREAM.format(dir=work, port=upstream_port))
+    (work / "config.toml").write_text(f'[proxy]\nbackend = "{backend}"\nlisten = ["127.0.0.1:{proxy_port}"]\n')
+    project = work / "project"
+    project.mkdir()
+    (project / "hive.yaml").write_text(f"""version: "1"
+services:
+  app:
+    runner: {{type: script, script: {{run: "exec {NGINX} -p {work} -c {work}/up.conf"}}}}
+    rollout: {{type: recreate, recreate: {{ports: {{http: {upstream_port}}}}}}}
+    proxy: {{path: /}}
+""")
+    env = {**os.environ, "HIVE_HOME": str(work), "PYTHONPATH": str(ROOT)}
+    with open(work / "daemon.err", "wb") as errors:
+        daemon = subprocess.Popen([sys.executable, "-m", "hive.daemon", "--home", str(work), "--foreground"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=errors)
+    wait_listening_socket(work / "hive.sock")
+    with BlockingClient(work / "hive.sock", timeout=30) as client:
+        client.add_source(str(project))
+        client.start_source("project")
+    wait_listening(upstream_port)
+    wait_listening(proxy_port)
+    return daemon
 
 
 def free_port() -> int:
@@ -101,36 +143,31 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hvpx-", dir="/tmp"))
     up_port, hive_port, nginx_port = free_port(), free_port(), free_port()
-    (work / "up.conf").write_text(_UPSTREAM.format(dir=work, port=up_port))
     (work / "px.conf").write_text(_PROXY.format(dir=work, port=nginx_port, upstream=up_port))
-    (work / "config.toml").write_text(f'[proxy]\nlisten = ["127.0.0.1:{hive_port}"]\n')
-    project = work / "project"
-    project.mkdir()
-    (project / "hive.yaml").write_text(f"""version: "1"
-services:
-  app:
-    runner: {{type: script, script: {{run: "exec {NGINX} -p {work} -c {work}/up.conf"}}}}
-    rollout: {{type: recreate, recreate: {{ports: {{http: {up_port}}}}}}}
-    proxy: {{path: /}}
-""")
-    env = {**os.environ, "HIVE_HOME": str(work), "PYTHONPATH": str(ROOT)}
-    with open(work / "daemon.err", "wb") as errors:
-        daemon = subprocess.Popen([sys.executable, "-m", "hive.daemon", "--home", str(work), "--foreground"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=errors)
+    daemons: list[subprocess.Popen[bytes]] = []
+    by_hand: subprocess.Popen[bytes] | None = None
     nginx_started = False
     try:
-        wait_listening_socket(work / "hive.sock")
-        with BlockingClient(work / "hive.sock", timeout=30) as client:
-            client.add_source(str(project))
-            client.start_source("project")
-        wait_listening(up_port)
-        wait_listening(hive_port)
+        (work / "embedded").mkdir()
+        daemons.append(start_daemon(work / "embedded", hive_port, up_port, "embedded"))
         subprocess.run([NGINX, "-p", str(work), "-c", str(work / "px.conf")], check=True)
         nginx_started = True
         wait_listening(nginx_port)
+        paths = [("direct", up_port), ("hive", hive_port), ("nginx", nginx_port)]
+        if CADDY is not None:
+            up2_port, hive_caddy_port, caddy_port = free_port(), free_port(), free_port()
+            (work / "caddy").mkdir()
+            daemons.append(start_daemon(work / "caddy", hive_caddy_port, up2_port, "caddy"))
+            (work / "caddy.json").write_text(_caddy_by_hand(caddy_port, up2_port))
+            by_hand = subprocess.Popen([CADDY, "run", "--config", str(work / "caddy.json")],
+                                       env={**os.environ, "HOME": str(work), "XDG_DATA_HOME": str(work / "xdg"),
+                                            "XDG_CONFIG_HOME": str(work / "xdg")},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_listening(caddy_port)
+            paths += [("direct2", up2_port), ("hive-caddy", hive_caddy_port), ("caddy", caddy_port)]
 
         results: dict[str, dict[str, float]] = {}
-        for name, port in (("direct", up_port), ("hive", hive_port), ("nginx", nginx_port)):
+        for name, port in paths:
             wrk(port, 1, 1)  # warm-up: connections, caches
             latency = wrk(port, 1, args.seconds)
             load = wrk(port, args.connections, args.seconds)
@@ -139,8 +176,12 @@ services:
     finally:
         if nginx_started:
             subprocess.run([NGINX, "-p", str(work), "-c", str(work / "px.conf"), "-s", "stop"], check=False)
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(60)
+        if by_hand is not None:
+            by_hand.terminate()
+            by_hand.wait(30)
+        for daemon in daemons:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -166,6 +207,14 @@ def report(results: dict[str, dict[str, float]], connections: int) -> None:
     ratio = hive["rps"] / nginx["rps"]
     print(f"hive throughput: {ratio:.0%} of nginx's, {hive['rps'] / direct['rps']:.0%} of direct; "
           f"target >= 30 % of nginx: {'met' if ratio >= 0.3 else 'MISSED'}")
+    if "caddy" not in results:
+        print("caddy rows skipped: caddy is not installed (scripts/install-caddy.sh)")
+        return
+    hive_caddy, caddy, direct2 = results["hive-caddy"], results["caddy"], results["direct2"]
+    ratio = hive_caddy["rps"] / caddy["rps"]
+    print(f"hive-caddy throughput: {ratio:.0%} of caddy by hand's; target >= 90 %: {'met' if ratio >= 0.9 else 'MISSED'}")
+    print(f"hive-caddy added p50: {hive_caddy['p50'] - direct2['p50']:.3f} ms "
+          f"(caddy by hand adds {caddy['p50'] - direct2['p50']:.3f} ms)")
 
 
 if __name__ == "__main__":

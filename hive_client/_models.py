@@ -239,11 +239,17 @@ class ServiceStarted(Event, tag="service_started"):
     fqn: str
     pid: int | None = None
     container_id: str | None = None
+    # A blue-green service's generation the instance belongs to (both run during a
+    # rollout, under one fqn); None for other services.
+    generation: int | None = None
 
 
 class ServiceStopped(Event, tag="service_stopped"):
     fqn: str
     exit_code: int | None = None
+    # A blue-green service's generation the instance belongs to (both run during a
+    # rollout, under one fqn); None for other services.
+    generation: int | None = None
 
 
 class ServiceExited(Event, tag="service_exited"):
@@ -278,12 +284,18 @@ class ServiceHealthChanged(Event, tag="service_health_changed"):
     fqn: str
     healthy: bool
     message: str = ""
+    # A blue-green service's generation the instance belongs to (both run during a
+    # rollout, under one fqn); None for other services.
+    generation: int | None = None
 
 
 class ServiceStateChanged(Event, tag="service_state_changed"):
     fqn: str
     state: str
     previous: str
+    # A blue-green service's generation the instance belongs to (both run during a
+    # rollout, under one fqn); None for other services.
+    generation: int | None = None
 
 
 # A blue-green rollout, step by step (docs/proxy.md). ``generation`` numbers a service's

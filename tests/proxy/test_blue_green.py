@@ -27,6 +27,7 @@ from hive_client import (
     RolloutStarted,
     RolloutSwitched,
     ServiceFailed,
+    ServiceStateChanged,
 )
 from tests.proxy.conftest import APP, Proxy, free_port, write_yaml
 from tests.support import start_daemon, wait_for
@@ -262,3 +263,25 @@ def _alive(process: psutil.Process | int) -> bool:
         return found.is_running() and found.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_each_generations_state_events_say_which_generation(proxy: Proxy, tmp_path: Path) -> None:
+    """Both generations share the fqn during a rollout: their events carry ``generation``."""
+    project = write_yaml(tmp_path / "p", blue_green_yaml())
+    with started(proxy, project) as client, BlockingClient(proxy.daemon.socket, timeout=30) as watcher, \
+            watcher.subscribe_events(["service_state_changed", "service_started", "service_stopped",
+                                      "rollout_completed"], fqn="p:web") as events:
+        assert [o.result for o in client.restart_service("p:web")] == ["done"]
+        seen: list[tuple[str, int | None, str]] = []
+        for event in events:
+            if isinstance(event, RolloutCompleted):
+                break
+            tag = str(event.__struct_config__.tag)
+            state = event.state if isinstance(event, ServiceStateChanged) else tag
+            seen.append((tag, getattr(event, "generation", None), state))
+    assert ("service_started", 2, "service_started") in seen
+    assert ("service_state_changed", 2, "running") in seen
+    assert ("service_state_changed", 1, "draining") in seen
+    assert ("service_state_changed", 1, "stopped") in seen
+    assert ("service_stopped", 1, "service_stopped") in seen
+    assert all(generation in (1, 2) for _, generation, _ in seen), seen

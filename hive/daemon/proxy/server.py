@@ -120,10 +120,16 @@ class ProxyServer:
         )
         self._known = {s.fqn: s.config for s in services}
         if not self.core.table:
+            if self.caddy is not None and self._caddy_started:
+                self.caddy.update()  # the last routes went: caddy answers 404
             return
         if self.caddy is None:
             await self._listen(self.core.settings.listen)
-        elif not self._caddy_started and self._tasks is not None:
+            return
+        if any(route.chain for route in self.core.table.routes):
+            log.warning("proxy: the caddy backend does not apply proxy plugins (rate-limit, cors); "
+                        "use backend = \"embedded\" for them")
+        if not self._caddy_started and self._tasks is not None:
             self._caddy_started = True
             await self._tasks.start(self.caddy.run)
         else:

@@ -149,7 +149,8 @@ class InstanceTasks:
             self._phases.note(instance, instance.last_error or "failed", LogLevel.ERROR)
         elif instance.phase is Phase.STOPPING:
             self._phases.note(instance, "stopped")
-            self._bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code))
+            self._bus.publish(ServiceStopped(fqn=instance.fqn, exit_code=instance.exit_code,
+                                             generation=instance.event_generation))
         self._phases.apply(instance, Input.ENDED)
 
     async def _ended(self, instance: InstanceRuntime) -> None:
@@ -225,7 +226,8 @@ class InstanceTasks:
             ran = max(0.0, (now - instance.started_at).total_seconds())
             instance.started_monotonic = time.monotonic() - ran
         phases.note(instance, f"started (pid {handle.pid})" if handle.pid else "started")
-        self._bus.publish(ServiceStarted(fqn=instance.fqn, pid=handle.pid, container_id=handle.container_id))
+        self._bus.publish(ServiceStarted(fqn=instance.fqn, pid=handle.pid, container_id=handle.container_id,
+                                         generation=instance.event_generation))
         # Record it for adoption after the other starts of this batch have spawned: the
         # record needs the process's start time, which the kernel gives once its exec is
         # done; by then it is. Running (a start's answer) once recorded.

@@ -45,7 +45,8 @@ class Phases:
             instance.settled_as = phase
         state, before = WIRE_STATE[phase], WIRE_STATE[previous]
         if state != before:
-            self._bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=before))
+            self._bus.publish(ServiceStateChanged(fqn=instance.fqn, state=state, previous=before,
+                                                  generation=instance.event_generation))
         instance.service.notify(instance)
 
     def fail(self, instance: InstanceRuntime, message: str, given: Input = Input.START_FAILED) -> bool:
@@ -75,7 +76,8 @@ class Phases:
         if instance.healthy == healthy:
             return
         instance.healthy = healthy
-        self._bus.publish(ServiceHealthChanged(fqn=instance.fqn, healthy=healthy, message=message))
+        self._bus.publish(ServiceHealthChanged(fqn=instance.fqn, healthy=healthy, message=message,
+                                                   generation=instance.event_generation))
         self.note(instance, f"health: {'healthy' if healthy else 'unhealthy'} ({message})",
                   LogLevel.INFO if healthy else LogLevel.WARN)
         self.apply(instance, Input.HEALTHY if healthy else Input.UNHEALTHY)

@@ -105,6 +105,11 @@ class InstanceRuntime:
         return self.phase in LIVE
 
     @property
+    def event_generation(self) -> int | None:
+        """Its generation, as its events carry it: a blue-green service's only."""
+        return self.generation if self.service.blue_green else None
+
+    @property
     def stopping(self) -> bool:
         return self.phase in (Phase.STOPPING, Phase.STOPPING_TO_START, Phase.FAILING)
 
