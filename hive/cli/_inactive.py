@@ -38,9 +38,9 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
     lines = []
     project = []
     default = ProxySettings()
-    unused = [key for key in ("bind", "ssl", "dns", "debug") if getattr(config.proxy, key) != getattr(default, key)]
+    unused = [key for key in ("dns", "debug") if getattr(config.proxy, key) != getattr(default, key)]
     if unused:
-        project.append(f"proxy.{', proxy.'.join(unused)} (the proxy listens on [proxy] listen of the daemon's config.toml)")
+        project.append(f"proxy.{', proxy.'.join(unused)}")
     if config.observability is not None:
         project.append("observability")
     if project:

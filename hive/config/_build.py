@@ -20,6 +20,7 @@ from ._decode import Decoder, describe, did_you_mean, parse_port
 from ._issues import KeyPath, format_path
 from ._model import (
     PROXY_PLUGIN_BLOCKS,
+    SSL_BLOCKS,
     BlueGreenSettings,
     BuildSpec,
     CmdCheck,
@@ -147,7 +148,8 @@ def _provider_problem(provider: str) -> str:
 def _known_types(category: str) -> tuple[str, ...]:
     if category == "runner":
         return tuple(installed_runners())
-    return {"rollout": ROLLOUT_TYPES, "health": HEALTH_TYPES, "proxy": PROXY_PLUGIN_TYPES}.get(category, ())
+    return {"rollout": ROLLOUT_TYPES, "health": HEALTH_TYPES, "proxy": PROXY_PLUGIN_TYPES,
+            "ssl": tuple(SSL_BLOCKS)}.get(category, ())
 
 
 def _stray_key_hint(key: str, type_name: str, category: str) -> str:
@@ -465,7 +467,7 @@ class Builder:
         fields = self.decoder.decode(plain, _ProxyGlobalFields, path, extra_keys=("ssl", "plugins"))
         ssl = None
         if value.get("ssl") is not None:
-            ssl = self.plugin_spec(value["ssl"], (*path, "ssl"), "ssl")
+            ssl = self.ssl_spec(value["ssl"], (*path, "ssl"))
         plugins = self.plugin_list(value.get("plugins"), (*path, "plugins"))
         if fields is None or self._error_count() > start:
             return None
@@ -478,6 +480,22 @@ class Builder:
             show_error_logs=fields.show_error_logs,
             debug=fields.debug,
         )
+
+    def ssl_spec(self, value: Any, path: KeyPath) -> PluginSpec | None:
+        """``{type: files, files: {cert, key}}`` (paths from the project's root) or
+        ``{type: internal}``."""
+        spec = self.plugin_spec(value, path, "ssl")
+        if spec is None:
+            return None
+        if spec.type not in SSL_BLOCKS:
+            self.sink.error((*path, "type"), f"unknown ssl type '{spec.type}'{did_you_mean(spec.type, SSL_BLOCKS)}"
+                            f" (known: {', '.join(SSL_BLOCKS)})")
+            return None
+        if spec.type == "files":
+            config = {key: self._resolve(self.root, str(spec.config[key]), (*path, "files", key))
+                      for key in ("cert", "key")}
+            return PluginSpec(type=spec.type, config=config, skip=spec.skip)
+        return spec
 
     def plugin_spec(self, value: Any, path: KeyPath, category: str = "proxy") -> PluginSpec | None:
         """A proxy/ssl plugin: `{type: X, X: {...}, skip: bool}`."""
@@ -502,7 +520,7 @@ class Builder:
                 (*path, "skip"), f"expected a boolean (true/false), got {describe(skip)}"
             )
             return None
-        block = PROXY_PLUGIN_BLOCKS.get(type_name) if category == "proxy" else None
+        block = {"proxy": PROXY_PLUGIN_BLOCKS, "ssl": SSL_BLOCKS}.get(category, {}).get(type_name)
         if block is not None and self.decoder.decode(config, block, (*path, type_name)) is None:
             return None
         return PluginSpec(type=type_name, config=config, skip=skip)

@@ -289,13 +289,10 @@ _DEFAULT_PROXY = ProxySettings()
 def inactive_notes(config: HiveConfig) -> list[str]:
     """Parsed-and-kept parts whose behaviour comes in later releases."""
     notes: list[str] = []
-    unused = [key for key in ("bind", "ssl", "dns", "debug")
+    unused = [key for key in ("dns", "debug")
               if getattr(config.proxy, key) != getattr(_DEFAULT_PROXY, key)]
     if unused:
-        notes.append(
-            f"proxy.{', proxy.'.join(unused)}: not used by Hive's proxy, which listens on "
-            "[proxy] listen in the daemon's config.toml (settings are kept)"
-        )
+        notes.append(f"proxy.{', proxy.'.join(unused)}: not used by Hive's proxy yet (settings are kept)")
     if config.observability is not None:
         notes.append("observability: not active yet (settings are kept)")
     for name, service in config.services.items():

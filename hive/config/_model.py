@@ -91,6 +91,23 @@ class CorsSettings(msgspec.Struct, frozen=True, kw_only=True):
 PROXY_PLUGIN_BLOCKS: dict[str, type[msgspec.Struct]] = {"rate-limit": RateLimitSettings, "cors": CorsSettings}
 
 
+# ---- the proxy's TLS (``proxy.ssl``: docs/proxy.md, "TLS") ----
+
+
+class SslFiles(msgspec.Struct, frozen=True, kw_only=True):
+    """A certificate chain and its key, PEM files (relative to the project's root)."""
+
+    cert: str
+    key: str
+
+
+class SslInternal(msgspec.Struct, frozen=True, kw_only=True):
+    """Caddy's own local CA issues the certificates (the Caddy backend only)."""
+
+
+SSL_BLOCKS: dict[str, type[msgspec.Struct]] = {"files": SslFiles, "internal": SslInternal}
+
+
 # The runners a blue-green rollout works for: a process, or one container per generation.
 BLUE_GREEN_RUNNERS = frozenset({"script", "docker", "podman"})
 

@@ -170,8 +170,7 @@ def test_full_file(load_text: LoadText) -> None:
 
     assert project.warnings == []
     assert project.inactive == [
-        "proxy.bind, proxy.dns: not used by Hive's proxy, which listens on [proxy] listen in the "
-        "daemon's config.toml (settings are kept)",
+        "proxy.dns: not used by Hive's proxy yet (settings are kept)",
         "observability: not active yet (settings are kept)",
     ]  # (web's blue-green rollout is active: it is a script service)
 

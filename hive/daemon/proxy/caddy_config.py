@@ -10,6 +10,9 @@ Routes keep the embedded proxy's order: host routes first, longest path first, t
 host-less ones; ``/cocoon/{id}/*`` for the signaling plugin's cocoons; then a ``404``.
 A service with no instance up gets a ``503`` with its state page as of this load.
 
+A file's ``proxy.bind`` adds listeners; those with ``proxy.ssl`` are servers of their own
+with TLS: the given certificate files, or caddy's local CA (``internal``).
+
 A draining generation's addresses stay in the document, in routes after the final
 ``404`` that no request reaches: caddy keeps in-flight counts per upstream address only
 while a loaded config names that address, and the drain reads those counts.
@@ -17,6 +20,7 @@ while a loaded config names that address, and the drain reads those counts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,7 @@ from .upstreams import instance_port
 if TYPE_CHECKING:
     from ..settings import ProxySection
     from ..supervision import InstanceRuntime, ServiceRuntime
+    from .bindings import Binding
 
 __all__ = ["DRAIN_ID", "SERVER_NAME", "admin_config", "caddy_document", "dial"]
 
@@ -135,8 +140,42 @@ def _draining(services: Iterable[ServiceRuntime], routes: list[Route]) -> list[d
             for p in sorted(ports)]
 
 
+def _tls(bindings: Mapping[str, Binding], routes: list[Route], json_routes: list[dict[str, Any]],
+         server: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The files' ``bind``: plain ones join ``server``; each TLS setting is a server of its
+    own. Returns those servers and caddy's ``tls`` app."""
+    servers: dict[str, dict[str, Any]] = {}
+    load_files: list[dict[str, Any]] = []
+    automate: set[str] = set()
+    by_spec: dict[str, list[str]] = {}
+    for address, binding in bindings.items():
+        if binding.ssl is None:
+            server["listen"].append(address)
+            continue
+        by_spec.setdefault(json.dumps([binding.ssl.type, binding.ssl.config], sort_keys=True), []).append(address)
+        if binding.ssl.type == "files":
+            entry = {"certificate": binding.ssl.config["cert"], "key": binding.ssl.config["key"]}
+            if entry not in load_files:
+                load_files.append(entry)
+        else:  # internal: caddy's local CA issues a certificate per host name
+            automate.update({"localhost", *(r.host for r in routes if r.host is not None)})
+    for number, addresses in enumerate(by_spec.values()):
+        servers[f"{SERVER_NAME}-tls-{number}"] = {
+            "listen": addresses, "routes": json_routes, "tls_connection_policies": [{}],
+            "automatic_https": {"disable": True},  # no ACME, no redirect server on :80
+        }
+    tls: dict[str, Any] = {}
+    if load_files:
+        tls.setdefault("certificates", {})["load_files"] = load_files
+    if automate:
+        tls.setdefault("certificates", {})["automate"] = sorted(automate)
+        tls["automation"] = {"policies": [{"issuers": [{"module": "internal"}]}]}
+    return servers, tls
+
+
 def caddy_document(*, admin_socket: str, settings: ProxySection, table: RouteTable,
-                   services: Mapping[str, ServiceRuntime], report: Report) -> dict[str, Any]:
+                   services: Mapping[str, ServiceRuntime], report: Report,
+                   bindings: Mapping[str, Binding] | None = None) -> dict[str, Any]:
     """The whole config for ``POST /load``."""
     routes = table.ordered()
     if table.cocoons:
@@ -162,8 +201,11 @@ def caddy_document(*, admin_socket: str, settings: ProxySection, table: RouteTab
         "routes": json_routes,
         "automatic_https": {"disable": True},
     }
-    return {
-        "admin": admin_config(admin_socket),
-        "logging": {"logs": {"default": {"level": "WARN"}}},
-        "apps": {"http": {"grace_period": _GRACE_SECONDS * _NS, "servers": {SERVER_NAME: server}}},
-    }
+    tls_servers, tls = _tls(bindings or {}, routes, json_routes, server)
+    apps: dict[str, Any] = {"http": {"grace_period": _GRACE_SECONDS * _NS,
+                                     "servers": {SERVER_NAME: server, **tls_servers}}}
+    if tls:
+        apps["tls"] = tls
+        # The local CA stays in Hive's home: caddy is not to add it to the system's trust.
+        apps["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
+    return {"admin": admin_config(admin_socket), "logging": {"logs": {"default": {"level": "WARN"}}}, "apps": apps}

@@ -36,8 +36,9 @@ class _Refused(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, core: ProxyCore) -> None:
+    def __init__(self, core: ProxyCore, proto: bytes = b"http") -> None:
         self.core = core
+        self.proto = proto  # X-Forwarded-Proto: b"https" on a TLS listener
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""

@@ -102,7 +102,7 @@ class Exchange:
                 return
         upstream_target = route.upstream_target(text).encode("ascii") if route.strip_prefix else target
         head = request_head(
-            self.method, upstream_target, headers, facts, peer=self.client.peer, proto=b"http",
+            self.method, upstream_target, headers, facts, peer=self.client.peer, proto=self.client.proto,
             upgrade=self.upgrade, edits=route.headers,
         )
         self.pending = [head]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,6 +29,7 @@ from hive_client import Event
 
 from ..settings import ProxySection
 from . import pages
+from .bindings import Binding, bindings, server_context
 from .caddy import CaddyBackend
 from .caddy_config import caddy_document
 from .client import ClientConnection
@@ -66,11 +68,13 @@ class ProxyServer:
             self.caddy = CaddyBackend(app.home.root / "caddy", app.settings.proxy, self._caddy_document)
         self._caddy_started = False
         self._tasks: anyio.abc.TaskGroup | None = None  # run()'s: caddy runs in it
+        self.bindings: dict[str, Binding] = {}  # the files' proxy.bind (with their ssl)
+        self._bound: dict[str, Binding | None] = {}  # what each open listener was opened for
 
     @property
     def addresses(self) -> list[str]:
         if self.caddy is not None:
-            return list(self.core.settings.listen) if self._caddy_started and self.caddy.error is None else []
+            return [*self.core.settings.listen, *self.bindings] if self._caddy_started and self.caddy.error is None else []
         return list(self._servers)
 
     @property
@@ -80,7 +84,7 @@ class ProxyServer:
 
     def _caddy_document(self, admin_socket: str) -> dict[str, object]:
         return caddy_document(admin_socket=admin_socket, settings=self.core.settings, table=self.core.table,
-                              services=self.app.services.services, report=self._report)
+                              services=self.app.services.services, report=self._report, bindings=self.bindings)
 
     @property
     def table(self) -> RouteTable:
@@ -123,8 +127,10 @@ class ProxyServer:
             if self.caddy is not None and self._caddy_started:
                 self.caddy.update()  # the last routes went: caddy answers 404
             return
+        self.bindings = bindings(((s.source, s.project) for s in services if s.project is not None),
+                                 self.core.settings.listen)
         if self.caddy is None:
-            await self._listen(self.core.settings.listen)
+            await self._listen()
             return
         if any(route.chain for route in self.core.table.routes):
             log.warning("proxy: the caddy backend does not apply proxy plugins (rate-limit, cors); "
@@ -144,30 +150,53 @@ class ProxyServer:
                 log.warning("proxy: a changed [proxy] backend or caddy_command applies when the daemon restarts")
             self.caddy.update()  # a changed listen or timeout is a new document
             return
-        if self._servers and set(settings.listen) != set(self._servers):
-            await self._listen(settings.listen)
+        if self._servers:
+            await self._listen()
 
-    async def _listen(self, addresses: list[str]) -> None:
-        loop = asyncio.get_running_loop()
-        for address in addresses:
-            if address in self._servers:
-                continue
-            host, _, port = address.rpartition(":")
-            try:
-                server = await loop.create_server(
-                    lambda: ClientConnection(self.core), host.strip("[]"), int(port), backlog=1024,
-                    reuse_address=True,
-                )
-            except OSError as exc:
-                self.error = f"cannot listen on {address}: {exc.strerror or exc}; set [proxy] listen in config.toml"
-                log.error("proxy: %s", self.error)
-                continue
-            self._servers[address] = server
-            self.error = None
-            log.info("proxy: listening on %s", address)
-        for address in [a for a in self._servers if a not in addresses]:
+    async def _listen(self) -> None:
+        """Listen on ``[proxy] listen`` and the files' ``bind``; stop listening elsewhere.
+        A listener whose TLS settings changed is opened again (a renewed certificate)."""
+        wanted: dict[str, Binding | None] = dict.fromkeys(self.core.settings.listen)
+        for address, binding in self.bindings.items():
+            wanted.setdefault(address, binding)
+        for address in [a for a in self._servers if a not in wanted or self._bound.get(a) != wanted[a]]:
             self._servers.pop(address).close()
+            self._bound.pop(address, None)
             log.info("proxy: no longer listening on %s", address)
+        for address, wanted_binding in wanted.items():
+            if address not in self._servers:
+                await self._open(address, wanted_binding)
+
+    async def _open(self, address: str, binding: Binding | None) -> None:
+        fix = f"set proxy.bind in {binding.source}'s hive.yaml" if binding else "set [proxy] listen in config.toml"
+        context = None
+        if binding is not None and binding.ssl is not None:
+            try:
+                context = server_context(binding.ssl)
+            except ValueError as exc:
+                self.error = f"cannot serve TLS on {address}: {exc}"
+                log.error("proxy: %s: %s", binding.source, self.error)
+                return
+            except (OSError, ssl.SSLError) as exc:
+                self.error = (f"cannot serve TLS on {address}: the certificate or key of proxy.ssl: "
+                              f"{exc.strerror or exc}; fix proxy.ssl.files in {binding.source}'s hive.yaml")
+                log.error("proxy: %s", self.error)
+                return
+        proto = b"https" if context is not None else b"http"
+        host, _, port = address.rpartition(":")
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                lambda: ClientConnection(self.core, proto), host.strip("[]"), int(port), backlog=1024,
+                reuse_address=True, ssl=context,
+            )
+        except OSError as exc:
+            self.error = f"cannot listen on {address}: {exc.strerror or exc}; {fix}"
+            log.error("proxy: %s", self.error)
+            return
+        self._servers[address] = server
+        self._bound[address] = binding
+        self.error = None
+        log.info("proxy: listening on %s%s", address, " (TLS)" if context is not None else "")
 
     async def close(self, drain: float) -> None:
         """Stop listening; let requests under way finish for up to ``drain`` seconds."""
