@@ -195,9 +195,9 @@ def wait_listening_socket(path: Path, timeout: float = 20.0) -> None:
 
 def report(results: dict[str, dict[str, float]], connections: int) -> None:
     direct, hive, nginx = results["direct"], results["hive"], results["nginx"]
-    print(f"{'path':8} {'p50 ms':>8} {'p99 ms':>8} {'req/s (c=' + str(connections) + ')':>16}")
+    print(f"{'path':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s (c=' + str(connections) + ')':>16}")
     for name, row in results.items():
-        print(f"{name:8} {row['p50']:8.3f} {row['p99']:8.3f} {row['rps']:16.0f}")
+        print(f"{name:10} {row['p50']:8.3f} {row['p99']:8.3f} {row['rps']:16.0f}")
     added_p50 = hive["p50"] - direct["p50"]
     added_p99 = hive["p99"] - direct["p99"]
     print()
