@@ -38,7 +38,7 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
     lines = []
     project = []
     default = ProxySettings()
-    unused = [key for key in ("dns", "debug") if getattr(config.proxy, key) != getattr(default, key)]
+    unused = [key for key in ("dns",) if getattr(config.proxy, key) != getattr(default, key)]
     if unused:
         project.append(f"proxy.{', proxy.'.join(unused)}")
     if config.observability is not None:

@@ -289,7 +289,7 @@ _DEFAULT_PROXY = ProxySettings()
 def inactive_notes(config: HiveConfig) -> list[str]:
     """Parsed-and-kept parts whose behaviour comes in later releases."""
     notes: list[str] = []
-    unused = [key for key in ("dns", "debug")
+    unused = [key for key in ("dns",)
               if getattr(config.proxy, key) != getattr(_DEFAULT_PROXY, key)]
     if unused:
         notes.append(f"proxy.{', proxy.'.join(unused)}: not used by Hive's proxy yet (settings are kept)")

@@ -202,10 +202,16 @@ def caddy_document(*, admin_socket: str, settings: ProxySection, table: RouteTab
         "automatic_https": {"disable": True},
     }
     tls_servers, tls = _tls(bindings or {}, routes, json_routes, server)
+    logs: dict[str, Any] = {"default": {"level": "WARN"}}
+    if any(route.debug for route in routes):  # a file's proxy.debug: caddy's access log
+        for each in (server, *tls_servers.values()):
+            each["logs"] = {}
+        logs = {"default": {"level": "WARN", "exclude": ["http.log.access"]},
+                "access": {"level": "INFO", "include": ["http.log.access"]}}
     apps: dict[str, Any] = {"http": {"grace_period": _GRACE_SECONDS * _NS,
                                      "servers": {SERVER_NAME: server, **tls_servers}}}
     if tls:
         apps["tls"] = tls
         # The local CA stays in Hive's home: caddy is not to add it to the system's trust.
         apps["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
-    return {"admin": admin_config(admin_socket), "logging": {"logs": {"default": {"level": "WARN"}}}, "apps": apps}
+    return {"admin": admin_config(admin_socket), "logging": {"logs": logs}, "apps": apps}

@@ -39,7 +39,7 @@ _NO_BODY = (204, 304)
 
 class Exchange:
     __slots__ = (
-        "_connecting", "_reserved", "_targets", "body_bytes", "chunked_out", "client", "core", "extra_headers",
+        "_connecting", "_reserved", "_targets", "body_bytes", "chunked_out", "client", "core", "debug", "extra_headers",
         "facts", "keep_alive", "local", "method", "pending", "pending_size", "replay",
         "request_done", "response_started", "route", "timer", "until_close", "upgrade", "upstream",
     )
@@ -55,6 +55,7 @@ class Exchange:
         self.upgrade = upgrade
         self.facts = RequestFacts(headers)
         self.route: Route | None = None
+        self.debug: str | None = None  # "GET host/path", when its route's file has proxy.debug
         self.local: bytes | None = None  # the proxy's own answer, when it gives one
         self.extra_headers: list[tuple[bytes, bytes]] | None = None  # from plugins (CORS)
         self.pending: list[bytes] | None = []
@@ -93,6 +94,8 @@ class Exchange:
             self.answer(404, f"no route for {facts.host.decode('latin-1')}{text.partition('?')[0]}")
             return
         self.route = route
+        if route.debug:
+            self.debug = f"{self.method.decode('latin-1')} {facts.host.decode('latin-1')}{text}"
         chain = route.chain
         if chain:
             refusal = chain.on_request(self)
@@ -111,6 +114,8 @@ class Exchange:
     def answer(self, status: int, message: str, *, report: bool = False,
                extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """The proxy answers this request itself (now, or when its turn comes)."""
+        if self.debug is not None and self.route is not None:
+            log.info("proxy: %s -> %s: %d from the proxy: %s", self.debug, self.route.service, status, message)
         detail = None
         if report and self.route is not None:
             service = self.core.upstreams.service(self.route.service)
@@ -259,6 +264,9 @@ class Exchange:
         self.response_started = True
         self.replay = None
         upstream = self.upstream
+        if self.debug is not None and self.route is not None:
+            where = f"{upstream.target.host}:{upstream.target.port}" if upstream is not None else "?"
+            log.info("proxy: %s -> %s at %s: %d", self.debug, self.route.service, where, status)
         if status == 101 and self.upgrade and upstream is not None:
             self.client.write(response_head(status, headers, keep_alive=True, chunked=False, upgrade=True))
             self.client.start_tunnel(self, upstream)

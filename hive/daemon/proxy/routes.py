@@ -13,8 +13,8 @@ table. Which instances serve a route's service is looked up per request
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, replace
 
 from hive.config import PluginSpec, ProxyHeaders, ServiceConfig
 
@@ -49,6 +49,7 @@ class Route:
     buffer_size: int = 1024 * 1024  # request bytes held while an instance is connected
     headers: ProxyHeaders = field(default_factory=ProxyHeaders)
     chain: Chain = field(default_factory=lambda: Chain([]), compare=False)
+    debug: bool = False  # its file has proxy.debug: each request is logged
 
     def covers(self, path: str) -> bool:
         prefix = self.path
@@ -99,7 +100,7 @@ class RouteTable:
 
     @classmethod
     def build(cls, services: Iterable[tuple[str, str, ServiceConfig, list[PluginSpec]]],
-              previous: RouteTable | None = None) -> RouteTable:
+              previous: RouteTable | None = None, debug_sources: Collection[str] = ()) -> RouteTable:
         """From ``(fqn, source, config, the file's global proxy plugins)`` of every service;
         the first of two services with the same route wins (validation refuses that
         within a source). A route's plugins in ``previous`` are kept if unchanged."""
@@ -112,7 +113,7 @@ class RouteTable:
             for route in _service_routes(fqn, config, global_plugins, chains):
                 if (route.host, route.path) not in seen:
                     seen.add((route.host, route.path))
-                    routes.append(route)
+                    routes.append(replace(route, debug=True) if source in debug_sources else route)
         return cls(routes, cocoons)
 
     def ordered(self) -> list[Route]:

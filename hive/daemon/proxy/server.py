@@ -121,6 +121,7 @@ class ProxyServer:
             ((s.fqn, s.source, s.config, list(s.project.proxy.plugins) if s.project else [])
              for s in services),
             previous=self.core.table,
+            debug_sources={s.source for s in services if s.project is not None and s.project.proxy.debug},
         )
         self._known = {s.fqn: s.config for s in services}
         if not self.core.table:
