@@ -15,7 +15,7 @@ import psutil
 from hive_client import BlockingClient, InstanceOutcome, RolloutDrained, RolloutSwitched
 from tests.proxy.conftest import Proxy, free_port, service_yaml, write_yaml
 from tests.proxy.test_blue_green import blue_green_yaml, load, started
-from tests.support import wait_for
+from tests.support import start_daemon, wait_for
 
 
 def _caddy_processes(proxy: Proxy) -> list[psutil.Process]:
@@ -130,3 +130,36 @@ def test_a_route_change_on_reload_reaches_caddy(caddy_proxy: Proxy, tmp_path: Pa
         proxy.wait_serving("/new/x", b"api")
         assert proxy.get("/old/x")[0] == 404
         assert client.get_service_status("p:api").pid == pid  # a route change restarts nothing
+
+
+def test_a_caddy_that_exits_is_started_again_with_the_routes(caddy_proxy: Proxy, tmp_path: Path) -> None:
+    proxy = caddy_proxy
+    write_yaml(tmp_path / "p", service_yaml("api", free_port(), "{path: /api}"))
+    with proxy.client() as client:
+        client.add_source(str(tmp_path / "p"))
+        client.start_source("p")
+    proxy.wait_serving("/api/x", b"api")
+    [first] = _caddy_processes(proxy)
+    first.kill()
+    first.wait(30)
+    wait_for(lambda: [p for p in _caddy_processes(proxy) if p.pid != first.pid], timeout=30,
+             what="a new caddy")
+    proxy.wait_serving("/api/x", b"api")
+
+
+def test_the_caddy_of_a_killed_daemon_is_stopped_by_the_next(caddy_proxy: Proxy, tmp_path: Path,
+                                                              hive_env: Path) -> None:
+    proxy = caddy_proxy
+    write_yaml(tmp_path / "p", service_yaml("api", free_port(), "{path: /api}"))
+    with proxy.client() as client:
+        client.add_source(str(tmp_path / "p"))
+        client.start_source("p")
+    proxy.wait_serving("/api/x", b"api")
+    [first] = _caddy_processes(proxy)
+    proxy.daemon.kill9()
+    assert first.is_running()  # it holds the port and the admin socket
+    proxy.daemon = start_daemon(hive_env)
+    wait_for(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE, timeout=30,
+             what=f"the old caddy (pid {first.pid}) to stop")
+    proxy.wait_serving("/api/x", b"api")  # the next daemon's caddy serves
+    assert len(_caddy_processes(proxy)) == 1
