@@ -12,7 +12,14 @@ from pathlib import Path
 
 import psutil
 
-from hive_client import BlockingClient, InstanceOutcome, RolloutDrained, RolloutSwitched
+from hive_client import (
+    BlockingClient,
+    InstanceOutcome,
+    RolloutDrained,
+    RolloutRolledBack,
+    RolloutSwitched,
+    ServiceFailed,
+)
 from tests.proxy.conftest import Proxy, free_port, service_yaml, write_yaml
 from tests.proxy.test_blue_green import blue_green_yaml, load, started
 from tests.support import start_daemon, wait_for
@@ -163,3 +170,37 @@ def test_the_caddy_of_a_killed_daemon_is_stopped_by_the_next(caddy_proxy: Proxy,
              what=f"the old caddy (pid {first.pid}) to stop")
     proxy.wait_serving("/api/x", b"api")  # the next daemon's caddy serves
     assert len(_caddy_processes(proxy)) == 1
+
+
+def test_a_green_that_turns_unhealthy_after_the_switch_gives_caddy_back_to_blue(
+        caddy_proxy: Proxy, tmp_path: Path) -> None:
+    proxy = caddy_proxy
+    project = write_yaml(tmp_path / "p", blue_green_yaml(healthy="30s", drain="0.2s"))
+    retries: list[str] = []
+    with started(proxy, project) as client, load(proxy, retries=retries) as (failures, _served), \
+            BlockingClient(proxy.daemon.socket, timeout=60) as watcher, \
+            watcher.subscribe_events(["rollout_switched", "rollout_rolled_back"], fqn="p:web") as events:
+        blue_port = client.get_service_status("p:web").ports["http"]
+        answers: list[str] = []
+
+        def restart_in_background() -> None:
+            with proxy.client() as own:
+                try:
+                    own.restart_service("p:web")
+                    answers.append("done")
+                except ServiceFailed as exc:
+                    answers.append(str(exc))
+
+        restart = threading.Thread(target=restart_in_background, daemon=True)
+        restart.start()
+        stream = iter(events)
+        assert isinstance(next(stream), RolloutSwitched)
+        green_port = client.get_service_status("p:web").ports["http"]
+        assert proxy.get("/web/")[1].startswith(f"web-{green_port} ".encode())  # caddy has the switch
+        urllib.request.urlopen(f"http://127.0.0.1:{green_port}/sick", timeout=10).read()
+        rolled_back = next(stream)
+        assert isinstance(rolled_back, RolloutRolledBack) and rolled_back.serving == 1
+        assert proxy.get("/web/")[1].startswith(f"web-{blue_port} ".encode())  # and the way back
+        restart.join(timeout=60)
+        assert answers and answers[0] != "done"
+    assert failures == [], failures
