@@ -204,3 +204,21 @@ def test_a_green_that_turns_unhealthy_after_the_switch_gives_caddy_back_to_blue(
         restart.join(timeout=60)
         assert answers and answers[0] != "done"
     assert failures == [], failures
+
+
+def test_a_missing_caddy_is_a_clear_error_and_the_daemon_serves_on(hive_env: Path, tmp_path: Path) -> None:
+    (hive_env / "config.toml").write_text(
+        f'[proxy]\nbackend = "caddy"\ncaddy_command = "{tmp_path}/no-caddy"\nlisten = ["127.0.0.1:{free_port()}"]\n')
+    daemon = start_daemon(hive_env)
+    try:
+        write_yaml(tmp_path / "p", service_yaml("api", free_port(), "{path: /api}"))
+        with BlockingClient(daemon.socket, timeout=30) as client:
+            client.add_source(str(tmp_path / "p"))
+            client.start_source("p")
+            wait_for(lambda: f"cannot start caddy: no '{tmp_path}/no-caddy' on PATH" in daemon.stderr_path.read_text(),
+                     timeout=30, what="the daemon to say why")
+            assert client.status().proxy_addresses == []
+            wait_for(lambda: client.get_service_status("p:api").state == "running", timeout=30,
+                     what="the service to run")
+    finally:
+        daemon.stop()

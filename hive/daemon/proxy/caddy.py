@@ -68,6 +68,7 @@ class CaddyBackend:
         self._pushed_event = asyncio.Event()
         self._ready = asyncio.Event()
         self._closing = False
+        self._failed = False  # caddy could not be started
         self.error: str | None = None
 
     # --- the state changed ---------------------------------------------------------------
@@ -80,7 +81,7 @@ class CaddyBackend:
         """Until caddy has the document of the state as of this call."""
         self.update()
         wanted = self._wanted
-        while self._pushed < wanted and not self._closing:
+        while self._pushed < wanted and not self._closing and not self._failed:
             await self._pushed_event.wait()
 
     async def quiet(self, ports: Collection[int]) -> None:
@@ -122,6 +123,8 @@ class CaddyBackend:
                 await self._start()
             except CaddyError as exc:
                 self.error = str(exc)
+                self._failed = True  # no caddy: nothing waits for one
+                self._pushed_event.set()
                 log.error("proxy: %s", exc)
                 return
             self.update()  # a new caddy has no routes yet

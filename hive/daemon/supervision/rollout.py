@@ -64,6 +64,8 @@ __all__ = ["Rollouts", "Traffic"]
 
 log = logging.getLogger("hive.supervisor")
 
+_SYNC_SECONDS = 10.0
+
 
 class Traffic(Protocol):
     """What the proxy has in flight to instances (the daemon's proxy sets it)."""
@@ -168,9 +170,15 @@ class Rollouts:
         return None
 
     async def _synced(self) -> None:
+        """Until the proxy routes as ``instances`` says; a proxy that cannot be told
+        (caddy away) does not hold the rollout past ``_SYNC_SECONDS``."""
         traffic = self._traffic()
-        if traffic is not None:
+        if traffic is None:
+            return
+        with anyio.move_on_after(_SYNC_SECONDS) as waited:
             await traffic.synced()
+        if waited.cancelled_caught:
+            log.warning("rollout: the proxy did not take the new routes within %g s; going on", _SYNC_SECONDS)
 
     async def _drained(self, blue: list[InstanceRuntime]) -> None:
         """Until the proxy has nothing in flight to the old generation: its requests are
