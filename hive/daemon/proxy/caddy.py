@@ -233,7 +233,8 @@ class CaddyBackend:
             done.set()
 
     async def _admin(self, method: str, path: str, body: bytes | None = None) -> Any:
-        assert self._client is not None
+        if self._client is None:
+            raise CaddyError("caddy is not started yet")
         try:
             response = await self._client.request(
                 method, path, content=body, headers={"Content-Type": "application/json"} if body else None)
