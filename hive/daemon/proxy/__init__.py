@@ -11,6 +11,9 @@
 - :mod:`.wire`: heads as rewritten (hop-by-hop, X-Forwarded-*), chunked framing.
 - :mod:`.pages`: the proxy's own answers, the 502/503 page as text or JSON.
 - :mod:`.plugins`: the request plugin chain: ``rate-limit`` and ``cors``.
+- :mod:`.bindings`: a hive.yaml's ``proxy.bind`` listeners and their ``proxy.ssl``.
+- :mod:`.caddy`, :mod:`.caddy_config`: the Caddy backend (``[proxy] backend = "caddy"``):
+  a caddy the daemon starts, loaded with the routes through its admin API.
 
 Why httptools: it is llhttp (Node's parser) in C, called back from ``data_received``;
 h11 parses in pure Python, several times slower per request (bench/proxy.py).
