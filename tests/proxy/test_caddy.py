@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import sqlite3
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -20,7 +22,7 @@ from hive_client import (
     RolloutSwitched,
     ServiceFailed,
 )
-from tests.proxy.conftest import Proxy, free_port, service_yaml, write_yaml
+from tests.proxy.conftest import APP, Proxy, free_port, service_yaml, write_yaml
 from tests.proxy.test_blue_green import blue_green_yaml, load, started
 from tests.support import start_daemon, wait_for
 
@@ -222,3 +224,21 @@ def test_a_missing_caddy_is_a_clear_error_and_the_daemon_serves_on(hive_env: Pat
                      what="the service to run")
     finally:
         daemon.stop()
+
+
+def test_caddy_routes_cocoons(caddy_proxy: Proxy, home: Path) -> None:
+    port = free_port()
+    database = home / "cocoons.db"
+    sqlite3.connect(database).close()
+    with caddy_proxy.client() as client:
+        client.add_source(str(database), name="cocoons")
+        client.create_service("cocoons", "cocoon-c7", {
+            "runner": {"type": "script", "script": {"run": f"exec {sys.executable} {APP} {port} c7"}},
+            "rollout": {"type": "recreate", "recreate": {"ports": {"http": port}}},
+            "healthcheck": {"type": "tcp", "tcp": {"port": "{{runtime.port.http}}"}, "interval": "0.2s"},
+        }, start=True)
+    caddy_proxy.wait_serving("/cocoon/c7/", b"c7")
+    assert caddy_proxy.get("/cocoon/c7/hello?q=1")[1] == f"c7 {port} GET /hello?q=1".encode()
+    assert caddy_proxy.get("/cocoon/c7")[1].endswith(b" GET /")
+    status, body = caddy_proxy.get("/cocoon/nope/x")
+    assert status == 503 and b"no such cocoon" in body
