@@ -71,6 +71,8 @@ class Proxy:
                 status, body = self.get(path, **headers)
             except ConnectionRefusedError:  # the proxy is not listening yet
                 return False
+            except (ConnectionResetError, http.client.RemoteDisconnected):
+                return False  # caddy loading a new config closed it (docs/proxy.md)
             return status == 200 and expect in body
 
         wait_for(serving, timeout=30, what=f"{path} to be served with {expect!r}")
