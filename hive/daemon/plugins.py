@@ -80,8 +80,8 @@ __all__ = ["PluginConfigError", "PluginHost", "PluginManager", "check_plugin_set
 DEFAULT_CALL_TIMEOUT = 30.0  # a plugin's calls to the daemon
 WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers (the heartbeat)
 RECOVERY_CAP = 600.0  # the longest the breaker stays open before a trial
-# Added to init_timeout for loading the plugin: a fresh interpreter's start and the
-# plugin's imports, on a busy machine.
+# Added to init_timeout for loading the plugin and connecting its client: a fresh
+# interpreter's start and its imports, on a busy machine; init has init_timeout.
 LOAD_GRACE = 20.0
 # A plugin in one of these states is up: its tasks run, it gets events and calls.
 LIVE = frozenset({PluginState.RUNNING, PluginState.DEGRADED, PluginState.UNHEALTHY, PluginState.HALF_OPEN})
@@ -343,7 +343,7 @@ class PluginHost:
                 self._failure("cannot create the plugin", exc)
                 return
             try:
-                await self._within(self.table.init_timeout, "connect", args={
+                await self._within(self.table.init_timeout + LOAD_GRACE, "connect", args={
                     "socket_path": str(self.manager.app.socket_path), "client_name": f"plugin:{self.name}",
                     "timeout": self.table.init_timeout, "call_timeout": DEFAULT_CALL_TIMEOUT})
             except Exception as exc:
