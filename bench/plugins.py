@@ -6,9 +6,10 @@
 Two daemons: one without plugins (the floor), one with the test plugins that misbehave
 (``flooder`` calling ``list_services`` from 32 tasks without pause, ``blocker`` never
 returning from ``on_event``, ``raiser`` raising in it, ``spinner`` spinning the CPU in
-``run()`` on its own thread (its watchdog deadline set past the run)) and a ``recorder``. From a separate
-client, the round trip of ``status``: p50 and p99 of each, and the ratio. Target: p50
-within 1.5x of the floor (the flooder gets its share of the loop, no more).
+``run()`` in its own process (its watchdog deadline set past the run)) and a ``recorder``. From a
+separate client, the round trip of ``status``: p50 and p99 of each, and the ratio. Targets:
+p50 within 1.5x of the floor (the flooder gets its share of the loop, no more), p99 under
+50 ms (issue 21: a blocking and a spinning plugin do not stall the daemon).
 
 Needs the test plugins installed: ``pip install tests/third_party_plugin``.
 """
@@ -104,9 +105,11 @@ def main() -> int:
     loaded = ", ".join(n for n in ("flooder", "blocker", "raiser", "spinner") if n not in args.skip)
     print(f"{'  with ' + loaded:<34}{statistics.median(hive_p50) * 1e6:>10.1f}"
           f"{statistics.median(hive_p99) * 1e6:>10.1f}")
-    print(f"  ratio p50: {ratio:.2f}x (target <= 1.5x); plugin states after: "
+    p99 = statistics.median(hive_p99)
+    print(f"  ratio p50: {ratio:.2f}x (target <= 1.5x), p99 {p99 * 1e3:.1f} ms (target < 50 ms), "
+          f"p99 ratio {p99 / statistics.median(floor_p99):.2f}x; plugin states after: "
           + ", ".join(f"{name} {state}" for name, state in sorted(states.items())))
-    return 0 if ratio <= 1.5 else 1
+    return 0 if ratio <= 1.5 and p99 < 0.050 else 1
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ its end on its own loop, with a deadline; past the deadline it cancels the call,
 call that does not end even then means the plugin's loop is blocked: the daemon gives the
 thread up (:meth:`PluginThread.abandon`).
 
-Why a thread rather than a child process: the plugin keeps the in-process API (settings
-set on the object, entry-point loading and the trust pin checked once, by the daemon), its
-client already talks over a socket pair, and a call costs a thread hop, not a serialised
-round trip. The price: a thread cannot be killed. An abandoned thread gets an exception
+Used with ``isolation = "thread"`` (the default is a child process, :mod:`.plugin_process`):
+no interpreter of its own to start, a call costs a thread hop. The price: the plugin shares
+the daemon's GIL, and a thread cannot be killed. An abandoned thread gets an exception
 raised into it (which ends a pure-Python loop at once and a blocking call when it returns)
 and its connection is cut, so it can no longer act on the daemon.
 """

@@ -2,11 +2,12 @@
 
 Each enabled plugin gets a :class:`PluginHost`, which owns everything of that plugin:
 
-- its **thread**: the plugin's code runs on an event loop of its own, in a thread of its
-  own (:mod:`.plugin_thread`), so a plugin that blocks cannot stall the daemon; every
-  callback is awaited from the daemon's loop with a deadline, and a callback that does
-  not end even when cancelled (a blocked loop), like a loop that stops answering the
-  watchdog, fails the plugin at once and its thread is given up;
+- its **process**: the plugin's code runs on an event loop of its own, in a child process
+  of its own (:mod:`.plugin_process`; with ``isolation = "thread"``, a thread of the
+  daemon, :mod:`.plugin_thread`), so a plugin that blocks or spins cannot stall the
+  daemon; every callback is awaited from the daemon's loop with a deadline, and a
+  callback that does not end even when cancelled (a blocked loop), like a loop that stops
+  answering the watchdog, fails the plugin at once and its process group is killed;
 - its **client**: one end of a socket pair served by the daemon's own server as a
   connection limited to the plugin's scope (the same protocol as every client);
 - its **events**: a bus subscription of its own, bounded and dropping its oldest events
