@@ -298,6 +298,15 @@ class PluginHost:
                 self._trial = True
                 await self.start()
 
+    def recovery_changed(self) -> None:
+        """A reload changed ``recovery_timeout``: the backoff starts again from it, and a
+        trial already waiting is rescheduled with it from now (0: no trial)."""
+        self._recovery_delay = self.table.recovery_timeout
+        if self._recovery is not None:
+            self._recovery.cancel()
+            self._recovery, self.retry_at = None, None
+            self._schedule_recovery()
+
     def reset_breaker(self) -> None:
         """A start or stop by hand: no trial pending, the recovery delay back to its start."""
         if self._recovery is not None:
@@ -769,6 +778,8 @@ class PluginManager:
                 host.default_scope = plugin_class.default_scope
             changed = table != previous
             host.apply_limits()
+            if table.recovery_timeout != previous.recovery_timeout:
+                host.recovery_changed()
             if not table.enabled:
                 await host.stop(PluginState.DISABLED, "disabled in config.toml")
             elif not previous.enabled:

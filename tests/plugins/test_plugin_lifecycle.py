@@ -101,6 +101,23 @@ async def test_a_failed_plugin_shows_when_the_breaker_tries_it_again(start_with:
     assert stuck["retry_in"] is None  # recovery_timeout = 0: until enabled by hand
 
 
+async def test_a_reloaded_recovery_timeout_applies_at_once(start_with: StartWith, hive_env: Path) -> None:
+    daemon = start_with("[plugins.broken]\nrecovery_timeout = 3600\n")
+    await wait_until(lambda: _plugin("broken")["state"] == "failed", timeout=30, what="broken to fail")
+    (hive_env / "config.toml").write_text("[plugins.broken]\nrecovery_timeout = 0.5\n")
+    changes: list[PluginStateChanged] = []
+    async with DaemonClient(daemon.socket, timeout=30) as client:
+        await client.reload()  # the trial comes after the new timeout, not the hour it was
+        await _states_until(client, "broken", ["starting", "failed", "starting", "failed"], into=changes)
+        (broken,) = [p for p in await client.list_plugins() if p.name == "broken"]
+    assert broken.retry_in is not None and broken.retry_in < 60  # doubling from 0.5, not from 3600
+    (hive_env / "config.toml").write_text("[plugins.broken]\nrecovery_timeout = 0\n")
+    async with DaemonClient(daemon.socket, timeout=30) as client:
+        await client.reload()  # 0: no more trials, until enabled by hand
+        (broken,) = [p for p in await client.list_plugins() if p.name == "broken"]
+    assert broken.state == "failed" and broken.retry_in is None
+
+
 def _plugin(name: str) -> dict[str, object]:
     import json
 
