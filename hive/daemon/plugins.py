@@ -733,18 +733,53 @@ class PluginManager:
 
     async def act(self, name: str, action: str) -> PluginInfo:
         host = self.get(name)
-        if action in ("disable", "restart"):
-            await host.stop(PluginState.DISABLED, f"{action} requested")
         if action == "restart":
-            host.delivered = host.dropped = host.failed = 0
-            host.last_error = None
-            entry = installed_plugins().get(name)
-            if entry is not None:  # its code as it is on disk now (checked against the pin again)
-                log.info("plugin %s: re-importing its code (%s)", name, ", ".join(forget_modules(entry)) or "not loaded")
-        if action in ("enable", "restart"):
+            await self._restart(host)
+            return host.info()
+        if action == "disable":
+            await host.stop(PluginState.DISABLED, f"{action} requested")
+        if action == "enable":
             host.reset_breaker()
             await host.start()
         return host.info()
+
+    def _dependents(self, name: str) -> list[PluginHost]:
+        """The live plugins that depend on ``name``, directly or through one another."""
+        found: dict[str, PluginHost] = {}
+        frontier = [name]
+        while frontier:
+            current = frontier.pop()
+            for other in self.hosts.values():
+                if (current in other.depends_on and other.name != name and other.name not in found
+                        and other.state in LIVE):
+                    found[other.name] = other
+                    frontier.append(other.name)
+        return list(found.values())
+
+    async def _restart(self, host: PluginHost) -> None:
+        """Stop the plugin and the running plugins that depend on it (dependents first),
+        then start them all again with their code as it is on disk now (checked against
+        the pin again): a dependent's init always follows its dependency's."""
+        group = [host, *self._dependents(host.name)]
+        names = {member.name for member in group}
+        for wave in shutdown_waves({m.name: tuple(d for d in m.depends_on if d in names) for m in group}):
+            async with anyio.create_task_group() as stops:
+                for name in wave:
+                    why = "restart requested" if name == host.name else f"restart of {host.name} requested"
+                    stops.start_soon(self.hosts[name].stop, PluginState.DISABLED, why)
+        installed = installed_plugins()
+        for member in group:
+            member.delivered = member.dropped = member.failed = 0
+            member.last_error = None
+            entry = installed.get(member.name)
+            if entry is not None:
+                log.info("plugin %s: re-importing its code (%s)", member.name,
+                         ", ".join(forget_modules(entry)) or "not loaded")
+            member.reset_breaker()
+            member.start_done = anyio.Event()  # a dependent may look before this start begins
+        async with anyio.create_task_group() as starts:
+            for member in group:
+                starts.start_soon(member.start)
 
     async def reconfigure(self, plugins: Mapping[str, Any]) -> list[str]:
         """New ``[plugins.*]`` tables (a reload): plugins added or enabled start, removed or

@@ -138,6 +138,19 @@ async def test_depends_on_orders_init_and_shutdown(start_with: StartWith, hive_e
     assert [r["label"] for r in _what(log, "shutdown")] == ["follower", "base"]
 
 
+async def test_a_restarted_plugin_restarts_the_plugins_that_depend_on_it(
+        start_with: StartWith, hive_env: Path) -> None:
+    log = hive_env / "rec.jsonl"
+    start_with(recorder_table(log, label="base") + recorder_table(log, name="follower", label="follower"))
+    await wait_until(lambda: len(_what(log, "init")) == 2, timeout=30, what="both inits")
+    assert run_cli("plugins", "restart", "recorder").returncode == 0
+    await wait_until(lambda: len(_what(log, "init")) == 4, timeout=30, what="both inits again")
+    order = [(r["what"], r["label"]) for r in records(log) if r["what"] in ("init", "shutdown")]
+    assert order == [("init", "base"), ("init", "follower"),  # stopped dependents first, started after
+                     ("shutdown", "follower"), ("shutdown", "base"), ("init", "base"), ("init", "follower")]
+    assert _plugin("follower")["state"] == "running"
+
+
 async def test_a_missing_dependency_fails_that_plugin_alone(start_with: StartWith, hive_env: Path) -> None:
     log = hive_env / "rec.jsonl"
     start_with(recorder_table(log, name="follower", label="follower")
