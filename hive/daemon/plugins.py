@@ -691,6 +691,10 @@ class PluginManager:
         from .errors import RequestError
 
         host = self.get(name)
+        starting = host.start_done
+        if host.state == PluginState.STARTING and starting is not None:
+            with anyio.move_on_after(host.table.call_timeout):  # its process may take a moment
+                await starting.wait()
         if host.state not in LIVE or host._runner is None:
             raise RequestError(ErrorCode.UNSUPPORTED, f"plugin {name!r} is {host.state}, not running"
                                + (f" ({host.last_error})" if host.last_error else ""))
