@@ -1,11 +1,11 @@
-"""A core plugin in a process of its own: ``python -m hive.daemon.plugin_child CONTROL CLIENT``.
+"""A core plugin in a process of its own: ``python -m hive.daemon.plugin_child CONTROL CLIENT NAME``.
 
 ``CONTROL`` and ``CLIENT`` are inherited descriptors: the control socket (:mod:`.plugin_wire`)
 and the plugin's end of its client's socket pair, which the daemon serves with the plugin's
-scope. The plugin runs on this process's main thread, on an event loop of its own; a
-second thread reads the control socket, so the daemon can ask where the loop's thread is
-even while the plugin's code blocks it. The process ends when the control socket closes
-(the daemon stopped it, or the daemon is gone).
+scope; ``NAME``, the plugin's, is there for ``ps``. The plugin runs on this process's main
+thread, on an event loop of its own; a second thread reads the control socket, so the
+daemon can ask where the loop's thread is even while the plugin's code blocks it. The
+process ends when the control socket closes (the daemon stopped it, or the daemon is gone).
 """
 
 from __future__ import annotations

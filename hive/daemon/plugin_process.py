@@ -109,7 +109,7 @@ class PluginProcess:
         try:
             fds = (theirs.fileno(), client_sock.fileno())
             self._process = await anyio.open_process(
-                [sys.executable, "-m", "hive.daemon.plugin_child", *map(str, fds)],
+                [sys.executable, "-m", "hive.daemon.plugin_child", *map(str, fds), self.name],
                 stdin=subprocess.DEVNULL, stdout=None, stderr=None, pass_fds=fds, start_new_session=True)
         except BaseException:
             ours.close()
@@ -222,6 +222,8 @@ class PluginProcess:
         """Close the control socket (the child exits by itself); kill its process group if
         it has not exited within ``grace``, and what it left in the group anyway."""
         self._outbox.close()
+        if self._process is None:  # it never started
+            return
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(grace):
                 await self._gone.wait()
