@@ -67,8 +67,8 @@ from ._messages import (
     SubscribeServices,
     UpdateService,
 )
-from ._models import ContainerUsage
 from ._models import (
+    ContainerUsage,
     DaemonEvent,
     ExposedInfo,
     InstanceOutcome,
