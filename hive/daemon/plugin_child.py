@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from hive.plugin import PluginCallError
+from hive_client import LogLevelChanged
 
 from .plugin_callbacks import Callbacks
 from .plugin_wire import HEADER, Call, Cancel, Done, Frames, Log, ToDaemon, decode_child, frame
@@ -155,6 +156,9 @@ class Child:
     async def _dispatch(self, call: Call) -> Any:
         if call.method == "load":
             return self._load(call.args)
+        if isinstance(call.event, LogLevelChanged):  # what the daemon's log keeps, the child sends
+            with contextlib.suppress(ValueError):
+                logging.getLogger().setLevel(call.event.level.upper())
         return await self.callbacks.dispatch(call.method, call.event, call.args)
 
     def _load(self, args: dict[str, Any]) -> None:

@@ -34,6 +34,8 @@ from .plugin_wire import HEADER, Call, Cancel, Done, Frames, Log, Where, decode_
 __all__ = ["PluginError", "PluginProcess", "RemoteCall"]
 
 log = logging.getLogger("hive.plugins")
+# The daemon's own: systemd's notify socket and socket activation are not the plugin's.
+_DAEMON_ONLY = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
 _END_WAIT = 2.0  # how long a child whose control socket closed has to exit before it is killed
 
 
@@ -110,7 +112,8 @@ class PluginProcess:
             fds = (theirs.fileno(), client_sock.fileno())
             self._process = await anyio.open_process(
                 [sys.executable, "-m", "hive.daemon.plugin_child", *map(str, fds), self.name],
-                stdin=subprocess.DEVNULL, stdout=None, stderr=None, pass_fds=fds, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=None, stderr=None, pass_fds=fds, start_new_session=True,
+                env={key: value for key, value in os.environ.items() if key not in _DAEMON_ONLY})
         except BaseException:
             ours.close()
             raise

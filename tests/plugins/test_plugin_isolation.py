@@ -5,6 +5,7 @@ it blocks, and the daemon still stops cleanly."""
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import anyio
@@ -144,4 +145,15 @@ async def test_a_plugin_on_a_thread_blocking_is_failed_and_the_daemon_serves(
         (sleeper,) = [p for p in await client.list_plugins() if p.name == "sleeper"]
     assert "its thread is blocked at" in (sleeper.last_error or "")
     assert "time.sleep(self.settings.seconds)" in (sleeper.last_error or "")
+    assert daemon.stop() == 0
+
+
+async def test_what_a_plugin_process_logs_reaches_the_daemons_log(start_with: StartWith, hive_env: Path) -> None:
+    log = hive_env / "rec.jsonl"
+    daemon = start_with(recorder_table(log, name="talker", label="talker"))
+    said = await wait_until(lambda: re.search(r"plugin talker \(hive_test_plugins\.talker\): "
+                                              r"talker says hello from pid (\d+)", daemon.stderr()),
+                            timeout=30, what="the talker's line in the daemon's log")
+    talker = _plugin_process(daemon.pid, "talker")
+    assert talker is not None and int(said.group(1)) == talker.pid != daemon.pid
     assert daemon.stop() == 0
