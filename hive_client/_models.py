@@ -407,6 +407,8 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     api_version: int = 0  # the manifest: the plugin API it is written for,
     capabilities: list[str] = []  # what it provides,
     depends_on: list[str] = []  # the plugins it needs running before its init
+    isolation: str = "process"  # where its code runs: "process" (its own) or "thread" (the daemon's)
+    pid: int | None = None  # its process while it is up (None on a thread)
 
 
 class ContainerUsage(msgspec.Struct, kw_only=True):

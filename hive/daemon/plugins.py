@@ -162,6 +162,7 @@ class PluginHost:
             heartbeat=now - self.heartbeat_at if self.state in LIVE and self.heartbeat_at is not None else None,
             retry_in=max(0.0, self.retry_at - now) if self.retry_at is not None else None,
             api_version=self.api_version, capabilities=list(self.capabilities), depends_on=list(self.depends_on),
+            isolation=self.table.isolation, pid=self.pid,
         )
 
     def _set_state(self, state: PluginState, message: str = "") -> None:

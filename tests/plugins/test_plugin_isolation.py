@@ -99,6 +99,8 @@ async def test_a_blocked_plugin_process_is_killed(start_with: StartWith, hive_en
     sleeper = _plugin_process(daemon.pid, "sleeper")
     assert sleeper is not None and sleeper.pid != daemon.pid
     async with DaemonClient(daemon.socket, timeout=30) as client:
+        (info,) = [p for p in await client.list_plugins() if p.name == "sleeper"]
+        assert (info.isolation, info.pid) == ("process", sleeper.pid)
         await client.reload()  # the sleeper's process now sleeps an hour
         await _failed(client, "sleeper")
     await wait_until(lambda: not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE,
@@ -143,6 +145,7 @@ async def test_a_plugin_on_a_thread_blocking_is_failed_and_the_daemon_serves(
         await _failed(client, "sleeper")
         assert (await client.status()).running
         (sleeper,) = [p for p in await client.list_plugins() if p.name == "sleeper"]
+    assert (sleeper.isolation, sleeper.pid) == ("thread", None)
     assert "its thread is blocked at" in (sleeper.last_error or "")
     assert "time.sleep(self.settings.seconds)" in (sleeper.last_error or "")
     assert daemon.stop() == 0
