@@ -108,8 +108,16 @@ def cold_start(work: Path, count: int) -> tuple[float, float]:
 
 
 def crash_gaps(work: Path, crashes: int) -> list[float]:
-    home = work / "home-crash"
-    project = work / "proj-crash"
+    daemon = Daemon(work / "home-crash")
+    try:
+        return crash_gaps_on(daemon, work / "proj-crash", crashes)
+    finally:
+        daemon.stop()
+
+
+def crash_gaps_on(daemon: Daemon, project: Path, crashes: int, name: str = "bench") -> list[float]:
+    """The gaps between a crash and the next start of a service that crashes ``crashes``
+    times, run by ``daemon`` from ``project`` (created here)."""
     project.mkdir(parents=True, exist_ok=True)
     (project / "hive.yaml").write_text(
         'version: "1"\n'
@@ -125,18 +133,14 @@ def crash_gaps(work: Path, crashes: int) -> list[float]:
         "          exit 1\n"
         "    restart: {policy: on-failure, delay: 0s}\n"
     )
-    daemon = Daemon(home)
-    try:
-        with daemon.client() as client:
-            client.add_source(project, name="bench")
-            client.start_source("bench")
-            with client.subscribe_events(["service_restarting"]) as events:
-                for seen, _ in enumerate(events, start=1):
-                    if seen >= crashes + 1:
-                        break
-            client.stop_source("bench")
-    finally:
-        daemon.stop()
+    with daemon.client() as client:
+        client.add_source(project, name=name)
+        client.start_source(name)
+        with client.subscribe_events(["service_restarting"]) as events:
+            for seen, _ in enumerate(events, start=1):
+                if seen >= crashes + 1:
+                    break
+        client.stop_source(name)
     starts = [int(x) for x in (project / "starts").read_text().split()]
     exits = [int(x) for x in (project / "exits").read_text().split()]
     return [(start - end) / 1e9 for end, start in zip(exits, starts[1:], strict=False)]

@@ -14,7 +14,8 @@ to it and dropped, its failures; and the events of each kind this plugin receive
 The service list is refreshed when a service event arrives (not on a timer); CPU and
 memory are read with psutil when Prometheus scrapes, from the pids that list holds, on
 the HTTP server's thread, which also asks the daemon for its request counts and plugins
-then (through the plugin's client, on the plugin's loop). Container services without a host pid report no CPU or memory.
+then (through the plugin's client, on the plugin's loop). A container without a host pid
+(a remote or VM-backed engine) reports what its engine counts (``container_stats``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 from wsgiref.simple_server import WSGIServer
 
 import msgspec
@@ -35,7 +36,7 @@ from prometheus_client.registry import Collector
 from hive.plugin import CorePlugin, DaemonEvent, PluginCallError
 
 if TYPE_CHECKING:
-    from hive_client import DaemonClient, DaemonStatus, PluginInfo, ServiceInfo
+    from hive_client import ContainerUsage, DaemonClient, DaemonStatus, PluginInfo, ServiceInfo
     from hive_client.protocol import RequestStatsReply
 
 __all__ = ["Metrics", "MetricsSettings"]
@@ -74,11 +75,19 @@ def _usage(pid: int) -> tuple[float, int] | None:
     return cpu, rss
 
 
+class _Asked(NamedTuple):
+    """What a scrape asks the daemon."""
+
+    stats: RequestStatsReply
+    plugins: list[PluginInfo]
+    containers: dict[str, ContainerUsage]  # by fqn: those without a host pid
+
+
 class _Snapshot(Collector):
     """What a scrape reports: the last service list and status (replaced whole, so the
     HTTP thread reads a consistent pair), plus CPU and memory read at scrape time."""
 
-    def __init__(self, ask: Callable[[], tuple[RequestStatsReply, list[PluginInfo]] | None]) -> None:
+    def __init__(self, ask: Callable[[], _Asked | None]) -> None:
         self.services: list[ServiceInfo] = []
         self.status: DaemonStatus | None = None
         self.events: dict[str, int] = {}  # by kind; replaced whole on each event (read by another thread)
@@ -93,12 +102,18 @@ class _Snapshot(Collector):
         cpu = CounterMetricFamily("hive_service_cpu_seconds", "CPU time of the instance's process tree", labels=labels)
         memory = GaugeMetricFamily("hive_service_memory_bytes", "resident memory of the instance's process tree",
                                    labels=labels)
+        asked = self.ask()
+        containers = asked.containers if asked is not None else {}
         for info in services:
             key = [info.fqn.partition("#")[0], str(info.instance or 0)]
             for name in sorted({*STATES, info.state}):
                 state.add_metric([*key, name], 1.0 if name == info.state else 0.0)
             restarts.add_metric(key, info.restart_count)
-            usage = _usage(info.pid) if info.pid else None
+            if info.pid:
+                usage = _usage(info.pid)
+            else:  # a container whose processes the host cannot see: its engine's count
+                counted = containers.get(info.fqn)
+                usage = (counted.cpu_seconds, counted.memory_bytes) if counted is not None else None
             if usage is not None:
                 cpu.add_metric(key, usage[0])
                 memory.add_metric(key, usage[1])
@@ -113,10 +128,9 @@ class _Snapshot(Collector):
         for kind, count in sorted(self.events.items()):
             events.add_metric([kind], count)
         yield events
-        asked = self.ask()
         if asked is not None:
-            yield from _requests(asked[0])
-            yield from _plugins(asked[1])
+            yield from _requests(asked.stats)
+            yield from _plugins(asked.plugins)
 
 
 def _plugins(plugins: list[PluginInfo]) -> Iterator[Any]:
@@ -173,9 +187,9 @@ class Metrics(CorePlugin[MetricsSettings]):
         services = await self.client.list_services()
         self.snapshot.services, self.snapshot.status = services, await self.client.status()
 
-    def _ask(self) -> tuple[RequestStatsReply, list[PluginInfo]] | None:
-        """The daemon's request counts and plugins, asked from the HTTP server's thread (a
-        scrape) on the plugin's loop."""
+    def _ask(self) -> _Asked | None:
+        """The daemon's request counts, plugins and container stats, asked from the HTTP
+        server's thread (a scrape) on the plugin's loop."""
         asked = asyncio.run_coroutine_threadsafe(self._ask_daemon(), self.loop)
         try:
             return asked.result(ASK_TIMEOUT)
@@ -184,8 +198,11 @@ class Metrics(CorePlugin[MetricsSettings]):
             log.warning("metrics: cannot read the daemon's request counts and plugins: %s", exc)
             return None
 
-    async def _ask_daemon(self) -> tuple[RequestStatsReply, list[PluginInfo]]:
-        return await self.client.request_stats(), await self.client.list_plugins()
+    async def _ask_daemon(self) -> _Asked:
+        unseen = [info.fqn for info in self.snapshot.services if info.container_id and not info.pid]
+        containers = await self.client.container_stats(unseen) if unseen else []
+        return _Asked(await self.client.request_stats(), await self.client.list_plugins(),
+                      {usage.fqn: usage for usage in containers})
 
     async def on_event(self, event: DaemonEvent) -> None:
         kind = str(event.__struct_config__.tag)

@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._messages import PROTOCOL_VERSION, AddSourceResult, DaemonStatus, ReloadPlan
 from ._models import (
+    ContainerUsage,
     DaemonEvent,
     DaemonReloaded,
     DaemonShutdown,
@@ -87,6 +88,7 @@ __all__ = [
     "AsyncStream",
     "BlockingClient",
     "ConnectionClosed",
+    "ContainerUsage",
     "DaemonClient",
     "DaemonError",
     "DaemonEvent",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from ._models import (
+    ContainerUsage,
     DaemonEvent,
     ExposedInfo,
     InstanceOutcome,
@@ -28,6 +29,8 @@ __all__ = [
     "AddSource",
     "AddSourceResult",
     "BuildService",
+    "ContainerStats",
+    "ContainerStatsReply",
     "CreateService",
     "DaemonStatus",
     "DeleteService",
@@ -128,6 +131,13 @@ class Shutdown(Request, tag="shutdown"):
 
 class RequestStats(Request, tag="request_stats"):
     """How many requests of each type the daemon answered, and how long they took."""
+
+
+class ContainerStats(Request, tag="container_stats"):
+    """The CPU and memory of container instances, from their engines' stats: for those
+    whose processes the host cannot see (no host pid). ``fqns``: only these instances."""
+
+    fqns: list[str] = []
 
 
 class Reload(Request, tag="reload"):
@@ -306,6 +316,7 @@ RequestMessage = (
     | Shutdown
     | Reload
     | RequestStats
+    | ContainerStats
     | ListSources
     | AddSource
     | RemoveSource
@@ -438,6 +449,10 @@ class RequestStatsReply(Response, tag="request_stats"):
     requests: list[RequestStat]
 
 
+class ContainerStatsReply(Response, tag="container_stats"):
+    containers: list[ContainerUsage]
+
+
 class PluginList(Response, tag="plugins"):
     plugins: list[PluginInfo]
 
@@ -517,6 +532,7 @@ ResponseMessage = (
     | PluginDetail
     | PluginReply
     | RequestStatsReply
+    | ContainerStatsReply
     | LogBatch
     | StreamStarted
     | LogLineItem

@@ -15,6 +15,8 @@ from ._messages import (
     AddSource,
     AddSourceResult,
     BuildService,
+    ContainerStats,
+    ContainerStatsReply,
     CreateService,
     DaemonStatus,
     DeleteService,
@@ -64,6 +66,7 @@ from ._messages import (
     UpdateService,
 )
 from ._models import (
+    ContainerUsage,
     DaemonEvent,
     ExposedInfo,
     InstanceOutcome,
@@ -102,6 +105,12 @@ class AsyncRequestMethods:
         """How many requests of each type the daemon answered (errors among them) and
         how long they took: a cumulative histogram over ``bounds``."""
         return await self._call(RequestStats(), RequestStatsReply, timeout)
+
+    async def container_stats(self, fqns: list[str] | None = None, *,
+                              timeout: float | None = None) -> list[ContainerUsage]:
+        """CPU and memory of container instances without a host pid, from their engines'
+        stats (``fqns``: only these; an instance whose engine does not answer is left out)."""
+        return (await self._call(ContainerStats(fqns=fqns or []), ContainerStatsReply, timeout)).containers
 
     async def shutdown(
         self, *, graceful: bool = True, keep_services: bool = False, timeout: float | None = None

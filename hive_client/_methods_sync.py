@@ -17,6 +17,8 @@ from ._messages import (
     AddSource,
     AddSourceResult,
     BuildService,
+    ContainerStats,
+    ContainerStatsReply,
     CreateService,
     DaemonStatus,
     DeleteService,
@@ -66,6 +68,7 @@ from ._messages import (
     UpdateService,
 )
 from ._models import (
+    ContainerUsage,
     DaemonEvent,
     ExposedInfo,
     InstanceOutcome,
@@ -104,6 +107,12 @@ class SyncRequestMethods:
         """How many requests of each type the daemon answered (errors among them) and
         how long they took: a cumulative histogram over ``bounds``."""
         return self._call(RequestStats(), RequestStatsReply, timeout)
+
+    def container_stats(self, fqns: list[str] | None = None, *,
+                              timeout: float | None = None) -> list[ContainerUsage]:
+        """CPU and memory of container instances without a host pid, from their engines'
+        stats (``fqns``: only these; an instance whose engine does not answer is left out)."""
+        return (self._call(ContainerStats(fqns=fqns or []), ContainerStatsReply, timeout)).containers
 
     def shutdown(
         self, *, graceful: bool = True, keep_services: bool = False, timeout: float | None = None

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "ContainerUsage",
     "DaemonEvent",
     "DaemonReloaded",
     "DaemonShutdown",
@@ -418,6 +419,16 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     api_version: int = 0  # the manifest: the plugin API it is written for,
     capabilities: list[str] = []  # what it provides,
     depends_on: list[str] = []  # the plugins it needs running before its init
+    isolation: str = "process"  # where its code runs: "process" (its own) or "thread" (the daemon's)
+    pid: int | None = None  # its process while it is up (None on a thread)
+
+
+class ContainerUsage(msgspec.Struct, kw_only=True):
+    """What a container instance uses, by its engine's stats (``container_stats``)."""
+
+    fqn: str
+    cpu_seconds: float  # CPU time of the container since it started
+    memory_bytes: int  # its memory, page cache it can give back excluded
 
 
 class RequestStat(msgspec.Struct, kw_only=True):

@@ -240,6 +240,22 @@ class ApiContainerRunner(ContainerRunner):
         return await self._marked_records(ids, spec, marker, socket)
 
 
+def _usage_of(stats: Any) -> tuple[float, int] | None:
+    """CPU seconds and memory bytes of an engine's stats answer (Docker's and Podman's
+    compatible shape); the memory without the page cache it can give back, as
+    ``docker stats`` shows it."""
+    if not isinstance(stats, dict):
+        return None
+    cpu = (stats.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage")
+    memory = stats.get("memory_stats") or {}
+    used = memory.get("usage")
+    if not isinstance(cpu, int | float) or not isinstance(used, int | float):
+        return None
+    details = memory.get("stats") or {}
+    cache = details.get("inactive_file", details.get("total_inactive_file", 0))
+    return cpu / 1e9, int(used - cache if isinstance(cache, int | float) and cache <= used else used)
+
+
 def _last_writes(*paths: str) -> list[float]:
     """When each of the files that exist was last written (a Unix time)."""
     found = []
@@ -278,6 +294,16 @@ class ApiContainerHandle(ContainerHandle):
     def forget(self) -> None:
         if self._watched is not None:
             self.runner.watch(self._socket).forget(self.container_id)
+
+    async def usage(self) -> tuple[float, int] | None:
+        """(CPU seconds, memory bytes) from the engine's one-shot stats, for a container
+        whose processes the host cannot see; None if the engine has no answer."""
+        try:
+            stats = await self.runner.api(self._socket).request(
+                "GET", f"/containers/{self.container_id}/stats", params={"stream": "false", "one-shot": "true"})
+        except RunnerError:
+            return None
+        return _usage_of(stats)
 
     # --- output ---------------------------------------------------------------------
 

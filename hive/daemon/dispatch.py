@@ -149,12 +149,13 @@ def stream(request: type[Req], handler: StreamHandler[Req], *, scope: Scope = "o
 def _build_routes() -> dict[type[Request], Route]:
     from hive_client import protocol as p
 
-    from .handlers import daemon, events, plugins, services, sources, streams
+    from .handlers import daemon, events, plugins, services, sources, streams, usage
 
     routes = [
         unary(p.Ping, daemon.ping, inline=True, scope="read"),
         unary(p.Status, daemon.status, inline=True, scope="read"),
         unary(p.RequestStats, daemon.request_stats, inline=True, scope="read"),
+        unary(p.ContainerStats, usage.container_stats, scope="read"),
         unary(p.Shutdown, daemon.shutdown, inline=True, scope="admin"),
         unary(p.Reload, daemon.reload, scope="admin"),
         unary(p.ListSources, sources.list_sources, inline=True, scope="read"),

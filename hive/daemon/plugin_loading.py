@@ -45,6 +45,9 @@ class PluginTable(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_rate: float = 200.0  # requests a second its client may send on average (0: no limit)
     call_timeout: float = 300.0  # a command of its own (plugin_call)
     recovery_timeout: float = 30.0  # breaker open this long before a trial (0: until enabled by hand)
+    # Where its code runs: a child process of its own (a CPU loop or a blocking call cannot
+    # take the daemon's GIL, and it can be killed), or a thread of the daemon's process.
+    isolation: Literal["process", "thread"] = "process"
     settings: dict[str, Any] = {}
 
 

@@ -7,10 +7,9 @@ its end on its own loop, with a deadline; past the deadline it cancels the call,
 call that does not end even then means the plugin's loop is blocked: the daemon gives the
 thread up (:meth:`PluginThread.abandon`).
 
-Why a thread rather than a child process: the plugin keeps the in-process API (settings
-set on the object, entry-point loading and the trust pin checked once, by the daemon), its
-client already talks over a socket pair, and a call costs a thread hop, not a serialised
-round trip. The price: a thread cannot be killed. An abandoned thread gets an exception
+Used with ``isolation = "thread"`` (the default is a child process, :mod:`.plugin_process`):
+no interpreter of its own to start, a call costs a thread hop. The price: the plugin shares
+the daemon's GIL, and a thread cannot be killed. An abandoned thread gets an exception
 raised into it (which ends a pure-Python loop at once and a blocking call when it returns)
 and its connection is cut, so it can no longer act on the daemon.
 """
@@ -25,11 +24,19 @@ import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-__all__ = ["PluginAbandoned", "PluginCall", "PluginThread"]
+from .plugin_callbacks import Callbacks
+
+if TYPE_CHECKING:
+    import socket
+
+    from hive.plugin import CorePlugin
+    from hive_client import DaemonEvent
+
+__all__ = ["PluginAbandoned", "PluginCall", "PluginThread", "ThreadRunner"]
 
 
 class PluginAbandoned(BaseException):
@@ -151,38 +158,45 @@ async def _nothing() -> None:
     return None
 
 
-class HeldContext:
-    """An async context manager held open by a task of the plugin's loop (the plugin's
-    client: its task group must be entered and left by the same task)."""
+class ThreadRunner:
+    """A plugin on a thread of the daemon's own process (``isolation = "thread"``): the
+    same calls as :class:`~.plugin_process.PluginProcess`, run on a :class:`PluginThread`."""
 
-    def __init__(self, manager: Any) -> None:
-        self.manager = manager
-        self._release: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, name: str, plugin_class: type[CorePlugin[Any]]) -> None:
+        self.plugin_class = plugin_class
+        self.thread = PluginThread(name)
+        self.callbacks: Callbacks | None = None
+        self.ended: str | None = None  # a thread is never gone by itself
+        self.pid: int | None = None  # the daemon's own
 
-    async def open(self) -> None:
-        """Enter the context (on the plugin's loop); its error if entering fails."""
-        loop = asyncio.get_running_loop()
-        entered: asyncio.Future[None] = loop.create_future()
-        release = self._release = asyncio.Event()
+    async def begin(self, client_sock: socket.socket) -> None:
+        self.callbacks = Callbacks(client_sock)
 
-        async def hold() -> None:
-            async with self.manager:
-                entered.set_result(None)
-                await release.wait()
+    def submit(self, method: str, *, event: DaemonEvent | None = None, args: dict[str, Any] | None = None) -> PluginCall:
+        callbacks = self.callbacks
+        assert callbacks is not None
+        if method == "load":
+            return self.thread.submit(self._load, callbacks, (args or {})["settings"])
+        return self.thread.submit(callbacks.dispatch, method, event, args or {})
 
-        task = self._task = loop.create_task(hold())
-        try:
-            await asyncio.wait({entered, task}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if not entered.done():
-            task.result()  # raises why it could not be entered
-        if not entered.done():
-            raise RuntimeError("the context ended before it was entered")
+    async def _load(self, callbacks: Callbacks, settings: dict[str, Any]) -> None:
+        callbacks.create(self.plugin_class, settings)
 
-    async def close(self) -> None:
-        if self._release is not None and self._task is not None:
-            self._release.set()
-            await self._task
+    def configure(self, settings: dict[str, Any]) -> None:
+        if self.callbacks is not None:
+            self.callbacks.configure(settings)
+
+    def cancel(self, call: PluginCall) -> None:
+        self.thread.cancel(call)
+
+    async def where(self) -> str:
+        return self.thread.where()
+
+    async def stack(self) -> str:
+        return self.thread.stack()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        self.thread.stop()
+
+    async def abandon(self) -> None:
+        self.thread.abandon()

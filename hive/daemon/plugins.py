@@ -2,11 +2,12 @@
 
 Each enabled plugin gets a :class:`PluginHost`, which owns everything of that plugin:
 
-- its **thread**: the plugin's code runs on an event loop of its own, in a thread of its
-  own (:mod:`.plugin_thread`), so a plugin that blocks cannot stall the daemon; every
-  callback is awaited from the daemon's loop with a deadline, and a callback that does
-  not end even when cancelled (a blocked loop), like a loop that stops answering the
-  watchdog, fails the plugin at once and its thread is given up;
+- its **process**: the plugin's code runs on an event loop of its own, in a child process
+  of its own (:mod:`.plugin_process`; with ``isolation = "thread"``, a thread of the
+  daemon, :mod:`.plugin_thread`), so a plugin that blocks or spins cannot stall the
+  daemon; every callback is awaited from the daemon's loop with a deadline, and a
+  callback that does not end even when cancelled (a blocked loop), like a loop that stops
+  answering the watchdog, fails the plugin at once and its process group is killed;
 - its **client**: one end of a socket pair served by the daemon's own server as a
   connection limited to the plugin's scope (the same protocol as every client);
 - its **events**: a bus subscription of its own, bounded and dropping its oldest events
@@ -36,7 +37,8 @@ import contextlib
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -68,13 +70,20 @@ from .plugin_manifest import forget_modules, shutdown_waves
 if TYPE_CHECKING:
     from .app import App
     from .events import Subscription
-    from .plugin_thread import PluginCall, PluginThread
+    from .plugin_process import PluginProcess, RemoteCall
+    from .plugin_thread import PluginCall, ThreadRunner
+
+    Runner = PluginProcess | ThreadRunner
+    RunnerCall = RemoteCall | PluginCall
 
 __all__ = ["PluginConfigError", "PluginHost", "PluginManager", "check_plugin_settings"]
 
 DEFAULT_CALL_TIMEOUT = 30.0  # a plugin's calls to the daemon
 WATCH_INTERVAL = 1.0  # how often the watchdog checks that a plugin's loop answers (the heartbeat)
 RECOVERY_CAP = 600.0  # the longest the breaker stays open before a trial
+# Added to init_timeout for loading the plugin and connecting its client: a fresh
+# interpreter's start and its imports, on a busy machine; init has init_timeout.
+LOAD_GRACE = 20.0
 # A plugin in one of these states is up: its tasks run, it gets events and calls.
 LIVE = frozenset({PluginState.RUNNING, PluginState.DEGRADED, PluginState.UNHEALTHY, PluginState.HALF_OPEN})
 log = logging.getLogger("hive.plugins")
@@ -101,7 +110,7 @@ class PluginHost:
         self.manager = manager
         self.name = name
         self.table = table
-        self.plugin: CorePlugin[Any] | None = None
+        self.plugin_class: type[CorePlugin[Any]] | None = None  # loaded by the daemon: its manifest
         self.default_scope: Scope = CorePlugin.default_scope  # the class's, once loaded
         self.distribution = ""
         self.state = PluginState.DISABLED
@@ -116,8 +125,8 @@ class PluginHost:
         self._lock = anyio.Lock()
         self._busy = False  # inside on_event
         self._caught_up = anyio.Event()  # set when the queue ran empty (drain waits on it)
-        self._thread: PluginThread | None = None
-        self._calls: set[PluginCall] = set()  # submitted to the plugin's thread, not ended
+        self._runner: Runner | None = None  # its process (or thread) while it is up
+        self._calls: set[RunnerCall] = set()  # submitted to the plugin, not ended
         self._blocked: str | None = None  # where its thread was stuck when given up
         # The manifest, once the class is loaded.
         self.api_version = 0
@@ -145,7 +154,7 @@ class PluginHost:
         pending = self._subscription.dropped if self._subscription is not None else 0
         now = anyio.current_time()
         return PluginInfo(
-            name=self.name, version=self.plugin.version if self.plugin else "",
+            name=self.name, version=self.plugin_class.version if self.plugin_class else "",
             distribution=self.distribution, state=self.state, scope=self.scope,
             scope_from="config" if self.table.scope else "plugin",
             delivered=self.delivered, dropped=self.dropped + pending, failed=self.failed,
@@ -153,6 +162,7 @@ class PluginHost:
             heartbeat=now - self.heartbeat_at if self.state in LIVE and self.heartbeat_at is not None else None,
             retry_in=max(0.0, self.retry_at - now) if self.retry_at is not None else None,
             api_version=self.api_version, capabilities=list(self.capabilities), depends_on=list(self.depends_on),
+            isolation=self.table.isolation, pid=self.pid,
         )
 
     def _set_state(self, state: PluginState, message: str = "") -> None:
@@ -240,18 +250,12 @@ class PluginHost:
         if unmet is not None:
             self._fail_to_start(unmet[0], retry=unmet[1])
             return
-        try:
-            plugin = plugin_class()
-            plugin.settings = settings
-            self.plugin = plugin
-        except Exception as exc:  # the plugin's constructor
-            log.exception("plugin %s: cannot create it", self.name)
-            self._fail_to_start(f"cannot create the plugin: {exc}", retry=True)
-            return
+        del settings  # valid: the plugin converts the same table where it runs
+        self.plugin_class = plugin_class
         self._subscription = self.manager.app.bus.subscribe(maxlen=self.table.queue)
         self._stopped = anyio.Event()
         self._late, self.heartbeat_at = None, anyio.current_time()
-        ok = await self.manager.task_group.start(self._life, plugin)
+        ok = await self.manager.task_group.start(self._life, installed[self.name].value)
         if not ok:
             self._close_subscription()
             self._fail_to_start(self.last_error or "init failed", retry=True, logged=True)
@@ -260,9 +264,10 @@ class PluginHost:
             self._set_state(PluginState.HALF_OPEN, "started again by the circuit breaker, on trial")
         else:
             self._set_state(PluginState.RUNNING)
-        log.info("plugin %s %s %s (scope %s, %s)", self.name, plugin.version,
+        log.info("plugin %s %s %s (scope %s, %s, %s)", self.name, plugin_class.version,
                  "on trial (half open)" if self._trial else "running", self.scope,
-                 "from config.toml" if self.table.scope else "the plugin's default")
+                 "from config.toml" if self.table.scope else "the plugin's default",
+                 f"process {self.pid}" if self.pid is not None else "on a thread of the daemon")
 
     def _fail_to_start(self, why: str, *, retry: bool, logged: bool = False) -> None:
         self.last_error = why
@@ -294,6 +299,15 @@ class PluginHost:
                 self._trial = True
                 await self.start()
 
+    def recovery_changed(self) -> None:
+        """A reload changed ``recovery_timeout``: the backoff starts again from it, and a
+        trial already waiting is rescheduled with it from now (0: no trial)."""
+        self._recovery_delay = self.table.recovery_timeout
+        if self._recovery is not None:
+            self._recovery.cancel()
+            self._recovery, self.retry_at = None, None
+            self._schedule_recovery()
+
     def reset_breaker(self) -> None:
         """A start or stop by hand: no trial pending, the recovery delay back to its start."""
         if self._recovery is not None:
@@ -301,34 +315,54 @@ class PluginHost:
         self._recovery, self.retry_at, self._trial = None, None, False
         self._recovery_delay = self.table.recovery_timeout
 
-    async def _life(self, plugin: CorePlugin[Any], *, task_status: anyio.abc.TaskStatus[bool]) -> None:
-        """The plugin's whole life, in one task: start its thread, connect its client and
-        ``init``, then the event worker, ``run()`` and the watchdog until stopped, then
-        ``shutdown()``, and the thread ends (or is given up). Reports whether ``init``
-        succeeded."""
-        from hive_client import DaemonClient
+    @property
+    def pid(self) -> int | None:
+        """The pid of the plugin's process while it is up (None on a thread)."""
+        return self._runner.pid if self._runner is not None else None
 
-        from .plugin_thread import HeldContext, PluginThread
+    def _new_runner(self) -> Runner:
+        from .plugin_process import PluginProcess
+        from .plugin_thread import ThreadRunner
 
+        if self.table.isolation == "thread":
+            assert self.plugin_class is not None
+            return ThreadRunner(self.name, self.plugin_class)
+        return PluginProcess(self.name, self.manager.task_group)
+
+    async def _life(self, entry: str, *, task_status: anyio.abc.TaskStatus[bool]) -> None:
+        """The plugin's whole life, in one task: start its process (or thread), connect
+        its client and ``init``, then the event worker, ``run()`` and the watchdog until
+        stopped, then ``shutdown()``, and the process ends (or is killed). Reports whether
+        ``init`` succeeded."""
         server = self.manager.app.server
         assert server is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         server.attach(ours, plugin=self.name, scope=self.scope, max_rate=self.table.max_rate)
-        client = DaemonClient(self.manager.app.socket_path, connected=theirs,
-                              client_name=f"plugin:{self.name}", timeout=self.table.init_timeout)
-        held = HeldContext(client)
-        self._thread, self._blocked, self._calls = PluginThread(self.name), None, set()
+        runner = self._runner = self._new_runner()
+        self._blocked, self._calls = None, set()
         started = False
         try:
             try:
-                await self._within(self.table.init_timeout, held.open)
+                await runner.begin(theirs)
+                await self._within(self.table.init_timeout + LOAD_GRACE, "load", args={
+                    "entry": entry, "settings": self.table.settings, "path": list(sys.path),
+                    "log_level": logging.getLogger("hive").getEffectiveLevel()})
+            except PluginBlocked as exc:
+                self._failure("load", None, f"loading the plugin did not finish and its thread is blocked at {exc}")
+                return
+            except Exception as exc:
+                self._failure("cannot create the plugin", exc)
+                return
+            try:
+                await self._within(self.table.init_timeout + LOAD_GRACE, "connect", args={
+                    "socket_path": str(self.manager.app.socket_path), "client_name": f"plugin:{self.name}",
+                    "timeout": self.table.init_timeout, "call_timeout": DEFAULT_CALL_TIMEOUT})
             except Exception as exc:
                 self._failure("cannot connect to the daemon", exc)
                 return
-            client.timeout = DEFAULT_CALL_TIMEOUT
             limit = self.table.init_timeout
             try:
-                await self._within(limit, plugin.init, client)
+                await self._within(limit, "init")
             except PluginBlocked as exc:
                 self._failure("init", None, f"init did not finish within {limit:g} s and its thread is blocked at {exc}")
                 return
@@ -343,77 +377,80 @@ class PluginHost:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self._deliver, plugin)
-                    tasks.start_soon(self._run, plugin)
+                    tasks.start_soon(self._deliver)
+                    tasks.start_soon(self._run)
                     tasks.start_soon(self._watch)
             self._scope = None
-            if self._blocked is None:  # a blocked thread would not run it anyway
-                await self._shutdown(plugin)
+            if self._blocked is None and runner.ended is None:  # a blocked plugin would not run it anyway
+                await self._shutdown()
         finally:
             self._scope = None
             if not started:
                 task_status.started(False)
             with anyio.CancelScope(shield=True):
-                await self._release(held, theirs)
+                await self._release(runner, theirs)
+                self._runner = None
             self._stopped.set()
 
-    async def _within(self, timeout: float, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """``function(*args)`` on the plugin's thread, its result within ``timeout``:
-        TimeoutError past it (the call is cancelled), PluginBlocked if the call does not
-        end even then, the plugin's own exception if it raised."""
-        thread = self._thread
-        assert thread is not None
+    async def _within(self, timeout: float, method: str, *, event: DaemonEvent | None = None,
+                      args: dict[str, Any] | None = None) -> Any:
+        """The plugin's ``method`` in its process (or on its thread), its result within
+        ``timeout``: TimeoutError past it (the call is cancelled), PluginBlocked if the
+        call does not end even then, the plugin's own exception if it raised."""
+        runner = self._runner
+        assert runner is not None
         if self._blocked is not None:
             raise PluginBlocked(self._blocked)
-        call = thread.submit(function, *args)
+        call = runner.submit(method, event=event, args=args)
         self._calls.add(call)
         try:
             with anyio.move_on_after(timeout):
                 await call.finished.wait()
             if not call.finished.is_set():
-                thread.cancel(call)
+                runner.cancel(call)  # type: ignore[arg-type]
                 with anyio.move_on_after(_grace(timeout)):
                     await call.finished.wait()
                 if not call.finished.is_set():
-                    self._blocked = self._blocked or thread.where()
-                    log.error("plugin %s: its thread is blocked:\n%s", self.name, thread.stack())
+                    with anyio.CancelScope(shield=True):
+                        self._blocked = self._blocked or await runner.where()
+                        log.error("plugin %s: its thread is blocked:\n%s", self.name, await runner.stack())
                     raise PluginBlocked(self._blocked)
                 raise TimeoutError
         except BaseException:
             if not call.finished.is_set():
-                thread.cancel(call)  # the daemon stops waiting (the plugin is being stopped)
+                runner.cancel(call)  # type: ignore[arg-type]  # the daemon stops waiting (the plugin is being stopped)
             raise
         self._calls.discard(call)
         return call.result()
 
-    async def _release(self, held: Any, theirs: socket.socket) -> None:
-        """Close the plugin's client and end its thread, within ``shutdown_timeout``; a
-        thread that is blocked, or does not end its cancelled calls, is given up and its
-        connection cut (it can no longer act on the daemon)."""
-        thread = self._thread
-        if thread is None:
-            return
+    async def _release(self, runner: Runner, theirs: socket.socket) -> None:
+        """Close the plugin's client and end its process (or thread), within
+        ``shutdown_timeout``; a plugin that is blocked, or does not end its cancelled
+        calls, is killed with its process group (a thread: given up, its connection cut,
+        so it can no longer act on the daemon)."""
         with anyio.move_on_after(self.table.shutdown_timeout):
             for call in list(self._calls):
                 if self._blocked is None:
                     await call.finished.wait()
             self._calls = {call for call in self._calls if not call.finished.is_set()}
-            if self._blocked is None and not self._calls:
+            if self._blocked is None and not self._calls and runner.ended is None:
                 try:
-                    await self._within(self.table.shutdown_timeout, held.close)
+                    await self._within(self.table.shutdown_timeout, "disconnect")
                 except Exception:
                     log.exception("plugin %s: closing its client failed", self.name)
         if self._blocked is not None or any(not call.finished.is_set() for call in self._calls):
-            log.error("plugin %s: its thread is blocked (at %s); given up", self.name, self._blocked or thread.where())
-            thread.abandon()
+            log.error("plugin %s: its thread is blocked (at %s); %s", self.name,
+                      self._blocked or await runner.where(),
+                      "killed" if runner.pid is not None else "given up")
+            await runner.abandon()
             with contextlib.suppress(OSError):
                 theirs.shutdown(socket.SHUT_RDWR)
         else:
-            thread.stop()
+            await runner.stop()
 
-    async def _run(self, plugin: CorePlugin[Any]) -> None:
+    async def _run(self) -> None:
         try:
-            await self._within(math.inf, plugin.run)
+            await self._within(math.inf, "run")
         except PluginBlocked as exc:
             self._failure("run", None, f"run() was cancelled and its thread is blocked at {exc}")
             self._trip("its thread is blocked")
@@ -425,28 +462,33 @@ class PluginHost:
         """The heartbeat: every WATCH_INTERVAL the plugin's loop must answer. Late, the
         plugin is ``degraded``; not answering for ``event_timeout``, ``unhealthy`` (the
         reason says where its thread is, the log has its stack); not even after the grace
-        that follows, failed (a blocking call or a CPU loop in its code)."""
-        thread = self._thread
-        assert thread is not None
+        that follows, failed (a blocking call or a CPU loop in its code). A process that
+        ended by itself fails the plugin at once."""
+        runner = self._runner
+        assert runner is not None
         limit = self.table.event_timeout
         marks = (min(WATCH_INTERVAL, limit / 2), limit, limit + _grace(limit))
         while True:
             await anyio.sleep(WATCH_INTERVAL)
             sent = anyio.current_time()
-            call = thread.responds()
+            call = runner.submit("ping")
             self._calls.add(call)
             for mark in marks:
                 with anyio.move_on_after(sent + mark - anyio.current_time()):
                     await call.finished.wait()
                 if call.finished.is_set():
                     break
-                self._late, self._late_for = thread.where(), mark
+                self._late, self._late_for = await runner.where(), mark
                 if mark == limit:
                     log.error("plugin %s: its loop has not answered for %g s; its thread:\n%s",
-                              self.name, mark, thread.stack())
+                              self.name, mark, await runner.stack())
                 self._refresh()
+            if runner.ended is not None:
+                self._failure("watchdog", None, f"the plugin's process has ended ({runner.ended})")
+                self._trip("its process has ended")
+                return
             if not call.finished.is_set():
-                self._blocked = self._blocked or thread.where()
+                self._blocked = self._blocked or await runner.where()
                 self._failure("watchdog", None, f"the plugin's loop did not answer within "
                               f"{marks[-1]:g} s: its thread is blocked at {self._blocked}")
                 self._trip("its thread is blocked")
@@ -457,7 +499,7 @@ class PluginHost:
                 self._late = None
                 self._refresh()
 
-    async def _deliver(self, plugin: CorePlugin[Any]) -> None:
+    async def _deliver(self) -> None:
         subscription = self._subscription
         assert subscription is not None
         while True:
@@ -472,7 +514,7 @@ class PluginHost:
             tag = event.__struct_config__.tag
             limit = self.table.event_timeout
             try:
-                await self._within(limit, plugin.on_event, event)
+                await self._within(limit, "on_event", event=event)
             except PluginBlocked as exc:
                 self._failure("on_event", None, f"on_event({tag}) did not finish within {limit:g} s "
                               f"and its thread is blocked at {exc}")
@@ -543,11 +585,11 @@ class PluginHost:
                 self._close_subscription()
             self._set_state(final, why)
 
-    async def _shutdown(self, plugin: CorePlugin[Any]) -> None:
+    async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
             limit = self.table.shutdown_timeout
             try:
-                await self._within(limit, plugin.shutdown)
+                await self._within(limit, "shutdown")
             except PluginBlocked as exc:
                 self._failure("shutdown", None, f"shutdown did not finish within {limit:g} s and its thread is blocked at {exc}")
             except TimeoutError:
@@ -639,10 +681,10 @@ class PluginManager:
         """The scope a client needs for ``command`` of plugin ``name``: what the plugin
         declares, ``admin`` when it does not (a plugin that is not running: ``read``,
         so the caller learns that it is not running)."""
-        plugin = self.get(name).plugin
-        if plugin is None:
+        plugin_class = self.get(name).plugin_class
+        if plugin_class is None:
             return "read"
-        return plugin.call_scopes.get(command, "admin")
+        return plugin_class.call_scopes.get(command, "admin")
 
     async def call(self, name: str, command: str, args: dict[str, Any]) -> Any:
         """Run a plugin's own command; RequestError for a refusal, a plugin not running,
@@ -650,12 +692,15 @@ class PluginManager:
         from .errors import RequestError
 
         host = self.get(name)
-        plugin = host.plugin
-        if host.state not in LIVE or plugin is None:
+        starting = host.start_done
+        if host.state == PluginState.STARTING and starting is not None:
+            with anyio.move_on_after(host.table.call_timeout):  # its process may take a moment
+                await starting.wait()
+        if host.state not in LIVE or host._runner is None:
             raise RequestError(ErrorCode.UNSUPPORTED, f"plugin {name!r} is {host.state}, not running"
                                + (f" ({host.last_error})" if host.last_error else ""))
         try:
-            result = await host._within(host.table.call_timeout, plugin.call, command, args)
+            result = await host._within(host.table.call_timeout, "call", args={"command": command, "args": args})
         except PluginBlocked as exc:
             host._failure(f"call({command})", None, f"call({command}) did not finish within "
                           f"{host.table.call_timeout:g} s and its thread is blocked at {exc}")
@@ -684,23 +729,62 @@ class PluginManager:
             raise RequestError.not_found(not_configured(name, f"configured: {known}") if self.hosts else not_configured(name))
         return host
 
+    def pids(self) -> set[int]:
+        """The processes running plugin code (the server refuses their own connections)."""
+        return {host.pid for host in self.hosts.values() if host.pid is not None}
+
     def infos(self) -> list[PluginInfo]:
         return [self.hosts[name].info() for name in sorted(self.hosts)]
 
     async def act(self, name: str, action: str) -> PluginInfo:
         host = self.get(name)
-        if action in ("disable", "restart"):
-            await host.stop(PluginState.DISABLED, f"{action} requested")
         if action == "restart":
-            host.delivered = host.dropped = host.failed = 0
-            host.last_error = None
-            entry = installed_plugins().get(name)
-            if entry is not None:  # its code as it is on disk now (checked against the pin again)
-                log.info("plugin %s: re-importing its code (%s)", name, ", ".join(forget_modules(entry)) or "not loaded")
-        if action in ("enable", "restart"):
+            await self._restart(host)
+            return host.info()
+        if action == "disable":
+            await host.stop(PluginState.DISABLED, f"{action} requested")
+        if action == "enable":
             host.reset_breaker()
             await host.start()
         return host.info()
+
+    def _dependents(self, name: str) -> list[PluginHost]:
+        """The live plugins that depend on ``name``, directly or through one another."""
+        found: dict[str, PluginHost] = {}
+        frontier = [name]
+        while frontier:
+            current = frontier.pop()
+            for other in self.hosts.values():
+                if (current in other.depends_on and other.name != name and other.name not in found
+                        and other.state in LIVE):
+                    found[other.name] = other
+                    frontier.append(other.name)
+        return list(found.values())
+
+    async def _restart(self, host: PluginHost) -> None:
+        """Stop the plugin and the running plugins that depend on it (dependents first),
+        then start them all again with their code as it is on disk now (checked against
+        the pin again): a dependent's init always follows its dependency's."""
+        group = [host, *self._dependents(host.name)]
+        names = {member.name for member in group}
+        for wave in shutdown_waves({m.name: tuple(d for d in m.depends_on if d in names) for m in group}):
+            async with anyio.create_task_group() as stops:
+                for name in wave:
+                    why = "restart requested" if name == host.name else f"restart of {host.name} requested"
+                    stops.start_soon(self.hosts[name].stop, PluginState.DISABLED, why)
+        installed = installed_plugins()
+        for member in group:
+            member.delivered = member.dropped = member.failed = 0
+            member.last_error = None
+            entry = installed.get(member.name)
+            if entry is not None:
+                log.info("plugin %s: re-importing its code (%s)", member.name,
+                         ", ".join(forget_modules(entry)) or "not loaded")
+            member.reset_breaker()
+            member.start_done = anyio.Event()  # a dependent may look before this start begins
+        async with anyio.create_task_group() as starts:
+            for member in group:
+                starts.start_soon(member.start)
 
     async def reconfigure(self, plugins: Mapping[str, Any]) -> list[str]:
         """New ``[plugins.*]`` tables (a reload): plugins added or enabled start, removed or
@@ -734,12 +818,14 @@ class PluginManager:
                 host.default_scope = plugin_class.default_scope
             changed = table != previous
             host.apply_limits()
+            if table.recovery_timeout != previous.recovery_timeout:
+                host.recovery_changed()
             if not table.enabled:
                 await host.stop(PluginState.DISABLED, "disabled in config.toml")
             elif not previous.enabled:
                 starts.append(host)  # enabled in config.toml (a run-time disable stays)
-            elif changed and host.plugin is not None and settings is not None:
-                host.plugin.settings = settings
+            elif changed and host._runner is not None and settings is not None:
+                host._runner.configure(table.settings)
                 self.app.bus.publish(PluginConfigured(plugin=name))
         for host in starts:
             host.start_done = anyio.Event()

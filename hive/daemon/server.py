@@ -544,6 +544,10 @@ class SocketServer:
             return False
         return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.uid)
 
+    def _runs_plugin_code(self, pid: int) -> bool:
+        plugins = self.app.plugins
+        return pid == os.getpid() or (plugins is not None and pid in plugins.pids())
+
     def attach(self, sock: socket.socket, *, plugin: str, scope: Scope, max_rate: float = 0.0) -> None:
         """Serve one end of a socket pair as a client limited to ``scope`` and, if
         ``max_rate`` > 0, to that many requests a second (a core plugin's connection:
@@ -578,12 +582,13 @@ class SocketServer:
             connection.backlog.close()
             await self._refuse(connection, stream)
             return
-        if plugin is None and peer.pid == os.getpid():
-            # Only a core plugin runs code in the daemon's process: it is not to shed its
-            # scope by connecting to the socket as an admin (docs/plugins.md, Trust).
+        if plugin is None and self._runs_plugin_code(peer.pid):
+            # Only core plugins run code in the daemon's process and their own: a plugin
+            # is not to shed its scope by connecting to the socket as an admin
+            # (docs/plugins.md, Trust).
             connection.backlog.close()
             await self._refuse(connection, stream, ErrorCode.FORBIDDEN,
-                               "a connection from the daemon's own process is refused: a core plugin "
+                               "a connection from a core plugin's process is refused: a core plugin "
                                "uses the client it is given, limited to its scope")
             return
         limited = plugin is None and peer.uid not in (self._uid, 0)

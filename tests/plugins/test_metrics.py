@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hive_client import DaemonClient, NotFound
+from tests.engines import IMAGE, require_engine
 from tests.plugins.conftest import StartWith
 from tests.support import StartFailed, run_cli, wait_until, write_project
 
@@ -115,3 +116,38 @@ async def test_plugins_and_events_are_scraped(start_with: StartWith) -> None:
     assert _value(samples, "hive_events_total", kind="daemon_reloaded") == 5.0
     delivered = _value(samples, "hive_plugin_events_delivered_total", plugin="metrics")
     assert delivered is not None and delivered >= 5
+
+
+async def test_a_container_reports_what_its_engine_counts(start_with: StartWith, project_dir: Path) -> None:
+    # A container instance has no host pid to read with psutil: its engine's stats count
+    # (the Engine API runner's; podman's CLI runner has none yet).
+    engine = "docker"
+    require_engine(engine)
+    daemon = start_with(CONFIG)
+    write_project(project_dir, f"""
+        version: "1"
+        services:
+          box:
+            runner:
+              type: {engine}
+              {engine}: {{image: {IMAGE}, command: [sh, -c, "sleep 1000"]}}
+        """)
+    box = dict(service="p:box", instance="0")
+    try:
+        async with DaemonClient(daemon.socket, timeout=120) as client:
+            url = (await client.plugin_call("metrics", "address"))["url"]
+            await client.add_source(project_dir, name="p", start=True)
+            info = await client.get_service_status("p:box")
+            assert info.state == "running" and info.pid is None and info.container_id
+            [usage] = await client.container_stats(["p:box"])
+            assert usage.fqn == "p:box" and usage.memory_bytes > 0 and usage.cpu_seconds >= 0
+
+            def counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+                samples = _scrape(url)
+                memory = _value(samples, "hive_service_memory_bytes", **box)
+                return samples if memory is not None and memory > 0 else None
+
+            samples = await wait_until(counted, timeout=60, what="p:box's memory in the scrape")
+            assert _value(samples, "hive_service_cpu_seconds_total", **box) is not None
+    finally:
+        daemon.stop()

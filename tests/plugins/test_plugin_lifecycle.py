@@ -101,6 +101,23 @@ async def test_a_failed_plugin_shows_when_the_breaker_tries_it_again(start_with:
     assert stuck["retry_in"] is None  # recovery_timeout = 0: until enabled by hand
 
 
+async def test_a_reloaded_recovery_timeout_applies_at_once(start_with: StartWith, hive_env: Path) -> None:
+    daemon = start_with("[plugins.broken]\nrecovery_timeout = 3600\n")
+    await wait_until(lambda: _plugin("broken")["state"] == "failed", timeout=30, what="broken to fail")
+    (hive_env / "config.toml").write_text("[plugins.broken]\nrecovery_timeout = 0.5\n")
+    changes: list[PluginStateChanged] = []
+    async with DaemonClient(daemon.socket, timeout=30) as client:
+        await client.reload()  # the trial comes after the new timeout, not the hour it was
+        await _states_until(client, "broken", ["starting", "failed", "starting", "failed"], into=changes)
+        (broken,) = [p for p in await client.list_plugins() if p.name == "broken"]
+    assert broken.retry_in is not None and broken.retry_in < 60  # doubling from 0.5, not from 3600
+    (hive_env / "config.toml").write_text("[plugins.broken]\nrecovery_timeout = 0\n")
+    async with DaemonClient(daemon.socket, timeout=30) as client:
+        await client.reload()  # 0: no more trials, until enabled by hand
+        (broken,) = [p for p in await client.list_plugins() if p.name == "broken"]
+    assert broken.state == "failed" and broken.retry_in is None
+
+
 def _plugin(name: str) -> dict[str, object]:
     import json
 
@@ -119,6 +136,19 @@ async def test_depends_on_orders_init_and_shutdown(start_with: StartWith, hive_e
     assert follower["api_version"] == 1
     assert daemon.stop() == 0
     assert [r["label"] for r in _what(log, "shutdown")] == ["follower", "base"]
+
+
+async def test_a_restarted_plugin_restarts_the_plugins_that_depend_on_it(
+        start_with: StartWith, hive_env: Path) -> None:
+    log = hive_env / "rec.jsonl"
+    start_with(recorder_table(log, label="base") + recorder_table(log, name="follower", label="follower"))
+    await wait_until(lambda: len(_what(log, "init")) == 2, timeout=30, what="both inits")
+    assert run_cli("plugins", "restart", "recorder").returncode == 0
+    await wait_until(lambda: len(_what(log, "init")) == 4, timeout=30, what="both inits again")
+    order = [(r["what"], r["label"]) for r in records(log) if r["what"] in ("init", "shutdown")]
+    assert order == [("init", "base"), ("init", "follower"),  # stopped dependents first, started after
+                     ("shutdown", "follower"), ("shutdown", "base"), ("init", "base"), ("init", "follower")]
+    assert _plugin("follower")["state"] == "running"
 
 
 async def test_a_missing_dependency_fails_that_plugin_alone(start_with: StartWith, hive_env: Path) -> None:

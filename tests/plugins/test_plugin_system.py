@@ -100,7 +100,7 @@ async def test_reload_gives_new_settings(start_with: StartWith, hive_env: Path) 
 @pytest.mark.parametrize(("plugin", "refusal"), [
     ("recorder", "'read' scope; stop_service needs 'operate'"),
     # A client of its own on the daemon's socket is refused: no way around its scope.
-    ("sneaker", "a connection from the daemon's own process is refused"),
+    ("sneaker", "a connection from a core plugin's process is refused"),
 ])
 async def test_scope_limits_what_a_plugin_may_ask(start_with: StartWith, hive_env: Path, project_dir: Path,
                                                   plugin: str, refusal: str) -> None:

@@ -18,11 +18,13 @@
 - ``wedge`` is a recorder that blocks its thread in its first ``on_event(daemon_reloaded)``,
   opening the FIFO ``fifo`` until something writes to it.
 - ``flaky`` is a recorder whose ``on_event`` raises while the file ``fail_while`` exists.
+- ``talker`` is a recorder that logs (a warning at init, an info line on each reload).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -215,3 +217,18 @@ class Flaky(Recorder):
         if os.path.exists(self.settings.fail_while):
             raise RuntimeError(f"flaky cannot take {event.__struct_config__.tag}")
         await super().on_event(event)
+
+
+class Talker(Recorder):
+    """Logs a line at init and at each ``daemon_reloaded``, for the daemon's log."""
+
+    name = "talker"
+
+    async def init(self, client: DaemonClient) -> None:
+        await super().init(client)
+        logging.getLogger("hive_test_plugins.talker").warning("talker says hello from pid %d", os.getpid())
+
+    async def on_event(self, event: DaemonEvent) -> None:
+        await super().on_event(event)
+        if event.__struct_config__.tag == "daemon_reloaded":
+            logging.getLogger("hive_test_plugins.talker").info("talker heard a reload")
