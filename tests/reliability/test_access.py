@@ -10,18 +10,24 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from tests.reliability.report import record
-from tests.support import pids_of_service, run_cli, start_daemon, wait_for, write_project
+from tests.support import (
+    can_create_users,
+    pids_of_service,
+    run_cli,
+    start_daemon,
+    temporary_user,
+    wait_for,
+    write_project,
+)
 
-GROUP = "hivetestreaders"
-MEMBER = "hivetestreader"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 # The member cannot read the project's virtualenv: the child uses the system Python's
@@ -47,29 +53,24 @@ for request in sys.argv[2:]:
 
 
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("creating users and switching to them needs root")
-    for tool in ("groupadd", "useradd", "userdel", "groupdel"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is needed to create the test user")
+    why = can_create_users()
+    if why is not None:
+        pytest.skip(why)
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} is needed to run a child as another user")
 
 
+class Member(NamedTuple):
+    user: pwd.struct_passwd
+    group: str  # its only group, the daemon's allowed_group in these tests
+
+
 @pytest.fixture(scope="module")
-def member() -> Iterator[pwd.struct_passwd]:
-    """A user whose only group is ``GROUP``, removed again afterwards."""
+def member() -> Iterator[Member]:
+    """A user whose only group is made for it, both removed again afterwards."""
     _need_root()
-    subprocess.run(["userdel", MEMBER], capture_output=True, check=False)
-    subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
-    subprocess.run(["groupadd", GROUP], check=True, capture_output=True)
-    subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/usr/sbin/nologin", MEMBER],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(MEMBER)
-    finally:
-        subprocess.run(["userdel", MEMBER], capture_output=True, check=False)
-        subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
+    with temporary_user() as (user, group):
+        yield Member(user, group)
 
 
 def _as_user(user: pwd.struct_passwd, socket_path: Path, *requests: dict[str, object]) -> list[dict]:
@@ -99,15 +100,15 @@ def _project(home: Path) -> Path:
 
 
 @pytest.mark.parametrize("scope", ["read", "operate"])
-def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env: Path, scope: str) -> None:
-    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "{scope}"\n')
+def test_a_group_member_gets_the_group_scope(member: Member, hive_env: Path, scope: str) -> None:
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "{scope}"\n')
     project = _project(hive_env)
     daemon = start_daemon(hive_env)
     try:
         assert run_cli("up", str(project)).returncode == 0
         before = wait_for(lambda: pids_of_service("proj:web"), timeout=30, what="proj:web running")
         answers = _as_user(
-            member, daemon.socket,
+            member.user, daemon.socket,
             {"type": "status"},
             {"type": "list_services"},
             {"type": "stop_service", "fqn": "proj:web"},
@@ -118,7 +119,7 @@ def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env
         assert [s["fqn"] for s in listed["services"]] == ["proj:web"]
         # Shutting the daemon down stays the owner's (and root's), whatever the group's scope.
         assert shutdown["type"] == "error" and shutdown["code"] == "FORBIDDEN"
-        assert f"uid {member.pw_uid} has the '{scope}' scope; shutdown needs 'admin'" in shutdown["message"]
+        assert f"uid {member.user.pw_uid} has the '{scope}' scope; shutdown needs 'admin'" in shutdown["message"]
         assert "daemon.group_scope" in shutdown["message"]
         if scope == "read":
             assert stop["type"] == "error" and stop["code"] == "FORBIDDEN", stop
@@ -130,8 +131,8 @@ def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env
             assert stop["type"] == "ok", stop
             wait_for(lambda: not pids_of_service("proj:web"), timeout=30, what="proj:web stopped")
         # The home is enterable for the socket, its files are not readable.
-        assert not _can_read(member, hive_env / "state.db")
-        assert not _can_read(member, hive_env / "config.toml")
+        assert not _can_read(member.user, hive_env / "state.db")
+        assert not _can_read(member.user, hive_env / "config.toml")
         assert daemon.alive()
     finally:
         daemon.stop()
@@ -149,9 +150,9 @@ def _can_read(user: pwd.struct_passwd, path: Path) -> bool:
     return result.returncode == 0
 
 
-def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env: Path) -> None:
+def test_a_uid_outside_the_group_is_refused(member: Member, hive_env: Path) -> None:
     """Even with the socket opened to everyone, SO_PEERCRED keeps a non-member out."""
-    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\n')
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "read"\n')
     daemon = start_daemon(hive_env)
     try:
         outsider = pwd.getpwnam("nobody")
@@ -163,7 +164,7 @@ def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env:
         assert answer["type"] == "error" and answer["code"] == "PERMISSION_DENIED"
         assert f"uid {outsider.pw_uid} may not use this daemon" in answer["message"]
         # The member still gets in, and the daemon serves on.
-        (pong,) = _as_user(member, daemon.socket, {"type": "ping"})
+        (pong,) = _as_user(member.user, daemon.socket, {"type": "ping"})
         assert pong == {"type": "pong"}
         assert daemon.alive()
         record("access", "a uid outside the allowed group connects (socket 0666)", "2 connections",
@@ -172,11 +173,11 @@ def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env:
         daemon.stop()
 
 
-def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_passwd, hive_env: Path) -> None:
+def test_operate_runs_what_is_configured_and_nothing_new(member: Member, hive_env: Path) -> None:
     """``operate`` starts, stops, restarts and scales; adding a source, creating a service,
     reloading a source and a plugin command that writes files need ``admin``."""
     (hive_env / "config.toml").write_text(
-        f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "operate"\n[plugins.backup]\n')
+        f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "operate"\n[plugins.backup]\n')
     project = _project(hive_env)
     # What a member would add: a project whose service runs as the daemon's user.
     theirs = write_project(hive_env / "theirs", """
@@ -191,7 +192,7 @@ def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_pass
         wait_for(lambda: pids_of_service("proj:web"), timeout=30, what="proj:web running")
         backups = hive_env / "backups"
         answers = _as_user(
-            member, daemon.socket,
+            member.user, daemon.socket,
             {"type": "add_source", "path": str(theirs), "start": True},
             {"type": "create_service", "source_id": "proj", "name": "evil",
              "config": {"runner": {"type": "script", "script": {"run": "exec sleep 1000"}}}},
@@ -205,7 +206,7 @@ def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_pass
         for answer, what in ((add, "add_source"), (create, "create_service"), (reload, "reload_source"),
                              (backup_now, "plugin_call backup now")):
             assert answer["type"] == "error" and answer["code"] == "FORBIDDEN", (what, answer)
-            assert f"uid {member.pw_uid} has the 'operate' scope; {what} needs 'admin'" in answer["message"]
+            assert f"uid {member.user.pw_uid} has the 'operate' scope; {what} needs 'admin'" in answer["message"]
         assert backup_list["type"] == "plugin_reply", backup_list
         assert restart["type"] != "error", restart
         assert scale["type"] != "error", scale
@@ -226,14 +227,7 @@ def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) ->
     the unit's ProtectProc=invisible, and stale for a session older than ``usermod -aG``):
     a member whose process does not carry the group still gets in."""
     _need_root()
-    user, group = "hivetestsupp", "hivetestsuppg"
-    subprocess.run(["userdel", user], capture_output=True, check=False)
-    subprocess.run(["groupdel", group], capture_output=True, check=False)
-    subprocess.run(["groupadd", group], check=True, capture_output=True)
-    subprocess.run(["useradd", "-M", "-U", "-G", group, "-s", "/usr/sbin/nologin", user],
-                   check=True, capture_output=True)
-    try:
-        supp = pwd.getpwnam(user)
+    with temporary_user(supplementary=True) as (supp, group):
         (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{group}"\ngroup_scope = "read"\n')
         daemon = start_daemon(hive_env)
         try:
@@ -245,7 +239,3 @@ def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) ->
             assert daemon.alive()
         finally:
             daemon.stop()
-    finally:
-        subprocess.run(["userdel", user], capture_output=True, check=False)
-        subprocess.run(["groupdel", user], capture_output=True, check=False)
-        subprocess.run(["groupdel", group], capture_output=True, check=False)
