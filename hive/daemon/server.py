@@ -291,7 +291,14 @@ class Connection:
             self._answers_taken.set()
 
     def encode(self, msg_id: int, message: Response) -> bytes:
-        """``message`` as this connection's transport carries it."""
+        """``message`` as this connection's transport carries it, secret values hidden."""
+        encoded = self._encode(msg_id, message)
+        secrets = self.server.secrets
+        if secrets.found_in(encoded, json=self.json):
+            encoded = self._encode(msg_id, secrets.scrub(message))
+        return encoded
+
+    def _encode(self, msg_id: int, message: Response) -> bytes:
         return encode_json_line(hive_shape(message)) if self.json else encode_frame(msg_id, message)
 
     async def send(self, msg_id: int, message: Response, *, answer: bool = True) -> bool:
@@ -443,6 +450,7 @@ class _Sink:
 class SocketServer:
     def __init__(self, app: App, sock: socket.socket, *, max_frame: int, max_inflight: int) -> None:
         self.app = app
+        self.secrets = app.sources.secrets  # hidden in every frame sent (redaction.py)
         self._sock = sock
         self.max_frame = max_frame
         self.max_inflight = max_inflight

@@ -31,7 +31,8 @@ from tests.support import (
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 # The member cannot read the project's virtualenv: the child uses the system Python's
-# stdlib only, sends each request as one JSON line and prints each answer line.
+# stdlib only, sends each request as one JSON line and prints each answer line (a request
+# with "_until" opens a stream: every line up to the first that holds that text).
 CHILD = """
 import json, socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -43,12 +44,17 @@ except OSError as exc:
     sys.exit(0)
 reader = sock.makefile("rb")
 for request in sys.argv[2:]:
-    sock.sendall(request.encode() + b"\\n")
-    line = reader.readline()
-    if not line:
-        print(json.dumps({"closed": True}))
-        break
-    print(line.decode().strip())
+    wanted = json.loads(request)
+    until = wanted.pop("_until", None)  # a stream: read lines until one holds this text
+    sock.sendall(json.dumps(wanted).encode() + b"\\n")
+    while True:
+        line = reader.readline()
+        if not line:
+            print(json.dumps({"closed": True}))
+            sys.exit(0)
+        print(line.decode().strip())
+        if until is None or until in line.decode():
+            break
 """
 
 
@@ -239,3 +245,57 @@ def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) ->
             assert daemon.alive()
         finally:
             daemon.stop()
+
+
+def test_a_secret_from_the_daemons_environment_stays_hidden(member: Member, hive_env: Path) -> None:
+    """A value the configuration takes from the daemon's environment (``${env.X}``) is shown
+    as ``${env.X}`` in what a client receives: a start error, a health check, a failed
+    reload's error and event, the daemon's notes in the service's log."""
+    import secrets
+
+    token = f"tok-{secrets.token_hex(12)}"
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "read"\n')
+    services = """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000", working_dir: "/nonexistent/${env.HIVE_TEST_TOKEN}"}}
+          api:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+            healthcheck: {type: cmd, cmd: {command: "test x = ${env.HIVE_TEST_TOKEN}", interval: INTERVAL}}
+        """
+    project = write_project(hive_env / "proj", services.replace("INTERVAL", "1s"))
+    daemon = start_daemon(hive_env, env={"HIVE_TEST_TOKEN": token})
+    try:
+        up = run_cli("up", str(project))
+        assert token not in up.stdout + up.stderr
+
+        def api_unhealthy() -> bool:
+            listed = json.loads(run_cli("services", "--json").stdout)
+            return any(s["fqn"] == "proj:api" and s["healthy"] is False for s in listed)
+
+        wait_for(api_unhealthy, timeout=30, what="proj:api's check failed")
+        # A reload that fails on the value: its error and its event would quote it.
+        write_project(project, services.replace("INTERVAL", "\"${env.HIVE_TEST_TOKEN}\""))
+        reload = run_cli("source", "reload", "proj")
+        assert reload.returncode != 0
+        assert token not in reload.stdout + reload.stderr
+        answers = _as_user(
+            member.user, daemon.socket,
+            {"type": "list_services"},
+            {"type": "get_service_status", "fqn": "proj:web"},
+            {"type": "get_logs", "fqn": "proj:web"},
+            {"type": "list_sources"},
+            {"type": "subscribe_events", "kinds": [], "since_seq": 0, "_until": "reload_failed"},
+        )
+        seen = json.dumps(answers)
+        assert token not in seen
+        web = answers[1]["service"]
+        assert web["last_error"].endswith("working directory /nonexistent/${env.HIVE_TEST_TOKEN} does not exist")
+        assert "cmd: test x = ${env.HIVE_TEST_TOKEN}" in seen  # the check's target, in list_services
+        assert "interval: invalid duration '${env.HIVE_TEST_TOKEN}'" in seen  # the reload_failed event
+        assert daemon.alive()
+        record("access", "a secret from the daemon's environment (${env.X}), read by a read-scope member",
+               "5 requests", "shown as ${env.X} in last_error, health checks, logs, events; never the value")
+    finally:
+        daemon.stop()
