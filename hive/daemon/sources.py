@@ -225,6 +225,9 @@ class SourceRegistry:
             log.error("source %s: %s", source.name, exc.message)
             return
         self._install(source, services)
+        # The file may differ from what the last daemon ran: converge as a reload would.
+        self.supervisor.settle_loaded(source.name, self._fqns(source), enabled=source.enabled,
+                                      complete=self.loaded(source.name))
 
     async def _read(self, source: Source) -> dict[str, ServiceConfig]:
         """Parse the source as it is on disk now, changing nothing."""
