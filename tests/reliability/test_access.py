@@ -13,7 +13,7 @@ import pwd
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -79,7 +79,7 @@ def member() -> Iterator[Member]:
         yield Member(user, group)
 
 
-def _as_user(user: pwd.struct_passwd, socket_path: Path, *requests: dict[str, object]) -> list[dict]:
+def _as_user(user: pwd.struct_passwd, socket_path: Path, *requests: dict[str, object]) -> list[dict[str, Any]]:
     """Send ``requests`` over one connection as ``user``; the answers, one per request."""
 
     def demote() -> None:
