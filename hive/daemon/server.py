@@ -45,6 +45,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
+from .allocator import Trimmer
 from .client_limits import AcceptBackoff, Backlog, ClientBudget, ReportsPerUid, descriptors_left
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
@@ -466,7 +467,10 @@ class SocketServer:
         self._activity = 0
         self._idle = anyio.Event()
         daemon = app.settings.daemon
-        self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes)
+        # What clients held goes back to the system once they released it (allocator.py).
+        self.trimmer = Trimmer()
+        self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes,
+                                   drained=self._drained)
         self._per_uid: dict[int, int] = {}  # connections of each (limited) uid
         self._refusals = ReportsPerUid()
         self._timeouts = ReportsPerUid()
@@ -475,6 +479,10 @@ class SocketServer:
         self._encode_turn = anyio.Lock(fast_acquire=False)
         self._last_turned_away_log = -60.0
         self._turned_away = 0
+
+    def _drained(self) -> None:
+        if self._connections is not None:
+            self.trimmer.request(self._connections)
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
         """Run a task for a connection in the server's task group (it outlives the request)."""

@@ -491,3 +491,40 @@ def _subscriptions(daemon: DaemonProcess) -> int:
     if result.returncode != 0:
         return 0
     return int(json.loads(result.stdout).get("log_subscriptions", 0))
+
+
+def test_memory_held_for_unfinished_frames_returns_once_the_clients_leave(hive_env: Path) -> None:
+    """40 connections each send most of an 8 MiB frame and stop (the daemon holds what they
+    sent, up to its budget); once they close, the daemon's RSS comes back to within 4 MiB of
+    what it was before (it used to keep +6 MiB and at times +107 MiB: glibc kept the freed
+    buffers in the heap)."""
+    # A chatty service keeps allocating meanwhile (as a real daemon does): what it allocates
+    # above a freed buffer in the heap used to pin it there.
+    (hive_env / "config.toml").write_text("[daemon]\n[logs]\nbuffer_lines = 200\n")
+    project = _chatty_project(hive_env)
+    daemon = start_daemon(hive_env)
+    socks: list[socket.socket] = []
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        _lines_written(daemon, "proj:chatty", 200)  # its buffer full: no growth from it
+        idle = _rss(daemon)
+        payload = (8 * MIB - 16).to_bytes(4, "big") + b"\x00" * (8 * MIB - 1024)
+        for _ in range(40):
+            sock = _connect(daemon.socket)
+            socks.append(sock)
+            sock.settimeout(30)
+            try:
+                sock.sendall(payload)
+            except OSError:  # cut off: over the budget of bytes held for clients
+                continue
+        wait_for(lambda: _rss(daemon) > idle + 64 * MIB, timeout=30, what="the frames held")
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        wait_for(lambda: _rss(daemon) <= idle + 4 * MIB, timeout=30,
+                 what=f"RSS back within 4 MiB of {idle // MIB} MiB")
+        assert run_cli("status").returncode == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        daemon.stop()
