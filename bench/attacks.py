@@ -47,9 +47,9 @@ from hive_client.protocol import (  # noqa: E402
     StreamLogs,
     encode_frame,
 )
+from tests.support import can_create_users, temporary_user  # noqa: E402
 
 MIB = 1024 * 1024
-GROUP, USER = "hivebenchreaders", "hivebenchreader"
 
 # Connects COUNT sockets, sends stdin's bytes on each, reads nothing, holds them until
 # its stdin's second part (a line) arrives. Standard library only: it runs as another user.
@@ -91,20 +91,13 @@ def attacks() -> list[tuple[str, int, bytes]]:
 
 
 @contextlib.contextmanager
-def reader_user() -> Iterator[pwd.struct_passwd | None]:
-    if os.geteuid() != 0 or shutil.which("useradd") is None:
+def reader_user() -> Iterator[tuple[pwd.struct_passwd, str] | None]:
+    """A user and group made for this run (unique names), or None when not root."""
+    if can_create_users() is not None:
         yield None
         return
-    subprocess.run(["userdel", USER], capture_output=True, check=False)
-    subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
-    subprocess.run(["groupadd", GROUP], check=True, capture_output=True)
-    subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/usr/sbin/nologin", USER],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        subprocess.run(["userdel", USER], capture_output=True, check=False)
-        subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
+    with temporary_user() as made:
+        yield made
 
 
 def status_round_trips(path: Path, stop: threading.Event, out: list[float]) -> None:
@@ -158,11 +151,12 @@ def main() -> int:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="hv-atk-", dir="/tmp"))
     env = dict(os.environ, HIVE_HOME=str(home), PYTHONPATH=str(ROOT))
-    with reader_user() as user:
+    with reader_user() as made:
+        user = made[0] if made is not None else None
         home.chmod(0o755)
         config = "[daemon]\n[restart]\ndelay = 0.05\nmax_delay = 0.2\njitter = false\nstart_limit_burst = 0\n"
-        if user is not None:
-            config = f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\n' + config.removeprefix("[daemon]\n")
+        if made is not None:
+            config = f'[daemon]\nallowed_group = "{made[1]}"\ngroup_scope = "read"\n' + config.removeprefix("[daemon]\n")
         (home / "config.toml").write_text(config)
         starts = home / "starts"
         project = home / "p"

@@ -33,6 +33,7 @@ back (a source reload) instead of an archived one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -47,7 +48,7 @@ import time
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -126,34 +127,52 @@ def _remove_leftovers(directory: Path) -> list[str]:
     return removed
 
 
-def _services_of(database: bytes) -> list[tuple[str, Any]]:
-    """(name, config) of every service in a SQLite source's database image."""
-    with tempfile.TemporaryDirectory() as scratch:
-        path = os.path.join(scratch, "source.db")
-        Path(path).write_bytes(database)
-        connection = sqlite3.connect(path)
-        try:
-            rows = connection.execute("SELECT name, config FROM services ORDER BY name").fetchall()
-        finally:
-            connection.close()
+def _services_of(database: Path) -> list[tuple[str, Any]]:
+    """(name, config) of every service in a SQLite source's database (a scratch copy)."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("SELECT name, config FROM services ORDER BY name").fetchall()
+    finally:
+        connection.close()
     return [(str(name), json.loads(config)) for name, config in rows]
 
 
-def _read_archive(path: Path) -> dict[str, bytes]:
-    """Every member of an archive by name (TarError, EOFError, OSError if it is damaged)."""
-    with tarfile.open(path, mode="r:gz") as archive:
-        contents = {}
-        for member in archive.getmembers():
-            handle = archive.extractfile(member)
-            contents[member.name] = handle.read() if handle is not None else b""
-    return contents
+class Member(NamedTuple):
+    """A member of an archive as read: its SHA-256, and where it was unpacked (if it was)."""
+
+    sha256: str
+    file: Path | None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _read_archive(path: Path, scratch: Path | None) -> dict[str, Member]:
+    """Every member of an archive by name, read as one stream (TarError, EOFError, OSError
+    if it is damaged): hashed chunk by chunk, and written to a file in ``scratch`` when one
+    is given (a restore), so no member is ever held in memory whole."""
+    members: dict[str, Member] = {}
+    with tarfile.open(path, mode="r|gz") as archive:
+        for info in archive:
+            handle = archive.extractfile(info)
+            digest = hashlib.sha256()
+            target = scratch / f"{len(members)}.member" if scratch is not None else None
+            with open(target, "wb") if target is not None else contextlib.nullcontext() as out:
+                while handle is not None and (chunk := handle.read(1 << 20)):
+                    digest.update(chunk)
+                    if out is not None:
+                        out.write(chunk)
+            members[info.name] = Member(digest.hexdigest(), target)
+    return members
+
+
+def _write_atomically(path: Path, data: bytes | Path) -> None:
+    """``data`` (or the file it names, copied as a stream) at ``path``, whole or not at all."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, Path):
+                with open(data, "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -433,10 +452,11 @@ class Backup(CorePlugin[BackupSettings]):
 
     def _verify(self, archive_id: str) -> list[str]:
         """What is wrong with an archive (nothing: it is intact)."""
-        return self._check(archive_id)[0]
+        return self._check(archive_id, None)[0]
 
-    def _check(self, archive_id: str) -> tuple[list[str], dict[str, bytes]]:
-        """What is wrong with an archive, and its members (read once, for a restore too)."""
+    def _check(self, archive_id: str, scratch: Path | None) -> tuple[list[str], dict[str, Member], dict[str, Any]]:
+        """What is wrong with an archive, its members (read once; unpacked into ``scratch``
+        for a restore) and its manifest."""
         path = self._archive(archive_id)
         problems: list[str] = []
         sidecar = path.with_name(f"{archive_id}.sha256")
@@ -449,29 +469,38 @@ class Backup(CorePlugin[BackupSettings]):
             if actual != expected:
                 problems.append(f"the archive's SHA-256 is {actual}, {sidecar.name} says {expected}")
         try:
-            contents = _read_archive(path)
-            manifest = json.loads(contents["manifest.json"])
-        except (OSError, EOFError, tarfile.TarError, KeyError, ValueError) as exc:
+            members = _read_archive(path, scratch)
+            manifest = self._manifest(path)
+        except DAMAGED as exc:
             problems.append(f"the archive cannot be read (truncated or not a backup): {exc or type(exc).__name__}")
-            return problems, {}
+            return problems, {}, {}
         for source in manifest.get("sources", []):
             name = source.get("file")
             if name is None:
                 continue
-            data = contents.get(name)
-            if data is None:
+            member = members.get(name)
+            if member is None:
                 problems.append(f"{name} is missing from the archive")
-            elif _sha256(data) != source.get("sha256"):
+            elif member.sha256 != source.get("sha256"):
                 problems.append(f"{name} does not match its checksum")
-        return problems, contents
+        return problems, members, manifest
 
     # --- restore --------------------------------------------------------------------
 
     async def restore(self, archive_id: str, *, dry_run: bool) -> dict[str, Any]:
-        problems, contents = await anyio.to_thread.run_sync(self._check, archive_id)
+        # The archive is unpacked to scratch files (removed after; a killed daemon's are
+        # removed at the plugin's next start, as a snapshot's are): never held in memory.
+        scratch = Path(await anyio.to_thread.run_sync(
+            lambda: tempfile.mkdtemp(prefix=".scratch-", dir=self.directory)))
+        try:
+            return await self._restore(archive_id, scratch, dry_run=dry_run)
+        finally:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+
+    async def _restore(self, archive_id: str, scratch: Path, *, dry_run: bool) -> dict[str, Any]:
+        problems, members, manifest = await anyio.to_thread.run_sync(self._check, archive_id, scratch)
         if problems:
             raise PluginCallError(f"backup {archive_id} is damaged, nothing restored: " + "; ".join(problems))
-        manifest = json.loads(contents["manifest.json"])
         current_sources = {s.name: s for s in await self.client.list_sources()}
         listed = [s for s in await self.client.list_services() if "#" not in s.fqn]
         current_services = {s.fqn: s.state for s in listed}
@@ -480,7 +509,8 @@ class Backup(CorePlugin[BackupSettings]):
         for source in manifest["sources"]:
             if "file" not in source:
                 continue
-            data = contents[source["file"]]
+            data = members[source["file"]].file
+            assert data is not None  # unpacked: _check was given the scratch directory
             name = source["name"]
             registered = name in current_sources
             restore_to = _restore_target(source, current_sources[name].path if registered else None,

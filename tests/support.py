@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import pwd
+import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -213,3 +217,38 @@ def install_package(directory: Path, module: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     importlib.invalidate_caches()
+
+
+@contextlib.contextmanager
+def temporary_user(*, supplementary: bool = False) -> Iterator[tuple[pwd.struct_passwd, str]]:
+    """A real user and a group made for this run, removed afterwards: (user, group name).
+
+    The group is the user's primary group, or with ``supplementary`` only a supplementary
+    one (the user gets a primary group of its own). Names are unique per run, so two
+    suites (or a bench and a suite) running at once never share or delete each other's.
+    Needs root and the shadow tools; callers skip otherwise (see ``can_create_users``)."""
+    tag = f"{os.getpid():x}{secrets.token_hex(3)}"
+    user, group = f"hvu{tag}", f"hvg{tag}"
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    try:
+        membership = ["-U", "-G", group] if supplementary else ["-N", "-g", group]
+        subprocess.run(["useradd", "-M", *membership, "-s", "/usr/sbin/nologin", user],
+                       check=True, capture_output=True)
+        try:
+            yield pwd.getpwnam(user), group
+        finally:
+            subprocess.run(["userdel", user], capture_output=True, check=False)
+            if supplementary:  # useradd -U made a group named after the user
+                subprocess.run(["groupdel", user], capture_output=True, check=False)
+    finally:
+        subprocess.run(["groupdel", group], capture_output=True, check=False)
+
+
+def can_create_users() -> str | None:
+    """Why ``temporary_user`` cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "creating users and switching to them needs root"
+    for tool in ("groupadd", "useradd", "userdel", "groupdel"):
+        if shutil.which(tool) is None:
+            return f"{tool} is needed to create the test user"
+    return None

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from hive.daemon.client_limits import ClientBudget
+from hive.daemon.redaction import SecretRedactor
 from hive.daemon.server import Connection, Peer, RawStream
 from hive_client import ErrorCode
 from hive_client.protocol import Error, FrameReader, Ok, decode_envelope, decode_response
@@ -24,7 +25,8 @@ def anyio_backend() -> str:
 
 
 def _connection(sock: socket.socket) -> Connection:
-    server = types.SimpleNamespace(_connection_ids=itertools.count(1), budget=ClientBudget(1 << 40, 1 << 40))
+    server = types.SimpleNamespace(_connection_ids=itertools.count(1), budget=ClientBudget(1 << 40, 1 << 40),
+                                   secrets=SecretRedactor())
     return Connection(server, RawStream(sock), Peer(pid=0, uid=0, gid=0))  # type: ignore[arg-type]
 
 

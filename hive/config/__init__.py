@@ -53,6 +53,7 @@ from ._model import (
     WatchSpec,
 )
 from ._runners import add_runner, remove_runner
+from ._secrets import SecretMask
 from ._templates import render_runtime
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "RunnerSpec",
     "RuntimeTemplateError",
     "ScriptRunnerConfig",
+    "SecretMask",
     "ServiceConfig",
     "TcpCheck",
     "UsesSpec",

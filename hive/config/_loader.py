@@ -16,6 +16,7 @@ from ._environment import read_dotenv_file
 from ._issues import ConfigError, ConfigIssue, IssueSink, KeyPath, format_path, sort_issues
 from ._model import BLUE_GREEN_RUNNERS, HiveConfig, ProxySettings, ServiceConfig
 from ._read import read_capped
+from ._secrets import SecretMask
 from ._templates import interpolate
 from ._validate import check_services
 from ._yaml import MAX_DEPTH, parse_yaml
@@ -33,6 +34,9 @@ class LoadedProject(msgspec.Struct):
     # Human notes on parsed-but-not-active features ("services.web.proxy: routing is not active yet").
     inactive: list[str]
     source_name: str = ""
+    # Values ``${env.X}`` read (the environment's or the dotenv files'), each shown as its
+    # reference: what a daemon hides in what its clients see (see _secrets.SecretMask).
+    secrets: dict[str, str] = {}
 
 
 def find_config_file(root: Path) -> Path | None:
@@ -142,16 +146,47 @@ def _load_data(
         sink.error(path, message)
     sink.raise_if_errors()
     preloaded = _preload_dotenv(data, root, sink)
+    secrets: dict[str, str] = {}
 
     def resolve(plugin: str, key: str, service: str | None) -> str | None:
         if plugin == "env":
             value = environ.get(key)
-            return value if value is not None else preloaded.get(key)
+            if value is None:
+                value = preloaded.get(key)
+            if value is not None:
+                secrets[value] = f"${{env.{key}}}"
+            return value
         if plugin == "service" and key == "name":
             return service
         return None
 
     data = _interpolate_tree(data, (), sink, resolve)
+    mask = SecretMask(secrets)
+    try:
+        project = _build_project(data, lines, scalar_text, sink, file=file, root=root, source_name=source_name)
+    except ConfigError as exc:  # an error that quotes a value must not show a secret
+        raise ConfigError([_hidden(i, mask) for i in exc.issues], [_hidden(i, mask) for i in exc.warnings]) from None
+    project.warnings = [_hidden(issue, mask) for issue in project.warnings]
+    project.secrets = mask.shown_as
+    return project
+
+
+def _hidden(issue: ConfigIssue, mask: SecretMask) -> ConfigIssue:
+    message = mask.hide(issue.message)
+    return issue if message is issue.message else msgspec.structs.replace(issue, message=message)
+
+
+def _build_project(
+    data: dict[str, Any],
+    lines: dict[KeyPath, int],
+    scalar_text: dict[KeyPath, str],
+    sink: IssueSink,
+    *,
+    file: Path,
+    root: Path,
+    source_name: str,
+) -> LoadedProject:
+    """The typed project from interpolated data; ConfigError with every error found."""
     _check_version(data, sink)
 
     builder = Builder(

@@ -29,11 +29,23 @@ log = logging.getLogger("hive.server")
 class ClientBudget:
     """The daemon-wide count of bytes held for clients, and its two limits."""
 
-    def __init__(self, per_connection: int, total: int) -> None:
+    # Once this much was held at once and nearly all of it is released, ``drained`` is
+    # called: the memory it took can go back to the system (allocator.Trimmer).
+    DRAINED_FROM = 16 << 20
+
+    def __init__(self, per_connection: int, total: int, drained: Callable[[], None] | None = None) -> None:
         self.per_connection = max(1, per_connection)
         self.total = max(1, total)
         self.held = 0
+        self.peak = 0  # the most held since the last drain
+        self._drained = drained
         self._backlogs: set[Backlog] = set()
+
+    def _released(self) -> None:
+        if self.peak >= self.DRAINED_FROM and self.held <= self.peak // 8:
+            self.peak = self.held
+            if self._drained is not None:
+                self._drained()
 
     def backlog(self, cut_off: Callable[[str], None]) -> Backlog:
         """A new connection's account; ``cut_off(reason)`` is called once if it overflows."""
@@ -72,12 +84,14 @@ class Backlog:
         self.held += size
         budget = self._budget
         budget.held += size
+        budget.peak = max(budget.peak, budget.held)
         if not self.cut_reason and (self.held > budget.per_connection or budget.held > budget.total):
             budget._overflow(self)
 
     def release(self, size: int) -> None:
         self.held -= size
         self._budget.held -= size
+        self._budget._released()
 
     def cut(self, reason: str) -> None:
         if self.cut_reason:

@@ -32,6 +32,7 @@ from hive_client import (
     __version__,
 )
 
+from .allocator import fix_mmap_threshold
 from .app import App, ShutdownRequest
 from .errors import RequestError
 from .events import EventBus
@@ -114,6 +115,7 @@ def run_daemon(home_arg: str | None, *, foreground: bool, ready_fd: int | None =
     except AlreadyRunning as exc:
         return _fail(pipe, str(exc), 1)
     _raise_fd_limit()
+    fix_mmap_threshold()  # memory of large client buffers returns once they are freed
     runners = RunnerRegistry(settings.runners)
     problems = runners.check_configured()
     if settings.plugins:

@@ -45,6 +45,7 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
+from .allocator import Trimmer
 from .client_limits import AcceptBackoff, Backlog, ClientBudget, ReportsPerUid, descriptors_left
 from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from .errors import RequestError
@@ -291,7 +292,14 @@ class Connection:
             self._answers_taken.set()
 
     def encode(self, msg_id: int, message: Response) -> bytes:
-        """``message`` as this connection's transport carries it."""
+        """``message`` as this connection's transport carries it, secret values hidden."""
+        encoded = self._encode(msg_id, message)
+        secrets = self.server.secrets
+        if secrets.found_in(encoded, json=self.json):
+            encoded = self._encode(msg_id, secrets.scrub(message))
+        return encoded
+
+    def _encode(self, msg_id: int, message: Response) -> bytes:
         return encode_json_line(hive_shape(message)) if self.json else encode_frame(msg_id, message)
 
     async def send(self, msg_id: int, message: Response, *, answer: bool = True) -> bool:
@@ -443,6 +451,7 @@ class _Sink:
 class SocketServer:
     def __init__(self, app: App, sock: socket.socket, *, max_frame: int, max_inflight: int) -> None:
         self.app = app
+        self.secrets = app.sources.secrets  # hidden in every frame sent (redaction.py)
         self._sock = sock
         self.max_frame = max_frame
         self.max_inflight = max_inflight
@@ -458,7 +467,10 @@ class SocketServer:
         self._activity = 0
         self._idle = anyio.Event()
         daemon = app.settings.daemon
-        self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes)
+        # What clients held goes back to the system once they released it (allocator.py).
+        self.trimmer = Trimmer()
+        self.budget = ClientBudget(daemon.client_backlog_bytes, daemon.clients_backlog_total_bytes,
+                                   drained=self._drained)
         self._per_uid: dict[int, int] = {}  # connections of each (limited) uid
         self._refusals = ReportsPerUid()
         self._timeouts = ReportsPerUid()
@@ -467,6 +479,10 @@ class SocketServer:
         self._encode_turn = anyio.Lock(fast_acquire=False)
         self._last_turned_away_log = -60.0
         self._turned_away = 0
+
+    def _drained(self) -> None:
+        if self._connections is not None:
+            self.trimmer.request(self._connections)
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
         """Run a task for a connection in the server's task group (it outlives the request)."""

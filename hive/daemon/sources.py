@@ -49,6 +49,7 @@ from hive_client.protocol import ReloadPlan
 
 from .errors import RequestError
 from .exposure import hash_secret, is_hashed
+from .redaction import SecretRedactor
 from .sqlite_source import SqliteSourceError, SqliteSourceFile, merge_patch
 from .store import SourceRow, StateRepository, StateStore
 from .supervision import SourceChange, Supervisor
@@ -164,6 +165,8 @@ class SourceRegistry:
         self.sources: dict[str, Source] = {}
         self._stored = StateRepository(store)  # the registry of added sources, on disk
         self._lock = anyio.Lock()  # one structural change (add, remove, reload) at a time
+        # The values the sources took from the environment, hidden in what clients receive.
+        self.secrets = SecretRedactor()
 
     # --- queries ----------------------------------------------------------------------
 
@@ -222,6 +225,9 @@ class SourceRegistry:
             log.error("source %s: %s", source.name, exc.message)
             return
         self._install(source, services)
+        # The file may differ from what the last daemon ran: converge as a reload would.
+        self.supervisor.settle_loaded(source.name, self._fqns(source), enabled=source.enabled,
+                                      complete=self.loaded(source.name))
 
     async def _read(self, source: Source) -> dict[str, ServiceConfig]:
         """Parse the source as it is on disk now, changing nothing."""
@@ -273,8 +279,12 @@ class SourceRegistry:
     def _install(self, source: Source, services: dict[str, ServiceConfig]) -> None:
         source.services = services
         source.error = None
+        self._loaded_secrets(source)
         for config in services.values():
             self.supervisor.register(source.name, config, source.config, self._fingerprint(source, config))
+
+    def _loaded_secrets(self, source: Source) -> None:
+        self.secrets.loaded(source.name, source.project.secrets if source.project is not None else {})
 
     async def _prepare(self, source: Source, names: Iterable[str]) -> None:
         """Runtime files of new services, made ahead of their first start."""
@@ -369,6 +379,7 @@ class SourceRegistry:
                 source=name, project=None, removed=[f"{name}:{service_name}" for service_name in source.services]))
             await self._stored.remove_source(name)
             del self.sources[name]
+            self.secrets.forget(name)
             if source.database is not None:
                 await source.database.close()
         self._bus.publish(SourceRemoved(name=name))
@@ -424,6 +435,7 @@ class SourceRegistry:
         change.start_added = source.enabled and self.supervisor.wanted_running(self._fqns(source))
         source.services = services
         source.error = None
+        self._loaded_secrets(source)
         await self._prepare(source, (fqn.partition(":")[2] for fqn in change.added))
         await self.supervisor.apply(change)
         plan.applied = True

@@ -258,3 +258,23 @@ def test_render_runtime_is_used_by_the_case_3_example() -> None:
     assert (
         render_runtime("{{{runtime.port.http}}}", ports={"http": 8080}) == "{{runtime.port.http}}"
     )
+
+
+def test_values_from_the_environment_are_shown_as_their_reference(load_text: LoadText, errors_of: ErrorsOf) -> None:
+    """An error that quotes a value ${env.X} or a dotenv file gave shows ``${env.X}``; the
+    loaded project lists what to hide (numbers and values under 4 characters are not)."""
+    text = """
+    version: "1"
+    environment:
+      dotenv: {file: .env}
+    services:
+      web:
+        runner: {type: script, script: {run: "serve ${env.TOKEN} ${env.FROM_FILE} ${env.ON} ${env.PORT}"}}
+        restart: {policy: always, delay: "${env.DELAY}"}
+    """
+    files = {".env": "FROM_FILE=file-secret\n"}
+    environ = {"TOKEN": "s3cr3t-value", "ON": "on", "PORT": "8080", "DELAY": "soon-secret"}
+    (error,) = errors_of(text, environ=environ, files=files)
+    assert error.startswith("hive.yaml:7: services.web.restart.delay: invalid duration '${env.DELAY}': ")
+    project = load_text(text, environ={**environ, "DELAY": "1s"}, files=files)
+    assert project.secrets == {"s3cr3t-value": "${env.TOKEN}", "file-secret": "${env.FROM_FILE}"}

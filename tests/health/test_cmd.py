@@ -147,37 +147,28 @@ async def test_missing_prefix_program_fails_clearly(tmp_path: Path) -> None:
     )
 
 
-async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+TIMED_OUT = "timed out after 500ms (last output: waiting)"
+
+
+@pytest.mark.parametrize(("command", "timeout", "message"), [
     # The shell starts a background grandchild, records both pids and waits for it.
-    command = "sleep 300 & echo $$ $! > pids; echo waiting; wait"
+    ("sleep 300 & echo $$ $! > pids; echo waiting; wait", 0.5, TIMED_OUT),
+    # Exits at once, leaving a grandchild that does not hold the output pipe.
+    ("sleep 300 >/dev/null 2>&1 & echo $$ $! > pids; exit 0", DEADLINE, None),
+], ids=["timed-out", "finished"])
+async def test_the_process_group_of_a_check_is_killed_when_it_ends(tmp_path: Path, command: str, timeout: float,
+                                                                    message: str | None) -> None:
     monitor, recorder = make_monitor(
-        [cmd_check(command, working_dir=tmp_path, timeout=0.5, retries=1, interval=60)]
+        [cmd_check(command, working_dir=tmp_path, timeout=timeout, retries=1, interval=60)]
     )
     async with running(monitor):
         change, _ = await recorder.next_change()
-    assert change.healthy is False
-    assert change.results[0].message == "timed out after 500ms (last output: waiting)"
+    assert change.healthy is (message is None)
+    if message is not None:
+        assert change.results[0].message == message
     shell_pid, sleep_pid = (int(pid) for pid in (tmp_path / "pids").read_text().split())
     try:
         await wait_gone(shell_pid)
-        await wait_gone(sleep_pid)
-        assert live_members_of_group(shell_pid) == []
-    except BaseException:
-        kill_quietly(sleep_pid)  # do not leave it behind when the test fails
-        raise
-
-
-async def test_background_leftovers_of_a_finished_check_are_killed(tmp_path: Path) -> None:
-    # Exits at once, leaving a grandchild that does not hold the output pipe.
-    command = "sleep 300 >/dev/null 2>&1 & echo $$ $! > pids; exit 0"
-    monitor, recorder = make_monitor(
-        [cmd_check(command, working_dir=tmp_path, timeout=DEADLINE, interval=60)]
-    )
-    async with running(monitor):
-        change, _ = await recorder.next_change()
-    assert change.healthy is True
-    shell_pid, sleep_pid = (int(pid) for pid in (tmp_path / "pids").read_text().split())
-    try:
         await wait_gone(sleep_pid)
         assert live_members_of_group(shell_pid) == []
     except BaseException:
@@ -219,35 +210,25 @@ async def _escaped_pid(directory: Path) -> int:
     return int((directory / "escaped").read_text())
 
 
-async def test_a_process_that_left_the_group_of_a_finished_check_is_swept(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("then", "timeout", "message"), [
+    ("exit 0", DEADLINE, None),
+    ("echo waiting; sleep 300", 0.5, TIMED_OUT),
+], ids=["finished", "timed-out"])
+async def test_a_process_that_left_the_group_of_a_check_is_swept(tmp_path: Path, then: str, timeout: float,
+                                                                 message: str | None) -> None:
     monitor, recorder = make_monitor(
-        [cmd_check(ESCAPER + "exit 0", working_dir=tmp_path, timeout=DEADLINE, interval=60)]
+        [cmd_check(ESCAPER + then, working_dir=tmp_path, timeout=timeout, retries=1, interval=60)]
     )
     async with running(monitor):
         change, _ = await recorder.next_change()
-    assert change.healthy is True
+    assert change.healthy is (message is None)
+    if message is not None:
+        assert change.results[0].message == message
     escaped = await _escaped_pid(tmp_path)
     try:
-        assert os.getsid(escaped) == escaped  # it did leave the check's session
         await wait_gone(escaped)
     except BaseException:
         kill_quietly(escaped)  # do not leave it behind when the test fails
-        raise
-
-
-async def test_a_process_that_left_the_group_of_a_timed_out_check_is_swept(tmp_path: Path) -> None:
-    monitor, recorder = make_monitor(
-        [cmd_check(ESCAPER + "echo waiting; sleep 300", working_dir=tmp_path, timeout=0.5, retries=1, interval=60)]
-    )
-    async with running(monitor):
-        change, _ = await recorder.next_change()
-    assert change.healthy is False
-    assert change.results[0].message == "timed out after 500ms (last output: waiting)"
-    escaped = await _escaped_pid(tmp_path)
-    try:
-        await wait_gone(escaped)
-    except BaseException:
-        kill_quietly(escaped)
         raise
 
 

@@ -68,6 +68,17 @@ async def goes_unhealthy(check_of_port: Any) -> tuple[Change, int]:
     return change, port
 
 
+# ---- a dead port, for each kind --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "retries"), [("redis", 2), ("postgres", 3), ("mysql", 2), ("grpc", 2)])
+async def test_a_dead_port_goes_unhealthy_after_its_retries(kind: str, retries: int) -> None:
+    change, port = await goes_unhealthy(lambda port: server_check(kind, port, retries=retries))
+    assert change.healthy is False
+    assert change.results[0].consecutive_failures == retries
+    assert change.results[0].message == f"connection refused on 127.0.0.1:{port}"
+
+
 # ---- redis ---------------------------------------------------------------------------------
 
 
@@ -95,13 +106,6 @@ async def test_redis_with_a_password_and_a_db(tmp_path: Path) -> None:
         result = await recorder.wait_results(lambda r: "NOAUTH" in r.message)
     assert result[0].message.startswith("Redis answered PING with: NOAUTH")
     assert result[0].message.endswith("(set the check's password)")
-
-
-async def test_redis_dead_port_goes_unhealthy() -> None:
-    change, port = await goes_unhealthy(lambda port: server_check("redis", port, retries=2))
-    assert change.healthy is False
-    assert change.results[0].consecutive_failures == 2
-    assert change.results[0].message == f"connection refused on 127.0.0.1:{port}"
 
 
 # ---- postgresql ----------------------------------------------------------------------------
@@ -136,13 +140,6 @@ async def test_postgres_asking_for_a_password_is_up(cluster: DataDir) -> None:
     assert change.results[0].message == f"PostgreSQL accepting connections on 127.0.0.1:{port} (SASL)"
 
 
-async def test_postgres_dead_port_goes_unhealthy() -> None:
-    change, port = await goes_unhealthy(lambda port: server_check("postgres", port, retries=3))
-    assert change.healthy is False
-    assert change.results[0].consecutive_failures == 3
-    assert change.results[0].message == f"connection refused on 127.0.0.1:{port}"
-
-
 # ---- mariadb -------------------------------------------------------------------------------
 
 
@@ -161,13 +158,6 @@ async def test_mysql_check_of_mariadb_comes_up_healthy(mariadb: DataDir) -> None
     message = change.results[0].message
     assert message.startswith("MySQL server ") and "MariaDB" in message
     assert message.endswith(f"greeted on 127.0.0.1:{port}")
-
-
-async def test_mysql_dead_port_goes_unhealthy() -> None:
-    change, port = await goes_unhealthy(lambda port: server_check("mysql", port, retries=2))
-    assert change.healthy is False
-    assert change.results[0].consecutive_failures == 2
-    assert change.results[0].message == f"connection refused on 127.0.0.1:{port}"
 
 
 # ---- grpc ----------------------------------------------------------------------------------
@@ -197,10 +187,3 @@ async def test_grpc_service_not_serving(tmp_path: Path, service: str, message: s
         # Refused while the server starts, then the server's own answer.
         found = await recorder.wait_results(lambda r: "connection refused" not in r.message)
     assert found[0].message == message
-
-
-async def test_grpc_dead_port_goes_unhealthy() -> None:
-    change, port = await goes_unhealthy(lambda port: server_check("grpc", port, retries=2))
-    assert change.healthy is False
-    assert change.results[0].consecutive_failures == 2
-    assert change.results[0].message == f"connection refused on 127.0.0.1:{port}"

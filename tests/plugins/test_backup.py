@@ -270,6 +270,43 @@ async def test_a_large_database_is_streamed_to_the_archive_not_held(start_with: 
     assert not [p.name for p in (hive_env / "backups").iterdir() if p.name.startswith(".")]
 
 
+def _ballast_digest(database: Path) -> str:
+    digest = hashlib.sha256()
+    with sqlite3.connect(database) as db:
+        for (data,) in db.execute("SELECT data FROM ballast ORDER BY rowid"):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+async def test_a_large_database_is_restored_from_the_archive_as_a_stream(start_with: StartWith,
+                                                                         hive_env: Path) -> None:
+    """Restoring a 64 MiB SQLite source whose file and source are gone: the archive is
+    checked and unpacked member by member to scratch files, the file written back from
+    them; the daemon's peak RSS grows by far less than the database (a restore used to
+    read the whole archive into memory)."""
+    daemon = start_with(_settings())
+    database = hive_env / "data.db"
+    async with DaemonClient(daemon.socket, timeout=120) as client:
+        await client.add_source(database, name="db")
+        await client.create_service("db", "job", SLEEPER, start=False)
+        with sqlite3.connect(database) as db:
+            db.execute("CREATE TABLE ballast (data BLOB)")
+            db.executemany("INSERT INTO ballast VALUES (?)", ((os.urandom(1 << 20),) for _ in range(64)))
+        taken = _json("backup", "now")
+        await client.remove_source("db")
+        original = _ballast_digest(database)
+        database.unlink()
+        before = _peak_rss(daemon.pid)
+        restored = run_cli("backup", "restore", taken["id"])  # type: ignore[index]
+        grown = _peak_rss(daemon.pid) - before
+        assert restored.returncode == 0, restored.stderr
+        assert f"write {database}" in restored.stdout and "add source db" in restored.stdout
+        assert _ballast_digest(database) == original
+        assert [s.fqn for s in await client.list_services()] == ["db:job"]
+        assert grown < 16 << 20, f"peak RSS grew by {grown >> 20} MiB restoring a 64 MiB database"
+    assert not [p.name for p in (hive_env / "backups").iterdir() if p.name.startswith(".")]
+
+
 async def test_leftovers_of_a_killed_backup_are_removed_at_start(start_with: StartWith, hive_env: Path) -> None:
     """A backup killed while writing leaves its temporary files; the next start removes
     them, and only them (anything else in the directory is the user's)."""

@@ -10,22 +10,29 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
 from tests.reliability.report import record
-from tests.support import pids_of_service, run_cli, start_daemon, wait_for, write_project
+from tests.support import (
+    can_create_users,
+    pids_of_service,
+    run_cli,
+    start_daemon,
+    temporary_user,
+    wait_for,
+    write_project,
+)
 
-GROUP = "hivetestreaders"
-MEMBER = "hivetestreader"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 # The member cannot read the project's virtualenv: the child uses the system Python's
-# stdlib only, sends each request as one JSON line and prints each answer line.
+# stdlib only, sends each request as one JSON line and prints each answer line (a request
+# with "_until" opens a stream: every line up to the first that holds that text).
 CHILD = """
 import json, socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -37,42 +44,42 @@ except OSError as exc:
     sys.exit(0)
 reader = sock.makefile("rb")
 for request in sys.argv[2:]:
-    sock.sendall(request.encode() + b"\\n")
-    line = reader.readline()
-    if not line:
-        print(json.dumps({"closed": True}))
-        break
-    print(line.decode().strip())
+    wanted = json.loads(request)
+    until = wanted.pop("_until", None)  # a stream: read lines until one holds this text
+    sock.sendall(json.dumps(wanted).encode() + b"\\n")
+    while True:
+        line = reader.readline()
+        if not line:
+            print(json.dumps({"closed": True}))
+            sys.exit(0)
+        print(line.decode().strip())
+        if until is None or until in line.decode():
+            break
 """
 
 
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("creating users and switching to them needs root")
-    for tool in ("groupadd", "useradd", "userdel", "groupdel"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is needed to create the test user")
+    why = can_create_users()
+    if why is not None:
+        pytest.skip(why)
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} is needed to run a child as another user")
 
 
+class Member(NamedTuple):
+    user: pwd.struct_passwd
+    group: str  # its only group, the daemon's allowed_group in these tests
+
+
 @pytest.fixture(scope="module")
-def member() -> Iterator[pwd.struct_passwd]:
-    """A user whose only group is ``GROUP``, removed again afterwards."""
+def member() -> Iterator[Member]:
+    """A user whose only group is made for it, both removed again afterwards."""
     _need_root()
-    subprocess.run(["userdel", MEMBER], capture_output=True, check=False)
-    subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
-    subprocess.run(["groupadd", GROUP], check=True, capture_output=True)
-    subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/usr/sbin/nologin", MEMBER],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(MEMBER)
-    finally:
-        subprocess.run(["userdel", MEMBER], capture_output=True, check=False)
-        subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
+    with temporary_user() as (user, group):
+        yield Member(user, group)
 
 
-def _as_user(user: pwd.struct_passwd, socket_path: Path, *requests: dict[str, object]) -> list[dict]:
+def _as_user(user: pwd.struct_passwd, socket_path: Path, *requests: dict[str, object]) -> list[dict[str, Any]]:
     """Send ``requests`` over one connection as ``user``; the answers, one per request."""
 
     def demote() -> None:
@@ -99,15 +106,15 @@ def _project(home: Path) -> Path:
 
 
 @pytest.mark.parametrize("scope", ["read", "operate"])
-def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env: Path, scope: str) -> None:
-    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "{scope}"\n')
+def test_a_group_member_gets_the_group_scope(member: Member, hive_env: Path, scope: str) -> None:
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "{scope}"\n')
     project = _project(hive_env)
     daemon = start_daemon(hive_env)
     try:
         assert run_cli("up", str(project)).returncode == 0
         before = wait_for(lambda: pids_of_service("proj:web"), timeout=30, what="proj:web running")
         answers = _as_user(
-            member, daemon.socket,
+            member.user, daemon.socket,
             {"type": "status"},
             {"type": "list_services"},
             {"type": "stop_service", "fqn": "proj:web"},
@@ -118,7 +125,7 @@ def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env
         assert [s["fqn"] for s in listed["services"]] == ["proj:web"]
         # Shutting the daemon down stays the owner's (and root's), whatever the group's scope.
         assert shutdown["type"] == "error" and shutdown["code"] == "FORBIDDEN"
-        assert f"uid {member.pw_uid} has the '{scope}' scope; shutdown needs 'admin'" in shutdown["message"]
+        assert f"uid {member.user.pw_uid} has the '{scope}' scope; shutdown needs 'admin'" in shutdown["message"]
         assert "daemon.group_scope" in shutdown["message"]
         if scope == "read":
             assert stop["type"] == "error" and stop["code"] == "FORBIDDEN", stop
@@ -130,8 +137,8 @@ def test_a_group_member_gets_the_group_scope(member: pwd.struct_passwd, hive_env
             assert stop["type"] == "ok", stop
             wait_for(lambda: not pids_of_service("proj:web"), timeout=30, what="proj:web stopped")
         # The home is enterable for the socket, its files are not readable.
-        assert not _can_read(member, hive_env / "state.db")
-        assert not _can_read(member, hive_env / "config.toml")
+        assert not _can_read(member.user, hive_env / "state.db")
+        assert not _can_read(member.user, hive_env / "config.toml")
         assert daemon.alive()
     finally:
         daemon.stop()
@@ -149,9 +156,9 @@ def _can_read(user: pwd.struct_passwd, path: Path) -> bool:
     return result.returncode == 0
 
 
-def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env: Path) -> None:
+def test_a_uid_outside_the_group_is_refused(member: Member, hive_env: Path) -> None:
     """Even with the socket opened to everyone, SO_PEERCRED keeps a non-member out."""
-    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "read"\n')
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "read"\n')
     daemon = start_daemon(hive_env)
     try:
         outsider = pwd.getpwnam("nobody")
@@ -163,7 +170,7 @@ def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env:
         assert answer["type"] == "error" and answer["code"] == "PERMISSION_DENIED"
         assert f"uid {outsider.pw_uid} may not use this daemon" in answer["message"]
         # The member still gets in, and the daemon serves on.
-        (pong,) = _as_user(member, daemon.socket, {"type": "ping"})
+        (pong,) = _as_user(member.user, daemon.socket, {"type": "ping"})
         assert pong == {"type": "pong"}
         assert daemon.alive()
         record("access", "a uid outside the allowed group connects (socket 0666)", "2 connections",
@@ -172,11 +179,11 @@ def test_a_uid_outside_the_group_is_refused(member: pwd.struct_passwd, hive_env:
         daemon.stop()
 
 
-def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_passwd, hive_env: Path) -> None:
+def test_operate_runs_what_is_configured_and_nothing_new(member: Member, hive_env: Path) -> None:
     """``operate`` starts, stops, restarts and scales; adding a source, creating a service,
     reloading a source and a plugin command that writes files need ``admin``."""
     (hive_env / "config.toml").write_text(
-        f'[daemon]\nallowed_group = "{GROUP}"\ngroup_scope = "operate"\n[plugins.backup]\n')
+        f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "operate"\n[plugins.backup]\n')
     project = _project(hive_env)
     # What a member would add: a project whose service runs as the daemon's user.
     theirs = write_project(hive_env / "theirs", """
@@ -191,7 +198,7 @@ def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_pass
         wait_for(lambda: pids_of_service("proj:web"), timeout=30, what="proj:web running")
         backups = hive_env / "backups"
         answers = _as_user(
-            member, daemon.socket,
+            member.user, daemon.socket,
             {"type": "add_source", "path": str(theirs), "start": True},
             {"type": "create_service", "source_id": "proj", "name": "evil",
              "config": {"runner": {"type": "script", "script": {"run": "exec sleep 1000"}}}},
@@ -205,7 +212,7 @@ def test_operate_runs_what_is_configured_and_nothing_new(member: pwd.struct_pass
         for answer, what in ((add, "add_source"), (create, "create_service"), (reload, "reload_source"),
                              (backup_now, "plugin_call backup now")):
             assert answer["type"] == "error" and answer["code"] == "FORBIDDEN", (what, answer)
-            assert f"uid {member.pw_uid} has the 'operate' scope; {what} needs 'admin'" in answer["message"]
+            assert f"uid {member.user.pw_uid} has the 'operate' scope; {what} needs 'admin'" in answer["message"]
         assert backup_list["type"] == "plugin_reply", backup_list
         assert restart["type"] != "error", restart
         assert scale["type"] != "error", scale
@@ -226,14 +233,7 @@ def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) ->
     the unit's ProtectProc=invisible, and stale for a session older than ``usermod -aG``):
     a member whose process does not carry the group still gets in."""
     _need_root()
-    user, group = "hivetestsupp", "hivetestsuppg"
-    subprocess.run(["userdel", user], capture_output=True, check=False)
-    subprocess.run(["groupdel", group], capture_output=True, check=False)
-    subprocess.run(["groupadd", group], check=True, capture_output=True)
-    subprocess.run(["useradd", "-M", "-U", "-G", group, "-s", "/usr/sbin/nologin", user],
-                   check=True, capture_output=True)
-    try:
-        supp = pwd.getpwnam(user)
+    with temporary_user(supplementary=True) as (supp, group):
         (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{group}"\ngroup_scope = "read"\n')
         daemon = start_daemon(hive_env)
         try:
@@ -245,7 +245,57 @@ def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) ->
             assert daemon.alive()
         finally:
             daemon.stop()
+
+
+def test_a_secret_from_the_daemons_environment_stays_hidden(member: Member, hive_env: Path) -> None:
+    """A value the configuration takes from the daemon's environment (``${env.X}``) is shown
+    as ``${env.X}`` in what a client receives: a start error, a health check, a failed
+    reload's error and event, the daemon's notes in the service's log."""
+    import secrets
+
+    token = f"tok-{secrets.token_hex(12)}"
+    (hive_env / "config.toml").write_text(f'[daemon]\nallowed_group = "{member.group}"\ngroup_scope = "read"\n')
+    services = """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000", working_dir: "/nonexistent/${env.HIVE_TEST_TOKEN}"}}
+          api:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+            healthcheck: {type: cmd, cmd: {command: "test x = ${env.HIVE_TEST_TOKEN}", interval: INTERVAL}}
+        """
+    project = write_project(hive_env / "proj", services.replace("INTERVAL", "1s"))
+    daemon = start_daemon(hive_env, env={"HIVE_TEST_TOKEN": token})
+    try:
+        up = run_cli("up", str(project))
+        assert token not in up.stdout + up.stderr
+
+        def api_unhealthy() -> bool:
+            listed = json.loads(run_cli("services", "--json").stdout)
+            return any(s["fqn"] == "proj:api" and s["healthy"] is False for s in listed)
+
+        wait_for(api_unhealthy, timeout=30, what="proj:api's check failed")
+        # A reload that fails on the value: its error and its event would quote it.
+        write_project(project, services.replace("INTERVAL", "\"${env.HIVE_TEST_TOKEN}\""))
+        reload = run_cli("source", "reload", "proj")
+        assert reload.returncode != 0
+        assert token not in reload.stdout + reload.stderr
+        answers = _as_user(
+            member.user, daemon.socket,
+            {"type": "list_services"},
+            {"type": "get_service_status", "fqn": "proj:web"},
+            {"type": "get_logs", "fqn": "proj:web"},
+            {"type": "list_sources"},
+            {"type": "subscribe_events", "kinds": [], "since_seq": 0, "_until": "reload_failed"},
+        )
+        seen = json.dumps(answers)
+        assert token not in seen
+        web = answers[1]["service"]
+        assert web["last_error"].endswith("working directory /nonexistent/${env.HIVE_TEST_TOKEN} does not exist")
+        assert "cmd: test x = ${env.HIVE_TEST_TOKEN}" in seen  # the check's target, in list_services
+        assert "interval: invalid duration '${env.HIVE_TEST_TOKEN}'" in seen  # the reload_failed event
+        assert daemon.alive()
+        record("access", "a secret from the daemon's environment (${env.X}), read by a read-scope member",
+               "5 requests", "shown as ${env.X} in last_error, health checks, logs, events; never the value")
     finally:
-        subprocess.run(["userdel", user], capture_output=True, check=False)
-        subprocess.run(["groupdel", user], capture_output=True, check=False)
-        subprocess.run(["groupdel", group], capture_output=True, check=False)
+        daemon.stop()

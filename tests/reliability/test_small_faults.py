@@ -360,3 +360,72 @@ def test_what_a_health_check_started_with_setsid_does_not_outlive_it(daemon: obj
             os.kill(pid, signal.SIGKILL)  # do not leave them behind when the test fails
     record("faults", "a health check that backgrounds a setsid process", f"{len(runs)} runs",
            "each one killed when its run ended; none after hive down", "nothing")
+
+
+_BEFORE = """
+    version: "1"
+    services:
+      kept:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+      changed:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+        environment: {static: {VERSION: "1"}}
+      gone:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+      idle:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+    """
+_AFTER = """
+    version: "1"
+    services:
+      kept:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+      changed:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+        environment: {static: {VERSION: "2"}}
+      idle:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+      added:
+        runner: {type: script, script: {run: "exec sleep 1000"}}
+    """
+
+
+@pytest.mark.parametrize("down", ["stopped", "killed"])
+def test_a_source_edited_while_the_daemon_is_down_converges_at_start(hive_env: Path, down: str) -> None:
+    """hive.yaml edited while no daemon runs (or a reload cut short by ``kill -9``): the
+    next daemon makes its services what a reload would have: the added one starts (its
+    source runs), the removed one is stopped, the changed one runs its new configuration,
+    one the user stopped stays stopped; the next reload has nothing left to do."""
+    project = write_project(hive_env / "proj", _BEFORE)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        assert run_cli("service", "stop", "proj:idle").returncode == 0
+        for name in ("kept", "changed", "gone"):
+            wait_for(lambda name=name: _pids(hive_env, f"proj:{name}"), timeout=30, what=f"proj:{name} running")
+        if down == "stopped":
+            daemon.stop()
+        else:
+            daemon.kill9()
+        write_project(project, _AFTER)
+        daemon = start_daemon(hive_env)
+        wait_for(lambda: _pids(hive_env, "proj:added"), timeout=30, what="proj:added started at start-up")
+        wait_for(lambda: not _pids(hive_env, "proj:gone"), timeout=30, what="proj:gone stopped")
+
+        def changed_runs_version_2() -> bool:
+            pids = _pids(hive_env, "proj:changed")
+            return len(pids) == 1 and psutil.Process(pids[0]).environ().get("VERSION") == "2"
+
+        wait_for(changed_runs_version_2, timeout=30, what="proj:changed running its new configuration")
+        states = json.loads(run_cli("services", "--json").stdout)
+        assert {s["fqn"]: s["desired"] for s in states} == {
+            "proj:kept": "running", "proj:changed": "running", "proj:idle": "stopped", "proj:added": "running"}
+        assert not _pids(hive_env, "proj:idle")
+        reload = run_cli("source", "reload", "proj")
+        assert reload.returncode == 0, reload.stderr
+        assert "nothing changed" in reload.stdout, reload.stdout
+        record("faults", f"hive.yaml edited while the daemon was {down}", "1 added, 1 changed, 1 removed",
+               "at start: added started, changed replaced, removed stopped, stopped one kept stopped; "
+               "the next reload had nothing to do", "none")
+    finally:
+        daemon.stop()

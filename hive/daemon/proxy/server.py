@@ -91,7 +91,11 @@ class ProxyServer:
         return self.core.table
 
     def _report(self, fqn: str, service: ServiceRuntime | None) -> pages.ServiceReport:
-        return pages.service_report(fqn, service, self.app.logs, self.core.settings.error_log_lines)
+        report = pages.service_report(fqn, service, self.app.logs, self.core.settings.error_log_lines)
+        # The error page shows errors and log lines to any HTTP client: no secret values.
+        secrets = self.app.sources.secrets
+        report.instances, report.logs = secrets.scrub(report.instances), secrets.scrub(report.logs)
+        return report
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow the events that change routes, until cancelled."""

@@ -211,9 +211,30 @@ class Supervisor:
             service.restart_count = persisted.restart_count
             service.scale = persisted.instances
             service.grow(service.scale)
+        else:  # stored at once, so the next daemon knows it was known (see settle_loaded)
+            self._records.save_desired(service)
         self.services[service.fqn] = service
         self._registry.index_exposes()
         return service
+
+    def settle_loaded(self, source: str, fqns: list[str], *, enabled: bool, complete: bool) -> None:
+        """At start-up, before :meth:`resume`: the services of ``source`` as its file says
+        now, made what a reload would have made them. The file may have changed while no
+        daemon ran, or under a reload a ``kill -9`` cut short. Services the stored state does
+        not know are new: wanted running when the source was (``enabled`` and one of its
+        services wanted running), as a reload starts what it adds; the stored states of
+        services the file no longer lists are forgotten (when it loaded ``complete``ly),
+        as a reload forgets what it removes. Changed ones are replaced by resume() (their
+        configuration digest differs)."""
+        prefix = f"{source}:"
+        stored = {fqn: row for fqn, row in self._records.persisted.items() if fqn.startswith(prefix)}
+        added = [self.services[fqn] for fqn in fqns if fqn not in stored and fqn in self.services]
+        if added and enabled and any(row.desired == "running" for row in stored.values()):
+            log.info("starting %s: added to %s while no daemon ran", ", ".join(s.fqn for s in added), source)
+            self._actions.mark_desired(added, "running")
+        if complete:
+            for fqn in set(stored) - set(fqns):
+                self._records.forget_service(fqn)
 
     async def unregister(self, fqn: str, *, forget: bool) -> list[InstanceOutcome]:
         """Stop the service and remove it; ``forget``: its stored state goes too."""
