@@ -33,7 +33,7 @@ import anyio
 import msgspec
 
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
-from hive_client import HiveError, NotFound
+from hive_client import HiveError, NotFound, ServiceState
 
 from . import commands
 from .etcd import (
@@ -56,6 +56,9 @@ __all__ = ["Fleet"]
 log = logging.getLogger("hive.plugins.fleet")
 
 _WRITES_AT_ONCE = 16  # a placement round's transactions in flight together
+# An instance in one of these states has a process here (adopted or started).
+_LIVE = frozenset({ServiceState.RUNNING, ServiceState.STARTING, ServiceState.UNHEALTHY, ServiceState.BACKOFF,
+                   ServiceState.UNKNOWN, ServiceState.STOPPING, ServiceState.DRAINING})
 
 
 class Fleet(CorePlugin[FleetSettings]):
@@ -120,15 +123,21 @@ class Fleet(CorePlugin[FleetSettings]):
                 group.start_soon(self._scheduler)
 
     async def _register(self) -> None:
-        """Adopt the instances of a lease still alive; else stop them, then take a new lease."""
+        """Adopt the instances of a lease still alive; else stop them, then take a new lease.
+
+        The daemon started none of them at its start (the fleet source is owned by this
+        plugin): it adopted those whose processes still run, and only those are kept."""
         old_lease, running = self._load()
         while True:
             sent = anyio.current_time()
             try:
+                await self._ensure_source()
                 alive = old_lease > 0 and await self.etcd.time_to_live(old_lease) > 0
                 if alive:
-                    self.lease, self.running = old_lease, running
-                    log.info("fleet: lease %x still alive, adopting %d instances", old_lease, len(running))
+                    live = await self._live_names()
+                    self.lease = old_lease
+                    self.running = {name: token for name, token in running.items() if name in live}
+                    log.info("fleet: lease %x still alive, adopting %d instances", old_lease, len(self.running))
                 else:
                     if running or await self._local_names():
                         await self._stop_all("the lease of the previous run has expired")
@@ -405,13 +414,25 @@ class Fleet(CorePlugin[FleetSettings]):
         except NotFound:
             return []  # no fleet source yet
 
+    async def _live_names(self) -> set[str]:
+        """The fleet instances here whose process runs (adopted at the daemon's start)."""
+        try:
+            infos = await self.client.list_services(self.settings.source)
+        except NotFound:
+            return set()
+        return {info.name for info in infos if "#" not in info.fqn and info.state in _LIVE}
+
     async def _ensure_source(self) -> None:
+        """The fleet source, owned by this plugin: after a daemon restart the daemon adopts
+        its instances that still run and starts none (that is ``_register``'s to decide).
+        A source an older version added without an owner gets one."""
         if self._source_ready:
             return
         source = self.settings.source
-        if source not in [s.name for s in await self.client.list_sources()]:
-            home = (await self.client.status()).home or "."
-            await self.client.add_source(Path(home) / f"{source}.db", name=source)
+        known = {s.name: s for s in await self.client.list_sources()}
+        if source not in known or known[source].owner != self.name:
+            path = known[source].path if source in known else Path((await self.client.status()).home or ".") / f"{source}.db"
+            await self.client.add_source(path, name=source, owner=self.name)
         self._source_ready = True
 
     async def _start(self, name: str, service: FleetService, token: int) -> None:

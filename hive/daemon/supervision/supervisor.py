@@ -215,6 +215,15 @@ class Supervisor:
         self._registry.index_exposes()
         return service
 
+    def set_source_owner(self, source: str, owner: str | None) -> None:
+        """``owner`` (a plugin's name) decides which of the source's services run after a
+        daemon restart: :meth:`resume` adopts what still runs and starts none of them.
+        None: the daemon starts what was running."""
+        if owner is None:
+            self._registry.source_owners.pop(source, None)
+        else:
+            self._registry.source_owners[source] = owner
+
     async def unregister(self, fqn: str, *, forget: bool) -> list[InstanceOutcome]:
         """Stop the service and remove it; ``forget``: its stored state goes too."""
         service = self.services.get(fqn)
