@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys"]
+__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys", "PlaceRequest", "Placement"]
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,50}$")
 
@@ -88,6 +88,32 @@ class FleetService(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def runner(self) -> str:
         return str(self.config["runner"]["type"])
+
+
+class PlaceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``plugin_call("fleet", "place", ...)``: one instance of a new service, placed
+    anywhere in the fleet (the signaling plugin's hand-off of a spawn). Refused if a fleet
+    service of that name exists; answered once a hive is assigned, or refused (and
+    nothing left) when none is within ``wait`` seconds."""
+
+    name: str
+    config: dict[str, Any]  # the service's hive.yaml table
+    labels: dict[str, str] = {}
+    wait: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.wait <= 60:
+            raise ValueError("wait must be between 0 and 60 s")
+
+
+class Placement(msgspec.Struct, kw_only=True):
+    """The answer to a ``place``: where the instance runs, and its fencing token."""
+
+    service: str
+    instance: str  # ``<service>-0``
+    fqn: str  # ``<source>:<instance>`` on that hive
+    hive_id: str
+    token: int
 
 
 class Assignment(msgspec.Struct, kw_only=True):

@@ -470,11 +470,13 @@ class Fleet(CorePlugin[FleetSettings]):
                 return await commands.delete(self.etcd, self.keys, args)
             if command == "rebalance":
                 return await commands.rebalance(self.etcd, self.keys, self.view, args)
+            if command == "place":
+                return await commands.place(self.etcd, self.keys, self.view, self.settings.source, args)
             if command == "status":
                 return self._status()
         except EtcdError as exc:
             raise PluginCallError(f"etcd: {exc}; check the endpoints in [plugins.fleet.settings]") from None
-        raise PluginCallError(f"unknown command {command!r} (apply, delete, rebalance, status)")
+        raise PluginCallError(f"unknown command {command!r} (apply, delete, place, rebalance, status)")
 
     def _status(self) -> dict[str, Any]:
         view = self.view

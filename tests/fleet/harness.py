@@ -182,7 +182,9 @@ class Fleet:
             shutil.rmtree(daemon.home, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def start_hive(self, hive_id: str, endpoints: list[str], *, home: Path | None = None, **settings: Any) -> DaemonProcess:
+    def start_hive(self, hive_id: str, endpoints: list[str], *, home: Path | None = None, more_config: str = "",
+                   **settings: Any) -> DaemonProcess:
+        """A daemon whose config.toml has the fleet table of ``settings`` (and ``more_config``)."""
         home = home or Path(tempfile.mkdtemp(prefix=f"hv-{hive_id}-", dir="/tmp"))
         table = {"endpoints": endpoints, "hive_id": hive_id, "lease_ttl": 3, "capacity": 10, **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]
@@ -190,7 +192,7 @@ class Fleet:
         text = "[plugins.fleet]\n[plugins.fleet.settings]\n" + "\n".join(lines) + "\n"
         if labels:
             text += "[plugins.fleet.settings.labels]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in labels.items()) + "\n"
-        (home / "config.toml").write_text(text)
+        (home / "config.toml").write_text(text + more_config)
         return self.restart_hive(hive_id, home)
 
     def restart_hive(self, hive_id: str, home: Path) -> DaemonProcess:
