@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys", "PlaceRequest", "Placement"]
+__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys", "PlaceRequest", "Placement",
+           "released_mark"]
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,50}$")
 
@@ -65,6 +66,14 @@ class HiveRecord(msgspec.Struct, kw_only=True):
     runners: list[str]
     labels: dict[str, str]
     scheduler: bool
+    # Drained assignments this hive has stopped (``service/index@mod_revision``): the
+    # leader deletes them. Said in the hive's own key, so a hive writes only its own keys.
+    released: list[str] = []
+
+
+def released_mark(service: str, index: int, mod_revision: int) -> str:
+    """How a hive's record names a drained assignment it has stopped."""
+    return f"{service}/{index}@{mod_revision}"
 
 
 class FleetService(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -47,7 +47,7 @@ from .etcd import (
     modified_at,
     put_op,
 )
-from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
+from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys, released_mark
 from .retry import EXPECTED, Episode
 from .scheduler import FleetView, Placed, plan
 
@@ -82,6 +82,7 @@ class Fleet(CorePlugin[FleetSettings]):
         self.fenced = True  # nothing runs until the first lease is held
         self.fences = 0  # times this hive has fenced itself (status)
         self.running: dict[str, int] = {}  # instance name -> the token it runs with
+        self.released: list[str] = []  # drained assignments stopped here (in this hive's record)
         self._act = anyio.Lock()  # the agent's actions and the fence never interleave
         self._renewal = anyio.Event()  # set (and replaced) at each renewal and unfencing
         self._source_ready = False
@@ -154,7 +155,8 @@ class Fleet(CorePlugin[FleetSettings]):
     async def _publish(self) -> None:
         settings = self.settings
         record = HiveRecord(hive_id=self.hive_id, lease=self.lease, capacity=settings.capacity,
-                            runners=settings.runners, labels=settings.labels, scheduler=settings.scheduler)
+                            runners=settings.runners, labels=settings.labels, scheduler=settings.scheduler,
+                            released=self.released)
         await self.etcd.put(self.keys.hive(self.hive_id), msgspec.json.encode(record).decode(), lease=self.lease)
 
     # --- membership and fencing -----------------------------------------------------
@@ -326,6 +328,9 @@ class Fleet(CorePlugin[FleetSettings]):
         async with anyio.create_task_group() as group:  # removals first: the plan counted their room
             for name, index in decided.remove:
                 group.start_soon(write, [still_leading], [delete_op(self.keys.assignment(name, index))])
+            for name, index, stopped_at in decided.released:  # unless it changed since its hive stopped it
+                key = self.keys.assignment(name, index)
+                group.start_soon(write, [still_leading, modified_at(key, stopped_at)], [delete_op(key)])
             for name, index in decided.stale_moves:
                 group.start_soon(write, [still_leading], [delete_op(self.keys.move(name, index))])
         async with anyio.create_task_group() as group:
@@ -361,11 +366,14 @@ class Fleet(CorePlugin[FleetSettings]):
 
     async def _release_drained(self) -> None:
         """Give up the drained assignments whose instance has stopped here: only then may
-        the leader place them elsewhere (a new key, a higher token)."""
-        for (name, index), placed in list(self.view.assignments.items()):
-            if self._mine(placed) and placed.assignment.drain and f"{name}-{index}" not in self.running:
-                key = self.keys.assignment(name, index)
-                await self.etcd.txn([modified_at(key, placed.mod_revision)], [delete_op(key)])
+        the leader place them elsewhere (a new key, a higher token). Said in this hive's own
+        record (the leader deletes them): a hive writes no key but its own."""
+        released = sorted(released_mark(name, index, placed.mod_revision)
+                          for (name, index), placed in self.view.assignments.items()
+                          if self._mine(placed) and placed.assignment.drain and f"{name}-{index}" not in self.running)
+        if released != self.released:
+            self.released = released
+            await self._publish()
 
     async def _agent(self) -> None:
         await self.view.loaded.wait()  # an empty view would stop every adopted instance
