@@ -14,6 +14,7 @@ Keys, under ``prefix`` (default ``/hive/fleet/``):
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -37,6 +38,14 @@ class FleetSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scheduler: bool = True  # this hive may lead placement
     source: str = "fleet"  # the SQLite source that holds the instances this hive runs
     request_timeout: float = 0.5  # per member; a failing call tries each
+    # etcd with authentication: this hive's user, and a file that holds its password.
+    username: str = ""
+    password_file: str = ""
+    # TLS to etcd (https:// endpoints): the CA that signed the members' certificates, and
+    # this hive's client certificate and key (for members started with --client-cert-auth).
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -57,6 +66,21 @@ class FleetSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("prefix must start and end with /")
         if self.hive_id and not NAME_PATTERN.match(self.hive_id):
             raise ValueError(f"hive_id {self.hive_id!r}: lower-case letters, digits, _ and -")
+        if bool(self.username) != bool(self.password_file):
+            raise ValueError("username and password_file go together (etcd's authentication)")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together (a client certificate for etcd)")
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{key} {path!r} does not exist or cannot be read")
+        if (self.ca_file or self.cert_file) and not all(e.startswith("https://") for e in self.endpoints):
+            raise ValueError("ca_file and cert_file are for https:// endpoints: make every endpoint https://")
+
+    def password(self) -> str:
+        """The password in ``password_file`` (its first line)."""
+        with open(self.password_file, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
 
 
 class HiveRecord(msgspec.Struct, kw_only=True):

@@ -46,6 +46,7 @@ from .etcd import (
     leased_by,
     modified_at,
     put_op,
+    tls_context,
 )
 from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys, released_mark
 from .retry import EXPECTED, Episode
@@ -72,8 +73,11 @@ class Fleet(CorePlugin[FleetSettings]):
         settings = self.settings
         self.hive_id = settings.hive_id or socket.gethostname().lower()
         self.keys = Keys(settings.prefix)
+        tls = tls_context(settings.ca_file, settings.cert_file, settings.key_file) \
+            if any(e.startswith("https://") for e in settings.endpoints) else None
+        credentials = (settings.username, settings.password()) if settings.username else None
         self.etcd = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
-                               connect_timeout=min(0.5, settings.request_timeout))
+                               connect_timeout=min(0.5, settings.request_timeout), credentials=credentials, tls=tls)
         self.view = FleetView(self.keys)
         home = Path((await client.status()).home or ".")
         self.state_path = home / "fleet-state.json"
@@ -152,12 +156,19 @@ class Fleet(CorePlugin[FleetSettings]):
                 self.episodes["registration"].failed(exc)
                 await self.episodes["registration"].backoff()
 
-    async def _publish(self) -> None:
+    async def _publish(self, released: list[str] | None = None) -> None:
+        """This hive's record, bound to its lease. Once it is, it is updated keeping its
+        lease: with etcd's authentication a put that names a lease needs the right to
+        write every key bound to it, and the assignments bound to ours are the leader's."""
         settings = self.settings
+        released = self.released if released is None else released
         record = HiveRecord(hive_id=self.hive_id, lease=self.lease, capacity=settings.capacity,
                             runners=settings.runners, labels=settings.labels, scheduler=settings.scheduler,
-                            released=self.released)
-        await self.etcd.put(self.keys.hive(self.hive_id), msgspec.json.encode(record).decode(), lease=self.lease)
+                            released=released)
+        key, value = self.keys.hive(self.hive_id), msgspec.json.encode(record).decode()
+        await self.etcd.txn([leased_by(key, self.lease)], [put_op(key, value, keep_lease=True)],
+                            [put_op(key, value, self.lease)])
+        self.released = released
 
     # --- membership and fencing -----------------------------------------------------
 
@@ -372,8 +383,7 @@ class Fleet(CorePlugin[FleetSettings]):
                           for (name, index), placed in self.view.assignments.items()
                           if self._mine(placed) and placed.assignment.drain and f"{name}-{index}" not in self.running)
         if released != self.released:
-            self.released = released
-            await self._publish()
+            await self._publish(released)
 
     async def _agent(self) -> None:
         await self.view.loaded.wait()  # an empty view would stop every adopted instance

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -54,17 +55,19 @@ class Member:
 
 @dataclass
 class EtcdCluster:
-    """``size`` members on one machine (``--pre-vote``), each on free ports."""
+    """``size`` members on one machine (``--pre-vote``), each on free ports; with ``tls``
+    (see :func:`make_certificates`), clients speak https and must show a certificate."""
 
     root: Path
     size: int
+    tls: Path | None = None
     members: list[Member] = field(default_factory=list)
 
     @classmethod
-    def launch(cls, size: int, started: list[EtcdCluster] | None = None) -> EtcdCluster:
+    def launch(cls, size: int, started: list[EtcdCluster] | None = None, tls: Path | None = None) -> EtcdCluster:
         """A started cluster in a new directory (added to ``started`` before it starts,
         so a cluster that fails to come up is still removed)."""
-        cluster = cls(Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp")), size)
+        cluster = cls(Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp")), size, tls)
         if started is not None:
             started.append(cluster)
         cluster.start()
@@ -75,8 +78,9 @@ class EtcdCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def start(self) -> None:
+        scheme = "https" if self.tls else "http"
         for n in range(self.size):
-            self.members.append(Member(f"m{n}", f"http://127.0.0.1:{_free_port()}",
+            self.members.append(Member(f"m{n}", f"{scheme}://127.0.0.1:{_free_port()}",
                                        f"http://127.0.0.1:{_free_port()}", self.root / f"m{n}",
                                        self.root / f"m{n}.log"))
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -88,14 +92,21 @@ class EtcdCluster:
                     "--initial-cluster", cluster, "--initial-cluster-state", "new",
                     "--initial-cluster-token", self.root.name, "--pre-vote=true",
                     "--heartbeat-interval", "100", "--election-timeout", "1000"]
+            if self.tls:
+                argv += ["--cert-file", str(self.tls / "server.pem"), "--key-file", str(self.tls / "server-key.pem"),
+                         "--client-cert-auth", "--trusted-ca-file", str(self.tls / "ca.pem")]
             with open(member.log, "wb") as log:
                 member.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         for member in self.members:
             wait_for(lambda member=member: self.healthy(member), timeout=30, what=f"etcd {member.name} healthy")
 
     def healthy(self, member: Member) -> bool:
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
+            context.load_cert_chain(self.tls / "client.pem", self.tls / "client-key.pem")
         try:
-            with urllib.request.urlopen(member.client_url + "/health", timeout=1) as answer:
+            with urllib.request.urlopen(member.client_url + "/health", timeout=1, context=context) as answer:
                 return bool(json.loads(answer.read()).get("health") == "true")
         except OSError:
             return False
@@ -309,12 +320,33 @@ class Fleet:
         return found
 
 
-def etcd_call(endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One request to etcd's JSON gateway, from the test's side."""
-    answer = httpx.post(f"{endpoint}/v3/{path}", json=body, timeout=10)
+def etcd_call(endpoint: str, path: str, body: dict[str, Any], token: str = "") -> dict[str, Any]:
+    """One request to etcd's JSON gateway, from the test's side (as the user of ``token``)."""
+    answer = httpx.post(f"{endpoint}/v3/{path}", json=body, timeout=10,
+                        headers={"Authorization": token} if token else None)
     answer.raise_for_status()
     found: dict[str, Any] = answer.json()
     return found
+
+
+def make_certificates(directory: Path) -> Path:
+    """A CA, a certificate for the members (127.0.0.1) and one for clients, made with the
+    openssl command (EC keys: quick); the directory."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is not installed: run scripts/ci-etcd.sh"
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*argv: str) -> None:
+        subprocess.run([openssl, *argv], cwd=directory, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=fleet test CA")
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        (directory / f"{name}.ext").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        run("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return directory
 
 
 def b64(text: str) -> str:
