@@ -119,3 +119,12 @@ def test_settings_name_a_missing_file_and_unpaired_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="https://"):
         FleetSettings(endpoints=["http://127.0.0.1:2379"], ca_file=str(tmp_path / "ca.pem"))
 
+
+
+def test_the_documented_etcdctl_recipe_is_what_roles_grants() -> None:
+    from core_plugins.fleet.roles import etcdctl
+
+    docs = (Path(__file__).parents[2] / "docs" / "fleet.md").read_text()
+    for hive_id, role in (("web-01", True), ("web-02", False)):
+        block = "\n".join(etcdctl("/hive/fleet/", hive_id, scheduler=role, admin=role))
+        assert block in docs, block
