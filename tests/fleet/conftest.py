@@ -14,13 +14,13 @@ __all__ = ["EtcdCluster", "Fleet"]
 
 @pytest.fixture
 def etcd_cluster() -> Iterator[Callable[..., EtcdCluster]]:
-    """``etcd_cluster(size, tls=None)`` -> a started cluster, removed after the test."""
+    """``etcd_cluster(size, tls=None, host="127.0.0.1")`` -> a started cluster, removed after the test."""
     if ETCD is None:
         pytest.fail("etcd is not installed: run scripts/ci-etcd.sh")
     started: list[EtcdCluster] = []
 
-    def start(size: int, tls: Path | None = None) -> EtcdCluster:
-        return EtcdCluster.launch(size, started, tls)
+    def start(size: int, tls: Path | None = None, host: str = "127.0.0.1") -> EtcdCluster:
+        return EtcdCluster.launch(size, started, tls, host)
 
     yield start
     for cluster in started:

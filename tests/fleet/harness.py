@@ -61,13 +61,15 @@ class EtcdCluster:
     root: Path
     size: int
     tls: Path | None = None
+    host: str = "127.0.0.1"  # where clients reach the members (peers stay on loopback)
     members: list[Member] = field(default_factory=list)
 
     @classmethod
-    def launch(cls, size: int, started: list[EtcdCluster] | None = None, tls: Path | None = None) -> EtcdCluster:
+    def launch(cls, size: int, started: list[EtcdCluster] | None = None, tls: Path | None = None,
+               host: str = "127.0.0.1") -> EtcdCluster:
         """A started cluster in a new directory (added to ``started`` before it starts,
         so a cluster that fails to come up is still removed)."""
-        cluster = cls(Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp")), size, tls)
+        cluster = cls(Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp")), size, tls, host)
         if started is not None:
             started.append(cluster)
         cluster.start()
@@ -80,7 +82,7 @@ class EtcdCluster:
     def start(self) -> None:
         scheme = "https" if self.tls else "http"
         for n in range(self.size):
-            self.members.append(Member(f"m{n}", f"{scheme}://127.0.0.1:{_free_port()}",
+            self.members.append(Member(f"m{n}", f"{scheme}://{self.host}:{_free_port()}",
                                        f"http://127.0.0.1:{_free_port()}", self.root / f"m{n}",
                                        self.root / f"m{n}.log"))
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -170,6 +172,7 @@ class Fleet:
     ledger: Path
     script: Path
     daemons: dict[str, DaemonProcess] = field(default_factory=dict)
+    prefixes: dict[str, list[str]] = field(default_factory=dict)  # hive -> argv prefix (its namespace)
     killed: dict[int, int] = field(default_factory=dict)  # pid -> when it was killed (ns)
 
     @classmethod
@@ -194,8 +197,11 @@ class Fleet:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def start_hive(self, hive_id: str, endpoints: list[str], *, home: Path | None = None, more_config: str = "",
-                   **settings: Any) -> DaemonProcess:
-        """A daemon whose config.toml has the fleet table of ``settings`` (and ``more_config``)."""
+                   argv_prefix: list[str] | None = None, **settings: Any) -> DaemonProcess:
+        """A daemon whose config.toml has the fleet table of ``settings`` (and ``more_config``),
+        run behind ``argv_prefix`` (``ip netns exec NS``), now and at each restart."""
+        if argv_prefix:
+            self.prefixes[hive_id] = argv_prefix
         home = home or Path(tempfile.mkdtemp(prefix=f"hv-{hive_id}-", dir="/tmp"))
         table = {"endpoints": endpoints, "hive_id": hive_id, "lease_ttl": 3, "capacity": 10, **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]
@@ -208,7 +214,7 @@ class Fleet:
 
     def restart_hive(self, hive_id: str, home: Path) -> DaemonProcess:
         """A daemon on ``home``, once its hive is registered in the fleet."""
-        daemon = start_daemon(home, env={"LEDGER": str(self.ledger)})
+        daemon = start_daemon(home, env={"LEDGER": str(self.ledger)}, argv_prefix=self.prefixes.get(hive_id))
         self.daemons[hive_id] = daemon
         wait_for(lambda: self.registered(daemon, hive_id), timeout=30, what=f"{hive_id} registered")
         return daemon
