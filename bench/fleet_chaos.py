@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fleet import lease_floor  # noqa: E402  (bench/fleet.py)
+import fleet as fleet_bench  # noqa: E402  (bench/fleet.py: its lease floor)
 
 from tests.fleet.chaos import ACTIONS, run_chaos  # noqa: E402
 from tests.fleet.harness import EtcdCluster, Fleet  # noqa: E402
@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--hives", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a random one, printed)")
+    parser.add_argument("--ttl", type=int, default=3, help="the hives' lease TTL (s)")
+    parser.add_argument("--request-timeout", type=float, default=0.5, help="the hives' etcd request timeout (s)")
+    parser.add_argument("--patience", type=float, default=120.0, help="s each condition may take")
     args = parser.parse_args()
     why = usable()
     if why:
@@ -48,19 +51,23 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     network = Network.create()
     fleet = Fleet.create()
+    fleet.patience = args.patience
     cluster: EtcdCluster | None = None
     load = os.getloadavg()
     try:
         cluster = EtcdCluster.launch(3, host=network.host_address)
-        floor = lease_floor(cluster, 6)
-        result = run_chaos(fleet, cluster, network, hives=args.hives, rounds=args.rounds, seed=seed)
+        fleet_bench.TTL = args.ttl  # the floor's lease lives as long as the hives'
+        floor = fleet_bench.lease_floor(cluster, 6)
+        result = run_chaos(fleet, cluster, network, hives=args.hives, rounds=args.rounds, seed=seed,
+                           lease_ttl=args.ttl, request_timeout=args.request_timeout)
     finally:
         fleet.close()
         network.remove()
         if cluster is not None:
             cluster.remove()
     print(f"machine: {os.cpu_count()} cpus, load average {load[0]:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end; {args.hives} hives in network namespaces, lease TTL 3 s")
+          f"{os.getloadavg()[0]:.1f} at the end; {args.hives} hives in network namespaces, lease TTL {args.ttl} s, "
+          f"request timeout {args.request_timeout} s")
     print(f"seed {seed}; rounds done {len(result.rounds)} of {args.rounds}")
     print(f"{'until every instance runs once (s)':40} {'p50':>6} {'max':>6} {'n':>4} {'ratio':>7}")
     floor_p50 = statistics.median(floor)

@@ -48,14 +48,17 @@ def _status(fleet: Fleet, hive_id: str) -> dict[str, object] | None:
 
 
 def run_chaos(fleet: Fleet, etcd: EtcdCluster, network: Network, *, hives: int, rounds: int, seed: int,
-              say: Callable[[str], None] = print) -> ChaosResult:
+              lease_ttl: int = 3, request_timeout: float = 0.5, say: Callable[[str], None] = print) -> ChaosResult:
+    """``lease_ttl`` and ``request_timeout``: the hives' settings (many daemons on a small
+    machine answer slower than a few)."""
     rng = random.Random(seed)
-    say(f"chaos: seed {seed}, {hives} hives, {rounds} rounds")
+    say(f"chaos: seed {seed}, {hives} hives, {rounds} rounds, lease TTL {lease_ttl} s")
     replicas = hives
     names = [f"h{n}" for n in range(hives)]
     for n, hive_id in enumerate(names):
         # Three may lead placement (fewer campaigns for the leader key); room for two each.
-        fleet.start_hive(hive_id, etcd.endpoints, argv_prefix=network.add(n), capacity=2, scheduler=n < 3)
+        fleet.start_hive(hive_id, etcd.endpoints, argv_prefix=network.add(n), capacity=2, scheduler=n < 3,
+                         lease_ttl=lease_ttl, request_timeout=request_timeout)
     observer = names[0]
     def all_registered() -> bool:
         status = _status(fleet, observer) or {}

@@ -173,6 +173,7 @@ class Fleet:
     script: Path
     daemons: dict[str, DaemonProcess] = field(default_factory=dict)
     prefixes: dict[str, list[str]] = field(default_factory=dict)  # hive -> argv prefix (its namespace)
+    patience: float = 30.0  # seconds ``wait`` gives a condition
     killed: dict[int, int] = field(default_factory=dict)  # pid -> when it was killed (ns)
 
     @classmethod
@@ -265,7 +266,7 @@ class Fleet:
     def wait(self, condition: Callable[[], object], what: str) -> None:
         """``wait_for`` with the daemons' logs in the failure, to see why."""
         try:
-            wait_for(condition, timeout=30, what=what)
+            wait_for(condition, timeout=self.patience, what=what)
         except AssertionError as exc:
             logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}\n{self._status_line(daemon)}"
                              for hive, daemon in self.daemons.items())
