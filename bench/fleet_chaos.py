@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a random one, printed)")
     parser.add_argument("--ttl", type=int, default=3, help="the hives' lease TTL (s)")
     parser.add_argument("--request-timeout", type=float, default=0.5, help="the hives' etcd request timeout (s)")
+    parser.add_argument("--stop-grace", default="1s", help="the instances' stop_grace (below TTL x 0.5)")
     parser.add_argument("--patience", type=float, default=120.0, help="s each condition may take")
     args = parser.parse_args()
     why = usable()
@@ -59,7 +60,7 @@ def main() -> int:
         fleet_bench.TTL = args.ttl  # the floor's lease lives as long as the hives'
         floor = fleet_bench.lease_floor(cluster, 6)
         result = run_chaos(fleet, cluster, network, hives=args.hives, rounds=args.rounds, seed=seed,
-                           lease_ttl=args.ttl, request_timeout=args.request_timeout)
+                           lease_ttl=args.ttl, request_timeout=args.request_timeout, stop_grace=args.stop_grace)
     finally:
         fleet.close()
         network.remove()
@@ -67,7 +68,7 @@ def main() -> int:
             cluster.remove()
     print(f"machine: {os.cpu_count()} cpus, load average {load[0]:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end; {args.hives} hives in network namespaces, lease TTL {args.ttl} s, "
-          f"request timeout {args.request_timeout} s")
+          f"request timeout {args.request_timeout} s, stop_grace {args.stop_grace}")
     print(f"seed {seed}; rounds done {len(result.rounds)} of {args.rounds}")
     print(f"{'until every instance runs once (s)':40} {'p50':>6} {'max':>6} {'n':>4} {'ratio':>7}")
     floor_p50 = statistics.median(floor)

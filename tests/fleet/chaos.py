@@ -48,9 +48,11 @@ def _status(fleet: Fleet, hive_id: str) -> dict[str, object] | None:
 
 
 def run_chaos(fleet: Fleet, etcd: EtcdCluster, network: Network, *, hives: int, rounds: int, seed: int,
-              lease_ttl: int = 3, request_timeout: float = 0.5, say: Callable[[str], None] = print) -> ChaosResult:
+              lease_ttl: int = 3, request_timeout: float = 0.5, stop_grace: str = "1s",
+              say: Callable[[str], None] = print) -> ChaosResult:
     """``lease_ttl`` and ``request_timeout``: the hives' settings (many daemons on a small
-    machine answer slower than a few)."""
+    machine answer slower than a few); ``stop_grace``: the instances' (below ``lease_ttl``
+    x 0.5, the fence's margin)."""
     rng = random.Random(seed)
     say(f"chaos: seed {seed}, {hives} hives, {rounds} rounds, lease TTL {lease_ttl} s")
     replicas = hives
@@ -67,7 +69,7 @@ def run_chaos(fleet: Fleet, etcd: EtcdCluster, network: Network, *, hives: int, 
 
     fleet.wait(all_registered, f"{hives} hives registered")
     with BlockingClient(fleet.daemons[observer].socket, timeout=30) as client:
-        client.plugin_call("fleet", "apply", {"services": [fleet.service("web", replicas)]})
+        client.plugin_call("fleet", "apply", {"services": [fleet.service("web", replicas, stop_grace)]})
     wanted = {f"web-{index}" for index in range(replicas)}
 
     def restored() -> bool:

@@ -228,10 +228,12 @@ class Fleet:
         except Unavailable:
             return False  # the plugin is still starting
 
-    def service(self, name: str, replicas: int, **extra: Any) -> dict[str, Any]:
+    def service(self, name: str, replicas: int, stop_grace: str = "1s", **extra: Any) -> dict[str, Any]:
+        """A fleet service of ledger instances. ``stop_grace``: how long an instance has to
+        write its stop line before SIGKILL (a copy killed first has no end in the ledger)."""
         return {"name": name, "replicas": replicas, **extra,
                 "config": {"runner": {"type": "script", "script": {"run": f"exec {self.script}"}},
-                           "stop_grace": "1s"}}
+                           "stop_grace": stop_grace}}
 
     def instance_pids(self, hive_id: str) -> list[int]:
         found = []
