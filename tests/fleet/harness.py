@@ -291,39 +291,47 @@ class Fleet:
     def running(self) -> dict[str, list[tuple[str, int]]]:
         """Instance -> [(hive, pid)] of the copies the ledger says run now, and that do run
         (a copy a stop killed before it wrote its stop line, on a loaded machine, is gone)."""
-        live: dict[int, tuple[str, str]] = {}
-        for kind, instance, hive, pid, _token, _at in self.entries():
+        live: dict[int, tuple[str, str, int]] = {}
+        for kind, instance, hive, pid, _token, at in self.entries():
             if kind == "start":
-                live[pid] = (instance, hive)
+                live[pid] = (instance, hive, at)
             else:
                 live.pop(pid, None)
-        for pid in [*self.killed, *live]:
-            if pid in self.killed or not _alive(pid):
+        for pid in list(live):
+            # A pid killed before this copy started is a number used again (pid_max is
+            # small and other work starts processes too), not this copy.
+            if self.killed.get(pid, -1) >= live[pid][2] or not _alive(pid):
                 live.pop(pid, None)
         found: dict[str, list[tuple[str, int]]] = {}
-        for pid, (instance, hive) in live.items():
+        for pid, (instance, hive, _at) in live.items():
             found.setdefault(instance, []).append((hive, pid))
         return found
 
     def overlaps(self) -> list[str]:
         """Two copies of one instance alive at the same moment, from the ledger's times."""
-        spans: dict[int, list[Any]] = {}
+        spans: list[list[Any]] = []  # [instance, hive, token, start, end, pid]; a pid may come back
+        current: dict[int, list[Any]] = {}
         now = time.time_ns()
         for kind, instance, hive, pid, token, at in self.entries():
             if kind == "start":
-                spans[pid] = [instance, hive, token, at, now]
-            elif pid in spans:
-                spans[pid][4] = at
-        for pid, at in self.killed.items():
-            if pid in spans:
-                spans[pid][4] = min(spans[pid][4], at)
+                current[pid] = [instance, hive, token, at, now, pid]
+                spans.append(current[pid])
+            elif pid in current:
+                current.pop(pid)[4] = at
+        for span in spans:
+            killed = self.killed.get(span[5])
+            if killed is not None and span[3] <= killed:  # else the pid was used again after the kill
+                span[4] = min(span[4], killed)
         found = []
         latest: dict[str, list[Any]] = {}  # instance -> the copy that ends last so far
-        for span in sorted(spans.values(), key=lambda span: (span[0], span[3])):
+        for span in sorted(spans, key=lambda span: (span[0], span[3])):
             before = latest.get(span[0])
             if before is not None and span[3] < before[4]:
-                found.append(f"{span[0]}: {before[1]} (token {before[2]}) until {before[4]}, "
-                             f"{span[1]} (token {span[2]}) from {span[3]}")
+                # A copy with no stop line that no longer runs ended unseen (SIGKILLed
+                # before its TERM trap wrote it): said, to tell it from a real overlap.
+                unseen = " (no stop line, gone now)" if before[4] == now and not _alive(before[5]) else ""
+                found.append(f"{span[0]}: {before[1]} (token {before[2]}, pid {before[5]}) until {before[4]}"
+                             f"{unseen}, {span[1]} (token {span[2]}, pid {span[5]}) from {span[3]}")
             if before is None or span[4] > before[4]:
                 latest[span[0]] = span
         return found
