@@ -18,6 +18,11 @@ could not be sent go out after the registration. Cocoon state changes (started, 
 restarting, exited, stopped) are pushed as ``cocoon_state`` without being asked. The messages
 are JSON objects with ``"v": 1`` and a ``type``; docs/signaling.md is their schema.
 
+With ``placement = "fleet"``, a spawn is handed to the fleet plugin instead
+(``plugin_call("fleet", "place", ...)``): the cocoon becomes a one-replica fleet service
+``cocoon-<id>`` that runs on whichever hive of the fleet has room, and a terminate deletes
+it (see docs/signaling.md).
+
 Runner: ``runner`` in the settings, else ``$COCOON_RUNNER_TYPE``, else ``script``. A
 script cocoon runs ``script_path`` (``$COCOON_SCRIPT_PATH``); a docker or podman cocoon
 runs the requested ``image`` (prefixed with ``registry`` / ``$COCOON_REGISTRY``).
@@ -57,6 +62,8 @@ PROTOCOL = 1
 SOURCE = "cocoons"
 log = logging.getLogger("hive.plugins.signaling")
 _COCOON_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# What a fleet service name takes (core_plugins/fleet/model.py), after "cocoon-".
+_FLEET_COCOON_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,43}$")
 
 
 class SignalingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,6 +77,9 @@ class SignalingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     reconnect_max: float = 30.0
     token: str | None = None  # sent as "Authorization: Bearer <token>"
     headers: dict[str, str] = {}  # more HTTP headers for the WebSocket handshake
+    # Where a spawn runs: on this hive, or anywhere in the fleet (the fleet plugin places it).
+    placement: Literal["local", "fleet"] = "local"
+    fleet_labels: dict[str, str] = {}  # with placement = "fleet": a hive must carry these
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("ws://", "wss://")):
@@ -232,7 +242,12 @@ class Signaling(CorePlugin[SignalingSettings]):
         answer: dict[str, Any] = {"type": "spawn_cocoon_result", "request_id": message.get("request_id"),
                                   "cocoon_id": cocoon_id}
         try:
-            fqn = await self._create(cocoon_id, message)
+            if self.settings.placement == "fleet":
+                placed = await self._place_in_fleet(cocoon_id, message)
+                fqn = placed["fqn"]
+                answer["hive_id"] = placed["hive_id"]
+            else:
+                fqn = await self._create(cocoon_id, message)
         except SpawnError as exc:
             answer.update(ok=False, error=str(exc))
         except HiveError as exc:
@@ -261,12 +276,25 @@ class Signaling(CorePlugin[SignalingSettings]):
         finally:
             self._spawning.discard(cocoon_id)
 
+    async def _place_in_fleet(self, cocoon_id: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Hand the spawn to the fleet plugin: a one-replica fleet service, answered once a
+        hive of the fleet is assigned it (its ``fqn`` there, ``hive_id``, ``token``). The
+        fleet's capacity counts, not this hive's; a fleet-placed cocoon has no ``http``
+        port of its own (a port free here says nothing of the hive it lands on)."""
+        if not _FLEET_COCOON_ID.match(cocoon_id):
+            raise SpawnError(f"invalid cocoon_id {cocoon_id!r} for fleet placement: lower-case letters, digits, "
+                             "_ and -, 44 at most")
+        config = self._service_config(message, {**_env(message), "COCOON_ID": cocoon_id}, None)
+        request = {"name": f"cocoon-{cocoon_id}", "config": config, "labels": self.settings.fleet_labels}
+        try:
+            placed: dict[str, Any] = await self.client.plugin_call("fleet", "place", request)
+        except HiveError as exc:
+            raise SpawnError(f"the fleet refused: {exc}") from None
+        return placed
+
     async def _create_reserved(self, cocoon_id: str, message: dict[str, Any]) -> str:
-        env = message.get("env") or {}
-        if not isinstance(env, dict) or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
-            raise SpawnError("env must be an object of strings")
         port = self._ports[cocoon_id]
-        env = {str(k): str(v) for k, v in env.items()} | {"COCOON_ID": cocoon_id, "PORT": str(port)}
+        env = _env(message) | {"COCOON_ID": cocoon_id, "PORT": str(port)}
         config = self._service_config(message, env, port)
         await self._ensure_source()
         name = f"cocoon-{cocoon_id}"
@@ -280,9 +308,9 @@ class Signaling(CorePlugin[SignalingSettings]):
             raise SpawnError(status.last_error or exc.message) from None
         return fqn
 
-    def _service_config(self, message: dict[str, Any], env: dict[str, str], port: int) -> dict[str, Any]:
-        # The `http` port is where the proxy's /cocoon/{id}/* goes.
-        rollout = {"type": "recreate", "recreate": {"ports": {"http": port}}}
+    def _service_config(self, message: dict[str, Any], env: dict[str, str], port: int | None) -> dict[str, Any]:
+        # The `http` port is where the proxy's /cocoon/{id}/* goes (none for a fleet cocoon).
+        rollout = {"type": "recreate", "recreate": {"ports": {"http": port}}} if port is not None else None
         runner = self.settings.runner or os.environ.get("COCOON_RUNNER_TYPE") or "script"
         if runner == "script":
             path = self.settings.script_path or os.environ.get("COCOON_SCRIPT_PATH")
@@ -290,8 +318,8 @@ class Signaling(CorePlugin[SignalingSettings]):
                 raise SpawnError("no cocoon script: set COCOON_SCRIPT_PATH or script_path")
             if not os.path.isfile(path) or not os.access(path, os.X_OK):
                 raise SpawnError(f"cocoon script {path} does not exist or is not executable")
-            return {"runner": {"type": "script", "script": {"run": f"exec {shlex.quote(path)}"}},
-                    "environment": {"static": env}, "rollout": rollout, "restart": "on-failure"}
+            return _without_none({"runner": {"type": "script", "script": {"run": f"exec {shlex.quote(path)}"}},
+                                  "environment": {"static": env}, "rollout": rollout, "restart": "on-failure"})
         if runner not in ("docker", "podman"):
             raise SpawnError(f"unknown COCOON_RUNNER_TYPE {runner!r} (script, docker or podman)")
         image = message.get("image")
@@ -301,9 +329,9 @@ class Signaling(CorePlugin[SignalingSettings]):
         if registry:
             image = f"{registry.rstrip('/')}/{image}"
         # The container listens on $PORT, published on the same host port.
-        return {"runner": {"type": runner, runner: {"image": image, "environment": env,
-                                                    "ports": [f"{port}:{port}"]}},
-                "rollout": rollout, "restart": "on-failure"}
+        published = {"ports": [f"{port}:{port}"]} if port is not None else {}
+        return _without_none({"runner": {"type": runner, runner: {"image": image, "environment": env, **published}},
+                              "rollout": rollout, "restart": "on-failure"})
 
     async def _ensure_source(self) -> None:
         """Add the cocoons source if it is missing (checked each time: `hive source remove
@@ -318,7 +346,10 @@ class Signaling(CorePlugin[SignalingSettings]):
         answer: dict[str, Any] = {"type": "terminate_cocoon_result", "request_id": message.get("request_id"),
                                   "cocoon_id": cocoon_id}
         try:
-            await self._remove(f"{SOURCE}:cocoon-{cocoon_id}")
+            if self.settings.placement == "fleet":  # its hive stops it once the fleet service is gone
+                await self.client.plugin_call("fleet", "delete", {"name": f"cocoon-{cocoon_id}"})
+            else:
+                await self._remove(f"{SOURCE}:cocoon-{cocoon_id}")
         except HiveError as exc:
             answer.update(ok=False, error=str(exc))
         else:
@@ -329,6 +360,18 @@ class Signaling(CorePlugin[SignalingSettings]):
         await self.client.stop_service(fqn)
         await self.client.delete_service(fqn)
         self._ports.pop(fqn.removeprefix(f"{SOURCE}:cocoon-"), None)
+
+
+def _env(message: dict[str, Any]) -> dict[str, str]:
+    """A spawn's ``env``, as strings; SpawnError when it is not an object of scalars."""
+    env = message.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
+        raise SpawnError("env must be an object of strings")
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _without_none(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if value is not None}
 
 
 def _available_runners() -> list[str]:

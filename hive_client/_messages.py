@@ -152,6 +152,10 @@ class AddSource(Request, tag="add_source"):
     path: str
     name: str | None = None
     start: bool = False
+    # Who decides which of its services run after a daemon restart: a plugin's name
+    # (the daemon then adopts what still runs and starts nothing), or None (the daemon
+    # starts what was running). Adding a known path again with an owner sets it.
+    owner: str | None = None
 
 
 class RemoveSource(Request, tag="remove_source"):

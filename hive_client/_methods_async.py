@@ -133,9 +133,10 @@ class AsyncRequestMethods:
         *,
         name: str | None = None,
         start: bool = False,
+        owner: str | None = None,
         timeout: float | None = None,
     ) -> AddSourceResult:
-        request = AddSource(path=os.fspath(path), name=name, start=start)
+        request = AddSource(path=os.fspath(path), name=name, start=start, owner=owner)
         return await self._call(request, AddSourceResult, timeout)
 
     async def remove_source(self, name: str, *, timeout: float | None = None) -> None:

@@ -135,9 +135,10 @@ class SyncRequestMethods:
         *,
         name: str | None = None,
         start: bool = False,
+        owner: str | None = None,
         timeout: float | None = None,
     ) -> AddSourceResult:
-        request = AddSource(path=os.fspath(path), name=name, start=start)
+        request = AddSource(path=os.fspath(path), name=name, start=start, owner=owner)
         return self._call(request, AddSourceResult, timeout)
 
     def remove_source(self, name: str, *, timeout: float | None = None) -> None:

@@ -172,6 +172,7 @@ class SourceInfo(msgspec.Struct, kw_only=True):
     service_count: int
     status: str  # "loaded" | "running" | "stopped" | "error"
     error: str | None = None
+    owner: str | None = None  # the plugin that decides what of it runs after a restart
 
 
 class LogLine(msgspec.Struct, kw_only=True):

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import msgspec
 
 from hive.plugin import PluginCallError
 
-from .etcd import EtcdClient, delete_op, modified_at, present, put_op
-from .model import FleetService, Keys
+from .etcd import EtcdClient, absent, delete_op, modified_at, present, put_op
+from .model import FleetService, Keys, Placement, PlaceRequest
 from .scheduler import FleetView
 from .scheduler import rebalance as plan_moves
 
-__all__ = ["COMMAND_PATIENCE", "apply", "delete", "rebalance"]
+__all__ = ["COMMAND_PATIENCE", "apply", "delete", "place", "rebalance"]
 
 COMMAND_PATIENCE = 5.0  # s a user's command waits for etcd (an election takes 1-2 s)
 
@@ -71,3 +72,31 @@ async def apply(etcd: EtcdClient, keys: Keys, args: dict[str, Any]) -> dict[str,
     for service in services:
         await etcd.put(keys.service(service.name), msgspec.json.encode(service).decode(), patience=COMMAND_PATIENCE)
     return {"applied": [service.name for service in services]}
+
+
+async def place(etcd: EtcdClient, keys: Keys, view: FleetView, source: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A new one-replica fleet service (create-if-absent), answered once the leader has
+    assigned it to a hive (seen on this hive's watch). Not assigned within ``wait``: it is
+    deleted again and refused, so nothing is placed behind a refusal's back."""
+    try:
+        request = msgspec.convert(args, PlaceRequest)
+        service = FleetService(name=request.name, config=request.config, replicas=1, labels=request.labels)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise PluginCallError(f"invalid place request: {exc}") from None
+    key = keys.service(service.name)
+    created, revision = await etcd.txn([absent(key)], [put_op(key, msgspec.json.encode(service).decode())],
+                                       patience=COMMAND_PATIENCE)
+    if not created:
+        raise PluginCallError(f"fleet service {service.name!r} exists already; `hive fleet services` lists them")
+    with anyio.move_on_after(request.wait):
+        # Newer than the service: an assignment of an earlier service of that name (being
+        # deleted) is not this one's.
+        while (placed := view.assignments.get((service.name, 0))) is None or placed.token <= revision:
+            await view.changed.wait()
+        instance = f"{service.name}-0"
+        answer = Placement(service=service.name, instance=instance, fqn=f"{source}:{instance}",
+                           hive_id=placed.assignment.hive_id, token=placed.token)
+        return {field: getattr(answer, field) for field in answer.__struct_fields__}
+    await etcd.txn([present(key)], [delete_op(key)], patience=COMMAND_PATIENCE)
+    raise PluginCallError(f"{service.name}: no hive took it within {request.wait:g} s (none has its runner "
+                          f"{service.runner!r}, the labels {service.labels} and room); nothing is left of it")

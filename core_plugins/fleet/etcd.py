@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ import anyio
 import httpx
 
 __all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent", "absent",
-           "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op"]
+           "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op", "tls_context"]
 
 log = logging.getLogger("hive.plugins.fleet.etcd")
 
@@ -39,6 +40,27 @@ class EtcdError(Exception):
 
 class EtcdUnavailable(EtcdError):
     """No member answered within the timeouts."""
+
+
+# etcd's answers to a request without a valid token (none yet, or one a restarted member
+# forgot): authenticate again and retry.
+_TOKEN_ERRORS = ("invalid auth token", "user name is empty")
+
+
+def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """What httpx verifies etcd's members with (their CA), and presents (a client certificate)."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+class _TokenRefused(EtcdError):
+    """The token sent (``token``) is not (or no longer) valid: authenticate again."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__("etcd refused the auth token")
+        self.token = token
 
 
 class WatchCompacted(EtcdError):
@@ -86,9 +108,12 @@ class WatchEvent:
         self.kv = KeyValue(raw.get("kv", {}))
 
 
-def put_op(key: str, value: str, lease: int = 0) -> dict[str, Any]:
+def put_op(key: str, value: str, lease: int = 0, *, keep_lease: bool = False) -> dict[str, Any]:
+    """A put; ``keep_lease``: the key stays bound to the lease it has (etcd's ignore_lease)."""
     request: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-    if lease:
+    if keep_lease:
+        request["ignore_lease"] = True
+    elif lease:
         request["lease"] = str(lease)
     return {"request_put": request}
 
@@ -118,14 +143,20 @@ def modified_at(key: str, revision: int) -> dict[str, Any]:
 
 
 class EtcdClient:
-    def __init__(self, endpoints: list[str], *, request_timeout: float = 1.0, connect_timeout: float = 0.5) -> None:
+    def __init__(self, endpoints: list[str], *, request_timeout: float = 1.0, connect_timeout: float = 0.5,
+                 credentials: tuple[str, str] | None = None, tls: ssl.SSLContext | None = None) -> None:
+        """``credentials``: (user, password) for an etcd with authentication enabled;
+        ``tls``: the context for https:// members (see :func:`tls_context`)."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [endpoint.rstrip("/") for endpoint in endpoints]
         self.current = 0
         self._streams: set[anyio.CancelScope] = set()  # the watches' streams, moved at a switch
         self._timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
-        self._http = httpx.AsyncClient(timeout=self._timeout)
+        self._http = httpx.AsyncClient(timeout=self._timeout, verify=tls if tls is not None else True)
+        self._credentials = credentials
+        self._token = ""  # etcd's simple token, valid on every member (it goes through raft)
+        self._authenticating = anyio.Lock()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -154,12 +185,38 @@ class EtcdClient:
                     raise
             await anyio.sleep(0.1)
 
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    async def _authenticate(self, stale: str) -> None:
+        """A new token, unless another task got one since ``stale`` was refused."""
+        if self._credentials is None:
+            raise EtcdError("etcd wants a user: set username and password_file in [plugins.fleet.settings]")
+        async with self._authenticating:
+            if self._token != stale:
+                return
+            name, password = self._credentials
+            self._token = ""
+            answer = await self._call_round("auth/authenticate", {"name": name, "password": password})
+            self._token = str(answer.get("token", ""))
+
     async def _call_round(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self._credentials is not None and not self._token and path != "auth/authenticate":
+            await self._authenticate("")
+        try:
+            return await self._call_members(path, body)
+        except _TokenRefused as refused:
+            await self._authenticate(refused.token)
+            return await self._call_members(path, body)
+
+    async def _call_members(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         errors = []
         for _ in range(len(self.endpoints)):
             index = self.current
+            token = self._token
             try:
-                response = await self._http.post(f"{self.endpoints[index]}/v3/{path}", json=body)
+                response = await self._http.post(f"{self.endpoints[index]}/v3/{path}", json=body,
+                                                 headers=self._headers())
             except (httpx.TransportError, OSError) as exc:
                 errors.append(f"{self.endpoints[index]}: {type(exc).__name__} {exc}".rstrip())
                 self._fail_over(index)
@@ -174,6 +231,8 @@ class EtcdClient:
                     errors.append(f"{self.endpoints[index]}: {message}")
                     self._fail_over(index)
                     continue
+                if any(refusal in str(message) for refusal in _TOKEN_ERRORS) and path != "auth/authenticate":
+                    raise _TokenRefused(token)
                 raise EtcdError(f"{path}: {message}")
             return answer
         raise EtcdUnavailable("no etcd member answered: " + "; ".join(errors))
@@ -239,6 +298,9 @@ class EtcdClient:
         failures = 0  # in a row; a whole round of members failing is raised as EtcdUnavailable
         while True:
             index = self.current
+            if self._credentials is not None and not self._token:
+                await self._authenticate("")
+            token = self._token
             body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                        "start_revision": str(next_revision)}}
             # A cancel scope, not a task group: the errors below reach the caller as they
@@ -248,7 +310,7 @@ class EtcdClient:
                 try:
                     timeout = httpx.Timeout(None, connect=self._timeout.connect)
                     async with self._http.stream("POST", f"{self.endpoints[index]}/v3/watch", json=body,
-                                                 timeout=timeout) as response:
+                                                 timeout=timeout, headers=self._headers()) as response:
                         async for line in response.aiter_lines():
                             if not line.strip():
                                 continue
@@ -257,7 +319,11 @@ class EtcdClient:
                             except ValueError:
                                 raise EtcdError(f"watch: not JSON: {line[:200]}") from None
                             if "error" in message:
-                                raise EtcdError(f"watch: {message['error']}")
+                                error = str(message["error"].get("message", message["error"])
+                                            if isinstance(message["error"], dict) else message["error"])
+                                if any(refusal in error for refusal in _TOKEN_ERRORS):
+                                    raise _TokenRefused(token)
+                                raise EtcdError(f"watch: {error}")
                             result = message.get("result", {})
                             compacted = int(result.get("compact_revision", 0))
                             if compacted:
@@ -268,6 +334,9 @@ class EtcdClient:
                                 revision = max(event.kv.mod_revision for event in events)
                                 await deliver(revision, events)
                                 next_revision = revision + 1
+                except _TokenRefused as refused:
+                    await self._authenticate(refused.token)
+                    continue
                 except (httpx.TransportError, OSError) as exc:  # a member killed mid-stream, refused, reset
                     log.debug("watch on %s ended (%s); resuming from revision %d", self.endpoints[index],
                               exc, next_revision)

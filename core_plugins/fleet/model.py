@@ -14,12 +14,14 @@ Keys, under ``prefix`` (default ``/hive/fleet/``):
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import msgspec
 
-__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys"]
+__all__ = ["NAME_PATTERN", "Assignment", "FleetService", "FleetSettings", "HiveRecord", "Keys", "PlaceRequest", "Placement",
+           "released_mark"]
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,50}$")
 
@@ -36,6 +38,14 @@ class FleetSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scheduler: bool = True  # this hive may lead placement
     source: str = "fleet"  # the SQLite source that holds the instances this hive runs
     request_timeout: float = 0.5  # per member; a failing call tries each
+    # etcd with authentication: this hive's user, and a file that holds its password.
+    username: str = ""
+    password_file: str = ""
+    # TLS to etcd (https:// endpoints): the CA that signed the members' certificates, and
+    # this hive's client certificate and key (for members started with --client-cert-auth).
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -56,6 +66,21 @@ class FleetSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("prefix must start and end with /")
         if self.hive_id and not NAME_PATTERN.match(self.hive_id):
             raise ValueError(f"hive_id {self.hive_id!r}: lower-case letters, digits, _ and -")
+        if bool(self.username) != bool(self.password_file):
+            raise ValueError("username and password_file go together (etcd's authentication)")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together (a client certificate for etcd)")
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{key} {path!r} does not exist or cannot be read")
+        if (self.ca_file or self.cert_file) and not all(e.startswith("https://") for e in self.endpoints):
+            raise ValueError("ca_file and cert_file are for https:// endpoints: make every endpoint https://")
+
+    def password(self) -> str:
+        """The password in ``password_file`` (its first line)."""
+        with open(self.password_file, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
 
 
 class HiveRecord(msgspec.Struct, kw_only=True):
@@ -65,6 +90,14 @@ class HiveRecord(msgspec.Struct, kw_only=True):
     runners: list[str]
     labels: dict[str, str]
     scheduler: bool
+    # Drained assignments this hive has stopped (``service/index@mod_revision``): the
+    # leader deletes them. Said in the hive's own key, so a hive writes only its own keys.
+    released: list[str] = []
+
+
+def released_mark(service: str, index: int, mod_revision: int) -> str:
+    """How a hive's record names a drained assignment it has stopped."""
+    return f"{service}/{index}@{mod_revision}"
 
 
 class FleetService(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -88,6 +121,32 @@ class FleetService(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def runner(self) -> str:
         return str(self.config["runner"]["type"])
+
+
+class PlaceRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``plugin_call("fleet", "place", ...)``: one instance of a new service, placed
+    anywhere in the fleet (the signaling plugin's hand-off of a spawn). Refused if a fleet
+    service of that name exists; answered once a hive is assigned, or refused (and
+    nothing left) when none is within ``wait`` seconds."""
+
+    name: str
+    config: dict[str, Any]  # the service's hive.yaml table
+    labels: dict[str, str] = {}
+    wait: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.wait <= 60:
+            raise ValueError("wait must be between 0 and 60 s")
+
+
+class Placement(msgspec.Struct, kw_only=True):
+    """The answer to a ``place``: where the instance runs, and its fencing token."""
+
+    service: str
+    instance: str  # ``<service>-0``
+    fqn: str  # ``<source>:<instance>`` on that hive
+    hive_id: str
+    token: int
 
 
 class Assignment(msgspec.Struct, kw_only=True):

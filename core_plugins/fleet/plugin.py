@@ -33,7 +33,7 @@ import anyio
 import msgspec
 
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
-from hive_client import HiveError, NotFound
+from hive_client import HiveError, NotFound, ServiceState
 
 from . import commands
 from .etcd import (
@@ -46,8 +46,9 @@ from .etcd import (
     leased_by,
     modified_at,
     put_op,
+    tls_context,
 )
-from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys
+from .model import Assignment, FleetService, FleetSettings, HiveRecord, Keys, released_mark
 from .retry import EXPECTED, Episode
 from .scheduler import FleetView, Placed, plan
 
@@ -56,6 +57,9 @@ __all__ = ["Fleet"]
 log = logging.getLogger("hive.plugins.fleet")
 
 _WRITES_AT_ONCE = 16  # a placement round's transactions in flight together
+# An instance in one of these states has a process here (adopted or started).
+_LIVE = frozenset({ServiceState.RUNNING, ServiceState.STARTING, ServiceState.UNHEALTHY, ServiceState.BACKOFF,
+                   ServiceState.UNKNOWN, ServiceState.STOPPING, ServiceState.DRAINING})
 
 
 class Fleet(CorePlugin[FleetSettings]):
@@ -69,8 +73,11 @@ class Fleet(CorePlugin[FleetSettings]):
         settings = self.settings
         self.hive_id = settings.hive_id or socket.gethostname().lower()
         self.keys = Keys(settings.prefix)
+        tls = tls_context(settings.ca_file, settings.cert_file, settings.key_file) \
+            if any(e.startswith("https://") for e in settings.endpoints) else None
+        credentials = (settings.username, settings.password()) if settings.username else None
         self.etcd = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
-                               connect_timeout=min(0.5, settings.request_timeout))
+                               connect_timeout=min(0.5, settings.request_timeout), credentials=credentials, tls=tls)
         self.view = FleetView(self.keys)
         home = Path((await client.status()).home or ".")
         self.state_path = home / "fleet-state.json"
@@ -79,6 +86,7 @@ class Fleet(CorePlugin[FleetSettings]):
         self.fenced = True  # nothing runs until the first lease is held
         self.fences = 0  # times this hive has fenced itself (status)
         self.running: dict[str, int] = {}  # instance name -> the token it runs with
+        self.released: list[str] = []  # drained assignments stopped here (in this hive's record)
         self._act = anyio.Lock()  # the agent's actions and the fence never interleave
         self._renewal = anyio.Event()  # set (and replaced) at each renewal and unfencing
         self._source_ready = False
@@ -120,15 +128,21 @@ class Fleet(CorePlugin[FleetSettings]):
                 group.start_soon(self._scheduler)
 
     async def _register(self) -> None:
-        """Adopt the instances of a lease still alive; else stop them, then take a new lease."""
+        """Adopt the instances of a lease still alive; else stop them, then take a new lease.
+
+        The daemon started none of them at its start (the fleet source is owned by this
+        plugin): it adopted those whose processes still run, and only those are kept."""
         old_lease, running = self._load()
         while True:
             sent = anyio.current_time()
             try:
+                await self._ensure_source()
                 alive = old_lease > 0 and await self.etcd.time_to_live(old_lease) > 0
                 if alive:
-                    self.lease, self.running = old_lease, running
-                    log.info("fleet: lease %x still alive, adopting %d instances", old_lease, len(running))
+                    live = await self._live_names()
+                    self.lease = old_lease
+                    self.running = {name: token for name, token in running.items() if name in live}
+                    log.info("fleet: lease %x still alive, adopting %d instances", old_lease, len(self.running))
                 else:
                     if running or await self._local_names():
                         await self._stop_all("the lease of the previous run has expired")
@@ -142,11 +156,19 @@ class Fleet(CorePlugin[FleetSettings]):
                 self.episodes["registration"].failed(exc)
                 await self.episodes["registration"].backoff()
 
-    async def _publish(self) -> None:
+    async def _publish(self, released: list[str] | None = None) -> None:
+        """This hive's record, bound to its lease. Once it is, it is updated keeping its
+        lease: with etcd's authentication a put that names a lease needs the right to
+        write every key bound to it, and the assignments bound to ours are the leader's."""
         settings = self.settings
+        released = self.released if released is None else released
         record = HiveRecord(hive_id=self.hive_id, lease=self.lease, capacity=settings.capacity,
-                            runners=settings.runners, labels=settings.labels, scheduler=settings.scheduler)
-        await self.etcd.put(self.keys.hive(self.hive_id), msgspec.json.encode(record).decode(), lease=self.lease)
+                            runners=settings.runners, labels=settings.labels, scheduler=settings.scheduler,
+                            released=released)
+        key, value = self.keys.hive(self.hive_id), msgspec.json.encode(record).decode()
+        await self.etcd.txn([leased_by(key, self.lease)], [put_op(key, value, keep_lease=True)],
+                            [put_op(key, value, self.lease)])
+        self.released = released
 
     # --- membership and fencing -----------------------------------------------------
 
@@ -317,6 +339,9 @@ class Fleet(CorePlugin[FleetSettings]):
         async with anyio.create_task_group() as group:  # removals first: the plan counted their room
             for name, index in decided.remove:
                 group.start_soon(write, [still_leading], [delete_op(self.keys.assignment(name, index))])
+            for name, index, stopped_at in decided.released:  # unless it changed since its hive stopped it
+                key = self.keys.assignment(name, index)
+                group.start_soon(write, [still_leading, modified_at(key, stopped_at)], [delete_op(key)])
             for name, index in decided.stale_moves:
                 group.start_soon(write, [still_leading], [delete_op(self.keys.move(name, index))])
         async with anyio.create_task_group() as group:
@@ -352,11 +377,13 @@ class Fleet(CorePlugin[FleetSettings]):
 
     async def _release_drained(self) -> None:
         """Give up the drained assignments whose instance has stopped here: only then may
-        the leader place them elsewhere (a new key, a higher token)."""
-        for (name, index), placed in list(self.view.assignments.items()):
-            if self._mine(placed) and placed.assignment.drain and f"{name}-{index}" not in self.running:
-                key = self.keys.assignment(name, index)
-                await self.etcd.txn([modified_at(key, placed.mod_revision)], [delete_op(key)])
+        the leader place them elsewhere (a new key, a higher token). Said in this hive's own
+        record (the leader deletes them): a hive writes no key but its own."""
+        released = sorted(released_mark(name, index, placed.mod_revision)
+                          for (name, index), placed in self.view.assignments.items()
+                          if self._mine(placed) and placed.assignment.drain and f"{name}-{index}" not in self.running)
+        if released != self.released:
+            await self._publish(released)
 
     async def _agent(self) -> None:
         await self.view.loaded.wait()  # an empty view would stop every adopted instance
@@ -405,13 +432,25 @@ class Fleet(CorePlugin[FleetSettings]):
         except NotFound:
             return []  # no fleet source yet
 
+    async def _live_names(self) -> set[str]:
+        """The fleet instances here whose process runs (adopted at the daemon's start)."""
+        try:
+            infos = await self.client.list_services(self.settings.source)
+        except NotFound:
+            return set()
+        return {info.name for info in infos if "#" not in info.fqn and info.state in _LIVE}
+
     async def _ensure_source(self) -> None:
+        """The fleet source, owned by this plugin: after a daemon restart the daemon adopts
+        its instances that still run and starts none (that is ``_register``'s to decide).
+        A source an older version added without an owner gets one."""
         if self._source_ready:
             return
         source = self.settings.source
-        if source not in [s.name for s in await self.client.list_sources()]:
-            home = (await self.client.status()).home or "."
-            await self.client.add_source(Path(home) / f"{source}.db", name=source)
+        known = {s.name: s for s in await self.client.list_sources()}
+        if source not in known or known[source].owner != self.name:
+            path = known[source].path if source in known else Path((await self.client.status()).home or ".") / f"{source}.db"
+            await self.client.add_source(path, name=source, owner=self.name)
         self._source_ready = True
 
     async def _start(self, name: str, service: FleetService, token: int) -> None:
@@ -449,11 +488,13 @@ class Fleet(CorePlugin[FleetSettings]):
                 return await commands.delete(self.etcd, self.keys, args)
             if command == "rebalance":
                 return await commands.rebalance(self.etcd, self.keys, self.view, args)
+            if command == "place":
+                return await commands.place(self.etcd, self.keys, self.view, self.settings.source, args)
             if command == "status":
                 return self._status()
         except EtcdError as exc:
             raise PluginCallError(f"etcd: {exc}; check the endpoints in [plugins.fleet.settings]") from None
-        raise PluginCallError(f"unknown command {command!r} (apply, delete, rebalance, status)")
+        raise PluginCallError(f"unknown command {command!r} (apply, delete, place, rebalance, status)")
 
     def _status(self) -> dict[str, Any]:
         view = self.view

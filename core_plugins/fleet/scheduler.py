@@ -15,7 +15,7 @@ import anyio
 import msgspec
 
 from .etcd import KeyValue
-from .model import Assignment, FleetService, HiveRecord, Keys
+from .model import Assignment, FleetService, HiveRecord, Keys, released_mark
 
 __all__ = ["FleetView", "Move", "Placed", "Plan", "plan", "rebalance"]
 
@@ -100,6 +100,8 @@ class FleetView:
 class Plan:
     place: list[tuple[str, int, str, int]] = field(default_factory=list)  # (service, index, hive id, its lease)
     remove: list[tuple[str, int]] = field(default_factory=list)
+    # Drained assignments their hive has stopped: (service, index, the mod revision it stopped).
+    released: list[tuple[str, int, int]] = field(default_factory=list)
     stale_moves: list[tuple[str, int]] = field(default_factory=list)  # hints no draining instance needs
     unplaced: list[tuple[str, int, str]] = field(default_factory=list)  # (service, index, why)
 
@@ -117,6 +119,10 @@ def plan(view: FleetView) -> Plan:
     per_service: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for (name, index), placed in view.assignments.items():
         service = view.services.get(name)
+        holder = view.hives.get(placed.assignment.hive_id)
+        if placed.assignment.drain and holder is not None and holder.lease == placed.lease \
+                and released_mark(name, index, placed.mod_revision) in holder.released:
+            result.released.append((name, index, placed.mod_revision))  # counted until deleted
         if service is None or index >= service.replicas:
             result.remove.append((name, index))
             continue

@@ -31,6 +31,7 @@ __all__ = [
     "fail",
     "json_option",
     "pass_state",
+    "plugin_caller",
     "run_reporting_errors",
 ]
 
@@ -73,6 +74,22 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+class PluginCaller:
+    """Calls one plugin's commands through the daemon: ``call(state, "status", name="x")``
+    is ``plugin_call(plugin, "status", {"name": "x"})``."""
+
+    def __init__(self, plugin: str) -> None:
+        self.plugin = plugin
+
+    def __call__(self, state: CliState, command: str, **args: Any) -> Any:
+        return state.client().plugin_call(self.plugin, command, args)
+
+
+def plugin_caller(plugin: str) -> PluginCaller:
+    """The caller of ``plugin``'s commands, for a command group that fronts a plugin."""
+    return PluginCaller(plugin)
 
 
 def json_option(command: F) -> F:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from ._common import CliState, fail, json_option, pass_state
+from ._common import CliState, fail, json_option, pass_state, plugin_caller
 
-
-def _call(state: CliState, command: str, **args: Any) -> Any:
-    return state.client().plugin_call("backup", command, args)
+_call = plugin_caller("backup")
 
 
 @click.group()

@@ -7,11 +7,9 @@ from typing import Any
 
 import click
 
-from ._common import CliState, fail, json_option, pass_state
+from ._common import CliState, fail, json_option, pass_state, plugin_caller
 
-
-def _call(state: CliState, command: str, **args: Any) -> Any:
-    return state.client().plugin_call("fleet", command, args)
+_call = plugin_caller("fleet")
 
 
 def read_fleet_services(path: Path) -> list[dict[str, Any]]:

@@ -71,12 +71,15 @@ GLOBAL_HOOKS_LOG = "@hooks"
 
 class Source:
     def __init__(self, name: str, path: Path, source_type: str, *, enabled: bool = True,
-                 builtin: bool = False) -> None:
+                 builtin: bool = False, owner: str | None = None) -> None:
         self.name = name
         self.path = path
         self.source_type = source_type
         self.enabled = enabled
         self.builtin = builtin
+        # The plugin that decides which of its services run after a daemon restart
+        # (None: the daemon starts what was running). See Supervisor.set_source_owner.
+        self.owner = owner
         self.error: str | None = None
         self.project: LoadedProject | None = None
         self.database: SqliteSourceFile | None = None
@@ -202,6 +205,7 @@ class SourceRegistry:
             service_count=len(source.services),
             status=status,
             error=source.error,
+            owner=source.owner,
         )
 
     # --- loading ----------------------------------------------------------------------
@@ -213,7 +217,8 @@ class SourceRegistry:
             source = Source(DEFAULT_SOURCE, home, "yaml", builtin=True)
             await self._load_initial(source)
         for row in await self._stored.load_sources():
-            source = Source(row.name, Path(row.path), row.source_type, enabled=row.enabled)
+            source = Source(row.name, Path(row.path), row.source_type, enabled=row.enabled, owner=row.owner)
+            self.supervisor.set_source_owner(source.name, source.owner)
             await self._load_initial(source)
 
     async def _load_initial(self, source: Source) -> None:
@@ -292,8 +297,13 @@ class SourceRegistry:
 
     # --- add / remove -----------------------------------------------------------------
 
-    async def add(self, path_text: str, name: str | None) -> tuple[Source, bool]:
-        """Register a source; adding a known path again returns it (reloaded)."""
+    async def add(self, path_text: str, name: str | None, owner: str | None = None) -> tuple[Source, bool]:
+        """Register a source; adding a known path again returns it (reloaded, and owned
+        by ``owner`` if one is given)."""
+        if owner is not None:
+            problem = validate_name(owner, "source owner")
+            if problem:
+                raise RequestError(ErrorCode.INVALID_REQUEST, problem)
         path = _source_path(path_text)
         source_type, canonical = detect(path)
         async with self._lock:
@@ -304,6 +314,10 @@ class SourceRegistry:
                             ErrorCode.ALREADY_EXISTS,
                             f"{canonical} is already registered as source {existing.name!r}",
                         )
+                    if owner is not None and owner != existing.owner and not existing.builtin:
+                        await self._stored.set_source_owner(existing.name, owner)
+                        existing.owner = owner
+                        self.supervisor.set_source_owner(existing.name, owner)
                     await self._reload_locked(existing, dry_run=False)
                     return existing, False
             if name is None:
@@ -322,11 +336,13 @@ class SourceRegistry:
                     ErrorCode.ALREADY_EXISTS,
                     f"source {name!r} already exists (at {self.sources[name].path}); pick another --name",
                 )
-            source = Source(name, canonical, source_type)
+            source = Source(name, canonical, source_type, owner=owner)
             services = await self._read(source)
             self._check_conflicts(source, services)
-            await self._stored.add_source(SourceRow(name=name, path=str(canonical), source_type=source_type))
+            await self._stored.add_source(SourceRow(name=name, path=str(canonical), source_type=source_type,
+                                                    owner=owner))
             self.sources[name] = source
+            self.supervisor.set_source_owner(name, owner)
             self._install(source, services)
             await self._prepare(source, services)
         self._bus.publish(SourceAdded(name=name, path=str(canonical), source_type=source_type))
@@ -380,6 +396,7 @@ class SourceRegistry:
             await self._stored.remove_source(name)
             del self.sources[name]
             self.secrets.forget(name)
+            self.supervisor.set_source_owner(name, None)
             if source.database is not None:
                 await source.database.close()
         self._bus.publish(SourceRemoved(name=name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +13,14 @@ __all__ = ["EtcdCluster", "Fleet"]
 
 
 @pytest.fixture
-def etcd_cluster() -> Iterator[Callable[[int], EtcdCluster]]:
-    """``etcd_cluster(size)`` -> a started cluster, removed after the test."""
+def etcd_cluster() -> Iterator[Callable[..., EtcdCluster]]:
+    """``etcd_cluster(size, tls=None, host="127.0.0.1")`` -> a started cluster, removed after the test."""
     if ETCD is None:
         pytest.fail("etcd is not installed: run scripts/ci-etcd.sh")
     started: list[EtcdCluster] = []
 
-    def start(size: int) -> EtcdCluster:
-        return EtcdCluster.launch(size, started)
+    def start(size: int, tls: Path | None = None, host: str = "127.0.0.1") -> EtcdCluster:
+        return EtcdCluster.launch(size, started, tls, host)
 
     yield start
     for cluster in started:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -54,17 +55,21 @@ class Member:
 
 @dataclass
 class EtcdCluster:
-    """``size`` members on one machine (``--pre-vote``), each on free ports."""
+    """``size`` members on one machine (``--pre-vote``), each on free ports; with ``tls``
+    (see :func:`make_certificates`), clients speak https and must show a certificate."""
 
     root: Path
     size: int
+    tls: Path | None = None
+    host: str = "127.0.0.1"  # where clients reach the members (peers stay on loopback)
     members: list[Member] = field(default_factory=list)
 
     @classmethod
-    def launch(cls, size: int, started: list[EtcdCluster] | None = None) -> EtcdCluster:
+    def launch(cls, size: int, started: list[EtcdCluster] | None = None, tls: Path | None = None,
+               host: str = "127.0.0.1") -> EtcdCluster:
         """A started cluster in a new directory (added to ``started`` before it starts,
         so a cluster that fails to come up is still removed)."""
-        cluster = cls(Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp")), size)
+        cluster = cls(Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp")), size, tls, host)
         if started is not None:
             started.append(cluster)
         cluster.start()
@@ -75,8 +80,9 @@ class EtcdCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def start(self) -> None:
+        scheme = "https" if self.tls else "http"
         for n in range(self.size):
-            self.members.append(Member(f"m{n}", f"http://127.0.0.1:{_free_port()}",
+            self.members.append(Member(f"m{n}", f"{scheme}://{self.host}:{_free_port()}",
                                        f"http://127.0.0.1:{_free_port()}", self.root / f"m{n}",
                                        self.root / f"m{n}.log"))
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -88,14 +94,21 @@ class EtcdCluster:
                     "--initial-cluster", cluster, "--initial-cluster-state", "new",
                     "--initial-cluster-token", self.root.name, "--pre-vote=true",
                     "--heartbeat-interval", "100", "--election-timeout", "1000"]
+            if self.tls:
+                argv += ["--cert-file", str(self.tls / "server.pem"), "--key-file", str(self.tls / "server-key.pem"),
+                         "--client-cert-auth", "--trusted-ca-file", str(self.tls / "ca.pem")]
             with open(member.log, "wb") as log:
                 member.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         for member in self.members:
             wait_for(lambda member=member: self.healthy(member), timeout=30, what=f"etcd {member.name} healthy")
 
     def healthy(self, member: Member) -> bool:
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
+            context.load_cert_chain(self.tls / "client.pem", self.tls / "client-key.pem")
         try:
-            with urllib.request.urlopen(member.client_url + "/health", timeout=1) as answer:
+            with urllib.request.urlopen(member.client_url + "/health", timeout=1, context=context) as answer:
                 return bool(json.loads(answer.read()).get("health") == "true")
         except OSError:
             return False
@@ -159,6 +172,8 @@ class Fleet:
     ledger: Path
     script: Path
     daemons: dict[str, DaemonProcess] = field(default_factory=dict)
+    prefixes: dict[str, list[str]] = field(default_factory=dict)  # hive -> argv prefix (its namespace)
+    patience: float = 30.0  # seconds ``wait`` gives a condition
     killed: dict[int, int] = field(default_factory=dict)  # pid -> when it was killed (ns)
 
     @classmethod
@@ -182,7 +197,12 @@ class Fleet:
             shutil.rmtree(daemon.home, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def start_hive(self, hive_id: str, endpoints: list[str], *, home: Path | None = None, **settings: Any) -> DaemonProcess:
+    def start_hive(self, hive_id: str, endpoints: list[str], *, home: Path | None = None, more_config: str = "",
+                   argv_prefix: list[str] | None = None, **settings: Any) -> DaemonProcess:
+        """A daemon whose config.toml has the fleet table of ``settings`` (and ``more_config``),
+        run behind ``argv_prefix`` (``ip netns exec NS``), now and at each restart."""
+        if argv_prefix:
+            self.prefixes[hive_id] = argv_prefix
         home = home or Path(tempfile.mkdtemp(prefix=f"hv-{hive_id}-", dir="/tmp"))
         table = {"endpoints": endpoints, "hive_id": hive_id, "lease_ttl": 3, "capacity": 10, **settings}
         lines = [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]
@@ -190,12 +210,12 @@ class Fleet:
         text = "[plugins.fleet]\n[plugins.fleet.settings]\n" + "\n".join(lines) + "\n"
         if labels:
             text += "[plugins.fleet.settings.labels]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in labels.items()) + "\n"
-        (home / "config.toml").write_text(text)
+        (home / "config.toml").write_text(text + more_config)
         return self.restart_hive(hive_id, home)
 
     def restart_hive(self, hive_id: str, home: Path) -> DaemonProcess:
         """A daemon on ``home``, once its hive is registered in the fleet."""
-        daemon = start_daemon(home, env={"LEDGER": str(self.ledger)})
+        daemon = start_daemon(home, env={"LEDGER": str(self.ledger)}, argv_prefix=self.prefixes.get(hive_id))
         self.daemons[hive_id] = daemon
         wait_for(lambda: self.registered(daemon, hive_id), timeout=30, what=f"{hive_id} registered")
         return daemon
@@ -208,10 +228,12 @@ class Fleet:
         except Unavailable:
             return False  # the plugin is still starting
 
-    def service(self, name: str, replicas: int, **extra: Any) -> dict[str, Any]:
+    def service(self, name: str, replicas: int, stop_grace: str = "1s", **extra: Any) -> dict[str, Any]:
+        """A fleet service of ledger instances. ``stop_grace``: how long an instance has to
+        write its stop line before SIGKILL (a copy killed first has no end in the ledger)."""
         return {"name": name, "replicas": replicas, **extra,
                 "config": {"runner": {"type": "script", "script": {"run": f"exec {self.script}"}},
-                           "stop_grace": "1s"}}
+                           "stop_grace": stop_grace}}
 
     def instance_pids(self, hive_id: str) -> list[int]:
         found = []
@@ -246,7 +268,7 @@ class Fleet:
     def wait(self, condition: Callable[[], object], what: str) -> None:
         """``wait_for`` with the daemons' logs in the failure, to see why."""
         try:
-            wait_for(condition, timeout=30, what=what)
+            wait_for(condition, timeout=self.patience, what=what)
         except AssertionError as exc:
             logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}\n{self._status_line(daemon)}"
                              for hive, daemon in self.daemons.items())
@@ -269,50 +291,79 @@ class Fleet:
     def running(self) -> dict[str, list[tuple[str, int]]]:
         """Instance -> [(hive, pid)] of the copies the ledger says run now, and that do run
         (a copy a stop killed before it wrote its stop line, on a loaded machine, is gone)."""
-        live: dict[int, tuple[str, str]] = {}
-        for kind, instance, hive, pid, _token, _at in self.entries():
+        live: dict[int, tuple[str, str, int]] = {}
+        for kind, instance, hive, pid, _token, at in self.entries():
             if kind == "start":
-                live[pid] = (instance, hive)
+                live[pid] = (instance, hive, at)
             else:
                 live.pop(pid, None)
-        for pid in [*self.killed, *live]:
-            if pid in self.killed or not _alive(pid):
+        for pid in list(live):
+            # A pid killed before this copy started is a number used again (pid_max is
+            # small and other work starts processes too), not this copy.
+            if self.killed.get(pid, -1) >= live[pid][2] or not _alive(pid):
                 live.pop(pid, None)
         found: dict[str, list[tuple[str, int]]] = {}
-        for pid, (instance, hive) in live.items():
+        for pid, (instance, hive, _at) in live.items():
             found.setdefault(instance, []).append((hive, pid))
         return found
 
     def overlaps(self) -> list[str]:
         """Two copies of one instance alive at the same moment, from the ledger's times."""
-        spans: dict[int, list[Any]] = {}
+        spans: list[list[Any]] = []  # [instance, hive, token, start, end, pid]; a pid may come back
+        current: dict[int, list[Any]] = {}
         now = time.time_ns()
         for kind, instance, hive, pid, token, at in self.entries():
             if kind == "start":
-                spans[pid] = [instance, hive, token, at, now]
-            elif pid in spans:
-                spans[pid][4] = at
-        for pid, at in self.killed.items():
-            if pid in spans:
-                spans[pid][4] = min(spans[pid][4], at)
+                current[pid] = [instance, hive, token, at, now, pid]
+                spans.append(current[pid])
+            elif pid in current:
+                current.pop(pid)[4] = at
+        for span in spans:
+            killed = self.killed.get(span[5])
+            if killed is not None and span[3] <= killed:  # else the pid was used again after the kill
+                span[4] = min(span[4], killed)
         found = []
         latest: dict[str, list[Any]] = {}  # instance -> the copy that ends last so far
-        for span in sorted(spans.values(), key=lambda span: (span[0], span[3])):
+        for span in sorted(spans, key=lambda span: (span[0], span[3])):
             before = latest.get(span[0])
             if before is not None and span[3] < before[4]:
-                found.append(f"{span[0]}: {before[1]} (token {before[2]}) until {before[4]}, "
-                             f"{span[1]} (token {span[2]}) from {span[3]}")
+                # A copy with no stop line that no longer runs ended unseen (SIGKILLed
+                # before its TERM trap wrote it): said, to tell it from a real overlap.
+                unseen = " (no stop line, gone now)" if before[4] == now and not _alive(before[5]) else ""
+                found.append(f"{span[0]}: {before[1]} (token {before[2]}, pid {before[5]}) until {before[4]}"
+                             f"{unseen}, {span[1]} (token {span[2]}, pid {span[5]}) from {span[3]}")
             if before is None or span[4] > before[4]:
                 latest[span[0]] = span
         return found
 
 
-def etcd_call(endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One request to etcd's JSON gateway, from the test's side."""
-    answer = httpx.post(f"{endpoint}/v3/{path}", json=body, timeout=10)
+def etcd_call(endpoint: str, path: str, body: dict[str, Any], token: str = "") -> dict[str, Any]:
+    """One request to etcd's JSON gateway, from the test's side (as the user of ``token``)."""
+    answer = httpx.post(f"{endpoint}/v3/{path}", json=body, timeout=10,
+                        headers={"Authorization": token} if token else None)
     answer.raise_for_status()
     found: dict[str, Any] = answer.json()
     return found
+
+
+def make_certificates(directory: Path) -> Path:
+    """A CA, a certificate for the members (127.0.0.1) and one for clients, made with the
+    openssl command (EC keys: quick); the directory."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is not installed: run scripts/ci-etcd.sh"
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*argv: str) -> None:
+        subprocess.run([openssl, *argv], cwd=directory, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1", "-subj", "/CN=fleet test CA")
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        (directory / f"{name}.ext").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        run("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return directory
 
 
 def b64(text: str) -> str:

@@ -1,8 +1,11 @@
 """A daemon that restarts (SIGKILL, its instances left running) adopts its fleet instances
-while its lease lives, and stops them before registering again once the lease is gone."""
+while its lease lives, and stops them before registering again once the lease is gone. A
+machine that dies (daemon and instances) and comes back starts none of them: the daemon
+leaves the fleet source to the plugin, and the plugin finds the instance placed elsewhere."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from tests.fleet.conftest import EtcdCluster, Fleet
@@ -45,3 +48,29 @@ def test_restart_after_the_lease_stops_them_first(etcd_cluster: Callable[[int], 
     started = [e for e in fleet.entries() if e[0] == "start" and e[3] != old_pid]
     assert stopped and started and stopped[0][5] < started[-1][5]  # the old copy stopped before the new one
     assert started[-1][4] > stopped[0][4]  # and the new copy has a higher fencing token
+
+
+def test_a_machine_back_from_the_dead_starts_nothing_placed_elsewhere(
+        etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
+    etcd = etcd_cluster(1)
+    for hive_id in ("h0", "h1"):
+        fleet.start_hive(hive_id, etcd.endpoints, lease_ttl=2, fence_after=0.5)
+    call(fleet.daemons["h0"], "apply", services=[fleet.service("web", 1)])
+    fleet.wait(lambda: len(fleet.running().get("web-0", [])) == 1, "web-0 running")
+    [(victim, _pid)] = fleet.running()["web-0"]
+    survivor = "h1" if victim == "h0" else "h0"
+    home = fleet.daemons[victim].home
+
+    fleet.kill_hive(victim)  # the machine dies: its daemon and its instance
+    fleet.wait(lambda: [hive for hive, _ in fleet.running().get("web-0", [])] == [survivor],
+               "web-0 placed again on the survivor")
+    [elsewhere] = fleet.running()["web-0"]
+    back = time.time_ns()
+    again = fleet.restart_hive(victim, home)  # the machine is back: the plugin has decided once registered
+    fleet.wait(lambda: not call(again, "status")["fenced"], f"{victim} unfenced")
+
+    # Nothing of the fleet started there: no copy beside the one placed elsewhere, not even for a moment.
+    assert [e for e in fleet.entries() if e[2] == victim and e[5] > back] == [], again.stderr()
+    assert fleet.overlaps() == []
+    assert fleet.running()["web-0"] == [elsewhere]
+    assert call(again, "status")["running_here"] == {}

@@ -28,7 +28,7 @@ async def list_sources(ctx: RequestContext, request: ListSources) -> SourceList:
 
 async def add_source(ctx: RequestContext, request: AddSource) -> AddSourceResult:
     registry = ctx.app.sources
-    source, _created = await registry.add(request.path, request.name)
+    source, _created = await registry.add(request.path, request.name, request.owner)
     outcomes = await registry.start(source.name, []) if request.start else []
     return AddSourceResult(name=source.name, services=len(source.services), outcomes=outcomes)
 

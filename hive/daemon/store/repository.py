@@ -77,6 +77,9 @@ class SourceRow(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     source_type: str  # "yaml" or "sqlite" (the table checks it)
     enabled: bool = True
+    # Who decides which of its services run after a daemon restart: None, the daemon
+    # (it starts what was running); else a plugin's name (the daemon only adopts).
+    owner: str | None = None
 
 
 def instance_name(fqn: str, index: int) -> str:
@@ -148,14 +151,20 @@ class StateRepository:
 
     async def load_sources(self) -> list[SourceRow]:
         """The registered sources, in the order they were added."""
-        rows = await self._store.fetch_all("SELECT name, path, source_type, enabled FROM sources ORDER BY added_at")
-        return [SourceRow(name=row[0], path=row[1], source_type=row[2], enabled=bool(row[3])) for row in rows]
+        rows = await self._store.fetch_all(
+            "SELECT name, path, source_type, enabled, owner FROM sources ORDER BY added_at"
+        )
+        return [SourceRow(name=row[0], path=row[1], source_type=row[2], enabled=bool(row[3]), owner=row[4])
+                for row in rows]
 
     async def add_source(self, row: SourceRow) -> None:
         await self._store.execute(
-            "INSERT INTO sources (name, path, source_type, enabled, added_at) VALUES (?, ?, ?, ?, ?)",
-            (row.name, row.path, row.source_type, int(row.enabled), time.time()),
+            "INSERT INTO sources (name, path, source_type, enabled, owner, added_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (row.name, row.path, row.source_type, int(row.enabled), row.owner, time.time()),
         )
+
+    async def set_source_owner(self, name: str, owner: str | None) -> None:
+        await self._store.execute("UPDATE sources SET owner = ? WHERE name = ?", (owner, name))
 
     async def remove_source(self, name: str) -> None:
         await self._store.execute("DELETE FROM sources WHERE name = ?", (name,))

@@ -1,8 +1,8 @@
 """The schema of ``state.db``: its migrations, forward only, one per version.
 
-What is saved is what must survive the daemon: the sources registry, the desired state
-of every service, restart counters, and the processes the daemon started (so a new
-daemon can adopt them). Everything else is runtime-only and lives in memory. The
+What is saved is what must survive the daemon: the sources registry (and each source's
+owner), the desired state of every service, restart counters, and the processes the
+daemon started (so a new daemon can adopt them). Everything else is runtime-only and lives in memory. The
 statements on these tables are all in :mod:`.repository`.
 """
 
@@ -53,6 +53,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE processes ADD COLUMN stdout_offset INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE processes ADD COLUMN stderr_offset INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE processes ADD COLUMN config_digest TEXT NOT NULL DEFAULT '';
+    """,
+    # 3: a source may have an owner (a plugin) that decides which of its services run
+    # after a daemon restart; NULL: the daemon starts what was running, as before.
+    """
+    ALTER TABLE sources ADD COLUMN owner TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

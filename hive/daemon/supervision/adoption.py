@@ -32,7 +32,7 @@ from .machine import Input
 from .phases import Phases
 from .records import Records
 from .registry import Registry
-from .runtime import InstanceRuntime
+from .runtime import InstanceRuntime, ServiceRuntime
 
 if TYPE_CHECKING:
     from ..logs import LogHub
@@ -70,7 +70,11 @@ class Adoption:
         Processes started from an older configuration (hive.yaml edited while no daemon
         ran, a reload cut short) are replaced, as a reload would have.
         ``source_loaded(name)``: whether that source loaded completely (else the
-        records of services it does not list are left alone)."""
+        records of services it does not list are left alone).
+
+        A service whose source has an owner (a plugin, see ``Registry.source_owners``)
+        is only adopted: whatever of it no longer runs stays stopped, for its owner to
+        start or not once it runs (a fleet instance may run on another machine now)."""
         recorded: dict[str, int] = {}
         for fqn, index in self._records.processes:
             recorded[fqn] = max(recorded.get(fqn, 0), index + 1)
@@ -98,7 +102,10 @@ class Adoption:
             # The surplus leaves the service now; its processes are stopped below, before
             # the daemon answers anyone (a scale-up must not meet them half stopped).
             del service.instances[max(service.scale, 1) :]
-            if service.desired == "running":
+            owner = self._registry.owner_of(service)
+            if service.desired == "running" and owner is not None:
+                self._left_to_owner(service, owner, replaced)
+            elif service.desired == "running":
                 for instance in service.wanted():
                     if instance not in replaced and not instance.live:
                         self._instances.start(instance)
@@ -107,9 +114,23 @@ class Adoption:
             for instance, handle in outdated:
                 if instance in kept:
                     self._adopted(instance, handle)
-                else:
+                elif self._registry.owner_of(instance.service) is None:
                     self._instances.start(instance)
         self._stop_orphans(source_loaded)
+
+    def _left_to_owner(self, service: ServiceRuntime, owner: str, replaced: set[InstanceRuntime]) -> None:
+        """An owned service's instances that no longer run are not started: they stay
+        stopped, and so does the service when none of it runs (its stored desired state
+        too: a later reload must not start it either), until its owner starts it."""
+        left = [instance for instance in service.wanted() if instance in replaced or not instance.live]
+        for instance in left:
+            self._phases.note(instance, f"not started after the daemon's restart: plugin {owner} decides")
+        if left:
+            log.info("%s: %d instances not started: its source's owner (plugin %s) decides",
+                     service.fqn, len(left), owner)
+        if not any(instance.live or instance in replaced for instance in service.instances):
+            service.desired = "stopped"
+            self._records.save_desired(service)
 
     def _adopted(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
         """Supervise a process an earlier daemon started."""

@@ -26,6 +26,13 @@ class Registry:
         # The fqns sorted, for listings, while the set of services stays the same.
         self._fqns: list[str] = []
         self._fqns_sorted: list[str] = []
+        # Source -> the plugin that decides which of its services run after a daemon
+        # restart (the daemon adopts them, never starts them): see Adoption.resume.
+        self.source_owners: dict[str, str] = {}
+
+    def owner_of(self, service: ServiceRuntime) -> str | None:
+        """The plugin that owns the service's source, or None (the daemon decides)."""
+        return self.source_owners.get(service.source)
 
     def gone(self, service: ServiceRuntime) -> bool:
         """The service no longer takes commands: removed (or replaced), or the daemon stops."""

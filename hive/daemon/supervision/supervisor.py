@@ -229,12 +229,22 @@ class Supervisor:
         prefix = f"{source}:"
         stored = {fqn: row for fqn, row in self._records.persisted.items() if fqn.startswith(prefix)}
         added = [self.services[fqn] for fqn in fqns if fqn not in stored and fqn in self.services]
-        if added and enabled and any(row.desired == "running" for row in stored.values()):
+        owned = source in self._registry.source_owners  # its owner decides what starts
+        if added and enabled and not owned and any(row.desired == "running" for row in stored.values()):
             log.info("starting %s: added to %s while no daemon ran", ", ".join(s.fqn for s in added), source)
             self._actions.mark_desired(added, "running")
         if complete:
             for fqn in set(stored) - set(fqns):
                 self._records.forget_service(fqn)
+
+    def set_source_owner(self, source: str, owner: str | None) -> None:
+        """``owner`` (a plugin's name) decides which of the source's services run after a
+        daemon restart: :meth:`resume` adopts what still runs and starts none of them.
+        None: the daemon starts what was running."""
+        if owner is None:
+            self._registry.source_owners.pop(source, None)
+        else:
+            self._registry.source_owners[source] = owner
 
     async def unregister(self, fqn: str, *, forget: bool) -> list[InstanceOutcome]:
         """Stop the service and remove it; ``forget``: its stored state goes too."""

@@ -1,0 +1,130 @@
+"""etcd with authentication, a user and roles per hive (core_plugins/fleet/roles.py): each
+hive writes only its own keys, and the fleet works as before (placement, a rebalance
+whose drained hive has no right to delete an assignment). TLS to etcd with a client
+certificate, made in the test with openssl."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core_plugins.fleet.roles import grants
+from hive_client import HiveError, Unavailable
+from tests.fleet.conftest import EtcdCluster, Fleet
+from tests.fleet.harness import b64, etcd_call, make_certificates
+from tests.fleet.test_fleet import call, hives_of
+from tests.support import start_daemon, wait_for
+
+PREFIX = "/hive/fleet/"
+
+
+def enable_auth(endpoint: str, users: dict[str, tuple[bool, bool]]) -> None:
+    """A root user, then for each hive (scheduler?, admin?) its user and roles; auth on."""
+    etcd_call(endpoint, "auth/user/add", {"name": "root", "password": "root-pw"})
+    etcd_call(endpoint, "auth/user/grant", {"user": "root", "role": "root"})
+    roles: set[str] = set()
+    for hive_id, (scheduler, admin) in users.items():
+        etcd_call(endpoint, "auth/user/add", {"name": hive_id, "password": f"{hive_id}-pw"})
+        for grant in grants(PREFIX, hive_id, scheduler=scheduler, admin=admin):
+            if grant.role not in roles:
+                etcd_call(endpoint, "auth/role/add", {"name": grant.role})
+                roles.add(grant.role)
+            perm = {"permType": grant.access, "key": b64(grant.key)}
+            if grant.range_end:
+                perm["range_end"] = b64(grant.range_end)
+            etcd_call(endpoint, "auth/role/grant", {"name": grant.role, "perm": perm})
+            etcd_call(endpoint, "auth/user/grant", {"user": hive_id, "role": grant.role})
+    etcd_call(endpoint, "auth/enable", {})
+
+
+def token(endpoint: str, user: str) -> str:
+    return str(etcd_call(endpoint, "auth/authenticate", {"name": user, "password": f"{user}-pw"})["token"])
+
+
+def credentials(fleet: Fleet, hive_id: str) -> dict[str, str]:
+    path = fleet.root / f"{hive_id}.password"
+    path.write_text(f"{hive_id}-pw\n")
+    return {"username": hive_id, "password_file": str(path)}
+
+
+def test_each_hive_writes_only_its_own_keys(etcd_cluster: Callable[..., EtcdCluster], fleet: Fleet) -> None:
+    etcd = etcd_cluster(1)
+    endpoint = etcd.endpoints[0]
+    # h0 leads and takes commands (no room of its own); h1 and h2 only run instances.
+    enable_auth(endpoint, {"h0": (True, True), "h1": (False, False), "h2": (False, False)})
+    h0 = fleet.start_hive("h0", etcd.endpoints, capacity=0, **credentials(fleet, "h0"))
+    h1 = fleet.start_hive("h1", etcd.endpoints, capacity=2, scheduler=False, **credentials(fleet, "h1"))
+    call(h0, "apply", services=[fleet.service("web", 2)])
+    fleet.wait(lambda: hives_of(fleet) == {"h1": 2}, "web on h1 twice (the only hive with room)")
+
+    # h1's user may write its own record, and nothing else of the fleet.
+    as_h1 = token(endpoint, "h1")
+    etcd_call(endpoint, "kv/range", {"key": b64(PREFIX + "services/web")}, as_h1)  # reading is allowed
+    for key in ("hives/h0", "services/evil", "assign/web/9", "leader"):
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            etcd_call(endpoint, "kv/put", {"key": b64(PREFIX + key), "value": b64("x")}, as_h1)
+        assert "permission denied" in refused.value.response.text, key
+    with pytest.raises(HiveError, match="permission denied"):
+        call(h1, "apply", services=[fleet.service("job", 1)])
+
+    # A rebalance onto a hive that joined later: h1 stops the instance and says so in its
+    # own record; the leader (allowed to) deletes the assignment and places it on h2.
+    fleet.start_hive("h2", etcd.endpoints, capacity=2, scheduler=False, **credentials(fleet, "h2"))
+    assert len(call(h0, "rebalance")["moves"]) == 1
+    fleet.wait(lambda: hives_of(fleet) == {"h1": 1, "h2": 1}, "one web instance moved to h2")
+    assert fleet.overlaps() == []
+    assert call(h1, "status")["problems"] == {}
+
+
+def test_tls_to_etcd_with_a_client_certificate(etcd_cluster: Callable[..., EtcdCluster], fleet: Fleet) -> None:
+    certificates = make_certificates(fleet.root / "tls")
+    etcd = etcd_cluster(1, tls=certificates)
+    assert all(endpoint.startswith("https://") for endpoint in etcd.endpoints)
+    tls = {"ca_file": str(certificates / "ca.pem"), "cert_file": str(certificates / "client.pem"),
+           "key_file": str(certificates / "client-key.pem")}
+    daemon = fleet.start_hive("h0", etcd.endpoints, **tls)
+    call(daemon, "apply", services=[fleet.service("web", 1)])
+    fleet.wait(lambda: hives_of(fleet) == {"h0": 1}, "web running through TLS")
+
+    # Without the CA, the members' certificate is not trusted: the hive says why.
+    stranger = fleet.root / "stranger"
+    stranger.mkdir()
+    (stranger / "config.toml").write_text(
+        f'[plugins.fleet]\n[plugins.fleet.settings]\nendpoints = ["{etcd.endpoints[0]}"]\nhive_id = "h9"\n')
+    other = start_daemon(stranger)
+    fleet.daemons["h9"] = other
+
+    def refused_on_the_certificate() -> bool:
+        try:
+            problems = call(other, "status")["problems"]
+        except Unavailable:
+            return False  # the plugin is still starting
+        return "certificate" in str(problems.get("registration", {})).lower()
+
+    wait_for(refused_on_the_certificate, timeout=30, what="h9's registration failing on the certificate")
+    assert "h9" not in call(daemon, "status")["hives"]
+
+
+def test_settings_name_a_missing_file_and_unpaired_keys(tmp_path: Path) -> None:
+    from core_plugins.fleet.model import FleetSettings
+
+    with pytest.raises(ValueError, match="password_file"):
+        FleetSettings(endpoints=["http://127.0.0.1:2379"], username="h0")
+    with pytest.raises(ValueError, match=r"ca_file .* cannot be read"):
+        FleetSettings(endpoints=["https://127.0.0.1:2379"], ca_file=str(tmp_path / "missing.pem"))
+    (tmp_path / "ca.pem").write_text("x")
+    with pytest.raises(ValueError, match="https://"):
+        FleetSettings(endpoints=["http://127.0.0.1:2379"], ca_file=str(tmp_path / "ca.pem"))
+
+
+
+def test_the_documented_etcdctl_recipe_is_what_roles_grants() -> None:
+    from core_plugins.fleet.roles import etcdctl
+
+    docs = (Path(__file__).parents[2] / "docs" / "fleet.md").read_text()
+    for hive_id, role in (("web-01", True), ("web-02", False)):
+        block = "\n".join(etcdctl("/hive/fleet/", hive_id, scheduler=role, admin=role))
+        assert block in docs, block
