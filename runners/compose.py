@@ -42,6 +42,8 @@ from typing import Any, ClassVar
 
 import anyio
 
+from ._api_container import ApiContainerHandle, ApiContainerRunner
+from ._compose_file import one_service_document
 from ._container import (
     CALL_TIMEOUT,
     HOOK_LINE_CAP,
@@ -49,12 +51,14 @@ from ._container import (
     ContainerRunner,
     engine_message,
 )
+from ._engine_api import ApiError, filters
+from ._engine_watch import Watched
 from .base import ConfigProblem, Runner, RunnerConfig, RunnerError, RunSpec, decode_config
 from .docker import DockerRunner
 from .output import run_streaming
 from .podman import PodmanRunner
 
-__all__ = ["IMPLEMENTATIONS", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
+__all__ = ["IMPLEMENTATIONS", "ComposeApiHandle", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
 
 # Tried in this order when the daemon config names none.
 IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
@@ -93,7 +97,8 @@ def project_name(fqn: str) -> str:
 
 
 class ComposeHandle(ContainerHandle):
-    """A container compose created; supervised through its engine."""
+    """A container compose created; supervised through its engine's CLI (``wait``,
+    ``logs -f``) when that engine has no API runner."""
 
     def __init__(self, *, project: str, service: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,6 +107,25 @@ class ComposeHandle(ContainerHandle):
 
     def record(self) -> dict[str, Any]:
         return {**super().record(), "runner": "compose", "project": self.project, "service": self.service}
+
+
+class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
+    """A container compose created, supervised through the engine's API: its exit from
+    the engine's event stream, its output from the logs endpoint, its signals from
+    ``/kill``; no helper process."""
+
+    def watched(self) -> Watched:
+        # Compose started it before Hive knew its id: it may have ended already, so the
+        # engine's thread asks once (as for an adopted container).
+        if self._watched is None:
+            self._watched = Watched()
+            self.runner.watch(self._socket).watch(self.container_id, self._watched, check=True)
+        return self._watched
+
+
+def _handle_class(engine: ContainerRunner) -> type[ComposeHandle]:
+    """The handle for containers of ``engine``: on its API when it has one."""
+    return ComposeApiHandle if isinstance(engine, ApiContainerRunner) else ComposeHandle
 
 
 class ComposeRunner(Runner):
@@ -187,18 +211,24 @@ class ComposeRunner(Runner):
         )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def _argv(self, command: Sequence[str], path: str, project: str) -> list[str]:
-        argv = [*command, "-f", path, "-p", project]
+    def _argv(self, command: Sequence[str], path: str, project: str, view: bytes | None = None) -> list[str]:
+        """``<compose> -f FILE -p PROJECT``; ``-f -`` when compose reads ``view`` (the
+        file as one service sees it, :func:`one_service_document`) on its standard input,
+        run in the file's directory (see :meth:`_compose`)."""
+        argv = [*command, "-f", path if view is None else "-", "-p", project]
         if os.path.basename(command[0]) == "podman-compose":
             argv[1:1] = ["--in-pod", "false"]  # one container per service, as docker compose
         return argv
 
-    async def _compose(self, argv: Sequence[str], spec: RunSpec, action: str) -> None:
+    async def _compose(self, argv: Sequence[str], spec: RunSpec, action: str, path: str,
+                       view: bytes | None = None) -> None:
+        """Run compose (``view``: the file it reads on its standard input) in the compose
+        file's directory, its project directory either way."""
         try:
             with anyio.fail_after(None if action == "up" else CALL_TIMEOUT):
                 result = await anyio.run_process(
-                    list(argv), check=False, env=spec.env or None, stdin=subprocess.DEVNULL,
-                    cwd=spec.working_dir or None,
+                    list(argv), check=False, env=spec.env or None, cwd=os.path.dirname(path),
+                    **({"input": view} if view is not None else {"stdin": subprocess.DEVNULL}),
                 )
         except OSError as exc:
             self._command = None
@@ -209,6 +239,14 @@ class ComposeRunner(Runner):
             raise engine or RunnerError(f"compose {action} failed: {message}")
 
     async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
+        if isinstance(engine, ApiContainerRunner):
+            try:
+                found = await engine.api(None).request("GET", "/containers/json", params={
+                    "all": "1", **filters(label=[f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"])})
+            except ApiError as exc:
+                raise engine.api_error("list", exc) from None
+            ids = [str(item["Id"]) for item in found or [] if isinstance(item, dict) and "Id" in item]
+            return await engine.inspect(ids) if ids else []
         listed = await engine.call(
             ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}",
              "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"],
@@ -224,14 +262,15 @@ class ComposeRunner(Runner):
         command = await self.implementation()
         engine = self.engine_of(command)
         project = project_name(spec.fqn)
-        argv = [*self._argv(command, path, project), "up", "-d", "--no-deps", "--force-recreate", service]
-        await self._compose(argv, spec, "up")
+        view = one_service_document(path, service)
+        argv = [*self._argv(command, path, project, view), "up", "-d", "--no-deps", "--force-recreate", service]
+        await self._compose(argv, spec, "up", path, view)
         found = await self._find(engine, project, service)
         if not found:
             raise RunnerError(f"compose up created no container for service {service!r} in {path}")
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
         info = found[0]
-        handle = ComposeHandle(
+        handle = _handle_class(engine)(
             project=project, service=service, runner=engine, spec=spec,
             container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
             config_hash=digest, run_signal=0,
@@ -240,6 +279,9 @@ class ComposeRunner(Runner):
             await handle.follow_logs(since=None)  # a new container: all it printed is this run's
         except BaseException:
             with anyio.CancelScope(shield=True):
+                await handle.close_logs()
+                if isinstance(handle, ComposeApiHandle):
+                    handle.forget()
                 await engine.remove(handle.container_id)
             raise
         return handle
@@ -251,8 +293,6 @@ class ComposeRunner(Runner):
         extra = config.command
         command = await self.implementation()
         name = f"hive-hook-{secrets.token_hex(4)}"
-        argv = [*self._argv(command, path, project_name(spec.fqn)),
-                "run", "-T", "--rm", "--no-deps", "--name", name, service, *extra]
         held: list[tuple[str, str]] = []  # docker-compose ends a failed run with its exit code
 
         def emit(stream: str, line: str) -> None:
@@ -263,9 +303,12 @@ class ComposeRunner(Runner):
             else:
                 output(stream, line)
 
+        view = one_service_document(path, service)
+        argv = [*self._argv(command, path, project_name(spec.fqn), view),
+                "run", "-T", "--rm", "--no-deps", "--name", name, service, *extra]
         try:
-            code = await run_streaming(argv, env=spec.env, cwd=spec.working_dir, output=emit,
-                                       cap=HOOK_LINE_CAP)
+            code = await run_streaming(argv, env=spec.env, cwd=os.path.dirname(path), output=emit,
+                                       cap=HOOK_LINE_CAP, stdin=view)
         except BaseException:
             await self.engine_of(command).remove(name)
             raise
@@ -301,7 +344,7 @@ class ComposeRunner(Runner):
         if not (info.get("State") or {}).get("Running") or labels.get(PROJECT_LABEL) != project \
                 or labels.get(SERVICE_LABEL) != service:
             return None
-        handle = ComposeHandle(
+        handle = _handle_class(engine)(
             project=project, service=service, runner=engine, spec=spec,
             container_id=str(info.get("Id") or container_id),
             name=str(info.get("Name") or "").lstrip("/"), config_hash=str(record["config_hash"]),
@@ -345,6 +388,9 @@ def _compose_message(output: bytes) -> str:
     """The line of compose's output that says what went wrong: the first failure (later
     ones are its consequences), with the image named if it came while pulling one."""
     lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        # A Python implementation (podman-compose) that raised: its last line says why.
+        return engine_message(lines[-1].partition(": ")[2] or lines[-1])
     pulling = None
     for line in lines:
         match = _PULLING.search(line)
