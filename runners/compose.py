@@ -44,6 +44,7 @@ import anyio
 
 from ._api_container import ApiContainerHandle, ApiContainerRunner
 from ._compose_file import one_service_document
+from ._compose_networks import PROJECT_LABEL, ProjectNetworks
 from ._container import (
     CALL_TIMEOUT,
     HOOK_LINE_CAP,
@@ -53,7 +54,15 @@ from ._container import (
 )
 from ._engine_api import ApiError, filters
 from ._engine_watch import Watched
-from .base import ConfigProblem, Runner, RunnerConfig, RunnerError, RunSpec, decode_config
+from .base import (
+    ConfigProblem,
+    ExitStatus,
+    Runner,
+    RunnerConfig,
+    RunnerError,
+    RunSpec,
+    decode_config,
+)
 from .docker import DockerRunner
 from .output import run_streaming
 from .podman import PodmanRunner
@@ -67,7 +76,6 @@ IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
     ("podman", "compose"),
     ("podman-compose",),
 )
-PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 _PROJECT_OK = re.compile(r"[^a-z0-9_-]")
 
@@ -100,13 +108,21 @@ class ComposeHandle(ContainerHandle):
     """A container compose created; supervised through its engine's CLI (``wait``,
     ``logs -f``) when that engine has no API runner."""
 
-    def __init__(self, *, project: str, service: str, **kwargs: Any) -> None:
+    def __init__(self, *, project: str, service: str, networks: ProjectNetworks, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.project = project
         self.service = service
+        self._networks = networks
 
     def record(self) -> dict[str, Any]:
         return {**super().record(), "runner": "compose", "project": self.project, "service": self.service}
+
+    async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
+        """Stop and remove the container, then the project's networks if it was their
+        last user (``hive down`` leaves none)."""
+        status = await super().stop(stop_signal, grace)
+        await self._networks.remove_unused(self.runner, self.project, self._socket)
+        return status
 
 
 class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
@@ -138,6 +154,7 @@ class ComposeRunner(Runner):
         self._configured: list[str] | None = None  # [runners.compose] command
         self._command: list[str] | None = None  # the implementation in use
         self._lock = anyio.Lock()
+        self.networks = ProjectNetworks()
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         """``[runners.compose]``: ``command``, the implementation's argv prefix
@@ -264,14 +281,15 @@ class ComposeRunner(Runner):
         project = project_name(spec.fqn)
         view = one_service_document(path, service)
         argv = [*self._argv(command, path, project, view), "up", "-d", "--no-deps", "--force-recreate", service]
-        await self._compose(argv, spec, "up", path, view)
+        async with self.networks.using(project):
+            await self._compose(argv, spec, "up", path, view)
         found = await self._find(engine, project, service)
         if not found:
             raise RunnerError(f"compose up created no container for service {service!r} in {path}")
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
         info = found[0]
         handle = _handle_class(engine)(
-            project=project, service=service, runner=engine, spec=spec,
+            project=project, service=service, networks=self.networks, runner=engine, spec=spec,
             container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
             config_hash=digest, run_signal=0,
         )
@@ -304,14 +322,19 @@ class ComposeRunner(Runner):
                 output(stream, line)
 
         view = one_service_document(path, service)
-        argv = [*self._argv(command, path, project_name(spec.fqn), view),
+        project = project_name(spec.fqn)
+        argv = [*self._argv(command, path, project, view),
                 "run", "-T", "--rm", "--no-deps", "--name", name, service, *extra]
+        engine = self.engine_of(command)
         try:
-            code = await run_streaming(argv, env=spec.env, cwd=os.path.dirname(path), output=emit,
-                                       cap=HOOK_LINE_CAP, stdin=view)
+            async with self.networks.using(project):
+                code = await run_streaming(argv, env=spec.env, cwd=os.path.dirname(path), output=emit,
+                                           cap=HOOK_LINE_CAP, stdin=view)
         except BaseException:
-            await self.engine_of(command).remove(name)
+            await engine.remove(name)
             raise
+        finally:
+            await self.networks.remove_unused(engine, project, None)
         if held and held[0][1].strip() != str(code):
             output(*held[0])
         return code
@@ -323,10 +346,12 @@ class ComposeRunner(Runner):
         gone with the service), if its labels still name the recorded project and service."""
         container_id, project, service, engine_name = _compose_record(record)
         engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
-        return bool(await engine.stop_leftover(
+        stopped = bool(await engine.stop_leftover(
             container_id, None, grace,
             lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
         ))
+        await self.networks.remove_unused(engine, project, None)
+        return stopped
 
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ComposeHandle | None:
         container_id, project, service, engine_name = _compose_record(record)
@@ -345,7 +370,7 @@ class ComposeRunner(Runner):
                 or labels.get(SERVICE_LABEL) != service:
             return None
         handle = _handle_class(engine)(
-            project=project, service=service, runner=engine, spec=spec,
+            project=project, service=service, networks=self.networks, runner=engine, spec=spec,
             container_id=str(info.get("Id") or container_id),
             name=str(info.get("Name") or "").lstrip("/"), config_hash=str(record["config_hash"]),
             run_signal=0, adopted=True,

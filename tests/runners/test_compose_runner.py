@@ -265,3 +265,54 @@ async def test_another_services_required_variable_does_not_stop_this_one(
     compose_file.write_text(json.dumps(content))
     with anyio.fail_after(120), pytest.raises(RunnerError, match="app needs it"):
         await runner.start(spec)
+
+
+def _project_networks(engine: str, project: str) -> list[str]:
+    listed = subprocess.run([engine, "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+                            capture_output=True, text=True, check=True, timeout=60)
+    return listed.stdout.split()
+
+
+def _resolves_names(engine: str) -> bool:
+    """Whether containers on a network of ``engine`` find each other by name here (podman
+    with CNI needs its dnsname plugin)."""
+    if engine == "docker":
+        return True
+    backend = subprocess.run(["podman", "info", "--format", "{{.Host.NetworkBackend}}"],
+                             capture_output=True, text=True, check=False, timeout=60).stdout.strip()
+    return backend == "netavark" or any(Path(d, "dnsname").exists() for d in ("/usr/lib/cni", "/opt/cni/bin"))
+
+
+async def test_services_reach_each_other_by_name_and_the_network_goes_with_the_last(
+    runner: ComposeRunner, cspec: ComposeSpec, implementation: tuple[list[str], str], home: Path
+) -> None:
+    """The compose services of one source are one project on its own network: one reaches
+    another by its service name; the network is removed when the last of them stops."""
+    engine = implementation[1]
+    server_spec = cspec("true", service="server")
+    client_spec = cspec("true", service="client", stdout_path=str(home / "client.out"),
+                        stderr_path=str(home / "client.err"))
+    document = {"services": {
+        "server": {"image": IMAGE, "command": [
+            "sh", "-c", "echo hello-by-name > /tmp/index.html; echo serving; exec httpd -f -p 8080 -h /tmp"]},
+        "client": {"image": IMAGE, "command": [
+            "sh", "-c", "until wget -q -O- http://server:8080/index.html; do sleep 0.1; done"]},
+    }}
+    (home / server_spec.config["file"]).write_text(json.dumps(document))
+    client_spec = msgspec.structs.replace(client_spec, config=server_spec.config | {"service": "client"})
+    project = project_name(server_spec.fqn)
+
+    server = await runner.start(server_spec)
+    await output_contains(server_spec.stdout_path, "serving", timeout=30)
+    assert len(_project_networks(engine, project)) == 1
+    if _resolves_names(engine):
+        client = await runner.start(client_spec)
+        with anyio.fail_after(60):
+            assert await client.wait() == ExitStatus(exit_code=0)
+        assert "hello-by-name" in read(client_spec.stdout_path)
+        with anyio.fail_after(60):
+            await client.stop(signal.SIGTERM, 5)
+        assert len(_project_networks(engine, project)) == 1  # the server still uses it
+    with anyio.fail_after(60):
+        await server.stop(signal.SIGKILL, 5)
+    assert _project_networks(engine, project) == []
