@@ -108,11 +108,21 @@ class ComposeHandle(ContainerHandle):
     """A container compose created; supervised through its engine's CLI (``wait``,
     ``logs -f``) when that engine has no API runner."""
 
-    def __init__(self, *, project: str, service: str, networks: ProjectNetworks, **kwargs: Any) -> None:
+    def __init__(self, *, project: str, service: str, networks: ProjectNetworks, compose_file: str,
+                 file_digest: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.project = project
         self.service = service
         self._networks = networks
+        self._file = compose_file
+        self._file_digest = file_digest  # of the file compose was given (or adoption checked)
+
+    async def outdated(self) -> str | None:
+        """The compose file changed since the container was made from it, or the image
+        it names was rebuilt."""
+        if _file_digest(self._file) != self._file_digest:
+            return f"compose file {self._file} changed"
+        return await super().outdated()
 
     def record(self) -> dict[str, Any]:
         return {**super().record(), "runner": "compose", "project": self.project, "service": self.service}
@@ -279,6 +289,7 @@ class ComposeRunner(Runner):
         command = await self.implementation()
         engine = self.engine_of(command)
         project = project_name(spec.fqn)
+        file_digest = _file_digest(path)  # before compose reads it: an edit meanwhile is seen
         view = one_service_document(path, service)
         argv = [*self._argv(command, path, project, view), "up", "-d", "--no-deps", "--force-recreate", service]
         async with self.networks.using(project):
@@ -289,8 +300,8 @@ class ComposeRunner(Runner):
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
         info = found[0]
         handle = _handle_class(engine)(
-            project=project, service=service, networks=self.networks, runner=engine, spec=spec,
-            container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
+            project=project, service=service, networks=self.networks, compose_file=path,
+            file_digest=file_digest, runner=engine, spec=spec, container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
             config_hash=digest, run_signal=0,
         )
         try:
@@ -370,7 +381,8 @@ class ComposeRunner(Runner):
                 or labels.get(SERVICE_LABEL) != service:
             return None
         handle = _handle_class(engine)(
-            project=project, service=service, networks=self.networks, runner=engine, spec=spec,
+            project=project, service=service, networks=self.networks, compose_file=path,
+            file_digest=_file_digest(path), runner=engine, spec=spec,
             container_id=str(info.get("Id") or container_id),
             name=str(info.get("Name") or "").lstrip("/"), config_hash=str(record["config_hash"]),
             run_signal=0, adopted=True,
@@ -378,6 +390,15 @@ class ComposeRunner(Runner):
         if not handle.reuse_follower(record.get("logs_pid")):
             await handle.follow_logs(since=time.time())
         return handle
+
+
+def _file_digest(path: str) -> str | None:
+    """The sha256 of the file's content; None if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _compose_record(record: dict[str, Any]) -> tuple[str, str, str, str]:
