@@ -180,6 +180,20 @@ class ContainerConfig(RunnerConfig, frozen=True, kw_only=True):
                     ("ports", index), f"'{port}' has no ':' and is ignored (expected HOST:CONTAINER[/proto])",
                     warning=True,
                 ))
+        problems += self._ignored()
+        return problems
+
+    def _ignored(self) -> list[ConfigProblem]:
+        """Keys the format accepts that cannot apply here: said, not silently dropped."""
+        problems = []
+        if self.restart is not None:
+            problems.append(ConfigProblem(("restart",), (
+                "ignored: Hive restarts the service by its own restart policy; set the "
+                "service's restart (beside runner: restart: {policy: always}) instead"), warning=True))
+        if self.ports and (self.network_mode or "").strip() == "host":
+            problems.append(ConfigProblem(("ports",), (
+                "ignored with network_mode: host (the container uses the host's ports directly): "
+                "remove ports, or use another network_mode"), warning=True))
         return problems
 
 
