@@ -2,22 +2,27 @@
 
 ``{file, service}``: the file (relative to the project) and the compose service Hive runs
 (:class:`ComposeConfig`, with ``command`` for hook steps).
-Compose creates the container; from then on it is supervised like a docker or podman one
-(:class:`runners._container.ContainerHandle`: output followed by the engine's ``logs -f``,
-exit learnt from ``wait``, stop with the grace then ``rm``, ``cmd`` checks through ``exec``).
+Compose creates the container; from then on it is supervised like a docker or podman one,
+through the same engine runner: on Docker through the Engine API (:class:`ComposeApiHandle`:
+exit from the engine's event stream, output from the logs endpoint, signals through
+``/kill``; no helper process), on podman through its CLI (:class:`ComposeHandle`: ``logs -f``
+and ``wait``); ``cmd`` checks through ``exec`` either way.
 
 - **Implementation.** The first of ``docker compose``, ``docker-compose``,
   ``podman compose``, ``podman-compose`` that answers ``version`` is used, found when a
   service first starts; ``[runners.compose] command = ["podman-compose"]`` in the daemon
   config names one instead. The engine that holds the containers follows from it (podman
   for the podman ones, docker otherwise).
-- **Start.** ``<compose> -f FILE -p PROJECT up -d --no-deps --force-recreate SERVICE``
-  with the service's environment (the compose file may interpolate ``${HIVE_INSTANCE}``,
-  a port, a used service's variables). Dependencies are Hive's business (``depends_on``),
+- **Start.** ``<compose> -f - -p PROJECT up -d --no-deps --force-recreate SERVICE`` in the
+  file's directory, with the service's environment (the compose file may interpolate
+  ``${HIVE_INSTANCE}``, a port, a used service's variables); compose reads the file on its
+  standard input as this service sees it (:mod:`runners._compose_file`: the other
+  services' ``$`` escaped, so their required variables are not this one's). Dependencies are Hive's business (``depends_on``),
   so compose starts only this service. The project is ``hive-<source>`` (instance N > 0:
   ``hive-<source>-<N>``), so the compose services of one source share a network, and
   instances do not recreate each other. The container is then found by compose's own
-  labels (``com.docker.compose.project``, ``com.docker.compose.service``).
+  labels (``com.docker.compose.project``, ``com.docker.compose.service``). The project's
+  networks go with its last container (:mod:`runners._compose_networks`).
 - **Adoption.** The record keeps the container id, the project, the service, and a hash of
   what defines the service: the compose file's content, the block, and the variables
   that are not the daemon's own (those a container runner passes, see
