@@ -254,11 +254,17 @@ async def test_another_services_required_variable_does_not_stop_this_one(
         "labels": {"price": "$$5 and ${HIVE_TEST_OTHERS_LABEL}"},
     }
     compose_file.write_text(json.dumps(content))
-    handle = await runner.start(msgspec.structs.replace(spec, env={**spec.env, "GREETING": "alone"}))
+    alone = msgspec.structs.replace(spec, env={**spec.env, "GREETING": "alone"})
+    handle = await runner.start(alone)
     with anyio.fail_after(60):
         assert await handle.wait() == ExitStatus(exit_code=0)
         await handle.stop(signal.SIGTERM, 5)
     assert "hello alone" in read(spec.stdout_path)
+    # A hook step of the service reads the file the same way.
+    lines: list[str] = []
+    with anyio.fail_after(120):
+        assert await runner.run_once(alone, lambda stream, line: lines.append(line)) == 0
+    assert "hello alone" in lines
 
     # Its own required variable, unset, is still an error, in compose's words.
     content["services"]["app"]["environment"]["MINE"] = "${HIVE_TEST_MINE:?app needs it}"
