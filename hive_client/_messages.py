@@ -421,6 +421,8 @@ class AddSourceResult(Response, tag="source_added"):
     services: int = 0
     # With ``start``: what the start did to each instance.
     outcomes: list[InstanceOutcome] = []
+    # What the file says that Hive does not do: "hive.yaml:8: warning: services.web...: ..."
+    warnings: list[str] = []
 
 
 class ReloadPlan(Response, tag="reload_plan"):

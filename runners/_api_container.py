@@ -102,6 +102,16 @@ class ApiContainerRunner(ContainerRunner):
                 found.append(info)
         return found
 
+    async def image_id(self, ref: str, socket: str | None = None) -> str | None:
+        try:
+            info = await self.api(socket).request("GET", f"/images/{ref}/json")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise self.api_error("image inspect", exc) from None
+        found = str((info or {}).get("Id") or "") if isinstance(info, dict) else ""
+        return found.removeprefix("sha256:") or None
+
     async def stop_container(self, ref: str, socket: str | None, grace: float) -> None:
         seconds = math.ceil(max(0.0, grace))
         try:

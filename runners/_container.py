@@ -180,6 +180,20 @@ class ContainerConfig(RunnerConfig, frozen=True, kw_only=True):
                     ("ports", index), f"'{port}' has no ':' and is ignored (expected HOST:CONTAINER[/proto])",
                     warning=True,
                 ))
+        problems += self._ignored()
+        return problems
+
+    def _ignored(self) -> list[ConfigProblem]:
+        """Keys the format accepts that cannot apply here: said, not silently dropped."""
+        problems = []
+        if self.restart is not None:
+            problems.append(ConfigProblem(("restart",), (
+                "ignored: Hive restarts the service by its own restart policy; set the "
+                "service's restart (beside runner: restart: {policy: always}) instead"), warning=True))
+        if self.ports and (self.network_mode or "").strip() == "host":
+            problems.append(ConfigProblem(("ports",), (
+                "ignored with network_mode: host (the container uses the host's ports directly): "
+                "remove ports, or use another network_mode"), warning=True))
         return problems
 
 
@@ -452,6 +466,13 @@ class ContainerRunner(Runner):
                 return []
             raise self.error("inspect", result.stderr, socket)
         return [item for item in found if isinstance(item, dict)]
+
+    async def image_id(self, ref: str, socket: str | None = None) -> str | None:
+        """The id of the image ``ref`` names now (no ``sha256:``); None if there is none."""
+        result = await self.call(["image", "inspect", "--format", "{{.Id}}", ref], socket)
+        if result.returncode != 0:
+            return None
+        return result.stdout.decode(errors="replace").strip().removeprefix("sha256:") or None
 
     # --- start ----------------------------------------------------------------------
 
@@ -771,6 +792,19 @@ class ContainerHandle(ServiceHandle):
             "stop_signal": self.run_signal,
             "logs_pid": self._logs_pid,
         }
+
+    async def outdated(self) -> str | None:
+        """The image the container's tag names now is not the one it was created from
+        (rebuilt, or pulled again, under the same tag)."""
+        found = await self.runner.inspect([self.container_id], self._socket)
+        if not found or not (found[0].get("State") or {}).get("Running"):
+            return None
+        ref = str((found[0].get("Config") or {}).get("Image") or "")
+        running = str(found[0].get("Image") or "").removeprefix("sha256:")
+        current = await self.runner.image_id(ref, self._socket) if ref and running else None
+        if current is None or current == running:
+            return None
+        return f"image {ref} was rebuilt (now {current[:12]}, the container runs {running[:12]})"
 
     def exec_prefix(self) -> list[str]:
         """``<engine> exec <id>``: what runs a command inside the container (cmd checks)."""

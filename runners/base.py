@@ -209,6 +209,13 @@ class ServiceHandle(ABC):
         """How many processes of the instance are still alive (0 when none)."""
         return 0
 
+    async def outdated(self) -> str | None:
+        """Why the instance no longer runs what its configuration names, through
+        something outside hive.yaml (its compose file edited, its image rebuilt under the
+        same tag); None if it does, or cannot be told. ``hive source reload`` restarts a
+        service one of whose instances says so."""
+        return None
+
     def detach(self) -> None:
         """The daemon exits (its shutdown deadline passed) with this instance still up:
         a stop under way, cancelled now, must leave it running for the next daemon to

@@ -2,22 +2,27 @@
 
 ``{file, service}``: the file (relative to the project) and the compose service Hive runs
 (:class:`ComposeConfig`, with ``command`` for hook steps).
-Compose creates the container; from then on it is supervised like a docker or podman one
-(:class:`runners._container.ContainerHandle`: output followed by the engine's ``logs -f``,
-exit learnt from ``wait``, stop with the grace then ``rm``, ``cmd`` checks through ``exec``).
+Compose creates the container; from then on it is supervised like a docker or podman one,
+through the same engine runner: on Docker through the Engine API (:class:`ComposeApiHandle`:
+exit from the engine's event stream, output from the logs endpoint, signals through
+``/kill``; no helper process), on podman through its CLI (:class:`ComposeHandle`: ``logs -f``
+and ``wait``); ``cmd`` checks through ``exec`` either way.
 
 - **Implementation.** The first of ``docker compose``, ``docker-compose``,
   ``podman compose``, ``podman-compose`` that answers ``version`` is used, found when a
   service first starts; ``[runners.compose] command = ["podman-compose"]`` in the daemon
   config names one instead. The engine that holds the containers follows from it (podman
   for the podman ones, docker otherwise).
-- **Start.** ``<compose> -f FILE -p PROJECT up -d --no-deps --force-recreate SERVICE``
-  with the service's environment (the compose file may interpolate ``${HIVE_INSTANCE}``,
-  a port, a used service's variables). Dependencies are Hive's business (``depends_on``),
+- **Start.** ``<compose> -f - -p PROJECT up -d --no-deps --force-recreate SERVICE`` in the
+  file's directory, with the service's environment (the compose file may interpolate
+  ``${HIVE_INSTANCE}``, a port, a used service's variables); compose reads the file on its
+  standard input as this service sees it (:mod:`runners._compose_file`: the other
+  services' ``$`` escaped, so their required variables are not this one's). Dependencies are Hive's business (``depends_on``),
   so compose starts only this service. The project is ``hive-<source>`` (instance N > 0:
   ``hive-<source>-<N>``), so the compose services of one source share a network, and
   instances do not recreate each other. The container is then found by compose's own
-  labels (``com.docker.compose.project``, ``com.docker.compose.service``).
+  labels (``com.docker.compose.project``, ``com.docker.compose.service``). The project's
+  networks go with its last container (:mod:`runners._compose_networks`).
 - **Adoption.** The record keeps the container id, the project, the service, and a hash of
   what defines the service: the compose file's content, the block, and the variables
   that are not the daemon's own (those a container runner passes, see
@@ -42,6 +47,9 @@ from typing import Any, ClassVar
 
 import anyio
 
+from ._api_container import ApiContainerHandle, ApiContainerRunner
+from ._compose_file import one_service_document
+from ._compose_networks import PROJECT_LABEL, ProjectNetworks
 from ._container import (
     CALL_TIMEOUT,
     HOOK_LINE_CAP,
@@ -49,12 +57,22 @@ from ._container import (
     ContainerRunner,
     engine_message,
 )
-from .base import ConfigProblem, Runner, RunnerConfig, RunnerError, RunSpec, decode_config
+from ._engine_api import ApiError, filters
+from ._engine_watch import Watched
+from .base import (
+    ConfigProblem,
+    ExitStatus,
+    Runner,
+    RunnerConfig,
+    RunnerError,
+    RunSpec,
+    decode_config,
+)
 from .docker import DockerRunner
 from .output import run_streaming
 from .podman import PodmanRunner
 
-__all__ = ["IMPLEMENTATIONS", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
+__all__ = ["IMPLEMENTATIONS", "ComposeApiHandle", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
 
 # Tried in this order when the daemon config names none.
 IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
@@ -63,7 +81,6 @@ IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
     ("podman", "compose"),
     ("podman-compose",),
 )
-PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 _PROJECT_OK = re.compile(r"[^a-z0-9_-]")
 
@@ -93,15 +110,53 @@ def project_name(fqn: str) -> str:
 
 
 class ComposeHandle(ContainerHandle):
-    """A container compose created; supervised through its engine."""
+    """A container compose created; supervised through its engine's CLI (``wait``,
+    ``logs -f``) when that engine has no API runner."""
 
-    def __init__(self, *, project: str, service: str, **kwargs: Any) -> None:
+    def __init__(self, *, project: str, service: str, networks: ProjectNetworks, compose_file: str,
+                 file_digest: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.project = project
         self.service = service
+        self._networks = networks
+        self._file = compose_file
+        self._file_digest = file_digest  # of the file compose was given (or adoption checked)
+
+    async def outdated(self) -> str | None:
+        """The compose file changed since the container was made from it, or the image
+        it names was rebuilt."""
+        if _file_digest(self._file) != self._file_digest:
+            return f"compose file {self._file} changed"
+        return await super().outdated()
 
     def record(self) -> dict[str, Any]:
         return {**super().record(), "runner": "compose", "project": self.project, "service": self.service}
+
+    async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
+        """Stop and remove the container, then the project's networks if it was their
+        last user (``hive down`` leaves none)."""
+        status = await super().stop(stop_signal, grace)
+        await self._networks.remove_unused(self.runner, self.project, self._socket)
+        return status
+
+
+class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
+    """A container compose created, supervised through the engine's API: its exit from
+    the engine's event stream, its output from the logs endpoint, its signals from
+    ``/kill``; no helper process."""
+
+    def watched(self) -> Watched:
+        # Compose started it before Hive knew its id: it may have ended already, so the
+        # engine's thread asks once (as for an adopted container).
+        if self._watched is None:
+            self._watched = Watched()
+            self.runner.watch(self._socket).watch(self.container_id, self._watched, check=True)
+        return self._watched
+
+
+def _handle_class(engine: ContainerRunner) -> type[ComposeHandle]:
+    """The handle for containers of ``engine``: on its API when it has one."""
+    return ComposeApiHandle if isinstance(engine, ApiContainerRunner) else ComposeHandle
 
 
 class ComposeRunner(Runner):
@@ -114,6 +169,7 @@ class ComposeRunner(Runner):
         self._configured: list[str] | None = None  # [runners.compose] command
         self._command: list[str] | None = None  # the implementation in use
         self._lock = anyio.Lock()
+        self.networks = ProjectNetworks()
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         """``[runners.compose]``: ``command``, the implementation's argv prefix
@@ -187,18 +243,24 @@ class ComposeRunner(Runner):
         )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def _argv(self, command: Sequence[str], path: str, project: str) -> list[str]:
-        argv = [*command, "-f", path, "-p", project]
+    def _argv(self, command: Sequence[str], path: str, project: str, view: bytes | None = None) -> list[str]:
+        """``<compose> -f FILE -p PROJECT``; ``-f -`` when compose reads ``view`` (the
+        file as one service sees it, :func:`one_service_document`) on its standard input,
+        run in the file's directory (see :meth:`_compose`)."""
+        argv = [*command, "-f", path if view is None else "-", "-p", project]
         if os.path.basename(command[0]) == "podman-compose":
             argv[1:1] = ["--in-pod", "false"]  # one container per service, as docker compose
         return argv
 
-    async def _compose(self, argv: Sequence[str], spec: RunSpec, action: str) -> None:
+    async def _compose(self, argv: Sequence[str], spec: RunSpec, action: str, path: str,
+                       view: bytes | None = None) -> None:
+        """Run compose (``view``: the file it reads on its standard input) in the compose
+        file's directory, its project directory either way."""
         try:
             with anyio.fail_after(None if action == "up" else CALL_TIMEOUT):
                 result = await anyio.run_process(
-                    list(argv), check=False, env=spec.env or None, stdin=subprocess.DEVNULL,
-                    cwd=spec.working_dir or None,
+                    list(argv), check=False, env=spec.env or None, cwd=os.path.dirname(path),
+                    **({"input": view} if view is not None else {"stdin": subprocess.DEVNULL}),
                 )
         except OSError as exc:
             self._command = None
@@ -209,6 +271,14 @@ class ComposeRunner(Runner):
             raise engine or RunnerError(f"compose {action} failed: {message}")
 
     async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
+        if isinstance(engine, ApiContainerRunner):
+            try:
+                found = await engine.api(None).request("GET", "/containers/json", params={
+                    "all": "1", **filters(label=[f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"])})
+            except ApiError as exc:
+                raise engine.api_error("list", exc) from None
+            ids = [str(item["Id"]) for item in found or [] if isinstance(item, dict) and "Id" in item]
+            return await engine.inspect(ids) if ids else []
         listed = await engine.call(
             ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}",
              "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"],
@@ -224,22 +294,28 @@ class ComposeRunner(Runner):
         command = await self.implementation()
         engine = self.engine_of(command)
         project = project_name(spec.fqn)
-        argv = [*self._argv(command, path, project), "up", "-d", "--no-deps", "--force-recreate", service]
-        await self._compose(argv, spec, "up")
+        file_digest = _file_digest(path)  # before compose reads it: an edit meanwhile is seen
+        view = one_service_document(path, service)
+        argv = [*self._argv(command, path, project, view), "up", "-d", "--no-deps", "--force-recreate", service]
+        async with self.networks.using(project):
+            await self._compose(argv, spec, "up", path, view)
         found = await self._find(engine, project, service)
         if not found:
             raise RunnerError(f"compose up created no container for service {service!r} in {path}")
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
         info = found[0]
-        handle = ComposeHandle(
-            project=project, service=service, runner=engine, spec=spec,
-            container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
+        handle = _handle_class(engine)(
+            project=project, service=service, networks=self.networks, compose_file=path,
+            file_digest=file_digest, runner=engine, spec=spec, container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
             config_hash=digest, run_signal=0,
         )
         try:
             await handle.follow_logs(since=None)  # a new container: all it printed is this run's
         except BaseException:
             with anyio.CancelScope(shield=True):
+                await handle.close_logs()
+                if isinstance(handle, ComposeApiHandle):
+                    handle.forget()
                 await engine.remove(handle.container_id)
             raise
         return handle
@@ -251,8 +327,6 @@ class ComposeRunner(Runner):
         extra = config.command
         command = await self.implementation()
         name = f"hive-hook-{secrets.token_hex(4)}"
-        argv = [*self._argv(command, path, project_name(spec.fqn)),
-                "run", "-T", "--rm", "--no-deps", "--name", name, service, *extra]
         held: list[tuple[str, str]] = []  # docker-compose ends a failed run with its exit code
 
         def emit(stream: str, line: str) -> None:
@@ -263,12 +337,20 @@ class ComposeRunner(Runner):
             else:
                 output(stream, line)
 
+        view = one_service_document(path, service)
+        project = project_name(spec.fqn)
+        argv = [*self._argv(command, path, project, view),
+                "run", "-T", "--rm", "--no-deps", "--name", name, service, *extra]
+        engine = self.engine_of(command)
         try:
-            code = await run_streaming(argv, env=spec.env, cwd=spec.working_dir, output=emit,
-                                       cap=HOOK_LINE_CAP)
+            async with self.networks.using(project):
+                code = await run_streaming(argv, env=spec.env, cwd=os.path.dirname(path), output=emit,
+                                           cap=HOOK_LINE_CAP, stdin=view)
         except BaseException:
-            await self.engine_of(command).remove(name)
+            await engine.remove(name)
             raise
+        finally:
+            await self.networks.remove_unused(engine, project, None)
         if held and held[0][1].strip() != str(code):
             output(*held[0])
         return code
@@ -280,10 +362,12 @@ class ComposeRunner(Runner):
         gone with the service), if its labels still name the recorded project and service."""
         container_id, project, service, engine_name = _compose_record(record)
         engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
-        return bool(await engine.stop_leftover(
+        stopped = bool(await engine.stop_leftover(
             container_id, None, grace,
             lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
         ))
+        await self.networks.remove_unused(engine, project, None)
+        return stopped
 
     async def adopt(self, spec: RunSpec, record: dict[str, Any]) -> ComposeHandle | None:
         container_id, project, service, engine_name = _compose_record(record)
@@ -301,8 +385,9 @@ class ComposeRunner(Runner):
         if not (info.get("State") or {}).get("Running") or labels.get(PROJECT_LABEL) != project \
                 or labels.get(SERVICE_LABEL) != service:
             return None
-        handle = ComposeHandle(
-            project=project, service=service, runner=engine, spec=spec,
+        handle = _handle_class(engine)(
+            project=project, service=service, networks=self.networks, compose_file=path,
+            file_digest=_file_digest(path), runner=engine, spec=spec,
             container_id=str(info.get("Id") or container_id),
             name=str(info.get("Name") or "").lstrip("/"), config_hash=str(record["config_hash"]),
             run_signal=0, adopted=True,
@@ -310,6 +395,15 @@ class ComposeRunner(Runner):
         if not handle.reuse_follower(record.get("logs_pid")):
             await handle.follow_logs(since=time.time())
         return handle
+
+
+def _file_digest(path: str) -> str | None:
+    """The sha256 of the file's content; None if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _compose_record(record: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -345,6 +439,9 @@ def _compose_message(output: bytes) -> str:
     """The line of compose's output that says what went wrong: the first failure (later
     ones are its consequences), with the image named if it came while pulling one."""
     lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        # A Python implementation (podman-compose) that raised: its last line says why.
+        return engine_message(lines[-1].partition(": ")[2] or lines[-1])
     pulling = None
     for line in lines:
         match = _PULLING.search(line)

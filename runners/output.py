@@ -51,19 +51,34 @@ async def pump_lines(
 
 async def run_streaming(
     argv: Sequence[str], *, env: Mapping[str, str] | None, output: Callable[[str, str], None],
-    cap: int, cwd: str | None = None,
+    cap: int, cwd: str | None = None, stdin: bytes | None = None,
 ) -> int:
-    """Run ``argv`` to its end, its lines to ``output``; the exit code. A program that
-    cannot be started is a RunnerError."""
+    """Run ``argv`` to its end, its lines to ``output``; the exit code. ``stdin``: what
+    it reads on its standard input (else nothing). A program that cannot be started is
+    a RunnerError."""
     try:
         process = await anyio.open_process(
             list(argv), env=dict(env) if env else None, cwd=cwd or None,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
     except OSError as exc:
         raise RunnerError(f"cannot run {argv[0]}: {exc.strerror}") from None
     async with process, anyio.create_task_group() as pumps:
+        if process.stdin is not None:
+            pumps.start_soon(_feed, process.stdin, stdin or b"")
         for stream, which in ((process.stdout, "stdout"), (process.stderr, "stderr")):
             if stream is not None:
                 pumps.start_soon(pump_lines, stream, which, output, cap)
     return await process.wait()
+
+
+async def _feed(stream: anyio.abc.ByteSendStream, data: bytes) -> None:
+    """Write ``data`` and close: the program sees its end (one that exits first only
+    leaves it unread)."""
+    try:
+        await stream.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()

@@ -21,7 +21,8 @@ ALLOWED = {
 THIRD_PARTY = {
     "hive_client": {"anyio", "msgspec", "sniffio"},
     "runners": {"anyio", "psutil", "msgspec",
-                "httpx"},  # the container engines' HTTP APIs over their Unix sockets
+                "httpx",  # the container engines' HTTP APIs over their Unix sockets
+                "yaml"},  # a compose file, read to give compose one service's view of it
     "hive": {"anyio", "msgspec", "aiosqlite", "psutil", "click", "rich", "yaml", "uvloop",
              "dotenv",  # .env files by python-dotenv's rules
              "httptools",  # the proxy's HTTP/1.1 parser

@@ -89,7 +89,7 @@ class DaemonStatus(msgspec.Struct):
 # DaemonResponse: tag -> (the struct its fields decode into, its fields, our extra fields)
 RESPONSES: dict[str, tuple[dict[str, Any], set[str]]] = {
     "ok": ({"message": str | None}, {"outcomes"}),
-    "source_added": ({"name": str}, {"services", "outcomes"}),
+    "source_added": ({"name": str}, {"services", "outcomes", "warnings"}),
     "error": ({"code": str, "message": str}, {"outcomes"}),
     "status": ({}, {"socket", "home", "protocol", "started_at", "clients", "event_seq",
                     "state_error", "state_unsaved", "state_failures", "log_write_errors",

@@ -54,3 +54,25 @@ def test_a_plain_project_gets_no_warning(daemon: DaemonProcess, home: Path) -> N
     assert up.returncode == 0, up.stderr
     assert up.stderr == ""
     run_cli("down", "plain")
+
+
+def test_up_says_which_keys_cannot_apply(daemon: DaemonProcess, home: Path) -> None:
+    """`restart:` in a container block, `ports:` with host networking: warned with file,
+    line and key (the container service is not started here: no engine needed)."""
+    project = write_project(home / "keys", """
+        version: "1"
+        services:
+          worker:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+          web:
+            runner:
+              type: docker
+              docker: {image: nginx:1.27, network_mode: host, ports: ["8080:80"], restart: always}
+        """)
+    up = run_cli("up", str(project), "worker")
+    assert up.returncode == 0, up.stdout + up.stderr
+    lines = up.stderr.splitlines()
+    assert len(lines) == 2, up.stderr
+    assert lines[0].startswith("hive.yaml:8: warning: services.web.runner.docker.restart: ignored: ")
+    assert lines[1].startswith("hive.yaml:8: warning: services.web.runner.docker.ports: ignored with network_mode: host")
+    run_cli("down", "keys")

@@ -168,6 +168,8 @@ def up(ctx: click.Context, state: CliState, args: tuple[str, ...], name: str | N
         out.line(f"Hive started (pid {started})", style="dim")
     added = state.client().add_source(path.absolute(), name=name)
     state.close()  # the async client below takes over
+    for warning in added.warnings:  # on stderr: stdout (--json too) stays data
+        sys.stderr.write(warning + "\n")
     if path.is_dir():  # a project directory (a SQLite source has no such parts)
         from ._inactive import warn_inactive
 

@@ -441,6 +441,10 @@ class SourceRegistry:
                 change.added[fqn] = (config, fingerprint)
             elif current != fingerprint:
                 change.changed[fqn] = (config, fingerprint)
+            elif (reason := await self.supervisor.outdated(fqn)) is not None:
+                # hive.yaml is the same, what it names is not (a compose file, an image).
+                log.info("%s: %s: restarted by the reload", fqn, reason)
+                change.changed[fqn] = (config, fingerprint)
             else:
                 change.unchanged[fqn] = (config, fingerprint)
         change.removed = [f"{source.name}:{name}" for name in source.services if name not in services]

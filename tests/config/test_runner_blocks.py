@@ -213,3 +213,44 @@ def test_a_runner_without_a_config_gets_its_block_unchecked(write_project: Write
 
 def test_docker_takes_the_same_keys_as_podman() -> None:
     assert DockerRunner.Config is PodmanRunner.Config
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_keys_that_cannot_apply_warn_with_their_line(load_text: LoadText, engine: str) -> None:
+    """`restart:` in a block and `ports:` with host networking were accepted and silently
+    ignored: the file says something Hive does not do."""
+    project = load_text(f"""
+        version: "1"
+        services:
+          web:
+            runner:
+              type: {engine}
+              {engine}:
+                image: nginx:1.27
+                restart: always
+                network_mode: host
+                ports: ["8080:80"]
+        """)
+    assert [str(warning) for warning in project.warnings] == [
+        f"hive.yaml:8: warning: services.web.runner.{engine}.restart: ignored: Hive restarts the "
+        "service by its own restart policy; set the service's restart (beside runner: "
+        "restart: {policy: always}) instead",
+        f"hive.yaml:10: warning: services.web.runner.{engine}.ports: ignored with network_mode: host "
+        "(the container uses the host's ports directly): remove ports, or use another network_mode",
+    ]
+
+
+def test_hive_config_validate_shows_keys_that_cannot_apply(write_project: WriteProject) -> None:
+    root = write_project("""
+        version: "1"
+        services:
+          web:
+            runner:
+              type: docker
+              docker: {image: nginx:1.27, network_mode: host, ports: ["8080:80"], restart: unless-stopped}
+        """)
+    result = run_cli("config", "validate", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "hive.yaml:6: warning: services.web.runner.docker.restart: ignored" in output
+    assert "hive.yaml:6: warning: services.web.runner.docker.ports: ignored with network_mode: host" in output

@@ -4,11 +4,13 @@ and its errors. Supervision through the daemon is in tests/supervision/test_runn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +18,10 @@ from typing import Any
 
 import anyio
 import msgspec
+import psutil
 import pytest
 
+from runners._api_container import ApiContainerRunner
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.compose import ComposeHandle, ComposeRunner, project_name
 from tests.engines import IMAGE, require_engine
@@ -56,16 +60,16 @@ def cspec(implementation: tuple[list[str], str], spec: SpecFactory, home: Path) 
     source = f"t{uuid.uuid4().hex[:10]}"
     written = 0
 
-    def factory(command: str, **fields: Any) -> RunSpec:
+    def factory(command: str, service: str = "app", **fields: Any) -> RunSpec:
         nonlocal written
         written += 1
         name = f"compose-{written}.yaml"
-        (home / name).write_text(json.dumps({"services": {"app": {
+        (home / name).write_text(json.dumps({"services": {service: {
             "image": IMAGE, "command": ["sh", "-c", command], "network_mode": "host",
             "environment": {"GREETING": "${GREETING:-unset}"},
         }}}))
-        config = {"file": name, "service": "app"}
-        return spec("", fqn=f"{source}:app", working_dir=str(home), config=config, **fields)
+        config = {"file": name, "service": service}
+        return spec("", fqn=f"{source}:{service}", working_dir=str(home), config=config, **fields)
 
     yield factory
     engine = implementation[1]
@@ -194,3 +198,127 @@ async def test_nothing_installed_says_what_to_do(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PATH", str(home))
     with pytest.raises(RunnerError, match=r"no compose implementation found .* install one, or name it"):
         await ComposeRunner().implementation()
+
+
+async def test_no_helper_process_per_container(runner: ComposeRunner, cspec: ComposeSpec, home: Path) -> None:
+    """On the engine's API, a compose service's output, exit and stop cost no process: the
+    test's process has no child while three run and print, nor while they stop."""
+    command = await runner.implementation()
+    if not isinstance(runner.engine_of(command), ApiContainerRunner):
+        pytest.skip(f"the engine of {command[0]} still uses its CLI")
+    before = set(psutil.Process().children(recursive=True))  # what earlier tests left is theirs
+    specs = [cspec(f"echo up {index}; {TRAPPING}", service=f"app{index}",
+                   stdout_path=str(home / f"app{index}.out"), stderr_path=str(home / f"app{index}.err"))
+             for index in range(3)]
+    handles = [await runner.start(spec) for spec in specs]
+    seen: set[tuple[int, str]] = set()  # (pid, command line) of the children met meanwhile
+    watching = threading.Event()
+    watching.set()
+
+    def scan() -> None:
+        while watching.is_set():
+            for child in psutil.Process().children(recursive=True):
+                if child not in before:
+                    with contextlib.suppress(psutil.Error):
+                        seen.add((child.pid, " ".join(child.cmdline())))
+
+    scanner = threading.Thread(target=scan, daemon=True)
+    scanner.start()
+    try:
+        async with anyio.create_task_group() as tasks:
+            for handle in handles:
+                tasks.start_soon(handle.wait)  # a CLI handle would start `wait` now
+            for index, spec in enumerate(specs):
+                await output_contains(spec.stdout_path, f"up {index}\n", timeout=30)
+            with anyio.fail_after(60):
+                for handle in handles:  # another signal than the container's: a kill
+                    assert await handle.stop(signal.SIGKILL, 10) == ExitStatus(exit_code=128 + signal.SIGKILL)
+    finally:
+        watching.clear()
+        scanner.join()
+    assert seen == set()
+
+
+async def test_another_services_required_variable_does_not_stop_this_one(
+    runner: ComposeRunner, cspec: ComposeSpec, home: Path
+) -> None:
+    """Compose fills in the file with the started service's environment: a ``${VAR:?}``
+    of another service (which gets its variables when it starts) is not this one's error,
+    while its own still is."""
+    spec = cspec('echo "hello $GREETING"')
+    compose_file = home / spec.config["file"]
+    content = json.loads(compose_file.read_text())
+    content["services"]["other"] = {
+        "image": IMAGE, "command": ["sh", "-c", "echo $$SECRET"], "network_mode": "host",
+        "environment": {"SECRET": "${HIVE_TEST_OTHERS_SECRET:?the other service needs it}"},
+        "labels": {"price": "$$5 and ${HIVE_TEST_OTHERS_LABEL}"},
+    }
+    compose_file.write_text(json.dumps(content))
+    alone = msgspec.structs.replace(spec, env={**spec.env, "GREETING": "alone"})
+    handle = await runner.start(alone)
+    with anyio.fail_after(60):
+        assert await handle.wait() == ExitStatus(exit_code=0)
+        await handle.stop(signal.SIGTERM, 5)
+    assert "hello alone" in read(spec.stdout_path)
+    # A hook step of the service reads the file the same way.
+    lines: list[str] = []
+    with anyio.fail_after(120):
+        assert await runner.run_once(alone, lambda stream, line: lines.append(line)) == 0
+    assert "hello alone" in lines
+
+    # Its own required variable, unset, is still an error, in compose's words.
+    content["services"]["app"]["environment"]["MINE"] = "${HIVE_TEST_MINE:?app needs it}"
+    compose_file.write_text(json.dumps(content))
+    with anyio.fail_after(120), pytest.raises(RunnerError, match="app needs it"):
+        await runner.start(spec)
+
+
+def _project_networks(engine: str, project: str) -> list[str]:
+    listed = subprocess.run([engine, "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+                            capture_output=True, text=True, check=True, timeout=60)
+    return listed.stdout.split()
+
+
+def _resolves_names(engine: str) -> bool:
+    """Whether containers on a network of ``engine`` find each other by name here (podman
+    with CNI needs its dnsname plugin)."""
+    if engine == "docker":
+        return True
+    backend = subprocess.run(["podman", "info", "--format", "{{.Host.NetworkBackend}}"],
+                             capture_output=True, text=True, check=False, timeout=60).stdout.strip()
+    return backend == "netavark" or any(Path(d, "dnsname").exists() for d in ("/usr/lib/cni", "/opt/cni/bin"))
+
+
+async def test_services_reach_each_other_by_name_and_the_network_goes_with_the_last(
+    runner: ComposeRunner, cspec: ComposeSpec, implementation: tuple[list[str], str], home: Path
+) -> None:
+    """The compose services of one source are one project on its own network: one reaches
+    another by its service name; the network is removed when the last of them stops."""
+    engine = implementation[1]
+    server_spec = cspec("true", service="server")
+    client_spec = cspec("true", service="client", stdout_path=str(home / "client.out"),
+                        stderr_path=str(home / "client.err"))
+    document = {"services": {
+        "server": {"image": IMAGE, "command": [
+            "sh", "-c", "echo hello-by-name > /tmp/index.html; echo serving; exec httpd -f -p 8080 -h /tmp"]},
+        "client": {"image": IMAGE, "command": [
+            "sh", "-c", "until wget -q -O- http://server:8080/index.html; do sleep 0.1; done"]},
+    }}
+    (home / server_spec.config["file"]).write_text(json.dumps(document))
+    client_spec = msgspec.structs.replace(client_spec, config=server_spec.config | {"service": "client"})
+    project = project_name(server_spec.fqn)
+
+    server = await runner.start(server_spec)
+    await output_contains(server_spec.stdout_path, "serving", timeout=30)
+    assert len(_project_networks(engine, project)) == 1
+    if _resolves_names(engine):
+        client = await runner.start(client_spec)
+        with anyio.fail_after(60):
+            assert await client.wait() == ExitStatus(exit_code=0)
+        assert "hello-by-name" in read(client_spec.stdout_path)
+        with anyio.fail_after(60):
+            await client.stop(signal.SIGTERM, 5)
+        assert len(_project_networks(engine, project)) == 1  # the server still uses it
+    with anyio.fail_after(60):
+        await server.stop(signal.SIGKILL, 5)
+    assert _project_networks(engine, project) == []

@@ -30,7 +30,8 @@ async def add_source(ctx: RequestContext, request: AddSource) -> AddSourceResult
     registry = ctx.app.sources
     source, _created = await registry.add(request.path, request.name, request.owner)
     outcomes = await registry.start(source.name, []) if request.start else []
-    return AddSourceResult(name=source.name, services=len(source.services), outcomes=outcomes)
+    return AddSourceResult(name=source.name, services=len(source.services), outcomes=outcomes,
+                           warnings=list(source.warnings))
 
 
 async def remove_source(ctx: RequestContext, request: RemoveSource) -> Ok:

@@ -36,6 +36,7 @@ import anyio.abc
 
 from hive.config import HiveConfig, ServiceConfig
 from hive_client import ErrorCode, InstanceOutcome, ServiceInfo
+from runners.base import RunnerError
 
 from ..errors import RequestError
 from ..runner_registry import RunnerRegistry, UnknownRunner
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 __all__ = ["SourceChange", "Supervisor"]
 
 log = logging.getLogger("hive.supervisor")
+# How long a reload waits for a runner to tell whether an instance runs its current image.
+OUTDATED_TIMEOUT = 10.0
 
 # How long a start, restart or scale waits for its instances to settle before answering.
 SETTLE_TIMEOUT = 30.0
@@ -169,6 +172,27 @@ class Supervisor:
         """The fingerprint of the configuration service ``fqn`` runs with; None if unknown."""
         service = self.services.get(fqn)
         return service.fingerprint if service is not None else None
+
+    async def outdated(self, fqn: str) -> str | None:
+        """Why a running instance of ``fqn`` no longer runs what its configuration names,
+        through what hive.yaml does not say (an edited compose file, an image rebuilt
+        under its tag); None if none does. A runner that cannot tell (the engine away)
+        says nothing: the reload then keeps the service as it is."""
+        service = self.services.get(fqn)
+        for instance in service.instances if service is not None else []:
+            handle = instance.handle
+            if handle is None:
+                continue
+            reason = None
+            try:
+                with anyio.move_on_after(OUTDATED_TIMEOUT):  # a reload must not hang on an engine
+                    reason = await handle.outdated()
+            except RunnerError as exc:
+                log.info("%s: cannot tell whether it runs its current image or file: %s", fqn, exc)
+                continue
+            if reason is not None:
+                return reason
+        return None
 
     def any_live(self, fqns: Iterable[str]) -> bool:
         """Whether any instance of these services (those known) is live."""
