@@ -16,6 +16,7 @@ then every file is closed and every stream ended. Everything else is delegation.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,8 +131,20 @@ class LogHub:
 
     # -- following ------------------------------------------------------------------
 
-    def follow(self, fqn: str, offsets: tuple[int, int] | None = None) -> None:
+    def follow(
+        self,
+        fqn: str,
+        offsets: tuple[int, int] | None = None,
+        *,
+        output: tuple[int, int] | None = None,
+        owner: object = None,
+    ) -> None:
         """Follow the instance's capture files from ``offsets`` (bytes).
+
+        With ``output``, the capture files are the memory captures of one run (``owner``,
+        its handle) whose (stdout, stderr) descriptors the hub takes over and closes;
+        ``offsets`` then apply to them alone. Several runs of one instance (a rollout's
+        generations) are followed side by side.
 
         Without offsets, continue where this hub last stopped for the instance
         (0, 0 for one it has not seen). Bytes this hub already consumed from the
@@ -142,9 +155,15 @@ class LogHub:
         nothing.
         """
         if self._tailer.closed:
+            for fd in output or ():
+                if fd >= 0:
+                    os.close(fd)
             return  # the hub has stopped (daemon shutdown): nothing would read them
         inst = self._instance(fqn)
         self._forgotten.discard(fqn)
+        if output is not None:
+            self._tailer.follow_memory(inst, owner, output, offsets or (0, 0))
+            return
         if inst.captures is not None:
             return
         # Without offsets, start at 0: the tailer moves that past what this hub
@@ -152,18 +171,20 @@ class LogHub:
         start = offsets if offsets is not None else (0, 0)
         self._tailer.follow(inst, self.capture_paths(fqn), start)
 
-    def unfollow(self, fqn: str) -> None:
-        """Stop watching (call drain first); the buffer and offsets stay."""
+    def unfollow(self, fqn: str, owner: object = None) -> None:
+        """Stop watching (call drain first): everything of the instance, or the memory
+        captures of the run ``owner`` only. The buffer and offsets stay."""
         inst = self._instances.get(fqn)
         if inst is not None:
-            self._tailer.unfollow(inst)
+            self._tailer.unfollow(inst, owner)
 
-    def offsets(self, fqn: str) -> tuple[int, int]:
-        """Bytes of (stdout, stderr) turned into lines; persist these to resume."""
+    def offsets(self, fqn: str, owner: object = None) -> tuple[int, int]:
+        """Bytes of (stdout, stderr) turned into lines (of the run ``owner``, when it has
+        memory captures); persist these to resume."""
         inst = self._instances.get(fqn)
         if inst is None:
             return (0, 0)
-        return self._tailer.offsets(inst)
+        return self._tailer.offsets(inst, owner)
 
     async def drain(self, fqn: str) -> None:
         """Read what is in the capture files now; an unfinished last line counts too.
