@@ -292,20 +292,18 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
             pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
                                     stdout=stdout, stderr=stderr)
     except BaseException as exc:
-        for capture in captures:
-            capture.close()  # nothing started: nothing to read
+        for started in captures:
+            started.close()  # nothing started: nothing to read
         if isinstance(exc, OSError):
             raise proc.classify_spawn_error(exc, executable=plan.executable, cwd=cwd) from None
         if isinstance(exc, ValueError):  # a NUL byte in an argument or the environment, a bad name
             raise RunnerError(f"cannot start: {exc}") from None
         raise
     finally:
-        for capture in (out, err):
-            if capture is not None:
-                capture.close_writer()  # the child has its own
+        for maybe in (out, err):
+            if maybe is not None:
+                maybe.close_writer()  # the child has its own
     output = (out.reader if out is not None else -1, err.reader if err is not None else -1)
-    if not captures:
-        output = (-1, -1)
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as exc:
@@ -314,8 +312,8 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        for capture in captures:
-            os.close(capture.reader)
+        for started in captures:
+            started.close()
         raise RunnerError(f"cannot watch the new process: {exc.strerror}") from None
     # The start time (its identity for adoption) is read when first needed, not now:
     # /proc/PID/stat of a process still in execve waits for the exec to finish.
