@@ -40,6 +40,15 @@ PROJECT = """
     services:
       writer:
         runner: {type: script, script: {run: "python3 -u writer.py"}}
+      crasher:
+        runner:
+          type: script
+          script:
+            run: |
+              #!/bin/sh
+              echo "crashing"
+              exit 3
+        restart: {policy: always, delay: 100ms, max_delay: 300ms, jitter: false}
 """
 
 FLOOD = """\
@@ -103,7 +112,7 @@ def _written_past(path: Path, number: int) -> int | None:
 def test_service_survives_a_full_disk_and_its_lost_lines_are_counted(hive_env: Path, tmp_path: Path) -> None:
     home = hive_env
     with small_filesystem(home, "32m"):
-        (home / "config.toml").write_text("[logs]\nkeep_free_bytes = 0\n")
+        (home / "config.toml").write_text("[logs]\nkeep_free_bytes = 0\n[restart]\nstart_limit_burst = 0\n")
         project = write_project(tmp_path / "proj", PROJECT)
         (project / "writer.py").write_text(WRITER)
         daemon = start_daemon(home)
@@ -152,6 +161,11 @@ def test_service_survives_a_full_disk_and_its_lost_lines_are_counted(hive_env: P
                 kept = [n for n in numbers if n > before_kill]
                 assert kept[0] <= before_kill + 1 + 500, "lines written while no daemon ran were lost"
 
+                # A script service (#!) that crashes is started again on the full disk too: it runs
+                # (it used to fail to start, its script file being written again each time).
+                ran = _messages(daemon.socket, "disk:crasher").count("crashing")
+                wait_for(lambda: _messages(daemon.socket, "disk:crasher").count("crashing") >= ran + 3,
+                         timeout=30, what="the #! crasher to run again on the full disk")
                 # The rest of the full period: the writer must not exit (its pidfd stays quiet).
                 left = FULL_SECONDS - (time.monotonic() - filled)
                 ended, _, _ = select.select([pidfd], [], [], max(0.0, left))
