@@ -326,14 +326,15 @@ def _open_captures(spec: RunSpec) -> tuple[MemoryCapture | None, MemoryCapture |
     asked for them (a full disk must never fail the service's write()), else the files
     the spec names (whose readers are -1: nothing for the daemon to take over)."""
     if spec.memory_capture:
-        out = MemoryCapture(spec.fqn, "stdout") if spec.stdout_path else None
+        out: MemoryCapture | None = None
         try:
+            out = MemoryCapture(spec.fqn, "stdout") if spec.stdout_path else None
             err = MemoryCapture(spec.fqn, "stderr") if spec.stderr_path else None
-        except BaseException:
+            return out, err
+        except OSError:
+            # No memfd here (a seccomp filter, an old kernel): the files, as before.
             if out is not None:
                 out.close()
-            raise
-        return out, err
     out = MemoryCapture.of_file(proc.open_output(spec.stdout_path)) if spec.stdout_path else None
     if not spec.stderr_path:
         return out, None
