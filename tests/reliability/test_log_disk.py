@@ -194,8 +194,8 @@ def test_service_survives_a_full_disk_and_its_lost_lines_are_counted(hive_env: P
             if daemon.alive():
                 daemon.stop()
             kill_leftovers(home)
-    print(f"full for {full_for:.0f} s: writer kept pid {writer.pid}; {dropped} lines not stored (first daemon "
-          f"and its successor); {missing} missing from the file")
+    print(f"full for {full_for:.0f} s: writer kept pid {writer.pid}; {dropped} lines not stored (counted by the "
+          f"daemon that saw space return); {missing} missing from the file")
     record("faults", "service writing steadily, HIVE_HOME full (32 MiB tmpfs)",
            f"full for {full_for:.0f} s, daemon kill -9 meanwhile",
            f"same pid, no restart; adopted with its output captured; {dropped} lines not stored, counted, "
