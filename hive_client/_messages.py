@@ -408,6 +408,8 @@ class DaemonStatus(Response, tag="status"):
     # What happened to state.db's file while the daemon ran (deleted, recreated), if anything.
     state_note: str | None = None
     log_write_errors: int = 0  # failed writes of log files (their lines were dropped)
+    log_lines_dropped: int = 0  # lines not written to log files (kept in memory only)
+    log_write_error: str | None = None  # why log files cannot be written now; None while they can
     log_subscriptions: int = 0  # live log streams open
     client_backlog_bytes: int = 0  # queued for clients, not yet taken (daemon.clients_backlog_total_bytes)
 

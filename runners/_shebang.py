@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 
 from ._command import _is_executable_file
@@ -43,6 +44,27 @@ def _script_dir(stdout_path: str, stderr_path: str) -> str:
     return _fallback_dir
 
 
+def _unchanged(path: str, text: str) -> bool:
+    """Whether ``path`` is already our script holding ``text`` (a regular file of ours,
+    0700, not writable by others)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != 0o700:
+            return False
+        data = text.encode("utf-8")
+        if info.st_size != len(data):
+            return False
+        return os.read(fd, len(data) + 1) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def check_interpreter(command: str, cwd: str) -> None:
     """Say now, in words, when the ``#!`` program is missing: the kernel would only say
     ENOENT about the script file."""
@@ -63,14 +85,17 @@ def write_script(command: str, *, fqn: str, cwd: str, stdout_path: str, stderr_p
     check_interpreter(command, cwd)
     directory = _script_dir(stdout_path, stderr_path)
     name = _UNSAFE.sub("_", fqn) + ".script"
+    text = command if command.endswith("\n") else command + "\n"
+    path = os.path.join(directory, name)
+    if _unchanged(path, text):
+        return path  # a restart writes nothing: it must work on a full disk too
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(command if command.endswith("\n") else command + "\n")
+                file.write(text)
             os.chmod(temporary, 0o700)
-            path = os.path.join(directory, name)
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)

@@ -146,6 +146,10 @@ class RunSpec(msgspec.Struct, kw_only=True):
     shell: str | None = None  # None: exec directly when the command needs no shell
     stdout_path: str = ""  # capture files the child appends to (the daemon follows them)
     stderr_path: str = ""
+    # The daemon reads output from ServiceHandle.take_output() when the runner offers it
+    # (the script runner's memory captures: no disk); the paths then only say whether
+    # each stream is captured.
+    memory_capture: bool = False
     stop_signal: int = int(signal.SIGTERM)
     stop_grace: float = 10.0
     config: dict[str, Any] = {}  # the runner's own block from hive.yaml (docker, …)
@@ -214,6 +218,13 @@ class ServiceHandle(ABC):
         something outside hive.yaml (its compose file edited, its image rebuilt under the
         same tag); None if it does, or cannot be told. ``hive source reload`` restarts a
         service one of whose instances says so."""
+        return None
+
+    def take_output(self) -> tuple[int, int] | None:
+        """The daemon's read-write descriptors on the instance's (stdout, stderr) capture
+        files when the runner keeps them itself (the script runner's memory captures),
+        handed over once: the caller closes them. None: the capture files at
+        ``RunSpec.stdout_path`` and ``stderr_path`` are what to follow."""
         return None
 
     def detach(self) -> None:

@@ -4,9 +4,12 @@
   ``#!`` is written to a script file and executed, so its interpreter runs it (see
   :mod:`runners._shebang`); anything else runs under ``<shell> -c`` (see
   :mod:`runners._command`). The child gets its own session and process
-  group, ``/dev/null`` as stdin, and appends its stdout and stderr to the capture files;
-  it holds no pipe to the daemon and no parent-death signal, so it outlives a daemon that
-  is killed, and a later daemon adopts it from :meth:`ScriptHandle.record`.
+  group, ``/dev/null`` as stdin, and appends its stdout and stderr to memory captures
+  (memfds, :mod:`runners._capture`) whose descriptors the handle hands to the daemon
+  (:meth:`ScriptHandle.take_output`): no disk, so a full one never fails its writes. It
+  holds no pipe to the daemon and no parent-death signal, so it outlives a daemon that
+  is killed, and a later daemon adopts it from :meth:`ScriptHandle.record`, reopening its
+  memory captures through ``/proc/PID/fd``.
 - **Exit.** Noticed through a pidfd becoming readable (no polling, no SIGCHLD handler);
   the status comes from ``waitid(P_PIDFD)`` when the process is our child (an adopted
   process is not: its status is unknown, ``ExitStatus(None, None)``).
@@ -45,6 +48,7 @@ import msgspec
 from anyio.lowlevel import RunVar
 
 from . import _process as proc
+from ._capture import MemoryCapture, reopen_capture
 from ._command import Plan, plan_command
 from ._shebang import is_script, write_script
 from ._watch import SharedWatch
@@ -178,9 +182,14 @@ class ScriptRunner(Runner):
         if info is None or info.zombie or not _same_process(info.ticks, ticks, start_time, boot):
             os.close(pidfd)
             return None
+        # Its output is still in the memory captures it holds: reopened, not lost.
+        output = (
+            reopen_capture(pid, 1, spec.fqn, "stdout") if spec.memory_capture and spec.stdout_path else -1,
+            reopen_capture(pid, 2, spec.fqn, "stderr") if spec.memory_capture and spec.stderr_path else -1,
+        )
         return ScriptHandle(
             spec=spec, pid=pid, pgid=pgid, ticks=info.ticks, pidfd=pidfd,
-            run_id=run_id, popen=None, adopted=True,
+            run_id=run_id, popen=None, adopted=True, output=output,
         )
 
     async def discover(self, spec: RunSpec, marker: str) -> list[dict[str, Any]]:
@@ -267,35 +276,34 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
         plan = Plan(path, [path], "script")
     else:
         plan = plan_command(spec.command, spec.shell, env, cwd)
-    stdout = proc.open_output(spec.stdout_path) if spec.stdout_path else subprocess.DEVNULL
+    out, err = _open_captures(spec)
+    captures = [c for c in (out, err) if c is not None and c.reader >= 0]
+    stdout = out.writer if out is not None else subprocess.DEVNULL
+    stderr = err.writer if err is not None else subprocess.DEVNULL
     try:
-        if not spec.stderr_path:
-            stderr = subprocess.DEVNULL
-        elif spec.stderr_path == spec.stdout_path:
-            stderr = stdout
-        else:
-            stderr = proc.open_output(spec.stderr_path)
         try:
-            try:
-                pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
-                                        stdout=stdout, stderr=stderr)
-            except OSError as exc:
-                if exc.errno != errno.ENOEXEC or plan.mode != "direct":
-                    raise
-                # A script without a #! line: a shell runs it, as execvp(3) would.
-                plan = plan_command(spec.command, None, env, cwd, force_shell=True)
-                pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
-                                        stdout=stdout, stderr=stderr)
+            pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
+                                    stdout=stdout, stderr=stderr)
         except OSError as exc:
+            if exc.errno != errno.ENOEXEC or plan.mode != "direct":
+                raise
+            # A script without a #! line: a shell runs it, as execvp(3) would.
+            plan = plan_command(spec.command, None, env, cwd, force_shell=True)
+            pid, popen = proc.spawn(plan.executable, plan.argv, cwd=cwd, env=env,
+                                    stdout=stdout, stderr=stderr)
+    except BaseException as exc:
+        for started in captures:
+            started.close()  # nothing started: nothing to read
+        if isinstance(exc, OSError):
             raise proc.classify_spawn_error(exc, executable=plan.executable, cwd=cwd) from None
-        except ValueError as exc:  # a NUL byte in an argument or the environment, a bad name
+        if isinstance(exc, ValueError):  # a NUL byte in an argument or the environment, a bad name
             raise RunnerError(f"cannot start: {exc}") from None
-        finally:
-            if stderr not in (stdout, subprocess.DEVNULL):
-                os.close(stderr)
+        raise
     finally:
-        if stdout != subprocess.DEVNULL:
-            os.close(stdout)
+        for maybe in (out, err):
+            if maybe is not None:
+                maybe.close_writer()  # the child has its own
+    output = (out.reader if out is not None else -1, err.reader if err is not None else -1)
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as exc:
@@ -304,11 +312,40 @@ def _spawn(spec: RunSpec) -> ScriptHandle:
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+        for started in captures:
+            started.close()
         raise RunnerError(f"cannot watch the new process: {exc.strerror}") from None
     # The start time (its identity for adoption) is read when first needed, not now:
     # /proc/PID/stat of a process still in execve waits for the exec to finish.
     return ScriptHandle(spec=spec, pid=pid, pgid=pid, ticks=None, pidfd=pidfd, run_id=run_id,
-                        popen=popen, mode=plan.mode)
+                        popen=popen, mode=plan.mode, output=output)
+
+
+def _open_captures(spec: RunSpec) -> tuple[MemoryCapture | None, MemoryCapture | None]:
+    """What the child writes its (stdout, stderr) to: memory captures when the daemon
+    asked for them (a full disk must never fail the service's write()), else the files
+    the spec names (whose readers are -1: nothing for the daemon to take over)."""
+    if spec.memory_capture:
+        out: MemoryCapture | None = None
+        try:
+            out = MemoryCapture(spec.fqn, "stdout") if spec.stdout_path else None
+            err = MemoryCapture(spec.fqn, "stderr") if spec.stderr_path else None
+            return out, err
+        except OSError:
+            # No memfd here (a seccomp filter, an old kernel): the files, as before.
+            if out is not None:
+                out.close()
+    out = MemoryCapture.of_file(proc.open_output(spec.stdout_path)) if spec.stdout_path else None
+    if not spec.stderr_path:
+        return out, None
+    if spec.stderr_path == spec.stdout_path and out is not None:
+        return out, MemoryCapture.of_file(os.dup(out.writer))
+    try:
+        return out, MemoryCapture.of_file(proc.open_output(spec.stderr_path))
+    except BaseException:
+        if out is not None:
+            out.close()
+        raise
 
 
 # --- the handle ----------------------------------------------------------------------------
@@ -331,6 +368,7 @@ class ScriptHandle(ServiceHandle):
         popen: subprocess.Popen[bytes] | None,
         mode: str | None = None,
         adopted: bool = False,
+        output: tuple[int, int] = (-1, -1),
     ) -> None:
         self.pid = pid
         self.pgid = pgid
@@ -351,12 +389,26 @@ class ScriptHandle(ServiceHandle):
         self._sweeper: _Sweeper | None = None
         self._tracked_lock = threading.Lock()
         self._tracked: dict[int, int] = {}  # pid -> pidfd, during a stop
+        # The daemon's descriptors on the memory captures, until take_output().
+        self._output: tuple[int, int] | None = output if output != (-1, -1) else None
 
     def __repr__(self) -> str:
         state = self._status.describe() if self._status is not None else "running"
         return f"<ScriptHandle {self._spec.fqn} pid={self.pid} {state}>"
 
+    def take_output(self) -> tuple[int, int] | None:
+        output, self._output = self._output, None
+        return output
+
+    def _close_output(self) -> None:
+        output, self._output = getattr(self, "_output", None), None
+        for fd in output or ():
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
     def __del__(self) -> None:
+        self._close_output()  # never handed over (a stray stopped at adoption)
         if getattr(self, "_status", True) is None:  # never reaped through _reap(): still listed
             proc.forget_own_leader(self.pid)
         if getattr(self, "_pidfd", -1) >= 0:
@@ -418,6 +470,7 @@ class ScriptHandle(ServiceHandle):
 
     def _finish(self, status: ExitStatus) -> None:
         self._status = status
+        self._close_output()  # never handed over: no one will read them
         if self._popen is not None and self._popen.returncode is None:
             if status.exit_code is not None:
                 self._popen.returncode = status.exit_code

@@ -23,11 +23,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["format_duration", "lean_main", "socket_path"]
+__all__ = ["format_duration", "lean_main", "log_files_row", "socket_path"]
 
 EXIT_NOT_RUNNING = 3
 TIMEOUT = 30.0  # the full CLI's default --timeout
 _SYSTEM_SOCKETS = ("/run/hive/hive.sock", "/var/lib/hive/hive.sock")
+
+
+def log_files_row(errors: int, dropped: int, cause: str | None) -> str:
+    """The status row of log files that failed to be written: how many lines were lost
+    to them, and why while it lasts."""
+    text = f"{errors} write errors, {dropped} lines not stored (kept in memory only)"
+    return f"NOT STORED: {cause}; {text}" if cause else text
 
 
 def socket_path(explicit: str | None = None, home: str | None = None) -> str:
@@ -115,7 +122,8 @@ def _text(info: dict[str, Any]) -> str:
     if info.get("state_note"):
         rows.append(("state file", info["state_note"]))
     if info.get("log_write_errors"):
-        rows.append(("log files", f"{info['log_write_errors']} write errors (lines dropped)"))
+        rows.append(("log files", log_files_row(info["log_write_errors"], info.get("log_lines_dropped", 0),
+                                                info.get("log_write_error"))))
     width = max(len(key) for key, _ in rows)
     return "\n".join([f"Hive {info['version']} is running"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]) + "\n"
 

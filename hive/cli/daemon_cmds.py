@@ -14,6 +14,7 @@ import click
 from hive_client import BlockingClient, DaemonNotRunning, event_kinds, hive_home
 
 from ._common import EXIT_FAILURE, EXIT_NOT_RUNNING, CliState, fail, json_option, pass_state
+from ._lean import log_files_row
 from ._output import format_duration
 
 START_TIMEOUT = 30.0
@@ -225,7 +226,8 @@ def status(state: CliState) -> None:
             ("state", "saved" if info.state_error is None else
              f"NOT SAVED ({info.state_unsaved} changes waiting, retrying): {info.state_error}"),
             *([("state file", info.state_note)] if info.state_note else []),
-            *([("log files", f"{info.log_write_errors} write errors (lines dropped)")]
+            *([("log files", log_files_row(info.log_write_errors, info.log_lines_dropped,
+                                           info.log_write_error))]
               if info.log_write_errors else []),
         ],
         title_style="bold green" if info.state_error is None else "bold red",

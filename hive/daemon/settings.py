@@ -78,6 +78,9 @@ class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_file_bytes: int = 10 * 1024 * 1024
     keep_files: int = 5
     max_line_bytes: int = 64 * 1024
+    # Free space kept on the log files' file system: below it, rotated files go, oldest
+    # first. None: 15 % of the file system, at most 4 GiB (journald's SystemKeepFree=).
+    keep_free_bytes: int | None = None
 
 
 class ProxySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

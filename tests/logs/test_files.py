@@ -183,7 +183,11 @@ async def test_write_errors_keep_lines_in_memory_and_writing_resumes(
                 await write(hub, fqn, f"echo line{i}")
                 await wait_for_message(sub, f"line{i}")
             assert hub.write_errors >= 3
-            assert messages(hub.query(fqn)) == ["line0", "line1", "line2"]
+            assert messages([line for line in hub.query(fqn) if line.stream != "hive"]) == ["line0", "line1", "line2"]
+            # Counted, and the service's log says why (in memory: the file cannot take it).
+            assert hub.dropped_lines >= 3 and hub.write_error is not None
+            notes = [line.message for line in hub.query(fqn) if line.stream == "hive"]
+            assert any("cannot write the log file" in n and "No space left on device" in n for n in notes), notes
             errors = [r for r in caplog.records if r.name == "hive.logs" and r.levelno >= logging.ERROR]
             assert len(errors) == 1  # logged once, not per write
             assert "No space left on device" in errors[0].getMessage()
@@ -191,7 +195,11 @@ async def test_write_errors_keep_lines_in_memory_and_writing_resumes(
             path.unlink()
             await write(hub, fqn, "echo back")
             await wait_for_message(sub, "back")
-        assert path.read_text().endswith(" stdout info back\n")
+        written = path.read_text().splitlines()
+        assert [line for line in written if " stdout " in line][-1].endswith(" stdout info back")
+        # The file says how many lines it lacks, and why.
+        assert any("can be written again: " in line and "No space left on device" in line for line in written)
+        assert hub.write_error is None
         assert any("works again" in r.getMessage() for r in caplog.records)
 
 
@@ -230,7 +238,7 @@ async def test_enospc_on_a_real_full_filesystem(
             await write(hub, fqn, script)
             await wait_for_message(sub, lambda line: line.message.startswith("line 3000 "))
             assert hub.write_errors >= 1
-            assert len(hub.query(fqn)) == 3000  # memory has everything
+            assert len([line for line in hub.query(fqn) if line.stream != "hive"]) == 3000  # memory has everything
             errors = [r for r in caplog.records if r.name == "hive.logs" and r.levelno >= logging.ERROR]
             assert len(errors) == 1
             # The disk grows: writing resumes, on a line of its own.
@@ -239,8 +247,9 @@ async def test_enospc_on_a_real_full_filesystem(
             await wait_for_message(sub, "back")
         lines = hub.log_path(fqn).read_bytes().split(b"\n")
         assert lines[-1] == b""
-        assert lines[-2].endswith(b" stdout info back")
-        assert FILE_LINE.fullmatch(lines[-2].decode())
+        back = [line for line in lines if b" stdout " in line][-1]
+        assert back.endswith(b" stdout info back")
+        assert all(FILE_LINE.fullmatch(line.decode()) for line in lines[-3:-1])
         assert any("works again" in r.getMessage() for r in caplog.records)
 
 

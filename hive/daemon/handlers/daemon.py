@@ -60,6 +60,8 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         state_unsaved=writer.unsaved,
         state_failures=writer.failures,
         log_write_errors=app.logs.write_errors,
+        log_lines_dropped=app.logs.dropped_lines,
+        log_write_error=app.logs.write_error,
         log_subscriptions=app.logs.subscriptions,
         client_backlog_bytes=app.server.budget.held if app.server is not None else 0,
     )

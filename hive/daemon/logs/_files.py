@@ -17,10 +17,12 @@ FQN maps to one stable, safe file name and back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -42,25 +44,35 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 
 class WriteStats:
-    """Counters shared by every LogFile of a hub."""
+    """Counters shared by every LogFile of a hub, and the hub's hooks into them."""
 
-    __slots__ = ("dropped_bytes", "errors")
+    __slots__ = ("dropped_bytes", "dropped_lines", "errors", "failing", "last_error", "on_episode", "pressure")
 
     def __init__(self) -> None:
         self.errors = 0
         self.dropped_bytes = 0
+        self.dropped_lines = 0  # lines that could not be written to any log file
+        self.failing = 0  # log files whose writes fail now
+        self.last_error: str | None = None  # why, while any does
+        # (file, began): a file's writes started failing (True) or work again (False).
+        self.on_episode: Callable[[LogFile, bool], None] | None = None
+        # The file system of this directory may be short of space: (directory, whether
+        # a write failed for it, or a rotation is about to happen).
+        self.pressure: Callable[[Path, bool], None] | None = None
 
 
 class LogFile:
     """``path`` plus ``path.1`` (newest) … ``path.<keep>``; lines are queued, then flushed.
 
     A failed write (ENOSPC, EIO, a vanished directory) drops what was queued, is
-    counted, and is logged once per episode; the next flush reopens the file and
-    tries again, so writing resumes by itself when there is room.
+    counted (lines, per file and in total), and is logged once per episode; the next
+    flush reopens the file and tries again, so writing resumes by itself when there is
+    room. The hub hears of each episode's start and end (``WriteStats.on_episode``).
     """
 
-    def __init__(self, path: Path, max_bytes: int, keep: int, stats: WriteStats) -> None:
+    def __init__(self, path: Path, max_bytes: int, keep: int, stats: WriteStats, fqn: str = "") -> None:
         self.path = path
+        self.fqn = fqn
         self.max_bytes = max(1, max_bytes)
         self.keep = max(0, keep)
         self._stats = stats
@@ -70,6 +82,10 @@ class LogFile:
         self.pending: list[bytes] = []
         self._pruned = False
         self.failing = False
+        # The current episode of failed writes: lines dropped, since when, why.
+        self.dropped_lines = 0
+        self.failing_since = 0.0
+        self.error = ""
         # A write cut short left half a line at the end of the file.
         self._torn = False
 
@@ -90,14 +106,20 @@ class LogFile:
         try:
             self._write(chunks)
         except OSError as exc:
-            self._fail(exc, sum(map(len, chunks)))
+            self._fail(exc, sum(map(len, chunks)), len(chunks))
             return
         finally:
             # Cleared in place: the hub holds a bound ``pending.append``.
             chunks.clear()
         if self.failing:
             self.failing = False
-            logger.warning("writing %s works again", self.path)
+            self._stats.failing -= 1
+            if not self._stats.failing:
+                self._stats.last_error = None
+            logger.warning("writing %s works again (%d lines were dropped)", self.path, self.dropped_lines)
+            if self._stats.on_episode is not None:
+                self._stats.on_episode(self, False)  # may queue a line: pending is empty now
+            self.dropped_lines = 0
 
     def close(self) -> None:
         self.flush()
@@ -154,6 +176,8 @@ class LogFile:
     def _rotate(self) -> int:
         os.close(self._fd)
         self._fd = -1
+        if self._stats.pressure is not None:
+            self._stats.pressure(self.path.parent, False)  # old files go first if space is short
         if self.keep == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -164,6 +188,10 @@ class LogFile:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self.path, self._numbered(1))
         return self._open()
+
+    def numbered(self, index: int) -> Path:
+        """The path of old file number ``index`` (1: the newest)."""
+        return self._numbered(index)
 
     def _numbered(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")
@@ -185,9 +213,14 @@ class LogFile:
                 return
             index += 1
 
-    def _fail(self, exc: OSError, size: int) -> None:
-        self._stats.errors += 1
-        self._stats.dropped_bytes += size
+    def _fail(self, exc: OSError, size: int, lines: int) -> None:
+        stats = self._stats
+        stats.errors += 1
+        stats.dropped_bytes += size
+        stats.dropped_lines += lines
+        self.dropped_lines += lines
+        self.error = exc.strerror or str(exc)
+        stats.last_error = f"{self.error} ({self.path.parent})"
         if self._fd >= 0:
             # Reopen next time: the path may be fixed or replaced meanwhile.
             with contextlib.suppress(OSError):
@@ -195,11 +228,17 @@ class LogFile:
             self._fd = -1
         if not self.failing:
             self.failing = True
+            self.failing_since = time.time()
+            stats.failing += 1
             logger.error(
                 "cannot write %s: %s; logs stay in memory until writing works again",
                 self.path,
-                exc.strerror or exc,
+                self.error,
             )
+            if stats.on_episode is not None:
+                stats.on_episode(self, True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and stats.pressure is not None:
+            stats.pressure(self.path.parent, True)
 
 
 def read_tail_lines(path: Path, count: int, max_bytes: int) -> list[bytes]:

@@ -16,6 +16,7 @@ then every file is closed and every stream ended. Everything else is delegation.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from ._buffer import DEFAULT_BUFFER_BYTES, RANK, Buffers
 from ._fanout import Account, Fanout, LogSubscription
 from ._files import FileLayout, LogFile, WriteStats, read_recent_lines
 from ._parse import parse_file_lines
+from ._retention import DiskGuard
 from ._route import Instance, LineRouter
 from ._tail import CHUNK_BYTES, CaptureTailer
 
@@ -37,6 +39,9 @@ __all__ = ["PRELOAD_LINES", "LogHub"]
 
 # At most this many lines come back from the log file when an instance is first seen.
 PRELOAD_LINES = 1000
+
+
+_WARN = LogLevel.WARN.value
 
 
 def _level_value(level: LogLevel | str) -> str:
@@ -71,10 +76,14 @@ class LogHub:
         self._instances: dict[str, Instance] = {}
         self._forgotten: set[str] = set()  # forget()-ten: not brought back from files
         self._write_stats = WriteStats()
+        self._write_stats.on_episode = self._episode
+        self._write_stats.pressure = self._pressure
+        self._guard = DiskGuard(settings.keep_free_bytes)
         self._apply(settings)
 
     def _apply(self, settings: LogsSection) -> None:
         self.settings = settings
+        self._guard.keep_free = settings.keep_free_bytes
         self._buffers.configure(settings.buffer_lines, settings.buffer_total_bytes)
         max_line = max(16, settings.max_line_bytes)
         # Past this much unread data, older bytes are skipped: they would be rotated
@@ -130,8 +139,20 @@ class LogHub:
 
     # -- following ------------------------------------------------------------------
 
-    def follow(self, fqn: str, offsets: tuple[int, int] | None = None) -> None:
+    def follow(
+        self,
+        fqn: str,
+        offsets: tuple[int, int] | None = None,
+        *,
+        output: tuple[int, int] | None = None,
+        owner: object = None,
+    ) -> None:
         """Follow the instance's capture files from ``offsets`` (bytes).
+
+        With ``output``, the capture files are the memory captures of one run (``owner``,
+        its handle) whose (stdout, stderr) descriptors the hub takes over and closes;
+        ``offsets`` then apply to them alone. Several runs of one instance (a rollout's
+        generations) are followed side by side.
 
         Without offsets, continue where this hub last stopped for the instance
         (0, 0 for one it has not seen). Bytes this hub already consumed from the
@@ -142,9 +163,15 @@ class LogHub:
         nothing.
         """
         if self._tailer.closed:
+            for fd in output or ():
+                if fd >= 0:
+                    os.close(fd)
             return  # the hub has stopped (daemon shutdown): nothing would read them
         inst = self._instance(fqn)
         self._forgotten.discard(fqn)
+        if output is not None:
+            self._tailer.follow_memory(inst, owner, output, offsets or (0, 0))
+            return
         if inst.captures is not None:
             return
         # Without offsets, start at 0: the tailer moves that past what this hub
@@ -152,18 +179,20 @@ class LogHub:
         start = offsets if offsets is not None else (0, 0)
         self._tailer.follow(inst, self.capture_paths(fqn), start)
 
-    def unfollow(self, fqn: str) -> None:
-        """Stop watching (call drain first); the buffer and offsets stay."""
+    def unfollow(self, fqn: str, owner: object = None) -> None:
+        """Stop watching (call drain first): everything of the instance, or the memory
+        captures of the run ``owner`` only. The buffer and offsets stay."""
         inst = self._instances.get(fqn)
         if inst is not None:
-            self._tailer.unfollow(inst)
+            self._tailer.unfollow(inst, owner)
 
-    def offsets(self, fqn: str) -> tuple[int, int]:
-        """Bytes of (stdout, stderr) turned into lines; persist these to resume."""
+    def offsets(self, fqn: str, owner: object = None) -> tuple[int, int]:
+        """Bytes of (stdout, stderr) turned into lines (of the run ``owner``, when it has
+        memory captures); persist these to resume."""
         inst = self._instances.get(fqn)
         if inst is None:
             return (0, 0)
-        return self._tailer.offsets(inst)
+        return self._tailer.offsets(inst, owner)
 
     async def drain(self, fqn: str) -> None:
         """Read what is in the capture files now; an unfinished last line counts too.
@@ -255,6 +284,8 @@ class LogHub:
             "skipped_bytes": self._tailer.skipped_bytes,
             "write_errors": self._write_stats.errors,
             "dropped_file_bytes": self._write_stats.dropped_bytes,
+            "dropped_file_lines": self._write_stats.dropped_lines,
+            "removed_old_files": self._guard.removed_files,
             "subscriptions": len(self._fanout),
         }
 
@@ -265,6 +296,16 @@ class LogHub:
     @property
     def write_errors(self) -> int:
         return self._write_stats.errors
+
+    @property
+    def dropped_lines(self) -> int:
+        """Lines that could not be written to their log file (kept in memory only)."""
+        return self._write_stats.dropped_lines
+
+    @property
+    def write_error(self) -> str | None:
+        """Why log files cannot be written now (None while they can)."""
+        return self._write_stats.last_error
 
     # -- internals ------------------------------------------------------------------
 
@@ -285,7 +326,7 @@ class LogHub:
         if inst is None:
             settings = self.settings
             file = LogFile(
-                self.log_path(fqn), settings.max_file_bytes, settings.keep_files, self._write_stats
+                self.log_path(fqn), settings.max_file_bytes, settings.keep_files, self._write_stats, fqn
             )
             inst = self._instances[fqn] = Instance(fqn, self._buffers.add(fqn), file)
             self._preload(inst)
@@ -300,6 +341,33 @@ class LogHub:
         raws = read_recent_lines(inst.file.path, self.settings.keep_files, count, limit)
         for line in parse_file_lines(raws, inst.fqn):
             self._buffers.store(inst.ring, line)
+
+    def _episode(self, file: LogFile, began: bool) -> None:
+        """A log file's writes started failing, or work again: the instance's log says
+        so (in memory while failing; in the file too once it works)."""
+        inst = self._instances.get(file.fqn)
+        if inst is None or inst.file is not file:
+            return
+        if began:
+            self._note(inst, f"cannot write the log file {file.path}: {file.error}; lines are kept in "
+                       "memory only (hive logs) and counted until it can be written", _WARN)
+            return
+        since = datetime.fromtimestamp(file.failing_since, UTC).strftime("%H:%M:%S")
+        self._note(inst, f"the log file can be written again: {file.dropped_lines} lines since {since} "
+                   f"UTC could not be stored ({file.error})", _WARN)
+
+    def _pressure(self, directory: Path, failing: bool) -> None:
+        """Space may be short where ``directory`` is: old log files go first."""
+        reclaimed = self._guard.reclaim(directory, [inst.file for inst in self._instances.values()],
+                                        self.settings.keep_files, failing=failing)
+        if reclaimed is None or not reclaimed.removed:
+            return
+        free_mib, mark_mib = reclaimed.free / 1048576, reclaimed.target / 1048576
+        for file, names in reclaimed.removed.items():
+            inst = self._instances.get(file.fqn)
+            if inst is not None:
+                self._note(inst, f"removed old log files {', '.join(names)}: free space is low "
+                           f"({free_mib:.1f} MiB free, logs.keep_free_bytes is {mark_mib:.1f} MiB)", _WARN)
 
     def _note(self, inst: Instance, message: str, level: str) -> None:
         batch = self._router.batch(inst, "hive")

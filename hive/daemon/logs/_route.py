@@ -32,7 +32,7 @@ __all__ = ["Batch", "Instance", "LineRouter"]
 class Instance:
     """One service instance (``source:service#n``) as the log pipeline knows it."""
 
-    __slots__ = ("base", "captures", "file", "fqn", "ring", "saved_identities", "saved_offsets")
+    __slots__ = ("base", "captures", "file", "fqn", "memory", "ring", "saved_identities", "saved_offsets")
 
     def __init__(self, fqn: str, ring: Ring, file: LogFile) -> None:
         self.fqn = fqn
@@ -41,6 +41,9 @@ class Instance:
         self.file = file
         # Set while followed (by _tail); what was consumed stays when unfollowed.
         self.captures: tuple[Capture, Capture] | None = None
+        # Memory captures (script services), by the run that writes them: during a
+        # rollout two generations of one instance each have their own.
+        self.memory: dict[object, tuple[Capture, Capture]] = {}
         self.saved_offsets = (0, 0)
         self.saved_identities: tuple[tuple[int, int], tuple[int, int]] | None = None
 

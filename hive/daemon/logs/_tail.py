@@ -50,6 +50,8 @@ logger = logging.getLogger("hive.logs")
 CHUNK_BYTES = 256 * 1024
 # Free consumed capture bytes in steps of this much (each punch is a syscall).
 _PUNCH_STEP = 1024 * 1024
+# Unread output a memory capture may hold before older bytes are skipped: it is RAM.
+MEMORY_BACKLOG = 16 * 1024 * 1024
 # One "skipped N bytes" note per capture file per this many seconds, at most.
 _SKIP_NOTE_INTERVAL = 1.0
 _WARN = LogLevel.WARN.value
@@ -68,6 +70,7 @@ class Capture:
         "fd",
         "identity",
         "inst",
+        "memory",
         "partial",
         "path",
         "pending",
@@ -97,6 +100,7 @@ class Capture:
         self.punched = 0
         self.skip_pending = 0
         self.skip_noted_at = 0.0
+        self.memory = False  # a memfd the daemon holds (see runners._capture), not a file
 
     @property
     def consumed(self) -> int:
@@ -239,19 +243,78 @@ class CaptureTailer:
         if self._wake is not None:
             self._wake.set()
 
-    def unfollow(self, inst: Instance) -> None:
-        if inst.captures is None:
-            return
-        out, err = inst.captures
-        inst.saved_offsets = (out.consumed, err.consumed)
-        inst.saved_identities = (out.identity, err.identity)
-        inst.captures = None
-        for cap in (out, err):
-            self._note_skipped(cap, force=True)
-            self._close_capture(cap)
+    def follow_memory(self, inst: Instance, owner: object, fds: tuple[int, int], start: tuple[int, int]) -> None:
+        """Follow the memory captures (stdout, stderr) of the run ``owner``, taking over
+        ``fds`` (-1: that stream is not captured); from ``start`` bytes, when given
+        (the offsets a killed daemon saved for the same files)."""
+        old = inst.memory.pop(owner, None)
+        if old is not None:
+            for cap in old:
+                self._close_capture(cap)
+        pair = (self._open_memory(inst, "stdout", fds[0], start[0]),
+                self._open_memory(inst, "stderr", fds[1], start[1]))
+        inst.memory[owner] = pair
+        if self._wake is not None:
+            self._wake.set()
+
+    def _open_memory(self, inst: Instance, stream: str, fd: int, offset: int) -> Capture:
+        cap = Capture(inst, stream, Path(f"<{stream} of {inst.fqn}>"), fd)
+        cap.memory = True
+        if fd < 0:
+            return cap  # not captured: nothing to read, ever
+        info = os.fstat(fd)
+        cap.identity = (info.st_dev, info.st_ino)
+        cap.block = info.st_blksize or 4096
+        pos = max(0, offset)
+        if pos > info.st_size:
+            pos = 0  # offsets of other files
+        if pos < info.st_size:
+            # Punched (consumed) bytes read back as zeros: start at real data.
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                data_at = info.st_size
+            if data_at > pos:
+                pos = data_at
+                cap.resync = data_at < info.st_size
+            self._dirty[cap] = None  # written while no daemon read it
+        cap.pos = cap.punched = pos
+        try:
+            wd = self._get_inotify().add_watch(f"/proc/self/fd/{fd}", IN_MODIFY)
+        except OSError as exc:
+            # No live updates (watch limit reached?); drain() still reads it all.
+            logger.error("cannot watch the %s of %s: %s", stream, inst.fqn, exc.strerror or exc)
+        else:
+            cap.wd = wd
+            self._by_wd[wd] = {b"": cap}
+        self._followed[cap] = None
+        return cap
+
+    def unfollow(self, inst: Instance, owner: object = None) -> None:
+        """Stop following the instance's captures: all of them, or only the memory
+        captures of the run ``owner``."""
+        pairs = [inst.memory.pop(owner)] if owner is not None and owner in inst.memory else []
+        if owner is None:
+            pairs = list(inst.memory.values())
+            inst.memory.clear()
+            if inst.captures is not None:
+                out, err = inst.captures
+                inst.saved_offsets = (out.consumed, err.consumed)
+                inst.saved_identities = (out.identity, err.identity)
+                inst.captures = None
+                pairs.append((out, err))
+        for pair in pairs:
+            for cap in pair:
+                self._note_skipped(cap, force=True)
+                self._close_capture(cap)
 
     @staticmethod
-    def offsets(inst: Instance) -> tuple[int, int]:
+    def offsets(inst: Instance, owner: object = None) -> tuple[int, int]:
+        pair = inst.memory.get(owner) if owner is not None else None
+        if pair is None and inst.memory and inst.captures is None:
+            pair = next(reversed(inst.memory.values()))  # the newest run's
+        if pair is not None:
+            return (pair[0].consumed, pair[1].consumed)
         if inst.captures is None:
             return inst.saved_offsets
         return (inst.captures[0].consumed, inst.captures[1].consumed)
@@ -259,15 +322,18 @@ class CaptureTailer:
     async def drain(self, inst: Instance) -> None:
         """Read what is in the instance's capture files now; an unfinished last line
         counts too. A cancel does not cut it short."""
-        if inst.captures is None:
+        caps = [cap for pair in inst.memory.values() for cap in pair]
+        if inst.captures is not None:
+            caps += inst.captures
+        if not caps:
             return
         inotify = self._inotify
-        if inotify is not None and any(cap.pending and cap.wd >= 0 for cap in inst.captures):
+        if inotify is not None and any(cap.pending and cap.wd >= 0 for cap in caps):
             # A write queues its event before write() returns, so once the writer has
             # exited the queue names every capture written to: a pending one it does
             # not name is untouched (one read for both, rather than a stat of each).
             self._take_events(inotify)
-        for cap in inst.captures:
+        for cap in caps:
             if cap.pending:
                 if cap.wd >= 0 and inotify is not None:
                     untouched = cap not in self._dirty
@@ -385,6 +451,15 @@ class CaptureTailer:
     def _close_capture(self, cap: Capture) -> None:
         self._dirty.pop(cap, None)
         self._followed.pop(cap, None)
+        if cap.wd >= 0 and cap.memory:
+            # A watch of its own: removed with it (it keeps the memfd alive otherwise).
+            self._by_wd.pop(cap.wd, None)
+            if self._inotify is not None:
+                try:
+                    self._inotify.rm_watch(cap.wd)
+                except OSError as exc:
+                    logger.warning("cannot remove the watch of %s: %s", cap.path, exc.strerror or exc)
+            cap.wd = -1
         if cap.wd >= 0:
             # The directory's watch stays: its other services, and this one's next run.
             files = self._by_wd.get(cap.wd)
@@ -403,8 +478,9 @@ class CaptureTailer:
             size = os.fstat(cap.fd).st_size
             if size < cap.pos:
                 self._reset(cap, "was truncated: reading it from the start")
-            if size - cap.pos > self.max_backlog:
-                self._skip(cap, size - self.max_backlog, note_now=draining)
+            backlog = min(self.max_backlog, MEMORY_BACKLOG) if cap.memory else self.max_backlog
+            if size - cap.pos > backlog:
+                self._skip(cap, size - backlog, note_now=draining)
             if cap.pos >= size:
                 return False
             data = os.pread(cap.fd, self.chunk, cap.pos)

@@ -261,6 +261,7 @@ class Adoption:
                 handle = await runner.adopt(spec, record.handle)
             except RunnerError as exc:
                 log.warning("cannot adopt %s: %s", instance.fqn, exc)
+        from_record = handle is not None  # the offsets are of its output
         if handle is None:
             try:
                 for found in await runner.discover(spec, self._launcher.marker):
@@ -280,7 +281,12 @@ class Adoption:
         # for one configuration: not compared.
         older = bool(recorded) and recorded != current and recorded.partition("/")[0] == __version__
         # Followed either way: what it writes until it is stopped is read too.
-        self._logs.follow(instance.fqn, offsets=offsets)
+        output = handle.take_output()
+        if output is not None:  # the memory captures it still holds
+            self._logs.follow(instance.fqn, offsets=offsets if from_record else (0, 0),
+                              output=output, owner=handle)
+        else:
+            self._logs.follow(instance.fqn, offsets=offsets)
         if older:  # stopped, then started again if wanted (resume)
             log.info("%s (pid %s) runs an older configuration", instance.fqn, handle.pid)
             self._phases.note(instance, f"pid {handle.pid} runs an older configuration: it is stopped")

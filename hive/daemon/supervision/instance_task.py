@@ -201,7 +201,11 @@ class InstanceTasks:
         except (RunnerError, UnknownRunner, RuntimeTemplateError) as exc:
             phases.fail(instance, f"cannot start {instance.fqn}: {exc}")
             return None
-        self._logs.follow(instance.fqn)
+        output = handle.take_output()
+        if output is not None:  # memory captures, this run's own
+            self._logs.follow(instance.fqn, output=output, owner=handle)
+        else:
+            self._logs.follow(instance.fqn)
         return handle
 
     async def _supervise(self, instance: InstanceRuntime, handle: ServiceHandle, *, fresh: bool) -> ExitStatus:
@@ -262,6 +266,8 @@ class InstanceTasks:
         await self._logs.drain(instance.fqn)  # not cut short by a cancel
         if not _shared(instance):  # (the other generation writes the same files)
             self._logs.unfollow(instance.fqn)
+        else:  # its own memory captures, if it has any
+            self._logs.unfollow(instance.fqn, handle)
         if service.current(instance):  # the record slot is the serving generation's
             self._records.forget(service.fqn, instance.index)
         return status

@@ -81,6 +81,7 @@ class Launcher:
             shell=script.shell if script else None,
             stdout_path=str(stdout_path),
             stderr_path=str(stderr_path),
+            memory_capture=True,  # runners that can keep output off the disk do
             stop_signal=config.stop_signum(),
             stop_grace=config.stop_grace,
             config=_render_config(config.runner.config, instance) if not script else {},

@@ -60,7 +60,7 @@ class Records:
     def record(self, instance: InstanceRuntime, handle: ServiceHandle) -> None:
         """Queue the record of the instance's process (how to adopt it, and what it ran with)."""
         runner_part = handle.record()
-        offsets = self._logs.offsets(instance.fqn)
+        offsets = self._logs.offsets(instance.fqn, handle)
         self._saved_offsets[instance.fqn] = offsets
         start_time = runner_part.get("start_time")
         record = ProcessRecord(
@@ -84,6 +84,6 @@ class Records:
         for instance in instances:
             if instance.handle is None:
                 continue
-            offsets = self._logs.offsets(instance.fqn)
+            offsets = self._logs.offsets(instance.fqn, instance.handle)
             if self._saved_offsets.get(instance.fqn) != offsets:
                 self.record(instance, instance.handle)
