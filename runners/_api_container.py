@@ -29,7 +29,7 @@ import math
 import os
 import signal as signals
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import psutil
@@ -48,8 +48,8 @@ from ._container import (
     passed_environment,
     spec_container_name,
 )
-from ._engine_api import ApiError, EngineApi, EngineUnreachable, api_for, filters, socket_path
-from ._engine_watch import Copy, EngineWatch, Watched
+from ._engine_api import ApiError, EngineApi, EngineUnreachable, Starter, api_for, filters, socket_path
+from ._engine_watch import DOCKER_EVENTS, Copy, EngineWatch, Watched
 from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_signal
 
 __all__ = ["ApiContainerHandle", "ApiContainerRunner"]
@@ -66,11 +66,32 @@ class ApiContainerRunner(ContainerRunner):
         super().__init__(binary)
         self.handle_class = ApiContainerHandle
 
+    # The events filter the engine honours (see runners._engine_watch).
+    events: ClassVar[dict[str, list[str]]] = DOCKER_EVENTS
+    # Whether the engine's shutdown stops its containers (dockerd does; podman's API
+    # service does not hold them).
+    engine_stops_containers: ClassVar[bool] = True
+
+    def default_socket(self) -> str | None:
+        """The engine's socket when neither the block nor the settings name one (None:
+        Docker's: ``DOCKER_HOST``, else ``/var/run/docker.sock``)."""
+        return None
+
+    def starter(self, path: str) -> Starter | None:
+        """What starts the engine at ``path`` when it does not answer (None: nothing, the
+        engine is someone else's to run)."""
+        return None
+
+    def socket_file(self, socket: str | None) -> str:
+        return socket_path(self.socket_of(socket), self.default_socket())
+
     def api(self, socket: str | None) -> EngineApi:
-        return api_for(socket_path(self.socket_of(socket)), self.display)
+        path = self.socket_file(socket)
+        return api_for(path, self.display, self.starter(path))
 
     def watch(self, socket: str | None) -> EngineWatch:
-        return EngineWatch.of(socket_path(self.socket_of(socket)), self.display)
+        path = self.socket_file(socket)
+        return EngineWatch.of(path, self.display, starter=self.starter(path), events=self.events)
 
     def api_error(self, action: str, exc: RunnerError) -> RunnerError:
         """The user's words for an engine's error answer (a port taken, ...)."""
@@ -117,7 +138,7 @@ class ApiContainerRunner(ContainerRunner):
             await self.api(socket).request("POST", f"/containers/{ref}/kill",
                                            params={"signal": _signal_text(signal)})
         except ApiError as exc:
-            if exc.status in (404, 409):
+            if exc.status in (404, 409) or _not_running(exc):
                 return False
             raise self.api_error("kill", exc) from None
         return True
@@ -201,7 +222,7 @@ class ApiContainerRunner(ContainerRunner):
                 created = await api.request("POST", "/containers/create", params={"name": name}, body=body)
                 return str(created["Id"])
             except ApiError as exc:
-                if exc.status == 409 and not conflicted:  # a stale container of that name
+                if _name_in_use(exc) and not conflicted:  # a stale container of that name
                     conflicted = True
                     await self.remove(name, config.socket)
                     continue
@@ -238,6 +259,18 @@ class ApiContainerRunner(ContainerRunner):
             raise self.api_error("list", exc) from None
         ids = [str(item["Id"]) for item in listed or [] if isinstance(item, dict) and "Id" in item]
         return await self._marked_records(ids, spec, marker, socket)
+
+
+def _name_in_use(exc: ApiError) -> bool:
+    """Whether a create was refused for its name (Docker: 409; podman 4: 500, "that name
+    is already in use")."""
+    return exc.status == 409 or (exc.status == 500 and "name" in str(exc) and "already in use" in str(exc))
+
+
+def _not_running(exc: ApiError) -> bool:
+    """Whether a request was refused because the container does not run (Docker: 409;
+    podman 4: 500, "container state improper")."""
+    return exc.status == 500 and "state improper" in str(exc)
 
 
 def _last_writes(*paths: str) -> list[float]:
@@ -339,7 +372,8 @@ class ApiContainerHandle(ContainerHandle):
             if watched.exited:
                 if watched.exit_code is None:
                     return ExitStatus()
-                if watched.killed and self._stop_asked is None and await self._engine_leaves(seen_lost):
+                if watched.killed and self._stop_asked is None and self.runner.engine_stops_containers \
+                        and await self._engine_leaves(seen_lost):
                     await self._inspect_when_back()
                     return ExitStatus(exit_code=watched.exit_code, cause=(
                         f"stopped by the {self.runner.display} engine's shutdown "

@@ -32,7 +32,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._engine_api import EngineApi, filters
+from ._engine_api import EngineApi, Starter, filters
+from ._engine_logs import LogPosition, write_frames
 from ._process import open_output
 from .base import RunnerError
 
@@ -42,6 +43,10 @@ log = logging.getLogger("hive.runners.container")
 
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 0.5
+# The events a container's supervision needs, as Docker filters them. podman 4 returns
+# nothing for an `event` filter (its runner asks for every container event, and this
+# thread drops the others); its removal is `remove`, Docker's `destroy`.
+DOCKER_EVENTS = {"type": ["container"], "event": ["kill", "die", "destroy"]}
 
 
 class Watched:
@@ -104,16 +109,22 @@ class EngineWatch:
     _lock = threading.Lock()
 
     @classmethod
-    def of(cls, path: str, display: str) -> EngineWatch:
+    def of(cls, path: str, display: str, *, starter: Starter | None = None,
+           events: dict[str, list[str]] | None = None) -> EngineWatch:
+        """The watch of the engine at ``path``; ``starter`` starts an engine that does not
+        answer, ``events`` is the events filter the engine honours (default: Docker's)."""
         with cls._lock:
             watch = cls._all.get(path)
             if watch is None:
-                watch = cls._all[path] = cls(path, display)
+                watch = cls._all[path] = cls(path, display, starter=starter, events=events)
             return watch
 
-    def __init__(self, path: str, display: str) -> None:
+    def __init__(self, path: str, display: str, *, starter: Starter | None = None,
+                 events: dict[str, list[str]] | None = None) -> None:
         self.path = path
         self.display = display
+        self._starter = starter
+        self._filter = events if events is not None else DOCKER_EVENTS
         self._watched: dict[str, Watched] = {}  # touched on the engine's loop only
         self._events_running = False
         self._ready = threading.Event()
@@ -128,7 +139,7 @@ class EngineWatch:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             self._loop = asyncio.get_running_loop()
-            self._api = EngineApi(self.path, self.display)
+            self._api = EngineApi(self.path, self.display, self._starter)
             self._ready.set()
             await anyio.sleep_forever()
 
@@ -176,9 +187,7 @@ class EngineWatch:
             while self._watched:
                 connected = False
                 try:
-                    async with self._api.stream(
-                        "/events", filters(type=["container"], event=["kill", "die", "destroy"])
-                    ) as response:
+                    async with self._api.stream("/events", filters(**self._filter)) as response:
                         connected, delay = True, RECONNECT_FIRST
                         assert self._tasks is not None
                         for container_id, watched in list(self._watched.items()):
@@ -215,7 +224,7 @@ class EngineWatch:
             watched.tell("kill")
         elif action == "die":
             watched.tell("exit", code)
-        else:  # destroyed without a die seen: its exit is not known
+        elif action in ("destroy", "remove"):  # removed without a die seen: its exit is not known
             watched.tell("exit", None)
 
     async def _check(self, container_id: str, watched: Watched) -> None:
@@ -247,17 +256,16 @@ class EngineWatch:
                            since: float | None) -> None:
         assert self._api is not None
         out = err = None
-        params: dict[str, Any] = {"follow": "1", "stdout": "1", "stderr": "1"}
-        if since is not None:
-            params["since"] = f"{since:.9f}"
+        params: dict[str, Any] = {"stdout": "1", "stderr": "1", "timestamps": "1"}
+        position = LogPosition()
         try:
             out = open_output(stdout_path) if stdout_path else None
             err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
-            async with self._api.stream(f"/containers/{container_id}/logs", params) as response:
-                pending = bytearray()
-                async for chunk in response.aiter_raw():
-                    pending += chunk
-                    _write_frames(pending, out, err)
+            await self._read_logs(container_id, {**params, "follow": "1", **position.since(since)}, out, err, position)
+            # Ended cleanly: the container has. What the engine had not sent yet is read
+            # once more (see runners._engine_logs).
+            await self._read_logs(container_id, {**params, **position.since(since)}, out, err,
+                                  LogPosition(skip=position))
         except RunnerError:
             pass  # the engine went away (its return is the event stream's business) or it is gone
         except Exception:  # this thread must outlive whatever happens to one copy
@@ -267,16 +275,11 @@ class EngineWatch:
                 if fd is not None:
                     os.close(fd)
 
-
-def _write_frames(pending: bytearray, out: int | None, err: int | None) -> None:
-    """Write the complete frames at the start of ``pending`` (stream 2: stderr; else
-    stdout) and remove them from it."""
-    while len(pending) >= 8:
-        size = int.from_bytes(pending[4:8], "big")
-        if len(pending) < 8 + size:
-            return
-        fd = err if pending[0] == 2 else out
-        payload = bytes(pending[8:8 + size])
-        del pending[:8 + size]
-        while fd is not None and payload:
-            payload = payload[os.write(fd, payload):]
+    async def _read_logs(self, container_id: str, params: dict[str, Any], out: int | None, err: int | None,
+                         position: LogPosition) -> None:
+        assert self._api is not None
+        async with self._api.stream(f"/containers/{container_id}/logs", params) as response:
+            pending = bytearray()
+            async for chunk in response.aiter_raw():
+                pending += chunk
+                write_frames(pending, out, err, position)

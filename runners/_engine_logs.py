@@ -1,0 +1,97 @@
+"""A container's output from the engine's logs endpoint, into the capture files.
+
+The endpoint sends frames: an 8-byte header (stream: 1 stdout, 2 stderr; then the size,
+big-endian, in bytes 4-7) and the payload. The follower asks for ``timestamps=1``: each
+payload starts with the time the engine stamped it (RFC 3339: Docker to the nanosecond,
+podman 4 to the second) and a space, which is cut off before the payload is written.
+
+Why the stamps: an engine may end a ``follow`` stream before the container's last lines
+reached it (podman's ``logs --follow`` lost the last line now and then). When a follow
+stream ends, :func:`catch_up` reads the log once more, without ``follow``, since the
+second of the last stamp written, and writes only what comes after it: every frame stamped
+later, and those stamped the same as the last one beyond as many as were written. A
+line is neither lost nor written twice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from typing import Any
+
+__all__ = ["LogPosition", "write_frames"]
+
+_STAMP = re.compile(rb"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|[+-]\d\d:?\d\d)")
+
+
+def parse_stamp(text: bytes) -> tuple[int, int] | None:
+    """(Unix seconds, nanoseconds) of an RFC 3339 stamp; None if it is not one."""
+    match = _STAMP.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    zone = match.group(8).decode()
+    offset = datetime.timedelta()
+    if zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset = sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+    try:
+        moment = datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.timezone.utc) - offset
+    except ValueError:
+        return None
+    nanos = int((match.group(7) or b"0").decode().ljust(9, "0"))
+    return int(moment.timestamp()), nanos
+
+
+class LogPosition:
+    """How far a copy got: the latest stamp written, and how many frames carried it.
+    ``skip``: a catch-up read's position, whose frames up to it are not written again."""
+
+    def __init__(self, skip: LogPosition | None = None) -> None:
+        self.last: tuple[int, int] | None = None
+        self.count = 0
+        self._skip_last = skip.last if skip is not None else None
+        self._skip_left = skip.count if skip is not None else 0
+
+    def since(self, default: float | None) -> dict[str, Any]:
+        """The ``since`` parameter of a catch-up read (the second of the last stamp)."""
+        if self.last is not None:
+            return {"since": str(self.last[0])}
+        return {} if default is None else {"since": f"{default:.9f}"}
+
+    def admit(self, stamp: tuple[int, int] | None) -> bool:
+        """Whether a frame with ``stamp`` is written (a catch-up skips what was)."""
+        if self._skip_last is not None:
+            if stamp is None or stamp < self._skip_last:
+                return False
+            if stamp == self._skip_last and self._skip_left > 0:
+                self._skip_left -= 1
+                return False
+        if stamp is not None:
+            if self.last is None or stamp > self.last:
+                self.last, self.count = stamp, 1
+            elif stamp == self.last:
+                self.count += 1
+        return True
+
+
+def write_frames(pending: bytearray, out: int | None, err: int | None, position: LogPosition) -> None:
+    """Write the complete frames at the start of ``pending`` (stream 2: stderr; else
+    stdout), their stamps cut off, and remove them from it."""
+    while len(pending) >= 8:
+        size = int.from_bytes(pending[4:8], "big")
+        if len(pending) < 8 + size:
+            return
+        fd = err if pending[0] == 2 else out
+        payload = bytes(pending[8:8 + size])
+        del pending[:8 + size]
+        head, space, rest = payload.partition(b" ")
+        stamp = parse_stamp(head) if space else None
+        if stamp is not None:
+            payload = rest
+        if not position.admit(stamp):
+            continue
+        while fd is not None and payload:
+            payload = payload[os.write(fd, payload):]
