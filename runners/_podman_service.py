@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket as sockets
@@ -36,6 +37,8 @@ import anyio
 from .base import RunnerError
 
 __all__ = ["PodmanService", "default_podman_socket"]
+
+log = logging.getLogger("hive.runners.container")
 
 # How long a started service gets to answer on its socket.
 START_TIMEOUT = 30.0
@@ -118,6 +121,7 @@ class PodmanService:
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
             )
         self.started += 1
+        log.warning("podman's API service did not answer at %s: started it (pid %d)", self.path, process.pid)
         # Reaped when it ends (a thread, not a process); whoever needs it next starts another.
         threading.Thread(target=process.wait, name=f"hive-podman-service {process.pid}", daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT
