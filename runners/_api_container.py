@@ -43,12 +43,22 @@ from ._container import (
     ContainerRunner,
     ContainerSecurity,
     config_hash,
+    missing_image,
     parse_port,
     parse_volume,
     passed_environment,
     spec_container_name,
 )
-from ._engine_api import ApiError, EngineApi, EngineUnreachable, Starter, api_for, filters, socket_path
+from ._container_keys import common_body, pull_policy
+from ._engine_api import (
+    ApiError,
+    EngineApi,
+    EngineUnreachable,
+    Starter,
+    api_for,
+    filters,
+    socket_path,
+)
 from ._engine_watch import DOCKER_EVENTS, Copy, EngineWatch, Watched
 from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_signal
 
@@ -169,10 +179,12 @@ class ApiContainerRunner(ContainerRunner):
         }
         if config.network_mode:
             host_config["NetworkMode"] = config.network_mode
+        common, common_host = common_body(config)
+        host_config.update(common_host)
         body: dict[str, Any] = {
             "Image": config.image.strip(),
             "Env": [f"{key}={value}" for key, value in env.items()],
-            "Labels": {"hive.fqn": spec.fqn, "hive.source": spec.fqn.partition(":")[0],
+            "Labels": {**config.labels, "hive.fqn": spec.fqn, "hive.source": spec.fqn.partition(":")[0],
                        "hive.config-hash": digest, "hive.stop-signal": str(stop_signal)},
             "StopSignal": _signal_text(stop_signal),
             "ExposedPorts": exposed,
@@ -184,6 +196,7 @@ class ApiContainerRunner(ContainerRunner):
             body["Entrypoint"] = list(config.entrypoint) or [""]
         if security.user:
             body["User"] = security.user
+        body.update(common)
         return body
 
     async def start(self, spec: RunSpec) -> ContainerHandle:
@@ -217,6 +230,9 @@ class ApiContainerRunner(ContainerRunner):
 
     async def _create(self, api: EngineApi, body: dict[str, Any], name: str, config: ContainerConfig) -> str:
         pulled = conflicted = False
+        if pull_policy(config.pull, config.deny_pull) == "always":
+            pulled = True
+            await self._pull(api, config)
         while True:
             try:
                 created = await api.request("POST", "/containers/create", params={"name": name}, body=body)
@@ -236,8 +252,8 @@ class ApiContainerRunner(ContainerRunner):
 
     async def _pull(self, api: EngineApi, config: ContainerConfig) -> None:
         image = config.image.strip()
-        if config.deny_pull:
-            raise RunnerError(f"image {image} is not present and deny_pull is set")
+        if pull_policy(config.pull, config.deny_pull) == "never":
+            raise RunnerError(missing_image(image, config))
         try:
             async with api.stream("/images/create", {"fromImage": image}) as response:
                 async for line in response.aiter_lines():

@@ -38,7 +38,7 @@ def parse_stamp(text: bytes) -> tuple[int, int] | None:
         digits = zone[1:].replace(":", "")
         offset = sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     try:
-        moment = datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.timezone.utc) - offset
+        moment = datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.UTC) - offset
     except ValueError:
         return None
     nanos = int((match.group(7) or b"0").decode().ljust(9, "0"))

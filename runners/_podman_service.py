@@ -134,10 +134,9 @@ class PodmanService:
 
 
 def _last_line(path: str) -> str:
-    with contextlib.suppress(OSError):
-        with open(path, "rb") as log_file:
-            lines = [line.strip() for line in log_file.read()[-4096:].decode(errors="replace").splitlines()]
-            lines = [line for line in lines if line]
-            if lines:
-                return lines[-1]
+    with contextlib.suppress(OSError), open(path, "rb") as log_file:
+        lines = [line.strip() for line in log_file.read()[-4096:].decode(errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            return lines[-1]
     return "it gave no reason"
