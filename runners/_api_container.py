@@ -17,8 +17,8 @@ the same runner contract and with the same messages:
   to 0.5 s) and settles as the CLI handle does. A stop that could not be sent is carried out on the engine's
   return, and a container that ended meanwhile is removed then.
 
-Hook steps (``run_once``) and ``cmd`` checks (``exec``) still use the engine's CLI: they
-are short-lived, one process for the step or the check.
+Hook steps (``run_once``) go through the API too (:mod:`runners._api_hook`); ``cmd``
+checks (``exec``) still use the engine's CLI: one short process for the check.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ import math
 import os
 import signal as signals
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio
 import psutil
 
+from ._api_hook import run_hook
 from ._container import (
     _IN_USE,
     DRAIN_TIMEOUT,
@@ -63,10 +65,6 @@ from ._engine_watch import DOCKER_EVENTS, Copy, EngineWatch, Watched
 from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_signal
 
 __all__ = ["ApiContainerHandle", "ApiContainerRunner"]
-
-# A container the engine signalled itself, then ended: if the engine's event stream ends
-# within this long, the engine was shutting down (a failure, whatever the exit code).
-SHUTDOWN_WINDOW = 2.0
 
 
 class ApiContainerRunner(ContainerRunner):
@@ -155,8 +153,11 @@ class ApiContainerRunner(ContainerRunner):
 
     # --- start ------------------------------------------------------------------------
 
-    def create_body(self, spec: RunSpec, config: ContainerConfig, env: dict[str, str], digest: str) -> dict[str, Any]:
-        """The ``/containers/create`` body: what ``run -d`` options say, as the API has them."""
+    def create_body(self, spec: RunSpec, config: ContainerConfig, env: dict[str, str], digest: str,
+                    *, hook: bool = False) -> dict[str, Any]:
+        """The ``/containers/create`` body: what ``run -d`` options say, as the API has them.
+        A hook step's container is labelled ``hive.hook-of``, not ``hive.fqn``: it is
+        not an instance, and discovery must not find it."""
         stop_signal = valid_stop_signal(spec.stop_signal)
         security = config.security or ContainerSecurity()
         exposed: dict[str, dict[str, Any]] = {}
@@ -184,7 +185,8 @@ class ApiContainerRunner(ContainerRunner):
         body: dict[str, Any] = {
             "Image": config.image.strip(),
             "Env": [f"{key}={value}" for key, value in env.items()],
-            "Labels": {**config.labels, "hive.fqn": spec.fqn, "hive.source": spec.fqn.partition(":")[0],
+            "Labels": {**config.labels, "hive.hook-of" if hook else "hive.fqn": spec.fqn,
+                       "hive.source": spec.fqn.partition(":")[0],
                        "hive.config-hash": digest, "hive.stop-signal": str(stop_signal)},
             "StopSignal": _signal_text(stop_signal),
             "ExposedPorts": exposed,
@@ -208,7 +210,7 @@ class ApiContainerRunner(ContainerRunner):
         self.executable()  # cmd checks and hook steps still need the CLI: say so now
         body = self.create_body(spec, config, env, digest)
         api = self.api(socket)
-        container_id = await self._create(api, body, name, config)
+        container_id = await self.create(api, body, name, config)
         handle = ApiContainerHandle(
             runner=self, spec=spec, container_id=container_id, name=name, config_hash=digest,
             run_signal=valid_stop_signal(spec.stop_signal), socket=socket,
@@ -228,7 +230,11 @@ class ApiContainerRunner(ContainerRunner):
                 await self.remove(container_id, socket)
             raise
 
-    async def _create(self, api: EngineApi, body: dict[str, Any], name: str, config: ContainerConfig) -> str:
+    async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
+        """A hook step through the API (see :mod:`runners._api_hook`)."""
+        return await run_hook(self, spec, output)
+
+    async def create(self, api: EngineApi, body: dict[str, Any], name: str, config: ContainerConfig) -> str:
         pulled = conflicted = False
         if pull_policy(config.pull, config.deny_pull) == "always":
             pulled = True
@@ -389,7 +395,9 @@ class ApiContainerHandle(ContainerHandle):
                 if watched.exit_code is None:
                     return ExitStatus()
                 if watched.killed and self._stop_asked is None and self.runner.engine_stops_containers \
-                        and await self._engine_leaves(seen_lost):
+                        and not await self.runner.api(self._socket).answers_now():
+                    # The engine signalled it and does not answer a new connection: its
+                    # shutdown stopped it (dockerd removes its socket before the kills).
                     await self._inspect_when_back()
                     return ExitStatus(exit_code=watched.exit_code, cause=(
                         f"stopped by the {self.runner.display} engine's shutdown "
@@ -428,16 +436,6 @@ class ApiContainerHandle(ContainerHandle):
             while watched.back == mark:
                 await watched.changed()
         return delay
-
-    async def _engine_leaves(self, seen_lost: int) -> bool:
-        """Whether the engine goes away within :data:`SHUTDOWN_WINDOW` of a container it
-        signalled (and Hive did not ask to stop): a graceful engine shutdown
-        (``systemctl restart docker``) stops every container, then closes its API."""
-        watched = self.watched()
-        with anyio.move_on_after(SHUTDOWN_WINDOW):
-            while watched.lost == seen_lost:
-                await watched.changed()
-        return watched.lost != seen_lost
 
     # --- stop -----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 
 from .base import RunnerError
@@ -32,6 +33,8 @@ Starter = Callable[[], Awaitable[None]]
 # Deadline of one request (a pull or a stop is given its own).
 CALL_TIMEOUT = 60.0
 DEFAULT_SOCKET = "/var/run/docker.sock"
+# How long an engine gets to answer a fresh connection before it is taken as going away.
+FRESH_TIMEOUT = 1.0
 
 
 class EngineUnreachable(RunnerError):
@@ -131,6 +134,19 @@ class EngineApi:
                 raise self.unreachable(exc) from None
             started = True
             await self._start()
+
+    async def answers_now(self, timeout: float = FRESH_TIMEOUT) -> bool:
+        """Whether the engine answers ``GET /_ping`` on a connection of its own (not one of
+        the pool's, which an engine shutting down may still serve) within ``timeout``.
+        dockerd removes its socket as its shutdown begins, before it stops a container;
+        under socket activation (``fd://``) the socket stays but nothing accepts."""
+        try:
+            with anyio.fail_after(timeout):
+                async with await anyio.connect_unix(self.path) as stream:
+                    await stream.send(b"GET /_ping HTTP/1.0\r\nHost: engine\r\n\r\n")
+                    return (await stream.receive()).startswith(b"HTTP/1.")
+        except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+            return False
 
     async def _start(self) -> None:
         assert self.starter is not None

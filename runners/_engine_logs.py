@@ -18,9 +18,12 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LogPosition", "write_frames"]
+from ._engine_api import EngineApi
+
+__all__ = ["LogPosition", "Sink", "copy_log", "fd_sink", "parse_stamp", "write_frames"]
 
 _STAMP = re.compile(rb"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|[+-]\d\d:?\d\d)")
 
@@ -77,21 +80,52 @@ class LogPosition:
         return True
 
 
-def write_frames(pending: bytearray, out: int | None, err: int | None, position: LogPosition) -> None:
-    """Write the complete frames at the start of ``pending`` (stream 2: stderr; else
-    stdout), their stamps cut off, and remove them from it."""
+Sink = Callable[[int, bytes], None]  # (stream: 1 stdout, 2 stderr; payload)
+
+
+def write_frames(pending: bytearray, sink: Sink, position: LogPosition) -> None:
+    """Give ``sink`` the complete frames at the start of ``pending``, their stamps cut
+    off (those ``position`` admits), and remove them from it."""
     while len(pending) >= 8:
         size = int.from_bytes(pending[4:8], "big")
         if len(pending) < 8 + size:
             return
-        fd = err if pending[0] == 2 else out
+        stream = pending[0]
         payload = bytes(pending[8:8 + size])
         del pending[:8 + size]
         head, space, rest = payload.partition(b" ")
         stamp = parse_stamp(head) if space else None
         if stamp is not None:
             payload = rest
-        if not position.admit(stamp):
-            continue
+        if position.admit(stamp):
+            sink(stream, payload)
+
+
+def fd_sink(out: int | None, err: int | None) -> Sink:
+    """A sink writing stdout frames to ``out``, stderr ones to ``err`` (None: dropped)."""
+
+    def write(stream: int, payload: bytes) -> None:
+        fd = err if stream == 2 else out
         while fd is not None and payload:
             payload = payload[os.write(fd, payload):]
+
+    return write
+
+
+async def copy_log(api: EngineApi, container_id: str, since: float | None, sink: Sink) -> None:
+    """Follow the container's log (since ``since``, a Unix time; None: all of it) into
+    ``sink`` until it ends, then catch up (see the module docstring). RunnerError if the
+    engine went away or the container is gone."""
+    params: dict[str, Any] = {"stdout": "1", "stderr": "1", "timestamps": "1"}
+    position = LogPosition()
+    await _read(api, container_id, {**params, "follow": "1", **position.since(since)}, sink, position)
+    await _read(api, container_id, {**params, **position.since(since)}, sink, LogPosition(skip=position))
+
+
+async def _read(api: EngineApi, container_id: str, params: dict[str, Any], sink: Sink,
+                position: LogPosition) -> None:
+    async with api.stream(f"/containers/{container_id}/logs", params) as response:
+        pending = bytearray()
+        async for chunk in response.aiter_raw():
+            pending += chunk
+            write_frames(pending, sink, position)

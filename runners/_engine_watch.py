@@ -27,13 +27,12 @@ import json
 import logging
 import os
 import threading
-from typing import Any
 
 import anyio
 import anyio.abc
 
 from ._engine_api import EngineApi, Starter, filters
-from ._engine_logs import LogPosition, write_frames
+from ._engine_logs import copy_log, fd_sink
 from ._process import open_output
 from .base import RunnerError
 
@@ -256,16 +255,10 @@ class EngineWatch:
                            since: float | None) -> None:
         assert self._api is not None
         out = err = None
-        params: dict[str, Any] = {"stdout": "1", "stderr": "1", "timestamps": "1"}
-        position = LogPosition()
         try:
             out = open_output(stdout_path) if stdout_path else None
             err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
-            await self._read_logs(container_id, {**params, "follow": "1", **position.since(since)}, out, err, position)
-            # Ended cleanly: the container has. What the engine had not sent yet is read
-            # once more (see runners._engine_logs).
-            await self._read_logs(container_id, {**params, **position.since(since)}, out, err,
-                                  LogPosition(skip=position))
+            await copy_log(self._api, container_id, since, fd_sink(out, err))
         except RunnerError:
             pass  # the engine went away (its return is the event stream's business) or it is gone
         except Exception:  # this thread must outlive whatever happens to one copy
@@ -274,12 +267,3 @@ class EngineWatch:
             for fd in {out, err}:
                 if fd is not None:
                     os.close(fd)
-
-    async def _read_logs(self, container_id: str, params: dict[str, Any], out: int | None, err: int | None,
-                         position: LogPosition) -> None:
-        assert self._api is not None
-        async with self._api.stream(f"/containers/{container_id}/logs", params) as response:
-            pending = bytearray()
-            async for chunk in response.aiter_raw():
-                pending += chunk
-                write_frames(pending, out, err, position)
