@@ -66,6 +66,10 @@ from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_si
 
 __all__ = ["ApiContainerHandle", "ApiContainerRunner"]
 
+# How long an engine's shutdown may take to end its event stream once it stopped a
+# container (dockerd's own limit is its --shutdown-timeout, 15 s, after the containers').
+SHUTDOWN_LIMIT = 120.0
+
 
 class ApiContainerRunner(ContainerRunner):
     """Runs a service as a container through the engine's HTTP API."""
@@ -327,6 +331,7 @@ class ApiContainerHandle(ContainerHandle):
         an adopted container is checked at once: it may have ended meanwhile)."""
         if self._watched is None:
             self._watched = Watched()
+            self._watched.report = self._report
             self.runner.watch(self._socket).watch(self.container_id, self._watched, check=self.adopted)
         return self._watched
 
@@ -398,6 +403,11 @@ class ApiContainerHandle(ContainerHandle):
                         and not await self.runner.api(self._socket).answers_now():
                     # The engine signalled it and does not answer a new connection: its
                     # shutdown stopped it (dockerd removes its socket before the kills).
+                    # Its pooled connections may serve until it is gone: wait for that,
+                    # then for its return (no restart is tried while it is away).
+                    with anyio.move_on_after(SHUTDOWN_LIMIT):
+                        while watched.lost == seen_lost:
+                            await watched.changed()
                     await self._inspect_when_back()
                     return ExitStatus(exit_code=watched.exit_code, cause=(
                         f"stopped by the {self.runner.display} engine's shutdown "

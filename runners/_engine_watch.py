@@ -27,11 +27,12 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
 
-from ._engine_api import EngineApi, Starter, filters
+from ._engine_api import ApiError, EngineApi, Starter, filters
 from ._engine_logs import copy_log, fd_sink
 from ._process import open_output
 from .base import RunnerError
@@ -62,14 +63,23 @@ class Watched:
         self.back = 0  # how many times the event stream (re)connected while it was watched
         self.following = False  # its output is being copied
         self.copy = 0  # which copy of its output is the current one (an earlier one may end late)
+        # Where an engine's error short of an exit goes (the service's log), if anywhere.
+        self.report: Callable[[str], None] | None = None
 
-    def tell(self, kind: str, value: int | None = None) -> None:
+    def tell(self, kind: str, value: int | str | None = None) -> None:
         """From the engine's thread: ``exit`` (value: the code, None if unknown), ``lost``,
-        ``kill``, ``back`` (the event stream connected again), ``logs_end`` (value: which copy)."""
+        ``kill``, ``back`` (the event stream connected again), ``logs_end`` (value: which copy),
+        ``problem`` (value: what the engine said)."""
         with contextlib.suppress(RuntimeError):  # the daemon's loop is closed: nobody listens
             self._loop.call_soon_threadsafe(self._apply, kind, value)
 
-    def _apply(self, kind: str, value: int | None) -> None:
+    def _apply(self, kind: str, value: int | str | None) -> None:
+        if kind == "problem":
+            if self.report is not None and isinstance(value, str):
+                self.report(value)
+            return
+        if isinstance(value, str):
+            return
         if kind == "exit" and not self.exited:
             self.exited, self.exit_code = True, value
         elif kind == "lost":
@@ -247,11 +257,11 @@ class EngineWatch:
                          since: float | None, copy: Copy) -> None:
         try:
             with copy.scope:
-                await self._copy_frames(container_id, stdout_path, stderr_path, since)
+                await self._copy_frames(container_id, watched, stdout_path, stderr_path, since)
         finally:
             watched.tell("logs_end", copy.number)
 
-    async def _copy_frames(self, container_id: str, stdout_path: str, stderr_path: str,
+    async def _copy_frames(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
                            since: float | None) -> None:
         assert self._api is not None
         out = err = None
@@ -259,8 +269,12 @@ class EngineWatch:
             out = open_output(stdout_path) if stdout_path else None
             err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
             await copy_log(self._api, container_id, since, fd_sink(out, err))
+        except ApiError as exc:
+            if exc.status != 404:  # an engine's error is said, not taken for output or silence
+                watched.tell("problem", f"cannot copy the container's output: the {self.display} "
+                                        f"engine answered {exc.status}: {exc}")
         except RunnerError:
-            pass  # the engine went away (its return is the event stream's business) or it is gone
+            pass  # the engine went away (its return is the event stream's business)
         except Exception:  # this thread must outlive whatever happens to one copy
             log.exception("copying the output of container %s failed", container_id)
         finally:

@@ -52,6 +52,13 @@ async def engine(tmp_path: Path) -> AsyncIterator[tuple[str, list[dict[str, list
         target = request.split()[1]
         query = parse_qs(urlsplit(target).query)
         queries.append(query)
+        if "/containers/c2/" in target:  # an engine that cannot give this container's log
+            message = b'{"message": "configured logging driver does not support reading"}'
+            writer.write(b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(message), message))
+            await writer.drain()
+            writer.close()
+            return
         body = frames(LOG[:FOLLOWED] if query.get("follow") == ["1"] else LOG)
         if "since" in query:  # whole seconds: what the engine keeps from that second on
             since = int(query["since"][0].split(".")[0])
@@ -88,3 +95,20 @@ def test_stamps() -> None:
     assert parse_stamp(b"1970-01-01T01:00:01+01:00") == (1, 0)
     assert parse_stamp(b"2026-12-07T14:09:47.123456789Z") == (1796652587, 123456789)
     assert parse_stamp(b"l1") is None
+
+
+async def test_an_engine_error_on_the_log_is_reported_not_silent(
+    engine: tuple[str, list[dict[str, list[str]]]], tmp_path: Path
+) -> None:
+    path, _ = engine
+    watched = Watched()
+    reported: list[str] = []
+    watched.report = reported.append
+    EngineWatch.of(path, "Test").follow("c2", watched, str(tmp_path / "out.log"), str(tmp_path / "out.log"),
+                                         since=None)
+    with anyio.fail_after(10):
+        while watched.following:
+            await watched.changed()
+    assert reported == ["cannot copy the container's output: the Test engine answered 501: "
+                        "configured logging driver does not support reading"]
+    assert (tmp_path / "out.log").read_text() == ""  # nothing of the engine's taken for output
