@@ -49,29 +49,67 @@ def parse_stamp(text: bytes) -> tuple[int, int] | None:
 
 
 class LogPosition:
-    """How far a copy got: the latest stamp written, and how many frames carried it.
-    ``skip``: a catch-up read's position, whose frames up to it are not written again."""
+    """How far a container's log was copied: the latest stamp written and how many frames
+    carried it. A read that goes over copied ground again (a catch-up, a resume) skips
+    the frames up to that point (:meth:`reread`).
 
-    def __init__(self, skip: LogPosition | None = None) -> None:
+    It is kept as the extended attribute ``user.hive.log-position`` of the capture file
+    (``<container id> <seconds> <nanoseconds> <count>``), updated as frames are written:
+    a daemon that adopts the container (or follows it again after the engine was away)
+    resumes exactly there, though the engine stamps to the second (podman) and its
+    stream may lag (a file's modification time, the fallback where the file system has
+    no extended attributes, is when a line was written, not when it was printed)."""
+
+    ATTRIBUTE = "user.hive.log-position"
+
+    def __init__(self, container_id: str, path: str = "") -> None:
+        self.container_id = container_id
+        self.path = path  # the capture file that keeps it ('' : kept nowhere)
         self.last: tuple[int, int] | None = None
         self.count = 0
-        self._skip_last = skip.last if skip is not None else None
-        self._skip_left = skip.count if skip is not None else 0
+        self._skip: tuple[int, int] | None = None
+        self._skip_left = 0
+
+    @classmethod
+    def load(cls, container_id: str, path: str) -> LogPosition | None:
+        """The position kept on ``path`` for this container, if any."""
+        try:
+            words = os.getxattr(path, cls.ATTRIBUTE).decode().split()
+            if len(words) != 4 or words[0] != container_id:
+                return None
+            position = cls(container_id, path)
+            position.last, position.count = (int(words[1]), int(words[2])), int(words[3])
+        except (OSError, ValueError):
+            return None
+        return position
+
+    def save(self) -> None:
+        if self.path and self.last is not None:
+            value = f"{self.container_id} {self.last[0]} {self.last[1]} {self.count}".encode()
+            try:
+                os.setxattr(self.path, self.ATTRIBUTE, value)
+            except OSError:
+                self.path = ""  # no extended attributes here: adoption falls back to the mtime
+
+    def reread(self) -> None:
+        """The next frames go over copied ground: skip them up to the position."""
+        self._skip, self._skip_left = self.last, self.count
 
     def since(self, default: float | None) -> dict[str, Any]:
-        """The ``since`` parameter of a catch-up read (the second of the last stamp)."""
+        """The ``since`` parameter of a read from here (the second of the last stamp)."""
         if self.last is not None:
             return {"since": str(self.last[0])}
         return {} if default is None else {"since": f"{default:.9f}"}
 
     def admit(self, stamp: tuple[int, int] | None) -> bool:
-        """Whether a frame with ``stamp`` is written (a catch-up skips what was)."""
-        if self._skip_last is not None:
-            if stamp is None or stamp < self._skip_last:
+        """Whether a frame with ``stamp`` is written (a re-read skips what was)."""
+        if self._skip is not None:
+            if stamp is None or stamp < self._skip:
                 return False
-            if stamp == self._skip_last and self._skip_left > 0:
+            if stamp == self._skip and self._skip_left > 0:
                 self._skip_left -= 1
                 return False
+            self._skip = None  # past the copied ground
         if stamp is not None:
             if self.last is None or stamp > self.last:
                 self.last, self.count = stamp, 1
@@ -112,14 +150,18 @@ def fd_sink(out: int | None, err: int | None) -> Sink:
     return write
 
 
-async def copy_log(api: EngineApi, container_id: str, since: float | None, sink: Sink) -> None:
-    """Follow the container's log (since ``since``, a Unix time; None: all of it) into
-    ``sink`` until it ends, then catch up (see the module docstring). RunnerError if the
-    engine went away or the container is gone."""
+async def copy_log(api: EngineApi, container_id: str, since: float | None, sink: Sink,
+                   position: LogPosition | None = None) -> None:
+    """Follow the container's log into ``sink`` until it ends, then catch up (see the
+    module docstring): from ``position`` if it has one (skipping what it says was copied),
+    else since ``since`` (a Unix time; None: all of it). RunnerError if the engine went
+    away or the container is gone."""
+    position = position or LogPosition(container_id)
     params: dict[str, Any] = {"stdout": "1", "stderr": "1", "timestamps": "1"}
-    position = LogPosition()
+    position.reread()
     await _read(api, container_id, {**params, "follow": "1", **position.since(since)}, sink, position)
-    await _read(api, container_id, {**params, **position.since(since)}, sink, LogPosition(skip=position))
+    position.reread()
+    await _read(api, container_id, {**params, **position.since(since)}, sink, position)
 
 
 async def _read(api: EngineApi, container_id: str, params: dict[str, Any], sink: Sink,
@@ -129,3 +171,4 @@ async def _read(api: EngineApi, container_id: str, params: dict[str, Any], sink:
         async for chunk in response.aiter_raw():
             pending += chunk
             write_frames(pending, sink, position)
+            position.save()

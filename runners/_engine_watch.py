@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 
 from ._engine_api import ApiError, EngineApi, Starter, filters
-from ._engine_logs import copy_log, fd_sink
+from ._engine_logs import LogPosition, copy_log, fd_sink
 from ._process import open_output
 from .base import RunnerError
 
@@ -268,7 +268,11 @@ class EngineWatch:
         try:
             out = open_output(stdout_path) if stdout_path else None
             err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
-            await copy_log(self._api, container_id, since, fd_sink(out, err))
+            keeper = stdout_path or stderr_path
+            # A copy of a container followed before resumes where the last one stopped.
+            position = LogPosition.load(container_id, keeper) if since is not None else None
+            await copy_log(self._api, container_id, since, fd_sink(out, err),
+                           position or LogPosition(container_id, keeper))
         except ApiError as exc:
             if exc.status != 404:  # an engine's error is said, not taken for output or silence
                 watched.tell("problem", f"cannot copy the container's output: the {self.display} "
