@@ -83,6 +83,10 @@ class ApiContainerRunner(ContainerRunner):
     # Whether the engine's shutdown stops its containers (dockerd does; podman's API
     # service does not hold them).
     engine_stops_containers: ClassVar[bool] = True
+    # Whether a start removes a stale container of its name before the create rather than
+    # on its conflict: podman creates the container's storage before it finds the name in
+    # use (a failed create costs more than a removal of nothing).
+    remove_stale_first: ClassVar[bool] = False
 
     def default_socket(self) -> str | None:
         """The engine's socket when neither the block nor the settings name one (None:
@@ -243,6 +247,9 @@ class ApiContainerRunner(ContainerRunner):
         if pull_policy(config.pull, config.deny_pull) == "always":
             pulled = True
             await self._pull(api, config)
+        if self.remove_stale_first:
+            conflicted = True
+            await self.remove(name, config.socket)  # a container that ended, left for inspection
         while True:
             try:
                 created = await api.request("POST", "/containers/create", params={"name": name}, body=body)

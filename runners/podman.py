@@ -32,6 +32,8 @@ class PodmanRunner(ApiContainerRunner):
     events: ClassVar[dict[str, list[str]]] = {"type": ["container"]}
     # Its containers are held by conmon, not by the API service: the service's end ends none.
     engine_stops_containers: ClassVar[bool] = False
+    # Its failed create (a name in use) builds and drops the container's storage first.
+    remove_stale_first: ClassVar[bool] = True
 
     def default_socket(self) -> str:
         return default_podman_socket()
