@@ -74,10 +74,6 @@ SHUTDOWN_LIMIT = 120.0
 class ApiContainerRunner(ContainerRunner):
     """Runs a service as a container through the engine's HTTP API."""
 
-    def __init__(self, binary: str | None = None) -> None:
-        super().__init__(binary)
-        self.handle_class = ApiContainerHandle
-
     # The events filter the engine honours (see runners._engine_watch).
     events: ClassVar[dict[str, list[str]]] = DOCKER_EVENTS
     # Whether the engine's shutdown stops its containers (dockerd does; podman's API
@@ -87,6 +83,10 @@ class ApiContainerRunner(ContainerRunner):
     # on its conflict: podman creates the container's storage before it finds the name in
     # use (a failed create costs more than a removal of nothing).
     remove_stale_first: ClassVar[bool] = False
+
+    def __init__(self, binary: str | None = None) -> None:
+        super().__init__(binary)
+        self.handle_class = ApiContainerHandle
 
     def default_socket(self) -> str | None:
         """The engine's socket when neither the block nor the settings name one (None:

@@ -1,8 +1,11 @@
-"""The docker and podman runners: one implementation driving an engine's command line.
+"""A container runner driving an engine's command line, and the block both engines share.
 
-A service is one container, started with ``<engine> run -d`` and supervised through the
-engine's own CLI (``wait``, ``logs -f``, ``stop``, ``rm``); :class:`ContainerRunner` is
-parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` name it.
+The docker and podman runners run on the engines' APIs (:mod:`runners._api_container`,
+which derives from :class:`ContainerRunner` and keeps its block, names, environment and
+error words); compose's handles still supervise through this CLI handle. Below, what the
+CLI implementation does: a service is one container, started with ``<engine> run -d`` and
+supervised through the engine's own CLI (``wait``, ``logs -f``, ``stop``, ``rm``);
+:class:`ContainerRunner` is parameterised by the binary.
 
 - **Start: one engine call when all is well.** ``run -d`` does everything: the image is
   pulled by the engine only if it is missing (``--pull missing``; ``--pull never`` with

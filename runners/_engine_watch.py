@@ -3,7 +3,8 @@
 Without it, every supervised container cost two engine CLI processes (``wait`` and
 ``logs -f``). Here one thread per engine socket runs an event loop holding:
 
-- **one** ``GET /events`` stream (``kill``, ``die`` and ``destroy`` of containers) that
+- **one** ``GET /events`` stream (``kill``, ``die`` and ``destroy`` of containers; podman:
+  every container event, its removal is ``remove``) that
   tells each watched container's :class:`Watched` its exit code, and whether the engine
   signalled it first. Its end is the engine going away: every watched container is
   told ``lost`` at once; the stream is opened again after 0.1 s, doubling up to 0.5 s,
