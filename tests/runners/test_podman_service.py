@@ -59,20 +59,25 @@ def services() -> list[psutil.Process]:
     return found
 
 
-def end_services() -> None:
+def end_services() -> set[int]:
+    """Kill the services of the default socket; their pids. (An engine thread of this
+    process that still watches a container may start another at once: that is the
+    runner's doing too.)"""
+    ended = set()
     for process in services():
         process.kill()
         process.wait(30)
-    path = default_podman_socket()
-    assert not answers(path)
+        ended.add(process.pid)
+    return ended
 
 
 async def test_the_service_is_started_when_nothing_answers(spec: SpecFactory, source: str) -> None:
-    end_services()
+    ended = end_services()
     made = ticking(spec, source)
     handle = await PodmanRunner().start(made)
     await output_contains(made.stdout_path, "tick 3\n", timeout=30)
-    assert len(services()) == 1
+    [started] = services()  # one, whatever the number of containers and connections
+    assert started.pid not in ended
     assert answers(default_podman_socket())
     with anyio.fail_after(30):
         assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
