@@ -374,6 +374,8 @@ class ApiContainerHandle(ContainerHandle):
 
     async def _drain_logs(self) -> None:
         watched = self.watched()
+        if self._copy is not None and watched.exited:
+            self._copy.finish()
         with anyio.move_on_after(DRAIN_TIMEOUT):
             while watched.following:
                 await watched.changed()

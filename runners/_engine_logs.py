@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
 from ._engine_api import EngineApi
 
 __all__ = ["LogPosition", "Sink", "copy_log", "fd_sink", "parse_stamp", "write_frames"]
@@ -151,15 +153,17 @@ def fd_sink(out: int | None, err: int | None) -> Sink:
 
 
 async def copy_log(api: EngineApi, container_id: str, since: float | None, sink: Sink,
-                   position: LogPosition | None = None) -> None:
+                   position: LogPosition | None = None, follow: anyio.CancelScope | None = None) -> None:
     """Follow the container's log into ``sink`` until it ends, then catch up (see the
     module docstring): from ``position`` if it has one (skipping what it says was copied),
-    else since ``since`` (a Unix time; None: all of it). RunnerError if the engine went
-    away or the container is gone."""
+    else since ``since`` (a Unix time; None: all of it). ``follow`` cancelled ends the
+    follow early (the container has ended): the catch-up reads the rest. RunnerError if
+    the engine went away or the container is gone."""
     position = position or LogPosition(container_id)
     params: dict[str, Any] = {"stdout": "1", "stderr": "1", "timestamps": "1"}
     position.reread()
-    await _read(api, container_id, {**params, "follow": "1", **position.since(since)}, sink, position)
+    with follow or anyio.CancelScope():
+        await _read(api, container_id, {**params, "follow": "1", **position.since(since)}, sink, position)
     position.reread()
     await _read(api, container_id, {**params, **position.since(since)}, sink, position)
 

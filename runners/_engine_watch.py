@@ -100,16 +100,25 @@ class Watched:
 
 
 class Copy:
-    """One container's output being copied; :meth:`cancel` stops it, from any thread."""
+    """One container's output being copied; :meth:`cancel` stops it, :meth:`finish`
+    ends its follow for the catch-up read (the container has ended), from any thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
         self._loop = loop  # the engine's
         self.number = number
         self.scope = anyio.CancelScope()
+        self.follow = anyio.CancelScope()
 
     def cancel(self) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self.scope.cancel)
+
+    def finish(self) -> None:
+        """The engine has told the container's end, and has its whole log by then (dockerd
+        logs ``die`` once its output is copied): read the rest now rather than wait for
+        the follow stream to end (podman ends it 0.2-0.5 s later)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.follow.cancel)
 
 
 class EngineWatch:
@@ -258,12 +267,12 @@ class EngineWatch:
                          since: float | None, copy: Copy) -> None:
         try:
             with copy.scope:
-                await self._copy_frames(container_id, watched, stdout_path, stderr_path, since)
+                await self._copy_frames(container_id, watched, stdout_path, stderr_path, since, copy.follow)
         finally:
             watched.tell("logs_end", copy.number)
 
     async def _copy_frames(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
-                           since: float | None) -> None:
+                           since: float | None, follow: anyio.CancelScope) -> None:
         assert self._api is not None
         out = err = None
         try:
@@ -273,7 +282,7 @@ class EngineWatch:
             # A copy of a container followed before resumes where the last one stopped.
             position = LogPosition.load(container_id, keeper) if since is not None else None
             await copy_log(self._api, container_id, since, fd_sink(out, err),
-                           position or LogPosition(container_id, keeper))
+                           position or LogPosition(container_id, keeper), follow=follow)
         except ApiError as exc:
             if exc.status != 404:  # an engine's error is said, not taken for output or silence
                 watched.tell("problem", f"cannot copy the container's output: the {self.display} "
