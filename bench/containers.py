@@ -44,6 +44,7 @@ import psutil  # noqa: E402
 
 from bench.supervise import Daemon  # noqa: E402
 from hive_client import DaemonError  # noqa: E402
+from runners._engine_logs import parse_stamp  # noqa: E402
 
 IMAGE = "localhost/hive-test:busybox"
 COMMAND = ["sleep", "1000"]
@@ -174,7 +175,7 @@ class Events:
         self.seen: list[tuple[int, str, str]] = []
         self._process = subprocess.Popen(
             [engine, "events", "--format", "{{json .}}", "--filter", "type=container",
-             "--filter", "event=die", "--filter", "event=start"],
+             "--filter", f"event={'died' if engine == 'podman' else 'die'}", "--filter", "event=start"],
             stdout=subprocess.PIPE, text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -186,9 +187,11 @@ class Events:
             try:
                 event = json.loads(line)
                 actor = event.get("Actor") or {}
-                name = (actor.get("Attributes") or {}).get("name", "")
+                # Docker: Actor.Attributes.name, timeNano; podman: Name, Time (RFC 3339).
+                name = (actor.get("Attributes") or {}).get("name", "") or event.get("Name") or ""
                 action = event.get("Action") or event.get("Status") or ""
-                stamp = int(event.get("timeNano") or event.get("TimeNano") or 0)
+                action = "die" if action == "died" else action  # podman's CLI says died
+                stamp = int(event.get("timeNano") or event.get("TimeNano") or 0) or _nanos(event.get("Time"))
             except (ValueError, AttributeError, TypeError):
                 continue
             self.seen.append((stamp, action, name))
@@ -210,6 +213,12 @@ class Events:
     def close(self) -> None:
         self._process.terminate()
         self._process.wait()
+
+
+def _nanos(text: object) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 time (podman's events); 0 if it is not one."""
+    stamp = parse_stamp(str(text).encode()) if text else None
+    return stamp[0] * 1_000_000_000 + stamp[1] if stamp else 0
 
 
 CRASHER = ["sh", "-c", "sleep 0.5; exit 1"]

@@ -17,8 +17,8 @@ the same runner contract and with the same messages:
   to 0.5 s) and settles as the CLI handle does. A stop that could not be sent is carried out on the engine's
   return, and a container that ended meanwhile is removed then.
 
-Hook steps (``run_once``) and ``cmd`` checks (``exec``) still use the engine's CLI: they
-are short-lived, one process for the step or the check.
+Hook steps (``run_once``) go through the API too (:mod:`runners._api_hook`); ``cmd``
+checks (``exec``) still use the engine's CLI: one short process for the check.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ import math
 import os
 import signal as signals
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import anyio
 import psutil
 
+from ._api_hook import run_hook
 from ._container import (
     _IN_USE,
     DRAIN_TIMEOUT,
@@ -43,34 +45,69 @@ from ._container import (
     ContainerRunner,
     ContainerSecurity,
     config_hash,
+    missing_image,
     parse_port,
     parse_volume,
     passed_environment,
     spec_container_name,
 )
-from ._engine_api import ApiError, EngineApi, EngineUnreachable, api_for, filters, socket_path
-from ._engine_watch import Copy, EngineWatch, Watched
+from ._container_keys import common_body, pull_policy
+from ._engine_api import (
+    ApiError,
+    EngineApi,
+    EngineUnreachable,
+    Starter,
+    api_for,
+    filters,
+    socket_path,
+)
+from ._engine_watch import DOCKER_EVENTS, Copy, EngineWatch, Watched
 from .base import ExitStatus, RunnerError, RunSpec, describe_exit, valid_stop_signal
 
 __all__ = ["ApiContainerHandle", "ApiContainerRunner"]
 
-# A container the engine signalled itself, then ended: if the engine's event stream ends
-# within this long, the engine was shutting down (a failure, whatever the exit code).
-SHUTDOWN_WINDOW = 2.0
+# How long an engine's shutdown may take to end its event stream once it stopped a
+# container (dockerd's own limit is its --shutdown-timeout, 15 s, after the containers').
+SHUTDOWN_LIMIT = 120.0
 
 
 class ApiContainerRunner(ContainerRunner):
     """Runs a service as a container through the engine's HTTP API."""
 
+    # The events filter the engine honours (see runners._engine_watch).
+    events: ClassVar[dict[str, list[str]]] = DOCKER_EVENTS
+    # Whether the engine's shutdown stops its containers (dockerd does; podman's API
+    # service does not hold them).
+    engine_stops_containers: ClassVar[bool] = True
+    # Whether a start removes a stale container of its name before the create rather than
+    # on its conflict: podman creates the container's storage before it finds the name in
+    # use (a failed create costs more than a removal of nothing).
+    remove_stale_first: ClassVar[bool] = False
+
     def __init__(self, binary: str | None = None) -> None:
         super().__init__(binary)
         self.handle_class = ApiContainerHandle
 
+    def default_socket(self) -> str | None:
+        """The engine's socket when neither the block nor the settings name one (None:
+        Docker's: ``DOCKER_HOST``, else ``/var/run/docker.sock``)."""
+        return None
+
+    def starter(self, path: str) -> Starter | None:
+        """What starts the engine at ``path`` when it does not answer (None: nothing, the
+        engine is someone else's to run)."""
+        return None
+
+    def socket_file(self, socket: str | None) -> str:
+        return socket_path(self.socket_of(socket), self.default_socket())
+
     def api(self, socket: str | None) -> EngineApi:
-        return api_for(socket_path(self.socket_of(socket)), self.display)
+        path = self.socket_file(socket)
+        return api_for(path, self.display, self.starter(path))
 
     def watch(self, socket: str | None) -> EngineWatch:
-        return EngineWatch.of(socket_path(self.socket_of(socket)), self.display)
+        path = self.socket_file(socket)
+        return EngineWatch.of(path, self.display, starter=self.starter(path), events=self.events)
 
     def api_error(self, action: str, exc: RunnerError) -> RunnerError:
         """The user's words for an engine's error answer (a port taken, ...)."""
@@ -127,15 +164,18 @@ class ApiContainerRunner(ContainerRunner):
             await self.api(socket).request("POST", f"/containers/{ref}/kill",
                                            params={"signal": _signal_text(signal)})
         except ApiError as exc:
-            if exc.status in (404, 409):
+            if exc.status in (404, 409) or _not_running(exc):
                 return False
             raise self.api_error("kill", exc) from None
         return True
 
     # --- start ------------------------------------------------------------------------
 
-    def create_body(self, spec: RunSpec, config: ContainerConfig, env: dict[str, str], digest: str) -> dict[str, Any]:
-        """The ``/containers/create`` body: what ``run -d`` options say, as the API has them."""
+    def create_body(self, spec: RunSpec, config: ContainerConfig, env: dict[str, str], digest: str,
+                    *, hook: bool = False) -> dict[str, Any]:
+        """The ``/containers/create`` body: what ``run -d`` options say, as the API has them.
+        A hook step's container is labelled ``hive.hook-of``, not ``hive.fqn``: it is
+        not an instance, and discovery must not find it."""
         stop_signal = valid_stop_signal(spec.stop_signal)
         security = config.security or ContainerSecurity()
         exposed: dict[str, dict[str, Any]] = {}
@@ -158,10 +198,13 @@ class ApiContainerRunner(ContainerRunner):
         }
         if config.network_mode:
             host_config["NetworkMode"] = config.network_mode
+        common, common_host = common_body(config)
+        host_config.update(common_host)
         body: dict[str, Any] = {
             "Image": config.image.strip(),
             "Env": [f"{key}={value}" for key, value in env.items()],
-            "Labels": {"hive.fqn": spec.fqn, "hive.source": spec.fqn.partition(":")[0],
+            "Labels": {**config.labels, "hive.hook-of" if hook else "hive.fqn": spec.fqn,
+                       "hive.source": spec.fqn.partition(":")[0],
                        "hive.config-hash": digest, "hive.stop-signal": str(stop_signal)},
             "StopSignal": _signal_text(stop_signal),
             "ExposedPorts": exposed,
@@ -173,6 +216,7 @@ class ApiContainerRunner(ContainerRunner):
             body["Entrypoint"] = list(config.entrypoint) or [""]
         if security.user:
             body["User"] = security.user
+        body.update(common)
         return body
 
     async def start(self, spec: RunSpec) -> ContainerHandle:
@@ -184,7 +228,7 @@ class ApiContainerRunner(ContainerRunner):
         self.executable()  # cmd checks and hook steps still need the CLI: say so now
         body = self.create_body(spec, config, env, digest)
         api = self.api(socket)
-        container_id = await self._create(api, body, name, config)
+        container_id = await self.create(api, body, name, config)
         handle = ApiContainerHandle(
             runner=self, spec=spec, container_id=container_id, name=name, config_hash=digest,
             run_signal=valid_stop_signal(spec.stop_signal), socket=socket,
@@ -204,14 +248,24 @@ class ApiContainerRunner(ContainerRunner):
                 await self.remove(container_id, socket)
             raise
 
-    async def _create(self, api: EngineApi, body: dict[str, Any], name: str, config: ContainerConfig) -> str:
+    async def run_once(self, spec: RunSpec, output: Callable[[str, str], None]) -> int:
+        """A hook step through the API (see :mod:`runners._api_hook`)."""
+        return await run_hook(self, spec, output)
+
+    async def create(self, api: EngineApi, body: dict[str, Any], name: str, config: ContainerConfig) -> str:
         pulled = conflicted = False
+        if pull_policy(config.pull, config.deny_pull) == "always":
+            pulled = True
+            await self._pull(api, config)
+        if self.remove_stale_first:
+            conflicted = True
+            await self.remove(name, config.socket)  # a container that ended, left for inspection
         while True:
             try:
                 created = await api.request("POST", "/containers/create", params={"name": name}, body=body)
                 return str(created["Id"])
             except ApiError as exc:
-                if exc.status == 409 and not conflicted:  # a stale container of that name
+                if _name_in_use(exc) and not conflicted:  # a stale container of that name
                     conflicted = True
                     await self.remove(name, config.socket)
                     continue
@@ -225,8 +279,8 @@ class ApiContainerRunner(ContainerRunner):
 
     async def _pull(self, api: EngineApi, config: ContainerConfig) -> None:
         image = config.image.strip()
-        if config.deny_pull:
-            raise RunnerError(f"image {image} is not present and deny_pull is set")
+        if pull_policy(config.pull, config.deny_pull) == "never":
+            raise RunnerError(missing_image(image, config))
         try:
             async with api.stream("/images/create", {"fromImage": image}) as response:
                 async for line in response.aiter_lines():
@@ -266,6 +320,18 @@ def _usage_of(stats: Any) -> tuple[float, int] | None:
     return cpu / 1e9, int(used - cache if isinstance(cache, int | float) and cache <= used else used)
 
 
+def _name_in_use(exc: ApiError) -> bool:
+    """Whether a create was refused for its name (Docker: 409; podman 4: 500, "that name
+    is already in use")."""
+    return exc.status == 409 or (exc.status == 500 and "name" in str(exc) and "already in use" in str(exc))
+
+
+def _not_running(exc: ApiError) -> bool:
+    """Whether a request was refused because the container does not run (Docker: 409;
+    podman 4: 500, "container state improper")."""
+    return exc.status == 500 and "state improper" in str(exc)
+
+
 def _last_writes(*paths: str) -> list[float]:
     """When each of the files that exist was last written (a Unix time)."""
     found = []
@@ -298,6 +364,7 @@ class ApiContainerHandle(ContainerHandle):
         an adopted container is checked at once: it may have ended meanwhile)."""
         if self._watched is None:
             self._watched = Watched()
+            self._watched.report = self._report
             self.runner.watch(self._socket).watch(self.container_id, self._watched, check=self.adopted)
         return self._watched
 
@@ -343,6 +410,8 @@ class ApiContainerHandle(ContainerHandle):
 
     async def _drain_logs(self) -> None:
         watched = self.watched()
+        if self._copy is not None and watched.exited:
+            self._copy.finish()
         with anyio.move_on_after(DRAIN_TIMEOUT):
             while watched.following:
                 await watched.changed()
@@ -375,7 +444,15 @@ class ApiContainerHandle(ContainerHandle):
             if watched.exited:
                 if watched.exit_code is None:
                     return ExitStatus()
-                if watched.killed and self._stop_asked is None and await self._engine_leaves(seen_lost):
+                if watched.killed and self._stop_asked is None and self.runner.engine_stops_containers \
+                        and not await self.runner.api(self._socket).answers_now():
+                    # The engine signalled it and does not answer a new connection: its
+                    # shutdown stopped it (dockerd removes its socket before the kills).
+                    # Its pooled connections may serve until it is gone: wait for that,
+                    # then for its return (no restart is tried while it is away).
+                    with anyio.move_on_after(SHUTDOWN_LIMIT):
+                        while watched.lost == seen_lost:
+                            await watched.changed()
                     await self._inspect_when_back()
                     return ExitStatus(exit_code=watched.exit_code, cause=(
                         f"stopped by the {self.runner.display} engine's shutdown "
@@ -414,16 +491,6 @@ class ApiContainerHandle(ContainerHandle):
             while watched.back == mark:
                 await watched.changed()
         return delay
-
-    async def _engine_leaves(self, seen_lost: int) -> bool:
-        """Whether the engine goes away within :data:`SHUTDOWN_WINDOW` of a container it
-        signalled (and Hive did not ask to stop): a graceful engine shutdown
-        (``systemctl restart docker``) stops every container, then closes its API."""
-        watched = self.watched()
-        with anyio.move_on_after(SHUTDOWN_WINDOW):
-            while watched.lost == seen_lost:
-                await watched.changed()
-        return watched.lost != seen_lost
 
     # --- stop -----------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""The docker and podman runners: one implementation driving an engine's command line.
+"""A container runner driving an engine's command line, and the block both engines share.
 
-A service is one container, started with ``<engine> run -d`` and supervised through the
-engine's own CLI (``wait``, ``logs -f``, ``stop``, ``rm``); :class:`ContainerRunner` is
-parameterised by the binary, :mod:`runners.docker` and :mod:`runners.podman` name it.
+The docker and podman runners run on the engines' APIs (:mod:`runners._api_container`,
+which derives from :class:`ContainerRunner` and keeps its block, names, environment and
+error words); compose's handles still supervise through this CLI handle. Below, what the
+CLI implementation does: a service is one container, started with ``<engine> run -d`` and
+supervised through the engine's own CLI (``wait``, ``logs -f``, ``stop``, ``rm``);
+:class:`ContainerRunner` is parameterised by the binary.
 
 - **Start: one engine call when all is well.** ``run -d`` does everything: the image is
   pulled by the engine only if it is missing (``--pull missing``; ``--pull never`` with
@@ -81,6 +84,13 @@ import anyio.abc
 import msgspec
 import psutil
 
+from ._container_keys import (
+    PullPolicy,
+    check_common,
+    common_run_args,
+    env_file_values,
+    pull_policy,
+)
 from ._engine_api import EngineUnreachable
 from ._process import open_output
 from ._watch import SharedWatch
@@ -169,9 +179,20 @@ class ContainerConfig(RunnerConfig, frozen=True, kw_only=True):
     security: ContainerSecurity | None = None  # None: the secure defaults
     # The hive.yaml format has it; Hive's own `restart` policy restarts the service.
     restart: str | None = None
+    # Compose's common keys (see runners._container_keys).
+    env_file: str | list[str] | None = None  # KEY=VALUE files, relative to the project
+    labels: dict[str, str] = {}
+    working_dir: str | None = None  # inside the container; None: the image's
+    hostname: str | None = None
+    extra_hosts: list[str] | dict[str, str] = []  # HOST:ADDRESS entries, or {HOST: ADDRESS}
+    mem_limit: str | int | None = None  # bytes, or 512m, 1g
+    cpus: float | None = None  # 0.5: half a CPU
+    init: bool = False  # an init process as PID 1 (signals, zombies)
+    user: str | None = None  # uid[:gid] or a name; None: the image's (security.user too)
+    pull: PullPolicy | None = None  # None: never with deny_pull, else missing
 
     def check(self) -> list[ConfigProblem]:
-        problems = []
+        problems = check_common(self)
         if not self.image.strip():
             problems.append(ConfigProblem(("image",), "image is required (the image to run, e.g. nginx:1.27)"))
         for index, port in enumerate(self.ports):
@@ -275,6 +296,7 @@ def passed_environment(spec: RunSpec, config: ContainerConfig) -> dict[str, str]
     host = os.environ
     own = spec.own_env
     env = {key: value for key, value in spec.env.items() if key in own or host.get(key) != value}
+    env.update(env_file_values(config.env_file, spec.working_dir or ".", env))
     env.update(config.environment)
     for key in env:
         if not key or "=" in key or "\0" in key:
@@ -333,6 +355,12 @@ def engine_message(stderr: bytes | str) -> str:
         if line.startswith(prefix):
             line = line[len(prefix):]
     return line
+
+
+def missing_image(image: str, config: ContainerConfig) -> str:
+    """The error for an image that is missing and may not be pulled."""
+    why = "deny_pull is set" if config.deny_pull else "pull is never"
+    return f"image {image} is not present and {why}"
 
 
 def _name_conflict(stderr: bytes) -> bool:
@@ -491,7 +519,7 @@ class ContainerRunner(Runner):
                 "--label", f"{owner}={spec.fqn}", "--label", f"hive.source={source}",
                 "--label", f"hive.config-hash={digest}", "--label", f"hive.stop-signal={stop_signal}",
                 "--stop-signal", str(stop_signal),
-                "--pull", "never" if config.deny_pull else "missing"]
+                "--pull", pull_policy(config.pull, config.deny_pull)]
         if self.replace_flag:
             args.append("--replace")
         bind_ip = config.bind_ip or "127.0.0.1"
@@ -513,6 +541,7 @@ class ContainerRunner(Runner):
         if config.network_mode:
             args += ["--network", config.network_mode]
         args += self.security_args(config.security or ContainerSecurity())
+        args += common_run_args(config)
         command = list(config.command or [])
         if config.entrypoint is not None:
             args += ["--entrypoint", config.entrypoint[0] if config.entrypoint else ""]
@@ -612,8 +641,8 @@ class ContainerRunner(Runner):
         if any(marker in text for marker in _IMAGE_ERRORS):
             present = await self.call(["image", "inspect", "--format", "{{.Id}}", image], socket)
             if present.returncode != 0:
-                if config.deny_pull:
-                    return RunnerError(f"image {image} is not present and deny_pull is set")
+                if pull_policy(config.pull, config.deny_pull) == "never":
+                    return RunnerError(missing_image(image, config))
                 return RunnerError(f"cannot pull image {image}: {message}")
         return self.error("run", stderr, socket)
 

@@ -3,7 +3,8 @@
 Without it, every supervised container cost two engine CLI processes (``wait`` and
 ``logs -f``). Here one thread per engine socket runs an event loop holding:
 
-- **one** ``GET /events`` stream (``kill``, ``die`` and ``destroy`` of containers) that
+- **one** ``GET /events`` stream (``kill``, ``die`` and ``destroy`` of containers; podman:
+  every container event, its removal is ``remove``) that
   tells each watched container's :class:`Watched` its exit code, and whether the engine
   signalled it first. Its end is the engine going away: every watched container is
   told ``lost`` at once; the stream is opened again after 0.1 s, doubling up to 0.5 s,
@@ -27,12 +28,13 @@ import json
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
 
-from ._engine_api import EngineApi, filters
+from ._engine_api import ApiError, EngineApi, Starter, filters
+from ._engine_logs import LogPosition, copy_log, fd_sink
 from ._process import open_output
 from .base import RunnerError
 
@@ -42,6 +44,10 @@ log = logging.getLogger("hive.runners.container")
 
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 0.5
+# The events a container's supervision needs, as Docker filters them. podman 4 returns
+# nothing for an `event` filter (its runner asks for every container event, and this
+# thread drops the others); its removal is `remove`, Docker's `destroy`.
+DOCKER_EVENTS = {"type": ["container"], "event": ["kill", "die", "destroy"]}
 
 
 class Watched:
@@ -58,14 +64,23 @@ class Watched:
         self.back = 0  # how many times the event stream (re)connected while it was watched
         self.following = False  # its output is being copied
         self.copy = 0  # which copy of its output is the current one (an earlier one may end late)
+        # Where an engine's error short of an exit goes (the service's log), if anywhere.
+        self.report: Callable[[str], None] | None = None
 
-    def tell(self, kind: str, value: int | None = None) -> None:
+    def tell(self, kind: str, value: int | str | None = None) -> None:
         """From the engine's thread: ``exit`` (value: the code, None if unknown), ``lost``,
-        ``kill``, ``back`` (the event stream connected again), ``logs_end`` (value: which copy)."""
+        ``kill``, ``back`` (the event stream connected again), ``logs_end`` (value: which copy),
+        ``problem`` (value: what the engine said)."""
         with contextlib.suppress(RuntimeError):  # the daemon's loop is closed: nobody listens
             self._loop.call_soon_threadsafe(self._apply, kind, value)
 
-    def _apply(self, kind: str, value: int | None) -> None:
+    def _apply(self, kind: str, value: int | str | None) -> None:
+        if kind == "problem":
+            if self.report is not None and isinstance(value, str):
+                self.report(value)
+            return
+        if isinstance(value, str):
+            return
         if kind == "exit" and not self.exited:
             self.exited, self.exit_code = True, value
         elif kind == "lost":
@@ -85,16 +100,25 @@ class Watched:
 
 
 class Copy:
-    """One container's output being copied; :meth:`cancel` stops it, from any thread."""
+    """One container's output being copied; :meth:`cancel` stops it, :meth:`finish`
+    ends its follow for the catch-up read (the container has ended), from any thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
         self._loop = loop  # the engine's
         self.number = number
         self.scope = anyio.CancelScope()
+        self.follow = anyio.CancelScope()
 
     def cancel(self) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self.scope.cancel)
+
+    def finish(self) -> None:
+        """The engine has told the container's end, and has its whole log by then (dockerd
+        logs ``die`` once its output is copied): read the rest now rather than wait for
+        the follow stream to end (podman ends it 0.2-0.5 s later)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self.follow.cancel)
 
 
 class EngineWatch:
@@ -104,16 +128,22 @@ class EngineWatch:
     _lock = threading.Lock()
 
     @classmethod
-    def of(cls, path: str, display: str) -> EngineWatch:
+    def of(cls, path: str, display: str, *, starter: Starter | None = None,
+           events: dict[str, list[str]] | None = None) -> EngineWatch:
+        """The watch of the engine at ``path``; ``starter`` starts an engine that does not
+        answer, ``events`` is the events filter the engine honours (default: Docker's)."""
         with cls._lock:
             watch = cls._all.get(path)
             if watch is None:
-                watch = cls._all[path] = cls(path, display)
+                watch = cls._all[path] = cls(path, display, starter=starter, events=events)
             return watch
 
-    def __init__(self, path: str, display: str) -> None:
+    def __init__(self, path: str, display: str, *, starter: Starter | None = None,
+                 events: dict[str, list[str]] | None = None) -> None:
         self.path = path
         self.display = display
+        self._starter = starter
+        self._filter = events if events is not None else DOCKER_EVENTS
         self._watched: dict[str, Watched] = {}  # touched on the engine's loop only
         self._events_running = False
         self._ready = threading.Event()
@@ -128,7 +158,7 @@ class EngineWatch:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             self._loop = asyncio.get_running_loop()
-            self._api = EngineApi(self.path, self.display)
+            self._api = EngineApi(self.path, self.display, self._starter)
             self._ready.set()
             await anyio.sleep_forever()
 
@@ -176,9 +206,7 @@ class EngineWatch:
             while self._watched:
                 connected = False
                 try:
-                    async with self._api.stream(
-                        "/events", filters(type=["container"], event=["kill", "die", "destroy"])
-                    ) as response:
+                    async with self._api.stream("/events", filters(**self._filter)) as response:
                         connected, delay = True, RECONNECT_FIRST
                         assert self._tasks is not None
                         for container_id, watched in list(self._watched.items()):
@@ -215,7 +243,7 @@ class EngineWatch:
             watched.tell("kill")
         elif action == "die":
             watched.tell("exit", code)
-        else:  # destroyed without a die seen: its exit is not known
+        elif action in ("destroy", "remove"):  # removed without a die seen: its exit is not known
             watched.tell("exit", None)
 
     async def _check(self, container_id: str, watched: Watched) -> None:
@@ -239,44 +267,31 @@ class EngineWatch:
                          since: float | None, copy: Copy) -> None:
         try:
             with copy.scope:
-                await self._copy_frames(container_id, stdout_path, stderr_path, since)
+                await self._copy_frames(container_id, watched, stdout_path, stderr_path, since, copy.follow)
         finally:
             watched.tell("logs_end", copy.number)
 
-    async def _copy_frames(self, container_id: str, stdout_path: str, stderr_path: str,
-                           since: float | None) -> None:
+    async def _copy_frames(self, container_id: str, watched: Watched, stdout_path: str, stderr_path: str,
+                           since: float | None, follow: anyio.CancelScope) -> None:
         assert self._api is not None
         out = err = None
-        params: dict[str, Any] = {"follow": "1", "stdout": "1", "stderr": "1"}
-        if since is not None:
-            params["since"] = f"{since:.9f}"
         try:
             out = open_output(stdout_path) if stdout_path else None
             err = (out if stderr_path == stdout_path else open_output(stderr_path)) if stderr_path else None
-            async with self._api.stream(f"/containers/{container_id}/logs", params) as response:
-                pending = bytearray()
-                async for chunk in response.aiter_raw():
-                    pending += chunk
-                    _write_frames(pending, out, err)
+            keeper = stdout_path or stderr_path
+            # A copy of a container followed before resumes where the last one stopped.
+            position = LogPosition.load(container_id, keeper) if since is not None else None
+            await copy_log(self._api, container_id, since, fd_sink(out, err),
+                           position or LogPosition(container_id, keeper), follow=follow)
+        except ApiError as exc:
+            if exc.status != 404:  # an engine's error is said, not taken for output or silence
+                watched.tell("problem", f"cannot copy the container's output: the {self.display} "
+                                        f"engine answered {exc.status}: {exc}")
         except RunnerError:
-            pass  # the engine went away (its return is the event stream's business) or it is gone
+            pass  # the engine went away (its return is the event stream's business)
         except Exception:  # this thread must outlive whatever happens to one copy
             log.exception("copying the output of container %s failed", container_id)
         finally:
             for fd in {out, err}:
                 if fd is not None:
                     os.close(fd)
-
-
-def _write_frames(pending: bytearray, out: int | None, err: int | None) -> None:
-    """Write the complete frames at the start of ``pending`` (stream 2: stderr; else
-    stdout) and remove them from it."""
-    while len(pending) >= 8:
-        size = int.from_bytes(pending[4:8], "big")
-        if len(pending) < 8 + size:
-            return
-        fd = err if pending[0] == 2 else out
-        payload = bytes(pending[8:8 + size])
-        del pending[:8 + size]
-        while fd is not None and payload:
-            payload = payload[os.write(fd, payload):]

@@ -10,7 +10,7 @@ import anyio.abc
 
 from .base import RunnerError
 
-__all__ = ["pump_lines", "run_streaming"]
+__all__ = ["Lines", "pump_lines", "run_streaming"]
 
 
 def _decode(raw: bytes | bytearray) -> str:
@@ -18,35 +18,52 @@ def _decode(raw: bytes | bytearray) -> str:
     return text[:-1] if text.endswith("\r") else text
 
 
+class Lines:
+    """``emit(name, line)`` for each line of the chunks fed (decoded, invalid UTF-8
+    replaced); a line longer than ``cap`` bytes is cut to its first ``cap``."""
+
+    def __init__(self, name: str, emit: Callable[[str, str], None], cap: int) -> None:
+        self.name, self.emit, self.cap = name, emit, cap
+        self.buffer = bytearray()
+        self.skipping = False  # dropping the rest of an over-long line
+
+    def feed(self, chunk: bytes) -> None:
+        buffer, cap = self.buffer, self.cap
+        buffer += chunk
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                if len(buffer) >= cap:
+                    if not self.skipping:
+                        self.emit(self.name, _decode(buffer[:cap]))
+                        self.skipping = True
+                    buffer.clear()
+                return
+            line = buffer[: min(newline, cap)]
+            del buffer[: newline + 1]
+            if self.skipping:
+                self.skipping = False
+                continue
+            self.emit(self.name, _decode(line))
+
+    def end(self) -> None:
+        """The last line, if it had no newline."""
+        if self.buffer and not self.skipping:
+            self.emit(self.name, _decode(self.buffer[: self.cap]))
+        self.buffer.clear()
+
+
 async def pump_lines(
     stream: anyio.abc.ByteReceiveStream, name: str, emit: Callable[[str, str], None], cap: int
 ) -> None:
-    """``emit(name, line)`` for each of ``stream``'s lines as they come (decoded, invalid
-    UTF-8 replaced); a line longer than ``cap`` bytes is cut to its first ``cap``."""
-    buffer = bytearray()
-    skipping = False  # dropping the rest of an over-long line
+    """``emit(name, line)`` for each of ``stream``'s lines as they come (see :class:`Lines`)."""
+    lines = Lines(name, emit, cap)
     try:
         async for chunk in stream:
-            buffer += chunk
-            while True:
-                newline = buffer.find(b"\n")
-                if newline < 0:
-                    if len(buffer) >= cap:
-                        if not skipping:
-                            emit(name, _decode(buffer[:cap]))
-                            skipping = True
-                        buffer.clear()
-                    break
-                line = buffer[: min(newline, cap)]
-                del buffer[: newline + 1]
-                if skipping:
-                    skipping = False
-                    continue
-                emit(name, _decode(line))
+            lines.feed(chunk)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass
-    if buffer and not skipping:
-        emit(name, _decode(buffer[:cap]))
+    lines.end()
 
 
 async def run_streaming(

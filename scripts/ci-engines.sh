@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Container engines for the tests, on a Debian 12 machine with no registry access:
-# podman (runc, cgroupfs), a Docker engine (dockerd without iptables or a bridge),
+# podman (runc, cgroupfs; catatonit for `init: true`), a Docker engine (dockerd without iptables or a bridge),
 # docker-compose, and the local test image localhost/hive-test:busybox built from
 # busybox-static. (podman-compose comes from PyPI with the test extra.) Idempotent: what
 # is there already is kept.
@@ -16,7 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(podman runc busybox-static docker.io docker-compose)
+packages=(podman runc catatonit busybox-static docker.io docker-compose)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

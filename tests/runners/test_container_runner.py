@@ -201,7 +201,8 @@ async def test_exec_prefix_runs_a_command_inside(runner: ContainerRunner, cspec:
 
 async def test_no_helper_process_per_container(engine: str, runner: ContainerRunner, cspec: ContainerSpec) -> None:
     """On the engine's API, supervising containers (their output and their exits) costs no
-    process: the test's process has no child while three run and print."""
+    process: the test's process has no child while three run and print, but podman's API
+    service (the engine, started if it did not run: one, whatever the count)."""
     if not isinstance(runner, ApiContainerRunner):
         pytest.skip(f"the {engine} runner still uses its CLI")
     before = set(psutil.Process().children(recursive=True))  # what earlier tests left is theirs
@@ -209,10 +210,19 @@ async def test_no_helper_process_per_container(engine: str, runner: ContainerRun
     handles = [await runner.start(spec) for spec in specs]
     for index, spec in enumerate(specs):
         await output_contains(spec.stdout_path, f"up {index}\n", timeout=20)
-    assert set(psutil.Process().children(recursive=True)) - before == set()
+    new = set(psutil.Process().children(recursive=True)) - before
+    engines = {process for process in new if _is_podman_service(process)}
+    assert new - engines == set()
+    assert len(engines) <= (1 if engine == "podman" else 0)
     with anyio.fail_after(30):
         for handle in handles:
             assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
+
+
+def _is_podman_service(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return process.cmdline()[1:3] == ["system", "service"]
+    return False
 
 
 # --- stop ------------------------------------------------------------------------------------
@@ -311,8 +321,10 @@ async def test_output_printed_while_nothing_followed_is_copied_after_adoption(
     engine: str, runner: ContainerRunner, cspec: ContainerSpec
 ) -> None:
     # A daemon killed, then started again: what the container printed in between reaches
-    # the capture file, none of it lost. The last line copied before may come twice: a
-    # file's mtime (where the copy resumes) is the kernel's coarse clock, a few ms behind.
+    # the capture file, none of it lost and none twice: the copy resumes at the position
+    # kept on the capture file (the engine's stamp of the last line copied, and how many
+    # lines had it), not at the file's mtime (when a line was written: podman's follow
+    # lags, and lines printed before that time but not yet copied were lost).
     if not isinstance(runner, ApiContainerRunner):
         pytest.skip(f"the {engine} runner's follower is a process that outlives the daemon")
     spec = cspec("i=0; trap 'exit 0' TERM; while :; do i=$((i+1)); echo tick $i; sleep 0.1 & wait $!; done")
@@ -334,7 +346,7 @@ async def test_output_printed_while_nothing_followed_is_copied_after_adoption(
     numbers = [int(line.split()[1]) for line in read(spec.stdout_path).splitlines()]
     once = sorted(set(numbers))
     assert once == list(range(1, len(once) + 1))  # nothing lost
-    assert len(numbers) - len(once) <= 1 and numbers[:copied] == once[:copied]
+    assert numbers == once  # nothing twice
     assert len(once) >= copied + 10
 
 
