@@ -253,6 +253,27 @@ async def test_enospc_on_a_real_full_filesystem(
         assert any("works again" in r.getMessage() for r in caplog.records)
 
 
+async def test_room_found_by_one_log_file_ends_every_failing_files_episode(home: Path, tiny_tmpfs: Path) -> None:
+    """Two services fill the disk; space returns and only one writes again. The other
+    (a crashed service in its backoff) must not keep the hub at NOT STORED: its file is
+    on the same file system, so it is written again too, with the note of what it lost."""
+    flood = "i=1; while [ $i -le 2000 ]; do echo \"line $i $(printf '%050d' 0)\"; i=$((i+1)); done"
+    async with running_hub(home) as hub:
+        for fqn in ("proj:quiet", "proj:web"):
+            hub.follow(fqn)
+            with hub.subscribe(fqn, maxlen=5000) as sub:
+                await write(hub, fqn, flood + "; echo done")
+                await wait_for_message(sub, "done")
+        assert hub.write_error is not None
+        _remount(tiny_tmpfs, "size=4m")
+        with hub.subscribe("proj:web", maxlen=5000) as sub:
+            await write(hub, "proj:web", "echo back")
+            await wait_for_message(sub, "back")
+        await wait_until(lambda: hub.write_error is None, timeout=10, what="the hub to see every file written again")
+        await wait_until(lambda: "can be written again: " in hub.log_path("proj:quiet").read_text(), timeout=10,
+                         what="the quiet service's file to say what it lost")
+
+
 async def test_following_again_after_a_service_restart_does_not_duplicate(home: Path) -> None:
     fqn = "proj:web"
     async with running_hub(home) as hub:

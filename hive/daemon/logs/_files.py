@@ -111,15 +111,21 @@ class LogFile:
         finally:
             # Cleared in place: the hub holds a bound ``pending.append``.
             chunks.clear()
-        if self.failing:
-            self.failing = False
-            self._stats.failing -= 1
-            if not self._stats.failing:
-                self._stats.last_error = None
-            logger.warning("writing %s works again (%d lines were dropped)", self.path, self.dropped_lines)
-            if self._stats.on_episode is not None:
-                self._stats.on_episode(self, False)  # may queue a line: pending is empty now
-            self.dropped_lines = 0
+        self.recovered()
+
+    def recovered(self) -> None:
+        """Writes work again (a flush went through, or another file on this file system
+        did): the episode ends, and the hub queues the note that says what was lost."""
+        if not self.failing:
+            return
+        self.failing = False
+        self._stats.failing -= 1
+        if not self._stats.failing:
+            self._stats.last_error = None
+        logger.warning("writing %s works again (%d lines were dropped)", self.path, self.dropped_lines)
+        if self._stats.on_episode is not None:
+            self._stats.on_episode(self, False)  # may queue a line: pending is empty now
+        self.dropped_lines = 0
 
     def close(self) -> None:
         self.flush()

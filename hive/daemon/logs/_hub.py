@@ -16,6 +16,7 @@ then every file is closed and every stream ended. Everything else is delegation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -79,6 +80,7 @@ class LogHub:
         self._write_stats.on_episode = self._episode
         self._write_stats.pressure = self._pressure
         self._guard = DiskGuard(settings.keep_free_bytes)
+        self._retrying = False  # in _retry_failing: its own recoveries do not loop again
         self._apply(settings)
 
     def _apply(self, settings: LogsSection) -> None:
@@ -355,6 +357,29 @@ class LogHub:
         since = datetime.fromtimestamp(file.failing_since, UTC).strftime("%H:%M:%S")
         self._note(inst, f"the log file can be written again: {file.dropped_lines} lines since {since} "
                    f"UTC could not be stored ({file.error})", _WARN)
+        if not self._retrying:
+            self._retry_failing(file)
+
+    def _retry_failing(self, written: LogFile) -> None:
+        """``written`` took a write after failing: there is room on its file system, so
+        the other files there that failed end their episode now too (their first line is
+        the note of what they lost), not at their service's next output, which may be
+        far off (a crashed service in backoff), keeping `hive status` at NOT STORED."""
+        try:
+            device = os.stat(written.path.parent).st_dev
+        except OSError:
+            return
+        self._retrying = True
+        try:
+            for inst in list(self._instances.values()):
+                file = inst.file
+                if file is written or not file.failing:
+                    continue
+                with contextlib.suppress(OSError):
+                    if os.stat(file.path.parent).st_dev == device:
+                        file.recovered()
+        finally:
+            self._retrying = False
 
     def _pressure(self, directory: Path, failing: bool) -> None:
         """Space may be short where ``directory`` is: old log files go first."""
