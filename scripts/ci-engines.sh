@@ -47,7 +47,8 @@ fi
 # The Docker engine: no iptables, no bridge (tests use host networking).
 if ! docker version >/dev/null 2>&1; then
     log "starting dockerd"
-    nohup dockerd --iptables=false --bridge=none >/var/log/hive-ci-dockerd.log 2>&1 &
+    # Its own session: a job control or test that kills the caller's process group must not take the engine.
+    setsid nohup dockerd --iptables=false --bridge=none >/var/log/hive-ci-dockerd.log 2>&1 </dev/null &
     for _ in $(seq 1 150); do
         docker version >/dev/null 2>&1 && break
         sleep 0.2
