@@ -118,10 +118,9 @@ async def test_plugins_and_events_are_scraped(start_with: StartWith) -> None:
     assert delivered is not None and delivered >= 5
 
 
-async def test_a_container_reports_what_its_engine_counts(start_with: StartWith, project_dir: Path) -> None:
-    # A container instance has no host pid to read with psutil: its engine's stats count
-    # (the Engine API runner's; podman's CLI runner has none yet).
-    engine = "docker"
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+async def test_a_container_reports_what_its_engine_counts(start_with: StartWith, project_dir: Path, engine: str) -> None:
+    # A container instance has no host pid to read with psutil: its engine's stats count.
     require_engine(engine)
     daemon = start_with(CONFIG)
     write_project(project_dir, f"""
