@@ -29,9 +29,12 @@ class SecretMask:
     """Replaces each known value (``value -> shown as``) wherever it occurs in a text."""
 
     def __init__(self, shown_as: Mapping[str, str] | None = None) -> None:
-        self.shown_as: dict[str, str] = {
-            value: shown for value, shown in (shown_as or {}).items() if is_secret(value)
-        }
+        self.shown_as: dict[str, str] = {}
+        for value, shown in (shown_as or {}).items():
+            # Each line of a multi-line value too (a PEM key): output is cut at newlines.
+            for part in (value, *value.splitlines()):
+                if is_secret(part):
+                    self.shown_as.setdefault(part, shown)
         # Longest first: a value that contains another is replaced whole.
         ordered = sorted(self.shown_as, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None

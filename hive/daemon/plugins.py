@@ -510,6 +510,8 @@ class PluginHost:
             self.dropped += subscription.take_dropped()
             if _about_itself(event, self.name):
                 continue  # its own failures would feed back into it
+            if self.scope != "admin":  # as its client's frames (Connection.encode)
+                event = self.manager.app.sources.secrets.scrub_if_found(event)
             self._busy = True
             tag = event.__struct_config__.tag
             limit = self.table.event_timeout

@@ -6,8 +6,12 @@ there in errors, events, health checks and the daemon's notes in a service's log
 than trust each of those places, :meth:`Connection.encode <hive.daemon.server.Connection.encode>`
 asks :meth:`SecretRedactor.found_in` whether an encoded frame holds one of the values (a
 substring search in C, nothing when no source has any), and only then re-encodes the
-message with each value shown as its reference (``${env.API_TOKEN}``). Every client gets
-the hidden form, admin included (docs/protocol.md, "Secrets").
+message with each value shown as its reference (``${env.API_TOKEN}``). Clients below
+``admin`` (read, operate, and core plugins given those scopes, their events included) get
+the hidden form; an admin, who can read config.toml and run commands as the daemon's
+user, gets the values (docs/protocol.md, "Secrets"). Fields that name things (a service,
+a path, a state, a level) are never rewritten: a value that happens to equal ``debug``
+or to be a home directory must not turn an identifier into a reference.
 
 A source's values are kept for two loads, so the processes a reload is replacing, still
 running with the old values, are hidden too.
@@ -54,7 +58,7 @@ class SecretRedactor:
         values = list(self.mask.shown_as)
         # As each transport writes a string: msgpack as its UTF-8, JSON escaped.
         self._needles = {
-            False: tuple(value.encode() for value in values),
+            False: tuple(value.encode("utf-8", "surrogateescape") for value in values),
             True: tuple(msgspec.json.encode(value)[1:-1] for value in values),
         }
 
@@ -62,10 +66,25 @@ class SecretRedactor:
         """Whether a frame (as ``json`` lines or msgpack) may hold a secret value."""
         return any(needle in encoded for needle in self._needles[json])
 
+    def scrub_if_found(self, message: T) -> T:
+        """``message`` scrubbed when its msgpack form holds a value (events to plugins)."""
+        if not self._needles[False] or not self.found_in(msgspec.msgpack.encode(message), json=False):
+            return message
+        return self.scrub(message)
+
     def scrub(self, message: T) -> T:
         """``message`` with every secret value in its strings replaced (a copy where needed)."""
         scrubbed: T = _scrubbed(message, self.mask)
         return scrubbed
+
+
+# String fields that name or classify rather than say: kept as they are (see the
+# module's doc). A field of these names that holds a structure is scrubbed inside.
+_NAMES = frozenset({
+    "fqn", "name", "source", "service", "services", "project", "instance", "path", "home",
+    "socket", "directory", "file", "state", "desired", "level", "stream", "kind", "type",
+    "scope", "runner", "generation", "health", "container_id", "image",
+})
 
 
 def _scrubbed(value: Any, mask: SecretMask) -> Any:
@@ -75,6 +94,8 @@ def _scrubbed(value: Any, mask: SecretMask) -> Any:
         changes = {}
         for name in value.__struct_fields__:
             item = getattr(value, name)
+            if name in _NAMES and isinstance(item, str):
+                continue
             hidden = _scrubbed(item, mask)
             if hidden is not item:
                 changes[name] = hidden

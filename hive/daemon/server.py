@@ -292,10 +292,12 @@ class Connection:
             self._answers_taken.set()
 
     def encode(self, msg_id: int, message: Response) -> bytes:
-        """``message`` as this connection's transport carries it, secret values hidden."""
+        """``message`` as this connection's transport carries it, secret values hidden
+        from clients below ``admin`` (an admin can read config.toml and run commands as
+        the daemon's user: hiding from it would hide nothing, and break its paths)."""
         encoded = self._encode(msg_id, message)
         secrets = self.server.secrets
-        if secrets.found_in(encoded, json=self.json):
+        if self.scope != "admin" and secrets.found_in(encoded, json=self.json):
             encoded = self._encode(msg_id, secrets.scrub(message))
         return encoded
 

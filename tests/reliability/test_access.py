@@ -250,7 +250,9 @@ def test_a_supplementary_member_is_known_by_the_user_database(hive_env: Path) ->
 def test_a_secret_from_the_daemons_environment_stays_hidden(member: Member, hive_env: Path) -> None:
     """A value the configuration takes from the daemon's environment (``${env.X}``) is shown
     as ``${env.X}`` in what a client receives: a start error, a health check, a failed
-    reload's error and event, the daemon's notes in the service's log."""
+    reload's error and event, the daemon's notes in the service's log. Fields that name
+    things stay as they are (a home directory, a level equal to a value), and an admin
+    gets the values."""
     import secrets
 
     token = f"tok-{secrets.token_hex(12)}"
@@ -261,14 +263,14 @@ def test_a_secret_from_the_daemons_environment_stays_hidden(member: Member, hive
           web:
             runner: {type: script, script: {run: "exec sleep 1000", working_dir: "/nonexistent/${env.HIVE_TEST_TOKEN}"}}
           api:
-            runner: {type: script, script: {run: "exec sleep 1000"}}
+            runner: {type: script, script: {run: "echo ${env.HIVE_TEST_LEVEL} in ${env.HIVE_TEST_HOME}; exec sleep 1000"}}
             healthcheck: {type: cmd, cmd: {command: "test x = ${env.HIVE_TEST_TOKEN}", interval: INTERVAL}}
         """
     project = write_project(hive_env / "proj", services.replace("INTERVAL", "1s"))
-    daemon = start_daemon(hive_env, env={"HIVE_TEST_TOKEN": token})
+    daemon = start_daemon(hive_env, env={"HIVE_TEST_TOKEN": token, "HIVE_TEST_LEVEL": "debug",
+                                         "HIVE_TEST_HOME": str(hive_env)})
     try:
-        up = run_cli("up", str(project))
-        assert token not in up.stdout + up.stderr
+        run_cli("up", str(project))  # proj:web cannot start: its working directory is missing
 
         def api_unhealthy() -> bool:
             listed = json.loads(run_cli("services", "--json").stdout)
@@ -287,9 +289,19 @@ def test_a_secret_from_the_daemons_environment_stays_hidden(member: Member, hive
             {"type": "get_logs", "fqn": "proj:web"},
             {"type": "list_sources"},
             {"type": "subscribe_events", "kinds": [], "since_seq": 0, "_until": "reload_failed"},
+            {"type": "status"},
+            {"type": "get_logs", "fqn": "proj:api"},
         )
         seen = json.dumps(answers)
-        assert token not in seen
+        assert token not in seen, seen[max(0, seen.find(token) - 300):seen.find(token) + 100]
+        [status] = [answer for answer in answers if answer.get("type") == "status"]
+        assert status["home"] == str(hive_env)  # a path, not "${env.HIVE_TEST_HOME}"
+        api_logs = answers[-1]["logs"]
+        levels = {line["level"] for line in api_logs}
+        assert levels and levels <= {"trace", "debug", "info", "notice", "warn", "error", "fatal"}, levels
+        assert any(line["message"] == "${env.HIVE_TEST_LEVEL} in ${env.HIVE_TEST_HOME}" for line in api_logs)
+        admin = json.loads(run_cli("service", "status", "proj:web", "--json").stdout)
+        assert token in json.dumps(admin), admin  # an admin gets the values
         web = answers[1]["service"]
         assert web["last_error"].endswith("working directory /nonexistent/${env.HIVE_TEST_TOKEN} does not exist")
         assert "cmd: test x = ${env.HIVE_TEST_TOKEN}" in seen  # the check's target, in list_services
