@@ -213,15 +213,20 @@ class SourceRegistry:
     async def load_all(self) -> None:
         """The default source and every registered one; a broken one is kept, with its error."""
         home = self._home
+        # A state.db from before every service had a row: a service without one is not
+        # new, only never started; this start writes the rows, the next may tell.
+        rows_known = await self._stored.rows_for_every_service()
         if find_config_file(home) is not None:
             source = Source(DEFAULT_SOURCE, home, "yaml", builtin=True)
-            await self._load_initial(source)
+            await self._load_initial(source, rows_known)
         for row in await self._stored.load_sources():
             source = Source(row.name, Path(row.path), row.source_type, enabled=row.enabled, owner=row.owner)
             self.supervisor.set_source_owner(source.name, source.owner)
-            await self._load_initial(source)
+            await self._load_initial(source, rows_known)
+        if not rows_known:
+            await self._stored.mark_rows_for_every_service()
 
-    async def _load_initial(self, source: Source) -> None:
+    async def _load_initial(self, source: Source, rows_known: bool) -> None:
         self.sources[source.name] = source
         try:
             services = await self._read(source)
@@ -232,7 +237,7 @@ class SourceRegistry:
         self._install(source, services)
         # The file may differ from what the last daemon ran: converge as a reload would.
         self.supervisor.settle_loaded(source.name, self._fqns(source), enabled=source.enabled,
-                                      complete=self.loaded(source.name))
+                                      complete=self.loaded(source.name), start_added=rows_known)
 
     async def _read(self, source: Source) -> dict[str, ServiceConfig]:
         """Parse the source as it is on disk now, changing nothing."""

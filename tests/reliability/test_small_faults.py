@@ -429,3 +429,38 @@ def test_a_source_edited_while_the_daemon_is_down_converges_at_start(hive_env: P
                "the next reload had nothing to do", "none")
     finally:
         daemon.stop()
+
+
+def test_a_state_db_from_before_rows_for_every_service_starts_no_service_never_run(hive_env: Path) -> None:
+    """An older Hive saved a row only for a service once started or stopped. The first start
+    after the upgrade must not take a service without a row for one added while no daemon
+    ran: ``migrate``, never started, stays stopped (a reload would not start it either)."""
+    import sqlite3
+
+    project = write_project(hive_env / "proj", """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+          migrate:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+        """)
+    daemon = start_daemon(hive_env)
+    try:
+        assert run_cli("up", str(project)).returncode == 0
+        assert run_cli("service", "stop", "proj:migrate").returncode == 0
+        daemon.stop()
+        with sqlite3.connect(hive_env / "state.db") as db:  # as an older Hive left it
+            db.execute("DELETE FROM services WHERE fqn = 'proj:migrate'")
+            db.execute("DELETE FROM meta WHERE key = 'service_rows'")
+        daemon = start_daemon(hive_env)
+        wait_for(lambda: _pids(hive_env, "proj:web"), timeout=30, what="proj:web started again")
+        states = {s["fqn"]: s for s in json.loads(run_cli("services", "--json").stdout)}
+        assert states["proj:migrate"]["desired"] == "stopped" and not _pids(hive_env, "proj:migrate")
+        # The rows are complete now: the next start tells an added service (converge test).
+        daemon.stop()
+        daemon = start_daemon(hive_env)
+        wait_for(lambda: _pids(hive_env, "proj:web"), timeout=30, what="proj:web started again")
+        assert not _pids(hive_env, "proj:migrate")
+    finally:
+        daemon.stop()

@@ -169,6 +169,15 @@ class StateRepository:
     async def remove_source(self, name: str) -> None:
         await self._store.execute("DELETE FROM sources WHERE name = ?", (name,))
 
+    async def rows_for_every_service(self) -> bool:
+        """Whether every service a daemon registered has a row (what ``settle_loaded``
+        needs to tell a service added while no daemon ran); a state.db of an older Hive
+        has rows only for services once started or stopped."""
+        return await self._store.get_meta("service_rows") == "every"
+
+    async def mark_rows_for_every_service(self) -> None:
+        await self._store.set_meta("service_rows", "every")
+
     async def set_source_enabled(self, name: str, enabled: bool) -> None:
         await self._store.execute("UPDATE sources SET enabled = ? WHERE name = ?", (int(enabled), name))
 

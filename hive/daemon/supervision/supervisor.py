@@ -241,7 +241,8 @@ class Supervisor:
         self._registry.index_exposes()
         return service
 
-    def settle_loaded(self, source: str, fqns: list[str], *, enabled: bool, complete: bool) -> None:
+    def settle_loaded(self, source: str, fqns: list[str], *, enabled: bool, complete: bool,
+                      start_added: bool = True) -> None:
         """At start-up, before :meth:`resume`: the services of ``source`` as its file says
         now, made what a reload would have made them. The file may have changed while no
         daemon ran, or under a reload a ``kill -9`` cut short. Services the stored state does
@@ -249,12 +250,13 @@ class Supervisor:
         services wanted running), as a reload starts what it adds; the stored states of
         services the file no longer lists are forgotten (when it loaded ``complete``ly),
         as a reload forgets what it removes. Changed ones are replaced by resume() (their
-        configuration digest differs)."""
+        configuration digest differs). ``start_added`` False: the stored state predates
+        rows for every service, so a service without one may only never have run."""
         prefix = f"{source}:"
         stored = {fqn: row for fqn, row in self._records.persisted.items() if fqn.startswith(prefix)}
         added = [self.services[fqn] for fqn in fqns if fqn not in stored and fqn in self.services]
         owned = source in self._registry.source_owners  # its owner decides what starts
-        if added and enabled and not owned and any(row.desired == "running" for row in stored.values()):
+        if added and start_added and enabled and not owned and any(row.desired == "running" for row in stored.values()):
             log.info("starting %s: added to %s while no daemon ran", ", ".join(s.fqn for s in added), source)
             self._actions.mark_desired(added, "running")
         if complete:
