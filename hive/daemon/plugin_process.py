@@ -19,11 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import anyio
 import anyio.abc
 import msgspec
+import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hive.plugin import PluginCallError
@@ -36,6 +38,7 @@ __all__ = ["PluginError", "PluginProcess", "RemoteCall"]
 log = logging.getLogger("hive.plugins")
 # The daemon's own: systemd's notify socket and socket activation are not the plugin's.
 _DAEMON_ONLY = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+_MAX_MESSAGE = 64 * 1024 * 1024  # a stack dump or a log line is far below
 _END_WAIT = 2.0  # how long a child whose control socket closed has to exit before it is killed
 
 
@@ -96,6 +99,7 @@ class PluginProcess:
         self._calls: dict[int, RemoteCall] = {}
         self._answers: dict[int, _Answer] = {}
         self._process: anyio.abc.Process | None = None
+        self._ended_at = math.inf  # when the child was seen to end (reaped)
         self._stream: anyio.abc.SocketStream | None = None
         self._outbox, self._outgoing = anyio.create_memory_object_stream[bytes](math.inf)
         self.ended: str | None = None  # why the process is gone (its exit), once it is
@@ -182,6 +186,7 @@ class PluginProcess:
                 if self._process is not None:
                     with anyio.move_on_after(_END_WAIT):
                         code = await self._process.wait()
+                        self._ended_at = time.time()
                 self.ended = _exit_text(code)
                 for call_id, call in list(self._calls.items()):
                     call.end(self._gone_done(call_id))
@@ -200,7 +205,12 @@ class PluginProcess:
         try:
             while True:
                 header = await buffered.receive_exactly(HEADER.size)
-                message = decode_daemon(await buffered.receive_exactly(HEADER.unpack(header)[0]))
+                size = HEADER.unpack(header)[0]
+                if size > _MAX_MESSAGE:  # not our child speaking, or a broken one: no 4 GiB buffer
+                    log.error("plugin %s: its process announced a %d-byte message; killing it", self.name, size)
+                    self._kill()
+                    return
+                message = decode_daemon(await buffered.receive_exactly(size))
                 if isinstance(message, Done):
                     call = self._calls.pop(message.id, None)
                     if call is not None:
@@ -242,11 +252,22 @@ class PluginProcess:
 
     def _kill(self) -> None:
         pid = self.pid
-        if pid is None:
+        if pid is None or self._process is None:
             return
-        # The group is the child's own (start_new_session): its leftovers go with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        if self._process.returncode is None:
+            # Unreaped, the leader holds its number: the group (start_new_session) is the
+            # child's own, and its leftovers go with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            return
+        # Reaped: the number may be another process group's now (a service's: they are
+        # session leaders). Only members that were there before the child ended are ours
+        # (asyncio may have reaped it before anyone waited: then, before now).
+        ended = min(self._ended_at, time.time())
+        for member in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(member.pid) == pid and member.create_time() <= ended:
+                    member.kill()
 
     async def _reap(self) -> None:
         if self._process is not None:
