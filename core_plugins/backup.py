@@ -294,6 +294,8 @@ class Backup(CorePlugin[BackupSettings]):
         for source in sources:
             entry: dict[str, Any] = {"name": source.name, "type": source.source_type,
                                      "path": source.path, "enabled": source.enabled}
+            if source.owner is not None:
+                entry["owner"] = source.owner
             member = f"sources/{source.name}"
             try:
                 data: bytes | Path
@@ -506,6 +508,10 @@ class Backup(CorePlugin[BackupSettings]):
         current_services = {s.fqn: s.state for s in listed}
         current_instances = {s.fqn: s.instances for s in listed}
         steps: list[tuple[str, Any]] = []
+        # A source with an owner (the fleet's) is its owner's to start: a restore adds it
+        # back with its owner, and starts or scales none of its services.
+        owned = {source["name"] for source in manifest["sources"] if source.get("owner")}
+        owned |= {name for name, info in current_sources.items() if info.owner is not None}
         for source in manifest["sources"]:
             if "file" not in source:
                 continue
@@ -520,12 +526,16 @@ class Backup(CorePlugin[BackupSettings]):
             elif not restore_to.exists():
                 steps.append((f"write {restore_to} (source {name})", ("write", restore_to, data)))
             if not registered:
-                steps.append((f"add source {name} ({source['path']})", ("add", source["path"], name)))
+                owner = source.get("owner")
+                steps.append((f"add source {name} ({source['path']})" + (f", owned by {owner}" if owner else ""),
+                              ("add", source["path"], name, owner)))
             if source["type"] == "sqlite" and registered:
                 for service, config in await anyio.to_thread.run_sync(_services_of, data):
                     if f"{name}:{service}" not in current_services:
                         steps.append((f"create service {name}:{service}", ("create", name, service, config)))
         for service in manifest["services"]:
+            if service["fqn"].partition(":")[0] in owned:
+                continue
             running_now = current_services.get(service["fqn"]) in ("running", "unhealthy", "starting")
             if service["desired"] == "running" and not running_now:
                 steps.append((f"start {service['fqn']}", ("start", service["fqn"])))
@@ -558,7 +568,7 @@ class Backup(CorePlugin[BackupSettings]):
             target.parent.mkdir(parents=True, exist_ok=True)
             await anyio.to_thread.run_sync(_write_atomically, target, data)
         elif action == "add":
-            await self.client.add_source(step[1], name=step[2])
+            await self.client.add_source(step[1], name=step[2], owner=step[3])
         elif action == "create":
             await self.client.create_service(step[1], step[2], step[3], start=False)
         elif action == "reload":

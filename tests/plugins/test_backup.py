@@ -89,6 +89,26 @@ async def test_snapshot_delete_restore(start_with: StartWith, project_dir: Path,
         assert again["plan"] == []  # everything is back
 
 
+async def test_a_restored_source_keeps_its_owner_and_starts_nothing_of_it(start_with: StartWith,
+                                                                         project_dir: Path) -> None:
+    """A source with an owner (a plugin, such as the fleet) is its owner's to start: a
+    restore adds it back owned, and starts none of its services (they may run elsewhere)."""
+    daemon = start_with(_settings())
+    async with DaemonClient(daemon.socket, timeout=60) as client:
+        write_project(project_dir, PROJECT)
+        await client.add_source(project_dir, name="proj", start=True, owner="fleet")
+        taken = _json("backup", "now")
+        await client.remove_source("proj")
+
+        plan = _json("backup", "restore", taken["id"], "--dry-run")
+        assert plan["plan"] == [f"add source proj ({project_dir}), owned by fleet"], plan["plan"]
+        restored = run_cli("backup", "restore", taken["id"])
+        assert restored.returncode == 0, restored.stderr
+        [source] = [s for s in await client.list_sources() if s.name == "proj"]
+        assert source.owner == "fleet"
+        assert {s.fqn: s.state for s in await client.list_services()} == {"proj:web": "stopped"}
+
+
 async def test_an_explicit_scope_wins(start_with: StartWith, project_dir: Path, hive_env: Path) -> None:
     # scope = "operate" in config.toml beats the plugin's admin default: the restore is refused.
     operate = _settings().replace("[plugins.backup]\n", '[plugins.backup]\nscope = "operate"\n')
