@@ -15,6 +15,7 @@ is the memfd this runner named for the service, and follows it from the saved of
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 __all__ = ["MemoryCapture", "memfd_name", "reopen_capture"]
@@ -65,11 +66,38 @@ class MemoryCapture:
             os.close(fd)
 
 
-def reopen_capture(pid: int, target: int, fqn: str, stream: str) -> int:
-    """A new read-write descriptor on descriptor ``target`` of process ``pid`` when that is
-    the memfd this runner made for ``stream`` of ``fqn``; -1 otherwise (the process
-    redirected it, or it is gone)."""
-    link = f"/proc/{pid}/fd/{target}"
+log = logging.getLogger("hive.runners")
+
+
+def reopen_capture(pid: int, target: int, fqn: str, stream: str, pgid: int | None = None) -> int:
+    """A new read-write descriptor on the memfd this runner made for ``stream`` of ``fqn``:
+    descriptor ``target`` of process ``pid``, else any descriptor of a process of group
+    ``pgid`` that still holds it (the main process redirected its own output, its children
+    did not); -1, and a warning, when none does: its output is no longer captured."""
+    fd = _reopen(f"/proc/{pid}/fd/{target}", fqn, stream)
+    if fd < 0 and pgid is not None:
+        for link in _group_descriptors(pgid):
+            if (fd := _reopen(link, fqn, stream)) >= 0:
+                break
+    if fd < 0:
+        log.warning("%s: its %s capture (a memfd) is held by no process of its group any more; "
+                    "what it writes there is no longer read", fqn, stream)
+    return fd
+
+
+def _group_descriptors(pgid: int) -> list[str]:
+    """The /proc descriptor links of the processes of group ``pgid``."""
+    links: list[str] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(entry)) == pgid:
+                links += [f"/proc/{entry}/fd/{fd}" for fd in os.listdir(f"/proc/{entry}/fd")]
+    return links
+
+
+def _reopen(link: str, fqn: str, stream: str) -> int:
     try:
         where = os.readlink(link)
     except OSError:

@@ -184,8 +184,8 @@ class ScriptRunner(Runner):
             return None
         # Its output is still in the memory captures it holds: reopened, not lost.
         output = (
-            reopen_capture(pid, 1, spec.fqn, "stdout") if spec.memory_capture and spec.stdout_path else -1,
-            reopen_capture(pid, 2, spec.fqn, "stderr") if spec.memory_capture and spec.stderr_path else -1,
+            reopen_capture(pid, 1, spec.fqn, "stdout", pgid) if spec.memory_capture and spec.stdout_path else -1,
+            reopen_capture(pid, 2, spec.fqn, "stderr", pgid) if spec.memory_capture and spec.stderr_path else -1,
         )
         return ScriptHandle(
             spec=spec, pid=pid, pgid=pgid, ticks=info.ticks, pidfd=pidfd,

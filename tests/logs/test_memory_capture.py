@@ -3,6 +3,8 @@ through /proc/PID/fd, and followed per run when two runs of one instance overlap
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from hive_client import LogLine
 from runners._capture import MemoryCapture, reopen_capture
 from tests.logs.helpers import running_hub, wait_for_message
+from tests.support import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +93,29 @@ async def test_two_runs_of_one_instance_are_followed_side_by_side(home: Path) ->
         for child in (old, new):
             child.kill()
             child.wait()
+
+
+def test_a_capture_is_found_in_the_group_when_the_main_process_let_go_of_it() -> None:
+    """The main process redirected its output (``exec >/dev/null``) while a child of its
+    group still writes to the memory capture: a later daemon finds the capture there."""
+    fqn = "proj:bg"
+    capture = MemoryCapture(fqn, "stdout")
+    script = "(while :; do echo x; sleep 0.05; done) & exec >/dev/null; exec sleep 1000"
+    main = subprocess.Popen(["sh", "-c", script], stdout=capture.writer, start_new_session=True)
+    capture.close_writer()
+    try:
+        def redirected() -> bool:
+            return os.readlink(f"/proc/{main.pid}/fd/1") == "/dev/null"
+
+        wait_for(redirected, timeout=10, what="the main process to redirect its output")
+        assert reopen_capture(main.pid, 1, fqn, "stdout") == -1  # not at fd 1 any more
+        fd = reopen_capture(main.pid, 1, fqn, "stdout", pgid=main.pid)
+        assert fd >= 0
+        try:
+            wait_for(lambda: os.fstat(fd).st_size > 0, timeout=10, what="the child's lines in the capture")
+        finally:
+            os.close(fd)
+    finally:
+        os.killpg(main.pid, signal.SIGKILL)
+        main.wait()
+        capture.close()
