@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hive_client import DaemonClient, InvalidRequest
-from tests.support import pids_of_service, start_daemon, wait_for
+from tests.support import pids_of_service, start_daemon, wait_for, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -55,5 +55,31 @@ async def test_an_owned_source_is_adopted_never_started(hive_env: Path) -> None:
         wait_for(lambda: pids_of_service("owned:dead") and pids_of_service("plain:dead"),
                  what="both dead services running again")
         assert pids_of_service("owned:alive") == [alive]
+    finally:
+        daemon.stop()
+
+
+async def test_an_owned_service_replaced_at_start_is_left_stopped(hive_env: Path) -> None:
+    """Its configuration changed while no daemon ran: its process is stopped (outdated) and
+    not started again, and the service is then stopped, desired state included."""
+    project = write_project(hive_env / "proj", """
+        version: "1"
+        services:
+          web:
+            runner: {type: script, script: {run: "exec sleep 1000"}}
+            environment: {static: {VERSION: "1"}}
+        """)
+    daemon = start_daemon(hive_env)
+    try:
+        async with DaemonClient(daemon.socket) as client:
+            await client.add_source(project, name="proj", owner="keeper", start=True)
+        wait_for(lambda: pids_of_service("proj:web"), what="proj:web running")
+        daemon.kill9()
+        (project / "hive.yaml").write_text((project / "hive.yaml").read_text().replace('"1"}}', '"2"}}'))
+        daemon = start_daemon(hive_env)
+        wait_for(lambda: not pids_of_service("proj:web"), what="the outdated proj:web stopped")
+        async with DaemonClient(daemon.socket) as client:
+            web = await client.get_service_status("proj:web")
+            assert (web.state, web.desired) == ("stopped", "stopped")
     finally:
         daemon.stop()

@@ -111,11 +111,16 @@ class Adoption:
                         self._instances.start(instance)
         if unwanted or outdated or strays:
             kept = await self._stop_adopted(unwanted, outdated, strays)
+            left_stopped: set[ServiceRuntime] = set()
             for instance, handle in outdated:
                 if instance in kept:
                     self._adopted(instance, handle)
                 elif self._registry.owner_of(instance.service) is None:
                     self._instances.start(instance)
+                else:
+                    left_stopped.add(instance.service)
+            for service in left_stopped:  # replaced, so stopped, and its owner decides
+                self._stopped_for_owner(service)
         self._stop_orphans(source_loaded)
 
     def _left_to_owner(self, service: ServiceRuntime, owner: str, replaced: set[InstanceRuntime]) -> None:
@@ -129,6 +134,11 @@ class Adoption:
             log.info("%s: %d instances not started: its source's owner (plugin %s) decides",
                      service.fqn, len(left), owner)
         if not any(instance.live or instance in replaced for instance in service.instances):
+            self._stopped_for_owner(service)
+
+    def _stopped_for_owner(self, service: ServiceRuntime) -> None:
+        """None of an owned service runs: it is stopped, its stored desired state too."""
+        if service.desired == "running" and not any(instance.live for instance in service.instances):
             service.desired = "stopped"
             self._records.save_desired(service)
 
