@@ -27,6 +27,7 @@ THIRD_PARTY = {
              "dotenv",  # .env files by python-dotenv's rules
              "httptools",  # the proxy's HTTP/1.1 parser
              "h2",  # the grpc health check's HTTP/2
+             "httpx",  # the Caddy backend's admin API over its Unix socket (loaded with the proxy)
              "watchfiles",  # `hive up --watch` (CLI side)
              "textual"},  # `hive ui` (the [ui] extra, imported only by that command)
     "core_plugins": {"anyio", "msgspec", "websockets", "psutil",

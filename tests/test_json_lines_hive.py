@@ -93,6 +93,7 @@ RESPONSES: dict[str, tuple[dict[str, Any], set[str]]] = {
     "error": ({"code": str, "message": str}, {"outcomes"}),
     "status": ({}, {"socket", "home", "protocol", "started_at", "clients", "event_seq",
                     "state_error", "state_unsaved", "state_failures", "log_write_errors",
+                    "log_lines_dropped", "log_write_error",
                     "log_subscriptions", "client_backlog_bytes", "state_note"}),
     "sources": ({"sources": list[SourceInfo]}, set()),
     "services": ({"services": list[ServiceStatus]}, set()),
