@@ -119,6 +119,9 @@ class PodmanService:
             process = subprocess.Popen(
                 [binary, "system", "service", "--time=0", f"unix://{self.path}"],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                # It outlives this daemon: in the daemon's directory, once that is removed,
+                # conmon cannot start a container ("Failed to get working directory").
+                cwd="/",
             )
         self.started += 1
         log.warning("podman's API service did not answer at %s: started it (pid %d)", self.path, process.pid)
