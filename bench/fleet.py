@@ -384,8 +384,11 @@ def failover_phase(fleet: Fleet, cluster: EtcdCluster, rounds: int) -> dict[str,
     def fresh_service(n: int) -> None:
         """``r<n>`` in place of ``r<n-1>``: one instance on each hive."""
         if n:
+            # Wait until r<n-1> has left every hive: its draining assignments still count
+            # against capacity, and would push two of r<n> onto one hive.
             call("delete", name=f"r{n - 1}")
-        call("apply", services=[fleet.service(f"r{n}", 3)])
+            fleet.wait(lambda: not fleet.running() and not call("status")["assignments"], f"r{n - 1} gone")
+        call("apply", services=[fleet.service(f"r{n}", 3, spread=True)])
         fleet.wait(lambda: set(fleet.running()) == {f"r{n}-{i}" for i in range(3)}
                    and len({copies[0][0] for copies in fleet.running().values()}) == 3, f"r{n} on 3 hives")
 
