@@ -78,6 +78,9 @@ async def test_the_service_is_started_when_nothing_answers(spec: SpecFactory, so
     await output_contains(made.stdout_path, "tick 3\n", timeout=30)
     [started] = services()  # one, whatever the number of containers and connections
     assert started.pid not in ended
+    # It outlives whoever started it, so it does not keep that one's directory (conmon can
+    # start no container once that directory is gone).
+    assert started.cwd() == "/"
     assert answers(default_podman_socket())
     with anyio.fail_after(30):
         assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
