@@ -78,6 +78,27 @@ class Proxy:
         wait_for(serving, timeout=30, what=f"{path} to be served with {expect!r}")
 
 
+def serve_four_routes(proxy: Proxy, directory: Path, fallback: str, fallback_probe: str) -> None:
+    """Four services behind ``proxy`` in the source ``directory.name``, started and served:
+    api (``/api``, its prefix stripped), admin (``/api/admin``), site (host ``site.test``)
+    and fallback (routes ``fallback``; ``fallback_probe`` is a path it serves)."""
+    services = (
+        service_yaml("api", free_port(), "{path: /api, strip_prefix: true}")
+        + service_yaml("admin", free_port(), "{path: /api/admin}")
+        + service_yaml("site", free_port(), "[{host: Site.Test, path: /}]")
+        + service_yaml("fallback", free_port(), fallback)
+    )
+    write_yaml(directory, services)
+    with proxy.client() as client:
+        client.add_source(str(directory))
+        client.start_source(directory.name)
+    # Each app listens a moment after its process starts: wait for all four.
+    proxy.wait_serving("/api/x", b"api")
+    proxy.wait_serving("/api/admin/x", b"admin")
+    proxy.wait_serving("/x", b"site", host="site.test")
+    proxy.wait_serving(fallback_probe, b"fallback")
+
+
 @pytest.fixture
 def proxy(hive_env: Path) -> Iterator[Proxy]:
     port = free_port()

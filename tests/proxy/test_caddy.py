@@ -22,7 +22,7 @@ from hive_client import (
     RolloutSwitched,
     ServiceFailed,
 )
-from tests.proxy.conftest import APP, Proxy, free_port, service_yaml, write_yaml
+from tests.proxy.conftest import APP, Proxy, free_port, serve_four_routes, service_yaml, write_yaml
 from tests.proxy.test_blue_green import blue_green_yaml, load, started
 from tests.support import start_daemon, wait_for
 
@@ -42,20 +42,8 @@ def _status(proxy: Proxy, path: str) -> int | None:
 
 def test_caddy_serves_host_and_path_routes_and_the_503_page(caddy_proxy: Proxy, tmp_path: Path) -> None:
     proxy = caddy_proxy
-    services = (
-        service_yaml("api", free_port(), "{path: /api, strip_prefix: true}")
-        + service_yaml("admin", free_port(), "{path: /api/admin}")
-        + service_yaml("site", free_port(), "[{host: Site.Test, path: /}]")
-        + service_yaml("fallback", free_port(), "{path: /fallback, strip_prefix: true}")
-    )
-    write_yaml(tmp_path / "p", services)
+    serve_four_routes(proxy, tmp_path / "p", "{path: /fallback, strip_prefix: true}", "/fallback")
     with proxy.client() as client:
-        client.add_source(str(tmp_path / "p"))
-        client.start_source("p")
-        proxy.wait_serving("/api/x", b"api")
-        proxy.wait_serving("/api/admin/x", b"admin")
-        proxy.wait_serving("/x", b"site", host="site.test")
-        proxy.wait_serving("/fallback", b"fallback")
         assert [p.name() for p in _caddy_processes(proxy)] == ["caddy"]
         assert client.status().proxy_addresses == [f"127.0.0.1:{proxy.port}"]
 

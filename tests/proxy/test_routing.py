@@ -8,7 +8,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from tests.proxy.conftest import Proxy, free_port, service_yaml, write_yaml
+from tests.proxy.conftest import Proxy, free_port, serve_four_routes, service_yaml, write_yaml
 from tests.support import wait_for
 
 
@@ -22,21 +22,7 @@ def test_the_proxy_listens_once_a_source_declares_routes(proxy: Proxy, tmp_path:
 
 
 def test_routes_by_host_then_longest_path_and_sets_forwarded_headers(proxy: Proxy, tmp_path: Path) -> None:
-    services = (
-        service_yaml("api", free_port(), "{path: /api, strip_prefix: true}")
-        + service_yaml("admin", free_port(), "{path: /api/admin}")
-        + service_yaml("site", free_port(), "[{host: Site.Test, path: /}]")
-        + service_yaml("fallback", free_port(), "{path: /}")
-    )
-    write_yaml(tmp_path / "p", services)
-    with proxy.client() as client:
-        client.add_source(str(tmp_path / "p"))
-        client.start_source("p")
-    # Each app listens a moment after its process starts: wait for all four.
-    proxy.wait_serving("/api/x", b"api")
-    proxy.wait_serving("/api/admin/x", b"admin")
-    proxy.wait_serving("/x", b"site", host="site.test")
-    proxy.wait_serving("/other", b"fallback")
+    serve_four_routes(proxy, tmp_path / "p", "{path: /}", "/other")
 
     assert proxy.get("/api/users?id=1")[1].split()[::2] == [b"api", b"GET"]
     assert proxy.get("/api/users?id=1")[1].endswith(b" /users?id=1")  # the prefix stripped
