@@ -164,15 +164,20 @@ def write_project(directory: Path, yaml_text: str, name: str = "hive.yaml") -> P
     return directory
 
 
-def pids_of_service(fqn: str) -> list[int]:
-    """Processes whose environment says they belong to ``fqn`` (what a user would grep)."""
+def pids_of_service(fqn: str, home: Path | None = None) -> list[int]:
+    """Processes whose environment says they belong to ``fqn`` (what a user would grep), of
+    the daemon of ``home`` (default: this test's ``HIVE_HOME``; tests run in parallel, and
+    many name their project p)."""
     import psutil
 
+    wanted = str(home) if home is not None else os.environ.get("HIVE_HOME")
     found = []
     for process in psutil.process_iter(["pid"]):
         try:
             env = process.environ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if wanted is not None and env.get("HIVE_HOME") != wanted:
             continue
         if env.get("HIVE_SERVICE_FQN") == fqn and process.status() != psutil.STATUS_ZOMBIE:
             found.append(process.pid)
@@ -206,16 +211,25 @@ def install_package(directory: Path, module: str) -> None:
     from hive.entry_points import entry_points
 
     declared = tomllib.loads((directory / "pyproject.toml").read_text())["project"].get("entry-points", {})
-    current = importlib.util.find_spec(module) is not None and all(
-        set(names) <= {entry.name for entry in entry_points(group)} for group, names in declared.items()
-    )
-    if current:
+
+    def current() -> bool:
+        importlib.invalidate_caches()
+        return importlib.util.find_spec(module) is not None and all(
+            set(names) <= {entry.name for entry in entry_points(group)} for group, names in declared.items()
+        )
+
+    if current():
         return
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(directory)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    # One pip at a time: test workers run in parallel, and two builds of one directory collide.
+    with open(Path(sys.prefix) / ".hive-tests-pip.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current():
+            return
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(directory)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
     importlib.invalidate_caches()
 
 
