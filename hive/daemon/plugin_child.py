@@ -158,21 +158,33 @@ class Child:
             return self._load(call.args)
         if isinstance(call.event, LogLevelChanged):  # what the daemon's log keeps, the child sends
             with contextlib.suppress(ValueError):
-                logging.getLogger().setLevel(call.event.level.upper())
+                _set_level(call.event.level.upper())
         return await self.callbacks.dispatch(call.method, call.event, call.args)
 
     def _load(self, args: dict[str, Any]) -> None:
         """Import the plugin's class (the daemon checked its trust pin just before) and
         create it with its settings."""
         sys.path[:] = args["path"]
-        root = logging.getLogger()
-        root.handlers[:] = [_ToDaemon(self)]
-        root.setLevel(args["log_level"])
+        logging.getLogger().handlers[:] = [_ToDaemon(self)]
+        _set_level(args["log_level"])
         module_name, _, attribute = args["entry"].partition(":")
         found: Any = importlib.import_module(module_name.strip())
         for part in attribute.strip().split("."):
             found = getattr(found, part)
         self.callbacks.create(found, args["settings"])
+
+
+# Libraries that log each request at INFO: the fleet plugin's lease renewals alone would
+# write a line a second to the daemon's log. They speak at debug level only.
+_PER_REQUEST_LOGGERS = ("httpx",)
+
+
+def _set_level(level: str | int) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in _PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def _failed(call_id: int, exc: BaseException) -> Done:

@@ -272,7 +272,30 @@ class Fleet:
         except AssertionError as exc:
             logs = "\n".join(f"--- {hive}\n{daemon.stderr()[-3000:]}\n{self._status_line(daemon)}"
                              for hive, daemon in self.daemons.items())
-            raise AssertionError(f"{exc}\nledger running: {self.running()}\n{logs}") from None
+            raise AssertionError(f"{exc}\nledger running: {self.running()}\n{logs}\n{self._diagnosis()}") from None
+
+    def _diagnosis(self) -> str:
+        """The first live hive's view against the ledger: each assignment whose copies do not
+        run exactly where it is placed (one line each), and the live hives it knows."""
+        running = self.running()
+        for hive, daemon in self.daemons.items():
+            if not daemon.alive():
+                continue
+            try:
+                with BlockingClient(daemon.socket, timeout=5) as client:
+                    status = client.plugin_call("fleet", "status")
+            except Exception:  # a diagnostic: try the next hive
+                continue
+            lines = [f"as {hive} sees it: leader {status['leader']}, live hives {sorted(status['hives'])}"]
+            for name, placed in sorted(status["assignments"].items()):
+                where = [copy_hive for copy_hive, _pid in running.get(name, [])]
+                if where != [placed["hive_id"]]:
+                    lines.append(f"  {name}: placed on {placed['hive_id']} (token {placed['token']}"
+                                 f"{', draining' if placed['draining'] else ''}), running on {where}")
+            lines += [f"  {name}: running on {running[name]}, placed nowhere"
+                      for name in sorted(set(running) - set(status["assignments"]))]
+            return "\n".join(lines)
+        return "(no live hive answered)"
 
     @staticmethod
     def _status_line(daemon: DaemonProcess) -> str:

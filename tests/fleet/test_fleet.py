@@ -46,6 +46,8 @@ def test_placement_within_capacity_and_spread(etcd_cluster: Callable[[int], Etcd
     wait_for(lambda: set(fleet.running()) == {"web-0", "job-0", "job-1", "job-2", "job-3"},
              timeout=30, what="web down to 1 and job at 4")
     assert fleet.overlaps() == []
+    # A renewal a second, and not one line of it in the daemon's log (httpx logs each request).
+    assert "HTTP Request" not in daemons[0].stderr()
 
 
 def test_killed_hive_instances_run_elsewhere(etcd_cluster: Callable[[int], EtcdCluster], fleet: Fleet) -> None:
