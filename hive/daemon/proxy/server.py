@@ -27,6 +27,7 @@ import anyio.abc
 
 from hive_client import Event
 
+from ..dns import DnsServer, dns_wanted
 from ..settings import ProxySection
 from . import pages
 from .bindings import Binding, bindings, server_context
@@ -70,6 +71,7 @@ class ProxyServer:
         self._tasks: anyio.abc.TaskGroup | None = None  # run()'s: caddy runs in it
         self.bindings: dict[str, Binding] = {}  # the files' proxy.bind (with their ssl)
         self._bound: dict[str, Binding | None] = {}  # what each open listener was opened for
+        self.dns = DnsServer(app.settings.proxy.dns)  # listens while a file enables proxy.dns
 
     @property
     def addresses(self) -> list[str]:
@@ -129,11 +131,13 @@ class ProxyServer:
         )
         self._known = {s.fqn: s.config for s in services}
         if not self.core.table:
+            await self._apply_dns()
             if self.caddy is not None and self._caddy_started:
                 self.caddy.update()  # the last routes went: caddy answers 404
             return
         self.bindings = bindings(((s.source, s.project) for s in services if s.project is not None),
                                  self.core.settings.listen)
+        await self._apply_dns()
         if self.caddy is None:
             await self._listen()
             return
@@ -150,6 +154,7 @@ class ProxyServer:
         """A reload's new ``[proxy]``: limits apply to the next request; a changed
         ``listen`` moves the listeners (connections on the old ones finish)."""
         self.core.settings = settings
+        await self._apply_dns()
         if self.caddy is not None:
             if settings.backend != "caddy" or settings.caddy_command != self.caddy.settings.caddy_command:
                 log.warning("proxy: a changed [proxy] backend or caddy_command applies when the daemon restarts")
@@ -157,6 +162,15 @@ class ProxyServer:
             return
         if self._servers:
             await self._listen()
+
+    async def _apply_dns(self) -> None:
+        """The DNS responder follows the files' ``proxy.dns`` and the route hosts."""
+        settings = self.core.settings
+        projects = [(s.name, s.config) for s in self.app.sources.sources.values() if s.config is not None]
+        enabled, upstream = dns_wanted(projects, settings.dns.upstream)
+        await self.dns.apply(enabled=enabled, settings=settings.dns, upstream=upstream,
+                             hosts={route.host for route in self.core.table.routes if route.host},
+                             listen=[*settings.listen, *self.bindings])
 
     async def _listen(self) -> None:
         """Listen on ``[proxy] listen`` and the files' ``bind``; stop listening elsewhere.
@@ -205,6 +219,7 @@ class ProxyServer:
 
     async def close(self, drain: float) -> None:
         """Stop listening; let requests under way finish for up to ``drain`` seconds."""
+        self.dns.close()
         if self.caddy is not None:
             await self.caddy.close()  # caddy's own grace period is the same 5 s
             return
