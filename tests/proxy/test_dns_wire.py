@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dns.flags
 import dns.message
 import dns.rcode
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hive.config import ConfigError, load_project, parse_dns_upstream
 from hive.daemon.dns.addresses import answer_addresses
 from hive.daemon.dns.wire import (
     FORMERR,
@@ -18,6 +22,7 @@ from hive.daemon.dns.wire import (
     parse_query,
     rcode_answer,
 )
+from hive.daemon.settings import SettingsError, load_settings
 
 
 @given(st.binary(max_size=600))
@@ -76,3 +81,32 @@ def parse_query_rcode(packet: bytes) -> int | None:
     except Malformed as exc:
         return -1 if exc.rcode is None else exc.rcode
     return None
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ('listen = "15353"', "proxy.dns.listen: '15353' is not HOST:PORT (e.g. 127.0.0.1:15353)"),
+    ('upstream = "dns.google:53"', "proxy.dns.upstream: 'dns.google:53' is not IP:PORT (e.g. 8.8.8.8:53 or "
+                                   "[::1]:53): the upstream must be an IP address, not a host name"),
+    ('upstream = "[::1]:99999"', "proxy.dns.upstream: '[::1]:99999': the port must be 1 to 65535"),
+    ("max_inflight = 0", "proxy.dns: ttl must be 0 or more, timeout more than 0 seconds, max_inflight at least 1"),
+])
+def test_config_toml_dns_errors_name_the_key(tmp_path: Path, section: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f"[proxy.dns]\n{section}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_config_toml_dns_defaults(tmp_path: Path) -> None:
+    dns_settings = load_settings(tmp_path / "absent.toml").proxy.dns
+    assert (dns_settings.listen, dns_settings.upstream, dns_settings.ttl) == ("127.0.0.1:15353", "8.8.8.8:53", 60)
+    assert parse_dns_upstream("[2001:4860::8888]") == ("2001:4860::8888", 53)
+
+
+def test_a_hive_yaml_upstream_must_be_an_ip_address(tmp_path: Path) -> None:
+    (tmp_path / "hive.yaml").write_text('version: "1"\nproxy:\n  dns: {upstream: resolver.lan}\nservices: {}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_project(tmp_path)
+    assert str(caught.value) == ("hive.yaml:3: proxy.dns.upstream: 'resolver.lan' is not IP:PORT (e.g. 8.8.8.8:53 "
+                                 "or [::1]:53): the upstream must be an IP address, not a host name")
