@@ -28,10 +28,12 @@ log = logging.getLogger("hive.proxy")
 _MAX_TCP = 64  # TCP clients at once; more are closed at once
 
 
-def dns_wanted(projects: Iterable[tuple[str, HiveConfig]], default_upstream: str) -> tuple[bool, str]:
-    """Whether any project enables ``proxy.dns``, and the upstream: the first such
-    file's ``upstream``, else config.toml's."""
+def dns_wanted(projects: Iterable[tuple[str, HiveConfig]],
+               default_upstream: str) -> tuple[bool, str, frozenset[str]]:
+    """Whether any project enables ``proxy.dns``; the upstream: the first such file's
+    ``upstream``, else config.toml's; and the conflicts to log."""
     enabled = False
+    notes: set[str] = set()
     upstream: tuple[str, str] | None = None
     for source, config in projects:
         dns = config.proxy.dns
@@ -43,9 +45,9 @@ def dns_wanted(projects: Iterable[tuple[str, HiveConfig]], default_upstream: str
         if upstream is None:
             upstream = (source, dns.upstream)
         elif parse_dns_upstream(dns.upstream) != parse_dns_upstream(upstream[1]):
-            log.warning("dns: %s: proxy.dns.upstream %s differs from %s's %s: %s's applies",
-                        source, dns.upstream, upstream[0], upstream[1], upstream[0])
-    return enabled, upstream[1] if upstream is not None else default_upstream
+            notes.add(f"dns: {source}: proxy.dns.upstream {dns.upstream} differs from {upstream[0]}'s "
+                      f"{upstream[1]}: {upstream[0]}'s applies")
+    return enabled, upstream[1] if upstream is not None else default_upstream, frozenset(notes)
 
 
 class DnsServer:
@@ -56,6 +58,7 @@ class DnsServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._notes: frozenset[str] = frozenset()  # logged once, until they change
 
     @property
     def counts(self) -> DnsCounts:
@@ -67,9 +70,12 @@ class DnsServer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def apply(self, *, enabled: bool, settings: DnsSection, upstream: str, hosts: Iterable[str],
-                    listen: Iterable[str]) -> None:
+                    listen: Iterable[str], notes: frozenset[str] = frozenset()) -> None:
         """The wanted state: ``hosts`` answered with the addresses of the proxy's
         ``listen``; listening on ``settings.listen`` if ``enabled``."""
+        for note in sorted(notes - self._notes):
+            log.warning("%s", note)
+        self._notes = notes
         responder = self.responder
         responder.settings = settings
         responder.upstream = parse_dns_upstream(upstream)

@@ -167,10 +167,10 @@ class ProxyServer:
         """The DNS responder follows the files' ``proxy.dns`` and the route hosts."""
         settings = self.core.settings
         projects = [(s.name, s.config) for s in self.app.sources.sources.values() if s.config is not None]
-        enabled, upstream = dns_wanted(projects, settings.dns.upstream)
+        enabled, upstream, notes = dns_wanted(projects, settings.dns.upstream)
         await self.dns.apply(enabled=enabled, settings=settings.dns, upstream=upstream,
                              hosts={route.host for route in self.core.table.routes if route.host},
-                             listen=[*settings.listen, *self.bindings])
+                             listen=[*settings.listen, *self.bindings], notes=notes)
 
     async def _listen(self) -> None:
         """Listen on ``[proxy] listen`` and the files' ``bind``; stop listening elsewhere.
