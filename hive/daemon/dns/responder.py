@@ -56,7 +56,7 @@ class DnsCounts:
     forwarded: int = 0  # the upstream's answers relayed
     failed: int = 0  # SERVFAIL: the upstream did not answer
     refused: int = 0  # malformed queries (FORMERR, NOTIMP, or dropped)
-    dropped: int = 0  # UDP queries over max_inflight
+    dropped: int = 0  # over max_inflight: UDP ones dropped, TCP ones SERVFAIL
 
 
 class Responder:
@@ -125,8 +125,7 @@ class Responder:
             if not transport.is_closing():
                 transport.sendto(relayed, client)
 
-        UdpForward(asyncio.get_running_loop(), self.upstream, packet, question,
-                             self.settings.timeout, done)
+        UdpForward(asyncio.get_running_loop(), self.upstream, packet, question, self.settings.timeout, done)
 
     # --- TCP ------------------------------------------------------------------------------
 
