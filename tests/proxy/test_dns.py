@@ -112,11 +112,11 @@ class Dns:
         wait_for(lambda: addresses(self.udp(name)) == expected, timeout=15, what=f"{name} -> {expected}")
 
 
-def start_dns(home: Path, upstream: str, extra: str = "") -> Dns:
+def start_dns(home: Path, upstream: str, extra: str = "", timeout: float = 1.0) -> Dns:
     port, proxy_port = free_udp_tcp_port(), free_port()
     (home / "config.toml").write_text(
         f'[proxy]\nlisten = ["127.0.0.1:{proxy_port}"]\n'
-        f'[proxy.dns]\nlisten = "127.0.0.1:{port}"\nupstream = "{upstream}"\ntimeout = 1.0\n{extra}'
+        f'[proxy.dns]\nlisten = "127.0.0.1:{port}"\nupstream = "{upstream}"\ntimeout = {timeout}\n{extra}'
     )
     return Dns(start_daemon(home), port, proxy_port)
 
@@ -315,13 +315,14 @@ def test_forwards_waiting_are_bounded(hive_env: Path, tmp_path: Path) -> None:
     are dropped, and the daemon's own names are still answered."""
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
-    flood = start_dns(hive_env, f"127.0.0.1:{silent.getsockname()[1]}", "max_inflight = 3\n")
+    # A long timeout: no forward may end (and free its place) before the flood is read.
+    flood = start_dns(hive_env, f"127.0.0.1:{silent.getsockname()[1]}", "max_inflight = 3\n", timeout=5.0)
     try:
         with flood.client() as client:
             client.add_source(str(route_project(tmp_path / "p", "api.myapp.test")))
         flood.wait_listening()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(5)
+            sock.settimeout(30)
             for index in range(10):
                 sock.sendto(dns.message.make_query(f"n{index}.example.test", "A").to_wire(),
                             ("127.0.0.1", flood.port))

@@ -137,10 +137,11 @@ class ProxyServer:
             return
         self.bindings = bindings(((s.source, s.project) for s in services if s.project is not None),
                                  self.core.settings.listen)
-        await self._apply_dns()
         if self.caddy is None:
             await self._listen()
+            await self._apply_dns()  # once the proxy its answers point to listens
             return
+        await self._apply_dns()
         if any(route.chain for route in self.core.table.routes):
             log.warning("proxy: the caddy backend does not apply proxy plugins (rate-limit, cors); "
                         "use backend = \"embedded\" for them")
