@@ -88,9 +88,10 @@ class Responder:
 
     def failure(self, packet: bytes, question: Question, why: str) -> bytes:
         self.counts.failed += 1
+        host, port = self.upstream
         self.quietly("upstream", "dns: the upstream %s:%d failed (%s): SERVFAIL for %s and any others "
                      "within %g s; check [proxy.dns] upstream or the file's proxy.dns.upstream",
-                     *self.upstream, why, question.name or ".", _QUIET)
+                     f"[{host}]" if ":" in host else host, port, why, question.name or ".", _QUIET)
         return rcode_answer(packet, SERVFAIL, question)
 
     def quietly(self, topic: str, message: str, *args: object) -> None:
