@@ -412,6 +412,16 @@ class DaemonStatus(Response, tag="status"):
     log_write_error: str | None = None  # why log files cannot be written now; None while they can
     log_subscriptions: int = 0  # live log streams open
     client_backlog_bytes: int = 0  # queued for clients, not yet taken (daemon.clients_backlog_total_bytes)
+    # The proxy's DNS responder (hive.yaml's proxy.dns): where it listens (None: it does
+    # not), where it forwards, why it cannot listen; and what it did with the queries.
+    dns_address: str | None = None
+    dns_upstream: str | None = None
+    dns_error: str | None = None
+    dns_answered: int = 0  # route hosts, answered by the daemon
+    dns_forwarded: int = 0  # answers of the upstream relayed
+    dns_failed: int = 0  # SERVFAIL: the upstream failed or was silent
+    dns_refused: int = 0  # malformed queries (FORMERR, NOTIMP, or dropped)
+    dns_dropped: int = 0  # queries dropped while [proxy.dns] max_inflight forwards waited
 
 
 class SourceList(Response, tag="sources"):

@@ -9,7 +9,7 @@ from tests.support import DaemonProcess, run_cli, write_project
 
 PROJECT = """
     version: "1"
-    proxy: {dns: {enabled: true}}
+    observability: {resource_interval: 5s}
     services:
       web:
         runner: {type: script, script: {run: "exec sleep 1000"}}
@@ -33,13 +33,13 @@ def test_up_warns_once_per_service(daemon: DaemonProcess, home: Path) -> None:
     assert up.returncode == 0, up.stdout + up.stderr
     # Routes and a script service's blue-green rollout are active: no warning for them.
     assert up.stderr.splitlines() == [
-        "warning: proj: not active yet, kept for later: proxy.dns",
+        "warning: proj: not active yet, kept for later: observability",
     ]
     # The data on stdout stays data.
     again = run_cli("--json", "up", str(project), "worker")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["source"] == "proj"
-    assert again.stderr == "warning: proj: not active yet, kept for later: proxy.dns\n"
+    assert again.stderr == "warning: proj: not active yet, kept for later: observability\n"
     run_cli("down", "proj")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ["inactive_warnings", "warn_inactive"]
 
 # Words without which a file uses none of those parts.
-_MARKERS = ("proxy", "blue-green", "observability")
+_MARKERS = ("blue-green", "observability")
 
 
 def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]:
@@ -29,7 +29,7 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
             continue
     if not any(marker in text for text in texts for marker in _MARKERS):
         return []
-    from hive.config import BLUE_GREEN_RUNNERS, ConfigError, ProxySettings, load_project
+    from hive.config import BLUE_GREEN_RUNNERS, ConfigError, load_project
 
     try:
         config = load_project(root, source_name=source).config
@@ -37,10 +37,6 @@ def inactive_warnings(root: Path, source: str, services: list[str]) -> list[str]
         return []  # the daemon has said what is wrong with it
     lines = []
     project = []
-    default = ProxySettings()
-    unused = [key for key in ("dns",) if getattr(config.proxy, key) != getattr(default, key)]
-    if unused:
-        project.append(f"proxy.{', proxy.'.join(unused)}")
     if config.observability is not None:
         project.append("observability")
     if project:

@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["format_duration", "lean_main", "log_files_row", "socket_path"]
+__all__ = ["dns_row", "format_duration", "lean_main", "log_files_row", "socket_path"]
 
 EXIT_NOT_RUNNING = 3
 TIMEOUT = 30.0  # the full CLI's default --timeout
@@ -35,6 +35,13 @@ def log_files_row(errors: int, dropped: int, cause: str | None) -> str:
     to them, and why while it lasts."""
     text = f"{errors} write errors, {dropped} lines not stored (kept in memory only)"
     return f"NOT STORED: {cause}; {text}" if cause else text
+
+
+def dns_row(address: str | None, upstream: str | None, error: str | None) -> str | None:
+    """The status row of the proxy's DNS responder; None while no file enables it."""
+    if error:
+        return f"NOT LISTENING: {error}"
+    return f"{address} (other names: {upstream})" if address else None
 
 
 def socket_path(explicit: str | None = None, home: str | None = None) -> str:
@@ -124,6 +131,11 @@ def _text(info: dict[str, Any]) -> str:
     if info.get("log_write_errors"):
         rows.append(("log files", log_files_row(info["log_write_errors"], info.get("log_lines_dropped", 0),
                                                 info.get("log_write_error"))))
+    if info.get("proxy_addresses"):
+        rows.append(("proxy", ", ".join(info["proxy_addresses"])))
+    dns = dns_row(info.get("dns_address"), info.get("dns_upstream"), info.get("dns_error"))
+    if dns:
+        rows.append(("dns", dns))
     width = max(len(key) for key, _ in rows)
     return "\n".join([f"Hive {info['version']} is running"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]) + "\n"
 

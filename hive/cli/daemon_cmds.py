@@ -14,7 +14,7 @@ import click
 from hive_client import BlockingClient, DaemonNotRunning, event_kinds, hive_home
 
 from ._common import EXIT_FAILURE, EXIT_NOT_RUNNING, CliState, fail, json_option, pass_state
-from ._lean import log_files_row
+from ._lean import dns_row, log_files_row
 from ._output import format_duration
 
 START_TIMEOUT = 30.0
@@ -213,6 +213,7 @@ def status(state: CliState) -> None:
     if state.json_mode:
         state.out.json(info)
         return
+    dns = dns_row(info.dns_address, info.dns_upstream, info.dns_error)
     state.out.fields(
         f"Hive {info.version} is running",
         [
@@ -229,6 +230,8 @@ def status(state: CliState) -> None:
             *([("log files", log_files_row(info.log_write_errors, info.log_lines_dropped,
                                            info.log_write_error))]
               if info.log_write_errors else []),
+            *([("proxy", ", ".join(info.proxy_addresses))] if info.proxy_addresses else []),
+            *([("dns", dns)] if dns else []),
         ],
         title_style="bold green" if info.state_error is None else "bold red",
     )

@@ -1,6 +1,7 @@
 """The ``hive.yaml`` configuration layer: parse, interpolate, validate and type a project's
 config (format version "1"). A pure library: it reads files and ``os.environ``, nothing else."""
 
+from ._dns import parse_dns_upstream
 from ._environment import (
     build_environment,
     configured_environment,
@@ -102,6 +103,7 @@ __all__ = [
     "find_project_root",
     "global_environment",
     "load_project",
+    "parse_dns_upstream",
     "parse_service_entry",
     "read_dotenv_file",
     "remove_runner",

@@ -17,6 +17,7 @@ import msgspec
 from runners.base import RunnerConfig
 
 from ._decode import Decoder, describe, did_you_mean, parse_port
+from ._dns import parse_dns_upstream
 from ._issues import KeyPath, format_path
 from ._model import (
     PROXY_PLUGIN_BLOCKS,
@@ -469,6 +470,11 @@ class Builder:
         if value.get("ssl") is not None:
             ssl = self.ssl_spec(value["ssl"], (*path, "ssl"))
         plugins = self.plugin_list(value.get("plugins"), (*path, "plugins"))
+        if fields is not None and fields.dns is not None and fields.dns.upstream is not None:
+            try:
+                parse_dns_upstream(fields.dns.upstream)
+            except ValueError as exc:
+                self.sink.error((*path, "dns", "upstream"), str(exc))
         if fields is None or self._error_count() > start:
             return None
         bind = [fields.bind] if isinstance(fields.bind, str) else list(fields.bind)

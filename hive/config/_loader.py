@@ -14,7 +14,7 @@ from ._build import Builder
 from ._decode import Decoder, describe
 from ._environment import read_dotenv_file
 from ._issues import ConfigError, ConfigIssue, IssueSink, KeyPath, format_path, sort_issues
-from ._model import BLUE_GREEN_RUNNERS, HiveConfig, ProxySettings, ServiceConfig
+from ._model import BLUE_GREEN_RUNNERS, HiveConfig, ServiceConfig
 from ._read import read_capped
 from ._secrets import SecretMask
 from ._templates import interpolate
@@ -318,16 +318,9 @@ def _hint(reference: str, plugin: str) -> str:
     return ""
 
 
-_DEFAULT_PROXY = ProxySettings()
-
-
 def inactive_notes(config: HiveConfig) -> list[str]:
     """Parsed-and-kept parts whose behaviour comes in later releases."""
     notes: list[str] = []
-    unused = [key for key in ("dns",)
-              if getattr(config.proxy, key) != getattr(_DEFAULT_PROXY, key)]
-    if unused:
-        notes.append(f"proxy.{', proxy.'.join(unused)}: not used by Hive's proxy yet (settings are kept)")
     if config.observability is not None:
         notes.append("observability: not active yet (settings are kept)")
     for name, service in config.services.items():

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["DaemonSettings", "ProxySection", "SettingsError", "load_settings"]
+__all__ = ["DaemonSettings", "DnsSection", "ProxySection", "SettingsError", "load_settings"]
 
 
 class SettingsError(Exception):
@@ -83,6 +83,17 @@ class LogsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keep_free_bytes: int | None = None
 
 
+class DnsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The proxy's DNS responder (docs/proxy.md, "DNS"): where it listens while a source
+    has ``proxy.dns`` enabled, and how it forwards the names that are not routes."""
+
+    listen: str = "127.0.0.1:15353"  # HOST:PORT, UDP and TCP
+    upstream: str = "8.8.8.8:53"  # IP:PORT, unless a hive.yaml's proxy.dns.upstream says
+    ttl: int = 60  # seconds, on the answers for route hosts
+    timeout: float = 2.0  # for the upstream's answer; else SERVFAIL
+    max_inflight: int = 100  # forwards waiting for the upstream; past it, queries are dropped
+
+
 class ProxySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The embedded HTTP proxy (docs/proxy.md): where it listens once a source declares
     routes, and the limits every request meets."""
@@ -98,6 +109,7 @@ class ProxySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # through caddy's admin API (docs/proxy.md, "The Caddy backend").
     backend: Literal["embedded", "caddy"] = "embedded"
     caddy_command: str = "caddy"  # the caddy binary (a name on PATH, or a path)
+    dns: DnsSection = msgspec.field(default_factory=DnsSection)
 
 
 class TrustedPlugin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -151,10 +163,29 @@ def load_settings(path: Path) -> DaemonSettings:
     if settings.proxy.max_header_bytes < 1024:
         raise SettingsError(f"{path}: proxy.max_header_bytes must be at least 1024 bytes")
     for address in settings.proxy.listen:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not _host_port(address):
             raise SettingsError(f"{path}: proxy.listen: {address!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    _check_dns(path, settings.proxy.dns)
     return settings
+
+
+def _host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def _check_dns(path: Path, dns: DnsSection) -> None:
+    from hive.config import parse_dns_upstream
+
+    if not _host_port(dns.listen):
+        raise SettingsError(f"{path}: proxy.dns.listen: {dns.listen!r} is not HOST:PORT (e.g. 127.0.0.1:15353)")
+    try:
+        parse_dns_upstream(dns.upstream)
+    except ValueError as exc:
+        raise SettingsError(f"{path}: proxy.dns.upstream: {exc}") from exc
+    if dns.ttl < 0 or dns.timeout <= 0 or dns.max_inflight < 1:
+        raise SettingsError(f"{path}: proxy.dns: ttl must be 0 or more, timeout more than 0 seconds, "
+                            "max_inflight at least 1")
 
 
 def _check_bounds(path: Path, daemon: DaemonSection) -> None:

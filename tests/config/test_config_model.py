@@ -170,9 +170,8 @@ def test_full_file(load_text: LoadText) -> None:
 
     assert project.warnings == []
     assert project.inactive == [
-        "proxy.dns: not used by Hive's proxy yet (settings are kept)",
         "observability: not active yet (settings are kept)",
-    ]  # (web's blue-green rollout is active: it is a script service)
+    ]  # (web's blue-green rollout is active, a script service's; so is proxy.dns)
 
 
 def test_minimal_service_defaults(load_text: LoadText) -> None:

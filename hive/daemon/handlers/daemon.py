@@ -19,6 +19,7 @@ from hive_client.protocol import (
 
 from ..app import ShutdownRequest
 from ..dispatch import RequestContext
+from ..dns import DnsCounts
 from ..store import StoreError
 
 _PONG = Pong()
@@ -41,6 +42,8 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
     running = sum(
         1 for record in services if record.state in (ServiceState.RUNNING, ServiceState.UNHEALTHY)
     )
+    dns = app.proxy.dns if app.proxy is not None else None
+    counts = dns.counts if dns is not None else DnsCounts()
     return DaemonStatus(
         running=True,
         pid=app.pid,
@@ -64,6 +67,14 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         log_write_error=app.logs.write_error,
         log_subscriptions=app.logs.subscriptions,
         client_backlog_bytes=app.server.budget.held if app.server is not None else 0,
+        dns_address=dns.address if dns is not None else None,
+        dns_upstream=dns.upstream if dns is not None and (dns.address or dns.error) else None,
+        dns_error=dns.error if dns is not None else None,
+        dns_answered=counts.answered,
+        dns_forwarded=counts.forwarded,
+        dns_failed=counts.failed,
+        dns_refused=counts.refused,
+        dns_dropped=counts.dropped,
     )
 
 

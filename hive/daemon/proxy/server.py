@@ -27,6 +27,7 @@ import anyio.abc
 
 from hive_client import Event
 
+from ..dns import DnsServer, dns_wanted
 from ..settings import ProxySection
 from . import pages
 from .bindings import Binding, bindings, server_context
@@ -70,6 +71,7 @@ class ProxyServer:
         self._tasks: anyio.abc.TaskGroup | None = None  # run()'s: caddy runs in it
         self.bindings: dict[str, Binding] = {}  # the files' proxy.bind (with their ssl)
         self._bound: dict[str, Binding | None] = {}  # what each open listener was opened for
+        self.dns = DnsServer(app.settings.proxy.dns)  # listens while a file enables proxy.dns
 
     @property
     def addresses(self) -> list[str]:
@@ -129,6 +131,7 @@ class ProxyServer:
         )
         self._known = {s.fqn: s.config for s in services}
         if not self.core.table:
+            await self._apply_dns()
             if self.caddy is not None and self._caddy_started:
                 self.caddy.update()  # the last routes went: caddy answers 404
             return
@@ -136,7 +139,9 @@ class ProxyServer:
                                  self.core.settings.listen)
         if self.caddy is None:
             await self._listen()
+            await self._apply_dns()  # once the proxy its answers point to listens
             return
+        await self._apply_dns()
         if any(route.chain for route in self.core.table.routes):
             log.warning("proxy: the caddy backend does not apply proxy plugins (rate-limit, cors); "
                         "use backend = \"embedded\" for them")
@@ -150,6 +155,7 @@ class ProxyServer:
         """A reload's new ``[proxy]``: limits apply to the next request; a changed
         ``listen`` moves the listeners (connections on the old ones finish)."""
         self.core.settings = settings
+        await self._apply_dns()
         if self.caddy is not None:
             if settings.backend != "caddy" or settings.caddy_command != self.caddy.settings.caddy_command:
                 log.warning("proxy: a changed [proxy] backend or caddy_command applies when the daemon restarts")
@@ -157,6 +163,15 @@ class ProxyServer:
             return
         if self._servers:
             await self._listen()
+
+    async def _apply_dns(self) -> None:
+        """The DNS responder follows the files' ``proxy.dns`` and the route hosts."""
+        settings = self.core.settings
+        projects = [(s.name, s.config) for s in self.app.sources.sources.values() if s.config is not None]
+        enabled, upstream, notes = dns_wanted(projects, settings.dns.upstream)
+        await self.dns.apply(enabled=enabled, settings=settings.dns, upstream=upstream,
+                             hosts={route.host for route in self.core.table.routes if route.host},
+                             listen=[*settings.listen, *self.bindings], notes=notes)
 
     async def _listen(self) -> None:
         """Listen on ``[proxy] listen`` and the files' ``bind``; stop listening elsewhere.
@@ -205,6 +220,7 @@ class ProxyServer:
 
     async def close(self, drain: float) -> None:
         """Stop listening; let requests under way finish for up to ``drain`` seconds."""
+        self.dns.close()
         if self.caddy is not None:
             await self.caddy.close()  # caddy's own grace period is the same 5 s
             return
