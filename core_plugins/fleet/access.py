@@ -1,0 +1,215 @@
+"""`hive fleet grant|revoke|auth enable`: the etcd users and roles of :mod:`.roles`, made
+through etcd's JSON gateway (``/v3/auth/...``) as etcd's root user.
+
+Each converges: it reads what etcd has, then adds what is missing and takes away what
+is no longer wanted, and answers with the list of what it changed (empty: nothing to
+do). A hive's user keeps the password it has unless ``reset_password`` asks for a new
+one. Only the roles of this hive are touched: ``fleet-hive-<id>``, ``fleet-scheduler``
+and ``fleet-admin``; roles given by hand stay.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+
+from hive.plugin import PluginCallError
+
+from .commands import COMMAND_PATIENCE
+from .etcd import AUTH_OFF, EtcdAuthRequired, EtcdClient, EtcdError, EtcdUnavailable
+from .model import NAME_PATTERN, FleetSettings
+from .roles import Grant, grants
+
+__all__ = ["AccessRequest", "connect", "enable_auth", "grant", "revoke"]
+
+_SHARED_ROLES = ("fleet-scheduler", "fleet-admin")
+_NOT_FOUND = ("user name not found", "role name not found")
+_BAD_PASSWORD = "authentication failed"
+
+
+class AccessRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What the CLI sends: the hive, its roles, its password, and etcd's root."""
+
+    hive_id: str = ""
+    scheduler: bool = False
+    admin: bool = False
+    password: str = ""  # the hive's; "" leaves an existing user's as it is
+    reset_password: bool = False  # set ``password`` on a user that exists
+    root_user: str = "root"
+    root_password: str = ""  # "": etcd's authentication is expected to be off
+
+    def check_hive(self) -> str:
+        if not NAME_PATTERN.match(self.hive_id) or self.hive_id == "root":
+            raise PluginCallError(f"hive id {self.hive_id!r}: lower-case letters, digits, _ and - "
+                                  "(the fleet's hive_id), and not etcd's `root`")
+        return self.hive_id
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+@asynccontextmanager
+async def connect(settings: FleetSettings, tls: ssl.SSLContext | None,
+                  request: AccessRequest) -> AsyncIterator[tuple[EtcdClient, bool]]:
+    """(a client as etcd's root, whether etcd's authentication is on); etcd's answers
+    turned into errors that say what to do."""
+    plain = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
+                       connect_timeout=min(0.5, settings.request_timeout), tls=tls)
+    etcd, auth = plain, False
+    try:
+        if request.root_password:
+            auth = await _root_checked(plain, request)
+            if auth:
+                etcd = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
+                                  connect_timeout=min(0.5, settings.request_timeout), tls=tls,
+                                  credentials=(request.root_user, request.root_password))
+        yield etcd, auth
+    except EtcdAuthRequired:
+        raise PluginCallError("etcd's authentication is on: give etcd's root password with "
+                              "--root-password-file FILE") from None
+    except EtcdUnavailable as exc:
+        raise PluginCallError(f"{exc}; check that etcd runs and the endpoints in [plugins.fleet.settings]") from None
+    except EtcdError as exc:
+        if "permission denied" in str(exc):
+            raise PluginCallError(f"etcd: user {request.root_user!r} may not manage users and roles "
+                                  "(it needs etcd's root role): use etcd's root user") from None
+        raise PluginCallError(f"etcd: {exc}") from None
+    finally:
+        await plain.aclose()
+        if etcd is not plain:
+            await etcd.aclose()
+
+
+async def _root_checked(etcd: EtcdClient, request: AccessRequest) -> bool:
+    """Whether etcd's authentication is on, once root's password is known to be right."""
+    try:
+        await etcd.call("auth/authenticate", {"name": request.root_user, "password": request.root_password},
+                        patience=COMMAND_PATIENCE)
+    except EtcdUnavailable:
+        raise
+    except EtcdError as exc:
+        if AUTH_OFF in str(exc):
+            return False
+        if _BAD_PASSWORD in str(exc):
+            raise PluginCallError(f"etcd refused the password of its user {request.root_user!r}: check the file "
+                                  "given with --root-password-file (its first line is the password)") from None
+        raise
+    return True
+
+
+async def _optional(etcd: EtcdClient, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """etcd's answer, or None for a user or role that does not exist."""
+    try:
+        return await etcd.call(path, body, patience=COMMAND_PATIENCE)
+    except EtcdError as exc:
+        if any(missing in str(exc) for missing in _NOT_FOUND):
+            return None
+        raise
+
+
+def _perm(grant: Grant) -> dict[str, str]:
+    perm = {"permType": grant.access, "key": _b64(grant.key)}
+    if grant.range_end:
+        perm["range_end"] = _b64(grant.range_end)
+    return perm
+
+
+def _held(raw: dict[str, Any]) -> tuple[str, str, str]:
+    """(access, key, range end) of a permission as etcd's role/get lists it (READ, 0, is left out)."""
+    return str(raw.get("permType", "READ")), _unb64(raw.get("key", "")), _unb64(raw.get("range_end", ""))
+
+
+def describe(grant: Grant) -> str:
+    where = f"{grant.key}*" if grant.range_end else grant.key
+    return f"{grant.access.lower()} {where}"
+
+
+async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[str, Any]:
+    """The hive's user, its roles with their permissions, and exactly the wanted ones of
+    this hive's roles given to it."""
+    hive_id = request.check_hive()
+    call = COMMAND_PATIENCE
+    changes: list[str] = []
+    user = await _optional(etcd, "auth/user/get", {"name": hive_id})
+    if user is None:
+        if not request.password:
+            raise PluginCallError(f"user {hive_id!r} does not exist: a new user needs a password")
+        await etcd.call("auth/user/add", {"name": hive_id, "password": request.password}, patience=call)
+        changes.append(f"created user {hive_id}")
+        password = "set"
+    elif request.reset_password and request.password:
+        await etcd.call("auth/user/changepw", {"name": hive_id, "password": request.password}, patience=call)
+        changes.append(f"changed the password of user {hive_id}")
+        password = "set"
+    else:
+        password = "kept"
+    wanted = grants(prefix, hive_id, scheduler=request.scheduler, admin=request.admin)
+    roles = sorted({item.role for item in wanted})
+    for role in roles:
+        found = await _optional(etcd, "auth/role/get", {"role": role})
+        if found is None:
+            await etcd.call("auth/role/add", {"name": role}, patience=call)
+            changes.append(f"created role {role}")
+        held = {_held(raw) for raw in (found or {}).get("perm", [])}
+        for item in wanted:
+            if item.role == role and (item.access, item.key, item.range_end) not in held:
+                await etcd.call("auth/role/grant", {"name": role, "perm": _perm(item)}, patience=call)
+                changes.append(f"role {role} may {describe(item)}")
+    has = set((user or {}).get("roles", []))
+    for role in roles:
+        if role not in has:
+            await etcd.call("auth/user/grant", {"user": hive_id, "role": role}, patience=call)
+            changes.append(f"gave role {role} to {hive_id}")
+    for role in _SHARED_ROLES:
+        if role in has and role not in roles:
+            await etcd.call("auth/user/revoke", {"name": hive_id, "role": role}, patience=call)
+            changes.append(f"took role {role} from {hive_id}")
+    return {"hive_id": hive_id, "user": "created" if user is None else "kept", "password": password,
+            "roles": roles, "changes": changes}
+
+
+async def revoke(etcd: EtcdClient, request: AccessRequest) -> dict[str, Any]:
+    """The hive's user and its own role, deleted (the shared roles stay, for other hives)."""
+    hive_id = request.check_hive()
+    changes = []
+    if await _optional(etcd, "auth/user/delete", {"name": hive_id}) is not None:
+        changes.append(f"deleted user {hive_id}")
+    own = f"fleet-hive-{hive_id}"
+    if await _optional(etcd, "auth/role/delete", {"role": own}) is not None:
+        changes.append(f"deleted role {own}")
+    return {"hive_id": hive_id, "changes": changes}
+
+
+async def enable_auth(etcd: EtcdClient, auth: bool, request: AccessRequest) -> dict[str, Any]:
+    """etcd's root user (created with ``root_password``, or given it if it exists), then
+    authentication on. Already on (and the password right): nothing to do."""
+    if auth:
+        return {"changes": []}
+    if request.root_user != "root" or not request.root_password:
+        raise PluginCallError("turning etcd's authentication on needs its user `root` and a password for it: "
+                              "give --root-password-file FILE")
+    call = COMMAND_PATIENCE
+    changes = []
+    root = await _optional(etcd, "auth/user/get", {"name": "root"})
+    if root is None:
+        await etcd.call("auth/user/add", {"name": "root", "password": request.root_password}, patience=call)
+        changes.append("created user root")
+    else:  # authentication is off: nobody could check its password; it becomes the file's
+        await etcd.call("auth/user/changepw", {"name": "root", "password": request.root_password}, patience=call)
+        changes.append("set the password of user root")
+    if "root" not in (root or {}).get("roles", []):
+        await etcd.call("auth/user/grant", {"user": "root", "role": "root"}, patience=call)
+        changes.append("gave role root to root")
+    await etcd.call("auth/enable", {}, patience=call)
+    changes.append("turned authentication on")
+    return {"changes": changes}
