@@ -14,6 +14,10 @@ old member (a long-lived stream that no timeout covers) moves too.
 
 Watches resume from the last revision they delivered, on whatever member answers; a
 revision etcd has compacted away raises ``WatchCompacted`` and the caller reloads.
+
+With ``credentials``, the client authenticates once and sends etcd's token; a token
+refused is renewed. While etcd's authentication is off it sends none, and authenticates
+at the first refusal once it is on (a hive may get its user before authentication is on).
 """
 
 from __future__ import annotations

@@ -107,8 +107,10 @@ def fleet_grant(state: CliState, hive_id: str, scheduler: bool, admin: bool, pas
     state.out.line(f"hive {hive_id}: user {result['user']}, roles {', '.join(result['roles'])}")
     _report(state, result, f"hive {hive_id} is set up", nothing=f"hive {hive_id}: nothing to change")
     if used:
-        state.out.line(f"password in {result['password_file']}; on hive {hive_id}, [plugins.fleet.settings] "
-                       f'takes username = "{hive_id}" and password_file = "<that file>"')
+        how = "written to (mode 0600)" if generated else "set from"
+        state.out.line(f"its password: {how} {result['password_file']}; on hive {hive_id}, set "
+                       f'username = "{hive_id}" and password_file = "{result["password_file"]}" '
+                       "in [plugins.fleet.settings]")
 
 
 @click.command("revoke")
