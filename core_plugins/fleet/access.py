@@ -21,8 +21,16 @@ import msgspec
 from hive.plugin import PluginCallError
 
 from .commands import COMMAND_PATIENCE
-from .etcd import AUTH_OFF, EtcdAuthRequired, EtcdClient, EtcdError, EtcdUnavailable
-from .model import NAME_PATTERN, FleetSettings
+from .etcd import (
+    AUTH_OFF,
+    EtcdAuthRequired,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    delete_op,
+    modified_at,
+)
+from .model import NAME_PATTERN, FleetSettings, Keys
 from .roles import Grant, grants
 
 __all__ = ["AccessRequest", "connect", "enable_auth", "grant", "revoke"]
@@ -174,12 +182,28 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
         if role in has and role not in roles:
             await etcd.call("auth/user/revoke", {"name": hive_id, "role": role}, patience=call)
             changes.append(f"took role {role} from {hive_id}")
+    if not request.scheduler:
+        changes += await _unseat(etcd, Keys(prefix), hive_id)
     return {"hive_id": hive_id, "user": "created" if user is None else "kept", "password": password,
             "roles": roles, "changes": changes}
 
 
-async def revoke(etcd: EtcdClient, request: AccessRequest) -> dict[str, Any]:
-    """The hive's user and its own role, deleted (the shared roles stay, for other hives)."""
+async def _unseat(etcd: EtcdClient, keys: Keys, hive_id: str) -> list[str]:
+    """A hive that may no longer lead but holds the leader key (bound to its lease, which
+    it keeps renewing) would stop placement for good: the key is deleted, another
+    scheduler hive takes it."""
+    leader = await etcd.get(keys.leader)
+    if leader is None or leader.value != hive_id:
+        return []
+    done, _ = await etcd.txn([modified_at(keys.leader, leader.mod_revision)], [delete_op(keys.leader)],
+                             patience=COMMAND_PATIENCE)
+    return [f"{hive_id} led placement: deleted the leader key (another scheduler hive takes it)"] if done else []
+
+
+async def revoke(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[str, Any]:
+    """The hive's user and its own role deleted (the shared roles stay, for other hives),
+    then its lease revoked: etcd 3.4 renews a lease for a token whose user is gone, so
+    without this the hive would keep its instances, and the leader key if it has it."""
     hive_id = request.check_hive()
     changes = []
     if await _optional(etcd, "auth/user/delete", {"name": hive_id}) is not None:
@@ -187,6 +211,16 @@ async def revoke(etcd: EtcdClient, request: AccessRequest) -> dict[str, Any]:
     own = f"fleet-hive-{hive_id}"
     if await _optional(etcd, "auth/role/delete", {"role": own}) is not None:
         changes.append(f"deleted role {own}")
+    record = await etcd.get(Keys(prefix).hive(hive_id))
+    if record is not None and record.lease:
+        try:
+            await etcd.call("lease/revoke", {"ID": str(record.lease)}, patience=COMMAND_PATIENCE)
+        except EtcdError as exc:
+            if "lease not found" not in str(exc):
+                raise
+        else:
+            changes.append(f"revoked the lease {record.lease:x} of {hive_id} (its record and assignments: "
+                           "its instances stop there and run elsewhere)")
     return {"hive_id": hive_id, "changes": changes}
 
 

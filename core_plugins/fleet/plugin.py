@@ -511,7 +511,7 @@ class Fleet(CorePlugin[FleetSettings]):
             if command == "grant":
                 result = await access.grant(etcd, self.keys.prefix, request)
             elif command == "revoke":
-                result = await access.revoke(etcd, request)
+                result = await access.revoke(etcd, self.keys.prefix, request)
             else:
                 result = await access.enable_auth(etcd, auth, request)
                 auth = True

@@ -73,6 +73,21 @@ def test_each_hive_writes_only_its_own_keys(etcd_cluster: Callable[..., EtcdClus
     assert fleet.overlaps() == []
     assert call(h1, "status")["problems"] == {}
 
+    # h2's user revoked (and its lease: etcd 3.4 would renew it all the same): its record
+    # and assignment go, its instance runs on h1 again, and h2, refused, stays fenced.
+    revoked = as_json(h0, "fleet", "revoke", "h2", "--root-password-file", str(root))
+    assert revoked["changes"][:2] == ["deleted user h2", "deleted role fleet-hive-h2"]
+    assert revoked["changes"][2].startswith("revoked the lease"), revoked
+    fleet.wait(lambda: hives_of(fleet) == {"h1": 2} and "h2" not in call(h0, "status")["hives"],
+               "h2 out of the fleet, web on h1 twice")
+
+    def refused_and_fenced() -> bool:
+        status = call(fleet.daemons["h2"], "status")
+        return bool(status["fenced"]) and "authentication failed" in str(status["problems"])
+
+    fleet.wait(refused_and_fenced, "h2 fenced, saying etcd refuses its user")
+    assert fleet.overlaps() == []
+
 
 def test_tls_to_etcd_with_a_client_certificate(etcd_cluster: Callable[..., EtcdCluster], fleet: Fleet) -> None:
     certificates = make_certificates(fleet.root / "tls")
