@@ -224,11 +224,12 @@ async def revoke(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[
     return {"hive_id": hive_id, "changes": changes}
 
 
-async def enable_auth(etcd: EtcdClient, auth: bool, request: AccessRequest) -> dict[str, Any]:
+async def enable_auth(etcd: EtcdClient, auth: bool, prefix: str, request: AccessRequest) -> dict[str, Any]:
     """etcd's root user (created with ``root_password``, or given it if it exists), then
-    authentication on. Already on (and the password right): nothing to do."""
+    authentication on; the fleet's hives that have no user (refused from then on) are
+    named. Already on (and the password right): nothing to do."""
     if auth:
-        return {"changes": []}
+        return {"changes": [], "without_user": []}
     if request.root_user != "root" or not request.root_password:
         raise PluginCallError("turning etcd's authentication on needs its user `root` and a password for it: "
                               "give --root-password-file FILE")
@@ -244,6 +245,10 @@ async def enable_auth(etcd: EtcdClient, auth: bool, request: AccessRequest) -> d
     if "root" not in (root or {}).get("roles", []):
         await etcd.call("auth/user/grant", {"user": "root", "role": "root"}, patience=call)
         changes.append("gave role root to root")
+    users = set((await etcd.call("auth/user/list", {}, patience=call)).get("users", []))
+    keys = Keys(prefix)
+    _, records = await etcd.range_prefix(keys.hives)
+    without = sorted({kv.key.removeprefix(keys.hives) for kv in records} - users)
     await etcd.call("auth/enable", {}, patience=call)
     changes.append("turned authentication on")
-    return {"changes": changes}
+    return {"changes": changes, "without_user": without}

@@ -513,7 +513,7 @@ class Fleet(CorePlugin[FleetSettings]):
             elif command == "revoke":
                 result = await access.revoke(etcd, self.keys.prefix, request)
             else:
-                result = await access.enable_auth(etcd, auth, request)
+                result = await access.enable_auth(etcd, auth, self.keys.prefix, request)
                 auth = True
         return {**result, "auth": auth, "prefix": self.keys.prefix}
 

@@ -146,3 +146,7 @@ def auth_enable(state: CliState, root_password_file: Path) -> None:
         state.out.json(result)
         return
     _report(state, result, "etcd's authentication is on", nothing="etcd's authentication was on already")
+    if result["without_user"]:
+        state.out.line(f"hives without an etcd user, refused from now on: {', '.join(result['without_user'])} "
+                       "(`hive fleet grant HIVE_ID` gives one; `hive fleet revoke HIVE_ID` takes one out, "
+                       "lease included)", style="yellow")

@@ -60,8 +60,9 @@ def test_grant_converges_and_revoke_removes_access(etcd_cluster: Callable[..., E
     root.write_text("root-pw\n")
     as_root = ("--root-password-file", str(root))
 
-    assert ok(admin, "auth", "enable", *as_root)["changes"] == [
-        "created user root", "gave role root to root", "turned authentication on"]
+    enabled = ok(admin, "auth", "enable", *as_root)
+    assert enabled["changes"] == ["created user root", "gave role root to root", "turned authentication on"]
+    assert enabled["without_user"] == ["adm"]  # registered while authentication was off
     again = hive(admin, "fleet", "auth", "enable", *as_root)
     assert again.returncode == 0 and "authentication was on already" in again.stdout
 
@@ -96,8 +97,14 @@ def test_grant_converges_and_revoke_removes_access(etcd_cluster: Callable[..., E
     assert both["roles"] == ["fleet-admin", "fleet-hive-h1", "fleet-scheduler"]
     assert {"gave role fleet-admin to h1", "gave role fleet-scheduler to h1"} <= set(both["changes"])
     assert may_write(endpoint, as_h1, "services/x") and may_write(endpoint, as_h1, "leader")
+    # Taken from the hive that leads placement: the leader key goes too (else, its lease
+    # renewed, it would hold it and place nothing).
+    as_root_user = token(endpoint, "root", root)
+    etcd_call(endpoint, "kv/put", {"key": b64(PREFIX + "leader"), "value": b64("h1")}, as_root_user)
     less = ok(admin, "grant", "h1", "--admin", "--password-file", str(password), *as_root)
-    assert less["changes"] == ["took role fleet-scheduler from h1"]
+    assert less["changes"] == ["took role fleet-scheduler from h1",
+                               "h1 led placement: deleted the leader key (another scheduler hive takes it)"]
+    assert "kvs" not in etcd_call(endpoint, "kv/range", {"key": b64(PREFIX + "leader")}, as_root_user)
     assert may_write(endpoint, as_h1, "services/x") and not may_write(endpoint, as_h1, "leader")
     assert ok(admin, "grant", "h1", "--admin", "--password-file", str(password), *as_root)["changes"] == []
 
