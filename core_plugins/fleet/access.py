@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 
 from hive.plugin import PluginCallError
@@ -93,9 +94,10 @@ async def connect(settings: FleetSettings, tls: ssl.SSLContext | None,
                                   "(it needs etcd's root role): use etcd's root user") from None
         raise PluginCallError(f"etcd: {exc}") from None
     finally:
-        await plain.aclose()
-        if etcd is not plain:
-            await etcd.aclose()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):  # a cancelled call still closes
+            await plain.aclose()
+            if etcd is not plain:
+                await etcd.aclose()
 
 
 async def _root_checked(etcd: EtcdClient, request: AccessRequest) -> bool:

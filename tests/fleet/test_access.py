@@ -74,7 +74,7 @@ def test_grant_converges_and_revoke_removes_access(etcd_cluster: Callable[..., E
     wrong.write_text("not-it\n")
     assert "etcd refused the password of its user 'root'" in refused(
         admin, "grant", "h1", "--password-file", str(password), "--root-password-file", str(wrong))
-    assert "not etcd's `root`" in refused(admin, "grant", "root", *as_root)
+    assert "not etcd's `root`" in refused(admin, "grant", "root", "--password-file", str(password), *as_root)
     assert not password.exists()
 
     # A new user: its password generated into a 0600 file; it writes its record and nothing else.
@@ -85,6 +85,8 @@ def test_grant_converges_and_revoke_removes_access(etcd_cluster: Callable[..., E
     as_h1 = token(endpoint, "h1", password)
     assert may_write(endpoint, as_h1, "hives/h1")
     assert not any(may_write(endpoint, as_h1, key) for key in ("hives/h2", "services/x", "leader", "assign/x/0"))
+    assert "may not manage users and roles (it needs etcd's root role)" in refused(
+        admin, "revoke", "h2", "--root-user", "h1", "--root-password-file", str(password))
 
     # Twice: nothing changes (and the password stays the one in the file).
     same = ok(admin, "grant", "h1", "--password-file", str(password), *as_root)
