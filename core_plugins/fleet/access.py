@@ -38,6 +38,10 @@ __all__ = ["AccessRequest", "connect", "enable_auth", "grant", "revoke"]
 
 _SHARED_ROLES = ("fleet-scheduler", "fleet-admin")
 _NOT_FOUND = ("user name not found", "role name not found")
+_EXISTS = ("user name already exists", "role name already exists")
+# Per request: etcd hashes passwords with bcrypt, slow on a busy machine; a user's
+# command may wait (a timed-out add retried would find the user there already).
+_REQUEST_TIMEOUT = 5.0
 _BAD_PASSWORD = "authentication failed"
 
 
@@ -72,14 +76,15 @@ async def connect(settings: FleetSettings, tls: ssl.SSLContext | None,
                   request: AccessRequest) -> AsyncIterator[tuple[EtcdClient, bool]]:
     """(a client as etcd's root, whether etcd's authentication is on); etcd's answers
     turned into errors that say what to do."""
-    plain = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
+    timeout = max(settings.request_timeout, _REQUEST_TIMEOUT)
+    plain = EtcdClient(settings.endpoints, request_timeout=timeout,
                        connect_timeout=min(0.5, settings.request_timeout), tls=tls)
     etcd, auth = plain, False
     try:
         if request.root_password:
             auth = await _root_checked(plain, request)
             if auth:
-                etcd = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
+                etcd = EtcdClient(settings.endpoints, request_timeout=timeout,
                                   connect_timeout=min(0.5, settings.request_timeout), tls=tls,
                                   credentials=(request.root_user, request.root_password))
         yield etcd, auth
@@ -127,6 +132,17 @@ async def _optional(etcd: EtcdClient, path: str, body: dict[str, Any]) -> dict[s
         raise
 
 
+async def _add(etcd: EtcdClient, path: str, body: dict[str, Any], *, done: tuple[str, ...] = _EXISTS) -> None:
+    """Add what was found missing just before (or revoke what was there): etcd's answer
+    that it is done already means this request's first try (a retry after a timeout) or
+    someone at the same moment did it."""
+    try:
+        await etcd.call(path, body, patience=COMMAND_PATIENCE)
+    except EtcdError as exc:
+        if not any(already in str(exc) for already in done):
+            raise
+
+
 def _perm(grant: Grant) -> dict[str, str]:
     perm = {"permType": grant.access, "key": _b64(grant.key)}
     if grant.range_end:
@@ -154,7 +170,7 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
     if user is None:
         if not request.password:
             raise PluginCallError(f"user {hive_id!r} does not exist: a new user needs a password")
-        await etcd.call("auth/user/add", {"name": hive_id, "password": request.password}, patience=call)
+        await _add(etcd, "auth/user/add", {"name": hive_id, "password": request.password})
         changes.append(f"created user {hive_id}")
         password = "set"
     elif request.reset_password and request.password:
@@ -168,7 +184,7 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
     for role in roles:
         found = await _optional(etcd, "auth/role/get", {"role": role})
         if found is None:
-            await etcd.call("auth/role/add", {"name": role}, patience=call)
+            await _add(etcd, "auth/role/add", {"name": role})
             changes.append(f"created role {role}")
         held = {_held(raw) for raw in (found or {}).get("perm", [])}
         for item in wanted:
@@ -182,7 +198,7 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
             changes.append(f"gave role {role} to {hive_id}")
     for role in _SHARED_ROLES:
         if role in has and role not in roles:
-            await etcd.call("auth/user/revoke", {"name": hive_id, "role": role}, patience=call)
+            await _add(etcd, "auth/user/revoke", {"name": hive_id, "role": role}, done=("role is not granted",))
             changes.append(f"took role {role} from {hive_id}")
     if not request.scheduler:
         changes += await _unseat(etcd, Keys(prefix), hive_id)
@@ -239,7 +255,7 @@ async def enable_auth(etcd: EtcdClient, auth: bool, prefix: str, request: Access
     changes = []
     root = await _optional(etcd, "auth/user/get", {"name": "root"})
     if root is None:
-        await etcd.call("auth/user/add", {"name": "root", "password": request.root_password}, patience=call)
+        await _add(etcd, "auth/user/add", {"name": "root", "password": request.root_password})
         changes.append("created user root")
     else:  # authentication is off: nobody could check its password; it becomes the file's
         await etcd.call("auth/user/changepw", {"name": "root", "password": request.root_password}, patience=call)

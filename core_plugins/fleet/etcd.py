@@ -351,6 +351,11 @@ class EtcdClient:
                             compacted = int(result.get("compact_revision", 0))
                             if compacted:
                                 raise WatchCompacted(compacted)
+                            if result.get("canceled"):  # refused at its creation: the stream stays open, silent
+                                reason = str(result.get("cancel_reason", ""))
+                                if any(refusal in reason for refusal in _TOKEN_ERRORS):
+                                    raise _TokenRefused(token)
+                                raise EtcdError(f"watch: etcd cancelled it: {reason}")
                             failures = 0
                             events = [WatchEvent(raw) for raw in result.get("events", [])]
                             if events:

@@ -89,6 +89,26 @@ def test_each_hive_writes_only_its_own_keys(etcd_cluster: Callable[..., EtcdClus
     assert fleet.overlaps() == []
 
 
+def test_a_restarted_member_forgets_tokens_and_the_hive_authenticates_again(
+        etcd_cluster: Callable[..., EtcdCluster], fleet: Fleet) -> None:
+    """A watch etcd refuses for its token comes back as a cancel on a stream that stays
+    open and silent: the hive's view of the fleet froze (it used to)."""
+    etcd = etcd_cluster(1)
+    admin = fleet.start_hive("adm", etcd.endpoints, capacity=0, scheduler=False)  # takes the commands
+    users = {"h1": grant(admin, "h1", fleet, "--scheduler", "--admin")}
+    root = fleet.root / "root.password"
+    root.write_text("root-pw\n")
+    as_json(admin, "fleet", "auth", "enable", "--root-password-file", str(root))
+    h1 = fleet.start_hive("h1", etcd.endpoints, capacity=2, **users["h1"])
+    call(h1, "apply", services=[fleet.service("web", 1)])
+    fleet.wait(lambda: hives_of(fleet) == {"h1": 1}, "web on h1")
+
+    etcd.restart(0)
+    call(h1, "apply", services=[fleet.service("job", 1)])
+    fleet.wait(lambda: hives_of(fleet) == {"h1": 2}, "job on h1 too (its watch sees it)")
+    assert call(h1, "status")["problems"] == {}
+
+
 def test_tls_to_etcd_with_a_client_certificate(etcd_cluster: Callable[..., EtcdCluster], fleet: Fleet) -> None:
     certificates = make_certificates(fleet.root / "tls")
     etcd = etcd_cluster(1, tls=certificates)
