@@ -220,26 +220,37 @@ async def _unseat(etcd: EtcdClient, keys: Keys, hive_id: str) -> list[str]:
 
 async def revoke(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[str, Any]:
     """The hive's user and its own role deleted (the shared roles stay, for other hives),
-    then its lease revoked: etcd 3.4 renews a lease for a token whose user is gone, so
-    without this the hive would keep its instances, and the leader key if it has it."""
+    the leader key if it holds it, and its lease once it runs no fleet instance.
+
+    etcd 3.4 renews a lease without checking its user, so a revoked hive keeps its lease,
+    and its assignments with it. Revoking that lease while it runs instances would let the
+    leader start them elsewhere before the hive has stopped them (its fencing counts on the
+    lease running out, not on a revoke): those stay, named, until they have stopped there
+    (``hive fleet delete``, or its daemon stopping them); revoke again then."""
     hive_id = request.check_hive()
+    keys = Keys(prefix)
     changes = []
     if await _optional(etcd, "auth/user/delete", {"name": hive_id}) is not None:
         changes.append(f"deleted user {hive_id}")
     own = f"fleet-hive-{hive_id}"
     if await _optional(etcd, "auth/role/delete", {"role": own}) is not None:
         changes.append(f"deleted role {own}")
-    record = await etcd.get(Keys(prefix).hive(hive_id))
+    changes += await _unseat(etcd, keys, hive_id)
+    record = await etcd.get(keys.hive(hive_id))
+    running = []
     if record is not None and record.lease:
-        try:
-            await etcd.call("lease/revoke", {"ID": str(record.lease)}, patience=COMMAND_PATIENCE)
-        except EtcdError as exc:
-            if "lease not found" not in str(exc):
-                raise
-        else:
-            changes.append(f"revoked the lease {record.lease:x} of {hive_id} (its record and assignments: "
-                           "its instances stop there and run elsewhere)")
-    return {"hive_id": hive_id, "changes": changes}
+        _, assigned = await etcd.range_prefix(keys.assign)
+        running = sorted(f"{kv.key.removeprefix(keys.assign).replace('/', '-')}" for kv in assigned
+                         if kv.lease == record.lease)
+        if not running:
+            try:
+                await etcd.call("lease/revoke", {"ID": str(record.lease)}, patience=COMMAND_PATIENCE)
+            except EtcdError as exc:
+                if "lease not found" not in str(exc):
+                    raise
+            else:
+                changes.append(f"revoked the lease {record.lease:x} of {hive_id} (its record with it)")
+    return {"hive_id": hive_id, "changes": changes, "still_running": running}
 
 
 async def enable_auth(etcd: EtcdClient, auth: bool, prefix: str, request: AccessRequest) -> dict[str, Any]:

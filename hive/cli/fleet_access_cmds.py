@@ -125,6 +125,11 @@ def fleet_revoke(state: CliState, hive_id: str, root_user: str, root_password_fi
         state.out.json(result)
         return
     _report(state, result, f"hive {hive_id} has no access any more", nothing=f"hive {hive_id}: no user to delete")
+    if result["still_running"]:
+        state.out.line(f"hive {hive_id} keeps its lease while it runs {', '.join(result['still_running'])} "
+                       "(etcd 3.4 renews it without checking its user; revoking it now could run them twice): "
+                       f"once they have stopped there, `hive fleet revoke {hive_id}` again revokes it",
+                       style="yellow")
 
 
 @click.group()
