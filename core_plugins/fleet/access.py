@@ -155,7 +155,7 @@ def _held(raw: dict[str, Any]) -> tuple[str, str, str]:
     return str(raw.get("permType", "READ")), _unb64(raw.get("key", "")), _unb64(raw.get("range_end", ""))
 
 
-def describe(grant: Grant) -> str:
+def _describe(grant: Grant) -> str:
     where = f"{grant.key}*" if grant.range_end else grant.key
     return f"{grant.access.lower()} {where}"
 
@@ -164,7 +164,7 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
     """The hive's user, its roles with their permissions, and exactly the wanted ones of
     this hive's roles given to it."""
     hive_id = request.check_hive()
-    call = COMMAND_PATIENCE
+    patience = COMMAND_PATIENCE
     changes: list[str] = []
     user = await _optional(etcd, "auth/user/get", {"name": hive_id})
     if user is None:
@@ -174,7 +174,7 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
         changes.append(f"created user {hive_id}")
         password = "set"
     elif request.reset_password and request.password:
-        await etcd.call("auth/user/changepw", {"name": hive_id, "password": request.password}, patience=call)
+        await etcd.call("auth/user/changepw", {"name": hive_id, "password": request.password}, patience=patience)
         changes.append(f"changed the password of user {hive_id}")
         password = "set"
     else:
@@ -189,12 +189,12 @@ async def grant(etcd: EtcdClient, prefix: str, request: AccessRequest) -> dict[s
         held = {_held(raw) for raw in (found or {}).get("perm", [])}
         for item in wanted:
             if item.role == role and (item.access, item.key, item.range_end) not in held:
-                await etcd.call("auth/role/grant", {"name": role, "perm": _perm(item)}, patience=call)
-                changes.append(f"role {role} may {describe(item)}")
+                await etcd.call("auth/role/grant", {"name": role, "perm": _perm(item)}, patience=patience)
+                changes.append(f"role {role} may {_describe(item)}")
     has = set((user or {}).get("roles", []))
     for role in roles:
         if role not in has:
-            await etcd.call("auth/user/grant", {"user": hive_id, "role": role}, patience=call)
+            await etcd.call("auth/user/grant", {"user": hive_id, "role": role}, patience=patience)
             changes.append(f"gave role {role} to {hive_id}")
     for role in _SHARED_ROLES:
         if role in has and role not in roles:
@@ -262,22 +262,22 @@ async def enable_auth(etcd: EtcdClient, auth: bool, prefix: str, request: Access
     if request.root_user != "root" or not request.root_password:
         raise PluginCallError("turning etcd's authentication on needs its user `root` and a password for it: "
                               "give --root-password-file FILE")
-    call = COMMAND_PATIENCE
+    patience = COMMAND_PATIENCE
     changes = []
     root = await _optional(etcd, "auth/user/get", {"name": "root"})
     if root is None:
         await _add(etcd, "auth/user/add", {"name": "root", "password": request.root_password})
         changes.append("created user root")
     else:  # authentication is off: nobody could check its password; it becomes the file's
-        await etcd.call("auth/user/changepw", {"name": "root", "password": request.root_password}, patience=call)
+        await etcd.call("auth/user/changepw", {"name": "root", "password": request.root_password}, patience=patience)
         changes.append("set the password of user root")
     if "root" not in (root or {}).get("roles", []):
-        await etcd.call("auth/user/grant", {"user": "root", "role": "root"}, patience=call)
+        await etcd.call("auth/user/grant", {"user": "root", "role": "root"}, patience=patience)
         changes.append("gave role root to root")
-    users = set((await etcd.call("auth/user/list", {}, patience=call)).get("users", []))
+    users = set((await etcd.call("auth/user/list", {}, patience=patience)).get("users", []))
     keys = Keys(prefix)
     _, records = await etcd.range_prefix(keys.hives)
     without = sorted({kv.key.removeprefix(keys.hives) for kv in records} - users)
-    await etcd.call("auth/enable", {}, patience=call)
+    await etcd.call("auth/enable", {}, patience=patience)
     changes.append("turned authentication on")
     return {"changes": changes, "without_user": without}
