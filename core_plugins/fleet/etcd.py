@@ -14,6 +14,10 @@ old member (a long-lived stream that no timeout covers) moves too.
 
 Watches resume from the last revision they delivered, on whatever member answers; a
 revision etcd has compacted away raises ``WatchCompacted`` and the caller reloads.
+
+With ``credentials``, the client authenticates once and sends etcd's token; a token
+refused is renewed. While etcd's authentication is off it sends none, and authenticates
+at the first refusal once it is on (a hive may get its user before authentication is on).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import anyio
 import httpx
 
-__all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent", "absent",
+__all__ = ["EtcdAuthRequired", "EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent", "absent",
            "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op", "tls_context"]
 
 log = logging.getLogger("hive.plugins.fleet.etcd")
@@ -42,9 +46,14 @@ class EtcdUnavailable(EtcdError):
     """No member answered within the timeouts."""
 
 
+class EtcdAuthRequired(EtcdError):
+    """etcd has authentication on, and this client has no user to authenticate as."""
+
+
 # etcd's answers to a request without a valid token (none yet, or one a restarted member
 # forgot): authenticate again and retry.
 _TOKEN_ERRORS = ("invalid auth token", "user name is empty")
+AUTH_OFF = "authentication is not enabled"  # etcd's answer to authenticate while auth is off
 
 
 def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
@@ -156,6 +165,9 @@ class EtcdClient:
         self._http = httpx.AsyncClient(timeout=self._timeout, verify=tls if tls is not None else True)
         self._credentials = credentials
         self._token = ""  # etcd's simple token, valid on every member (it goes through raft)
+        # etcd said its authentication is off: requests go without a token until one is
+        # refused (auth turned on since), so a hive given its user before runs meanwhile.
+        self._auth_off = False
         self._authenticating = anyio.Lock()
 
     async def aclose(self) -> None:
@@ -191,21 +203,32 @@ class EtcdClient:
     async def _authenticate(self, stale: str) -> None:
         """A new token, unless another task got one since ``stale`` was refused."""
         if self._credentials is None:
-            raise EtcdError("etcd wants a user: set username and password_file in [plugins.fleet.settings]")
+            raise EtcdAuthRequired("etcd wants a user: set username and password_file in [plugins.fleet.settings]")
         async with self._authenticating:
-            if self._token != stale:
+            if self._token != stale or (self._auth_off and not stale):  # another task did it
                 return
             name, password = self._credentials
             self._token = ""
-            answer = await self._call_round("auth/authenticate", {"name": name, "password": password})
+            try:
+                answer = await self._call_round("auth/authenticate", {"name": name, "password": password})
+            except EtcdError as exc:
+                if AUTH_OFF not in str(exc):
+                    raise
+                self._auth_off = True
+                return
+            self._auth_off = False
             self._token = str(answer.get("token", ""))
 
+    def _needs_token(self) -> bool:
+        return self._credentials is not None and not self._token and not self._auth_off
+
     async def _call_round(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._credentials is not None and not self._token and path != "auth/authenticate":
+        if self._needs_token() and path != "auth/authenticate":
             await self._authenticate("")
         try:
             return await self._call_members(path, body)
         except _TokenRefused as refused:
+            self._auth_off = False
             await self._authenticate(refused.token)
             return await self._call_members(path, body)
 
@@ -298,7 +321,7 @@ class EtcdClient:
         failures = 0  # in a row; a whole round of members failing is raised as EtcdUnavailable
         while True:
             index = self.current
-            if self._credentials is not None and not self._token:
+            if self._needs_token():
                 await self._authenticate("")
             token = self._token
             body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
@@ -328,6 +351,11 @@ class EtcdClient:
                             compacted = int(result.get("compact_revision", 0))
                             if compacted:
                                 raise WatchCompacted(compacted)
+                            if result.get("canceled"):  # refused at its creation: the stream stays open, silent
+                                reason = str(result.get("cancel_reason", ""))
+                                if any(refusal in reason for refusal in _TOKEN_ERRORS):
+                                    raise _TokenRefused(token)
+                                raise EtcdError(f"watch: etcd cancelled it: {reason}")
                             failures = 0
                             events = [WatchEvent(raw) for raw in result.get("events", [])]
                             if events:
@@ -335,6 +363,7 @@ class EtcdClient:
                                 await deliver(revision, events)
                                 next_revision = revision + 1
                 except _TokenRefused as refused:
+                    self._auth_off = False
                     await self._authenticate(refused.token)
                     continue
                 except (httpx.TransportError, OSError) as exc:  # a member killed mid-stream, refused, reset

@@ -35,7 +35,7 @@ import msgspec
 from hive.plugin import CorePlugin, DaemonClient, DaemonEvent, PluginCallError
 from hive_client import HiveError, NotFound, ServiceState
 
-from . import commands
+from . import access, commands
 from .etcd import (
     EtcdClient,
     EtcdError,
@@ -73,11 +73,12 @@ class Fleet(CorePlugin[FleetSettings]):
         settings = self.settings
         self.hive_id = settings.hive_id or socket.gethostname().lower()
         self.keys = Keys(settings.prefix)
-        tls = tls_context(settings.ca_file, settings.cert_file, settings.key_file) \
+        self.tls = tls_context(settings.ca_file, settings.cert_file, settings.key_file) \
             if any(e.startswith("https://") for e in settings.endpoints) else None
         credentials = (settings.username, settings.password()) if settings.username else None
         self.etcd = EtcdClient(settings.endpoints, request_timeout=settings.request_timeout,
-                               connect_timeout=min(0.5, settings.request_timeout), credentials=credentials, tls=tls)
+                               connect_timeout=min(0.5, settings.request_timeout), credentials=credentials,
+                               tls=self.tls)
         self.view = FleetView(self.keys)
         home = Path((await client.status()).home or ".")
         self.state_path = home / "fleet-state.json"
@@ -481,6 +482,8 @@ class Fleet(CorePlugin[FleetSettings]):
     # --- commands -----------------------------------------------------------------------
 
     async def call(self, command: str, args: dict[str, Any]) -> Any:
+        if command in ("grant", "revoke", "auth-enable"):
+            return await self._access(command, args)
         try:
             if command == "apply":
                 return await commands.apply(self.etcd, self.keys, args)
@@ -494,7 +497,25 @@ class Fleet(CorePlugin[FleetSettings]):
                 return self._status()
         except EtcdError as exc:
             raise PluginCallError(f"etcd: {exc}; check the endpoints in [plugins.fleet.settings]") from None
-        raise PluginCallError(f"unknown command {command!r} (apply, delete, place, rebalance, status)")
+        raise PluginCallError(f"unknown command {command!r} "
+                              "(apply, auth-enable, delete, grant, place, rebalance, revoke, status)")
+
+    async def _access(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        """etcd's users and roles, as etcd's root (a separate client: this hive's own user
+        may not manage them, and its own client may be refused while its user is missing)."""
+        try:
+            request = msgspec.convert(args, access.AccessRequest)
+        except msgspec.ValidationError as exc:
+            raise PluginCallError(f"invalid {command} request: {exc}") from None
+        async with access.connect(self.settings, self.tls, request) as (etcd, auth):
+            if command == "grant":
+                result = await access.grant(etcd, self.keys.prefix, request)
+            elif command == "revoke":
+                result = await access.revoke(etcd, self.keys.prefix, request)
+            else:
+                result = await access.enable_auth(etcd, auth, self.keys.prefix, request)
+                auth = True
+        return {**result, "auth": auth, "prefix": self.keys.prefix}
 
     def _status(self) -> dict[str, Any]:
         view = self.view

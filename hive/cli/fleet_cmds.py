@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ._common import CliState, fail, json_option, pass_state, plugin_caller
+from .fleet_access_cmds import auth, fleet_grant, fleet_revoke
 
 _call = plugin_caller("fleet")
 
@@ -47,6 +48,10 @@ def read_fleet_services(path: Path) -> list[dict[str, Any]]:
 @click.group()
 def fleet() -> None:
     """Many hives as one, on etcd (the fleet plugin)."""
+
+
+for _command in (fleet_grant, fleet_revoke, auth):  # etcd's users and roles for the hives
+    fleet.add_command(_command)
 
 
 @fleet.command("apply")
@@ -158,3 +163,4 @@ def fleet_rebalance(state: CliState, service: str | None) -> None:
         state.out.line("the fleet is balanced: nothing to move")
         return
     state.out.table(["INSTANCE", "FROM", "TO"], [[m["instance"], m["from"], m["to"]] for m in result["moves"]])
+

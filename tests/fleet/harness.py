@@ -51,6 +51,7 @@ class Member:
     data_dir: Path
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)  # how it was started (a restart starts it again)
 
 
 @dataclass
@@ -97,10 +98,23 @@ class EtcdCluster:
             if self.tls:
                 argv += ["--cert-file", str(self.tls / "server.pem"), "--key-file", str(self.tls / "server-key.pem"),
                          "--client-cert-auth", "--trusted-ca-file", str(self.tls / "ca.pem")]
-            with open(member.log, "wb") as log:
-                member.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            member.argv = argv
+            self._spawn(member)
         for member in self.members:
             wait_for(lambda member=member: self.healthy(member), timeout=30, what=f"etcd {member.name} healthy")
+
+    @staticmethod
+    def _spawn(member: Member) -> None:
+        with open(member.log, "ab") as log:
+            member.process = subprocess.Popen(member.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def restart(self, n: int) -> None:
+        """The member killed (SIGKILL) and started again on its data: it forgets the auth
+        tokens it gave (etcd's simple tokens live in memory)."""
+        self.kill(n)
+        member = self.members[n]
+        self._spawn(member)
+        wait_for(lambda: self.healthy(member), timeout=30, what=f"etcd {member.name} healthy again")
 
     def healthy(self, member: Member) -> bool:
         context = None
