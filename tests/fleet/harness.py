@@ -250,10 +250,14 @@ class Fleet:
                            "stop_grace": stop_grace}}
 
     def instance_pids(self, hive_id: str) -> list[int]:
+        """The live instances of ``hive_id`` in this fleet (by its ledger: a bench or another
+        suite may run hives of the same names at the same time)."""
         found = []
         for process in psutil.process_iter(["pid"]):
             try:
-                if process.environ().get("HIVE_FLEET_HIVE") == hive_id and process.status() != psutil.STATUS_ZOMBIE:
+                env = process.environ()
+                if (env.get("HIVE_FLEET_HIVE") == hive_id and env.get("LEDGER") == str(self.ledger)
+                        and process.status() != psutil.STATUS_ZOMBIE):
                     found.append(process.pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
