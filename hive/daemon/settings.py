@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["DaemonSettings", "DnsSection", "ProxySection", "SettingsError", "load_settings"]
+__all__ = ["DaemonSettings", "DnsSection", "ProxySection", "SettingsError", "load_settings", "split_host_port"]
 
 
 class SettingsError(Exception):
@@ -167,6 +167,12 @@ def load_settings(path: Path) -> DaemonSettings:
             raise SettingsError(f"{path}: proxy.listen: {address!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
     _check_dns(path, settings.proxy.dns)
     return settings
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """A ``HOST:PORT`` setting (checked at load) as (host without IPv6's brackets, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _host_port(address: str) -> bool:

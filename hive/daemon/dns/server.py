@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from hive.config import HiveConfig, parse_dns_upstream
 
-from ..settings import DnsSection
+from ..settings import DnsSection, split_host_port
 from .addresses import answer_addresses
 from .responder import DnsCounts, Responder, UdpListener
 
@@ -89,14 +89,13 @@ class DnsServer:
             self.error = None
 
     async def _open(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
+        host, port = split_host_port(address)
         loop = asyncio.get_running_loop()
         try:
             udp, _ = await loop.create_datagram_endpoint(lambda: UdpListener(lambda: self.responder),
-                                                         local_addr=(host, int(port)))
+                                                         local_addr=(host, port))
             try:
-                tcp = await asyncio.start_server(self._serve, host, int(port), reuse_address=True)
+                tcp = await asyncio.start_server(self._serve, host, port, reuse_address=True)
             except BaseException:
                 udp.close()
                 raise

@@ -28,7 +28,7 @@ import anyio.abc
 from hive_client import Event
 
 from ..dns import DnsServer, dns_wanted
-from ..settings import ProxySection
+from ..settings import ProxySection, split_host_port
 from . import pages
 from .bindings import Binding, bindings, server_context
 from .caddy import CaddyBackend
@@ -203,10 +203,10 @@ class ProxyServer:
                 log.error("proxy: %s", self.error)
                 return
         proto = b"https" if context is not None else b"http"
-        host, _, port = address.rpartition(":")
+        host, port = split_host_port(address)
         try:
             server = await asyncio.get_running_loop().create_server(
-                lambda: ClientConnection(self.core, proto), host.strip("[]"), int(port), backlog=1024,
+                lambda: ClientConnection(self.core, proto), host, port, backlog=1024,
                 reuse_address=True, ssl=context,
             )
         except OSError as exc:
