@@ -44,7 +44,7 @@ import anyio  # noqa: E402
 import msgspec  # noqa: E402
 import psutil  # noqa: E402
 
-from core_plugins.fleet.etcd import EtcdClient, EtcdError, WatchEvent, _b64, absent, put_op  # noqa: E402
+from core_plugins.fleet.etcd import EtcdClient, EtcdError, WatchEvent, absent, b64, put_op  # noqa: E402
 from core_plugins.fleet.model import FleetService, HiveRecord, Keys  # noqa: E402
 from hive_client import BlockingClient  # noqa: E402
 from tests.fleet.harness import EtcdCluster, Fleet  # noqa: E402
@@ -329,7 +329,7 @@ def lease_floor(cluster: EtcdCluster, rounds: int) -> list[float]:
         key = f"/bench/lease-floor/{n}"
         lease = await etcd.grant(TTL)
         await etcd.put(key, "alive", lease=lease)
-        revision = int((await etcd.call("kv/range", {"key": _b64(key)}))["header"]["revision"])
+        revision = int((await etcd.call("kv/range", {"key": b64(key)}))["header"]["revision"])
         gone = anyio.Event()
         at: list[float] = []
 

@@ -10,7 +10,6 @@ and ``fleet-admin``; roles given by hand stay.
 
 from __future__ import annotations
 
-import base64
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,8 +27,10 @@ from .etcd import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
+    b64,
     delete_op,
     modified_at,
+    unb64,
 )
 from .model import NAME_PATTERN, FleetSettings, Keys
 from .roles import Grant, grants
@@ -61,14 +62,6 @@ class AccessRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise PluginCallError(f"hive id {self.hive_id!r}: lower-case letters, digits, _ and - "
                                   "(the fleet's hive_id), and not etcd's `root`")
         return self.hive_id
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _unb64(text: str) -> str:
-    return base64.b64decode(text).decode()
 
 
 @asynccontextmanager
@@ -144,15 +137,15 @@ async def _add(etcd: EtcdClient, path: str, body: dict[str, Any], *, done: tuple
 
 
 def _perm(grant: Grant) -> dict[str, str]:
-    perm = {"permType": grant.access, "key": _b64(grant.key)}
+    perm = {"permType": grant.access, "key": b64(grant.key)}
     if grant.range_end:
-        perm["range_end"] = _b64(grant.range_end)
+        perm["range_end"] = b64(grant.range_end)
     return perm
 
 
 def _held(raw: dict[str, Any]) -> tuple[str, str, str]:
     """(access, key, range end) of a permission as etcd's role/get lists it (READ, 0, is left out)."""
-    return str(raw.get("permType", "READ")), _unb64(raw.get("key", "")), _unb64(raw.get("range_end", ""))
+    return str(raw.get("permType", "READ")), unb64(raw.get("key", "")), unb64(raw.get("range_end", ""))
 
 
 def _describe(grant: Grant) -> str:

@@ -33,7 +33,7 @@ import anyio
 import httpx
 
 __all__ = ["EtcdAuthRequired", "EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "WatchCompacted", "WatchEvent", "absent",
-           "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op", "tls_context"]
+           "b64", "delete_op", "leased_by", "modified_at", "prefix_end", "present", "put_op", "tls_context", "unb64"]
 
 log = logging.getLogger("hive.plugins.fleet.etcd")
 
@@ -80,11 +80,12 @@ class WatchCompacted(EtcdError):
         self.compact_revision = compact_revision
 
 
-def _b64(text: str) -> str:
+def b64(text: str) -> str:
+    """A key or value as etcd's JSON gateway carries it."""
     return base64.b64encode(text.encode()).decode()
 
 
-def _unb64(text: str | None) -> str:
+def unb64(text: str | None) -> str:
     return base64.b64decode(text or "").decode()
 
 
@@ -100,8 +101,8 @@ class KeyValue:
     __slots__ = ("create_revision", "key", "lease", "mod_revision", "value")
 
     def __init__(self, raw: dict[str, Any]) -> None:
-        self.key = _unb64(raw.get("key"))
-        self.value = _unb64(raw.get("value"))
+        self.key = unb64(raw.get("key"))
+        self.value = unb64(raw.get("value"))
         self.create_revision = int(raw.get("create_revision", 0))
         self.mod_revision = int(raw.get("mod_revision", 0))
         self.lease = int(raw.get("lease", 0))
@@ -119,7 +120,7 @@ class WatchEvent:
 
 def put_op(key: str, value: str, lease: int = 0, *, keep_lease: bool = False) -> dict[str, Any]:
     """A put; ``keep_lease``: the key stays bound to the lease it has (etcd's ignore_lease)."""
-    request: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    request: dict[str, Any] = {"key": b64(key), "value": b64(value)}
     if keep_lease:
         request["ignore_lease"] = True
     elif lease:
@@ -128,27 +129,27 @@ def put_op(key: str, value: str, lease: int = 0, *, keep_lease: bool = False) ->
 
 
 def delete_op(key: str) -> dict[str, Any]:
-    return {"request_delete_range": {"key": _b64(key)}}
+    return {"request_delete_range": {"key": b64(key)}}
 
 
 def absent(key: str) -> dict[str, Any]:
     """A compare that holds while ``key`` does not exist."""
-    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
 
 
 def present(key: str) -> dict[str, Any]:
     """A compare that holds while ``key`` exists."""
-    return {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+    return {"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
 
 
 def leased_by(key: str, lease: int) -> dict[str, Any]:
     """A compare that holds while ``key`` exists, bound to ``lease``."""
-    return {"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
+    return {"key": b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
 
 
 def modified_at(key: str, revision: int) -> dict[str, Any]:
     """A compare that holds while ``key`` was last written at ``revision``."""
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
 
 
 class EtcdClient:
@@ -264,11 +265,11 @@ class EtcdClient:
 
     async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
         """(revision, keys) of everything under ``prefix``."""
-        answer = await self.call("kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        answer = await self.call("kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
         return int(answer["header"]["revision"]), [KeyValue(kv) for kv in answer.get("kvs", [])]
 
     async def get(self, key: str) -> KeyValue | None:
-        answer = await self.call("kv/range", {"key": _b64(key)})
+        answer = await self.call("kv/range", {"key": b64(key)})
         kvs = answer.get("kvs", [])
         return KeyValue(kvs[0]) if kvs else None
 
@@ -278,7 +279,7 @@ class EtcdClient:
 
     async def delete(self, key: str, *, patience: float = 0.0) -> int:
         """How many keys it deleted (0 or 1)."""
-        answer = await self.call("kv/deleterange", {"key": _b64(key)}, patience=patience)
+        answer = await self.call("kv/deleterange", {"key": b64(key)}, patience=patience)
         return int(answer.get("deleted", 0))
 
     async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
@@ -324,7 +325,7 @@ class EtcdClient:
             if self._needs_token():
                 await self._authenticate("")
             token = self._token
-            body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
+            body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                        "start_revision": str(next_revision)}}
             # A cancel scope, not a task group: the errors below reach the caller as they
             # are (a task group would wrap them in an ExceptionGroup no ``except`` here catches).
