@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import shutil
@@ -65,6 +66,11 @@ def _uses_engines(item: pytest.Function) -> bool:
     return any(word in text for text in texts for word in _ENGINE_WORDS)
 
 
+@functools.cache
+def _imports_engines(path: Path) -> bool:
+    return "tests.engines" in path.read_text()
+
+
 def shared_part(item: pytest.Item) -> str | None:
     """The xdist group of a test: the shared part it uses, or None."""
     module = getattr(item, "module", None)
@@ -72,7 +78,7 @@ def shared_part(item: pytest.Item) -> str | None:
         return None
     if module.__name__.startswith("tests.fleet."):
         return "fleet"
-    if "tests.engines" in Path(item.path).read_text() and _uses_engines(item):
+    if _imports_engines(Path(item.path)) and _uses_engines(item):
         return "engines"
     return None
 
