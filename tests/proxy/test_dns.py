@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import struct
@@ -29,12 +30,19 @@ DNS_ON = "proxy: {dns: {enabled: true}}\n"
 
 
 def free_udp_tcp_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
+    """A port free for both UDP and TCP on 127.0.0.1, below the ephemeral range.
+
+    A port the kernel hands out for port 0 can be taken again, between the probe and
+    the daemon's bind, by any outgoing connection of a test running beside this one.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             try:
-                probe.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
         return port
@@ -282,9 +290,9 @@ def test_malformed_packets_leave_the_responder_answering(responder: Dns, tmp_pat
 
 
 def test_a_taken_port_is_one_clear_error_and_a_reload_retries(hive_env: Path, tmp_path: Path) -> None:
+    port = free_udp_tcp_port()
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    taken.bind(("127.0.0.1", 0))
-    port = taken.getsockname()[1]
+    taken.bind(("127.0.0.1", port))
     (hive_env / "config.toml").write_text(
         f'[proxy]\nlisten = ["127.0.0.1:{free_port()}"]\n[proxy.dns]\nlisten = "127.0.0.1:{port}"\n')
     daemon = start_daemon(hive_env)

@@ -27,14 +27,20 @@ def _limit_reason(fqn: str) -> str:
     return error if error.startswith("start limit hit") else ""
 
 
+def _runs(fqn: str) -> int:
+    """How many times the service ran: each run writes one line."""
+    return run_cli("logs", fqn, "--grep", "cannot bind").stdout.count("cannot bind")
+
+
 def test_a_crash_loop_stops_at_the_start_limit(hive_env: Path, home: Path) -> None:
     (hive_env / "config.toml").write_text("[restart]\nstart_limit_burst = 3\nstart_limit_interval = 600\n")
     daemon = start_daemon(hive_env)
     try:
         project = write_project(home / "p", CRASH_LOOP)
         up = run_cli("up", str(project), "--json", timeout=60)
-        assert up.returncode == 1
-        assert json.loads(up.stdout)["failed"] == ["p:loop"]  # its first crash already
+        # A start without health checks is done once its process runs: `up` fails only
+        # when the exit is seen first, which is most often, but not on a loaded machine.
+        assert (up.returncode, json.loads(up.stdout)["failed"]) in ((1, ["p:loop"]), (0, []))
         reason = wait_for(lambda: _limit_reason("p:loop"), what="the start limit")
         assert reason.startswith("start limit hit: restarted 3 times within 600 s (last: exited with code 2)")
         assert reason.endswith("`hive service start p:loop` tries again")
@@ -45,8 +51,11 @@ def test_a_crash_loop_stops_at_the_start_limit(hive_env: Path, home: Path) -> No
 
         # Down and up again: a start by the user counts from zero, to the limit again.
         assert run_cli("down", "p").returncode == 0
-        assert run_cli("up", str(project), timeout=60).returncode == 1
-        assert wait_for(lambda: _limit_reason("p:loop"), what="the start limit again") == reason
-        assert _service("p:loop")["restart_count"] == 3
+        assert _runs("p:loop") == 4  # the first start and its three restarts
+        assert run_cli("up", str(project), timeout=60).returncode in (0, 1)
+        wait_for(lambda: _runs("p:loop") == 8 and _service("p:loop")["state"] == "crashed",
+                 what="four runs more, then the limit")
+        again = _service("p:loop")
+        assert (again["restart_count"], again["last_error"]) == (3, reason)
     finally:
         daemon.stop()
