@@ -33,6 +33,7 @@ from . import _spawn
 from .base import RunnerError
 
 __all__ = [
+    "CLOCK_TICKS",
     "RUN_ID_VAR",
     "ProcInfo",
     "ProcessTable",

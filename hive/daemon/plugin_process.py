@@ -30,6 +30,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hive.plugin import PluginCallError
 from hive_client import DaemonEvent
+from runners._process import CLOCK_TICKS, read_stat
 
 from .plugin_wire import HEADER, Call, Cancel, Done, Frames, Log, Where, decode_daemon, frame
 
@@ -80,6 +81,11 @@ class _Answer:
         self.text = ""
 
 
+def _boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc gives a process's start in."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
+
+
 def _exit_text(code: int | None) -> str:
     if code is None:
         return "it closed its control socket"
@@ -99,7 +105,7 @@ class PluginProcess:
         self._calls: dict[int, RemoteCall] = {}
         self._answers: dict[int, _Answer] = {}
         self._process: anyio.abc.Process | None = None
-        self._ended_at = math.inf  # when the child was seen to end (reaped)
+        self._ended_ticks = math.inf  # when the child was seen to end (reaped), in boot ticks
         self._stream: anyio.abc.SocketStream | None = None
         self._outbox, self._outgoing = anyio.create_memory_object_stream[bytes](math.inf)
         self.ended: str | None = None  # why the process is gone (its exit), once it is
@@ -186,7 +192,7 @@ class PluginProcess:
                 if self._process is not None:
                     with anyio.move_on_after(_END_WAIT):
                         code = await self._process.wait()
-                        self._ended_at = time.time()
+                        self._ended_ticks = _boot_ticks()
                 self.ended = _exit_text(code)
                 for call_id, call in list(self._calls.items()):
                     call.end(self._gone_done(call_id))
@@ -260,14 +266,19 @@ class PluginProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             return
-        # Reaped: the number may be another process group's now (a service's: they are
-        # session leaders). Only members that were there before the child ended are ours
-        # (asyncio may have reaped it before anyone waited: then, before now).
-        ended = min(self._ended_at, time.time())
-        for member in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, OSError):
-                if os.getpgid(member.pid) == pid and member.create_time() <= ended:
-                    member.kill()
+        # Reaped: the number is free once no process has it as its group or session. A
+        # process with that number now is another's, and so is its group. Otherwise only
+        # members that started before the child ended are ours (asyncio may have reaped
+        # it before anyone waited: then, before now). Kernel start ticks, not psutil's
+        # create_time: that is off by up to a second (the boot time it adds is rounded).
+        if read_stat(pid) is not None:
+            return
+        ended = min(self._ended_ticks, _boot_ticks())
+        for member in psutil.pids():
+            info = read_stat(member)
+            if info is not None and info.pgid == pid and info.ticks <= ended:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(member, signal.SIGKILL)
 
     async def _reap(self) -> None:
         if self._process is not None:
