@@ -6,10 +6,12 @@ import contextlib
 import fcntl
 import os
 import pwd
+import random
 import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -266,3 +268,24 @@ def can_create_users() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is needed to create the test user"
     return None
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 for TCP and UDP, below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 may be taken again, between this probe and the
+    bind of the server it is for, by any outgoing connection of a test running beside
+    this one (the tests run on several workers). Below the range, only another test's
+    own choice can take it.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port

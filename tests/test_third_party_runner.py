@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from hive_client import DaemonClient
 from tests.supervision.conftest import Events
-from tests.support import install_package, run_cli, write_project
+from tests.support import free_port, install_package, run_cli, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -80,9 +79,7 @@ def test_the_daemon_lists_it_beside_the_built_in_runners() -> None:
 
 
 async def test_runtime_templates_in_its_block_are_resolved(client: DaemonClient, events: Events, home: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     project = home / "proj"
     write_project(project, f"""
         version: "1"

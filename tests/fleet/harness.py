@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import stat
 import subprocess
@@ -25,7 +24,7 @@ import httpx
 import psutil
 
 from hive_client import BlockingClient, Unavailable
-from tests.support import DaemonProcess, start_daemon, wait_for
+from tests.support import DaemonProcess, free_port, start_daemon, wait_for
 
 ETCD = shutil.which("etcd")
 
@@ -35,12 +34,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -83,8 +76,8 @@ class EtcdCluster:
     def start(self) -> None:
         scheme = "https" if self.tls else "http"
         for n in range(self.size):
-            self.members.append(Member(f"m{n}", f"{scheme}://{self.host}:{_free_port()}",
-                                       f"http://127.0.0.1:{_free_port()}", self.root / f"m{n}",
+            self.members.append(Member(f"m{n}", f"{scheme}://{self.host}:{free_port()}",
+                                       f"http://127.0.0.1:{free_port()}", self.root / f"m{n}",
                                        self.root / f"m{n}.log"))
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:

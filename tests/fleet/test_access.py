@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from tests.fleet.cli_helpers import hive
 from tests.fleet.conftest import EtcdCluster, Fleet
 from tests.fleet.harness import b64, etcd_call
-from tests.support import DaemonProcess, start_daemon
+from tests.support import DaemonProcess, free_port, start_daemon
 
 PREFIX = "/hive/fleet/"
 
@@ -130,9 +129,7 @@ def test_grant_converges_and_revoke_removes_access(etcd_cluster: Callable[..., E
 
 
 def test_etcd_unreachable_is_a_clear_error(fleet: Fleet, tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(

@@ -17,7 +17,6 @@ from tests.health.helpers import Change, Recorder, make_monitor, refused_port, r
 from tests.health.servers import (
     DataDir,
     RunAs,
-    free_port,
     grpc_argv,
     mariadb_argv,
     mariadb_datadir,
@@ -26,6 +25,7 @@ from tests.health.servers import (
     redis_argv,
     server_process,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.anyio
 

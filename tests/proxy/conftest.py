@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from hive_client import BlockingClient
-from tests.support import DaemonProcess, start_daemon, wait_for
+from tests.support import DaemonProcess, free_port, start_daemon, wait_for
 
 APP = Path(__file__).with_name("upstream_app.py")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def service_yaml(name: str, port: int, routes: str, *, extra: str = "") -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import socket
 import struct
@@ -23,29 +22,10 @@ import dns.rdatatype
 import pytest
 
 from hive_client import BlockingClient, DaemonStatus
-from tests.proxy.conftest import free_port, service_yaml, write_yaml
-from tests.support import DaemonProcess, run_cli, start_daemon, wait_for
+from tests.proxy.conftest import service_yaml, write_yaml
+from tests.support import DaemonProcess, free_port, run_cli, start_daemon, wait_for
 
 DNS_ON = "proxy: {dns: {enabled: true}}\n"
-
-
-def free_udp_tcp_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1, below the ephemeral range.
-
-    A port the kernel hands out for port 0 can be taken again, between the probe and
-    the daemon's bind, by any outgoing connection of a test running beside this one.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                tcp.bind(("127.0.0.1", port))
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 @dataclass
@@ -70,7 +50,7 @@ def _dnsmasq() -> str:
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Upstream]:
     """dnsmasq on a free port: www.example.test (and all of example.test) is 10.1.2.3."""
-    port = free_udp_tcp_port()
+    port = free_port()
     process = subprocess.Popen(
         [_dnsmasq(), "--keep-in-foreground", "--conf-file=/dev/null", f"--port={port}",
          "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
@@ -121,7 +101,7 @@ class Dns:
 
 
 def start_dns(home: Path, upstream: str, extra: str = "", timeout: float = 1.0) -> Dns:
-    port, proxy_port = free_udp_tcp_port(), free_port()
+    port, proxy_port = free_port(), free_port()
     (home / "config.toml").write_text(
         f'[proxy]\nlisten = ["127.0.0.1:{proxy_port}"]\n'
         f'[proxy.dns]\nlisten = "127.0.0.1:{port}"\nupstream = "{upstream}"\ntimeout = {timeout}\n{extra}'
@@ -224,7 +204,7 @@ def test_an_upstream_that_is_down_gives_servfail(hive_env: Path, tmp_path: Path)
     # One port nothing listens on (refused at once), one that never answers (1 s timeout).
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
-    down = start_dns(hive_env, f"127.0.0.1:{free_udp_tcp_port()}")
+    down = start_dns(hive_env, f"127.0.0.1:{free_port()}")
     try:
         with down.client() as client:
             client.add_source(str(route_project(tmp_path / "p", "api.myapp.test")))
@@ -290,7 +270,7 @@ def test_malformed_packets_leave_the_responder_answering(responder: Dns, tmp_pat
 
 
 def test_a_taken_port_is_one_clear_error_and_a_reload_retries(hive_env: Path, tmp_path: Path) -> None:
-    port = free_udp_tcp_port()
+    port = free_port()
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", port))
     (hive_env / "config.toml").write_text(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -12,15 +11,9 @@ import pytest
 
 from hive_client import DaemonClient, ServiceFailed, ServiceInfo
 from tests.supervision.conftest import Events
-from tests.support import run_cli, wait_until, write_project
+from tests.support import free_port, run_cli, wait_until, write_project
 
 pytestmark = pytest.mark.anyio
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _provider(directory: Path, port: int) -> Path:
@@ -72,7 +65,7 @@ async def _status_until(
 async def test_consumer_waits_for_the_healthy_provider(
     client: DaemonClient, events: Events, home: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     _consumer(home / "app", "s3cret")
     _provider(home / "db", port)
     await client.add_source(home / "app", name="app")
@@ -113,7 +106,7 @@ async def test_consumer_waits_for_the_healthy_provider(
 async def test_a_bad_secret_blocks_the_start(
     client: DaemonClient, events: Events, home: Path, secret: str | None, message: str
 ) -> None:
-    _provider(home / "db", _free_port())
+    _provider(home / "db", free_port())
     await client.add_source(home / "db", name="db", start=True)
     _consumer(home / "app", secret)
     await client.add_source(home / "app", name="app")
@@ -143,15 +136,15 @@ async def test_the_secret_is_kept_only_as_a_hash(client: DaemonClient, home: Pat
 async def test_expose_names_are_unique_across_sources(client: DaemonClient, home: Path) -> None:
     from hive_client import AlreadyExists
 
-    _provider(home / "one", _free_port())
-    _provider(home / "two", _free_port())
+    _provider(home / "one", free_port())
+    _provider(home / "two", free_port())
     await client.add_source(home / "one", name="one")
     with pytest.raises(AlreadyExists, match="expose name 'database' conflicts"):
         await client.add_source(home / "two", name="two")
 
 
 def test_exposed_cli(daemon, home: Path) -> None:
-    _provider(home / "db", _free_port())
+    _provider(home / "db", free_port())
     assert run_cli("source", "add", str(home / "db"), "--name", "db").returncode == 0
     result = run_cli("exposed")
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from hive_client import DaemonClient
 from tests.supervision.conftest import Events
-from tests.support import DaemonProcess, run_cli, wait_for, write_project
+from tests.support import DaemonProcess, free_port, run_cli, wait_for, write_project
 
 pytestmark = pytest.mark.anyio
 
@@ -28,16 +28,8 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 async def test_http_health_turns_unhealthy_and_back(client: DaemonClient, events: Events, project_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     project_dir.mkdir(parents=True)
     (project_dir / "server.py").write_text(SERVER)
     write_project(project_dir, f"""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import anyio
@@ -11,17 +10,9 @@ import pytest
 
 from hive_client import DaemonClient, DaemonError, ErrorCode
 from tests.supervision.conftest import Events
-from tests.support import run_cli, wait_until, write_project
+from tests.support import free_port, run_cli, wait_until, write_project
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _gone(pid: int) -> bool:
@@ -101,13 +92,14 @@ async def test_hook_order_of_a_three_service_stack(client: DaemonClient, project
     assert any(stream == "hook" and "global" in message for stream, message in global_lines), global_lines
 
 
-async def test_hive_variables_reach_the_hooks(client: DaemonClient, project_dir: Path, free_port: int) -> None:
+async def test_hive_variables_reach_the_hooks(client: DaemonClient, project_dir: Path) -> None:
+    port = free_port()
     write_project(project_dir, f"""
         version: "1"
         services:
           web:
             runner: {{type: script, script: {{run: "sleep 1000"}}}}
-            rollout: {{type: recreate, recreate: {{ports: {{http: {free_port}}}}}}}
+            rollout: {{type: recreate, recreate: {{ports: {{http: {port}}}}}}}
             hooks:
               pre-up:
                 - run: 'env > hook-env'
@@ -121,7 +113,7 @@ async def test_hive_variables_reach_the_hooks(client: DaemonClient, project_dir:
     assert env["HIVE_SERVICE_FQN"] == "p:web"
     assert env["HIVE_ROLLOUT_TYPE"] == "recreate"
     assert "HIVE_ROLLOUT_COLOR" in env
-    assert env["HIVE_PORT_HTTP"] == str(free_port)
+    assert env["HIVE_PORT_HTTP"] == str(port)
     assert env["STEP_VAR"] == "from the step"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 import anyio
@@ -14,15 +13,9 @@ import pytest
 
 from hive_client import DaemonClient, NotFound
 from tests.supervision.conftest import Events
-from tests.support import run_cli, start_daemon, wait_until, write_project
+from tests.support import free_port, run_cli, start_daemon, wait_until, write_project
 
 pytestmark = pytest.mark.anyio
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _project(directory: Path, port: int) -> None:
@@ -44,7 +37,7 @@ def _alive(pid: int | None) -> bool:
 
 
 async def test_scale_up_crash_scale_down_and_persist(hive_env: Path, project_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     _project(project_dir, port)
     daemon = start_daemon(hive_env)
     try:
@@ -110,7 +103,7 @@ async def test_scale_up_crash_scale_down_and_persist(hive_env: Path, project_dir
 
 async def test_scale_survives_a_killed_daemon(hive_env: Path, project_dir: Path) -> None:
     """Instances are adopted with their ports after kill -9."""
-    _project(project_dir, _free_port())
+    _project(project_dir, free_port())
     daemon = start_daemon(hive_env)
     async with DaemonClient(daemon.socket) as client:
         await client.add_source(project_dir, name="p", start=True)
@@ -127,7 +120,7 @@ async def test_scale_survives_a_killed_daemon(hive_env: Path, project_dir: Path)
 
 
 def test_scale_cli(daemon, project_dir: Path) -> None:
-    _project(project_dir, _free_port())
+    _project(project_dir, free_port())
     assert run_cli("up", str(project_dir)).returncode == 0
     result = run_cli("scale", "web", "3")
     assert result.returncode == 0, result.stderr
@@ -142,7 +135,7 @@ def test_scale_cli(daemon, project_dir: Path) -> None:
 
 async def test_crash_of_one_instance_with_health(client: DaemonClient, events: Events, project_dir: Path) -> None:
     """Health is per instance too: each copy checks its own port."""
-    port = _free_port()
+    port = free_port()
     project_dir.mkdir(parents=True)
     write_project(project_dir, f"""
         version: "1"
