@@ -422,6 +422,9 @@ class DaemonStatus(Response, tag="status"):
     dns_failed: int = 0  # SERVFAIL: the upstream failed or was silent
     dns_refused: int = 0  # malformed queries (FORMERR, NOTIMP, or dropped)
     dns_dropped: int = 0  # queries dropped while [proxy.dns] max_inflight forwards waited
+    # Why the proxy does not listen where it should (a port taken, a bad certificate, caddy
+    # missing), one line per address; the daemon serves on and the next reload tries again.
+    proxy_errors: list[str] = []
 
 
 class SourceList(Response, tag="sources"):

@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["dns_row", "format_duration", "lean_main", "log_files_row", "socket_path"]
+__all__ = ["dns_row", "format_duration", "lean_main", "log_files_row", "proxy_row", "socket_path"]
 
 EXIT_NOT_RUNNING = 3
 TIMEOUT = 30.0  # the full CLI's default --timeout
@@ -35,6 +35,13 @@ def log_files_row(errors: int, dropped: int, cause: str | None) -> str:
     to them, and why while it lasts."""
     text = f"{errors} write errors, {dropped} lines not stored (kept in memory only)"
     return f"NOT STORED: {cause}; {text}" if cause else text
+
+
+def proxy_row(addresses: list[str], errors: list[str]) -> str | None:
+    """The status row of the proxy: where it listens, and where it cannot."""
+    parts = [", ".join(addresses)] if addresses else []
+    parts += [f"NOT LISTENING: {error}" for error in errors]
+    return "; ".join(parts) or None
 
 
 def dns_row(address: str | None, upstream: str | None, error: str | None) -> str | None:
@@ -131,8 +138,9 @@ def _text(info: dict[str, Any]) -> str:
     if info.get("log_write_errors"):
         rows.append(("log files", log_files_row(info["log_write_errors"], info.get("log_lines_dropped", 0),
                                                 info.get("log_write_error"))))
-    if info.get("proxy_addresses"):
-        rows.append(("proxy", ", ".join(info["proxy_addresses"])))
+    proxy = proxy_row(info.get("proxy_addresses") or [], info.get("proxy_errors") or [])
+    if proxy:
+        rows.append(("proxy", proxy))
     dns = dns_row(info.get("dns_address"), info.get("dns_upstream"), info.get("dns_error"))
     if dns:
         rows.append(("dns", dns))

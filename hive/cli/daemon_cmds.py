@@ -14,7 +14,7 @@ import click
 from hive_client import BlockingClient, DaemonNotRunning, event_kinds, hive_home
 
 from ._common import EXIT_FAILURE, EXIT_NOT_RUNNING, CliState, fail, json_option, pass_state
-from ._lean import dns_row, log_files_row
+from ._lean import dns_row, log_files_row, proxy_row
 from ._output import format_duration
 
 START_TIMEOUT = 30.0
@@ -214,6 +214,7 @@ def status(state: CliState) -> None:
         state.out.json(info)
         return
     dns = dns_row(info.dns_address, info.dns_upstream, info.dns_error)
+    proxy = proxy_row(info.proxy_addresses, info.proxy_errors)
     state.out.fields(
         f"Hive {info.version} is running",
         [
@@ -230,7 +231,7 @@ def status(state: CliState) -> None:
             *([("log files", log_files_row(info.log_write_errors, info.log_lines_dropped,
                                            info.log_write_error))]
               if info.log_write_errors else []),
-            *([("proxy", ", ".join(info.proxy_addresses))] if info.proxy_addresses else []),
+            *([("proxy", proxy)] if proxy else []),
             *([("dns", dns)] if dns else []),
         ],
         title_style="bold green" if info.state_error is None else "bold red",

@@ -24,7 +24,7 @@ from hive_client import (
 )
 from tests.proxy.conftest import APP, Proxy, free_port, serve_four_routes, service_yaml, write_yaml
 from tests.proxy.test_blue_green import blue_green_yaml, load, started
-from tests.support import start_daemon, wait_for
+from tests.support import run_cli, start_daemon, wait_for
 
 
 def _caddy_processes(proxy: Proxy) -> list[psutil.Process]:
@@ -215,7 +215,11 @@ def test_a_missing_caddy_is_a_clear_error_and_the_daemon_serves_on(hive_env: Pat
             client.start_source("p")
             wait_for(lambda: f"cannot start caddy: no '{tmp_path}/no-caddy' on PATH" in daemon.stderr_path.read_text(),
                      timeout=30, what="the daemon to say why")
-            assert client.status().proxy_addresses == []
+            status = client.status()
+            assert status.proxy_addresses == []
+            assert [e.startswith(f"cannot start caddy: no '{tmp_path}/no-caddy' on PATH") for e in status.proxy_errors] \
+                == [True]
+            assert f"NOT LISTENING: cannot start caddy: no '{tmp_path}/no-caddy'" in run_cli("status").stdout
             wait_for(lambda: client.get_service_status("p:api").state == "running", timeout=30,
                      what="the service to run")
     finally:

@@ -75,6 +75,7 @@ async def status(ctx: RequestContext, request: Status) -> DaemonStatus:
         dns_failed=counts.failed,
         dns_refused=counts.refused,
         dns_dropped=counts.dropped,
+        proxy_errors=app.proxy.problems if app.proxy is not None else [],
     )
 
 

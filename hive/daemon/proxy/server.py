@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,7 @@ class ProxyServer:
         )
         self._servers: dict[str, asyncio.Server] = {}
         self._known: dict[str, object] = {}  # fqn -> the config the table was built from
-        self.error: str | None = None  # why it does not listen, when it should
+        self.errors: dict[str, str] = {}  # address -> why it does not listen there
         self.caddy: CaddyBackend | None = None
         if app.settings.proxy.backend == "caddy":
             self.caddy = CaddyBackend(app.home.root / "caddy", app.settings.proxy, self._caddy_document)
@@ -78,6 +79,12 @@ class ProxyServer:
         if self.caddy is not None:
             return [*self.core.settings.listen, *self.bindings] if self._caddy_started and self.caddy.error is None else []
         return list(self._servers)
+
+    @property
+    def problems(self) -> list[str]:
+        """Why it does not listen where it should (for ``hive status``)."""
+        caddy = [self.caddy.error] if self.caddy is not None and self.caddy.error else []
+        return [*self.errors.values(), *caddy]
 
     @property
     def traffic(self) -> CaddyBackend | Pool:
@@ -183,6 +190,8 @@ class ProxyServer:
             self._servers.pop(address).close()
             self._bound.pop(address, None)
             log.info("proxy: no longer listening on %s", address)
+        for address in [a for a in self.errors if a not in wanted]:
+            del self.errors[address]
         for address, wanted_binding in wanted.items():
             if address not in self._servers:
                 await self._open(address, wanted_binding)
@@ -194,13 +203,11 @@ class ProxyServer:
             try:
                 context = server_context(binding.ssl)
             except ValueError as exc:
-                self.error = f"cannot serve TLS on {address}: {exc}"
-                log.error("proxy: %s: %s", binding.source, self.error)
+                self._failed(address, f"cannot serve TLS on {address}: {exc} ({binding.source})")
                 return
             except (OSError, ssl.SSLError) as exc:
-                self.error = (f"cannot serve TLS on {address}: the certificate or key of proxy.ssl: "
-                              f"{exc.strerror or exc}; fix proxy.ssl.files in {binding.source}'s hive.yaml")
-                log.error("proxy: %s", self.error)
+                self._failed(address, f"cannot serve TLS on {address}: the certificate or key of proxy.ssl: "
+                                      f"{exc.strerror or exc}; fix proxy.ssl.files in {binding.source}'s hive.yaml")
                 return
         proto = b"https" if context is not None else b"http"
         host, port = split_host_port(address)
@@ -210,13 +217,20 @@ class ProxyServer:
                 reuse_address=True, ssl=context,
             )
         except OSError as exc:
-            self.error = f"cannot listen on {address}: {exc.strerror or exc}; {fix}"
-            log.error("proxy: %s", self.error)
+            # asyncio's message repeats the address: the errno's own words say it once.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            self._failed(address, f"cannot listen on {address}: {why}; {fix}, then `hive reload`")
             return
         self._servers[address] = server
         self._bound[address] = binding
-        self.error = None
+        self.errors.pop(address, None)
         log.info("proxy: listening on %s%s", address, " (TLS)" if context is not None else "")
+
+    def _failed(self, address: str, error: str) -> None:
+        """Kept for ``hive status``; logged once, not again at each reload that retries."""
+        if self.errors.get(address) != error:
+            log.error("proxy: %s", error)
+        self.errors[address] = error
 
     async def close(self, drain: float) -> None:
         """Stop listening; let requests under way finish for up to ``drain`` seconds."""
