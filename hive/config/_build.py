@@ -62,7 +62,7 @@ from ._templates import check_runtime_templates, is_exact_port_reference
 V = TypeVar("V")
 
 _NAME_CHARSET_RE = re.compile(r"^[a-z0-9_-]*$")
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLUGIN_ID_RE = re.compile(r"^hive\.(parse|runner|env|health|rollout|proxy|obs)\.[A-Za-z0-9_.-]+$")
 
 TOP_LEVEL_KEYS = (
@@ -153,7 +153,7 @@ def _known_types(category: str) -> tuple[str, ...]:
             "ssl": tuple(SSL_BLOCKS)}.get(category, ())
 
 
-def _stray_key_hint(key: str, type_name: str, category: str) -> str:
+def stray_key_hint(key: str, type_name: str, category: str) -> str:
     """A hint for a key beside ``type`` that is not the type's block. Never offers a name
     that is not a known type: when ``type`` is the typo, the hint is about ``type``."""
     known = _known_types(category)
@@ -228,7 +228,7 @@ def _copy_subtree(table: dict[KeyPath, V], source: KeyPath, target: KeyPath) -> 
             table[(*target, *key_path[depth:])] = value
 
 
-class _TemplateScope:
+class TemplateScope:
     """What `{{runtime.port.X}}` / `{{uses.A.port.X}}` may refer to inside one service."""
 
     def __init__(self, port_names: list[str] | None, aliases: set[str]) -> None:
@@ -281,7 +281,7 @@ class Builder:
         self.sink.error(path, f"expected {what}, got {describe(value)}")
         return False
 
-    def _check_templates(self, value: Any, path: KeyPath, scope: _TemplateScope | None) -> None:
+    def _check_templates(self, value: Any, path: KeyPath, scope: TemplateScope | None) -> None:
         """Runtime templates in every string leaf must name a known port / uses alias."""
         if scope is None:
             return
@@ -301,7 +301,7 @@ class Builder:
                 self._check_templates(item, (*path, index), scope)
 
     def _check_port_reference(
-        self, value: str, path: KeyPath, scope: _TemplateScope | None
+        self, value: str, path: KeyPath, scope: TemplateScope | None
     ) -> None:
         """Health and proxy ports: digits, or exactly `{{runtime.port.NAME}}`."""
         if value.isdigit() and value.isascii():
@@ -376,7 +376,7 @@ class Builder:
             if key not in ("type", type_name):
                 self.sink.warning(
                     (*path, key),
-                    f"ignored: the {label} type is '{type_name}'{_stray_key_hint(key, type_name, category)}",
+                    f"ignored: the {label} type is '{type_name}'{stray_key_hint(key, type_name, category)}",
                 )
         unknown = _unknown_type(category, type_name)
         if unknown is not None:
@@ -513,7 +513,7 @@ class Builder:
             return None
         for key in value:
             if key not in ("type", type_name, "skip"):
-                hint = _stray_key_hint(key, type_name, category) or did_you_mean(key, ("type", "skip"))
+                hint = stray_key_hint(key, type_name, category) or did_you_mean(key, ("type", "skip"))
                 self.sink.warning((*path, key), f"unknown key '{key}'{hint}")
         config = value.get(type_name)
         if config is None:
@@ -543,7 +543,7 @@ class Builder:
     # ---- environment ---------------------------------------------------------------------
 
     def environment(
-        self, value: Any, path: KeyPath, scope: _TemplateScope | None
+        self, value: Any, path: KeyPath, scope: TemplateScope | None
     ) -> EnvironmentSpec | None:
         if value is None:
             return EnvironmentSpec()
@@ -576,7 +576,7 @@ class Builder:
         return EnvironmentSpec(static=static, providers=providers)
 
     def _static_env(
-        self, value: Any, path: KeyPath, scope: _TemplateScope | None
+        self, value: Any, path: KeyPath, scope: TemplateScope | None
     ) -> dict[str, str]:
         if value is None or not self._expect_mapping(value, path):
             return {}
@@ -636,7 +636,7 @@ class Builder:
             rollout_ok = rollout is not None
         aliases = {alias for alias in (u.alias() for u in uses or []) if alias}
         port_names = list(rollout.ports) if rollout is not None else ([] if rollout_ok else None)
-        scope = _TemplateScope(port_names, aliases)
+        scope = TemplateScope(port_names, aliases)
 
         runner = None
         if "runner" not in entry or entry["runner"] is None:
@@ -716,7 +716,7 @@ class Builder:
             watch=watch,
         )
 
-    def runner(self, value: Any, path: KeyPath, scope: _TemplateScope | None) -> RunnerSpec | None:
+    def runner(self, value: Any, path: KeyPath, scope: TemplateScope | None) -> RunnerSpec | None:
         found = self._plugin_block(
             value,
             path,
@@ -823,7 +823,7 @@ class Builder:
         result: dict[str, PortBinding] = {}
         for name, value in block["ports"].items():
             port_path = (*ports_path, name)
-            if _IDENTIFIER_RE.match(name) is None:
+            if IDENTIFIER_RE.match(name) is None:
                 self.sink.warning(
                     port_path,
                     f"port name '{name}' cannot be used in {{{{runtime.port.NAME}}}} "
@@ -887,7 +887,7 @@ class Builder:
         value: Any,
         path: KeyPath,
         rollout: RolloutSpec | None,
-        scope: _TemplateScope,
+        scope: TemplateScope,
     ) -> list[ProxyEndpoint] | None:
         if value is None:
             return []
@@ -908,7 +908,7 @@ class Builder:
         return [endpoint for endpoint in endpoints if endpoint is not None]
 
     def proxy_endpoint(
-        self, value: Any, path: KeyPath, rollout: RolloutSpec | None, scope: _TemplateScope
+        self, value: Any, path: KeyPath, rollout: RolloutSpec | None, scope: TemplateScope
     ) -> ProxyEndpoint | None:
         if not self._expect_mapping(value, path, "an endpoint mapping (host, path, port)"):
             return None
@@ -954,7 +954,7 @@ class Builder:
         return ""
 
     def healthchecks(
-        self, value: Any, path: KeyPath, scope: _TemplateScope
+        self, value: Any, path: KeyPath, scope: TemplateScope
     ) -> list[HealthCheckSpec] | None:
         if value is None:
             return []
@@ -973,7 +973,7 @@ class Builder:
         return [check for check in checks if check is not None]
 
     def healthcheck(
-        self, value: Any, path: KeyPath, scope: _TemplateScope
+        self, value: Any, path: KeyPath, scope: TemplateScope
     ) -> HealthCheckSpec | None:
         found = self._plugin_block(
             value,
@@ -1259,7 +1259,7 @@ class Builder:
 
     # ---- exposure ------------------------------------------------------------------------
 
-    def expose(self, value: Any, path: KeyPath, scope: _TemplateScope) -> ExposeSpec | None:
+    def expose(self, value: Any, path: KeyPath, scope: TemplateScope) -> ExposeSpec | None:
         if not self._expect_mapping(value, path):
             return None
         start = self._error_count()
@@ -1294,7 +1294,7 @@ class Builder:
             spec = self.decoder.decode(item, UsesSpec, item_path)
             if spec is None:
                 continue
-            if spec.as_ is not None and _IDENTIFIER_RE.match(spec.as_) is None:
+            if spec.as_ is not None and IDENTIFIER_RE.match(spec.as_) is None:
                 self.sink.error(
                     (*item_path, "as"),
                     f"alias {spec.as_!r} must be an identifier (letters, digits, '_')",
