@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
 from .._decode import describe, did_you_mean
 from .._issues import KeyPath
-from .._model import BuildSpec, RestartSpec, WatchSpec
+from .._model import BuildSpec, RestartPolicy, RestartSpec, WatchSpec
 from ._common import BuilderBase
 
 __all__ = ["RESTART_POLICIES", "Lifecycle"]
 
-RESTART_POLICIES = ("never", "on-failure", "always", "unless-stopped")
+RESTART_POLICIES: tuple[RestartPolicy, ...] = ("never", "on-failure", "always", "unless-stopped")
+
+
+def _is_policy(value: str) -> TypeGuard[RestartPolicy]:
+    return value in RESTART_POLICIES
 
 
 class Lifecycle(BuilderBase):
@@ -70,14 +74,14 @@ class Lifecycle(BuilderBase):
 
     def restart(self, value: Any, path: KeyPath) -> RestartSpec | None:
         if isinstance(value, str):
-            if value not in RESTART_POLICIES:
+            if not _is_policy(value):
                 self.sink.error(
                     path,
                     f"invalid restart policy {value!r}: expected one of "
                     f"{', '.join(RESTART_POLICIES)}{did_you_mean(value, RESTART_POLICIES)}",
                 )
                 return None
-            return RestartSpec(policy=value)  # type: ignore[arg-type]
+            return RestartSpec(policy=value)
         if isinstance(value, dict):
             if "policy" not in value:
                 self.sink.error((*path, "policy"), "'policy' is required")
