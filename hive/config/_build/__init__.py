@@ -7,7 +7,8 @@ registered under its type (see ``hive.config._runners``), never with a shape kep
 The sections are mixins on one ``BuilderBase`` (``_common``), which holds all the state. A
 mixin inherits those whose sections it is made of: ``TopLevel`` (``_top``) inherits
 ``Services`` (``_services``), which inherits ``Hooks``, ``Runners``, ``Rollouts``, ``Proxy``,
-``Checks``, ``Lifecycle``, ``Environment`` and ``Exposure``."""
+``Checks``, ``Lifecycle``, ``Environment`` and ``Exposure``. Runners, rollouts and checks share
+``TypedBlocks`` (``_blocks``), the ``{type: X, X: {...}}`` pattern."""
 
 from __future__ import annotations
 
