@@ -7,6 +7,8 @@ sides together, and keep the config layer from growing a second copy again.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +180,11 @@ def test_the_config_layer_keeps_no_second_copy_of_runner_keys() -> None:
     assert {"image", "deny_pull", "bind_ip", "container_name", "security", "file"} <= runner_only
     results = {ConfigIssue, LoadedProject}  # what a load returns, not shapes of hive.yaml
     copies: dict[str, Any] = {}
-    modules = (hive.config._build, hive.config._decode, hive.config._loader, hive.config._model,
-               hive.config._validate)
+    # The builder is a package: its section modules hold its own structs.
+    sections = [importlib.import_module(f"hive.config._build.{info.name}")
+                for info in pkgutil.iter_modules(hive.config._build.__path__)]
+    modules = (hive.config._build, *sections, hive.config._decode, hive.config._loader,
+               hive.config._model, hive.config._validate)
     for module in modules:
         for name, value in vars(module).items():
             if (isinstance(value, type) and issubclass(value, msgspec.Struct)
