@@ -88,15 +88,17 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-def parse_port(value: object) -> int:
-    """An int 1-65535, or a string of digits (an interpolated ``${...}`` value). Raises ValueError."""
+def parse_port(value: object, *, auto: bool = False) -> int:
+    """An int 1-65535, or a string of digits (an interpolated ``${...}`` value); with
+    ``auto``, also 0: a port the daemon picks. Raises ValueError."""
     port: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         port = value
     elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
         port = int(value.strip()[:6])
-    if port is None or not 1 <= port <= 65535:
-        raise ValueError(f"invalid port {_shown(value)}: expected an integer between 1 and 65535")
+    if port is None or not (0 if auto else 1) <= port <= 65535:
+        also = ", or 0 for a free port the daemon picks" if auto else ""
+        raise ValueError(f"invalid port {_shown(value)}: expected an integer between 1 and 65535{also}")
     return port
 
 

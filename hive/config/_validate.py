@@ -134,6 +134,8 @@ def _check_ports(services: Mapping[str, ServiceConfig], sink: IssueSink) -> None
         base: KeyPath = ("services", name, "rollout", service.rollout.type, "ports")
         for port_name, binding in service.rollout.ports.items():
             if binding.green is None:
+                if binding.blue == 0:  # picked by the daemon: never another's
+                    continue
                 owners.setdefault(binding.blue, []).append(
                     (f"{name}:{port_name}", (*base, port_name))
                 )

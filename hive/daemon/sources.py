@@ -362,7 +362,8 @@ class SourceRegistry:
                 continue
             for config in other.services.values():
                 for port_name, port in config.ports().items():
-                    claimed[port] = f"{other.name}:{config.name}.{port_name}"
+                    if port:  # (0: the daemon picks one)
+                        claimed[port] = f"{other.name}:{config.name}.{port_name}"
         problems = []
         for config in services.values():
             for port_name, port in config.ports().items():

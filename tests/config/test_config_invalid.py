@@ -717,7 +717,8 @@ services:
           http: 70000
 """,
         [
-            "hive.yaml:9: services.a.rollout.recreate.ports.http: invalid port 70000: expected an integer between 1 and 65535",
+            "hive.yaml:9: services.a.rollout.recreate.ports.http: invalid port 70000: expected an integer between 1 and 65535, "
+            "or 0 for a free port the daemon picks",
         ],
     ),
     (

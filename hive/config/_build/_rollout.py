@@ -92,7 +92,7 @@ class Rollouts(TypedBlocks):
                 )
             else:
                 try:
-                    result[name] = PortBinding(blue=parse_port(value))
+                    result[name] = PortBinding(blue=parse_port(value, auto=True))
                 except ValueError as exc:
                     self.sink.error(port_path, str(exc))
         return result

@@ -186,7 +186,7 @@ class InstanceTasks:
                     return None
                 spec = launcher.run_spec(instance)  # again: a build may have changed what it runs
             conflict = port_in_use(instance.ports)
-            if conflict is not None and instance.index > 0:
+            if conflict is not None and launcher.picks_ports(instance):
                 # Ports the daemon picked earlier, taken since: pick others.
                 instance.ports = {}
                 spec = launcher.run_spec(instance)

@@ -90,13 +90,20 @@ class Launcher:
 
     def instance_ports(self, instance: InstanceRuntime) -> dict[str, int]:
         """The first instance takes the configured ports (of its colour, for blue-green);
-        the others get free ports the daemon picks once and keeps while it can."""
+        the others, and a port configured as 0, get free ports the daemon picks once and
+        keeps while it can."""
         configured = instance.service.config.ports("green" if instance.color == "green" else "blue")
-        if instance.index == 0:
-            return configured
-        if set(instance.ports) == set(configured):
-            return instance.ports
-        return {name: _free_port() for name in configured}
+        wanted = configured if instance.index == 0 else dict.fromkeys(configured, 0)
+        if instance.ports.keys() == wanted.keys() and all(
+                port in (0, instance.ports[name]) for name, port in wanted.items()):
+            return instance.ports  # as picked before (or as configured)
+        return {name: port or _free_port() for name, port in wanted.items()}
+
+    @staticmethod
+    def picks_ports(instance: InstanceRuntime) -> bool:
+        """Whether the daemon picks some of the instance's ports (it picks others when
+        those are taken)."""
+        return instance.index > 0 or 0 in instance.service.config.ports().values()
 
     def environment(self, instance: InstanceRuntime) -> dict[str, str]:
         """Layers, lowest first: the daemon's environment, what used services provide,

@@ -43,7 +43,7 @@ def _cached_info(instance: InstanceRuntime) -> ServiceInfo:
         pid=handle.pid if handle else None,
         container_id=handle.container_id if handle else None,
         started_at=instance.started_at if handle else None,
-        ports=dict(instance.ports or service.config.ports()),
+        ports=dict(instance.ports or {n: p for n, p in service.config.ports().items() if p}),
         restart_count=service.restart_count,
         instance=instance.index if service.scale > 1 or instance.index > 0 else None,
         runner=service.config.runner.type,
