@@ -45,15 +45,15 @@ from hive_client.protocol import (
     json_request_decoder,
 )
 
-from .allocator import Trimmer
-from .client_limits import AcceptBackoff, Backlog, ClientBudget, ReportsPerUid, descriptors_left
-from .dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
-from .errors import RequestError
-from .json_lines import hive_shape, new_stream_id, stream_key
-from .store import StoreError
+from ..allocator import Trimmer
+from ..client_limits import AcceptBackoff, Backlog, ClientBudget, ReportsPerUid, descriptors_left
+from ..dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
+from ..errors import RequestError
+from ..json_lines import hive_shape, new_stream_id, stream_key
+from ..store import StoreError
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
 __all__ = ["Connection", "Peer", "SocketServer", "bind_unix_socket"]
 
