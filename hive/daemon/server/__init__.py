@@ -9,18 +9,14 @@ and never reaches the rest of the daemon.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import grp
 import itertools
 import logging
 import os
-import pwd
 import socket
-import struct
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -51,192 +47,22 @@ from ..dispatch import ROUTES, RequestContext, Scope, StreamCall, UnaryCall, may
 from ..errors import RequestError
 from ..json_lines import hive_shape, new_stream_id, stream_key
 from ..store import StoreError
+from ._peer import Peer, bind_unix_socket, groups_of, peer_of
+from ._rate_limit import RateLimit
+from ._raw_stream import RECEIVE_SIZE, RawStream, linger
 
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["Connection", "Peer", "SocketServer", "bind_unix_socket"]
+__all__ = ["Connection", "Peer", "RateLimit", "RawStream", "SocketServer", "bind_unix_socket"]
 
 log = logging.getLogger("hive.server")
 
 FEATURES = ["multiplex", "streams", "json-lines", "events"]
-_RECEIVE_SIZE = 256 * 1024
-_PEERCRED = struct.Struct("3i")
 _REFUSAL_READ_TIMEOUT = 1.0
-_LINGER_SECONDS = 2.0
 # A client cut off for falling behind gets this long to take the frame being sent and
 # the error after it; then the connection is closed whatever it took.
 _CUT_GRACE_SECONDS = 2.0
-
-
-class Peer(msgspec.Struct, frozen=True):
-    pid: int
-    uid: int
-    gid: int
-
-
-def bind_unix_socket(path: Path, group: str = "") -> socket.socket:
-    """Bind and listen on ``path``, created 0600 (0660 for an allowed group)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    mode = 0o660 if group else 0o600
-    # Set the mode through the umask so the socket is never briefly open to others.
-    old_umask = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(os.fspath(path))
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    if group:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
-    sock.listen(1024)
-    return sock
-
-
-class RawStream:
-    """A connected socket driven with ``wait_readable``/``wait_writable``.
-
-    Thinner than anyio's SocketStream: a read or write that the kernel can satisfy at
-    once never yields to the event loop, which is most of a request's round trip. On
-    asyncio the socket stays registered for reading between requests (anyio's
-    ``wait_readable`` registers and unregisters it on every wait: two syscalls and a
-    few objects per request).
-    """
-
-    __slots__ = ("_drained", "_loop", "_reading", "_sock", "_waiter", "unsent")
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
-        # After a short read the kernel buffer is empty: wait before the next recv
-        # rather than pay for a recv that can only say EAGAIN.
-        self._drained = False
-        self._loop = _running_asyncio_loop()
-        self._reading = False  # registered with the loop's selector
-        self._waiter: asyncio.Future[None] | None = None
-        self.unsent = 0  # bytes of the frame being sent that have not gone yet
-
-    @property
-    def raw(self) -> socket.socket:
-        return self._sock
-
-    async def _wait_readable(self) -> None:
-        loop = self._loop
-        if loop is None:
-            await anyio.wait_readable(self._sock)
-            return
-        if not self._reading:
-            loop.add_reader(self._sock.fileno(), self._on_readable)
-            self._reading = True
-        self._waiter = waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-    def _on_readable(self) -> None:
-        waiter = self._waiter
-        if waiter is None:
-            # Nobody reads now (a request is being served): unregister until someone
-            # does, or the level-triggered selector would call this on every turn.
-            self._stop_reading()
-        elif not waiter.done():
-            waiter.set_result(None)
-
-    def _stop_reading(self) -> None:
-        if self._reading and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self._reading = False
-
-    async def receive(self, max_bytes: int = _RECEIVE_SIZE) -> bytes:
-        while True:
-            if self._drained:
-                await self._wait_readable()
-            try:
-                data = self._sock.recv(max_bytes)
-            except BlockingIOError:
-                self._drained = True
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            if not data:
-                raise anyio.EndOfStream
-            self._drained = len(data) < max_bytes
-            return data
-
-    def send_nowait(self, data: bytes | memoryview) -> memoryview:
-        """Send what the kernel takes now; what is left (empty when all went)."""
-        view = memoryview(data)
-        try:
-            sent = self._sock.send(view)
-        except BlockingIOError:
-            return view
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
-        return view[sent:]
-
-    async def send(self, data: bytes | memoryview) -> None:
-        """Send all of ``data``; if interrupted, ``unsent`` says how much did not go."""
-        view = memoryview(data)
-        self.unsent = len(view)
-        while view:
-            try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
-                await anyio.wait_writable(self._sock)
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            view = view[sent:]
-            self.unsent = len(view)
-
-    def abort(self) -> None:
-        """End the connection both ways now (its task closes the socket)."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-
-    async def send_eof(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            raise anyio.BrokenResourceError from exc
-
-    def close(self) -> None:
-        if self._sock.fileno() >= 0:
-            self._stop_reading()  # (only the reading task closes: nobody waits here now)
-            anyio.notify_closing(self._sock)
-            self._sock.close()
-
-
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop; None under another backend (trio)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-class RateLimit:
-    """A token bucket: ``rate`` requests a second on average, bursts of ``burst``. A
-    connection over its rate has its reading paused, so it slows only itself."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self._tokens = self.burst
-        self._stamp = time.monotonic()
-
-    async def take(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return
-        await anyio.sleep((1 - self._tokens) / self.rate)
-        self._tokens = 0.0
-        self._stamp = time.monotonic()
 
 
 class Connection:
@@ -549,18 +375,12 @@ class SocketServer:
 
     # --- per connection -----------------------------------------------------------------
 
-    def _peer_of(self, sock: socket.socket) -> Peer:
-        pid, uid, gid = _PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        )
-        return Peer(pid=pid, uid=uid, gid=gid)
-
     def _allowed(self, peer: Peer) -> bool:
         if peer.uid in (self._uid, 0):
             return True
         if self._allowed_gid is None:
             return False
-        return peer.gid == self._allowed_gid or self._allowed_gid in _groups_of(peer.uid)
+        return peer.gid == self._allowed_gid or self._allowed_gid in groups_of(peer.uid)
 
     def _runs_plugin_code(self, pid: int) -> bool:
         plugins = self.app.plugins
@@ -585,7 +405,7 @@ class SocketServer:
     async def _serve_stream(self, stream: RawStream, scope: Scope, plugin: str | None,
                             limit: RateLimit | None) -> None:
         try:
-            peer = self._peer_of(stream.raw)
+            peer = peer_of(stream.raw)
         except OSError:
             return
         label = f"plugin {plugin!r}" if plugin else ""
@@ -626,7 +446,7 @@ class SocketServer:
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
             if first is None:
-                await _linger(stream)
+                await linger(stream)
                 return
             connection.frame_began = time.monotonic()
             if first[:1] == b"{":
@@ -662,9 +482,9 @@ class SocketServer:
                 why = (f"idle for {settings.idle_timeout:g} s with no request and no stream "
                        "(daemon.idle_timeout); connect again when needed")
             else:
-                return await stream.receive(_RECEIVE_SIZE)
+                return await stream.receive(RECEIVE_SIZE)
             with anyio.move_on_at(deadline):
-                return await stream.receive(_RECEIVE_SIZE)
+                return await stream.receive(RECEIVE_SIZE)
             if partial or not connection.busy:
                 unreported = self._timeouts.report(connection.peer.uid)
                 if unreported is not None:
@@ -689,7 +509,7 @@ class SocketServer:
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 return
         await connection.send_error(0, code, message)
-        await _linger(stream)
+        await linger(stream)
 
     async def _serve_binary(
         self, connection: Connection, stream: RawStream, first: bytes
@@ -705,7 +525,7 @@ class SocketServer:
                     except FrameTooLarge as exc:
                         # The stream cannot be resynchronised past an unread frame: close.
                         await connection.send_error(0, ErrorCode.FRAME_TOO_LARGE, str(exc))
-                        await _linger(stream)
+                        await linger(stream)
                         break
                     if payload is None:
                         try:
@@ -713,7 +533,7 @@ class SocketServer:
                         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                             break
                         if data is None:
-                            await _linger(stream)
+                            await linger(stream)
                             break
                         if not reader.buffered:
                             connection.frame_began = time.monotonic()
@@ -761,14 +581,14 @@ class SocketServer:
                                 ErrorCode.FRAME_TOO_LARGE,
                                 f"line longer than the limit of {self.max_frame} bytes",
                             )
-                            await _linger(stream)
+                            await linger(stream)
                             break
                         try:
                             data = await self._receive(connection, stream, partial=bool(buffer))
                         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                             break
                         if data is None:
-                            await _linger(stream)
+                            await linger(stream)
                             break
                         if not buffer:
                             connection.frame_began = time.monotonic()
@@ -975,21 +795,6 @@ async def _outcome(ctx: RequestContext, request: Request, handler: UnaryCall) ->
         )
 
 
-async def _linger(stream: RawStream) -> None:
-    """Before closing on a client: stop writing, discard what it still sends (briefly).
-
-    Closing a Unix socket with unread input resets the connection, and the client would
-    lose the error we just sent it.
-    """
-    with anyio.move_on_after(_LINGER_SECONDS):
-        try:
-            await stream.send_eof()
-            while await stream.receive(_RECEIVE_SIZE):
-                pass
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-
-
 def _describe(exc: msgspec.MsgspecError) -> str:
     text = str(exc)
     if text.endswith("- at `$.type`") or ("Invalid value" in text and "`$.type`" in text):
@@ -997,14 +802,3 @@ def _describe(exc: msgspec.MsgspecError) -> str:
     if isinstance(exc, msgspec.ValidationError):
         return f"invalid request: {text}"
     return f"malformed message: {text}"
-
-
-def _groups_of(uid: int) -> set[int]:
-    """The groups of a uid from the user database (``getgrouplist``), not from
-    /proc/PID/status: the shipped unit's ``ProtectProc=invisible`` hides other users'
-    processes, and a group added with ``usermod -aG`` counts from the next connection."""
-    try:
-        user = pwd.getpwuid(uid)
-        return set(os.getgrouplist(user.pw_name, user.pw_gid))
-    except (KeyError, OSError):
-        return set()
