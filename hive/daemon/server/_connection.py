@@ -19,7 +19,7 @@ from ._rate_limit import RateLimit
 from ._raw_stream import RawStream
 
 if TYPE_CHECKING:
-    from . import SocketServer
+    from ._socket_server import SocketServer
 
 __all__ = ["Connection", "StreamSink"]
 
