@@ -16,6 +16,7 @@ them; a failing ``accept`` backs off and is logged once per episode, not once pe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import time
@@ -117,8 +118,10 @@ def descriptors_left() -> int:
 
 
 class AcceptBackoff:
-    """After a failed ``accept`` (EMFILE, ENOBUFS): wait, doubling up to a second, and log
-    the first failure of an episode plus, at most once a minute, how many followed."""
+    """After a failed ``accept`` (EMFILE, ENOBUFS): wait, doubling up to a second. Logged at
+    most once a minute, saying how many failed since the last line: short of descriptors,
+    accept fails and works by turns (each client turned away frees one), and a line per
+    turn would flood the log."""
 
     FIRST = 0.01
     LONGEST = 1.0
@@ -126,29 +129,30 @@ class AcceptBackoff:
 
     def __init__(self) -> None:
         self.delay = 0.0
-        self.failures = 0  # in this episode
-        self._reported_at = 0.0
-        self._reported = 0
+        self.failures = 0  # in this episode (since the last accept that worked)
+        self._reported_at = -math.inf
+        self._unreported = 0  # failures since the last line
+        self._episode_reported = False
 
     def failed(self, exc: OSError) -> float:
         """Count a failure; how long to wait before the next accept."""
         self.failures += 1
+        self._unreported += 1
         now = time.monotonic()
-        if self.failures == 1:
-            log.error("accept failed: %s; new clients wait until descriptors are free", exc)
-            self._reported_at, self._reported = now, 1
-        elif now - self._reported_at >= self.REPORT_EVERY:
-            log.error("accept still failing: %s (%d more times)", exc, self.failures - self._reported)
-            self._reported_at, self._reported = now, self.failures
+        if now - self._reported_at >= self.REPORT_EVERY:
+            more = f" ({self._unreported - 1} more failures since the last report)" if self._unreported > 1 else ""
+            log.error("accept failed: %s; new clients wait until descriptors are free%s", exc, more)
+            self._reported_at, self._unreported, self._episode_reported = now, 0, True
         self.delay = min(self.LONGEST, self.delay * 2 if self.delay else self.FIRST)
         return self.delay
 
     def succeeded(self) -> None:
         if self.failures:
-            if self.failures > 1:
+            if self._episode_reported and self.failures > 1:
                 log.info("accept works again after %d failures", self.failures)
             self.failures = 0
             self.delay = 0.0
+            self._episode_reported = False
 
 
 class ReportsPerUid:
