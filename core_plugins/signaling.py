@@ -60,6 +60,7 @@ __all__ = ["PROTOCOL", "Signaling", "SignalingSettings"]
 
 PROTOCOL = 1
 SOURCE = "cocoons"
+PORT = "{{runtime.port.http}}"  # the cocoon's port, picked by the daemon at its start
 log = logging.getLogger("hive.plugins.signaling")
 _COCOON_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 # What a fleet service name takes (core_plugins/fleet/model.py), after "cocoon-".
@@ -108,7 +109,6 @@ class Signaling(CorePlugin[SignalingSettings]):
         self._source_lock = anyio.Lock()
         self._capacity_lock = anyio.Lock()
         self._spawning: set[str] = set()  # cocoon ids being spawned (capacity counts them)
-        self._ports: dict[str, int] = {}  # cocoon id -> the http port it was given
         self._unsent: list[dict[str, Any]] = []  # answers the connection ended under
         self._requests: anyio.abc.TaskGroup | None = None
         self.connected = anyio.Event()
@@ -267,24 +267,22 @@ class Signaling(CorePlugin[SignalingSettings]):
             if len(running | self._spawning) >= self.settings.capacity:
                 raise SpawnError(f"this hive is at its capacity of {self.settings.capacity} cocoons")
             self._spawning.add(cocoon_id)
-            self._ports[cocoon_id] = _free_port(set(self._ports.values()))
         try:
             return await self._create_reserved(cocoon_id, message)
-        except BaseException:
-            self._ports.pop(cocoon_id, None)
-            raise
         finally:
             self._spawning.discard(cocoon_id)
 
     async def _place_in_fleet(self, cocoon_id: str, message: dict[str, Any]) -> dict[str, Any]:
         """Hand the spawn to the fleet plugin: a one-replica fleet service, answered once a
         hive of the fleet is assigned it (its ``fqn`` there, ``hive_id``, ``token``). The
-        fleet's capacity counts, not this hive's; a fleet-placed cocoon has no ``http``
-        port of its own (a port free here says nothing of the hive it lands on)."""
+        fleet's capacity counts, not this hive's. The hive it lands on picks its ``http``
+        port and serves it at ``/cocoon/{id}/`` through a route of its own."""
         if not _FLEET_COCOON_ID.match(cocoon_id):
             raise SpawnError(f"invalid cocoon_id {cocoon_id!r} for fleet placement: lower-case letters, digits, "
                              "_ and -, 44 at most")
-        config = self._service_config(message, {**_env(message), "COCOON_ID": cocoon_id}, None)
+        config = self._service_config(message, {**_env(message), "COCOON_ID": cocoon_id})
+        # Not in the cocoons source there: the proxy's /cocoon/{id}/* does not cover it.
+        config["proxy"] = {"path": f"/cocoon/{cocoon_id}", "strip_prefix": True}
         request = {"name": f"cocoon-{cocoon_id}", "config": config, "labels": self.settings.fleet_labels}
         try:
             placed: dict[str, Any] = await self.client.plugin_call("fleet", "place", request)
@@ -293,9 +291,7 @@ class Signaling(CorePlugin[SignalingSettings]):
         return placed
 
     async def _create_reserved(self, cocoon_id: str, message: dict[str, Any]) -> str:
-        port = self._ports[cocoon_id]
-        env = _env(message) | {"COCOON_ID": cocoon_id, "PORT": str(port)}
-        config = self._service_config(message, env, port)
+        config = self._service_config(message, _env(message) | {"COCOON_ID": cocoon_id})
         await self._ensure_source()
         name = f"cocoon-{cocoon_id}"
         fqn = f"{SOURCE}:{name}"
@@ -308,9 +304,10 @@ class Signaling(CorePlugin[SignalingSettings]):
             raise SpawnError(status.last_error or exc.message) from None
         return fqn
 
-    def _service_config(self, message: dict[str, Any], env: dict[str, str], port: int | None) -> dict[str, Any]:
-        # The `http` port is where the proxy's /cocoon/{id}/* goes (none for a fleet cocoon).
-        rollout = {"type": "recreate", "recreate": {"ports": {"http": port}}} if port is not None else None
+    def _service_config(self, message: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+        # The `http` port, which the daemon picks, is $PORT, and where /cocoon/{id}/* goes.
+        env = env | {"PORT": PORT}
+        rollout = {"type": "recreate", "recreate": {"ports": {"http": 0}}}
         runner = self.settings.runner or os.environ.get("COCOON_RUNNER_TYPE") or "script"
         if runner == "script":
             path = self.settings.script_path or os.environ.get("COCOON_SCRIPT_PATH")
@@ -318,8 +315,8 @@ class Signaling(CorePlugin[SignalingSettings]):
                 raise SpawnError("no cocoon script: set COCOON_SCRIPT_PATH or script_path")
             if not os.path.isfile(path) or not os.access(path, os.X_OK):
                 raise SpawnError(f"cocoon script {path} does not exist or is not executable")
-            return _without_none({"runner": {"type": "script", "script": {"run": f"exec {shlex.quote(path)}"}},
-                                  "environment": {"static": env}, "rollout": rollout, "restart": "on-failure"})
+            return {"runner": {"type": "script", "script": {"run": f"exec {shlex.quote(path)}"}},
+                    "environment": {"static": env}, "rollout": rollout, "restart": "on-failure"}
         if runner not in ("docker", "podman"):
             raise SpawnError(f"unknown COCOON_RUNNER_TYPE {runner!r} (script, docker or podman)")
         image = message.get("image")
@@ -329,9 +326,8 @@ class Signaling(CorePlugin[SignalingSettings]):
         if registry:
             image = f"{registry.rstrip('/')}/{image}"
         # The container listens on $PORT, published on the same host port.
-        published = {"ports": [f"{port}:{port}"]} if port is not None else {}
-        return _without_none({"runner": {"type": runner, runner: {"image": image, "environment": env, **published}},
-                              "rollout": rollout, "restart": "on-failure"})
+        return {"runner": {"type": runner, runner: {"image": image, "environment": env, "ports": [f"{PORT}:{PORT}"]}},
+                "rollout": rollout, "restart": "on-failure"}
 
     async def _ensure_source(self) -> None:
         """Add the cocoons source if it is missing (checked each time: `hive source remove
@@ -359,7 +355,6 @@ class Signaling(CorePlugin[SignalingSettings]):
     async def _remove(self, fqn: str) -> None:
         await self.client.stop_service(fqn)
         await self.client.delete_service(fqn)
-        self._ports.pop(fqn.removeprefix(f"{SOURCE}:cocoon-"), None)
 
 
 def _env(message: dict[str, Any]) -> dict[str, str]:
@@ -370,24 +365,10 @@ def _env(message: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def _without_none(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if value is not None}
-
-
 def _available_runners() -> list[str]:
     """The runner kinds this hive can run: script always, a container engine if its
     command is installed."""
     return ["script", *(engine for engine in ("docker", "podman") if shutil.which(engine))]
-
-
-def _free_port(given: set[int]) -> int:
-    """A port nothing listens on now (the kernel's pick) and no other cocoon was given."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port not in given:
-            return port
 
 
 def _first_leaf(group: BaseException) -> BaseException:

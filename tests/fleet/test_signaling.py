@@ -5,6 +5,7 @@ the real signaling server process of tests/plugins/signaling_server.py."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -14,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from hive_client import BlockingClient
 from tests.fleet.conftest import EtcdCluster, Fleet
-from tests.fleet.harness import _free_port
 from tests.fleet.test_fleet import call
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 SERVER_SCRIPT = Path(__file__).parent.parent / "plugins" / "signaling_server.py"
 
@@ -26,7 +27,7 @@ class SignalingServer:
     """tests/plugins/signaling_server.py as a process: what it receives is in ``log``."""
 
     def __init__(self, root: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = root / "signaling.log"
         self.process = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(self.port), str(self.log)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -66,6 +67,17 @@ class SignalingServer:
                 stream.close()
 
 
+def _get(port: int, path: str) -> str:
+    """The status line's code and reason, and the body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Accept": "text/plain"})
+        response = connection.getresponse()
+        return f"{response.status} {response.reason}\n{response.read().decode()}"
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def signaling(fleet: Fleet) -> Iterator[SignalingServer]:
     server = SignalingServer(fleet.root)
@@ -80,7 +92,8 @@ def test_a_spawn_through_one_hive_runs_where_the_fleet_has_room(
     table = (f'[plugins.signaling]\n[plugins.signaling.settings]\nurl = "{signaling.url}"\nhive_id = "h0"\n'
              f'placement = "fleet"\nscript_path = "{fleet.script}"\n')
     h0 = fleet.start_hive("h0", etcd.endpoints, capacity=0, more_config=table)
-    fleet.start_hive("h1", etcd.endpoints, capacity=1)
+    proxy_port = free_port()
+    h1 = fleet.start_hive("h1", etcd.endpoints, capacity=1, more_config=f'[proxy]\nlisten = ["127.0.0.1:{proxy_port}"]\n')
     wait_for(lambda: signaling.received("register"), timeout=30, what="h0 registered with the signaling server")
     wait_for(lambda: len(call(h0, "status")["hives"]) == 2, timeout=30, what="both hives in the fleet")
 
@@ -88,8 +101,15 @@ def test_a_spawn_through_one_hive_runs_where_the_fleet_has_room(
     answer = signaling.answer("r1")
     assert (answer["ok"], answer["hive_id"], answer["fqn"]) == (True, "h1", "fleet:cocoon-c1-0"), answer
     fleet.wait(lambda: fleet.running().get("cocoon-c1-0") is not None, "the cocoon running")
-    [(hive, _pid)] = fleet.running()["cocoon-c1-0"]
+    [(hive, pid)] = fleet.running()["cocoon-c1-0"]
     assert hive == "h1"
+    # h1 picked its port: $PORT, and /cocoon/c1/ on h1's proxy goes there (nothing listens: 502).
+    with BlockingClient(h1.socket, timeout=30) as client:
+        port = client.get_service_status("fleet:cocoon-c1-0").ports["http"]
+    environ = dict(entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in entry)
+    assert (environ["PORT"], environ["COCOON_ID"], environ["ROLE"]) == (str(port), "c1", "worker")
+    page = _get(proxy_port, "/cocoon/c1/x")
+    assert page.startswith("502 ") and "fleet:cocoon-c1-0" in page, page
 
     # The fleet is full: refused with the reason, and nothing of it is left to be placed later.
     signaling.send(type="spawn_cocoon", request_id="r2", cocoon_id="c2")
