@@ -30,8 +30,9 @@ SETTINGS = """
 services = ["p:burner"]
 check_interval = 0.2
 window = 2
-cpu_scale_up_threshold = 0.4
-cpu_scale_down_threshold = 0.1
+# Low: on a busy machine (other tests beside this one) each burner gets a share of a core.
+cpu_scale_up_threshold = 0.15
+cpu_scale_down_threshold = 0.05
 min_instances = 1
 max_instances = 3
 cooldown = 1.0
@@ -64,7 +65,7 @@ async def test_scales_up_under_load_and_down_after(start_with: StartWith, projec
         await client.add_source(project_dir, name="p", start=True)
         up = await _notices(stream, 3)
         assert [(n.kind, n.data.get("to")) for n in up] == [("scaled", 2), ("scaled", 3), ("held", None)]
-        assert "CPU" in up[0].message and "is above 0.40" in up[0].message
+        assert "CPU" in up[0].message and "is above 0.15" in up[0].message
         assert up[2].message.endswith("but p:burner is at its maximum of 3")
         listed = [s for s in await client.list_services("p") if s.state == "running"]
         assert len(listed) == 3
@@ -72,7 +73,7 @@ async def test_scales_up_under_load_and_down_after(start_with: StartWith, projec
         (project_dir / "calm").touch()
         down = await _notices(stream, 3)
         assert [(n.kind, n.data.get("to")) for n in down] == [("scaled", 2), ("scaled", 1), ("held", None)]
-        assert "is below 0.10" in down[0].message
+        assert "is below 0.05" in down[0].message
         assert down[2].message.endswith("but p:burner is at its minimum of 1")
         assert [s.fqn for s in await client.list_services("p")] == ["p:burner"]
 
@@ -84,7 +85,7 @@ async def test_scales_up_under_load_and_down_after(start_with: StartWith, projec
 
 async def test_wrong_settings_are_refused(start_with: StartWith) -> None:
     with pytest.raises(StartFailed) as caught:
-        start_with(SETTINGS.replace("cpu_scale_down_threshold = 0.1", "cpu_scale_down_threshold = 0.9"))
+        start_with(SETTINGS.replace("cpu_scale_down_threshold = 0.05", "cpu_scale_down_threshold = 0.9"))
     assert "[plugins.autoscaler.settings]" in str(caught.value)
     assert "cpu_scale_down_threshold must be below cpu_scale_up_threshold" in str(caught.value)
 
