@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 import anyio
 
 from ._api_container import ApiContainerRunner
-from ._container import ContainerRunner
 from ._engine_api import filters
 from .base import RunnerError
 
@@ -50,7 +49,7 @@ class ProjectNetworks:
             if not self._running[project]:
                 del self._running[project]
 
-    async def remove_unused(self, engine: ContainerRunner, project: str, socket: str | None) -> None:
+    async def remove_unused(self, engine: ApiContainerRunner, project: str, socket: str | None) -> None:
         """Remove the project's networks no container uses (none while a compose command of
         the project runs here); whatever fails is left (the engine away, one in use)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(REMOVE_TIMEOUT):
@@ -60,16 +59,10 @@ class ProjectNetworks:
                         await _remove(engine, project, socket)
 
 
-async def _remove(engine: ContainerRunner, project: str, socket: str | None) -> None:
-    label = f"{PROJECT_LABEL}={project}"
-    if isinstance(engine, ApiContainerRunner):
-        api = engine.api(socket)
-        listed = await api.request("GET", "/networks", params=filters(label=[label]))
-        for network in listed or []:
-            if isinstance(network, dict) and network.get("Id"):
-                with contextlib.suppress(RunnerError):  # 403: still in use
-                    await api.request("DELETE", f"/networks/{network['Id']}")
-        return
-    listed_cli = await engine.call(["network", "ls", "-q", "--filter", f"label={label}"], socket)
-    for network_id in listed_cli.stdout.decode(errors="replace").split():
-        await engine.call(["network", "rm", network_id], socket)  # refused while in use
+async def _remove(engine: ApiContainerRunner, project: str, socket: str | None) -> None:
+    api = engine.api(socket)
+    listed = await api.request("GET", "/networks", params=filters(label=[f"{PROJECT_LABEL}={project}"]))
+    for network in listed or []:
+        if isinstance(network, dict) and network.get("Id"):
+            with contextlib.suppress(RunnerError):  # 403: still in use
+                await api.request("DELETE", f"/networks/{network['Id']}")

@@ -3,10 +3,10 @@
 ``{file, service}``: the file (relative to the project) and the compose service Hive runs
 (:class:`ComposeConfig`, with ``command`` for hook steps).
 Compose creates the container; from then on it is supervised like a docker or podman one,
-through the same engine runner: on Docker through the Engine API (:class:`ComposeApiHandle`:
-exit from the engine's event stream, output from the logs endpoint, signals through
-``/kill``; no helper process), on podman through its CLI (:class:`ComposeHandle`: ``logs -f``
-and ``wait``); ``cmd`` checks through ``exec`` either way.
+through the same engine runner and on the engine's API, Docker's or podman's
+(:class:`ComposeHandle`: exit from the engine's event stream, output from the logs
+endpoint, signals through ``/kill``; no helper process); ``cmd`` checks through
+``<engine> exec``.
 
 - **Implementation.** The first of ``docker compose``, ``docker-compose``,
   ``podman compose``, ``podman-compose`` that answers ``version`` is used, found when a
@@ -50,13 +50,7 @@ import anyio
 from ._api_container import ApiContainerHandle, ApiContainerRunner
 from ._compose_file import one_service_document
 from ._compose_networks import PROJECT_LABEL, ProjectNetworks
-from ._container import (
-    CALL_TIMEOUT,
-    HOOK_LINE_CAP,
-    ContainerHandle,
-    ContainerRunner,
-    engine_message,
-)
+from ._container import CALL_TIMEOUT, HOOK_LINE_CAP, engine_message
 from ._engine_api import ApiError, filters
 from ._engine_watch import Watched
 from .base import (
@@ -72,7 +66,7 @@ from .docker import DockerRunner
 from .output import run_streaming
 from .podman import PodmanRunner
 
-__all__ = ["IMPLEMENTATIONS", "ComposeApiHandle", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
+__all__ = ["IMPLEMENTATIONS", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
 
 # Tried in this order when the daemon config names none.
 IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
@@ -109,9 +103,10 @@ def project_name(fqn: str) -> str:
     return f"{name}-{index}" if index and index != "0" else name
 
 
-class ComposeHandle(ContainerHandle):
-    """A container compose created; supervised through its engine's CLI (``wait``,
-    ``logs -f``) when that engine has no API runner."""
+class ComposeHandle(ApiContainerHandle):
+    """A container compose created, supervised through the engine's API: its exit from
+    the engine's event stream, its output from the logs endpoint, its signals from
+    ``/kill``; no helper process."""
 
     def __init__(self, *, project: str, service: str, networks: ProjectNetworks, compose_file: str,
                  file_digest: str | None, **kwargs: Any) -> None:
@@ -139,12 +134,6 @@ class ComposeHandle(ContainerHandle):
         await self._networks.remove_unused(self.runner, self.project, self._socket)
         return status
 
-
-class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
-    """A container compose created, supervised through the engine's API: its exit from
-    the engine's event stream, its output from the logs endpoint, its signals from
-    ``/kill``; no helper process."""
-
     def watched(self) -> Watched:
         # Compose started it before Hive knew its id: it may have ended already, so the
         # engine's thread asks once (as for an adopted container).
@@ -152,11 +141,6 @@ class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
             self._watched = Watched()
             self.runner.watch(self._socket).watch(self.container_id, self._watched, check=True)
         return self._watched
-
-
-def _handle_class(engine: ContainerRunner) -> type[ComposeHandle]:
-    """The handle for containers of ``engine``: on its API when it has one."""
-    return ComposeApiHandle if isinstance(engine, ApiContainerRunner) else ComposeHandle
 
 
 class ComposeRunner(Runner):
@@ -213,7 +197,7 @@ class ComposeRunner(Runner):
             return self._command
 
     @staticmethod
-    def engine_of(command: Sequence[str]) -> ContainerRunner:
+    def engine_of(command: Sequence[str]) -> ApiContainerRunner:
         """The engine runner for containers the implementation creates."""
         program = os.path.basename(command[0])
         return PodmanRunner() if program.startswith("podman") else DockerRunner()
@@ -270,22 +254,14 @@ class ComposeRunner(Runner):
             engine = self.engine_of(argv).unreachable(message, None)
             raise engine or RunnerError(f"compose {action} failed: {message}")
 
-    async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
-        if isinstance(engine, ApiContainerRunner):
-            try:
-                found = await engine.api(None).request("GET", "/containers/json", params={
-                    "all": "1", **filters(label=[f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"])})
-            except ApiError as exc:
-                raise engine.api_error("list", exc) from None
-            ids = [str(item["Id"]) for item in found or [] if isinstance(item, dict) and "Id" in item]
-            return await engine.inspect(ids) if ids else []
-        listed = await engine.call(
-            ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}",
-             "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"],
-        )
-        if listed.returncode != 0:
-            raise engine.error("ps", listed.stderr, None)
-        ids = listed.stdout.decode(errors="replace").split()
+    async def _find(self, engine: ApiContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
+        """The containers (any state) of the project's service, as the engine describes them."""
+        try:
+            found = await engine.api(None).request("GET", "/containers/json", params={
+                "all": "1", **filters(label=[f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"])})
+        except ApiError as exc:
+            raise engine.api_error("list", exc) from None
+        ids = [str(item["Id"]) for item in found or [] if isinstance(item, dict) and "Id" in item]
         return await engine.inspect(ids) if ids else []
 
     async def start(self, spec: RunSpec) -> ComposeHandle:
@@ -304,7 +280,7 @@ class ComposeRunner(Runner):
             raise RunnerError(f"compose up created no container for service {service!r} in {path}")
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
         info = found[0]
-        handle = _handle_class(engine)(
+        handle = ComposeHandle(
             project=project, service=service, networks=self.networks, compose_file=path,
             file_digest=file_digest, runner=engine, spec=spec, container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
             config_hash=digest, run_signal=0,
@@ -314,8 +290,7 @@ class ComposeRunner(Runner):
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await handle.close_logs()
-                if isinstance(handle, ComposeApiHandle):
-                    handle.forget()
+                handle.forget()
                 await engine.remove(handle.container_id)
             raise
         return handle
@@ -361,7 +336,7 @@ class ComposeRunner(Runner):
         """Stop and remove the container through its engine (the compose file may be
         gone with the service), if its labels still name the recorded project and service."""
         container_id, project, service, engine_name = _compose_record(record)
-        engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
+        engine: ApiContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
         stopped = bool(await engine.stop_leftover(
             container_id, None, grace,
             lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
@@ -376,7 +351,7 @@ class ComposeRunner(Runner):
             return None
         if record.get("config_hash") != self._hash(spec, path):
             return None
-        engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
+        engine: ApiContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
         found = await engine.inspect([container_id])
         if not found:
             return None
@@ -385,7 +360,7 @@ class ComposeRunner(Runner):
         if not (info.get("State") or {}).get("Running") or labels.get(PROJECT_LABEL) != project \
                 or labels.get(SERVICE_LABEL) != service:
             return None
-        handle = _handle_class(engine)(
+        handle = ComposeHandle(
             project=project, service=service, networks=self.networks, compose_file=path,
             file_digest=_file_digest(path), runner=engine, spec=spec,
             container_id=str(info.get("Id") or container_id),
