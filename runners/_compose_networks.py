@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-from ._api_container import ApiContainerRunner
+from ._container_runner import ContainerRunner
 from ._engine_api import filters
 from .base import RunnerError
 
@@ -49,7 +49,7 @@ class ProjectNetworks:
             if not self._running[project]:
                 del self._running[project]
 
-    async def remove_unused(self, engine: ApiContainerRunner, project: str, socket: str | None) -> None:
+    async def remove_unused(self, engine: ContainerRunner, project: str, socket: str | None) -> None:
         """Remove the project's networks no container uses (none while a compose command of
         the project runs here); whatever fails is left (the engine away, one in use)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(REMOVE_TIMEOUT):
@@ -59,7 +59,7 @@ class ProjectNetworks:
                         await _remove(engine, project, socket)
 
 
-async def _remove(engine: ApiContainerRunner, project: str, socket: str | None) -> None:
+async def _remove(engine: ContainerRunner, project: str, socket: str | None) -> None:
     api = engine.api(socket)
     listed = await api.request("GET", "/networks", params=filters(label=[f"{PROJECT_LABEL}={project}"]))
     for network in listed or []:

@@ -47,10 +47,11 @@ from typing import Any, ClassVar
 
 import anyio
 
-from ._api_container import ApiContainerHandle, ApiContainerRunner
 from ._compose_file import one_service_document
 from ._compose_networks import PROJECT_LABEL, ProjectNetworks
-from ._container import CALL_TIMEOUT, HOOK_LINE_CAP, engine_message
+from ._container import HOOK_LINE_CAP, engine_message
+from ._container_handle import ContainerHandle
+from ._container_runner import ContainerRunner
 from ._engine_api import ApiError, filters
 from ._engine_watch import Watched
 from .base import (
@@ -76,6 +77,8 @@ IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
     ("podman-compose",),
 )
 SERVICE_LABEL = "com.docker.compose.service"
+# Deadline of a compose command other than `up` (which pulls: not bounded).
+CALL_TIMEOUT = 60.0
 _PROJECT_OK = re.compile(r"[^a-z0-9_-]")
 
 
@@ -103,7 +106,7 @@ def project_name(fqn: str) -> str:
     return f"{name}-{index}" if index and index != "0" else name
 
 
-class ComposeHandle(ApiContainerHandle):
+class ComposeHandle(ContainerHandle):
     """A container compose created, supervised through the engine's API: its exit from
     the engine's event stream, its output from the logs endpoint, its signals from
     ``/kill``; no helper process."""
@@ -197,7 +200,7 @@ class ComposeRunner(Runner):
             return self._command
 
     @staticmethod
-    def engine_of(command: Sequence[str]) -> ApiContainerRunner:
+    def engine_of(command: Sequence[str]) -> ContainerRunner:
         """The engine runner for containers the implementation creates."""
         program = os.path.basename(command[0])
         return PodmanRunner() if program.startswith("podman") else DockerRunner()
@@ -254,7 +257,7 @@ class ComposeRunner(Runner):
             engine = self.engine_of(argv).unreachable(message, None)
             raise engine or RunnerError(f"compose {action} failed: {message}")
 
-    async def _find(self, engine: ApiContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
+    async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
         """The containers (any state) of the project's service, as the engine describes them."""
         try:
             found = await engine.api(None).request("GET", "/containers/json", params={
@@ -336,7 +339,7 @@ class ComposeRunner(Runner):
         """Stop and remove the container through its engine (the compose file may be
         gone with the service), if its labels still name the recorded project and service."""
         container_id, project, service, engine_name = _compose_record(record)
-        engine: ApiContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
+        engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
         stopped = bool(await engine.stop_leftover(
             container_id, None, grace,
             lambda labels: labels.get(PROJECT_LABEL) == project and labels.get(SERVICE_LABEL) == service,
@@ -351,7 +354,7 @@ class ComposeRunner(Runner):
             return None
         if record.get("config_hash") != self._hash(spec, path):
             return None
-        engine: ApiContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
+        engine: ContainerRunner = PodmanRunner() if engine_name == "podman" else DockerRunner()
         found = await engine.inspect([container_id])
         if not found:
             return None
