@@ -10,8 +10,8 @@ For each engine:
   and command issued directly (and ``rm -f`` after each, outside the timing). Each Hive
   start is paired with a raw start just before it; the ratio is the median of the pairs'
   ratios. Target <= 1.2x.
-- **100 supervised containers**: the daemon's helper processes (its descendants: engine
-  CLI ``wait`` / ``logs -f`` per container with a CLI runner; none on the Engine API) and
+- **100 supervised containers**: the daemon's helper processes (its descendants: none on
+  the Engine API; the former CLI runner had a ``wait`` and a ``logs -f`` per container) and
   the memory of the daemon plus its helpers (RSS), against the same daemon idle. Targets:
   at most 2 helpers, at most 150 MiB.
 - **start and stop of 100**: ``hive up`` of a project of 100 containers until all run, and

@@ -18,24 +18,24 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._container import HOOK_LINE_CAP, config_hash, passed_environment
+from ._container import HOOK_LINE_CAP, config_hash, create_body, passed_environment
 from ._engine_logs import copy_log
 from .base import RunnerError, RunSpec
 from .output import Lines
 
 if TYPE_CHECKING:
-    from ._api_container import ApiContainerRunner
+    from ._container_runner import ContainerRunner
 
 __all__ = ["run_hook"]
 
 
-async def run_hook(runner: ApiContainerRunner, spec: RunSpec, output: Callable[[str, str], None]) -> int:
+async def run_hook(runner: ContainerRunner, spec: RunSpec, output: Callable[[str, str], None]) -> int:
     """Run the step's container to its end, its lines to ``output``; its exit code."""
     config = runner.config_of(spec)
     image, socket = config.image.strip(), config.socket
     env = passed_environment(spec, config)
     name = f"hive-hook-{secrets.token_hex(4)}"
-    body = runner.create_body(spec, config, env, config_hash(spec, image, env), hook=True)
+    body = create_body(spec, config, env, config_hash(spec, image, env), hook=True)
     api = runner.api(socket)
     container_id = await runner.create(api, body, name, config)
     try:

@@ -19,8 +19,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-from ._api_container import ApiContainerRunner
-from ._container import ContainerRunner
+from ._container_runner import ContainerRunner
 from ._engine_api import filters
 from .base import RunnerError
 
@@ -61,15 +60,9 @@ class ProjectNetworks:
 
 
 async def _remove(engine: ContainerRunner, project: str, socket: str | None) -> None:
-    label = f"{PROJECT_LABEL}={project}"
-    if isinstance(engine, ApiContainerRunner):
-        api = engine.api(socket)
-        listed = await api.request("GET", "/networks", params=filters(label=[label]))
-        for network in listed or []:
-            if isinstance(network, dict) and network.get("Id"):
-                with contextlib.suppress(RunnerError):  # 403: still in use
-                    await api.request("DELETE", f"/networks/{network['Id']}")
-        return
-    listed_cli = await engine.call(["network", "ls", "-q", "--filter", f"label={label}"], socket)
-    for network_id in listed_cli.stdout.decode(errors="replace").split():
-        await engine.call(["network", "rm", network_id], socket)  # refused while in use
+    api = engine.api(socket)
+    listed = await api.request("GET", "/networks", params=filters(label=[f"{PROJECT_LABEL}={project}"]))
+    for network in listed or []:
+        if isinstance(network, dict) and network.get("Id"):
+            with contextlib.suppress(RunnerError):  # 403: still in use
+                await api.request("DELETE", f"/networks/{network['Id']}")

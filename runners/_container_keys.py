@@ -1,8 +1,8 @@
 """The docker/podman block's common keys beyond image, ports and volumes: how each is
-checked, and what it becomes in a create request (the API) and on ``run`` (the CLI of a
-hook step). The names are compose's: ``env_file``, ``labels``, ``working_dir``,
-``hostname``, ``extra_hosts``, ``mem_limit``, ``cpus``, ``init``, ``user``, and ``pull``
-(compose's ``pull_policy``, with the values Hive's CLI runner always had).
+checked, and what it becomes in a create request. The names are compose's: ``env_file``,
+``labels``, ``working_dir``, ``hostname``, ``extra_hosts``, ``mem_limit``, ``cpus``,
+``init``, ``user``, and ``pull`` (compose's ``pull_policy``, with the values Hive's
+container runners always had: ``always``, ``missing``, ``never``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._container import ContainerConfig
 
 __all__ = [
-    "PullPolicy", "check_common", "common_body", "common_run_args", "env_file_values", "host_entries",
+    "PullPolicy", "check_common", "common_body", "env_file_values", "host_entries",
     "parse_memory", "pull_policy",
 ]
 
@@ -152,25 +152,3 @@ def common_body(config: ContainerConfig) -> tuple[dict[str, Any], dict[str, Any]
     if config.init:
         host["Init"] = True
     return body, host
-
-
-def common_run_args(config: ContainerConfig) -> list[str]:
-    """The same as ``run`` options (a hook step's container); labels are added by the caller."""
-    args: list[str] = []
-    for key, value in config.labels.items():
-        args += ["--label", f"{key}={value}"]
-    if config.working_dir:
-        args += ["--workdir", config.working_dir]
-    if config.hostname:
-        args += ["--hostname", config.hostname]
-    if _own_user(config):
-        args += ["--user", str(config.user)]
-    for entry in host_entries(config.extra_hosts):
-        args += ["--add-host", entry]
-    if config.mem_limit is not None:
-        args += ["--memory", str(parse_memory(config.mem_limit))]
-    if config.cpus is not None:
-        args += ["--cpus", f"{config.cpus:g}"]
-    if config.init:
-        args.append("--init")
-    return args

@@ -3,10 +3,10 @@
 ``{file, service}``: the file (relative to the project) and the compose service Hive runs
 (:class:`ComposeConfig`, with ``command`` for hook steps).
 Compose creates the container; from then on it is supervised like a docker or podman one,
-through the same engine runner: on Docker through the Engine API (:class:`ComposeApiHandle`:
-exit from the engine's event stream, output from the logs endpoint, signals through
-``/kill``; no helper process), on podman through its CLI (:class:`ComposeHandle`: ``logs -f``
-and ``wait``); ``cmd`` checks through ``exec`` either way.
+through the same engine runner and on the engine's API, Docker's or podman's
+(:class:`ComposeHandle`: exit from the engine's event stream, output from the logs
+endpoint, signals through ``/kill``; no helper process); ``cmd`` checks through
+``<engine> exec``.
 
 - **Implementation.** The first of ``docker compose``, ``docker-compose``,
   ``podman compose``, ``podman-compose`` that answers ``version`` is used, found when a
@@ -47,16 +47,11 @@ from typing import Any, ClassVar
 
 import anyio
 
-from ._api_container import ApiContainerHandle, ApiContainerRunner
 from ._compose_file import one_service_document
 from ._compose_networks import PROJECT_LABEL, ProjectNetworks
-from ._container import (
-    CALL_TIMEOUT,
-    HOOK_LINE_CAP,
-    ContainerHandle,
-    ContainerRunner,
-    engine_message,
-)
+from ._container import HOOK_LINE_CAP, engine_message
+from ._container_handle import ContainerHandle
+from ._container_runner import ContainerRunner
 from ._engine_api import ApiError, filters
 from ._engine_watch import Watched
 from .base import (
@@ -72,7 +67,7 @@ from .docker import DockerRunner
 from .output import run_streaming
 from .podman import PodmanRunner
 
-__all__ = ["IMPLEMENTATIONS", "ComposeApiHandle", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
+__all__ = ["IMPLEMENTATIONS", "ComposeConfig", "ComposeHandle", "ComposeRunner"]
 
 # Tried in this order when the daemon config names none.
 IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
@@ -82,6 +77,8 @@ IMPLEMENTATIONS: tuple[tuple[str, ...], ...] = (
     ("podman-compose",),
 )
 SERVICE_LABEL = "com.docker.compose.service"
+# Deadline of a compose command other than `up` (which pulls: not bounded).
+CALL_TIMEOUT = 60.0
 _PROJECT_OK = re.compile(r"[^a-z0-9_-]")
 
 
@@ -110,8 +107,9 @@ def project_name(fqn: str) -> str:
 
 
 class ComposeHandle(ContainerHandle):
-    """A container compose created; supervised through its engine's CLI (``wait``,
-    ``logs -f``) when that engine has no API runner."""
+    """A container compose created, supervised through the engine's API: its exit from
+    the engine's event stream, its output from the logs endpoint, its signals from
+    ``/kill``; no helper process."""
 
     def __init__(self, *, project: str, service: str, networks: ProjectNetworks, compose_file: str,
                  file_digest: str | None, **kwargs: Any) -> None:
@@ -139,12 +137,6 @@ class ComposeHandle(ContainerHandle):
         await self._networks.remove_unused(self.runner, self.project, self._socket)
         return status
 
-
-class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
-    """A container compose created, supervised through the engine's API: its exit from
-    the engine's event stream, its output from the logs endpoint, its signals from
-    ``/kill``; no helper process."""
-
     def watched(self) -> Watched:
         # Compose started it before Hive knew its id: it may have ended already, so the
         # engine's thread asks once (as for an adopted container).
@@ -152,11 +144,6 @@ class ComposeApiHandle(ComposeHandle, ApiContainerHandle):
             self._watched = Watched()
             self.runner.watch(self._socket).watch(self.container_id, self._watched, check=True)
         return self._watched
-
-
-def _handle_class(engine: ContainerRunner) -> type[ComposeHandle]:
-    """The handle for containers of ``engine``: on its API when it has one."""
-    return ComposeApiHandle if isinstance(engine, ApiContainerRunner) else ComposeHandle
 
 
 class ComposeRunner(Runner):
@@ -271,21 +258,13 @@ class ComposeRunner(Runner):
             raise engine or RunnerError(f"compose {action} failed: {message}")
 
     async def _find(self, engine: ContainerRunner, project: str, service: str) -> list[dict[str, Any]]:
-        if isinstance(engine, ApiContainerRunner):
-            try:
-                found = await engine.api(None).request("GET", "/containers/json", params={
-                    "all": "1", **filters(label=[f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"])})
-            except ApiError as exc:
-                raise engine.api_error("list", exc) from None
-            ids = [str(item["Id"]) for item in found or [] if isinstance(item, dict) and "Id" in item]
-            return await engine.inspect(ids) if ids else []
-        listed = await engine.call(
-            ["ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={project}",
-             "--filter", f"label={SERVICE_LABEL}={service}", "--format", "{{.ID}}"],
-        )
-        if listed.returncode != 0:
-            raise engine.error("ps", listed.stderr, None)
-        ids = listed.stdout.decode(errors="replace").split()
+        """The containers (any state) of the project's service, as the engine describes them."""
+        try:
+            found = await engine.api(None).request("GET", "/containers/json", params={
+                "all": "1", **filters(label=[f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"])})
+        except ApiError as exc:
+            raise engine.api_error("list", exc) from None
+        ids = [str(item["Id"]) for item in found or [] if isinstance(item, dict) and "Id" in item]
         return await engine.inspect(ids) if ids else []
 
     async def start(self, spec: RunSpec) -> ComposeHandle:
@@ -304,7 +283,7 @@ class ComposeRunner(Runner):
             raise RunnerError(f"compose up created no container for service {service!r} in {path}")
         found.sort(key=lambda info: str(info.get("Created") or ""), reverse=True)
         info = found[0]
-        handle = _handle_class(engine)(
+        handle = ComposeHandle(
             project=project, service=service, networks=self.networks, compose_file=path,
             file_digest=file_digest, runner=engine, spec=spec, container_id=str(info["Id"]), name=str(info.get("Name") or "").lstrip("/"),
             config_hash=digest, run_signal=0,
@@ -314,8 +293,7 @@ class ComposeRunner(Runner):
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await handle.close_logs()
-                if isinstance(handle, ComposeApiHandle):
-                    handle.forget()
+                handle.forget()
                 await engine.remove(handle.container_id)
             raise
         return handle
@@ -385,7 +363,7 @@ class ComposeRunner(Runner):
         if not (info.get("State") or {}).get("Running") or labels.get(PROJECT_LABEL) != project \
                 or labels.get(SERVICE_LABEL) != service:
             return None
-        handle = _handle_class(engine)(
+        handle = ComposeHandle(
             project=project, service=service, networks=self.networks, compose_file=path,
             file_digest=_file_digest(path), runner=engine, spec=spec,
             container_id=str(info.get("Id") or container_id),

@@ -1,29 +1,28 @@
 """The podman runner: a service is a container run by podman, through its
 Docker-compatible API (``podman system service``, started by Hive at podman's default
 socket when nothing answers there: see :mod:`runners._podman_service`). What the runner
-does is :mod:`runners._api_container`'s; this module names the engine and its differences."""
+does is :mod:`runners._container_runner`'s; this module names the engine and its differences."""
 
 from __future__ import annotations
 
 import re
 from typing import ClassVar
 
-from ._api_container import ApiContainerRunner
-from ._container import ContainerHandle
+from ._container_handle import ContainerHandle
+from ._container_runner import ContainerRunner
 from ._engine_api import Starter
 from ._podman_service import PodmanService, default_podman_socket
 
 __all__ = ["ContainerHandle", "PodmanRunner"]
 
 
-class PodmanRunner(ApiContainerRunner):
+class PodmanRunner(ContainerRunner):
     """``podman`` block: runs the service's container through podman's API service."""
 
     name: ClassVar[str] = "podman"
     engine: ClassVar[str] = "podman"
     display: ClassVar[str] = "Podman"
-    replace_flag: ClassVar[bool] = True  # hook steps: `run --replace` removes a stale container itself
-    socket_flag: ClassVar[str] = "--url"  # a remote or rootful podman service
+    socket_flag: ClassVar[str] = "--url"  # for cmd checks' `podman exec` on a remote or rootful service
     unreachable_text: ClassVar[re.Pattern[str]] = re.compile(
         r"[Cc]annot connect to Podman|unable to connect to Podman"
     )

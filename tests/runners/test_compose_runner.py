@@ -21,7 +21,6 @@ import msgspec
 import psutil
 import pytest
 
-from runners._api_container import ApiContainerRunner
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.compose import ComposeHandle, ComposeRunner, project_name
 from tests.engines import IMAGE, require_engine
@@ -203,9 +202,6 @@ async def test_nothing_installed_says_what_to_do(monkeypatch: pytest.MonkeyPatch
 async def test_no_helper_process_per_container(runner: ComposeRunner, cspec: ComposeSpec, home: Path) -> None:
     """On the engine's API, a compose service's output, exit and stop cost no process: the
     test's process has no child while three run and print, nor while they stop."""
-    command = await runner.implementation()
-    if not isinstance(runner.engine_of(command), ApiContainerRunner):
-        pytest.skip(f"the engine of {command[0]} still uses its CLI")
     before = set(psutil.Process().children(recursive=True))  # what earlier tests left is theirs
     specs = [cspec(f"echo up {index}; {TRAPPING}", service=f"app{index}",
                    stdout_path=str(home / f"app{index}.out"), stderr_path=str(home / f"app{index}.err"))
@@ -227,7 +223,7 @@ async def test_no_helper_process_per_container(runner: ComposeRunner, cspec: Com
     try:
         async with anyio.create_task_group() as tasks:
             for handle in handles:
-                tasks.start_soon(handle.wait)  # a CLI handle would start `wait` now
+                tasks.start_soon(handle.wait)
             for index, spec in enumerate(specs):
                 await output_contains(spec.stdout_path, f"up {index}\n", timeout=30)
             with anyio.fail_after(60):

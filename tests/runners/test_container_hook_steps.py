@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from runners._container import ContainerRunner
+from runners._container_runner import ContainerRunner
 from runners.base import RunnerError, RunSpec
 from runners.docker import DockerRunner
 from runners.podman import PodmanRunner

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from runners._container import ContainerRunner
+from runners._container_runner import ContainerRunner
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.docker import DockerRunner
 from runners.podman import PodmanRunner

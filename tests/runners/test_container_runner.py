@@ -25,8 +25,9 @@ import anyio
 import psutil
 import pytest
 
-from runners._api_container import ApiContainerRunner
-from runners._container import ContainerHandle, ContainerRunner, container_name, parse_port
+from runners._container import container_name, parse_port
+from runners._container_handle import ContainerHandle
+from runners._container_runner import ContainerRunner
 from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.docker import DockerRunner
 from runners.podman import PodmanRunner
@@ -185,7 +186,7 @@ async def test_no_value_on_any_command_line(runner: ContainerRunner, cspec: Cont
         assert await handle.wait() == ExitStatus(exit_code=0)
     assert f"home={secret}" in read(spec.stdout_path)
     assert seen == []
-    assert not list(Path(tempfile.gettempdir()).glob("hive-env-*"))  # the env file is gone
+    assert not list(Path(tempfile.gettempdir()).glob("hive-env-*"))  # nor in an env file
 
 
 async def test_exec_prefix_runs_a_command_inside(runner: ContainerRunner, cspec: ContainerSpec) -> None:
@@ -203,8 +204,6 @@ async def test_no_helper_process_per_container(engine: str, runner: ContainerRun
     """On the engine's API, supervising containers (their output and their exits) costs no
     process: the test's process has no child while three run and print, but podman's API
     service (the engine, started if it did not run: one, whatever the count)."""
-    if not isinstance(runner, ApiContainerRunner):
-        pytest.skip(f"the {engine} runner still uses its CLI")
     before = set(psutil.Process().children(recursive=True))  # what earlier tests left is theirs
     specs = [cspec(f"echo up {index}; {TRAPPING}", service=f"svc{index}") for index in range(3)]
     handles = [await runner.start(spec) for spec in specs]
@@ -306,10 +305,7 @@ async def test_adopt_restarts_a_dead_log_follower(runner: ContainerRunner, cspec
     await handle.close_logs()  # as if the follower had died with the daemon
     adopted = await runner.adopt(spec, record)
     assert adopted is not None
-    if isinstance(runner, ApiContainerRunner):  # copied by the daemon's engine thread: no process
-        assert adopted.record()["logs_pid"] is None
-    else:
-        assert adopted.record()["logs_pid"] not in (None, record["logs_pid"])
+    assert adopted.record()["logs_pid"] is None  # copied by the daemon's engine thread: no process
     with anyio.fail_after(30):
         await adopted.stop(signal.SIGTERM, 10)
     content = read(spec.stdout_path)
@@ -325,8 +321,6 @@ async def test_output_printed_while_nothing_followed_is_copied_after_adoption(
     # kept on the capture file (the engine's stamp of the last line copied, and how many
     # lines had it), not at the file's mtime (when a line was written: podman's follow
     # lags, and lines printed before that time but not yet copied were lost).
-    if not isinstance(runner, ApiContainerRunner):
-        pytest.skip(f"the {engine} runner's follower is a process that outlives the daemon")
     spec = cspec("i=0; trap 'exit 0' TERM; while :; do i=$((i+1)); echo tick $i; sleep 0.1 & wait $!; done")
     handle = await runner.start(spec)
     await output_contains(spec.stdout_path, "tick 3\n", timeout=20)

@@ -1,6 +1,6 @@
 """The runner side of a block: decoded once into the runner's Config, typed reads, errors
 that quote msgspec's ``$.path``. No engine is needed: a wrong block is refused before one
-is called, and the argv of ``run`` is built from the typed block alone."""
+is called, and the create request is built from the typed block alone."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from runners._container import create_body
 from runners.base import RunnerError, RunSpec
 from runners.compose import ComposeRunner
 from runners.docker import DockerRunner
@@ -42,7 +43,7 @@ async def test_compose_quotes_the_path_too() -> None:
 
 
 @pytest.mark.parametrize("runner_class", [DockerRunner, PodmanRunner])
-def test_the_run_argv_honours_every_typed_key(runner_class: type[DockerRunner | PodmanRunner]) -> None:
+def test_the_create_request_honours_every_typed_key(runner_class: type[DockerRunner | PodmanRunner]) -> None:
     runner = runner_class()
     spec = block_spec(
         image="postgres:16", deny_pull=True, bind_ip="0.0.0.0", ports=["5432:5432", "80"],
@@ -50,24 +51,23 @@ def test_the_run_argv_honours_every_typed_key(runner_class: type[DockerRunner | 
         security={"cap_drop_all": False, "cap_add": ["NET_ADMIN"], "no_new_privileges": False,
                   "read_only": True, "user": "1000:1000", "security_opt": ["label=disable"]},
     )
-    config = runner.config_of(spec)
-    args, _ = runner.run_args(spec, config, {}, "pg", "0" * 16)
-    assert args[args.index("--pull") + 1] == "never"
-    assert args[args.index("--publish") + 1] == "0.0.0.0:5432:5432/tcp"
-    assert args.count("--publish") == 1  # "80" has no ':': ignored
-    assert args[args.index("--network") + 1] == "host"
-    assert args[args.index("--entrypoint") + 1] == "tini"
-    assert args[-5:] == ["postgres:16", "--", "postgres", "-c", "fsync=off"]
-    assert "--cap-drop" not in args and args[args.index("--cap-add") + 1] == "NET_ADMIN"
-    assert "no-new-privileges" not in args and args[args.index("--security-opt") + 1] == "label=disable"
-    assert "--read-only" in args and args[args.index("--user") + 1] == "1000:1000"
+    body = create_body(spec, runner.config_of(spec), {}, "0" * 16)
+    host = body["HostConfig"]
+    assert host["PortBindings"] == {"5432/tcp": [{"HostIp": "0.0.0.0", "HostPort": "5432"}]}
+    assert body["ExposedPorts"] == {"5432/tcp": {}}  # "80" has no ':': ignored
+    assert host["NetworkMode"] == "host"
+    assert (body["Image"], body["Entrypoint"], body["Cmd"]) == (
+        "postgres:16", ["tini", "--"], ["postgres", "-c", "fsync=off"])
+    assert (host["CapDrop"], host["CapAdd"]) == ([], ["NET_ADMIN"])
+    assert host["SecurityOpt"] == ["label=disable"]
+    assert host["ReadonlyRootfs"] is True and body["User"] == "1000:1000"
 
 
 def test_the_secure_defaults_hold_without_a_security_block() -> None:
     runner = DockerRunner()
     spec = block_spec(image="redis:7")
-    args, _ = runner.run_args(spec, runner.config_of(spec), {}, "redis", "0" * 16)
-    assert args[args.index("--cap-drop") + 1] == "ALL"
-    assert args[args.index("--security-opt") + 1] == "no-new-privileges"
-    assert args[args.index("--pull") + 1] == "missing"
-    assert "--read-only" not in args and "--user" not in args and "--publish" not in args
+    body = create_body(spec, runner.config_of(spec), {}, "0" * 16)
+    host = body["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["ReadonlyRootfs"] is False and "User" not in body and host["PortBindings"] == {}
