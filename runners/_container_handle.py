@@ -112,8 +112,13 @@ class ContainerHandle(ServiceHandle):
         if self._watched is None:
             self._watched = Watched()
             self._watched.report = self._report
-            self.runner.watch(self._socket).watch(self.container_id, self._watched, check=self.adopted)
+            self.runner.watch(self._socket).watch(self.container_id, self._watched, check=self.may_have_ended())
         return self._watched
+
+    def may_have_ended(self) -> bool:
+        """Whether the container may have ended before it is watched (the engine's thread
+        then asks once): an adopted one may have."""
+        return self.adopted
 
     def forget(self) -> None:
         if self._watched is not None:

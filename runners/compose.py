@@ -53,7 +53,6 @@ from ._container import HOOK_LINE_CAP, engine_message
 from ._container_handle import ContainerHandle
 from ._container_runner import ContainerRunner
 from ._engine_api import ApiError, filters
-from ._engine_watch import Watched
 from .base import (
     ConfigProblem,
     ExitStatus,
@@ -137,13 +136,8 @@ class ComposeHandle(ContainerHandle):
         await self._networks.remove_unused(self.runner, self.project, self._socket)
         return status
 
-    def watched(self) -> Watched:
-        # Compose started it before Hive knew its id: it may have ended already, so the
-        # engine's thread asks once (as for an adopted container).
-        if self._watched is None:
-            self._watched = Watched()
-            self.runner.watch(self._socket).watch(self.container_id, self._watched, check=True)
-        return self._watched
+    def may_have_ended(self) -> bool:
+        return True  # compose started it before Hive knew its id
 
 
 class ComposeRunner(Runner):
