@@ -39,14 +39,8 @@ class Checks(TypedBlocks):
     ) -> list[HealthCheckSpec] | None:
         if value is None:
             return []
-        if isinstance(value, dict):
-            entries: list[tuple[Any, KeyPath]] = [(value, path)]
-        elif isinstance(value, list):
-            entries = [(item, (*path, index)) for index, item in enumerate(value)]
-        else:
-            self.sink.error(
-                path, f"expected a check mapping or a list of them, got {describe(value)}"
-            )
+        entries = self._one_or_many(value, path, "a check")
+        if entries is None:
             return None
         checks = [self.healthcheck(item, item_path, scope) for item, item_path in entries]
         if None in checks:

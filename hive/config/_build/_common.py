@@ -114,6 +114,15 @@ class BuilderBase:
         self.sink.error(path, f"expected {what}, got {describe(value)}")
         return False
 
+    def _one_or_many(self, value: Any, path: KeyPath, what: str) -> list[tuple[Any, KeyPath]] | None:
+        """A mapping, or a list of them, as (entry, its path) pairs; None after an error."""
+        if isinstance(value, dict):
+            return [(value, path)]
+        if isinstance(value, list):
+            return [(item, (*path, index)) for index, item in enumerate(value)]
+        self.sink.error(path, f"expected {what} mapping or a list of them, got {describe(value)}")
+        return None
+
     def _check_templates(self, value: Any, path: KeyPath, scope: TemplateScope | None) -> None:
         """Runtime templates in every string leaf must name a known port / uses alias."""
         if scope is None:

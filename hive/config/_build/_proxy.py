@@ -125,14 +125,8 @@ class Proxy(BuilderBase):
     ) -> list[ProxyEndpoint] | None:
         if value is None:
             return []
-        if isinstance(value, dict):
-            entries: list[tuple[Any, KeyPath]] = [(value, path)]
-        elif isinstance(value, list):
-            entries = [(item, (*path, index)) for index, item in enumerate(value)]
-        else:
-            self.sink.error(
-                path, f"expected an endpoint mapping or a list of them, got {describe(value)}"
-            )
+        entries = self._one_or_many(value, path, "an endpoint")
+        if entries is None:
             return None
         endpoints = [
             self.proxy_endpoint(item, item_path, rollout, scope) for item, item_path in entries
