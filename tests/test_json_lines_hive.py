@@ -96,7 +96,7 @@ RESPONSES: dict[str, tuple[dict[str, Any], set[str]]] = {
                     "log_lines_dropped", "log_write_error",
                     "log_subscriptions", "client_backlog_bytes", "state_note", "dns_address",
                     "dns_upstream", "dns_error", "dns_answered", "dns_forwarded", "dns_failed",
-                    "dns_refused", "dns_dropped"}),
+                    "dns_refused", "dns_dropped", "proxy_errors"}),
     "sources": ({"sources": list[SourceInfo]}, set()),
     "services": ({"services": list[ServiceStatus]}, set()),
     "service": ({"service": ServiceStatus}, set()),
