@@ -7,6 +7,8 @@ import http.client
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.proxy.conftest import Proxy, free_port, service_yaml, write_yaml
 from tests.support import wait_for
 
@@ -57,8 +59,17 @@ def test_a_route_replaces_the_global_rate_limit(proxy: Proxy, tmp_path: Path) ->
     assert statuses == [200] * 5 + [429]
 
 
-def test_cors_answers_preflights_and_marks_responses_to_allowed_origins(proxy: Proxy, tmp_path: Path) -> None:
+@pytest.fixture(params=["embedded", "caddy"])
+def cors_proxy(request: pytest.FixtureRequest) -> Proxy:
+    """The embedded proxy, then caddy (``backend = "caddy"``): cors is applied by both."""
+    found: Proxy = request.getfixturevalue("proxy" if request.param == "embedded" else "caddy_proxy")
+    return found
+
+
+def test_cors_answers_preflights_and_marks_responses_to_allowed_origins(cors_proxy: Proxy, tmp_path: Path) -> None:
+    proxy = cors_proxy
     _start(proxy, write_yaml(tmp_path / "p", service_yaml("api", free_port(), "{path: /api, strip_prefix: true}"), head=CORS))
+    proxy.wait_serving("/api/x", b"api")
     preflight = {"Origin": "https://app.test", "Access-Control-Request-Method": "POST"}
     status, headers, body = proxy.request("OPTIONS", "/api/x", headers=preflight)
     assert (status, body) == (204, b"")
@@ -89,10 +100,12 @@ def test_cors_answers_preflights_and_marks_responses_to_allowed_origins(proxy: P
         assert status == 200 and "access-control-allow-origin" not in headers
 
 
-def test_cors_forwards_an_options_request_that_is_not_a_preflight(proxy: Proxy, tmp_path: Path) -> None:
+def test_cors_forwards_an_options_request_that_is_not_a_preflight(cors_proxy: Proxy, tmp_path: Path) -> None:
     """Only an OPTIONS with Access-Control-Request-Method is a preflight (Fetch standard);
     another OPTIONS is the app's to answer."""
+    proxy = cors_proxy
     _start(proxy, write_yaml(tmp_path / "p", service_yaml("api", free_port(), "{path: /api}"), head=CORS))
+    proxy.wait_serving("/api/x", b"api")
     status, headers, body = proxy.request("OPTIONS", "/api/x", headers={"Origin": "https://app.test"})
     assert status == 200 and body.startswith(b"api ") and b"OPTIONS" in body
     assert headers["access-control-allow-origin"] == "https://app.test"

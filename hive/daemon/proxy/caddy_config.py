@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import pages
+from .plugins import Cors
 from .routes import COCOON_SOURCE, Route, RouteTable, cocoon_route
 from .upstreams import instance_port
 
@@ -77,6 +78,58 @@ def _header_edits(route: Route) -> list[dict[str, Any]]:
     return [{"handler": "headers", "request": request}]
 
 
+def _page(status: int, message: str, detail: pages.ServiceReport | None) -> list[dict[str, Any]]:
+    """A static answer with the embedded proxy's page: JSON for an ``Accept`` that asks
+    for it, else text."""
+    answers = []
+    for as_json in (True, False):
+        body, content_type = pages.render(status, message, detail, as_json)
+        answer: dict[str, Any] = {"handle": [{"handler": "static_response", "status_code": status,
+                                              "body": body.decode(),
+                                              "headers": {"Content-Type": [content_type.decode()]}}]}
+        if as_json:
+            answer["match"] = [{"header": {"Accept": ["*json*"]}}]
+        answers.append(answer)
+    return [{"handler": "subroute", "routes": answers}]
+
+
+def _cors(cors: Cors) -> list[dict[str, Any]]:
+    """The ``cors`` plugin as caddy handlers, as the embedded proxy applies it: a preflight
+    from an allowed origin is answered 204; an OPTIONS from another origin 403; a
+    request from an allowed origin gets ``Access-Control-Allow-Origin`` (the instance's
+    own replaced) and ``Vary: Origin`` on its answer."""
+    any_origin = b"*" in cors.origins
+    origins = ["*"] if any_origin else sorted(origin.decode() for origin in cors.origins)
+    allowed = "*" if any_origin and not cors.credentials else "{http.request.header.Origin}"
+    marks = {"Access-Control-Allow-Origin": [allowed], "Vary": ["Origin"]}
+    if cors.credentials:
+        marks["Access-Control-Allow-Credentials"] = ["true"]
+    preflight = {**marks, "Access-Control-Allow-Methods": [cors.methods.decode()],
+                 "Access-Control-Allow-Headers": [cors.headers.decode()],
+                 "Access-Control-Max-Age": [cors.max_age.decode()]}
+    routes: list[dict[str, Any]] = [{
+        "match": [{"method": ["OPTIONS"], "header": {"Origin": origins, "Access-Control-Request-Method": ["*"]}}],
+        "handle": [{"handler": "static_response", "status_code": 204, "headers": preflight}],
+        "terminal": True,
+    }]
+    if not any_origin:
+        routes.append({
+            "match": [{"method": ["OPTIONS"], "header": {"Origin": ["*"]}, "not": [{"header": {"Origin": origins}}]}],
+            "handle": _page(403, "this origin is not allowed (cors)", None),
+            "terminal": True,
+        })
+    routes.append({
+        "match": [{"header": {"Origin": origins}}],
+        "handle": [{"handler": "headers", "response": {
+            "set": {"Access-Control-Allow-Origin": [allowed],
+                    **({"Access-Control-Allow-Credentials": ["true"]} if cors.credentials else {})},
+            "add": {"Vary": ["Origin"]},
+            "deferred": True,  # after the instance's answer: its own CORS header is replaced
+        }}],
+    })
+    return [{"handler": "subroute", "routes": routes}]
+
+
 def _reverse_proxy(ports: Iterable[int], settings: ProxySection, timeout: float) -> dict[str, Any]:
     return {
         "handler": "reverse_proxy",
@@ -98,21 +151,10 @@ def _reverse_proxy(ports: Iterable[int], settings: ProxySection, timeout: float)
 
 
 def _unavailable(route: Route, service: ServiceRuntime | None, report: Report) -> list[dict[str, Any]]:
-    """The 503 page, as JSON for an ``Accept`` that asks for it, else as text."""
+    """The 503 page of a service with no instance up."""
     message = f"service {route.service} has no instance up" if service is not None \
         else f"no service {route.service}"
-    detail = report(route.service, service)
-    answers = []
-    for as_json in (True, False):
-        body, content_type = pages.render(503, message, detail, as_json)
-        answer: dict[str, Any] = {
-            "handle": [{"handler": "static_response", "status_code": 503, "body": body.decode(),
-                        "headers": {"Content-Type": [content_type.decode()]}}],
-        }
-        if as_json:
-            answer["match"] = [{"header": {"Accept": ["*json*"]}}]
-        answers.append(answer)
-    return [{"handler": "subroute", "routes": answers}]
+    return _page(503, message, report(route.service, service))
 
 
 def _handlers(route: Route, service: ServiceRuntime | None, settings: ProxySection,
@@ -122,6 +164,9 @@ def _handlers(route: Route, service: ServiceRuntime | None, settings: ProxySecti
     if not ports:
         return _unavailable(route, service, report)
     handlers = _header_edits(route)
+    for plugin in route.chain.plugins:
+        if isinstance(plugin, Cors):  # (rate-limit has no caddy handler: the daemon warns)
+            handlers += _cors(plugin)
     if route.strip_prefix and route.path:
         handlers.append({"handler": "rewrite", "strip_path_prefix": route.path})
     handlers.append(_reverse_proxy(ports, settings, route.timeout))

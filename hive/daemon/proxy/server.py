@@ -36,6 +36,7 @@ from .caddy import CaddyBackend
 from .caddy_config import caddy_document
 from .client import ClientConnection
 from .core import ProxyCore
+from .plugins import Cors
 from .routes import RouteTable
 from .upstream import Pool
 from .upstreams import Upstreams
@@ -149,9 +150,9 @@ class ProxyServer:
             await self._apply_dns()  # once the proxy its answers point to listens
             return
         await self._apply_dns()
-        if any(route.chain for route in self.core.table.routes):
-            log.warning("proxy: the caddy backend does not apply proxy plugins (rate-limit, cors); "
-                        "use backend = \"embedded\" for them")
+        if any(not isinstance(plugin, Cors) for route in self.core.table.routes for plugin in route.chain.plugins):
+            log.warning("proxy: the caddy backend applies no proxy plugin but cors (not rate-limit, "
+                        "nor one of your own); use backend = \"embedded\" for them")
         if not self._caddy_started and self._tasks is not None:
             self._caddy_started = True
             await self._tasks.start(self.caddy.run)
