@@ -9,6 +9,8 @@ no helper process.
 - **Output**: the container's stdout and stderr are appended to ``spec.stdout_path`` and
   ``spec.stderr_path``; after an adoption, from the capture files' last write on (what it
   printed while nothing copied is copied then).
+- **Cmd health checks** run in the container through the engine's exec endpoints
+  (:mod:`runners._engine_exec`): no ``docker exec`` process.
 - **Stop.** The container is created with the spec's stop signal, so a stop with that
   signal is ``POST /containers/{id}/stop?t=GRACE`` (the engine sends it, then SIGKILL
   after the grace). A stop with another signal sends it with ``/kill``, waits the grace
@@ -39,9 +41,19 @@ import psutil
 
 from ._container import KILL_TIMEOUT
 from ._engine_api import EngineUnreachable
+from ._engine_exec import run_check
 from ._engine_watch import Copy, Watched
 from ._watch import SharedWatch
-from .base import ExitStatus, RunnerError, RunSpec, ServiceHandle, describe_exit, valid_stop_signal
+from .base import (
+    CheckExec,
+    CheckRun,
+    ExitStatus,
+    RunnerError,
+    RunSpec,
+    ServiceHandle,
+    describe_exit,
+    valid_stop_signal,
+)
 
 if TYPE_CHECKING:
     from ._container_runner import ContainerRunner
@@ -147,10 +159,14 @@ class ContainerHandle(ServiceHandle):
             return None
         return f"image {ref} was rebuilt (now {current[:12]}, the container runs {running[:12]})"
 
-    def exec_prefix(self) -> list[str]:
-        """``<engine> exec <id>``: what runs a command inside the container (cmd checks)."""
-        return [self.runner.executable(), *self.runner.global_args(self._socket),
-                "exec", self.container_id]
+    def check_exec(self) -> CheckExec:
+        return self.exec_check
+
+    async def exec_check(self, command: str, timeout: float) -> CheckRun:
+        """``sh -c command`` run in the container through the engine's exec endpoints
+        (:mod:`runners._engine_exec`; a timed-out one is killed); RunnerError when the
+        engine cannot be reached or refuses."""
+        return await run_check(self.runner.api(self._socket), self.container_id, command, timeout)
 
     # --- output ---------------------------------------------------------------------
 

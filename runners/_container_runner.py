@@ -12,12 +12,12 @@ containers are stopped, inspected and adopted through it too.
 - **Adoption** takes a container that still runs with the spec's FQN and config hash;
   **discovery** finds those no record names by the marker in their environment.
 - **Errors.** Everything a user can act on is a :class:`RunnerError` with one line: the
-  engine not installed, unreachable, the image missing with ``deny_pull`` or a failed
+  engine unreachable (podman's, not installed), the image missing with ``deny_pull`` or a failed
   pull (with the engine's message), a port already in use, an invalid option.
 
-Hook steps (``run_once``) go through the API too (:mod:`runners._api_hook`). The engine's
-CLI is still needed for ``cmd`` checks (``<engine> exec <id>``: one short process per
-check), so :meth:`ContainerRunner.executable` finds it at each start.
+Hook steps (``run_once``) go through the API too (:mod:`runners._api_hook`), and so do
+``cmd`` health checks (the exec endpoints: :mod:`runners._engine_exec`): no engine CLI is
+needed. ``binary`` names podman's, which starts its API service when none answers.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -76,7 +74,6 @@ class ContainerRunner(Runner):
     Config: ClassVar[type[ContainerConfig]] = ContainerConfig
     engine: ClassVar[str] = "docker"  # the CLI's default name
     display: ClassVar[str] = "Docker"  # the engine's name in messages
-    socket_flag: ClassVar[str] = "--host"  # the CLI's global option naming the engine's socket
     # An engine's error saying it cannot be reached; group "at": the socket it tried.
     unreachable_text: ClassVar[re.Pattern[str]] = re.compile(
         r"Cannot connect to the Docker daemon at (?:unix://)?(?P<at>\S+?)\.?(?:\s|$)|Cannot connect to"
@@ -94,11 +91,10 @@ class ContainerRunner(Runner):
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or self.engine
         self.socket: str | None = None  # [runners.NAME] socket; a block's `socket` wins
-        self._path: str | None = None
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         """``[runners.docker]`` / ``[runners.podman]``: ``binary`` (the CLI, a name on PATH
-        or a path) and ``socket`` (the engine's socket path or URL)."""
+        or a path: podman's starts its API service; docker's is not used) and ``socket`` (the engine's socket path or URL)."""
         unknown = sorted(set(settings) - {"binary", "socket"})
         if unknown:
             raise RunnerError(f"unknown setting {unknown[0]!r} (known: binary, socket)")
@@ -108,18 +104,9 @@ class ContainerRunner(Runner):
         socket = settings.get("socket")
         if socket is not None and (not isinstance(socket, str) or not socket.strip()):
             raise RunnerError(f"socket must be a path or URL, not {socket!r}")
-        self.binary, self.socket, self._path = binary.strip(), socket, None
+        self.binary, self.socket = binary.strip(), socket
 
     # --- the engine -----------------------------------------------------------------
-
-    def executable(self) -> str:
-        """The engine CLI's path; RunnerError if it is not installed."""
-        if self._path is None or not os.access(self._path, os.X_OK):
-            found = shutil.which(self.binary)
-            if found is None:
-                raise RunnerError(f"{self.binary} is not installed (no `{self.binary}` on PATH)")
-            self._path = found
-        return self._path
 
     def config_of(self, spec: RunSpec) -> ContainerConfig:
         """The spec's block, decoded; RunnerError quoting the ``$.path`` of what is wrong."""
@@ -131,13 +118,6 @@ class ContainerRunner(Runner):
         The engine helpers below take the block's socket (None: the setting's), not the
         block: a container whose service is gone has only its record to say it."""
         return socket or self.socket
-
-    def global_args(self, socket: str | None) -> list[str]:
-        """The CLI's options before the subcommand (the engine socket)."""
-        socket = self.socket_of(socket)
-        if not socket:
-            return []
-        return [self.socket_flag, socket if "://" in socket else f"unix://{socket}"]
 
     def unreachable(self, message: str, socket: str | None) -> EngineUnreachable | None:
         """The error for an engine daemon that cannot be reached, if that is what
@@ -244,7 +224,6 @@ class ContainerRunner(Runner):
         env = passed_environment(spec, config)
         digest = config_hash(spec, image, env)
         name = spec_container_name(spec, config)
-        self.executable()  # cmd checks need the CLI: say so now
         body = create_body(spec, config, env, digest)
         api = self.api(socket)
         container_id = await self.create(api, body, name, config)

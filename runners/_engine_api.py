@@ -113,14 +113,17 @@ class EngineApi:
             return None
 
     @asynccontextmanager
-    async def stream(self, path: str, params: Mapping[str, Any] | None = None) -> AsyncIterator[httpx.Response]:
-        """A streaming ``GET`` (events, logs): no read deadline, the engine ends it."""
+    async def stream(
+        self, path: str, params: Mapping[str, Any] | None = None, *, method: str = "GET", body: Any = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """A streaming request (events, logs, an exec's output): no read deadline, the
+        engine ends it."""
         started = self.starter is None
         while True:
             yielded = False
             try:
                 async with self._client.stream(
-                    "GET", path, params=params, timeout=httpx.Timeout(None, connect=5.0)
+                    method, path, params=params, json=body, timeout=httpx.Timeout(None, connect=5.0)
                 ) as response:
                     if response.status_code >= 400:
                         raise ApiError(_message(await response.aread()), response.status_code)

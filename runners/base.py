@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import anyio
 import msgspec
 
 __all__ = [
-    "ConfigProblem", "ExitStatus", "RunSpec", "Runner", "RunnerConfig", "RunnerError", "ServiceHandle",
+    "CheckExec", "CheckRun", "ConfigProblem", "ExitStatus", "RunSpec", "Runner", "RunnerConfig", "RunnerError", "ServiceHandle",
     "StopFailed", "decode_config", "describe_exit", "signal_name", "valid_stop_signal",
 ]
 
@@ -180,6 +180,19 @@ class ExitStatus(msgspec.Struct, frozen=True):
         return describe_exit(self.exit_code, self.signal)
 
 
+class CheckRun(msgspec.Struct, frozen=True, kw_only=True):
+    """A cmd health check run inside an instance: its exit code (None: it did not end
+    within its timeout) and the last non-blank line of its output (stdout or stderr)."""
+
+    exit_code: int | None
+    output: str = ""
+
+
+# Runs a cmd health check inside an instance: (command, timeout in seconds) → CheckRun;
+# RunnerError when it cannot be run (the engine is away, the container not running).
+CheckExec = Callable[[str, float], Awaitable[CheckRun]]
+
+
 class ServiceHandle(ABC):
     """One running instance."""
 
@@ -204,10 +217,10 @@ class ServiceHandle(ABC):
     async def stop(self, stop_signal: int, grace: float) -> ExitStatus:
         """Signal, wait up to ``grace`` seconds, then kill; nothing it started survives."""
 
-    def exec_prefix(self) -> list[str]:
-        """The argv that runs a command inside the instance, for ``cmd`` health checks
-        (``["docker", "exec", ID]``); empty when the instance is a host process."""
-        return []
+    def check_exec(self) -> CheckExec | None:
+        """What runs ``cmd`` health checks inside the instance (a container's exec); None
+        when the instance is a host process: its checks run on the host."""
+        return None
 
     def leftovers(self) -> int:
         """How many processes of the instance are still alive (0 when none)."""

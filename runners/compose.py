@@ -5,8 +5,8 @@
 Compose creates the container; from then on it is supervised like a docker or podman one,
 through the same engine runner and on the engine's API, Docker's or podman's
 (:class:`ComposeHandle`: exit from the engine's event stream, output from the logs
-endpoint, signals through ``/kill``; no helper process); ``cmd`` checks through
-``<engine> exec``.
+endpoint, signals through ``/kill``, ``cmd`` checks through the exec endpoints; no
+helper process).
 
 - **Implementation.** The first of ``docker compose``, ``docker-compose``,
   ``podman compose``, ``podman-compose`` that answers ``version`` is used, found when a

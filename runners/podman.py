@@ -22,7 +22,6 @@ class PodmanRunner(ContainerRunner):
     name: ClassVar[str] = "podman"
     engine: ClassVar[str] = "podman"
     display: ClassVar[str] = "Podman"
-    socket_flag: ClassVar[str] = "--url"  # for cmd checks' `podman exec` on a remote or rootful service
     unreachable_text: ClassVar[re.Pattern[str]] = re.compile(
         r"[Cc]annot connect to Podman|unable to connect to Podman"
     )

@@ -22,12 +22,14 @@ Check types:
 * ``http``: ``GET``/``HEAD``/``POST http://127.0.0.1:<port><path>`` with a minimal HTTP/1.1 client;
   any 2xx passes when ``status`` is unset, else exactly ``status``.
 * ``tcp``: a TCP connection to ``127.0.0.1:<port>`` within the timeout.
-* ``cmd``: ``[*exec_prefix, "sh", "-c", command]`` (without a prefix, a command that starts
-  with ``#!`` runs as a script of its interpreter); exit status 0 passes. The process runs in a new
-  session; when it times out, or when the monitor is cancelled, its whole process group is
-  SIGKILLed (after a normal exit too, so nothing it started in the background lingers), with
-  what left the group (``setsid``) but carries the run's ``HIVE_STEP_ID``. The
-  process plumbing is :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds.
+* ``cmd``: ``sh -c command`` (a command that starts with ``#!`` runs as a script of its
+  interpreter); exit status 0 passes. The process runs in a new session; when it times out, or
+  when the monitor is cancelled, its whole process group is SIGKILLed (after a normal exit too, so
+  nothing it started in the background lingers), with what left the group (``setsid``) but
+  carries the run's ``HIVE_STEP_ID``. The process plumbing is
+  :func:`hive.daemon._shell_step.run_step`, shared with hooks and builds. With an ``exec_check``
+  (a container's), ``sh -c command`` runs inside the instance instead, through its engine's API:
+  no process here (see :mod:`runners._engine_exec`); the message is the same.
 * ``postgres``, ``mysql`` (MariaDB too), ``redis``, ``grpc``: the server's own protocol on
   ``<host>:<port>``, bounded by the timeout (see :mod:`hive.daemon.health_probes`).
 * any other type never gets here: ``hive.yaml`` validation refuses it. Should one arrive
@@ -52,7 +54,7 @@ import anyio
 import anyio.abc
 
 from hive.config import HealthCheckSpec, RuntimeTemplateError, render_runtime
-from hive.daemon._shell_step import cut_line, run_shell_step, run_step
+from hive.daemon._shell_step import cut_line, run_shell_step
 from hive.daemon.health_probes import (
     ProbeFailed,
     connect_error,
@@ -62,7 +64,7 @@ from hive.daemon.health_probes import (
     redis_probe,
 )
 from hive_client import HealthCheckResult
-from runners.base import describe_exit
+from runners.base import CheckExec, RunnerError, describe_exit
 
 __all__ = ["HOST", "HealthMonitor", "format_seconds"]
 
@@ -128,16 +130,15 @@ class HealthMonitor:
     """Runs the health checks of one service instance; see the module documentation.
 
     ``ports`` are the instance's rollout ports (for ``{{runtime.port.NAME}}``); ``env`` is the
-    complete environment of a cmd check's process (with an ``exec_prefix``, the environment of the
-    prefix program, e.g. the ``docker`` CLI). ``on_change(healthy, message)`` is called when the
+    complete environment of a cmd check's process (not used with an ``exec_check``: the command
+    gets the container's). ``on_change(healthy, message)`` is called when the
     overall verdict changes, the first verdict included; ``on_result(result)`` (optional) after
     every probe. Both are called synchronously from the monitor's tasks, must not block, and an
     exception they raise is logged and swallowed.
 
-    ``exec_prefix`` runs cmd checks elsewhere, e.g. ``["docker", "exec", "ctr"]``; the command then
-    runs as ``[*exec_prefix, "sh", "-c", command]`` and the check's ``working_dir`` is not applied
-    (pass ``-w DIR`` in the prefix if the container needs one). Without a prefix: ``sh -c`` in
-    ``working_dir``.
+    ``exec_check`` runs cmd checks elsewhere (a container: :meth:`ServiceHandle.check_exec`); the
+    check's ``working_dir`` is then not applied (the container's is). Without it: ``sh -c`` in
+    ``working_dir``, on the host.
 
     A monitor runs once: create a new one for each instance start.
     """
@@ -150,14 +151,14 @@ class HealthMonitor:
         ports: Mapping[str, int],
         env: Mapping[str, str],
         on_change: OnChange,
-        exec_prefix: Sequence[str] = (),
+        exec_check: CheckExec | None = None,
         on_result: OnResult | None = None,
     ) -> None:
         self.fqn = fqn
         self._env = dict(env)
         self._on_change = on_change
         self._on_result = on_result
-        self._exec_prefix = list(exec_prefix)
+        self._exec_check = exec_check
         self._checks = [self._prepare(spec, ports) for spec in checks]
         self.results_version = 0  # counts new results: what showed the old ones is stale
         self._healthy: bool | None = None
@@ -357,30 +358,42 @@ class HealthMonitor:
             return False, f"check error: {exc!r}"
 
     async def _cmd_probe(self, command: str, working_dir: str, timeout: float) -> tuple[bool, str]:
-        # With a prefix the command runs elsewhere (a container): the working dir is not ours.
+        if self._exec_check is not None:  # inside a container: its working dir, not ours
+            return await self._exec_probe(self._exec_check, command, timeout)
         # No grace on a kill: a check is a probe, not a service with state to save. One pipe
         # for both streams: the message quotes the last line printed, whichever stream it was.
-        if self._exec_prefix:
-            result = await run_step(
-                [*self._exec_prefix, "sh", "-c", command], cwd=None, env=self._env, timeout=timeout,
-                kill_grace=0, tail_lines=1, merge_stderr=True,
-            )
-        else:  # (a command that starts with #! runs as a script of its interpreter)
-            result = await run_shell_step(
-                command, cwd=working_dir, env=self._env, shell="sh", timeout=timeout, kill_grace=0,
-                tail_lines=1, merge_stderr=True,
-            )
+        # (A command that starts with #! runs as a script of its interpreter.)
+        result = await run_shell_step(
+            command, cwd=working_dir, env=self._env, shell="sh", timeout=timeout, kill_grace=0,
+            tail_lines=1, merge_stderr=True,
+        )
         if result.error is not None:
             raise _CheckFailed(result.error)
         last = cut_line(result.tail[-1].strip()) if result.tail else ""
         if result.timed_out:
-            suffix = f" (last output: {last})" if last else ""
-            return False, f"timed out after {format_seconds(timeout)}{suffix}"
+            return False, _timed_out(timeout, last)
         status = describe_exit(result.exit_code, result.signal, code_phrase="exit status")
         return result.ok, f"{status}: {last}" if last else status
 
+    @staticmethod
+    async def _exec_probe(exec_check: CheckExec, command: str, timeout: float) -> tuple[bool, str]:
+        try:
+            run = await exec_check(command, timeout)
+        except RunnerError as exc:  # the engine is away, the container not running
+            raise _CheckFailed(f"cannot run the check in the container: {exc}") from None
+        last = cut_line(run.output.strip())
+        if run.exit_code is None:
+            return False, _timed_out(timeout, last)
+        status = describe_exit(run.exit_code, code_phrase="exit status")
+        return run.exit_code == 0, f"{status}: {last}" if last else status
+
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def _timed_out(timeout: float, last: str) -> str:
+    suffix = f" (last output: {last})" if last else ""
+    return f"timed out after {format_seconds(timeout)}{suffix}"
 
 
 def _port_text(port: object) -> str:

@@ -25,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from hive.config import CmdCheck, HealthCheckSpec, HttpCheck, TcpCheck
 from hive.daemon.health import HealthMonitor
 from hive_client import HealthCheckResult
+from runners.base import CheckExec
 
 DEADLINE = 15.0  # generous: only a broken implementation (or a hung one) gets near it
 FAST = 0.05  # check interval in the tests
@@ -139,7 +140,7 @@ def make_monitor(
     *,
     ports: dict[str, int] | None = None,
     env: dict[str, str] | None = None,
-    exec_prefix: list[str] | None = None,
+    exec_check: CheckExec | None = None,
 ) -> tuple[HealthMonitor, Recorder]:
     recorder = Recorder()
     monitor = HealthMonitor(
@@ -149,7 +150,7 @@ def make_monitor(
         env=dict(os.environ) if env is None else env,
         on_change=recorder.on_change,
         on_result=recorder.on_result,
-        exec_prefix=exec_prefix or (),
+        exec_check=exec_check,
     )
     recorder.monitor = monitor
     return monitor, recorder

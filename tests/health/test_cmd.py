@@ -124,29 +124,6 @@ async def test_missing_working_dir_fails_clearly(tmp_path: Path) -> None:
     assert change.results[0].message == f"working directory {missing} does not exist"
 
 
-async def test_exec_prefix_wraps_the_shell(tmp_path: Path) -> None:
-    # As ["docker", "exec", "ctr"] will: the prefix program runs `sh -c command`.
-    monitor, recorder = make_monitor(
-        [cmd_check('test "$IN_PREFIX" = yes', working_dir=tmp_path / "not-used")],
-        exec_prefix=["env", "IN_PREFIX=yes"],
-    )
-    async with running(monitor):
-        change, _ = await recorder.next_change()
-    assert change.healthy is True
-
-
-async def test_missing_prefix_program_fails_clearly(tmp_path: Path) -> None:
-    monitor, recorder = make_monitor(
-        [cmd_check("true", retries=1)], exec_prefix=[str(tmp_path / "no-such-engine"), "exec"]
-    )
-    async with running(monitor):
-        change, _ = await recorder.next_change()
-    assert change.healthy is False
-    assert change.results[0].message == (
-        f"cannot run {tmp_path / 'no-such-engine'}: No such file or directory"
-    )
-
-
 TIMED_OUT = "timed out after 500ms (last output: waiting)"
 
 

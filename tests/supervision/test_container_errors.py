@@ -57,12 +57,6 @@ def _check(status: dict, logs: str, expected: str) -> None:
     assert expected in logs
 
 
-def test_engine_not_installed(hive_env: Path, project_dir: Path) -> None:
-    status, logs = _up_and_fail(hive_env, project_dir, _docker(),
-                                '[runners.docker]\nbinary = "docker-not-installed"\n')
-    _check(status, logs, "docker-not-installed is not installed (no `docker-not-installed` on PATH)")
-
-
 def test_engine_socket_unreachable(hive_env: Path, project_dir: Path) -> None:
     require_engine("docker")
     status, logs = _up_and_fail(hive_env, project_dir, _docker(),

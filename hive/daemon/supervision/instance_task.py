@@ -241,14 +241,14 @@ class InstanceTasks:
         if fresh and not instance.stopping:  # (an adopted one is running already)
             phases.apply(instance, Input.SPAWNED_WITH_POST_UP if post_up else Input.SPAWNED)
         if service.config.healthchecks:
-            inside = handle.exec_prefix()  # a container's checks run in it
+            inside = handle.check_exec()  # a container's checks run in it, with its environment
             instance.health = HealthMonitor(
                 instance.fqn,
                 service.config.healthchecks,
                 ports=instance.ports,
-                env=self._launcher.hook_base_env if inside else self._launcher.health_env(instance),
+                env={} if inside else self._launcher.health_env(instance),
                 on_change=lambda healthy, message: phases.health_changed(instance, healthy, message),
-                exec_prefix=inside,
+                exec_check=inside,
             )
         if instance.health is not None or post_up:
             async with anyio.create_task_group() as watchers:
