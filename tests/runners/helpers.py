@@ -83,3 +83,22 @@ def kill_tagged(tag: str) -> None:
     for process in tagged(tag):
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
+
+
+def is_podman_service(process: psutil.Process) -> bool:
+    """Whether the process is podman's API service (``podman system service``)."""
+    with contextlib.suppress(psutil.Error):
+        return process.cmdline()[1:3] == ["system", "service"]
+    return False
+
+
+def engines_own(process: psutil.Process, before: set[psutil.Process]) -> bool:
+    """Whether a child of the test's process belongs to an engine, not to the runner: it
+    descends from a process that was there ``before``, or from podman's API service (the
+    runner may start it under the test's process), as the ``runc kill`` of a stop does."""
+    with contextlib.suppress(psutil.Error):
+        for ancestor in [process, *process.parents()]:
+            if ancestor in before or is_podman_service(ancestor):
+                return True
+        return False
+    return True  # it ended meanwhile: nothing to count

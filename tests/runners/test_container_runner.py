@@ -33,7 +33,7 @@ from runners.docker import DockerRunner
 from runners.podman import PodmanRunner
 from tests.engines import IMAGE, require_engine
 from tests.runners.conftest import SpecFactory
-from tests.runners.helpers import output_contains, read, until
+from tests.runners.helpers import engines_own, is_podman_service, output_contains, read, until
 
 pytestmark = pytest.mark.anyio
 
@@ -210,18 +210,11 @@ async def test_no_helper_process_per_container(engine: str, runner: ContainerRun
     for index, spec in enumerate(specs):
         await output_contains(spec.stdout_path, f"up {index}\n", timeout=20)
     new = set(psutil.Process().children(recursive=True)) - before
-    engines = {process for process in new if _is_podman_service(process)}
-    assert new - engines == set()
-    assert len(engines) <= (1 if engine == "podman" else 0)
+    assert {process for process in new if not engines_own(process, before)} == set()
+    assert len([process for process in new if is_podman_service(process)]) <= (1 if engine == "podman" else 0)
     with anyio.fail_after(30):
         for handle in handles:
             assert await handle.stop(signal.SIGTERM, 10) == ExitStatus(exit_code=0)
-
-
-def _is_podman_service(process: psutil.Process) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return process.cmdline()[1:3] == ["system", "service"]
-    return False
 
 
 # --- stop ------------------------------------------------------------------------------------
