@@ -100,8 +100,48 @@ def read_stat(pid: int) -> ProcInfo | None:
         return None
 
 
+# How long an execve may keep a process's environment out of sight (see read_environ).
+_EXEC_WAIT = 0.25
+_PF_KTHREAD = 0x00200000
+
+
 def read_environ(pid: int) -> bytes | None:
-    """The environment block the process was started with, or None if it is not readable."""
+    """The environment block the process was started with, or None if it is not readable.
+
+    An execve hides it for a moment: /proc/PID/environ reads empty while the new memory
+    has no environment yet (stat's ``env_end`` is 0, then equal to ``env_start`` while
+    the kernel lays it out), or through a descriptor opened on the memory the execve
+    dropped. A process caught there would not show the marks that make it a member, and
+    would escape a stop. So an empty read is believed for a process with no memory (a
+    zombie, a kernel thread), or when stat shows the same empty environment twice a
+    moment apart; else it is read again, for at most ``_EXEC_WAIT``.
+    tests/runners/test_process_environ.py reads a process that execs in a loop."""
+    deadline = None
+    empty_seen = None
+    while True:
+        environ = _read_environ_once(pid)
+        if environ != b"":
+            return environ
+        bounds = _environ_bounds(pid)
+        if bounds is None:
+            return None  # gone
+        state, flags, env_start, env_end = bounds
+        if state in ("Z", "X") or flags & _PF_KTHREAD:
+            return environ
+        if env_end and env_start != env_end:
+            continue  # the execve ended between the read and stat: read the new memory
+        if env_end and bounds == empty_seen:
+            return environ  # an empty environment indeed (env -i)
+        empty_seen = bounds if env_end else None
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + _EXEC_WAIT
+        elif now >= deadline:
+            return None
+        time.sleep(0.001)  # the execve has no event to wait on; it takes well under this
+
+
+def _read_environ_once(pid: int) -> bytes | None:
     try:
         fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -115,6 +155,21 @@ def read_environ(pid: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def _environ_bounds(pid: int) -> tuple[str, int, int, int] | None:
+    """The process's state, flags, ``env_start`` and ``env_end`` from its stat line (the
+    last two are 0 while it has no memory, or an execve has not set them yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # from field 3, the state
+    try:
+        return fields[0].decode(), int(fields[6]), int(fields[47]), int(fields[48])
+    except (IndexError, ValueError):
+        return None
 
 
 def env_value(environ: bytes, name: bytes) -> bytes | None:
