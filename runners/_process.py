@@ -128,17 +128,18 @@ def read_environ(pid: int) -> bytes | None:
         state, flags, env_start, env_end = bounds
         if state in ("Z", "X") or flags & _PF_KTHREAD:
             return environ
-        if env_end and env_start != env_end:
-            continue  # the execve ended between the read and stat: read the new memory
         if env_end and bounds == empty_seen:
             return environ  # an empty environment indeed (env -i)
-        empty_seen = bounds if env_end else None
         now = time.monotonic()
         if deadline is None:
             deadline = now + _EXEC_WAIT
         elif now >= deadline:
             return None
-        time.sleep(0.001)  # the execve has no event to wait on; it takes well under this
+        if env_end and env_start != env_end:
+            empty_seen = None  # the execve ended since the read: read the new memory now
+        else:
+            empty_seen = bounds if env_end else None
+            time.sleep(0.001)  # the execve has no event to wait on; it takes well under this
 
 
 def _read_environ_once(pid: int) -> bytes | None:
