@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -27,7 +25,7 @@ from runners.docker import DockerRunner
 from runners.podman import PodmanRunner
 from tests.engines import IMAGE, require_engine
 from tests.health.helpers import cmd_check, make_monitor, running
-from tests.runners.helpers import make_spec, tag_of
+from tests.runners.helpers import children_seen, make_spec, tag_of
 from tests.support import DaemonProcess, write_project
 
 pytestmark = pytest.mark.anyio
@@ -65,31 +63,6 @@ async def container(engine: str, home: Path) -> AsyncIterator[tuple[ContainerHan
         with anyio.fail_after(60):
             await handle.stop(signal.SIGKILL, 0)
             await anyio.run_process([engine, "rm", "-f", handle.container_id], check=False)
-
-
-@contextmanager
-def children_seen(pid: int) -> Iterator[set[tuple[str, ...]]]:
-    """The command lines of every descendant of process ``pid`` seen while the block runs
-    (a thread samples them: a `docker exec` lives tens of milliseconds, the sampling is
-    finer)."""
-    seen: set[tuple[str, ...]] = set()
-    done = threading.Event()
-    parent = psutil.Process(pid)
-
-    def sample() -> None:
-        while not done.is_set():
-            for child in parent.children(recursive=True):
-                with suppress(psutil.Error):
-                    seen.add(tuple(child.cmdline()))
-            done.wait(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield seen
-    finally:
-        done.set()
-        sampler.join()
 
 
 def engine_clis(seen: set[tuple[str, ...]]) -> list[tuple[str, ...]]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,3 +104,31 @@ def engines_own(process: psutil.Process, before: set[psutil.Process]) -> bool:
                 return True
         return False
     return True  # it ended meanwhile: nothing to count
+
+
+@contextlib.contextmanager
+def children_seen(
+    pid: int, keep: Callable[[psutil.Process], bool] = lambda process: True
+) -> Iterator[set[tuple[str, ...]]]:
+    """The command lines of every descendant of process ``pid`` that ``keep`` accepts, seen
+    while the block runs (a thread samples them: a `docker exec` lives tens of
+    milliseconds, the sampling is finer)."""
+    seen: set[tuple[str, ...]] = set()
+    done = threading.Event()
+    parent = psutil.Process(pid)
+
+    def sample() -> None:
+        while not done.is_set():
+            for child in parent.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if keep(child):
+                        seen.add(tuple(child.cmdline()))
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        sampler.join()

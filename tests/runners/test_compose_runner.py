@@ -4,13 +4,11 @@ and its errors. Supervision through the daemon is in tests/supervision/test_runn
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from runners.base import ExitStatus, RunnerError, RunSpec
 from runners.compose import ComposeHandle, ComposeRunner, project_name
 from tests.engines import IMAGE, require_engine
 from tests.runners.conftest import SpecFactory
-from tests.runners.helpers import TAG_VAR, engines_own, output_contains, read, tag_of
+from tests.runners.helpers import TAG_VAR, children_seen, engines_own, output_contains, read, tag_of
 
 pytestmark = pytest.mark.anyio
 
@@ -208,20 +206,11 @@ async def test_no_helper_process_per_container(runner: ComposeRunner, cspec: Com
                    stdout_path=str(home / f"app{index}.out"), stderr_path=str(home / f"app{index}.err"))
              for index in range(3)]
     handles = [await runner.start(spec) for spec in specs]
-    seen: set[tuple[int, str]] = set()  # (pid, command line) of the children met meanwhile
-    watching = threading.Event()
-    watching.set()
 
-    def scan() -> None:
-        while watching.is_set():
-            for child in psutil.Process().children(recursive=True):
-                if child not in before and not engines_own(child, before):
-                    with contextlib.suppress(psutil.Error):
-                        seen.add((child.pid, " ".join(child.cmdline())))
+    def owned(process: psutil.Process) -> bool:
+        return process not in before and not engines_own(process, before)
 
-    scanner = threading.Thread(target=scan, daemon=True)
-    scanner.start()
-    try:
+    with children_seen(os.getpid(), keep=owned) as seen:
         async with anyio.create_task_group() as tasks:
             for handle in handles:
                 tasks.start_soon(handle.wait)
@@ -230,9 +219,6 @@ async def test_no_helper_process_per_container(runner: ComposeRunner, cspec: Com
             with anyio.fail_after(60):
                 for handle in handles:  # another signal than the container's: a kill
                     assert await handle.stop(signal.SIGKILL, 10) == ExitStatus(exit_code=128 + signal.SIGKILL)
-    finally:
-        watching.clear()
-        scanner.join()
     assert seen == set()
 
 
